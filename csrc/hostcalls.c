@@ -1,0 +1,661 @@
+/* The ABI glue: one C function per proxy_* import (ABI.md §5). Each validates the guest's
+ * pointers and sizes, acts on the effective context, and answers with an ABI status.
+ * Context semantics live in context.c / http.c / tcp.c; shared state in shared.c,
+ * queue.c and metrics.c; properties in props.c. */
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* ---- guest memory ---------------------------------------------------------------------- */
+uint8_t *gmem(pw_vm *vm, wasmtime_context_t *cx, uint32_t ptr, uint32_t len) {
+    size_t size = WT.memory_data_size(cx, &vm->mem);
+    if ((uint64_t)ptr + len > size) return NULL;
+    return WT.memory_data(cx, &vm->mem) + ptr;
+}
+
+int gput_u32(pw_vm *vm, wasmtime_context_t *cx, uint32_t ptr, uint32_t v) {
+    uint8_t *p = gmem(vm, cx, ptr, 4);
+    if (!p) return -1;
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+    return 0;
+}
+
+int gput_u64(pw_vm *vm, wasmtime_context_t *cx, uint32_t ptr, uint64_t v) {
+    uint8_t *p = gmem(vm, cx, ptr, 8);
+    if (!p) return -1;
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+    return 0;
+}
+
+/* One exactly-sized guest allocation for an answer of n > 0 bytes; writes its address and
+ * size to the out-parameters before anything else can run in the guest, and returns where
+ * to copy the bytes (valid until the next guest call), or NULL with *status set. */
+static uint8_t *galloc(pw_vm *vm, wasmtime_context_t *cx, size_t n, uint32_t ptr_ptr,
+                       uint32_t size_ptr, int *status, wasm_trap_t **trap) {
+    *status = ST_INVALID_MEMORY_ACCESS;
+    if (n > UINT32_MAX || !gmem(vm, cx, ptr_ptr, 4) || !gmem(vm, cx, size_ptr, 4)) return NULL;
+    wasmtime_val_raw_t raw[8];
+    memset(raw, 0, sizeof raw);
+    raw[0].i32 = (int32_t)n;
+    /* While the guest allocates, only logging and clocks are allowed (as in cpp-host), so
+     * nothing the caller is about to copy can change under it. */
+    vm->in_alloc++;
+    wasmtime_error_t *err = WT.func_call_unchecked(cx, &vm->fn[FN_ALLOC], raw, 8, trap);
+    vm->in_alloc--;
+    if (err) {
+        vm_fail(vm, "the guest allocator failed", NULL, err);
+        *trap = WT.trap_new("allocator failed", 16);
+        return NULL;
+    }
+    if (*trap) return NULL;
+    uint32_t p = (uint32_t)raw[0].i32;
+    uint8_t *dst = p ? gmem(vm, cx, p, (uint32_t)n) : NULL;
+    if (!dst || gput_u32(vm, cx, ptr_ptr, p) || gput_u32(vm, cx, size_ptr, (uint32_t)n))
+        return NULL;
+    *status = ST_OK;
+    return dst;
+}
+
+int greturn(pw_vm *vm, wasmtime_context_t *cx, const uint8_t *d, size_t n, uint32_t ptr_ptr,
+            uint32_t size_ptr, wasm_trap_t **trap) {
+    if (n == 0) { /* empty: no allocation, ptr 0 / size 0 (ABI.md §1) */
+        if (gput_u32(vm, cx, ptr_ptr, 0) || gput_u32(vm, cx, size_ptr, 0))
+            return ST_INVALID_MEMORY_ACCESS;
+        return ST_OK;
+    }
+    int st;
+    uint8_t *dst = galloc(vm, cx, n, ptr_ptr, size_ptr, &st, trap);
+    if (dst) memcpy(dst, d, n);
+    return st;
+}
+
+/* ---- prologue ------------------------------------------------------------------------ */
+#define HOSTCALL(name)                                                                    \
+    static wasm_trap_t *hc_##name(void *env_, wasmtime_caller_t *caller,                  \
+                                  wasmtime_val_raw_t *a, size_t nargs_)
+#define BEGIN                                                                             \
+    (void)env_;                                                                           \
+    (void)nargs_;                                                                         \
+    wasm_trap_t *trap = NULL;                                                             \
+    (void)trap;                                                                           \
+    wasmtime_context_t *cx = WT.caller_context(caller);                                   \
+    pw_vm *vm = WT.context_get_data(cx);                                                  \
+    (void)vm;                                                                             \
+    (void)cx;
+/* Calls that may touch host state are refused while the guest allocator runs. */
+#define BEGIN_RESTRICTED \
+    BEGIN;               \
+    if (vm->in_alloc) RET(ST_INTERNAL_FAILURE);
+#define U(i) ((uint32_t)a[i].i32)
+#define RET(v)                     \
+    do {                           \
+        a[0].i32 = (int32_t)(v);   \
+        return trap;               \
+    } while (0)
+#define MEM(var, ptr, len)                                    \
+    const uint8_t *var = gmem(vm, cx, (ptr), (len));          \
+    if (!var) RET(ST_INVALID_MEMORY_ACCESS);
+
+static pw_ctx *root_of_eff(pw_vm *vm) {
+    pw_ctx *c = ctx_effective(vm);
+    return c ? c->root : NULL;
+}
+
+/* ---- logging, time, timers -------------------------------------------------------- */
+HOSTCALL(log) {
+    BEGIN;
+    if (U(0) > LOG_CRITICAL) RET(ST_BAD_ARGUMENT);
+    MEM(msg, U(1), U(2));
+    vm_log(vm, ctx_effective(vm), (int)U(0), (const char *)msg, U(2));
+    RET(ST_OK);
+}
+
+HOSTCALL(get_log_level) {
+    BEGIN_RESTRICTED;
+    pw_ctx *root = root_of_eff(vm);
+    int level = root ? root->r->log_level : vm->log_level;
+    if (level > LOG_CRITICAL) level = LOG_CRITICAL; /* "off" is not a LogLevel */
+    if (gput_u32(vm, cx, U(0), (uint32_t)level)) RET(ST_INVALID_MEMORY_ACCESS);
+    RET(ST_OK);
+}
+
+HOSTCALL(get_current_time_nanoseconds) {
+    BEGIN;
+    if (gput_u64(vm, cx, U(0), vm_now_ns(vm, 0))) RET(ST_INVALID_MEMORY_ACCESS);
+    RET(ST_OK);
+}
+
+HOSTCALL(set_tick_period_milliseconds) {
+    BEGIN_RESTRICTED;
+    pw_ctx *root = root_of_eff(vm);
+    if (!root) RET(ST_BAD_ARGUMENT);
+    root->r->tick_period_ms = U(0);
+    root->r->next_tick_ns = vm_now_ns(vm, 1) + (uint64_t)U(0) * 1000000u;
+    RET(ST_OK);
+}
+
+/* ---- configuration and buffers -------------------------------------------------------- */
+HOSTCALL(get_configuration) { /* 0.1.0 */
+    BEGIN_RESTRICTED;
+    pw_ctx *root = root_of_eff(vm);
+    const pw_buf *b = (vm->phase == PH_CONFIGURE && root) ? &root->r->config : &vm->vm_config;
+    RET(greturn(vm, cx, b->p, b->len, U(0), U(1), &trap));
+}
+
+/* Finds buffer `type` for the effective context; NULL with *st when unavailable. */
+static pw_buf *find_buffer(pw_vm *vm, uint32_t type, int write, int *st) {
+    pw_ctx *c = ctx_effective(vm);
+    *st = ST_NOT_FOUND;
+    switch (type) {
+    case 0: case 1: case 2: case 3:
+        return stream_buffer(vm, c, type, write, st);
+    case 6:
+        if (write) break;
+        *st = ST_OK;
+        return &vm->vm_config;
+    case 7:
+        if (vm->phase != PH_CONFIGURE || !c || !c->root) return NULL;
+        if (write) break;
+        *st = ST_OK;
+        return &c->root->r->config;
+    case 8:
+        if (vm->phase != PH_FOREIGN) return NULL;
+        if (write) break;
+        *st = ST_OK;
+        return &vm->call_data;
+    case 4: case 5:
+        return NULL; /* no outbound call is being answered */
+    default:
+        *st = ST_BAD_ARGUMENT;
+        return NULL;
+    }
+    *st = ST_BAD_ARGUMENT; /* immutable buffer */
+    return NULL;
+}
+
+HOSTCALL(get_buffer_bytes) {
+    BEGIN_RESTRICTED;
+    int st;
+    pw_buf *b = find_buffer(vm, U(0), 0, &st);
+    if (!b) RET(st);
+    uint64_t start = U(1), max = U(2);
+    size_t n = start >= b->len ? 0 : (size_t)(b->len - start < max ? b->len - start : max);
+    RET(greturn(vm, cx, n ? b->p + start : NULL, n, U(3), U(4), &trap));
+}
+
+HOSTCALL(get_buffer_status) {
+    BEGIN_RESTRICTED;
+    int st;
+    pw_buf *b = find_buffer(vm, U(0), 0, &st);
+    if (!b) RET(st);
+    if (b->len > UINT32_MAX || gput_u32(vm, cx, U(1), (uint32_t)b->len) ||
+        gput_u32(vm, cx, U(2), 0))
+        RET(ST_INVALID_MEMORY_ACCESS);
+    RET(ST_OK);
+}
+
+HOSTCALL(set_buffer_bytes) {
+    BEGIN_RESTRICTED;
+    MEM(v, U(3), U(4));
+    int st;
+    pw_buf *b = find_buffer(vm, U(0), 1, &st);
+    if (!b) RET(st);
+    uint32_t start = U(1), size = U(2);
+    /* Envoy's copyFrom: start 0 drains `size` bytes then prepends; start >= len appends;
+     * a middle insert is not supported. */
+    if (start == 0) {
+        pw_buf tmp = {0};
+        if (buf_set(&tmp, v, U(4))) RET(ST_INTERNAL_FAILURE);
+        buf_drain_front(b, size);
+        int r = buf_prepend(b, tmp.p, tmp.len);
+        buf_free(&tmp);
+        RET(r ? ST_INTERNAL_FAILURE : ST_OK);
+    }
+    if (start >= b->len) RET(buf_append(b, v, U(4)) ? ST_INTERNAL_FAILURE : ST_OK);
+    RET(ST_BAD_ARGUMENT);
+}
+
+/* ---- header maps ------------------------------------------------------------------------ */
+static pw_hmap *find_map(pw_vm *vm, uint32_t type, int write, int *st) {
+    if (type > 7) {
+        *st = ST_BAD_ARGUMENT;
+        return NULL;
+    }
+    if (type > 3) { /* gRPC and HTTP-call maps: only while their answer is delivered */
+        *st = ST_BAD_ARGUMENT;
+        return NULL;
+    }
+    return http_map(vm, ctx_effective(vm), type, write, st);
+}
+
+HOSTCALL(get_header_map_size) {
+    BEGIN_RESTRICTED;
+    int st;
+    pw_hmap *m = find_map(vm, U(0), 0, &st);
+    if (!m) RET(st);
+    /* The spec's meaning (serialized size), not Envoy's byteSize(): see docs. */
+    size_t n = hmap_serialized_size(m);
+    if (n > UINT32_MAX || gput_u32(vm, cx, U(1), (uint32_t)n)) RET(ST_INVALID_MEMORY_ACCESS);
+    RET(ST_OK);
+}
+
+HOSTCALL(get_header_map_pairs) {
+    BEGIN_RESTRICTED;
+    int st;
+    pw_hmap *m = find_map(vm, U(0), 0, &st);
+    if (!m && st == ST_BAD_ARGUMENT && U(0) > 7) RET(st);
+    if (!m || m->n == 0) RET(greturn(vm, cx, NULL, 0, U(1), U(2), &trap));
+    size_t n = hmap_serialized_size(m);
+    uint8_t *dst = galloc(vm, cx, n, U(1), U(2), &st, &trap);
+    if (dst) hmap_serialize_to(m, dst);
+    RET(st);
+}
+
+HOSTCALL(set_header_map_pairs) {
+    BEGIN_RESTRICTED;
+    MEM(p, U(1), U(2));
+    int st;
+    pw_hmap *m = find_map(vm, U(0), 1, &st);
+    if (!m) RET(st);
+    RET(hmap_parse(m, p, U(2)) ? ST_BAD_ARGUMENT : ST_OK);
+}
+
+HOSTCALL(get_header_map_value) {
+    BEGIN_RESTRICTED;
+    MEM(k, U(1), U(2));
+    int st;
+    pw_hmap *m = find_map(vm, U(0), 0, &st);
+    if (!m) {
+        if (U(0) <= 7 && vm->phase == PH_LOG)
+            RET(vm->abi == PW_ABI_0_1_0 ? greturn(vm, cx, NULL, 0, U(3), U(4), &trap)
+                                        : ST_NOT_FOUND);
+        RET(st);
+    }
+    size_t vl = 0;
+    const uint8_t *v = hmap_get(m, k, U(2), &vl);
+    if (!v && vm->abi != PW_ABI_0_1_0) RET(ST_NOT_FOUND);
+    RET(greturn(vm, cx, v, v ? vl : 0, U(3), U(4), &trap));
+}
+
+HOSTCALL(add_header_map_value) {
+    BEGIN_RESTRICTED;
+    MEM(k, U(1), U(2));
+    MEM(v, U(3), U(4));
+    int st;
+    pw_hmap *m = find_map(vm, U(0), 1, &st);
+    if (!m) RET(st);
+    RET(hmap_add(m, k, U(2), v, U(4)) ? ST_INTERNAL_FAILURE : ST_OK);
+}
+
+HOSTCALL(replace_header_map_value) {
+    BEGIN_RESTRICTED;
+    MEM(k, U(1), U(2));
+    MEM(v, U(3), U(4));
+    int st;
+    pw_hmap *m = find_map(vm, U(0), 1, &st);
+    if (!m) RET(st);
+    RET(hmap_replace(m, k, U(2), v, U(4)) ? ST_INTERNAL_FAILURE : ST_OK);
+}
+
+HOSTCALL(remove_header_map_value) {
+    BEGIN_RESTRICTED;
+    MEM(k, U(1), U(2));
+    int st;
+    pw_hmap *m = find_map(vm, U(0), 1, &st);
+    if (!m) RET(st);
+    hmap_remove(m, k, U(2));
+    RET(ST_OK);
+}
+
+/* ---- stream control ------------------------------------------------------------------------ */
+static int continue_stream(pw_vm *vm, uint32_t type) {
+    if (type > 3) return ST_BAD_ARGUMENT;
+    if (type == 3) return ST_UNIMPLEMENTED; /* Envoy cannot resume the upstream side */
+    pw_ctx *c = ctx_effective(vm);
+    /* A continue that fits no paused stream is a harmless no-op (ABI.md §9.8). */
+    if (c && ((c->kind == CTX_HTTP && type <= 1) || (c->kind == CTX_TCP && type == 2)))
+        if (vm_defer(vm, DF_CONTINUE, c->id, type)) return ST_INTERNAL_FAILURE;
+    return ST_OK;
+}
+
+HOSTCALL(continue_stream) {
+    BEGIN_RESTRICTED;
+    RET(continue_stream(vm, U(0)));
+}
+
+HOSTCALL(continue_request) {
+    BEGIN_RESTRICTED;
+    RET(continue_stream(vm, 0));
+}
+
+HOSTCALL(continue_response) {
+    BEGIN_RESTRICTED;
+    RET(continue_stream(vm, 1));
+}
+
+HOSTCALL(close_stream) {
+    BEGIN_RESTRICTED;
+    if (U(0) > 3) RET(ST_BAD_ARGUMENT);
+    pw_ctx *c = ctx_effective(vm);
+    if (c && c->kind != CTX_ROOT && vm_defer(vm, DF_CLOSE, c->id, U(0)))
+        RET(ST_INTERNAL_FAILURE);
+    RET(ST_OK);
+}
+
+HOSTCALL(clear_route_cache) { /* 0.1.0; there is no router to recompute here */
+    BEGIN_RESTRICTED;
+    RET(ST_OK);
+}
+
+HOSTCALL(send_local_response) {
+    BEGIN_RESTRICTED;
+    MEM(details, U(1), U(2));
+    MEM(body, U(3), U(4));
+    MEM(hdrs, U(5), U(6));
+    pw_ctx *c = ctx_effective(vm);
+    if (!c || c->kind != CTX_HTTP) RET(ST_OK); /* Envoy: OK even when no reply is possible */
+    pw_http *h = c->h;
+    if (h->lr_pending || h->local_reply) RET(ST_OK); /* the first reply stands */
+    if (hmap_parse(&h->lr_headers, hdrs, U(6))) RET(ST_BAD_ARGUMENT);
+    if (buf_set(&h->lr_details, details, U(2)) || buf_set(&h->lr_body, body, U(4)))
+        RET(ST_INTERNAL_FAILURE);
+    for (size_t i = 0; i < h->lr_details.len; i++)
+        if (h->lr_details.p[i] == ' ') h->lr_details.p[i] = '_';
+    h->lr_status = U(0);
+    h->lr_grpc = a[7].i32;
+    h->lr_pending = 1;
+    if (vm_defer(vm, DF_LOCAL_REPLY, c->id, 0)) {
+        h->lr_pending = 0;
+        RET(ST_INTERNAL_FAILURE);
+    }
+    if (c == vm->cur) vm->local_reply_in_call = 1;
+    RET(ST_OK);
+}
+
+HOSTCALL(get_status) {
+    BEGIN_RESTRICTED;
+    /* No outbound call has completed on this root: status OK, no message. */
+    if (gput_u32(vm, cx, U(0), 0)) RET(ST_INVALID_MEMORY_ACCESS);
+    RET(greturn(vm, cx, NULL, 0, U(1), U(2), &trap));
+}
+
+/* ---- outbound calls: no upstream clusters are configured in this host yet, which Envoy
+ * answers as an unknown cluster; the outbound-call work replaces these. -------------- */
+HOSTCALL(http_call) {
+    BEGIN_RESTRICTED;
+    MEM(up, U(0), U(1));
+    (void)up;
+    if (!gmem(vm, cx, U(9), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    RET(ST_BAD_ARGUMENT);
+}
+
+HOSTCALL(grpc_call) {
+    BEGIN_RESTRICTED;
+    MEM(up, U(0), U(1));
+    (void)up;
+    RET(ST_BAD_ARGUMENT);
+}
+
+HOSTCALL(grpc_stream) {
+    BEGIN_RESTRICTED;
+    MEM(up, U(0), U(1));
+    (void)up;
+    RET(ST_BAD_ARGUMENT);
+}
+
+HOSTCALL(grpc_token_op) { /* grpc_send / grpc_cancel / grpc_close: no such token */
+    BEGIN_RESTRICTED;
+    RET(ST_NOT_FOUND);
+}
+
+/* ---- shared data and queues ----------------------------------------------------------- */
+HOSTCALL(get_shared_data) {
+    BEGIN_RESTRICTED;
+    MEM(k, U(0), U(1));
+    uint32_t cas = 0;
+    int st = shared_get(vm->vm_id.p, vm->vm_id.len, k, U(1), &vm->hc, &cas);
+    if (st != ST_OK) RET(st);
+    if (!gmem(vm, cx, U(4), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    st = greturn(vm, cx, vm->hc.p, vm->hc.len, U(2), U(3), &trap);
+    if (st == ST_OK && gput_u32(vm, cx, U(4), cas)) st = ST_INVALID_MEMORY_ACCESS;
+    RET(st);
+}
+
+HOSTCALL(set_shared_data) {
+    BEGIN_RESTRICTED;
+    MEM(k, U(0), U(1));
+    MEM(v, U(2), U(3));
+    RET(shared_set(vm->vm_id.p, vm->vm_id.len, k, U(1), v, U(3), U(4)));
+}
+
+HOSTCALL(register_shared_queue) {
+    BEGIN_RESTRICTED;
+    MEM(name, U(0), U(1));
+    if (!gmem(vm, cx, U(2), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    pw_ctx *root = root_of_eff(vm);
+    uint32_t id = queue_register(vm->vm_id.p, vm->vm_id.len, name, U(1), vm->vm_key,
+                                 root ? root->id : 0);
+    if (!id) RET(ST_INTERNAL_FAILURE);
+    gput_u32(vm, cx, U(2), id);
+    RET(ST_OK);
+}
+
+HOSTCALL(resolve_shared_queue) {
+    BEGIN_RESTRICTED;
+    MEM(vid, U(0), U(1));
+    MEM(name, U(2), U(3));
+    if (!gmem(vm, cx, U(4), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    uint32_t id = 0;
+    int st = U(1) ? queue_resolve(vid, U(1), name, U(3), &id)
+                  : queue_resolve(vm->vm_id.p, vm->vm_id.len, name, U(3), &id);
+    if (st == ST_OK) gput_u32(vm, cx, U(4), id);
+    RET(st);
+}
+
+HOSTCALL(enqueue_shared_queue) {
+    BEGIN_RESTRICTED;
+    MEM(v, U(1), U(2));
+    RET(queue_enqueue(U(0), v, U(2)));
+}
+
+HOSTCALL(dequeue_shared_queue) {
+    BEGIN_RESTRICTED;
+    if (!gmem(vm, cx, U(1), 4) || !gmem(vm, cx, U(2), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    int st = queue_dequeue(U(0), &vm->hc);
+    if (st != ST_OK) RET(st);
+    RET(greturn(vm, cx, vm->hc.p, vm->hc.len, U(1), U(2), &trap));
+}
+
+/* ---- metrics ---------------------------------------------------------------------------- */
+HOSTCALL(define_metric) {
+    BEGIN_RESTRICTED;
+    if (U(0) > 2) RET(ST_BAD_ARGUMENT);
+    MEM(name, U(1), U(2));
+    if (!gmem(vm, cx, U(3), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    uint32_t id = 0;
+    int st = metric_define(vm, U(0), name, U(2), &id);
+    if (st == ST_OK) gput_u32(vm, cx, U(3), id);
+    RET(st);
+}
+
+HOSTCALL(increment_metric) {
+    BEGIN_RESTRICTED;
+    RET(metric_increment(vm, U(0), a[1].i64));
+}
+
+HOSTCALL(record_metric) {
+    BEGIN_RESTRICTED;
+    RET(metric_record(vm, U(0), (uint64_t)a[1].i64));
+}
+
+HOSTCALL(get_metric) {
+    BEGIN_RESTRICTED;
+    if (!gmem(vm, cx, U(1), 8)) RET(ST_INVALID_MEMORY_ACCESS);
+    uint64_t v = 0;
+    int st = metric_get(vm, U(0), &v);
+    if (st == ST_OK) gput_u64(vm, cx, U(1), v);
+    RET(st);
+}
+
+/* ---- properties ---------------------------------------------------------------------------- */
+HOSTCALL(get_property) {
+    BEGIN_RESTRICTED;
+    MEM(path, U(0), U(1));
+    int st = props_get(vm, ctx_effective(vm), path, U(1), &vm->hc);
+    if (st != ST_OK) RET(st);
+    RET(greturn(vm, cx, vm->hc.p, vm->hc.len, U(2), U(3), &trap));
+}
+
+HOSTCALL(set_property) {
+    BEGIN_RESTRICTED;
+    MEM(path, U(0), U(1));
+    MEM(v, U(2), U(3));
+    RET(props_set(vm, ctx_effective(vm), path, U(1), v, U(3)));
+}
+
+/* ---- contexts and foreign functions ------------------------------------------------------ */
+HOSTCALL(set_effective_context) {
+    BEGIN_RESTRICTED;
+    pw_ctx *c = ctx_get(vm, U(0));
+    if (!c || !c->created) RET(ST_BAD_ARGUMENT);
+    vm->eff = c;
+    RET(ST_OK);
+}
+
+HOSTCALL(done) {
+    BEGIN_RESTRICTED;
+    pw_ctx *c = ctx_effective(vm);
+    if (!c || c->kind != CTX_ROOT || !c->r->pending_done) RET(ST_NOT_FOUND);
+    c->r->pending_done = 0;
+    RET(vm_defer(vm, DF_DELETE_ROOT, c->id, 0) ? ST_INTERNAL_FAILURE : ST_OK);
+}
+
+HOSTCALL(call_foreign_function) {
+    BEGIN_RESTRICTED;
+    MEM(name, U(0), U(1));
+    MEM(args, U(2), U(3));
+    pw_foreign *f = vm->foreign;
+    while (f && (f->name.len != U(1) || (U(1) && memcmp(f->name.p, name, U(1)))))
+        f = f->next;
+    if (!f || !pw_foreign_cb) RET(ST_NOT_FOUND);
+    if (U(4) && (!gmem(vm, cx, U(4), 4) || !gmem(vm, cx, U(5), 4)))
+        RET(ST_INVALID_MEMORY_ACCESS);
+    buf_clear(&vm->hc);
+    /* The guest is suspended, so `args` stays put while Python runs. */
+    int st = pw_foreign_cb(f->handle, args, U(3), &vm->hc);
+    if (st != ST_OK || !U(4)) RET(st);
+    RET(greturn(vm, cx, vm->hc.p, vm->hc.len, U(4), U(5), &trap));
+}
+
+/* ---- non-proxy env imports some toolchains bring -------------------------------------- */
+static wasm_trap_t *hc_notify_memory_growth(void *env, wasmtime_caller_t *caller,
+                                            wasmtime_val_raw_t *a, size_t n) {
+    (void)env, (void)caller, (void)a, (void)n;
+    return NULL;
+}
+
+HOSTCALL(pthread_equal) {
+    BEGIN;
+    RET(U(0) == U(1));
+}
+
+/* AssemblyScript's abort(msg, file, line, col) without --use abort=...: a trap that says
+ * where. The strings are AssemblyScript's UTF-16; they are reported by address. */
+HOSTCALL(as_abort) {
+    BEGIN;
+    char msg[96];
+    int n = snprintf(msg, sizeof msg, "abort at line %u column %u", U(2), U(3));
+    return WT.trap_new(msg, (size_t)n);
+}
+
+/* ---- registration ----------------------------------------------------------------------- */
+static const import_def proxy_imports[] = {
+    {"proxy_log", "iii", "i", hc_log},
+    {"proxy_get_log_level", "i", "i", hc_get_log_level},
+    {"proxy_get_current_time_nanoseconds", "i", "i", hc_get_current_time_nanoseconds},
+    {"proxy_set_tick_period_milliseconds", "i", "i", hc_set_tick_period_milliseconds},
+    {"proxy_get_configuration", "ii", "i", hc_get_configuration},
+    {"proxy_get_buffer_bytes", "iiiii", "i", hc_get_buffer_bytes},
+    {"proxy_get_buffer_status", "iii", "i", hc_get_buffer_status},
+    {"proxy_set_buffer_bytes", "iiiii", "i", hc_set_buffer_bytes},
+    {"proxy_get_header_map_size", "ii", "i", hc_get_header_map_size},
+    {"proxy_get_header_map_pairs", "iii", "i", hc_get_header_map_pairs},
+    {"proxy_set_header_map_pairs", "iii", "i", hc_set_header_map_pairs},
+    {"proxy_get_header_map_value", "iiiii", "i", hc_get_header_map_value},
+    {"proxy_add_header_map_value", "iiiii", "i", hc_add_header_map_value},
+    {"proxy_replace_header_map_value", "iiiii", "i", hc_replace_header_map_value},
+    {"proxy_remove_header_map_value", "iii", "i", hc_remove_header_map_value},
+    {"proxy_continue_stream", "i", "i", hc_continue_stream},
+    {"proxy_close_stream", "i", "i", hc_close_stream},
+    {"proxy_continue_request", "", "i", hc_continue_request},
+    {"proxy_continue_response", "", "i", hc_continue_response},
+    {"proxy_clear_route_cache", "", "i", hc_clear_route_cache},
+    {"proxy_send_local_response", "iiiiiiii", "i", hc_send_local_response},
+    {"proxy_get_status", "iii", "i", hc_get_status},
+    {"proxy_http_call", "iiiiiiiiii", "i", hc_http_call},
+    {"proxy_grpc_call", "iiiiiiiiiiii", "i", hc_grpc_call},
+    {"proxy_grpc_stream", "iiiiiiiii", "i", hc_grpc_stream},
+    {"proxy_grpc_send", "iiii", "i", hc_grpc_token_op},
+    {"proxy_grpc_cancel", "i", "i", hc_grpc_token_op},
+    {"proxy_grpc_close", "i", "i", hc_grpc_token_op},
+    {"proxy_get_shared_data", "iiiii", "i", hc_get_shared_data},
+    {"proxy_set_shared_data", "iiiii", "i", hc_set_shared_data},
+    {"proxy_register_shared_queue", "iii", "i", hc_register_shared_queue},
+    {"proxy_resolve_shared_queue", "iiiii", "i", hc_resolve_shared_queue},
+    {"proxy_enqueue_shared_queue", "iii", "i", hc_enqueue_shared_queue},
+    {"proxy_dequeue_shared_queue", "iii", "i", hc_dequeue_shared_queue},
+    {"proxy_define_metric", "iiii", "i", hc_define_metric},
+    {"proxy_increment_metric", "iI", "i", hc_increment_metric},
+    {"proxy_record_metric", "iI", "i", hc_record_metric},
+    {"proxy_get_metric", "ii", "i", hc_get_metric},
+    {"proxy_get_property", "iiii", "i", hc_get_property},
+    {"proxy_set_property", "iiii", "i", hc_set_property},
+    {"proxy_set_effective_context", "i", "i", hc_set_effective_context},
+    {"proxy_done", "", "i", hc_done},
+    {"proxy_call_foreign_function", "iiiiii", "i", hc_call_foreign_function},
+    {"emscripten_notify_memory_growth", "i", "", hc_notify_memory_growth},
+    {"pthread_equal", "ii", "i", hc_pthread_equal},
+    {"abort", "iiii", "", hc_as_abort},
+};
+
+static wasm_functype_t *functype(const char *params, const char *results) {
+    wasm_valtype_t *p[16], *r[2];
+    size_t np = strlen(params), nr = strlen(results);
+    for (size_t i = 0; i < np; i++)
+        p[i] = WT.valtype_new(params[i] == 'I' ? WASM_I64 : WASM_I32);
+    for (size_t i = 0; i < nr; i++)
+        r[i] = WT.valtype_new(results[i] == 'I' ? WASM_I64 : WASM_I32);
+    wasm_valtype_vec_t pv, rv;
+    if (np) WT.valtype_vec_new(&pv, np, p);
+    else WT.valtype_vec_new_empty(&pv);
+    if (nr) WT.valtype_vec_new(&rv, nr, r);
+    else WT.valtype_vec_new_empty(&rv);
+    return WT.functype_new(&pv, &rv);
+}
+
+int define_imports(wasmtime_linker_t *linker, const char *module, const import_def *d,
+                   size_t n, char *err, size_t errlen) {
+    for (size_t i = 0; i < n; i++) {
+        wasm_functype_t *ft = functype(d[i].params, d[i].results);
+        wasmtime_error_t *we = WT.linker_define_func_unchecked(
+            linker, module, strlen(module), d[i].name, strlen(d[i].name), ft, d[i].cb, NULL,
+            NULL);
+        WT.functype_delete(ft);
+        if (we) {
+            wasm_byte_vec_t msg = {0, NULL};
+            WT.error_message(we, &msg);
+            snprintf(err, errlen, "cannot define %s.%s: %.*s", module, d[i].name,
+                     (int)msg.size, (const char *)msg.data);
+            WT.byte_vec_delete(&msg);
+            WT.error_delete(we);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int hostcalls_define(wasmtime_linker_t *linker, char *err, size_t errlen) {
+    return define_imports(linker, "env", proxy_imports,
+                          sizeof proxy_imports / sizeof proxy_imports[0], err, errlen);
+}

@@ -1,0 +1,355 @@
+/* Internal structures of the C core. One VM is touched by its owner thread only; the
+ * process-wide tables (shared data, queues, metrics) have their own locks. */
+#ifndef PW_INTERNAL_H
+#define PW_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "pw.h"
+#include "wt.h"
+
+/* ABI statuses (proxy_status_t). */
+enum {
+    ST_OK = 0,
+    ST_NOT_FOUND = 1,
+    ST_BAD_ARGUMENT = 2,
+    ST_SERIALIZATION_FAILURE = 3,
+    ST_PARSE_FAILURE = 4,
+    ST_INVALID_MEMORY_ACCESS = 6,
+    ST_EMPTY = 7,
+    ST_CAS_MISMATCH = 8,
+    ST_INTERNAL_FAILURE = 10,
+    ST_UNIMPLEMENTED = 12,
+};
+
+/* Log levels (proxy_log_level_t); 6 means "off". */
+enum { LOG_TRACE, LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR, LOG_CRITICAL, LOG_OFF };
+
+/* ---- bytes ---------------------------------------------------------------------- */
+typedef struct pw_buf {
+    uint8_t *p;
+    size_t len, cap;
+} pw_buf;
+
+int buf_reserve(pw_buf *b, size_t cap);
+int buf_set(pw_buf *b, const uint8_t *d, size_t n);
+int buf_append(pw_buf *b, const uint8_t *d, size_t n);
+int buf_prepend(pw_buf *b, const uint8_t *d, size_t n);
+void buf_drain_front(pw_buf *b, size_t n);
+void buf_move_append(pw_buf *dst, pw_buf *src); /* dst += src; src emptied */
+void buf_free(pw_buf *b);
+static inline void buf_clear(pw_buf *b) { b->len = 0; }
+
+/* ---- header maps and the pairs wire format (hmap.c) ----------------------------- */
+typedef struct hm_entry {
+    uint32_t ko, kl, vo, vl; /* offsets into bytes */
+} hm_entry;
+
+typedef struct pw_hmap {
+    hm_entry *e;
+    size_t n, cap;
+    pw_buf bytes;
+    size_t garbage;
+} pw_hmap;
+
+#define PAIRS_MAX_COUNT 8192u
+#define PAIRS_MAX_BYTES (16u << 20)
+
+/* Parses the pairs format into a fresh map (keys lowercased). -1 on malformed input;
+ * the map is left unchanged then. */
+int hmap_parse(pw_hmap *m, const uint8_t *p, size_t n);
+size_t hmap_serialized_size(const pw_hmap *m);
+void hmap_serialize_to(const pw_hmap *m, uint8_t *out);
+int hmap_serialize(const pw_hmap *m, pw_buf *out);
+int hmap_find(const pw_hmap *m, const uint8_t *k, size_t kl);
+int hmap_add(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl);
+int hmap_replace(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl);
+void hmap_remove(pw_hmap *m, const uint8_t *k, size_t kl);
+void hmap_clear(pw_hmap *m);
+void hmap_free(pw_hmap *m);
+int hmap_copy(pw_hmap *dst, const pw_hmap *src);
+/* Value of the first entry for key, or NULL. */
+const uint8_t *hmap_get(const pw_hmap *m, const uint8_t *k, size_t kl, size_t *vl);
+static inline const uint8_t *hm_key(const pw_hmap *m, size_t i) { return m->bytes.p + m->e[i].ko; }
+static inline const uint8_t *hm_val(const pw_hmap *m, size_t i) { return m->bytes.p + m->e[i].vo; }
+
+/* ---- contexts --------------------------------------------------------------------- */
+enum ctx_kind { CTX_ROOT = 1, CTX_HTTP = 2, CTX_TCP = 3 };
+enum map_mode { MAP_NONE = 0, MAP_RO = 1, MAP_RW = 2 };
+enum stop_at { STOP_NONE = 0, STOP_HEADERS, STOP_BODY, STOP_TRAILERS };
+
+typedef struct pw_prop {
+    pw_buf path, value;
+    struct pw_prop *next;
+} pw_prop;
+
+typedef struct pw_root {
+    pw_buf name, root_id, config;
+    void *log_handle;
+    int log_level;
+    uint32_t tick_period_ms;
+    uint64_t next_tick_ns;
+    int pending_done;
+} pw_root;
+
+typedef struct pw_hdir {
+    pw_hmap headers, trailers;
+    pw_buf held; /* body the filter holds: the current chunk, or everything buffered */
+    pw_buf out;  /* body forwarded past the filter, not yet taken by the caller */
+    uint8_t headers_in, headers_out, trailers_in, trailers_out, end_in, end_out;
+    uint8_t headers_eos;
+    uint8_t stop;
+    uint8_t hmode, tmode;
+} pw_hdir;
+
+typedef struct pw_http {
+    pw_hdir d[2];
+    int lr_pending;  /* proxy_send_local_response was called; applied after the callback */
+    int local_reply; /* 1 once a local reply replaced the response */
+    uint32_t lr_status;
+    int32_t lr_grpc;
+    pw_buf lr_details, lr_body;
+    pw_hmap lr_headers;
+    int reset, failed, done;
+} pw_http;
+
+typedef struct pw_tdir {
+    pw_buf held, out;
+    uint8_t end_in, end_out, stop, closed;
+} pw_tdir;
+
+typedef struct pw_tcp {
+    pw_tdir d[2];
+    int close_requested, failed, done, opened;
+} pw_tcp;
+
+typedef struct pw_ctx {
+    uint32_t id;
+    int kind;
+    int created; /* on_context_create was delivered */
+    struct pw_ctx *root;
+    pw_root *r;
+    pw_http *h;
+    pw_tcp *t;
+    pw_prop *host_props;   /* what the embedding provides (source.address, ...) */
+    pw_prop *filter_state; /* what the guest set with proxy_set_property */
+} pw_ctx;
+
+/* ---- exports the host calls --------------------------------------------------------- */
+enum fn_id {
+    FN_ON_CONTEXT_CREATE,
+    FN_ON_VM_START,
+    FN_ON_CONFIGURE,
+    FN_ON_TICK,
+    FN_ON_QUEUE_READY,
+    FN_ON_FOREIGN_FUNCTION,
+    FN_ON_NEW_CONNECTION,
+    FN_ON_DOWNSTREAM_DATA,
+    FN_ON_UPSTREAM_DATA,
+    FN_ON_DOWNSTREAM_CLOSE,
+    FN_ON_UPSTREAM_CLOSE,
+    FN_ON_REQUEST_HEADERS,
+    FN_ON_REQUEST_BODY,
+    FN_ON_REQUEST_TRAILERS,
+    FN_ON_RESPONSE_HEADERS,
+    FN_ON_RESPONSE_BODY,
+    FN_ON_RESPONSE_TRAILERS,
+    FN_ON_DONE,
+    FN_ON_LOG,
+    FN_ON_DELETE,
+    FN_ALLOC,
+    FN_INITIALIZE,
+    FN_START,
+    FN_MAIN,
+    FN_MAIN_VOID,
+    FN_COUNT
+};
+
+/* What the running callback is, for Envoy's availability rules of maps and buffers. */
+enum cb_phase {
+    PH_NONE = 0,
+    PH_START,
+    PH_VM_START,
+    PH_CONFIGURE,
+    PH_REQ_HEADERS,
+    PH_REQ_BODY,
+    PH_REQ_TRAILERS,
+    PH_RESP_HEADERS,
+    PH_RESP_BODY,
+    PH_RESP_TRAILERS,
+    PH_LOG,
+    PH_DOWN_DATA,
+    PH_UP_DATA,
+    PH_FOREIGN,
+    PH_OTHER
+};
+
+enum deferred_kind { DF_CONTINUE, DF_CLOSE, DF_LOCAL_REPLY, DF_DELETE_ROOT };
+
+typedef struct pw_deferred {
+    int kind;
+    uint32_t ctx;
+    uint32_t arg;
+} pw_deferred;
+
+typedef struct pw_foreign {
+    pw_buf name;
+    void *handle;
+    struct pw_foreign *next;
+} pw_foreign;
+
+typedef struct pw_ctx_table {
+    pw_ctx **slots;
+    size_t cap, n;
+} pw_ctx_table;
+
+/* A queue notification posted to this VM by any thread. */
+typedef struct pw_notice {
+    uint32_t root, queue;
+} pw_notice;
+
+struct pw_engine {
+    wasm_engine_t *engine;
+    wasmtime_linker_t *linker;
+};
+
+struct pw_module {
+    pw_engine *engine;
+    wasmtime_module_t *module;
+    wasmtime_instance_pre_t *pre;
+    int abi, header_arity;
+};
+
+struct metric;
+
+struct pw_vm {
+    pw_module *mod;
+    wasmtime_store_t *store;
+    wasmtime_context_t *cx;
+    wasmtime_instance_t inst;
+    wasmtime_memory_t mem;
+    wasmtime_func_t fn[FN_COUNT];
+    uint8_t has[FN_COUNT];
+    int abi, header_arity;
+    pthread_t owner;
+
+    pw_buf vm_id, vm_config, environ;
+    void *log_handle;
+
+    pw_ctx_table ctxs;
+    uint32_t next_id;
+
+    /* The running guest call: its context, the effective context and phase. */
+    pw_ctx *cur, *eff;
+    int phase;
+    int depth;
+    int in_deferred; /* vm_run_deferred is running: nested requests queue behind it */
+    int in_alloc;    /* the guest allocator is running (hostcalls.c galloc) */
+    int log_level;   /* for contexts without a root (start-up): LOG_TRACE, Python filters */
+    int local_reply_in_call; /* a local reply was queued during this call */
+
+    int failed;
+    char error[768];
+    int exited, exit_code;
+
+    pw_deferred *dq;
+    size_t dq_len, dq_cap;
+
+    pw_buf scratch;           /* answers handed to Python, valid until the next call */
+    pw_buf hc;                /* a hostcall's answer on its way into the guest */
+    pw_buf call_data;         /* FOREIGN_FUNCTION_ARGUMENTS */
+    pw_foreign *foreign;
+    pw_prop *host_props; /* properties the embedding provides for every context */
+
+    uint64_t clock_ns; /* virtual clock; 0 = real clocks */
+
+    struct metric **metrics; /* metric ids of this VM: id = (index << 2) | kind */
+    size_t n_metrics, cap_metrics;
+
+    pthread_mutex_t notice_lock; /* guards notices: other threads post queue notices */
+    pw_notice *notices;
+    size_t n_notices, cap_notices;
+    uint64_t vm_key; /* process-unique id used by queue owners to find this VM */
+};
+
+/* ---- cross-file internal API -------------------------------------------------------- */
+/* Python callbacks, set once at import before any VM exists; read-only afterwards. */
+extern pw_log_fn pw_log_cb;
+extern pw_foreign_fn pw_foreign_cb;
+
+/* vm.c */
+int vm_call(pw_vm *vm, int fn, pw_ctx *ctx, int phase, int nargs, const uint32_t *args,
+            uint32_t *ret);
+void vm_run_deferred(pw_vm *vm);
+int vm_defer(pw_vm *vm, int kind, uint32_t ctx, uint32_t arg);
+void vm_fail(pw_vm *vm, const char *what, wasm_trap_t *trap, wasmtime_error_t *err);
+uint64_t vm_now_ns(pw_vm *vm, int monotonic);
+void vm_log(pw_vm *vm, pw_ctx *ctx, int level, const char *msg, size_t len);
+int vm_check_owner(pw_vm *vm);
+void vm_post_notice(uint64_t vm_key, uint32_t root, uint32_t queue);
+
+/* context.c */
+pw_ctx *ctx_get(pw_vm *vm, uint32_t id);
+pw_ctx *ctx_new(pw_vm *vm, int kind, pw_ctx *root);
+void ctx_delete(pw_vm *vm, pw_ctx *c);
+int ctx_ensure_created(pw_vm *vm, pw_ctx *c);
+void ctx_teardown(pw_vm *vm, pw_ctx *c);
+void ctx_table_free(pw_vm *vm);
+pw_ctx *ctx_effective(pw_vm *vm);
+int prop_set(pw_prop **list, const uint8_t *path, size_t pl, const uint8_t *v, size_t vl);
+const pw_prop *prop_find(const pw_prop *list, const uint8_t *path, size_t pl);
+void prop_free_all(pw_prop **list);
+
+/* http.c / tcp.c: deferred actions land here; the hostcalls find maps and buffers here */
+pw_hmap *http_map(pw_vm *vm, pw_ctx *c, uint32_t type, int write, int *status);
+pw_buf *stream_buffer(pw_vm *vm, pw_ctx *c, uint32_t type, int write, int *status);
+void http_resume(pw_vm *vm, pw_ctx *c, int dir);
+void http_local_reply_apply(pw_vm *vm, pw_ctx *c);
+void http_fail(pw_vm *vm, pw_ctx *c);
+void http_free(pw_http *h);
+void tcp_resume(pw_vm *vm, pw_ctx *c);
+void tcp_free(pw_tcp *t);
+
+/* hostcalls.c */
+typedef struct import_def {
+    const char *name;
+    const char *params; /* one char per parameter: i = i32, I = i64 */
+    const char *results;
+    wasmtime_func_unchecked_callback_t cb;
+} import_def;
+int define_imports(wasmtime_linker_t *linker, const char *module, const import_def *defs,
+                   size_t n, char *err, size_t errlen);
+int hostcalls_define(wasmtime_linker_t *linker, char *err, size_t errlen);
+/* Guest memory access; every guest pointer goes through these. */
+uint8_t *gmem(pw_vm *vm, wasmtime_context_t *cx, uint32_t ptr, uint32_t len);
+int gput_u32(pw_vm *vm, wasmtime_context_t *cx, uint32_t ptr, uint32_t v);
+int gput_u64(pw_vm *vm, wasmtime_context_t *cx, uint32_t ptr, uint64_t v);
+/* Returns bytes to the guest through (ptr_ptr, size_ptr) with one exactly-sized
+ * allocation; a trap from the allocator comes back in *trap. */
+int greturn(pw_vm *vm, wasmtime_context_t *cx, const uint8_t *d, size_t n, uint32_t ptr_ptr,
+            uint32_t size_ptr, wasm_trap_t **trap);
+
+/* wasi.c */
+int wasi_define(wasmtime_linker_t *linker, char *err, size_t errlen);
+
+/* props.c */
+int props_get(pw_vm *vm, pw_ctx *ctx, const uint8_t *path, size_t pl, pw_buf *out);
+int props_set(pw_vm *vm, pw_ctx *ctx, const uint8_t *path, size_t pl, const uint8_t *v, size_t vl);
+
+/* shared.c, queue.c, metrics.c */
+int shared_get(const uint8_t *vm_id, size_t vl, const uint8_t *k, size_t kl, pw_buf *out,
+               uint32_t *cas);
+int shared_set(const uint8_t *vm_id, size_t vl, const uint8_t *k, size_t kl, const uint8_t *v,
+               size_t n, uint32_t cas);
+uint32_t queue_register(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl,
+                        uint64_t vm_key, uint32_t root);
+int queue_resolve(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl, uint32_t *id);
+int queue_enqueue(uint32_t id, const uint8_t *d, size_t n);
+int queue_dequeue(uint32_t id, pw_buf *out);
+int metric_define(pw_vm *vm, uint32_t kind, const uint8_t *name, size_t nl, uint32_t *id);
+int metric_increment(pw_vm *vm, uint32_t id, int64_t off);
+int metric_record(pw_vm *vm, uint32_t id, uint64_t v);
+int metric_get(pw_vm *vm, uint32_t id, uint64_t *v);
+
+#endif

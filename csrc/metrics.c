@@ -1,0 +1,126 @@
+/* Metrics (ABI.md §5.10): process-wide stats by (kind, name) with atomic values; each VM
+ * hands out its own ids, with the kind in the low two bits as Envoy does. */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+enum { M_COUNTER = 0, M_GAUGE = 1, M_HISTOGRAM = 2 };
+
+struct metric {
+    int kind;
+    pw_buf name;
+    _Atomic int64_t value; /* counter, gauge; sample count for a histogram */
+    _Atomic uint64_t sum;  /* histogram: sum of samples */
+    struct metric *next;
+};
+
+/* The stats list: guarded by metrics_lock (any thread); values are atomics. */
+static pthread_mutex_t metrics_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct metric *metrics;
+
+static struct metric *find_locked(int kind, const uint8_t *name, size_t nl) {
+    for (struct metric *m = metrics; m; m = m->next)
+        if ((kind < 0 || m->kind == kind) && m->name.len == nl && (!nl || !memcmp(m->name.p, name, nl)))
+            return m;
+    return NULL;
+}
+
+int metric_define(pw_vm *vm, uint32_t kind, const uint8_t *name, size_t nl, uint32_t *id) {
+    pthread_mutex_lock(&metrics_lock);
+    struct metric *m = find_locked((int)kind, name, nl);
+    if (!m && (m = calloc(1, sizeof *m))) {
+        if (buf_set(&m->name, name, nl)) {
+            free(m);
+            m = NULL;
+        } else {
+            m->kind = (int)kind;
+            m->next = metrics;
+            metrics = m;
+        }
+    }
+    pthread_mutex_unlock(&metrics_lock);
+    if (!m) return ST_INTERNAL_FAILURE;
+    /* A new id on every call, even for the same name (Envoy). */
+    if (vm->n_metrics == vm->cap_metrics) {
+        size_t nc = vm->cap_metrics ? vm->cap_metrics * 2 : 16;
+        struct metric **n = realloc(vm->metrics, nc * sizeof *n);
+        if (!n) return ST_INTERNAL_FAILURE;
+        vm->metrics = n;
+        vm->cap_metrics = nc;
+    }
+    if (vm->n_metrics >= (UINT32_MAX >> 2) - 1) return ST_INTERNAL_FAILURE;
+    vm->metrics[vm->n_metrics++] = m;
+    *id = ((uint32_t)vm->n_metrics << 2) | kind;
+    return ST_OK;
+}
+
+static struct metric *by_id(pw_vm *vm, uint32_t id) {
+    size_t i = id >> 2;
+    if (!i || i > vm->n_metrics) return NULL;
+    struct metric *m = vm->metrics[i - 1];
+    return (uint32_t)m->kind == (id & 3) ? m : NULL;
+}
+
+int metric_increment(pw_vm *vm, uint32_t id, int64_t off) {
+    struct metric *m = by_id(vm, id);
+    if (!m) return ST_NOT_FOUND;
+    if (m->kind == M_HISTOGRAM || (m->kind == M_COUNTER && off <= 0)) return ST_BAD_ARGUMENT;
+    atomic_fetch_add(&m->value, off);
+    return ST_OK;
+}
+
+int metric_record(pw_vm *vm, uint32_t id, uint64_t v) {
+    struct metric *m = by_id(vm, id);
+    if (!m) return ST_NOT_FOUND;
+    switch (m->kind) {
+    case M_COUNTER: atomic_fetch_add(&m->value, (int64_t)v); break; /* adds, as Envoy */
+    case M_GAUGE: atomic_store(&m->value, (int64_t)v); break;
+    default:
+        atomic_fetch_add(&m->value, 1);
+        atomic_fetch_add(&m->sum, v);
+    }
+    return ST_OK;
+}
+
+int metric_get(pw_vm *vm, uint32_t id, uint64_t *v) {
+    struct metric *m = by_id(vm, id);
+    if (!m) return ST_NOT_FOUND;
+    if (m->kind == M_HISTOGRAM) return ST_BAD_ARGUMENT;
+    *v = (uint64_t)atomic_load(&m->value);
+    return ST_OK;
+}
+
+int pw_metric_get(const uint8_t *name, size_t name_len, int *kind, int64_t *value, uint64_t *sum) {
+    pthread_mutex_lock(&metrics_lock);
+    struct metric *m = find_locked(-1, name, name_len);
+    if (m) {
+        *kind = m->kind;
+        *value = atomic_load(&m->value);
+        *sum = atomic_load(&m->sum);
+    }
+    pthread_mutex_unlock(&metrics_lock);
+    return m ? ST_OK : ST_NOT_FOUND;
+}
+
+int pw_metrics_dump(uint8_t **out, size_t *len) {
+    pw_buf b = {0};
+    char num[64];
+    pthread_mutex_lock(&metrics_lock);
+    for (struct metric *m = metrics; m; m = m->next) {
+        int n = snprintf(num, sizeof num, "%d", m->kind);
+        buf_append(&b, (const uint8_t *)num, (size_t)n);
+        buf_append(&b, (const uint8_t *)" ", 1);
+        buf_append(&b, m->name.p, m->name.len);
+        n = snprintf(num, sizeof num, "%c%lld%c%llu\n", 0, (long long)atomic_load(&m->value), 0,
+                     (unsigned long long)atomic_load(&m->sum));
+        buf_append(&b, (const uint8_t *)num, (size_t)n);
+    }
+    pthread_mutex_unlock(&metrics_lock);
+    if (!b.p && buf_reserve(&b, 1)) return PW_ERR;
+    *out = b.p;
+    *len = b.len;
+    return PW_OK;
+}

@@ -1,0 +1,173 @@
+/*
+ * pyproxywasm C core: the API Python calls through cffi.
+ *
+ * The text between the cdef markers is handed to cffi verbatim, so it holds only plain C
+ * declarations. One call per ABI event: Python never runs on the hostcall path, and every
+ * call below is made with the GIL released (cffi API mode), so VMs owned by different
+ * threads run in parallel. A pw_vm belongs to the thread that created it; calls from any
+ * other thread return PW_ERR_THREAD.
+ */
+#ifndef PW_H
+#define PW_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* cdef-begin */
+typedef struct pw_engine pw_engine;
+typedef struct pw_module pw_module;
+typedef struct pw_vm pw_vm;
+
+/* Results of the pw_* calls (not ABI statuses). */
+#define PW_OK 0
+#define PW_ERR 1            /* see the error text */
+#define PW_ERR_TRAP 2       /* the guest trapped; the VM is failed */
+#define PW_ERR_FAILED 3     /* the VM failed earlier; nothing was called */
+#define PW_ERR_THREAD 4     /* called from a thread that does not own the VM */
+#define PW_ERR_NO_CONTEXT 5 /* unknown or already deleted context id */
+#define PW_ERR_REJECTED 6   /* on_configure returned false */
+#define PW_ERR_STATE 7      /* event out of order for this stream */
+#define PW_ERR_VM_REJECTED 8 /* on_vm_start returned false */
+
+/* ABI versions. */
+#define PW_ABI_0_1_0 0
+#define PW_ABI_0_2_0 1
+#define PW_ABI_0_2_1 2
+
+/* Directions: HTTP request/response, TCP downstream/upstream. */
+#define PW_DIR_REQUEST 0
+#define PW_DIR_RESPONSE 1
+#define PW_DIR_DOWNSTREAM 0
+#define PW_DIR_UPSTREAM 1
+
+/* Stream flags returned by the stream calls (a bit set). */
+#define PW_S_REQ_STOPPED 1
+#define PW_S_RESP_STOPPED 2
+#define PW_S_LOCAL_REPLY 4
+#define PW_S_RESET 8        /* proxy_close_stream, or TCP close requested */
+#define PW_S_FAILED 16      /* the VM trapped while serving this stream */
+#define PW_S_DONE 32        /* teardown ran */
+#define PW_S_REQ_ENDED 64   /* end of stream forwarded on the request/downstream side */
+#define PW_S_RESP_ENDED 128 /* same, response/upstream side */
+#define PW_S_REQ_HEADERS_OUT 256  /* request headers were forwarded */
+#define PW_S_RESP_HEADERS_OUT 512 /* response headers were forwarded */
+#define PW_S_REQ_TRAILERS_OUT 1024
+#define PW_S_RESP_TRAILERS_OUT 2048
+
+/* What pw_http_read / pw_tcp_read can return. */
+#define PW_R_REQ_HEADERS 0
+#define PW_R_REQ_TRAILERS 1
+#define PW_R_RESP_HEADERS 2
+#define PW_R_RESP_TRAILERS 3
+#define PW_R_REQ_BODY 4      /* request body forwarded and not yet taken */
+#define PW_R_RESP_BODY 5     /* response body forwarded and not yet taken */
+#define PW_R_REQ_HELD 6      /* request body held by the filter */
+#define PW_R_RESP_HELD 7     /* response body held by the filter */
+#define PW_R_LOCAL_HEADERS 8 /* headers of the plugin's local response (pairs) */
+#define PW_R_LOCAL_BODY 9
+#define PW_R_LOCAL_DETAILS 10
+#define PW_R_DOWN_DATA 11    /* TCP downstream data forwarded upstream, not yet taken */
+#define PW_R_UP_DATA 12      /* TCP upstream data forwarded downstream, not yet taken */
+
+/* Cold callbacks into Python (each takes the GIL itself). */
+typedef void (*pw_log_fn)(void *handle, int level, const char *msg, size_t len);
+typedef int (*pw_foreign_fn)(void *handle, const uint8_t *args, size_t len, void *result);
+void pw_set_callbacks(pw_log_fn log, pw_foreign_fn foreign);
+
+/* Result sink for foreign functions: copies the bytes the Python side produced. */
+int pw_result_set(void *result, const uint8_t *data, size_t len);
+
+int pw_wt_bind(const char *libpath, char *err, size_t errlen);
+void pw_wt_struct_sizes(size_t out[6]);
+
+pw_engine *pw_engine_new(char *err, size_t errlen);
+void pw_engine_free(pw_engine *e);
+
+/* Compile (or deserialize a cached compile of) a module. The exports it calls were
+ * validated by the Python loader; header_arity is 2 (ABI 0.1.0 builds) or 3. */
+pw_module *pw_module_new(pw_engine *e, const uint8_t *wasm, size_t len, int abi,
+                         int header_arity, char *err, size_t errlen);
+pw_module *pw_module_deserialize(pw_engine *e, const uint8_t *bytes, size_t len, int abi,
+                                 int header_arity, char *err, size_t errlen);
+int pw_module_serialize(pw_module *m, uint8_t **out, size_t *len);
+void pw_bytes_free(uint8_t *p);
+void pw_module_free(pw_module *m);
+
+/* A VM: one instance of a module, owned by the calling thread. Runs the WASI start-up
+ * (_initialize + main, or _start). vm_id and vm_config are kept for the VM's roots;
+ * environ is "K=V\0K=V\0" for WASI environ_get. */
+pw_vm *pw_vm_new(pw_module *m, const uint8_t *vm_id, size_t vm_id_len,
+                 const uint8_t *vm_config, size_t vm_config_len, const uint8_t *environ,
+                 size_t environ_len, void *log_handle, char *err, size_t errlen);
+void pw_vm_free(pw_vm *vm);
+int pw_vm_failed(pw_vm *vm);
+const char *pw_vm_error(pw_vm *vm);
+int pw_vm_abi(pw_vm *vm);
+/* Virtual clock (ns since the Unix epoch); 0 goes back to the real clocks. */
+void pw_vm_set_clock(pw_vm *vm, uint64_t now_ns);
+/* Deliver what is pending for this VM: due ticks (virtual or real clock) and queue
+ * notifications. Returns the number of callbacks made. */
+int pw_vm_dispatch(pw_vm *vm);
+/* Nanoseconds until the next tick is due on this VM's clock, or UINT64_MAX if none. */
+uint64_t pw_vm_next_tick_in(pw_vm *vm);
+/* Foreign functions callable by this VM's guests. */
+int pw_vm_register_foreign(pw_vm *vm, const char *name, size_t name_len, void *handle);
+
+/* Root (plugin) contexts. Creates the context and calls on_vm_start, on_configure. */
+int pw_root_new(pw_vm *vm, const uint8_t *name, size_t name_len, const uint8_t *root_id,
+                size_t root_id_len, const uint8_t *config, size_t config_len, void *log_handle,
+                int log_level, uint32_t *out_id);
+void pw_root_set_log_level(pw_vm *vm, uint32_t root, int level);
+uint32_t pw_root_tick_period(pw_vm *vm, uint32_t root);
+int pw_root_tick(pw_vm *vm, uint32_t root);
+/* Calls on_done; returns 1 when the root was deleted, 0 when it is pending proxy_done. */
+int pw_root_done(pw_vm *vm, uint32_t root);
+int pw_root_foreign_call(pw_vm *vm, uint32_t root, uint32_t function_id,
+                         const uint8_t *args, size_t len);
+
+/* Properties the host provides for a context (0 = every context of the VM): the path is
+ * NUL-separated segments, the value already encoded as Envoy encodes it. */
+int pw_set_host_property(pw_vm *vm, uint32_t ctx, const uint8_t *path, size_t path_len,
+                         const uint8_t *value, size_t value_len);
+/* Reads a property as the guest would; *out is valid until the next call on the VM. */
+int pw_get_property(pw_vm *vm, uint32_t ctx, const uint8_t *path, size_t path_len,
+                    const uint8_t **out, size_t *out_len);
+
+/* HTTP streams. Headers and trailers are the pairs wire format. */
+int pw_http_new(pw_vm *vm, uint32_t root, uint32_t *out_id);
+int pw_http_headers(pw_vm *vm, uint32_t ctx, int dir, const uint8_t *pairs, size_t len, int eos);
+int pw_http_data(pw_vm *vm, uint32_t ctx, int dir, const uint8_t *data, size_t len, int eos);
+int pw_http_trailers(pw_vm *vm, uint32_t ctx, int dir, const uint8_t *pairs, size_t len);
+int pw_http_flags(pw_vm *vm, uint32_t ctx);
+int pw_http_finish(pw_vm *vm, uint32_t ctx);
+int pw_http_local_reply(pw_vm *vm, uint32_t ctx, uint32_t *status, int32_t *grpc_status);
+/* *out is valid until the next call on the VM; reading a body output takes it. */
+int pw_http_read(pw_vm *vm, uint32_t ctx, int what, const uint8_t **out, size_t *len);
+
+/* TCP streams (network filters). peer is the ABI PeerType. */
+int pw_tcp_new(pw_vm *vm, uint32_t root, uint32_t *out_id);
+int pw_tcp_data(pw_vm *vm, uint32_t ctx, int dir, const uint8_t *data, size_t len, int eos);
+int pw_tcp_close(pw_vm *vm, uint32_t ctx, int dir, int peer);
+int pw_tcp_flags(pw_vm *vm, uint32_t ctx);
+int pw_tcp_finish(pw_vm *vm, uint32_t ctx);
+int pw_tcp_read(pw_vm *vm, uint32_t ctx, int what, const uint8_t **out, size_t *len);
+
+/* Shared data (per vm_id, process-wide) as the guests see it. */
+int pw_shared_get(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *key, size_t key_len,
+                  uint8_t **out, size_t *out_len, uint32_t *cas);
+int pw_shared_set(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *key, size_t key_len,
+                  const uint8_t *value, size_t value_len, uint32_t cas);
+/* Shared queues: resolve a queue id and read its depth. */
+int pw_queue_resolve(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *name,
+                     size_t name_len, uint32_t *out_id);
+int pw_queue_size(uint32_t id);
+int pw_queue_enqueue(uint32_t id, const uint8_t *data, size_t len);
+
+/* Metrics (process-wide, by name). kind: 0 counter, 1 gauge, 2 histogram. For a
+ * histogram, value is the sample count and sum is the sum of samples. */
+int pw_metric_get(const uint8_t *name, size_t name_len, int *kind, int64_t *value, uint64_t *sum);
+/* Snapshot of all metrics as "kind name\0value\0sum\n" records; free with pw_bytes_free. */
+int pw_metrics_dump(uint8_t **out, size_t *len);
+/* cdef-end */
+
+#endif

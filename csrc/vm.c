@@ -1,0 +1,540 @@
+/* The VM: engine and linker, compiled modules, instances, calls into the guest, the
+ * deferred-action loop and the VM's own event delivery (ticks, queue notices). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+/* Set once at import by pw_set_callbacks, before any VM exists; read-only afterwards. */
+pw_log_fn pw_log_cb;
+pw_foreign_fn pw_foreign_cb;
+
+void pw_set_callbacks(pw_log_fn log, pw_foreign_fn foreign) {
+    pw_log_cb = log;
+    pw_foreign_cb = foreign;
+}
+
+/* ---- live VMs by key, so a queue enqueued on any thread can notify its owner ---------- */
+/* Guarded by registry_lock; touched by every thread that creates, frees or notifies. */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static pw_vm **registry;
+static size_t registry_len, registry_cap;
+static uint64_t registry_next_key = 1;
+
+static int registry_add(pw_vm *vm) {
+    pthread_mutex_lock(&registry_lock);
+    if (registry_len == registry_cap) {
+        size_t nc = registry_cap ? registry_cap * 2 : 16;
+        pw_vm **n = realloc(registry, nc * sizeof *n);
+        if (!n) {
+            pthread_mutex_unlock(&registry_lock);
+            return -1;
+        }
+        registry = n;
+        registry_cap = nc;
+    }
+    vm->vm_key = registry_next_key++;
+    registry[registry_len++] = vm;
+    pthread_mutex_unlock(&registry_lock);
+    return 0;
+}
+
+static void registry_remove(pw_vm *vm) {
+    pthread_mutex_lock(&registry_lock);
+    for (size_t i = 0; i < registry_len; i++)
+        if (registry[i] == vm) {
+            registry[i] = registry[--registry_len];
+            break;
+        }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+void vm_post_notice(uint64_t vm_key, uint32_t root, uint32_t queue) {
+    pthread_mutex_lock(&registry_lock);
+    for (size_t i = 0; i < registry_len; i++) {
+        pw_vm *vm = registry[i];
+        if (vm->vm_key != vm_key) continue;
+        pthread_mutex_lock(&vm->notice_lock);
+        if (vm->n_notices == vm->cap_notices) {
+            size_t nc = vm->cap_notices ? vm->cap_notices * 2 : 16;
+            pw_notice *n = realloc(vm->notices, nc * sizeof *n);
+            if (n) {
+                vm->notices = n;
+                vm->cap_notices = nc;
+            }
+        }
+        if (vm->n_notices < vm->cap_notices)
+            vm->notices[vm->n_notices++] = (pw_notice){root, queue};
+        pthread_mutex_unlock(&vm->notice_lock);
+        break;
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+/* ---- errors ------------------------------------------------------------------------ */
+static void copy_msg(char *dst, size_t dl, const char *prefix, wasm_byte_vec_t *msg) {
+    int n = snprintf(dst, dl, "%s", prefix);
+    if (n < 0 || (size_t)n >= dl) return;
+    size_t room = dl - (size_t)n - 1, m = msg->size < room ? msg->size : room;
+    memcpy(dst + n, msg->data, m);
+    dst[n + m] = 0;
+}
+
+static void describe(char *dst, size_t dl, const char *what, wasm_trap_t *trap,
+                     wasmtime_error_t *err) {
+    char prefix[160];
+    snprintf(prefix, sizeof prefix, "%s: ", what);
+    wasm_byte_vec_t msg = {0, NULL};
+    if (trap) {
+        WT.trap_message(trap, &msg);
+        copy_msg(dst, dl, prefix, &msg);
+        WT.byte_vec_delete(&msg);
+        WT.trap_delete(trap);
+    } else if (err) {
+        WT.error_message(err, &msg);
+        copy_msg(dst, dl, prefix, &msg);
+        WT.byte_vec_delete(&msg);
+        WT.error_delete(err);
+    } else {
+        snprintf(dst, dl, "%s", what);
+    }
+}
+
+void vm_fail(pw_vm *vm, const char *what, wasm_trap_t *trap, wasmtime_error_t *err) {
+    if (!vm->failed) {
+        describe(vm->error, sizeof vm->error, what, trap, err);
+        vm->failed = 1;
+        vm_log(vm, vm->cur, LOG_CRITICAL, vm->error, strlen(vm->error));
+    } else {
+        if (trap) WT.trap_delete(trap);
+        if (err) WT.error_delete(err);
+    }
+}
+
+/* ---- engine and modules ---------------------------------------------------------------- */
+pw_engine *pw_engine_new(char *err, size_t errlen) {
+    pw_engine *e = calloc(1, sizeof *e);
+    if (!e) return NULL;
+    wasm_config_t *cfg = WT.config_new();
+    e->engine = WT.engine_new_with_config(cfg);
+    e->linker = WT.linker_new(e->engine);
+    if (hostcalls_define(e->linker, err, errlen) || wasi_define(e->linker, err, errlen)) {
+        pw_engine_free(e);
+        return NULL;
+    }
+    return e;
+}
+
+void pw_engine_free(pw_engine *e) {
+    if (!e) return;
+    if (e->linker) WT.linker_delete(e->linker);
+    if (e->engine) WT.engine_delete(e->engine);
+    free(e);
+}
+
+static pw_module *module_finish(pw_engine *e, wasmtime_module_t *mod, int abi, int arity,
+                                char *err, size_t errlen) {
+    pw_module *m = calloc(1, sizeof *m);
+    if (!m) {
+        WT.module_delete(mod);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    m->engine = e;
+    m->module = mod;
+    m->abi = abi;
+    m->header_arity = arity;
+    wasmtime_error_t *we = WT.linker_instantiate_pre(e->linker, mod, &m->pre);
+    if (we) {
+        describe(err, errlen, "cannot link the module", NULL, we);
+        WT.module_delete(mod);
+        free(m);
+        return NULL;
+    }
+    return m;
+}
+
+pw_module *pw_module_new(pw_engine *e, const uint8_t *wasm, size_t len, int abi,
+                         int header_arity, char *err, size_t errlen) {
+    wasmtime_module_t *mod = NULL;
+    wasmtime_error_t *we = WT.module_new(e->engine, wasm, len, &mod);
+    if (we) {
+        describe(err, errlen, "cannot compile the module", NULL, we);
+        return NULL;
+    }
+    return module_finish(e, mod, abi, header_arity, err, errlen);
+}
+
+pw_module *pw_module_deserialize(pw_engine *e, const uint8_t *bytes, size_t len, int abi,
+                                 int header_arity, char *err, size_t errlen) {
+    wasmtime_module_t *mod = NULL;
+    wasmtime_error_t *we = WT.module_deserialize(e->engine, bytes, len, &mod);
+    if (we) {
+        describe(err, errlen, "cannot load the cached module", NULL, we);
+        return NULL;
+    }
+    return module_finish(e, mod, abi, header_arity, err, errlen);
+}
+
+int pw_module_serialize(pw_module *m, uint8_t **out, size_t *len) {
+    wasm_byte_vec_t v = {0, NULL};
+    wasmtime_error_t *we = WT.module_serialize(m->module, &v);
+    if (we) {
+        WT.error_delete(we);
+        return PW_ERR;
+    }
+    *out = malloc(v.size ? v.size : 1);
+    if (!*out) {
+        WT.byte_vec_delete(&v);
+        return PW_ERR;
+    }
+    memcpy(*out, v.data, v.size);
+    *len = v.size;
+    WT.byte_vec_delete(&v);
+    return PW_OK;
+}
+
+void pw_module_free(pw_module *m) {
+    if (!m) return;
+    if (m->pre) WT.instance_pre_delete(m->pre);
+    if (m->module) WT.module_delete(m->module);
+    free(m);
+}
+
+/* ---- VM creation ------------------------------------------------------------------- */
+static const char *const fn_names[FN_COUNT] = {
+    [FN_ON_CONTEXT_CREATE] = "proxy_on_context_create",
+    [FN_ON_VM_START] = "proxy_on_vm_start",
+    [FN_ON_CONFIGURE] = "proxy_on_configure",
+    [FN_ON_TICK] = "proxy_on_tick",
+    [FN_ON_QUEUE_READY] = "proxy_on_queue_ready",
+    [FN_ON_FOREIGN_FUNCTION] = "proxy_on_foreign_function",
+    [FN_ON_NEW_CONNECTION] = "proxy_on_new_connection",
+    [FN_ON_DOWNSTREAM_DATA] = "proxy_on_downstream_data",
+    [FN_ON_UPSTREAM_DATA] = "proxy_on_upstream_data",
+    [FN_ON_DOWNSTREAM_CLOSE] = "proxy_on_downstream_connection_close",
+    [FN_ON_UPSTREAM_CLOSE] = "proxy_on_upstream_connection_close",
+    [FN_ON_REQUEST_HEADERS] = "proxy_on_request_headers",
+    [FN_ON_REQUEST_BODY] = "proxy_on_request_body",
+    [FN_ON_REQUEST_TRAILERS] = "proxy_on_request_trailers",
+    [FN_ON_RESPONSE_HEADERS] = "proxy_on_response_headers",
+    [FN_ON_RESPONSE_BODY] = "proxy_on_response_body",
+    [FN_ON_RESPONSE_TRAILERS] = "proxy_on_response_trailers",
+    [FN_ON_DONE] = "proxy_on_done",
+    [FN_ON_LOG] = "proxy_on_log",
+    [FN_ON_DELETE] = "proxy_on_delete",
+    [FN_ALLOC] = "proxy_on_memory_allocate",
+    [FN_INITIALIZE] = "_initialize",
+    [FN_START] = "_start",
+    [FN_MAIN] = "main",
+    [FN_MAIN_VOID] = "__main_void",
+};
+
+static int get_func(pw_vm *vm, const char *name, wasmtime_func_t *out) {
+    wasmtime_extern_t ex;
+    if (!WT.instance_export_get(vm->cx, &vm->inst, name, strlen(name), &ex)) return 0;
+    if (ex.kind != WASMTIME_EXTERN_FUNC) {
+        WT.extern_delete(&ex);
+        return 0;
+    }
+    *out = ex.of.func;
+    return 1;
+}
+
+static int vm_start_wasi(pw_vm *vm);
+
+pw_vm *pw_vm_new(pw_module *m, const uint8_t *vm_id, size_t vm_id_len, const uint8_t *vm_config,
+                 size_t vm_config_len, const uint8_t *environ, size_t environ_len,
+                 void *log_handle, char *err, size_t errlen) {
+    pw_vm *vm = calloc(1, sizeof *vm);
+    if (!vm) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&vm->notice_lock, NULL);
+    vm->mod = m;
+    vm->abi = m->abi;
+    vm->header_arity = m->header_arity;
+    vm->owner = pthread_self();
+    vm->log_handle = log_handle;
+    vm->next_id = 1;
+    if (buf_set(&vm->vm_id, vm_id, vm_id_len) || buf_set(&vm->vm_config, vm_config, vm_config_len) ||
+        buf_set(&vm->environ, environ, environ_len) || registry_add(vm)) {
+        snprintf(err, errlen, "out of memory");
+        pw_vm_free(vm);
+        return NULL;
+    }
+    vm->store = WT.store_new(m->engine->engine, vm, NULL);
+    vm->cx = WT.store_context(vm->store);
+    wasm_trap_t *trap = NULL;
+    wasmtime_error_t *we = WT.instance_pre_instantiate(m->pre, vm->cx, &vm->inst, &trap);
+    if (we || trap) {
+        describe(err, errlen, "cannot instantiate the module", trap, we);
+        pw_vm_free(vm);
+        return NULL;
+    }
+    wasmtime_extern_t ex;
+    if (!WT.instance_export_get(vm->cx, &vm->inst, "memory", 6, &ex) ||
+        ex.kind != WASMTIME_EXTERN_MEMORY) {
+        snprintf(err, errlen, "the module exports no memory named \"memory\"");
+        pw_vm_free(vm);
+        return NULL;
+    }
+    vm->mem = ex.of.memory;
+    for (int i = 0; i < FN_COUNT; i++) vm->has[i] = (uint8_t)get_func(vm, fn_names[i], &vm->fn[i]);
+    /* The spec's allocator first; malloc only as the fallback (ABI.md §1). */
+    if (!vm->has[FN_ALLOC]) vm->has[FN_ALLOC] = (uint8_t)get_func(vm, "malloc", &vm->fn[FN_ALLOC]);
+    if (!vm->has[FN_ALLOC]) {
+        snprintf(err, errlen,
+                 "the module exports neither proxy_on_memory_allocate nor malloc");
+        pw_vm_free(vm);
+        return NULL;
+    }
+    /* 0.1.0 has no foreign functions. */
+    if (vm->abi == PW_ABI_0_1_0) vm->has[FN_ON_FOREIGN_FUNCTION] = 0;
+    if (vm_start_wasi(vm)) {
+        snprintf(err, errlen, "%s", vm->error);
+        pw_vm_free(vm);
+        return NULL;
+    }
+    return vm;
+}
+
+/* _initialize then main(0,0) or __main_void; or _start, where proc_exit(0) is a normal
+ * end (TinyGo >= 0.35 exits from _start). */
+static int vm_start_wasi(pw_vm *vm) {
+    uint32_t zero[2] = {0, 0}, ret;
+    if (vm->has[FN_INITIALIZE]) {
+        if (vm_call(vm, FN_INITIALIZE, NULL, PH_START, 0, NULL, NULL)) return -1;
+        if (vm->has[FN_MAIN]) return vm_call(vm, FN_MAIN, NULL, PH_START, 2, zero, &ret);
+        if (vm->has[FN_MAIN_VOID]) return vm_call(vm, FN_MAIN_VOID, NULL, PH_START, 0, NULL, &ret);
+        return 0;
+    }
+    if (vm->has[FN_START]) return vm_call(vm, FN_START, NULL, PH_START, 0, NULL, NULL);
+    return 0;
+}
+
+void pw_vm_free(pw_vm *vm) {
+    if (!vm) return;
+    registry_remove(vm);
+    ctx_table_free(vm);
+    if (vm->store) WT.store_delete(vm->store);
+    buf_free(&vm->vm_id);
+    buf_free(&vm->vm_config);
+    buf_free(&vm->environ);
+    buf_free(&vm->scratch);
+    buf_free(&vm->hc);
+    prop_free_all(&vm->host_props);
+    buf_free(&vm->call_data);
+    while (vm->foreign) {
+        pw_foreign *f = vm->foreign;
+        vm->foreign = f->next;
+        buf_free(&f->name);
+        free(f);
+    }
+    free(vm->dq);
+    free(vm->metrics);
+    free(vm->notices);
+    pthread_mutex_destroy(&vm->notice_lock);
+    free(vm);
+}
+
+int pw_vm_failed(pw_vm *vm) { return vm->failed; }
+const char *pw_vm_error(pw_vm *vm) { return vm->error; }
+int pw_vm_abi(pw_vm *vm) { return vm->abi; }
+
+int vm_check_owner(pw_vm *vm) { return pthread_equal(vm->owner, pthread_self()); }
+
+int pw_vm_register_foreign(pw_vm *vm, const char *name, size_t name_len, void *handle) {
+    pw_foreign *f = calloc(1, sizeof *f);
+    if (!f || buf_set(&f->name, (const uint8_t *)name, name_len)) {
+        free(f);
+        return PW_ERR;
+    }
+    f->handle = handle;
+    f->next = vm->foreign;
+    vm->foreign = f;
+    return PW_OK;
+}
+
+/* ---- calls into the guest ---------------------------------------------------------------- */
+int vm_call(pw_vm *vm, int fn, pw_ctx *ctx, int phase, int nargs, const uint32_t *args,
+            uint32_t *ret) {
+    if (vm->failed) return -1;
+    if (!vm->has[fn]) return 1; /* not exported: the caller applies the ABI default */
+    /* Eight slots whatever the arity: an unchecked call never reads past our array. */
+    wasmtime_val_raw_t raw[8];
+    memset(raw, 0, sizeof raw);
+    for (int i = 0; i < nargs && i < 8; i++) raw[i].i32 = (int32_t)args[i];
+    pw_ctx *saved_cur = vm->cur, *saved_eff = vm->eff;
+    int saved_phase = vm->phase, saved_lr = vm->local_reply_in_call;
+    vm->cur = ctx;
+    vm->eff = ctx; /* the effective context never outlives one call */
+    vm->phase = phase;
+    vm->local_reply_in_call = 0;
+    vm->depth++;
+    wasm_trap_t *trap = NULL;
+    wasmtime_error_t *err = WT.func_call_unchecked(vm->cx, &vm->fn[fn], raw, 8, &trap);
+    vm->depth--;
+    int lr = vm->local_reply_in_call;
+    vm->cur = saved_cur;
+    vm->eff = saved_eff;
+    vm->phase = saved_phase;
+    vm->local_reply_in_call = saved_lr | lr;
+    if (trap || err) {
+        if (fn == FN_START && vm->exited && vm->exit_code == 0) {
+            if (trap) WT.trap_delete(trap);
+            if (err) WT.error_delete(err);
+            return 0;
+        }
+        char what[96];
+        if (vm->exited)
+            snprintf(what, sizeof what, "%s exited with code %d", fn_names[fn], vm->exit_code);
+        else
+            snprintf(what, sizeof what, "%s trapped", fn_names[fn]);
+        vm->cur = ctx;
+        vm_fail(vm, what, trap, err);
+        vm->cur = saved_cur;
+        return -1;
+    }
+    if (ret) *ret = (uint32_t)raw[0].i32;
+    if (lr && ret) *ret = 1; /* a local reply stops iteration whatever the guest said */
+    return 0;
+}
+
+/* ---- deferred actions ---------------------------------------------------------------------- */
+int vm_defer(pw_vm *vm, int kind, uint32_t ctx, uint32_t arg) {
+    if (vm->dq_len == vm->dq_cap) {
+        size_t nc = vm->dq_cap ? vm->dq_cap * 2 : 8;
+        pw_deferred *n = realloc(vm->dq, nc * sizeof *n);
+        if (!n) return -1;
+        vm->dq = n;
+        vm->dq_cap = nc;
+    }
+    vm->dq[vm->dq_len++] = (pw_deferred){kind, ctx, arg};
+    return 0;
+}
+
+/* Runs what guests asked for during their callbacks, in order, once no guest code is on
+ * the stack. An action may call the guest again and queue more. */
+void vm_run_deferred(pw_vm *vm) {
+    if (vm->depth || vm->in_deferred) return;
+    vm->in_deferred = 1;
+    for (size_t i = 0; i < vm->dq_len; i++) {
+        pw_deferred d = vm->dq[i];
+        pw_ctx *c = ctx_get(vm, d.ctx);
+        if (!c) continue;
+        switch (d.kind) {
+        case DF_CONTINUE:
+            if (c->kind == CTX_HTTP) http_resume(vm, c, (int)d.arg);
+            else if (c->kind == CTX_TCP) tcp_resume(vm, c);
+            break;
+        case DF_CLOSE:
+            if (c->kind == CTX_HTTP) c->h->reset = 1;
+            else if (c->kind == CTX_TCP) c->t->close_requested = 1;
+            break;
+        case DF_LOCAL_REPLY:
+            if (c->kind == CTX_HTTP) http_local_reply_apply(vm, c);
+            break;
+        case DF_DELETE_ROOT:
+            ctx_delete(vm, c);
+            break;
+        }
+    }
+    vm->dq_len = 0;
+    vm->in_deferred = 0;
+}
+
+/* ---- clocks, ticks and notices ------------------------------------------------------------- */
+uint64_t vm_now_ns(pw_vm *vm, int monotonic) {
+    if (vm->clock_ns) return vm->clock_ns;
+    struct timespec ts;
+    clock_gettime(monotonic ? CLOCK_MONOTONIC : CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void pw_vm_set_clock(pw_vm *vm, uint64_t now_ns) {
+    /* Moving between real and virtual time re-bases pending ticks on the new clock. */
+    int switching = (vm->clock_ns == 0) != (now_ns == 0);
+    vm->clock_ns = now_ns;
+    if (!switching) return;
+    uint64_t now = vm_now_ns(vm, 1);
+    for (size_t i = 0; i < vm->ctxs.cap; i++) {
+        pw_ctx *c = vm->ctxs.slots[i];
+        if (c && c->kind == CTX_ROOT && c->r->tick_period_ms)
+            c->r->next_tick_ns = now + (uint64_t)c->r->tick_period_ms * 1000000u;
+    }
+}
+
+static pw_ctx *next_due_root(pw_vm *vm, uint64_t now) {
+    pw_ctx *best = NULL;
+    for (size_t i = 0; i < vm->ctxs.cap; i++) {
+        pw_ctx *c = vm->ctxs.slots[i];
+        if (!c || c->kind != CTX_ROOT || !c->r->tick_period_ms || c->r->next_tick_ns > now)
+            continue;
+        if (!best || c->r->next_tick_ns < best->r->next_tick_ns) best = c;
+    }
+    return best;
+}
+
+uint64_t pw_vm_next_tick_in(pw_vm *vm) {
+    uint64_t now = vm_now_ns(vm, 1), best = UINT64_MAX;
+    for (size_t i = 0; i < vm->ctxs.cap; i++) {
+        pw_ctx *c = vm->ctxs.slots[i];
+        if (!c || c->kind != CTX_ROOT || !c->r->tick_period_ms) continue;
+        uint64_t in = c->r->next_tick_ns > now ? c->r->next_tick_ns - now : 0;
+        if (in < best) best = in;
+    }
+    return best;
+}
+
+int pw_vm_dispatch(pw_vm *vm) {
+    if (!vm_check_owner(vm)) return -PW_ERR_THREAD;
+    int calls = 0;
+    /* Queue notices first: one on_queue_ready per enqueue, in posting order. */
+    for (;;) {
+        pthread_mutex_lock(&vm->notice_lock);
+        size_t n = vm->n_notices;
+        pw_notice *batch = NULL;
+        if (n) {
+            batch = vm->notices;
+            vm->notices = NULL;
+            vm->n_notices = vm->cap_notices = 0;
+        }
+        pthread_mutex_unlock(&vm->notice_lock);
+        if (!n) break;
+        for (size_t i = 0; i < n && !vm->failed; i++) {
+            pw_ctx *root = ctx_get(vm, batch[i].root);
+            if (!root || root->kind != CTX_ROOT) continue;
+            uint32_t a[2] = {root->id, batch[i].queue};
+            vm_call(vm, FN_ON_QUEUE_READY, root, PH_OTHER, 2, a, NULL);
+            vm_run_deferred(vm);
+            calls++;
+        }
+        free(batch);
+    }
+    /* Then the ticks that are due, earliest first; each re-arms one period later. */
+    uint64_t now = vm_now_ns(vm, 1);
+    pw_ctx *root;
+    int guard = 0;
+    while (!vm->failed && (root = next_due_root(vm, now)) && guard++ < 100000) {
+        uint64_t due = root->r->next_tick_ns;
+        pw_root_tick(vm, root->id);
+        calls++;
+        root = ctx_get(vm, root->id);
+        if (root && root->r->tick_period_ms && root->r->next_tick_ns <= due)
+            root->r->next_tick_ns = due + (uint64_t)root->r->tick_period_ms * 1000000u;
+    }
+    return calls;
+}
+
+/* ---- logging --------------------------------------------------------------------------- */
+void vm_log(pw_vm *vm, pw_ctx *ctx, int level, const char *msg, size_t len) {
+    if (!pw_log_cb) return;
+    pw_root *r = (ctx && ctx->root) ? ctx->root->r : NULL;
+    void *handle = r ? r->log_handle : vm->log_handle;
+    if (r && level < r->log_level) return;
+    pw_log_cb(handle, level, msg, len);
+}

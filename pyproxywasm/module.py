@@ -1,0 +1,159 @@
+"""Loading modules: ABI detection, export validation and compilation (cached per code).
+
+Validation happens here, before compiling, because the C core calls the guest's exports
+without type checks: a `proxy_on_*` export of the wrong type must fail the load with an
+error that names it, never reach the core.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+
+from . import wasmbin
+from ._binding import core, ffi, lib
+from .errors import ModuleError
+
+ABI_IDS = {"0.1.0": lib.PW_ABI_0_1_0, "0.2.0": lib.PW_ABI_0_2_0, "0.2.1": lib.PW_ABI_0_2_1}
+
+_I = "i32"
+_EXPORT_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "proxy_on_context_create": ((_I, _I), ()),
+    "proxy_on_vm_start": ((_I, _I), (_I,)),
+    "proxy_validate_configuration": ((_I, _I), (_I,)),
+    "proxy_on_configure": ((_I, _I), (_I,)),
+    "proxy_on_tick": ((_I,), ()),
+    "proxy_on_queue_ready": ((_I, _I), ()),
+    "proxy_on_foreign_function": ((_I, _I, _I), ()),
+    "proxy_on_new_connection": ((_I,), (_I,)),
+    "proxy_on_downstream_data": ((_I, _I, _I), (_I,)),
+    "proxy_on_upstream_data": ((_I, _I, _I), (_I,)),
+    "proxy_on_downstream_connection_close": ((_I, _I), ()),
+    "proxy_on_upstream_connection_close": ((_I, _I), ()),
+    "proxy_on_request_body": ((_I, _I, _I), (_I,)),
+    "proxy_on_request_trailers": ((_I, _I), (_I,)),
+    "proxy_on_request_metadata": ((_I, _I), (_I,)),
+    "proxy_on_response_body": ((_I, _I, _I), (_I,)),
+    "proxy_on_response_trailers": ((_I, _I), (_I,)),
+    "proxy_on_response_metadata": ((_I, _I), (_I,)),
+    "proxy_on_http_call_response": ((_I, _I, _I, _I, _I), ()),
+    "proxy_on_grpc_receive_initial_metadata": ((_I, _I, _I), ()),
+    "proxy_on_grpc_receive": ((_I, _I, _I), ()),
+    "proxy_on_grpc_receive_trailing_metadata": ((_I, _I, _I), ()),
+    "proxy_on_grpc_close": ((_I, _I, _I), ()),
+    "proxy_on_done": ((_I,), (_I,)),
+    "proxy_on_log": ((_I,), ()),
+    "proxy_on_delete": ((_I,), ()),
+    "proxy_on_memory_allocate": ((_I,), (_I,)),
+    "malloc": ((_I,), (_I,)),
+    "_initialize": ((), ()),
+    "_start": ((), ()),
+    "main": ((_I, _I), (_I,)),
+    "__main_void": ((), (_I,)),
+}
+_HEADER_CALLBACKS = ("proxy_on_request_headers", "proxy_on_response_headers")
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """What the loader learned about a module before compiling it."""
+
+    digest: str
+    abi_version: str
+    header_arity: int
+    info: wasmbin.ModuleInfo
+
+
+def read_code(code: bytes | str | os.PathLike[str]) -> bytes:
+    """Module bytes from bytes, or from a path to a .wasm file."""
+    if isinstance(code, (bytes, bytearray, memoryview)):
+        return bytes(code)
+    try:
+        with open(code, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ModuleError(f"cannot read plugin code {os.fspath(code)!r}: {e.strerror}") from e
+
+
+def inspect(wasm: bytes) -> ModuleSpec:
+    """Parses and validates a module as a Proxy-Wasm plugin; raises ModuleError."""
+    try:
+        info = wasmbin.parse(wasm)
+    except wasmbin.WasmFormatError as e:
+        raise ModuleError(f"not a valid WebAssembly module: {e}") from e
+    abi = info.abi_version
+    if abi is None:
+        raise ModuleError(
+            "missing or unknown Proxy-Wasm ABI version: the module exports none of "
+            + ", ".join(wasmbin.ABI_MARKERS)
+        )
+    memory = info.export("memory")
+    if memory is None or memory.kind != "memory":
+        raise ModuleError('the module does not export its memory as "memory"')
+    if info.export("proxy_on_memory_allocate") is None and info.export("malloc") is None:
+        raise ModuleError("the module exports neither proxy_on_memory_allocate nor malloc")
+    for e in info.exports:
+        expected = _EXPORT_TYPES.get(e.name)
+        if expected is None or e.kind != "func":
+            continue
+        if e.type is None or (e.type.params, e.type.results) != expected:
+            want = wasmbin.FuncType(*expected)
+            raise ModuleError(f"export {e.name} has type {e.type}, expected {want}")
+    # Header callbacks: 3 parameters from 0.2.0 on; old 0.1.0 builds have 2 (or 3).
+    arities = set()
+    for name in _HEADER_CALLBACKS:
+        e = info.export(name)
+        if e is None or e.kind != "func":
+            continue
+        params = e.type.params if e.type else ()
+        ok = e.type is not None and e.type.results == (_I,) and set(params) <= {_I}
+        allowed = (2, 3) if abi == "0.1.0" else (3,)
+        if not ok or len(params) not in allowed:
+            raise ModuleError(
+                f"export {name} has type {e.type}, expected "
+                + " or ".join(f"({', '.join([_I] * n)}) -> (i32)" for n in allowed)
+            )
+        arities.add(len(params))
+    if len(arities) > 1:
+        raise ModuleError("proxy_on_request_headers and proxy_on_response_headers disagree on arity")
+    arity = arities.pop() if arities else (2 if abi == "0.1.0" else 3)
+    return ModuleSpec(hashlib.sha256(wasm).hexdigest(), abi, arity, info)
+
+
+class CompiledModule:
+    """A compiled, linked module: what every VM of this code is instantiated from."""
+
+    def __init__(self, spec: ModuleSpec, ptr) -> None:
+        self.spec = spec
+        self._ptr = ptr
+
+    @property
+    def ptr(self):
+        return self._ptr
+
+
+# Compiled modules by code digest, shared by every host and thread of the process. Guarded
+# by _cache_lock; modules live as long as the process (their VMs may be on any thread).
+_cache: dict[str, CompiledModule] = {}
+_cache_lock = threading.Lock()
+
+
+def compile_module(wasm: bytes) -> CompiledModule:
+    """Validates and compiles `wasm`, or returns the process's earlier compile of it."""
+    spec = inspect(wasm)
+    with _cache_lock:
+        hit = _cache.get(spec.digest)
+        if hit is not None:
+            return hit
+        err = ffi.new("char[1024]")
+        ptr = lib.pw_module_new(core.engine, wasm, len(wasm), ABI_IDS[spec.abi_version],
+                                spec.header_arity, err, 1024)
+        if ptr == ffi.NULL:
+            message = ffi.string(err).decode(errors="replace")
+            if "unknown import" in message or "incompatible import" in message:
+                message = "the plugin imports something this host does not provide: " + message
+            raise ModuleError(message)
+        compiled = CompiledModule(spec, ptr)
+        _cache[spec.digest] = compiled
+        return compiled

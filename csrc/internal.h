@@ -258,6 +258,7 @@ struct pw_vm {
 
     pw_buf scratch;           /* answers handed to Python, valid until the next call */
     pw_buf hc;                /* a hostcall's answer on its way into the guest */
+    pw_buf stdio[2];          /* partial stdout / stderr lines not yet logged */
     pw_buf call_data;         /* FOREIGN_FUNCTION_ARGUMENTS */
     pw_foreign *foreign;
     pw_prop *host_props; /* properties the embedding provides for every context */
@@ -332,6 +333,7 @@ int greturn(pw_vm *vm, wasmtime_context_t *cx, const uint8_t *d, size_t n, uint3
 
 /* wasi.c */
 int wasi_define(wasmtime_linker_t *linker, char *err, size_t errlen);
+void wasi_flush(pw_vm *vm); /* logs partial stdout/stderr lines */
 
 /* props.c */
 int props_get(pw_vm *vm, pw_ctx *ctx, const uint8_t *path, size_t pl, pw_buf *out);

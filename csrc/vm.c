@@ -326,6 +326,8 @@ void pw_vm_free(pw_vm *vm) {
     buf_free(&vm->environ);
     buf_free(&vm->scratch);
     buf_free(&vm->hc);
+    buf_free(&vm->stdio[0]);
+    buf_free(&vm->stdio[1]);
     prop_free_all(&vm->host_props);
     buf_free(&vm->call_data);
     while (vm->foreign) {
@@ -378,6 +380,7 @@ int vm_call(pw_vm *vm, int fn, pw_ctx *ctx, int phase, int nargs, const uint32_t
     wasm_trap_t *trap = NULL;
     wasmtime_error_t *err = WT.func_call_unchecked(vm->cx, &vm->fn[fn], raw, 8, &trap);
     vm->depth--;
+    if (!vm->depth) wasi_flush(vm);
     int lr = vm->local_reply_in_call;
     vm->cur = saved_cur;
     vm->eff = saved_eff;

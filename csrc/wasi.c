@@ -38,13 +38,39 @@ enum {
 
 static int is_stdio_out(uint32_t fd) { return fd == 1 || fd == 2; }
 
+/* stdout and stderr are line-buffered into log lines (INFO and ERROR): a guest that writes
+ * a line in pieces, as Go's runtime does for a panic, still logs one line. What is left
+ * without a newline is logged when the guest call returns (wasi_flush). */
+static void emit_lines(pw_vm *vm, int err, int all) {
+    pw_buf *b = &vm->stdio[err];
+    size_t start = 0;
+    for (size_t i = 0; i < b->len; i++)
+        if (b->p[i] == '\n') {
+            vm_log(vm, ctx_effective(vm), err ? LOG_ERROR : LOG_INFO, (const char *)b->p + start,
+                   i - start);
+            start = i + 1;
+        }
+    if (all && start < b->len) {
+        vm_log(vm, ctx_effective(vm), err ? LOG_ERROR : LOG_INFO, (const char *)b->p + start,
+               b->len - start);
+        start = b->len;
+    }
+    buf_drain_front(b, start);
+}
+
+void wasi_flush(pw_vm *vm) {
+    emit_lines(vm, 0, 1);
+    emit_lines(vm, 1, 1);
+}
+
 WASI(fd_write) {
     BEGIN;
     uint32_t fd = U(0), iovs = U(1), n = U(2);
     if (!is_stdio_out(fd)) RET(E_BADF);
     if ((uint64_t)n * 8u > UINT32_MAX || !gmem(vm, cx, iovs, n * 8u) || !gmem(vm, cx, U(3), 4))
         RET(E_FAULT);
-    pw_buf line = {0};
+    pw_buf *line = &vm->stdio[fd - 1];
+    uint32_t total = 0;
     for (uint32_t i = 0; i < n; i++) {
         const uint8_t *iov = gmem(vm, cx, iovs + 8 * i, 8);
         uint32_t p = (uint32_t)iov[0] | (uint32_t)iov[1] << 8 | (uint32_t)iov[2] << 16 |
@@ -52,17 +78,12 @@ WASI(fd_write) {
         uint32_t l = (uint32_t)iov[4] | (uint32_t)iov[5] << 8 | (uint32_t)iov[6] << 16 |
                      (uint32_t)iov[7] << 24;
         const uint8_t *d = gmem(vm, cx, p, l);
-        if (!d) {
-            buf_free(&line);
-            RET(E_FAULT);
-        }
-        buf_append(&line, d, l);
+        if (!d) RET(E_FAULT);
+        if (buf_append(line, d, l)) RET(E_FAULT);
+        total += l;
     }
-    uint32_t total = (uint32_t)line.len;
-    size_t shown = line.len;
-    if (shown && line.p[shown - 1] == '\n') shown--;
-    vm_log(vm, ctx_effective(vm), fd == 1 ? LOG_INFO : LOG_ERROR, (const char *)line.p, shown);
-    buf_free(&line);
+    /* A runaway line is logged in pieces rather than held without bound. */
+    emit_lines(vm, fd - 1, line->len > 65536);
     gput_u32(vm, cx, U(3), total);
     RET(E_SUCCESS);
 }

@@ -182,7 +182,9 @@ class Host:
         *,
         properties: Mapping[Any, Any] | None = None,
         foreign_functions: Mapping[str, Callable[[bytes], bytes | None]] | None = None,
+        clock_ns: int = 0,
     ) -> None:
+        self._clock_ns = clock_ns
         self._host_properties = list(props.flatten(properties or {}))
         self._foreign = [ForeignFunction(n, f) for n, f in (foreign_functions or {}).items()]
         self._vms: dict[tuple, Vm] = {}
@@ -196,6 +198,8 @@ class Host:
         vm = self._vms.get(key)
         if vm is None:
             vm = Vm(compile_module(code), vm_config, self._host_properties)
+            if self._clock_ns:
+                vm.set_clock(self._clock_ns)
             for ff in self._foreign:
                 vm.register_foreign(ff)
             self._vms[key] = vm
@@ -224,6 +228,7 @@ class Host:
 
     def set_clock(self, now_ns: int) -> None:
         """Puts every VM on a virtual clock at now_ns (0: back to the real clocks)."""
+        self._clock_ns = now_ns
         for vm in self._vms.values():
             vm.set_clock(now_ns)
 

@@ -1,0 +1,32 @@
+"""Shared fixtures: the committed test plugins (built from tests/plugins/, see build.sh)."""
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+PLUGINS = pathlib.Path(__file__).parent / "plugins"
+GO_HTTP = PLUGINS / "go" / "httpfilter.wasm"
+GO_TCP = PLUGINS / "go" / "tcpfilter.wasm"
+AS_020 = PLUGINS / "as" / "as_abi020.wasm"
+AS_010 = PLUGINS / "as" / "as_abi010.wasm"
+WAT = PLUGINS / "wat"
+
+REQUEST = [(":method", "GET"), (":path", "/hello?x=1"), (":authority", "example.com"),
+           (":scheme", "http"), ("user-agent", "pytest")]
+RESPONSE = [(":status", "200"), ("content-type", "text/plain")]
+
+
+def wat(name: str) -> bytes:
+    """A committed WAT edge-case plugin, built (tests/plugins/build.sh)."""
+    return (WAT / f"{name}.wasm").read_bytes()
+
+
+@pytest.fixture
+def request_headers():
+    return list(REQUEST)
+
+
+@pytest.fixture
+def response_headers():
+    return list(RESPONSE)

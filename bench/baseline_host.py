@@ -14,7 +14,7 @@ a strawman:
   ``Memory.read``/``Memory.write`` (which build intermediate bytearrays);
 * header maps are plain ``list[tuple[bytes, bytes]]``.
 
-It implements a deliberately small subset of the ABI (see /work/shared/ABI.md):
+It implements a deliberately small subset of the ABI (see docs/ARCHITECTURE.md):
 ``proxy_log``, ``proxy_get_header_map_value``, ``proxy_add_header_map_value``,
 ``proxy_replace_header_map_value``, ``proxy_remove_header_map_value``,
 ``proxy_get_header_map_pairs`` and ``proxy_get_buffer_bytes`` (VM and plugin

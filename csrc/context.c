@@ -83,10 +83,23 @@ void prop_free_all(pw_prop **list) {
 }
 
 /* ---- lifecycle ------------------------------------------------------------------------------ */
-pw_ctx *ctx_new(pw_vm *vm, int kind, pw_ctx *root) {
+/* Finished HTTP stream contexts are kept (up to SPARE_MAX per VM) with their buffers, so
+ * a steady flow of requests allocates nothing on the hot path. */
+#define SPARE_MAX 64
+
+static pw_ctx *ctx_alloc(pw_vm *vm, int kind) {
+    if (kind == CTX_HTTP && vm->spare) {
+        pw_ctx *c = vm->spare;
+        vm->spare = c->root; /* the spare list is linked through root */
+        vm->n_spare--;
+        pw_http *h = c->h;
+        http_reset(h);
+        memset(c, 0, sizeof *c);
+        c->h = h;
+        return c;
+    }
     pw_ctx *c = calloc(1, sizeof *c);
     if (!c) return NULL;
-    c->kind = kind;
     if (kind == CTX_ROOT) c->r = calloc(1, sizeof *c->r);
     if (kind == CTX_HTTP) c->h = calloc(1, sizeof *c->h);
     if (kind == CTX_TCP) c->t = calloc(1, sizeof *c->t);
@@ -94,12 +107,20 @@ pw_ctx *ctx_new(pw_vm *vm, int kind, pw_ctx *root) {
         free(c);
         return NULL;
     }
+    return c;
+}
+
+pw_ctx *ctx_new(pw_vm *vm, int kind, pw_ctx *root) {
+    pw_ctx *c = ctx_alloc(vm, kind);
+    if (!c) return NULL;
+    c->kind = kind;
     /* One counter per VM, starting at 1, shared by roots and streams (ABI.md §2.4). */
     c->id = vm->next_id++;
     if (!vm->next_id) vm->next_id = 1;
     c->root = kind == CTX_ROOT ? c : root;
     if (table_put(&vm->ctxs, c)) {
         free(c->r);
+        if (c->h) http_free(c->h);
         free(c->h);
         free(c->t);
         free(c);
@@ -116,7 +137,15 @@ int ctx_ensure_created(pw_vm *vm, pw_ctx *c) {
     return vm_call(vm, FN_ON_CONTEXT_CREATE, c, PH_OTHER, 2, a, NULL) < 0 ? -1 : 0;
 }
 
-static void ctx_free(pw_ctx *c) {
+static void ctx_free(pw_vm *vm, pw_ctx *c) {
+    prop_free_all(&c->host_props);
+    prop_free_all(&c->filter_state);
+    if (c->h && vm && vm->n_spare < SPARE_MAX) {
+        c->root = vm->spare;
+        vm->spare = c;
+        vm->n_spare++;
+        return;
+    }
     if (c->r) {
         buf_free(&c->r->name);
         buf_free(&c->r->root_id);
@@ -131,8 +160,6 @@ static void ctx_free(pw_ctx *c) {
         tcp_free(c->t);
         free(c->t);
     }
-    prop_free_all(&c->host_props);
-    prop_free_all(&c->filter_state);
     free(c);
 }
 
@@ -147,12 +174,17 @@ void ctx_delete(pw_vm *vm, pw_ctx *c) {
     if (c->kind == CTX_ROOT)
         for (size_t i = 0; i < vm->ctxs.cap; i++)
             if (vm->ctxs.slots[i] && vm->ctxs.slots[i]->root == c) vm->ctxs.slots[i]->root = NULL;
-    ctx_free(c);
+    ctx_free(vm, c);
 }
 
 void ctx_table_free(pw_vm *vm) {
     for (size_t i = 0; i < vm->ctxs.cap; i++)
-        if (vm->ctxs.slots[i]) ctx_free(vm->ctxs.slots[i]);
+        if (vm->ctxs.slots[i]) ctx_free(NULL, vm->ctxs.slots[i]);
+    while (vm->spare) {
+        pw_ctx *c = vm->spare;
+        vm->spare = c->root;
+        ctx_free(NULL, c);
+    }
     free(vm->ctxs.slots);
     memset(&vm->ctxs, 0, sizeof vm->ctxs);
 }

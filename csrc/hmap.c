@@ -154,18 +154,38 @@ int hmap_parse(pw_hmap *m, const uint8_t *p, size_t n) {
         off += rd32(p + 8 + 8 * i);
         if (p[off++] != 0) return -1;
     }
-    pw_hmap fresh = {0};
+    /* Well-formed: refill the map in place, reusing its storage. Only running out of
+     * memory can fail from here on. */
+    hmap_clear(m);
     off = 4 + (size_t)count * 8;
     for (uint32_t i = 0; i < count; i++) {
         uint32_t kl = rd32(p + 4 + 8 * i), vl = rd32(p + 8 + 8 * i);
-        if (push(&fresh, p + off, kl, p + off + kl + 1, vl)) {
-            hmap_free(&fresh);
-            return -1;
-        }
+        if (push(m, p + off, kl, p + off + kl + 1, vl)) return -1;
         off += (size_t)kl + vl + 2;
     }
-    hmap_free(m);
-    *m = fresh;
+    return 0;
+}
+
+int hmap_parse_flat(pw_hmap *m, const uint8_t *p, size_t n, uint32_t count) {
+    if (count > PAIRS_MAX_COUNT || n > PAIRS_MAX_BYTES) return -1;
+    if (count == 0) {
+        if (n) return -1;
+        hmap_clear(m);
+        return 0;
+    }
+    /* Exactly 2 * count - 1 separators, checked before touching the map. */
+    size_t seps = 0;
+    for (const uint8_t *q = p, *end = p + n; (q = memchr(q, 0, (size_t)(end - q))); q++) seps++;
+    if (seps != 2 * (size_t)count - 1) return -1;
+    hmap_clear(m);
+    const uint8_t *q = p, *end = p + n;
+    for (uint32_t i = 0; i < count; i++) {
+        const uint8_t *k = q, *ke = memchr(k, 0, (size_t)(end - k));
+        const uint8_t *v = ke + 1, *ve = memchr(v, 0, (size_t)(end - v));
+        if (!ve) ve = end;
+        if (push(m, k, (size_t)(ke - k), v, (size_t)(ve - v))) return -1;
+        q = ve + 1;
+    }
     return 0;
 }
 

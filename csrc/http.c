@@ -30,6 +30,27 @@ void http_free(pw_http *h) {
     hmap_free(&h->lr_headers);
 }
 
+void http_reset(pw_http *h) {
+    pw_http keep = *h;
+    memset(h, 0, sizeof *h);
+    for (int d = 0; d < 2; d++) {
+        h->d[d].headers = keep.d[d].headers;
+        h->d[d].trailers = keep.d[d].trailers;
+        h->d[d].held = keep.d[d].held;
+        h->d[d].out = keep.d[d].out;
+        hmap_clear(&h->d[d].headers);
+        hmap_clear(&h->d[d].trailers);
+        buf_clear(&h->d[d].held);
+        buf_clear(&h->d[d].out);
+    }
+    h->lr_details = keep.lr_details;
+    h->lr_body = keep.lr_body;
+    h->lr_headers = keep.lr_headers;
+    buf_clear(&h->lr_details);
+    buf_clear(&h->lr_body);
+    hmap_clear(&h->lr_headers);
+}
+
 static pw_ctx *http_of(pw_vm *vm, uint32_t id) {
     pw_ctx *c = ctx_get(vm, id);
     return (c && c->kind == CTX_HTTP) ? c : NULL;
@@ -292,14 +313,27 @@ static int begin(pw_vm *vm, pw_ctx *c) {
     return 0;
 }
 
-int pw_http_headers(pw_vm *vm, uint32_t id, int dir, const uint8_t *pairs, size_t len, int eos) {
+static int parse_in(pw_hmap *m, const uint8_t *p, size_t len, int nflat) {
+    return nflat < 0 ? hmap_parse(m, p, len) : hmap_parse_flat(m, p, len, (uint32_t)nflat);
+}
+
+int pw_http_start(pw_vm *vm, uint32_t root, const uint8_t *headers, size_t len, int nflat,
+                  int eos, uint32_t *out_id) {
+    *out_id = 0;
+    int rc = pw_http_new(vm, root, out_id);
+    if (rc != PW_OK) return -rc;
+    return pw_http_headers(vm, *out_id, PW_DIR_REQUEST, headers, len, nflat, eos);
+}
+
+int pw_http_headers(pw_vm *vm, uint32_t id, int dir, const uint8_t *pairs, size_t len, int nflat,
+                    int eos) {
     ENTER(vm, id, c);
     if (dir < 0 || dir > 1) return -PW_ERR;
     pw_http *h = c->h;
     pw_hdir *D = &h->d[dir];
     if (D->headers_in && !(dir == PW_DIR_RESPONSE && h->local_reply)) return -PW_ERR_STATE;
     if (dir == PW_DIR_RESPONSE && h->local_reply) return flags_of(h); /* upstream too late */
-    if (hmap_parse(&D->headers, pairs, len)) return -PW_ERR;
+    if (parse_in(&D->headers, pairs, len, nflat)) return -PW_ERR;
     D->headers_in = 1;
     D->headers_eos = eos != 0;
     D->end_in = eos != 0;
@@ -324,14 +358,14 @@ int pw_http_data(pw_vm *vm, uint32_t id, int dir, const uint8_t *data, size_t le
     return flags_of(h);
 }
 
-int pw_http_trailers(pw_vm *vm, uint32_t id, int dir, const uint8_t *pairs, size_t len) {
+int pw_http_trailers(pw_vm *vm, uint32_t id, int dir, const uint8_t *pairs, size_t len, int nflat) {
     ENTER(vm, id, c);
     if (dir < 0 || dir > 1) return -PW_ERR;
     pw_http *h = c->h;
     pw_hdir *D = &h->d[dir];
     if (dir == PW_DIR_RESPONSE && h->local_reply) return flags_of(h);
     if (!D->headers_in || D->end_in) return -PW_ERR_STATE;
-    if (hmap_parse(&D->trailers, pairs, len)) return -PW_ERR;
+    if (parse_in(&D->trailers, pairs, len, nflat)) return -PW_ERR;
     D->trailers_in = 1;
     D->end_in = 1;
     if (closed_for(h, dir)) return flags_of(h);

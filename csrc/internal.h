@@ -59,6 +59,8 @@ typedef struct pw_hmap {
 /* Parses the pairs format into a fresh map (keys lowercased). -1 on malformed input;
  * the map is left unchanged then. */
 int hmap_parse(pw_hmap *m, const uint8_t *p, size_t n);
+/* The flat form Python sends: count name/value pairs as "k\0v\0k\0v" (no final NUL). */
+int hmap_parse_flat(pw_hmap *m, const uint8_t *p, size_t n, uint32_t count);
 size_t hmap_serialized_size(const pw_hmap *m);
 void hmap_serialize_to(const pw_hmap *m, uint8_t *out);
 int hmap_serialize(const pw_hmap *m, pw_buf *out);
@@ -239,6 +241,8 @@ struct pw_vm {
 
     pw_ctx_table ctxs;
     uint32_t next_id;
+    pw_ctx *spare; /* finished HTTP contexts kept for reuse (context.c) */
+    size_t n_spare;
 
     /* The running guest call: its context, the effective context and phase. */
     pw_ctx *cur, *eff;
@@ -309,6 +313,7 @@ void http_resume(pw_vm *vm, pw_ctx *c, int dir);
 void http_local_reply_apply(pw_vm *vm, pw_ctx *c);
 void http_fail(pw_vm *vm, pw_ctx *c);
 void http_free(pw_http *h);
+void http_reset(pw_http *h); /* empty it for reuse, keeping its buffers */
 void tcp_resume(pw_vm *vm, pw_ctx *c);
 void tcp_free(pw_tcp *t);
 

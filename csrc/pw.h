@@ -133,11 +133,18 @@ int pw_set_host_property(pw_vm *vm, uint32_t ctx, const uint8_t *path, size_t pa
 int pw_get_property(pw_vm *vm, uint32_t ctx, const uint8_t *path, size_t path_len,
                     const uint8_t **out, size_t *out_len);
 
-/* HTTP streams. Headers and trailers are the pairs wire format. */
+/* HTTP streams. Headers and trailers come in one of two forms: with nflat < 0, the pairs
+ * wire format; otherwise nflat name/value pairs as "k\0v\0k\0v" (what Python builds
+ * fastest; HTTP field names and values never contain NUL). pw_http_start creates the
+ * stream and delivers its request headers in one call. */
 int pw_http_new(pw_vm *vm, uint32_t root, uint32_t *out_id);
-int pw_http_headers(pw_vm *vm, uint32_t ctx, int dir, const uint8_t *pairs, size_t len, int eos);
+int pw_http_start(pw_vm *vm, uint32_t root, const uint8_t *headers, size_t len, int nflat,
+                  int eos, uint32_t *out_id);
+int pw_http_headers(pw_vm *vm, uint32_t ctx, int dir, const uint8_t *headers, size_t len,
+                    int nflat, int eos);
 int pw_http_data(pw_vm *vm, uint32_t ctx, int dir, const uint8_t *data, size_t len, int eos);
-int pw_http_trailers(pw_vm *vm, uint32_t ctx, int dir, const uint8_t *pairs, size_t len);
+int pw_http_trailers(pw_vm *vm, uint32_t ctx, int dir, const uint8_t *headers, size_t len,
+                     int nflat);
 int pw_http_flags(pw_vm *vm, uint32_t ctx);
 int pw_http_finish(pw_vm *vm, uint32_t ctx);
 int pw_http_local_reply(pw_vm *vm, uint32_t ctx, uint32_t *status, int32_t *grpc_status);

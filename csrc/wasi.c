@@ -59,8 +59,8 @@ static void emit_lines(pw_vm *vm, int err, int all) {
 }
 
 void wasi_flush(pw_vm *vm) {
-    emit_lines(vm, 0, 1);
-    emit_lines(vm, 1, 1);
+    if (vm->stdio[0].len) emit_lines(vm, 0, 1);
+    if (vm->stdio[1].len) emit_lines(vm, 1, 1);
 }
 
 WASI(fd_write) {

@@ -11,6 +11,7 @@ from typing import Callable
 
 from . import _wasmtime  # noqa: F401  (binds the C core to wasmtime's library first)
 from ._core import ffi, lib
+from .errors import ProxyWasmError, VmFailedError, WrongThreadError
 
 # Proxy-Wasm log levels (TRACE..CRITICAL) as Python logging levels.
 PY_LEVELS = (5, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
@@ -79,6 +80,26 @@ def pw_py_foreign(handle, args, length, result):
         if lib.pw_result_set(result, out, len(out)) != 0:
             return ST_INTERNAL_FAILURE
     return ST_OK
+
+
+ERRORS = {
+    lib.PW_ERR_FAILED: "the VM failed earlier and runs no more callbacks",
+    lib.PW_ERR_THREAD: "this VM belongs to another thread",
+    lib.PW_ERR_NO_CONTEXT: "no such context (already finished?)",
+    lib.PW_ERR_STATE: "event out of order for this stream",
+    lib.PW_ERR: "the C core could not complete the call",
+}
+
+
+def raise_for(code: int, vm=None) -> None:
+    """Turns a negative/non-zero pw_* result into the matching exception."""
+    code = abs(code)
+    if code == lib.PW_ERR_THREAD:
+        raise WrongThreadError(ERRORS[code])
+    if code in (lib.PW_ERR_FAILED, lib.PW_ERR_TRAP) and vm is not None:
+        raise VmFailedError(vm.error or ERRORS[lib.PW_ERR_FAILED])
+    raise ProxyWasmError(ERRORS.get(code, f"C core error {code}"))
+
 
 
 class _Core:

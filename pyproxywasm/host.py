@@ -11,29 +11,12 @@ import logging
 from typing import Any, Callable, Iterable, Mapping
 
 from . import properties as props
-from ._binding import ForeignFunction, LogTarget, core, ffi, lib, proxy_level
+from ._binding import ERRORS, ForeignFunction, LogTarget, ffi, lib, proxy_level, raise_for
 from .config import PluginConfig, VmConfig, as_bytes
-from .errors import PluginStartError, ProxyWasmError, VmFailedError, WrongThreadError
+from .errors import PluginStartError, ProxyWasmError
+from .http import HttpStream
 from .module import CompiledModule, compile_module
-
-_ERRORS = {
-    lib.PW_ERR_FAILED: "the VM failed earlier and runs no more callbacks",
-    lib.PW_ERR_THREAD: "this VM belongs to another thread",
-    lib.PW_ERR_NO_CONTEXT: "no such context (already finished?)",
-    lib.PW_ERR_STATE: "event out of order for this stream",
-    lib.PW_ERR: "the C core could not complete the call",
-}
-
-
-def raise_for(code: int, vm: "Vm | None" = None) -> None:
-    """Turns a negative/non-zero pw_* result into the matching exception."""
-    code = abs(code)
-    if code == lib.PW_ERR_THREAD:
-        raise WrongThreadError(_ERRORS[code])
-    if code in (lib.PW_ERR_FAILED, lib.PW_ERR_TRAP) and vm is not None:
-        raise VmFailedError(vm.error or _ERRORS[lib.PW_ERR_FAILED])
-    raise ProxyWasmError(_ERRORS.get(code, f"C core error {code}"))
-
+from .tcp import TcpStream
 
 class Vm:
     """One instance of a module, owned by the thread that created it."""
@@ -53,7 +36,10 @@ class Vm:
         if ptr == ffi.NULL:
             raise PluginStartError("cannot start the VM: " + ffi.string(err).decode(errors="replace"))
         self.ptr = ptr
-        self.u32 = ffi.new("uint32_t *")  # out-parameter reused by this thread's calls
+        # Out-parameters reused by every call on this VM (all from its owner thread).
+        self.u32 = ffi.new("uint32_t *")
+        self.out = ffi.new("const uint8_t **")
+        self.out_len = ffi.new("size_t *")
         for path, value in host_properties:
             lib.pw_set_host_property(ptr, 0, path, len(path), value, len(value))
 
@@ -110,7 +96,7 @@ class Plugin:
             what = {
                 lib.PW_ERR_VM_REJECTED: "proxy_on_vm_start returned false",
                 lib.PW_ERR_REJECTED: "proxy_on_configure returned false",
-            }.get(rc) or (vm.error if rc in (lib.PW_ERR_TRAP, lib.PW_ERR_FAILED) else _ERRORS.get(rc, str(rc)))
+            }.get(rc) or (vm.error if rc in (lib.PW_ERR_TRAP, lib.PW_ERR_FAILED) else ERRORS.get(rc, str(rc)))
             raise PluginStartError(f"plugin {config.display_name!r} failed to start: {what}")
 
     def _sync_marker(self) -> None:
@@ -140,15 +126,12 @@ class Plugin:
         if rc != lib.PW_OK:
             raise_for(rc, self.vm)
 
-    def http_stream(self, properties: Mapping[Any, Any] | None = None):
-        from .http import HttpStream
-
-        self.sync_log_level()
+    def http_stream(self, properties: Mapping[Any, Any] | None = None) -> HttpStream:
+        if not self.logger._cache:
+            self.sync_log_level()
         return HttpStream(self, properties)
 
-    def tcp_stream(self, properties: Mapping[Any, Any] | None = None):
-        from .tcp import TcpStream
-
+    def tcp_stream(self, properties: Mapping[Any, Any] | None = None) -> TcpStream:
         self.sync_log_level()
         return TcpStream(self, properties)
 

@@ -11,16 +11,22 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import properties as props
-from ._binding import ffi, lib
-from .host import raise_for
-from .pairs import HeaderItems, Headers, decode_pairs, encode_pairs
+from ._binding import ffi, lib, raise_for
+from .pairs import HeaderItems, Headers, decode_pairs, encode_headers
 
 if TYPE_CHECKING:
     from .host import Plugin
 
 _REQ, _RESP = lib.PW_DIR_REQUEST, lib.PW_DIR_RESPONSE
+# Bound once: attribute lookups on the cffi lib cost more than the calls' own overhead.
+_new, _start, _headers = lib.pw_http_new, lib.pw_http_start, lib.pw_http_headers
+_data, _trailers = lib.pw_http_data, lib.pw_http_trailers
+_finish, _flags, _read, _set_prop = lib.pw_http_finish, lib.pw_http_flags, lib.pw_http_read, lib.pw_set_host_property
+_DONE = lib.PW_S_DONE
 _ENDED_CHAIN = lib.PW_S_LOCAL_REPLY | lib.PW_S_RESET | lib.PW_S_FAILED
-_STOPPED = (lib.PW_S_REQ_STOPPED | _ENDED_CHAIN, lib.PW_S_RESP_STOPPED | lib.PW_S_RESET | lib.PW_S_FAILED)
+_REQ_STOPPED = lib.PW_S_REQ_STOPPED | _ENDED_CHAIN
+_RESP_STOPPED = lib.PW_S_RESP_STOPPED | lib.PW_S_RESET | lib.PW_S_FAILED
+_STOPPED = (_REQ_STOPPED, _RESP_STOPPED)
 
 
 class Action(enum.IntEnum):
@@ -46,21 +52,29 @@ class LocalResponse:
 class HttpStream:
     """One HTTP request/response through one plugin (an HTTP stream context)."""
 
+    __slots__ = ("plugin", "_id", "flags", "_vm", "_vmobj")
+
     def __init__(self, plugin: "Plugin", properties: Mapping[Any, Any] | None = None) -> None:
         self.plugin = plugin
-        vm = plugin.vm
+        vm = self._vmobj = plugin.vm
         self._vm = vm.ptr
-        self._vmobj = vm
-        rc = lib.pw_http_new(self._vm, plugin.context_id, vm.u32)
-        if rc != lib.PW_OK:
-            raise_for(rc, vm)
-        self.context_id = vm.u32[0]
         self.flags = 0
-        self._out = ffi.new("const uint8_t **")
-        self._len = ffi.new("size_t *")
+        self._id = 0  # the context is made with the first event (or when asked for)
         if properties:
+            cid = self.context_id
             for path, value in props.flatten(properties):
-                lib.pw_set_host_property(self._vm, self.context_id, path, len(path), value, len(value))
+                _set_prop(self._vm, cid, path, len(path), value, len(value))
+
+    @property
+    def context_id(self) -> int:
+        """The stream's context id (allocated now if no event was sent yet)."""
+        if not self._id:
+            vm = self._vmobj
+            rc = _new(self._vm, self.plugin.context_id, vm.u32)
+            if rc:
+                raise_for(rc, vm)
+            self._id = vm.u32[0]
+        return self._id
 
     # ---- events ------------------------------------------------------------------------
     def _done(self, f: int, direction: int) -> Action:
@@ -70,40 +84,53 @@ class HttpStream:
         return Action.PAUSE if f & _STOPPED[direction] else Action.CONTINUE
 
     def send_request_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
-        data = encode_pairs(headers)
-        return self._done(lib.pw_http_headers(self._vm, self.context_id, _REQ, data, len(data), end_stream), 0)
+        data, n = encode_headers(headers)
+        if self._id:
+            f = _headers(self._vm, self._id, _REQ, data, len(data), n, end_stream)
+        else:  # create and deliver in one call: the common case
+            vm = self._vmobj
+            f = _start(self._vm, self.plugin.context_id, data, len(data), n, end_stream, vm.u32)
+            self._id = vm.u32[0]
+        if f < 0:
+            raise_for(f, self._vmobj)
+        self.flags = f
+        return Action.PAUSE if f & _REQ_STOPPED else Action.CONTINUE
 
     def send_request_body(self, data: bytes, end_stream: bool = False) -> Action:
-        return self._done(lib.pw_http_data(self._vm, self.context_id, _REQ, data, len(data), end_stream), 0)
+        return self._done(_data(self._vm, self.context_id, _REQ, data, len(data), end_stream), 0)
 
     def send_request_trailers(self, trailers: HeaderItems) -> Action:
-        data = encode_pairs(trailers)
-        return self._done(lib.pw_http_trailers(self._vm, self.context_id, _REQ, data, len(data)), 0)
+        data, n = encode_headers(trailers)
+        return self._done(_trailers(self._vm, self.context_id, _REQ, data, len(data), n), 0)
 
     def send_response_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
-        data = encode_pairs(headers)
-        return self._done(lib.pw_http_headers(self._vm, self.context_id, _RESP, data, len(data), end_stream), 1)
+        data, n = encode_headers(headers)
+        f = _headers(self._vm, self.context_id, _RESP, data, len(data), n, end_stream)
+        if f < 0:
+            raise_for(f, self._vmobj)
+        self.flags = f
+        return Action.PAUSE if f & _RESP_STOPPED else Action.CONTINUE
 
     def send_response_body(self, data: bytes, end_stream: bool = False) -> Action:
-        return self._done(lib.pw_http_data(self._vm, self.context_id, _RESP, data, len(data), end_stream), 1)
+        return self._done(_data(self._vm, self.context_id, _RESP, data, len(data), end_stream), 1)
 
     def send_response_trailers(self, trailers: HeaderItems) -> Action:
-        data = encode_pairs(trailers)
-        return self._done(lib.pw_http_trailers(self._vm, self.context_id, _RESP, data, len(data)), 1)
+        data, n = encode_headers(trailers)
+        return self._done(_trailers(self._vm, self.context_id, _RESP, data, len(data), n), 1)
 
     def finish(self) -> None:
         """Ends the stream: proxy_on_log, proxy_on_done, proxy_on_delete (Envoy's order)."""
-        if self.flags & lib.PW_S_DONE:
+        if self.flags & _DONE:
             return
-        f = lib.pw_http_finish(self._vm, self.context_id)
+        f = _finish(self._vm, self._id or self.context_id)
         if f < 0:
             raise_for(f, self._vmobj)
-        self.flags |= lib.PW_S_DONE
+        self.flags |= _DONE
 
     def refresh(self) -> int:
         """Re-reads the stream's state (after the plugin resumed it from a tick, say)."""
-        if not self.flags & lib.PW_S_DONE:
-            f = lib.pw_http_flags(self._vm, self.context_id)
+        if not self.flags & _DONE:
+            f = _flags(self._vm, self.context_id)
             if f < 0:
                 raise_for(f, self._vmobj)
             self.flags = f
@@ -117,10 +144,12 @@ class HttpStream:
 
     # ---- what the filter did --------------------------------------------------------------
     def _read(self, what: int) -> bytes:
-        rc = lib.pw_http_read(self._vm, self.context_id, what, self._out, self._len)
+        vm = self._vmobj
+        rc = _read(self._vm, self.context_id, what, vm.out, vm.out_len)
         if rc < 0:
-            raise_for(rc, self._vmobj)
-        return ffi.buffer(self._out[0], self._len[0])[:] if self._len[0] else b""
+            raise_for(rc, vm)
+        n = vm.out_len[0]
+        return ffi.buffer(vm.out[0], n)[:] if n else b""
 
     @property
     def request_headers(self) -> Headers:

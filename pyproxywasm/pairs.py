@@ -19,19 +19,48 @@ def _b(v: HeaderValue) -> bytes:
     return v if isinstance(v, bytes) else v.encode("utf-8", "surrogateescape")
 
 
+def encode_headers(items: HeaderItems) -> tuple[bytes, int]:
+    """Headers for the C core: (data, n) where n >= 0 means n pairs in the flat form
+    "k\\0v\\0k\\0v", and n = -1 means data is the pairs wire format (bytes given as is,
+    or names/values that contain NUL, which the flat form cannot carry)."""
+    if isinstance(items, (bytes, bytearray)):
+        return bytes(items), -1
+    if isinstance(items, Mapping):
+        items = items.items()
+    flat = [s for pair in items for s in pair]
+    if len(flat) & 1:
+        raise ValueError("header items must be (name, value) pairs")
+    try:
+        data = "\0".join(flat).encode("utf-8", "surrogateescape")
+    except TypeError:  # some are bytes
+        data = b"\0".join([s if s.__class__ is bytes else _b(s) for s in flat])
+    if data.count(b"\0") != len(flat) - 1 and flat:
+        return encode_pairs(list(zip(flat[::2], flat[1::2]))), -1
+    return data, len(flat) >> 1
+
+
 def encode_pairs(items: HeaderItems) -> bytes:
     """Serializes header items; an already encoded buffer (bytes) passes through."""
     if isinstance(items, (bytes, bytearray)):
         return bytes(items)
     if isinstance(items, Mapping):
         items = items.items()
-    flat: list[bytes] = []
-    for k, v in items:
-        flat.append(_b(k))
-        flat.append(_b(v))
-    n = len(flat) // 2
-    lens = struct.pack(f"<{2 * n + 1}I", n, *map(len, flat))
-    return lens + b"\0".join(flat) + b"\0" if n else lens
+    flat = [s if s.__class__ is bytes else _b(s) for pair in items for s in pair]
+    if not flat:
+        return b"\0\0\0\0"
+    if len(flat) & 1:
+        raise ValueError("header items must be (name, value) pairs")
+    return _lens(len(flat)).pack(len(flat) >> 1, *map(len, flat)) + b"\0".join(flat) + b"\0"
+
+
+_lens_cache: dict[int, struct.Struct] = {}
+
+
+def _lens(n: int) -> struct.Struct:
+    s = _lens_cache.get(n)
+    if s is None:
+        s = _lens_cache[n] = struct.Struct(f"<{n + 1}I")
+    return s
 
 
 def decode_pairs(data: bytes) -> "Headers":

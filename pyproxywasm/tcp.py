@@ -5,8 +5,7 @@ import enum
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import properties as props
-from ._binding import ffi, lib
-from .host import raise_for
+from ._binding import ffi, lib, raise_for
 from .http import Action
 
 if TYPE_CHECKING:
@@ -37,8 +36,6 @@ class TcpStream:
         if rc not in (lib.PW_OK, lib.PW_ERR_TRAP):
             raise_for(rc, vm)
         self.flags = lib.pw_tcp_flags(self._vm, self.context_id) if rc == lib.PW_OK else lib.PW_S_FAILED | lib.PW_S_RESET
-        self._out = ffi.new("const uint8_t **")
-        self._len = ffi.new("size_t *")
         if properties and rc == lib.PW_OK:
             for path, value in props.flatten(properties):
                 lib.pw_set_host_property(self._vm, self.context_id, path, len(path), value, len(value))
@@ -93,10 +90,12 @@ class TcpStream:
         return self.flags
 
     def _read(self, what: int) -> bytes:
-        rc = lib.pw_tcp_read(self._vm, self.context_id, what, self._out, self._len)
+        vm = self._vmobj
+        rc = lib.pw_tcp_read(self._vm, self.context_id, what, vm.out, vm.out_len)
         if rc < 0:
-            raise_for(rc, self._vmobj)
-        return ffi.buffer(self._out[0], self._len[0])[:] if self._len[0] else b""
+            raise_for(rc, vm)
+        n = vm.out_len[0]
+        return ffi.buffer(vm.out[0], n)[:] if n else b""
 
     def take_downstream_data(self) -> bytes:
         """Client data the filter let through toward the server, since the last take."""

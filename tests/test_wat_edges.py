@@ -115,7 +115,7 @@ def test_a_trap_fails_the_vm_and_later_use_is_refused():
         # a stream already in flight keeps its data but the plugin is not called again
         assert ok.send_response_headers([(":status", "200")]) in (Action.CONTINUE, Action.PAUSE)
         with pytest.raises(VmFailedError):
-            h.http()
+            h.http().send_request_headers(REQUEST)
         ok.finish()
         bad.finish()
 

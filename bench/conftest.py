@@ -1,0 +1,42 @@
+"""Benchmark plumbing: each benchmark records its median, and the end of the run prints
+the ratios the project tracks (all measured in this one run; see bench/README.md)."""
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+RESULTS: dict[str, float] = {}
+
+
+@pytest.fixture
+def record():
+    def _record(name: str, seconds: float) -> None:
+        RESULTS[name] = seconds
+
+    return _record
+
+
+def pytest_terminal_summary(terminalreporter):
+    r = RESULTS
+    if not r:
+        return
+    tw = terminalreporter
+    tw.section("pyproxywasm figures (medians of this run)")
+    if "get_loop" in r and "loop_empty" in r:
+        tw.line(f"(a) header get hostcall, guest loop: {(r['get_loop'] - r['loop_empty']) / r['loop_n'] * 1e9:8.1f} ns/call  (target <= 100)")
+    if "replace_loop" in r and "loop_empty_resp" in r:
+        tw.line(f"(a) header replace hostcall, guest loop: {(r['replace_loop'] - r['loop_empty_resp']) / r['loop_n'] * 1e9:8.1f} ns/call  (target <= 100)")
+    if "lifecycle" in r:
+        tw.line(f"(b) HTTP lifecycle, WAT filter, Python API: {r['lifecycle'] * 1e6:8.2f} us  (target <= 3)")
+    if "lifecycle_encoded" in r:
+        tw.line(f"(b') same, headers pre-encoded:           {r['lifecycle_encoded'] * 1e6:8.2f} us")
+    if "baseline" in r:
+        tw.line(f"(c) same lifecycle, wasmtime-py host:      {r['baseline'] * 1e6:8.2f} us")
+    if "baseline" in r and "lifecycle" in r:
+        tw.line(f"(c)/(b) = {r['baseline'] / r['lifecycle']:.1f}x  (target >= 30)")
+    if "go_lifecycle" in r:
+        tw.line(f"Go SDK filter ('headers'), lifecycle:     {r['go_lifecycle'] * 1e6:8.2f} us")

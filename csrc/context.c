@@ -244,6 +244,8 @@ int pw_root_tick(pw_vm *vm, uint32_t root) {
     return PW_OK;
 }
 
+int pw_context_alive(pw_vm *vm, uint32_t ctx) { return ctx_get(vm, ctx) != NULL; }
+
 int pw_root_done(pw_vm *vm, uint32_t root) {
     if (!vm_check_owner(vm)) return -PW_ERR_THREAD;
     pw_ctx *c = root_of(vm, root);

@@ -8,21 +8,25 @@
 #include "internal.h"
 
 /* ---- guest memory ---------------------------------------------------------------------- */
-uint8_t *gmem(pw_vm *vm, wasmtime_context_t *cx, uint32_t ptr, uint32_t len) {
-    size_t size = WT.memory_data_size(cx, &vm->mem);
-    if ((uint64_t)ptr + len > size) return NULL;
-    return WT.memory_data(cx, &vm->mem) + ptr;
+void mem_refresh(pw_vm *vm, wasmtime_context_t *cx) {
+    vm->mbase = WT.memory_data(cx, &vm->mem);
+    vm->msize = WT.memory_data_size(cx, &vm->mem);
 }
 
-int gput_u32(pw_vm *vm, wasmtime_context_t *cx, uint32_t ptr, uint32_t v) {
-    uint8_t *p = gmem(vm, cx, ptr, 4);
+uint8_t *gmem(pw_vm *vm, uint32_t ptr, uint32_t len) {
+    if ((uint64_t)ptr + len > vm->msize) return NULL;
+    return vm->mbase + ptr;
+}
+
+int gput_u32(pw_vm *vm, uint32_t ptr, uint32_t v) {
+    uint8_t *p = gmem(vm, ptr, 4);
     if (!p) return -1;
     for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
     return 0;
 }
 
-int gput_u64(pw_vm *vm, wasmtime_context_t *cx, uint32_t ptr, uint64_t v) {
-    uint8_t *p = gmem(vm, cx, ptr, 8);
+int gput_u64(pw_vm *vm, uint32_t ptr, uint64_t v) {
+    uint8_t *p = gmem(vm, ptr, 8);
     if (!p) return -1;
     for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
     return 0;
@@ -34,7 +38,7 @@ int gput_u64(pw_vm *vm, wasmtime_context_t *cx, uint32_t ptr, uint64_t v) {
 static uint8_t *galloc(pw_vm *vm, wasmtime_context_t *cx, size_t n, uint32_t ptr_ptr,
                        uint32_t size_ptr, int *status, wasm_trap_t **trap) {
     *status = ST_INVALID_MEMORY_ACCESS;
-    if (n > UINT32_MAX || !gmem(vm, cx, ptr_ptr, 4) || !gmem(vm, cx, size_ptr, 4)) return NULL;
+    if (n > UINT32_MAX || !gmem(vm, ptr_ptr, 4) || !gmem(vm, size_ptr, 4)) return NULL;
     wasmtime_val_raw_t raw[8];
     memset(raw, 0, sizeof raw);
     raw[0].i32 = (int32_t)n;
@@ -43,6 +47,8 @@ static uint8_t *galloc(pw_vm *vm, wasmtime_context_t *cx, size_t n, uint32_t ptr
     vm->in_alloc++;
     wasmtime_error_t *err = WT.func_call_unchecked(cx, &vm->fn[FN_ALLOC], raw, 8, trap);
     vm->in_alloc--;
+    mem_refresh(vm, cx); /* the guest may have grown (and moved) its memory */
+    mem_refresh(vm, cx); /* the guest may have grown (and moved) its memory */
     if (err) {
         vm_fail(vm, "the guest allocator failed", NULL, err);
         *trap = WT.trap_new("allocator failed", 16);
@@ -50,8 +56,8 @@ static uint8_t *galloc(pw_vm *vm, wasmtime_context_t *cx, size_t n, uint32_t ptr
     }
     if (*trap) return NULL;
     uint32_t p = (uint32_t)raw[0].i32;
-    uint8_t *dst = p ? gmem(vm, cx, p, (uint32_t)n) : NULL;
-    if (!dst || gput_u32(vm, cx, ptr_ptr, p) || gput_u32(vm, cx, size_ptr, (uint32_t)n))
+    uint8_t *dst = p ? gmem(vm, p, (uint32_t)n) : NULL;
+    if (!dst || gput_u32(vm, ptr_ptr, p) || gput_u32(vm, size_ptr, (uint32_t)n))
         return NULL;
     *status = ST_OK;
     return dst;
@@ -60,7 +66,7 @@ static uint8_t *galloc(pw_vm *vm, wasmtime_context_t *cx, size_t n, uint32_t ptr
 int greturn(pw_vm *vm, wasmtime_context_t *cx, const uint8_t *d, size_t n, uint32_t ptr_ptr,
             uint32_t size_ptr, wasm_trap_t **trap) {
     if (n == 0) { /* empty: no allocation, ptr 0 / size 0 (ABI.md §1) */
-        if (gput_u32(vm, cx, ptr_ptr, 0) || gput_u32(vm, cx, size_ptr, 0))
+        if (gput_u32(vm, ptr_ptr, 0) || gput_u32(vm, size_ptr, 0))
             return ST_INVALID_MEMORY_ACCESS;
         return ST_OK;
     }
@@ -81,8 +87,7 @@ int greturn(pw_vm *vm, wasmtime_context_t *cx, const uint8_t *d, size_t n, uint3
     (void)trap;                                                                           \
     wasmtime_context_t *cx = WT.caller_context(caller);                                   \
     pw_vm *vm = WT.context_get_data(cx);                                                  \
-    (void)vm;                                                                             \
-    (void)cx;
+    mem_refresh(vm, cx);
 /* Calls that may touch host state are refused while the guest allocator runs. */
 #define BEGIN_RESTRICTED \
     BEGIN;               \
@@ -94,7 +99,7 @@ int greturn(pw_vm *vm, wasmtime_context_t *cx, const uint8_t *d, size_t n, uint3
         return trap;               \
     } while (0)
 #define MEM(var, ptr, len)                                    \
-    const uint8_t *var = gmem(vm, cx, (ptr), (len));          \
+    const uint8_t *var = gmem(vm, (ptr), (len));          \
     if (!var) RET(ST_INVALID_MEMORY_ACCESS);
 
 static pw_ctx *root_of_eff(pw_vm *vm) {
@@ -116,13 +121,13 @@ HOSTCALL(get_log_level) {
     pw_ctx *root = root_of_eff(vm);
     int level = root ? root->r->log_level : vm->log_level;
     if (level > LOG_CRITICAL) level = LOG_CRITICAL; /* "off" is not a LogLevel */
-    if (gput_u32(vm, cx, U(0), (uint32_t)level)) RET(ST_INVALID_MEMORY_ACCESS);
+    if (gput_u32(vm, U(0), (uint32_t)level)) RET(ST_INVALID_MEMORY_ACCESS);
     RET(ST_OK);
 }
 
 HOSTCALL(get_current_time_nanoseconds) {
     BEGIN;
-    if (gput_u64(vm, cx, U(0), vm_now_ns(vm, 0))) RET(ST_INVALID_MEMORY_ACCESS);
+    if (gput_u64(vm, U(0), vm_now_ns(vm, 0))) RET(ST_INVALID_MEMORY_ACCESS);
     RET(ST_OK);
 }
 
@@ -189,8 +194,8 @@ HOSTCALL(get_buffer_status) {
     int st;
     pw_buf *b = find_buffer(vm, U(0), 0, &st);
     if (!b) RET(st);
-    if (b->len > UINT32_MAX || gput_u32(vm, cx, U(1), (uint32_t)b->len) ||
-        gput_u32(vm, cx, U(2), 0))
+    if (b->len > UINT32_MAX || gput_u32(vm, U(1), (uint32_t)b->len) ||
+        gput_u32(vm, U(2), 0))
         RET(ST_INVALID_MEMORY_ACCESS);
     RET(ST_OK);
 }
@@ -236,7 +241,7 @@ HOSTCALL(get_header_map_size) {
     if (!m) RET(st);
     /* The spec's meaning (serialized size), not Envoy's byteSize(): see docs. */
     size_t n = hmap_serialized_size(m);
-    if (n > UINT32_MAX || gput_u32(vm, cx, U(1), (uint32_t)n)) RET(ST_INVALID_MEMORY_ACCESS);
+    if (n > UINT32_MAX || gput_u32(vm, U(1), (uint32_t)n)) RET(ST_INVALID_MEMORY_ACCESS);
     RET(ST_OK);
 }
 
@@ -376,7 +381,7 @@ HOSTCALL(send_local_response) {
 HOSTCALL(get_status) {
     BEGIN_RESTRICTED;
     /* No outbound call has completed on this root: status OK, no message. */
-    if (gput_u32(vm, cx, U(0), 0)) RET(ST_INVALID_MEMORY_ACCESS);
+    if (gput_u32(vm, U(0), 0)) RET(ST_INVALID_MEMORY_ACCESS);
     RET(greturn(vm, cx, NULL, 0, U(1), U(2), &trap));
 }
 
@@ -386,7 +391,7 @@ HOSTCALL(http_call) {
     BEGIN_RESTRICTED;
     MEM(up, U(0), U(1));
     (void)up;
-    if (!gmem(vm, cx, U(9), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    if (!gmem(vm, U(9), 4)) RET(ST_INVALID_MEMORY_ACCESS);
     RET(ST_BAD_ARGUMENT);
 }
 
@@ -416,9 +421,9 @@ HOSTCALL(get_shared_data) {
     uint32_t cas = 0;
     int st = shared_get(vm->vm_id.p, vm->vm_id.len, k, U(1), &vm->hc, &cas);
     if (st != ST_OK) RET(st);
-    if (!gmem(vm, cx, U(4), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    if (!gmem(vm, U(4), 4)) RET(ST_INVALID_MEMORY_ACCESS);
     st = greturn(vm, cx, vm->hc.p, vm->hc.len, U(2), U(3), &trap);
-    if (st == ST_OK && gput_u32(vm, cx, U(4), cas)) st = ST_INVALID_MEMORY_ACCESS;
+    if (st == ST_OK && gput_u32(vm, U(4), cas)) st = ST_INVALID_MEMORY_ACCESS;
     RET(st);
 }
 
@@ -432,12 +437,12 @@ HOSTCALL(set_shared_data) {
 HOSTCALL(register_shared_queue) {
     BEGIN_RESTRICTED;
     MEM(name, U(0), U(1));
-    if (!gmem(vm, cx, U(2), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    if (!gmem(vm, U(2), 4)) RET(ST_INVALID_MEMORY_ACCESS);
     pw_ctx *root = root_of_eff(vm);
     uint32_t id = queue_register(vm->vm_id.p, vm->vm_id.len, name, U(1), vm->vm_key,
                                  root ? root->id : 0);
     if (!id) RET(ST_INTERNAL_FAILURE);
-    gput_u32(vm, cx, U(2), id);
+    gput_u32(vm, U(2), id);
     RET(ST_OK);
 }
 
@@ -445,11 +450,11 @@ HOSTCALL(resolve_shared_queue) {
     BEGIN_RESTRICTED;
     MEM(vid, U(0), U(1));
     MEM(name, U(2), U(3));
-    if (!gmem(vm, cx, U(4), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    if (!gmem(vm, U(4), 4)) RET(ST_INVALID_MEMORY_ACCESS);
     uint32_t id = 0;
     int st = U(1) ? queue_resolve(vid, U(1), name, U(3), &id)
                   : queue_resolve(vm->vm_id.p, vm->vm_id.len, name, U(3), &id);
-    if (st == ST_OK) gput_u32(vm, cx, U(4), id);
+    if (st == ST_OK) gput_u32(vm, U(4), id);
     RET(st);
 }
 
@@ -461,7 +466,7 @@ HOSTCALL(enqueue_shared_queue) {
 
 HOSTCALL(dequeue_shared_queue) {
     BEGIN_RESTRICTED;
-    if (!gmem(vm, cx, U(1), 4) || !gmem(vm, cx, U(2), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    if (!gmem(vm, U(1), 4) || !gmem(vm, U(2), 4)) RET(ST_INVALID_MEMORY_ACCESS);
     int st = queue_dequeue(U(0), &vm->hc);
     if (st != ST_OK) RET(st);
     RET(greturn(vm, cx, vm->hc.p, vm->hc.len, U(1), U(2), &trap));
@@ -472,10 +477,10 @@ HOSTCALL(define_metric) {
     BEGIN_RESTRICTED;
     if (U(0) > 2) RET(ST_BAD_ARGUMENT);
     MEM(name, U(1), U(2));
-    if (!gmem(vm, cx, U(3), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    if (!gmem(vm, U(3), 4)) RET(ST_INVALID_MEMORY_ACCESS);
     uint32_t id = 0;
     int st = metric_define(vm, U(0), name, U(2), &id);
-    if (st == ST_OK) gput_u32(vm, cx, U(3), id);
+    if (st == ST_OK) gput_u32(vm, U(3), id);
     RET(st);
 }
 
@@ -491,10 +496,10 @@ HOSTCALL(record_metric) {
 
 HOSTCALL(get_metric) {
     BEGIN_RESTRICTED;
-    if (!gmem(vm, cx, U(1), 8)) RET(ST_INVALID_MEMORY_ACCESS);
+    if (!gmem(vm, U(1), 8)) RET(ST_INVALID_MEMORY_ACCESS);
     uint64_t v = 0;
     int st = metric_get(vm, U(0), &v);
-    if (st == ST_OK) gput_u64(vm, cx, U(1), v);
+    if (st == ST_OK) gput_u64(vm, U(1), v);
     RET(st);
 }
 
@@ -539,7 +544,7 @@ HOSTCALL(call_foreign_function) {
     while (f && (f->name.len != U(1) || (U(1) && memcmp(f->name.p, name, U(1)))))
         f = f->next;
     if (!f || !pw_foreign_cb) RET(ST_NOT_FOUND);
-    if (U(4) && (!gmem(vm, cx, U(4), 4) || !gmem(vm, cx, U(5), 4)))
+    if (U(4) && (!gmem(vm, U(4), 4) || !gmem(vm, U(5), 4)))
         RET(ST_INVALID_MEMORY_ACCESS);
     buf_clear(&vm->hc);
     /* The guest is suspended, so `args` stays put while Python runs. */

@@ -78,7 +78,10 @@ static int closed_for(const pw_http *h, int dir) {
     return h->reset || h->failed || h->done || (dir == PW_DIR_REQUEST && h->local_reply);
 }
 
-/* Calls a filter callback: 1 = continue, 0 = stopped, -1 = the VM failed. */
+/* Filter statuses on the return slot (the C++ SDK's richer enums; Rust and Go return 0/1). */
+enum { R_CONTINUE = 0, R_CONTINUE_AND_END_STREAM = 2, R_STOP_NO_BUFFER = 3 };
+
+/* Calls a filter callback: its status (Continue when not exported), or -1 if the VM failed. */
 static int filter_call(pw_vm *vm, pw_ctx *c, int fn, int phase, int nargs, const uint32_t *a) {
     uint32_t r = 0;
     int rc = vm_call(vm, fn, c, phase, nargs, a, &r);
@@ -86,7 +89,7 @@ static int filter_call(pw_vm *vm, pw_ctx *c, int fn, int phase, int nargs, const
         http_fail(vm, c);
         return -1;
     }
-    return (rc == 1 || r == 0) ? 1 : 0;
+    return rc == 1 ? R_CONTINUE : (int)(r > 16 ? 16 : r);
 }
 
 static void forward_end(pw_hdir *D) {
@@ -104,8 +107,8 @@ static void trailers_callback(pw_vm *vm, pw_ctx *c, int dir) {
     D->tmode = MAP_RW;
     uint32_t a[2] = {c->id, (uint32_t)D->trailers.n};
     int r = filter_call(vm, c, fn_trailers[dir], ph_trailers[dir], 2, a);
-    if (r == 1) forward_end(D);
-    else if (r == 0) D->stop = STOP_TRAILERS;
+    if (r == R_CONTINUE) forward_end(D);
+    else if (r > 0) D->stop = STOP_TRAILERS;
 }
 
 static void body_callback(pw_vm *vm, pw_ctx *c, int dir) {
@@ -119,13 +122,16 @@ static void body_callback(pw_vm *vm, pw_ctx *c, int dir) {
         D->tmode = MAP_NONE;
         if (D->trailers.n) D->trailers_in = 1;
     }
-    if (r == 1) {
+    if (r == R_CONTINUE) {
         if (eos) forward_end(D);
         else {
             buf_move_append(&D->out, &D->held);
             D->stop = STOP_NONE;
         }
-    } else if (r == 0) {
+    } else if (r > 0) {
+        /* 1 (Pause) and 2 buffer; StopIterationNoBuffer leaves the chunk to the filter,
+         * which for a Wasm filter means it is dropped, as in Envoy. */
+        if (r == R_STOP_NO_BUFFER) buf_clear(&D->held);
         D->stop = STOP_BODY;
     }
 }
@@ -142,8 +148,16 @@ static void headers_callback(pw_vm *vm, pw_ctx *c, int dir) {
     D->hmode = MAP_RW;
     uint32_t a[3] = {c->id, (uint32_t)D->headers.n, D->headers_eos};
     int r = filter_call(vm, c, fn_headers[dir], ph_headers[dir], vm->header_arity, a);
-    if (r == 1) headers_forward(D);
-    else if (r == 0) D->stop = STOP_HEADERS;
+    if (r == R_CONTINUE) {
+        headers_forward(D);
+    } else if (r == R_CONTINUE_AND_END_STREAM) {
+        /* The headers go on as the whole message; body and trailers are dropped. */
+        headers_forward(D);
+        D->end_out = D->cut = 1;
+        buf_clear(&D->held);
+    } else if (r > 0) {
+        D->stop = STOP_HEADERS; /* 1, 3, 4 and anything larger: StopAllIteration */
+    }
 }
 
 /* proxy_continue_stream, run after the callback that asked for it. */
@@ -349,6 +363,7 @@ int pw_http_data(pw_vm *vm, uint32_t id, int dir, const uint8_t *data, size_t le
     pw_http *h = c->h;
     pw_hdir *D = &h->d[dir];
     if (dir == PW_DIR_RESPONSE && h->local_reply) return flags_of(h);
+    if (D->cut) return flags_of(h); /* ended by ContinueAndEndStream: the rest is dropped */
     if (!D->headers_in || D->end_in) return -PW_ERR_STATE;
     if (eos) D->end_in = 1;
     if (closed_for(h, dir)) return flags_of(h);
@@ -363,7 +378,7 @@ int pw_http_trailers(pw_vm *vm, uint32_t id, int dir, const uint8_t *pairs, size
     if (dir < 0 || dir > 1) return -PW_ERR;
     pw_http *h = c->h;
     pw_hdir *D = &h->d[dir];
-    if (dir == PW_DIR_RESPONSE && h->local_reply) return flags_of(h);
+    if ((dir == PW_DIR_RESPONSE && h->local_reply) || D->cut) return flags_of(h);
     if (!D->headers_in || D->end_in) return -PW_ERR_STATE;
     if (parse_in(&D->trailers, pairs, len, nflat)) return -PW_ERR;
     D->trailers_in = 1;

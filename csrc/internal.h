@@ -101,6 +101,7 @@ typedef struct pw_hdir {
     pw_buf out;  /* body forwarded past the filter, not yet taken by the caller */
     uint8_t headers_in, headers_out, trailers_in, trailers_out, end_in, end_out;
     uint8_t headers_eos;
+    uint8_t cut; /* ContinueAndEndStream: headers went on as the whole message */
     uint8_t stop;
     uint8_t hmode, tmode;
 } pw_hdir;
@@ -231,6 +232,8 @@ struct pw_vm {
     wasmtime_context_t *cx;
     wasmtime_instance_t inst;
     wasmtime_memory_t mem;
+    uint8_t *mbase; /* the memory view of the running hostcall (mem_refresh) */
+    size_t msize;
     wasmtime_func_t fn[FN_COUNT];
     uint8_t has[FN_COUNT];
     int abi, header_arity;
@@ -327,10 +330,12 @@ typedef struct import_def {
 int define_imports(wasmtime_linker_t *linker, const char *module, const import_def *defs,
                    size_t n, char *err, size_t errlen);
 int hostcalls_define(wasmtime_linker_t *linker, char *err, size_t errlen);
-/* Guest memory access; every guest pointer goes through these. */
-uint8_t *gmem(pw_vm *vm, wasmtime_context_t *cx, uint32_t ptr, uint32_t len);
-int gput_u32(pw_vm *vm, wasmtime_context_t *cx, uint32_t ptr, uint32_t v);
-int gput_u64(pw_vm *vm, wasmtime_context_t *cx, uint32_t ptr, uint64_t v);
+/* Guest memory access; every guest pointer goes through these, bounds-checked against the
+ * view taken by mem_refresh at hostcall entry and again after any call into the guest. */
+void mem_refresh(pw_vm *vm, wasmtime_context_t *cx);
+uint8_t *gmem(pw_vm *vm, uint32_t ptr, uint32_t len);
+int gput_u32(pw_vm *vm, uint32_t ptr, uint32_t v);
+int gput_u64(pw_vm *vm, uint32_t ptr, uint64_t v);
 /* Returns bytes to the guest through (ptr_ptr, size_ptr) with one exactly-sized
  * allocation; a trap from the allocator comes back in *trap. */
 int greturn(pw_vm *vm, wasmtime_context_t *cx, const uint8_t *d, size_t n, uint32_t ptr_ptr,

@@ -23,7 +23,7 @@ typedef struct pw_vm pw_vm;
 #define PW_ERR 1            /* see the error text */
 #define PW_ERR_TRAP 2       /* the guest trapped; the VM is failed */
 #define PW_ERR_FAILED 3     /* the VM failed earlier; nothing was called */
-#define PW_ERR_THREAD 4     /* called from a thread that does not own the VM */
+#define PW_ERR_THREAD 4     /* not the VM's thread, or from inside its own callback */
 #define PW_ERR_NO_CONTEXT 5 /* unknown or already deleted context id */
 #define PW_ERR_REJECTED 6   /* on_configure returned false */
 #define PW_ERR_STATE 7      /* event out of order for this stream */
@@ -120,6 +120,8 @@ int pw_root_new(pw_vm *vm, const uint8_t *name, size_t name_len, const uint8_t *
 void pw_root_set_log_level(pw_vm *vm, uint32_t root, int level);
 uint32_t pw_root_tick_period(pw_vm *vm, uint32_t root);
 int pw_root_tick(pw_vm *vm, uint32_t root);
+/* 1 while the context exists (a root pending proxy_done still exists). */
+int pw_context_alive(pw_vm *vm, uint32_t ctx);
 /* Calls on_done; returns 1 when the root was deleted, 0 when it is pending proxy_done. */
 int pw_root_done(pw_vm *vm, uint32_t root);
 int pw_root_foreign_call(pw_vm *vm, uint32_t root, uint32_t function_id,

@@ -347,7 +347,9 @@ int pw_vm_failed(pw_vm *vm) { return vm->failed; }
 const char *pw_vm_error(pw_vm *vm) { return vm->error; }
 int pw_vm_abi(pw_vm *vm) { return vm->abi; }
 
-int vm_check_owner(pw_vm *vm) { return pthread_equal(vm->owner, pthread_self()); }
+/* A VM takes calls only from its owner thread, and never from inside one of its own
+ * callbacks (a Python log handler or foreign function calling back into it). */
+int vm_check_owner(pw_vm *vm) { return !vm->depth && pthread_equal(vm->owner, pthread_self()); }
 
 int pw_vm_register_foreign(pw_vm *vm, const char *name, size_t name_len, void *handle) {
     pw_foreign *f = calloc(1, sizeof *f);

@@ -28,7 +28,7 @@ enum {
     (void)nargs_;                                    \
     wasmtime_context_t *cx = WT.caller_context(caller); \
     pw_vm *vm = WT.context_get_data(cx);             \
-    (void)vm;
+    mem_refresh(vm, cx);
 #define U(i) ((uint32_t)a[i].i32)
 #define RET(v)                   \
     do {                         \
@@ -67,24 +67,24 @@ WASI(fd_write) {
     BEGIN;
     uint32_t fd = U(0), iovs = U(1), n = U(2);
     if (!is_stdio_out(fd)) RET(E_BADF);
-    if ((uint64_t)n * 8u > UINT32_MAX || !gmem(vm, cx, iovs, n * 8u) || !gmem(vm, cx, U(3), 4))
+    if ((uint64_t)n * 8u > UINT32_MAX || !gmem(vm, iovs, n * 8u) || !gmem(vm, U(3), 4))
         RET(E_FAULT);
     pw_buf *line = &vm->stdio[fd - 1];
     uint32_t total = 0;
     for (uint32_t i = 0; i < n; i++) {
-        const uint8_t *iov = gmem(vm, cx, iovs + 8 * i, 8);
+        const uint8_t *iov = gmem(vm, iovs + 8 * i, 8);
         uint32_t p = (uint32_t)iov[0] | (uint32_t)iov[1] << 8 | (uint32_t)iov[2] << 16 |
                      (uint32_t)iov[3] << 24;
         uint32_t l = (uint32_t)iov[4] | (uint32_t)iov[5] << 8 | (uint32_t)iov[6] << 16 |
                      (uint32_t)iov[7] << 24;
-        const uint8_t *d = gmem(vm, cx, p, l);
+        const uint8_t *d = gmem(vm, p, l);
         if (!d) RET(E_FAULT);
         if (buf_append(line, d, l)) RET(E_FAULT);
         total += l;
     }
     /* A runaway line is logged in pieces rather than held without bound. */
     emit_lines(vm, fd - 1, line->len > 65536);
-    gput_u32(vm, cx, U(3), total);
+    gput_u32(vm, U(3), total);
     RET(E_SUCCESS);
 }
 
@@ -101,14 +101,14 @@ WASI(clock_time_get) {
     BEGIN;
     uint32_t id = U(0);
     if (id > 1) RET(E_NOTSUP);
-    if (gput_u64(vm, cx, U(2), vm_now_ns(vm, id == 1))) RET(E_FAULT);
+    if (gput_u64(vm, U(2), vm_now_ns(vm, id == 1))) RET(E_FAULT);
     RET(E_SUCCESS);
 }
 
 WASI(clock_res_get) {
     BEGIN;
     if (U(0) > 1) RET(E_NOTSUP);
-    if (gput_u64(vm, cx, U(1), 1)) RET(E_FAULT);
+    if (gput_u64(vm, U(1), 1)) RET(E_FAULT);
     RET(E_SUCCESS);
 }
 
@@ -116,7 +116,7 @@ WASI(random_get) {
     BEGIN;
     uint32_t len = U(1);
     if (len > 65536) RET(E_INVAL);
-    uint8_t *p = gmem(vm, cx, U(0), len);
+    uint8_t *p = gmem(vm, U(0), len);
     if (!p) RET(E_FAULT);
     size_t got = 0;
     while (got < len) {
@@ -132,7 +132,7 @@ WASI(environ_sizes_get) {
     BEGIN;
     uint32_t count = 0;
     for (size_t i = 0; i < vm->environ.len; i++) count += vm->environ.p[i] == 0;
-    if (gput_u32(vm, cx, U(0), count) || gput_u32(vm, cx, U(1), (uint32_t)vm->environ.len))
+    if (gput_u32(vm, U(0), count) || gput_u32(vm, U(1), (uint32_t)vm->environ.len))
         RET(E_FAULT);
     RET(E_SUCCESS);
 }
@@ -141,13 +141,13 @@ WASI(environ_get) {
     BEGIN;
     uint32_t array = U(0), buf = U(1), count = 0;
     for (size_t i = 0; i < vm->environ.len; i++) count += vm->environ.p[i] == 0;
-    uint8_t *dst = gmem(vm, cx, buf, (uint32_t)vm->environ.len);
-    if (!dst || !gmem(vm, cx, array, count * 4u)) RET(E_FAULT);
+    uint8_t *dst = gmem(vm, buf, (uint32_t)vm->environ.len);
+    if (!dst || !gmem(vm, array, count * 4u)) RET(E_FAULT);
     if (vm->environ.len) memcpy(dst, vm->environ.p, vm->environ.len);
     uint32_t start = 0, k = 0;
     for (size_t i = 0; i < vm->environ.len; i++)
         if (vm->environ.p[i] == 0) {
-            gput_u32(vm, cx, array + 4 * k++, buf + start);
+            gput_u32(vm, array + 4 * k++, buf + start);
             start = (uint32_t)i + 1;
         }
     RET(E_SUCCESS);
@@ -155,7 +155,7 @@ WASI(environ_get) {
 
 WASI(args_sizes_get) {
     BEGIN;
-    if (gput_u32(vm, cx, U(0), 0) || gput_u32(vm, cx, U(1), 0)) RET(E_FAULT);
+    if (gput_u32(vm, U(0), 0) || gput_u32(vm, U(1), 0)) RET(E_FAULT);
     RET(E_SUCCESS);
 }
 
@@ -171,14 +171,14 @@ WASI(proc_exit) {
 /* Go's runtime sleeps through poll_oneoff and throws if it fails: report no events. */
 WASI(poll_oneoff) {
     BEGIN;
-    if (gput_u32(vm, cx, U(3), 0)) RET(E_FAULT);
+    if (gput_u32(vm, U(3), 0)) RET(E_FAULT);
     RET(E_SUCCESS);
 }
 
 WASI(fd_fdstat_get) {
     BEGIN;
     if (!is_stdio_out(U(0))) RET(E_BADF);
-    uint8_t *p = gmem(vm, cx, U(1), 24);
+    uint8_t *p = gmem(vm, U(1), 24);
     if (!p) RET(E_FAULT);
     memset(p, 0, 24);
     p[8] = 64; /* rights_base = FD_WRITE */
@@ -188,7 +188,7 @@ WASI(fd_fdstat_get) {
 WASI(fd_tell) {
     BEGIN;
     if (!is_stdio_out(U(0))) RET(E_BADF);
-    if (gput_u64(vm, cx, U(1), 0)) RET(E_FAULT);
+    if (gput_u64(vm, U(1), 0)) RET(E_FAULT);
     RET(E_SUCCESS);
 }
 

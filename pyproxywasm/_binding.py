@@ -84,7 +84,8 @@ def pw_py_foreign(handle, args, length, result):
 
 ERRORS = {
     lib.PW_ERR_FAILED: "the VM failed earlier and runs no more callbacks",
-    lib.PW_ERR_THREAD: "this VM belongs to another thread",
+    lib.PW_ERR_THREAD: "this VM belongs to another thread (or is running one of its own "
+                       "callbacks, which must not call back into it)",
     lib.PW_ERR_NO_CONTEXT: "no such context (already finished?)",
     lib.PW_ERR_STATE: "event out of order for this stream",
     lib.PW_ERR: "the C core could not complete the call",

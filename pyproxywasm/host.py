@@ -91,7 +91,7 @@ class Plugin:
                              self._log.handle, proxy_level(self.logger), vm.u32)
         self.context_id = vm.u32[0]
         self._sync_marker()
-        self.closed = False
+        self.closing = self.closed = False
         if rc != lib.PW_OK:
             what = {
                 lib.PW_ERR_VM_REJECTED: "proxy_on_vm_start returned false",
@@ -146,9 +146,11 @@ class Plugin:
 
     def close(self) -> bool:
         """Shuts the root context down: on_done, then on_delete unless the plugin defers
-        it with a false on_done (it then ends with proxy_done). True when deleted."""
-        if self.closed:
-            return True
+        it with a false on_done (it then ends with proxy_done). True once deleted."""
+        if self.closing:
+            self.closed = self.closed or not lib.pw_context_alive(self.vm.ptr, self.context_id)
+            return self.closed
+        self.closing = True
         r = lib.pw_root_done(self.vm.ptr, self.context_id)
         if r < 0:
             raise_for(r, self.vm)

@@ -37,6 +37,9 @@ class Action(enum.IntEnum):
     PAUSE = 1
 
 
+_CONTINUE, _PAUSE = Action.CONTINUE, Action.PAUSE  # enum attribute lookups are not free
+
+
 @dataclass(frozen=True)
 class LocalResponse:
     """The response a plugin sent with proxy_send_local_response (or the host's 503 when
@@ -81,10 +84,10 @@ class HttpStream:
         if f < 0:
             raise_for(f, self._vmobj)
         self.flags = f
-        return Action.PAUSE if f & _STOPPED[direction] else Action.CONTINUE
+        return _PAUSE if f & _STOPPED[direction] else _CONTINUE
 
     def send_request_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
-        data, n = encode_headers(headers)
+        data, n = (headers, -1) if headers.__class__ is bytes else encode_headers(headers)
         if self._id:
             f = _headers(self._vm, self._id, _REQ, data, len(data), n, end_stream)
         else:  # create and deliver in one call: the common case
@@ -94,7 +97,7 @@ class HttpStream:
         if f < 0:
             raise_for(f, self._vmobj)
         self.flags = f
-        return Action.PAUSE if f & _REQ_STOPPED else Action.CONTINUE
+        return _PAUSE if f & _REQ_STOPPED else _CONTINUE
 
     def send_request_body(self, data: bytes, end_stream: bool = False) -> Action:
         return self._done(_data(self._vm, self.context_id, _REQ, data, len(data), end_stream), 0)
@@ -104,12 +107,12 @@ class HttpStream:
         return self._done(_trailers(self._vm, self.context_id, _REQ, data, len(data), n), 0)
 
     def send_response_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
-        data, n = encode_headers(headers)
+        data, n = (headers, -1) if headers.__class__ is bytes else encode_headers(headers)
         f = _headers(self._vm, self.context_id, _RESP, data, len(data), n, end_stream)
         if f < 0:
             raise_for(f, self._vmobj)
         self.flags = f
-        return Action.PAUSE if f & _RESP_STOPPED else Action.CONTINUE
+        return _PAUSE if f & _RESP_STOPPED else _CONTINUE
 
     def send_response_body(self, data: bytes, end_stream: bool = False) -> Action:
         return self._done(_data(self._vm, self.context_id, _RESP, data, len(data), end_stream), 1)

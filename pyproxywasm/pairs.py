@@ -7,12 +7,15 @@ any byte survives a round trip.
 from __future__ import annotations
 
 import struct
-from typing import Iterable, Mapping, Tuple, Union
+from itertools import chain
+from collections.abc import Mapping
+from typing import Iterable, Tuple, Union
 
 HeaderValue = Union[str, bytes]
 HeaderItems = Union[Iterable[Tuple[HeaderValue, HeaderValue]], Mapping[HeaderValue, HeaderValue]]
 
 _u32 = struct.Struct("<I")
+_chain = chain.from_iterable
 
 
 def _b(v: HeaderValue) -> bytes:
@@ -23,33 +26,39 @@ def encode_headers(items: HeaderItems) -> tuple[bytes, int]:
     """Headers for the C core: (data, n) where n >= 0 means n pairs in the flat form
     "k\\0v\\0k\\0v", and n = -1 means data is the pairs wire format (bytes given as is,
     or names/values that contain NUL, which the flat form cannot carry)."""
-    if isinstance(items, (bytes, bytearray)):
-        return bytes(items), -1
-    if isinstance(items, Mapping):
-        items = items.items()
-    flat = [s for pair in items for s in pair]
-    if len(flat) & 1:
-        raise ValueError("header items must be (name, value) pairs")
+    cls = items.__class__
+    if cls is not list and cls is not tuple:  # the common cases skip the checks below
+        if isinstance(items, (bytes, bytearray, memoryview)):
+            return bytes(items), -1
+        items = list(items.items() if isinstance(items, Mapping) else items)
+    n = len(items)
+    if not n:
+        return b"", 0
     try:
-        data = "\0".join(flat).encode("utf-8", "surrogateescape")
-    except TypeError:  # some are bytes
-        data = b"\0".join([s if s.__class__ is bytes else _b(s) for s in flat])
-    if data.count(b"\0") != len(flat) - 1 and flat:
-        return encode_pairs(list(zip(flat[::2], flat[1::2]))), -1
-    return data, len(flat) >> 1
+        data = "\0".join(_chain(items)).encode()
+    except (TypeError, UnicodeEncodeError):  # bytes among them, or surrogate escapes
+        flat = [_b(s) for pair in items for s in pair]
+        data = b"\0".join(flat)
+    # One separator fewer than names and values: otherwise an item was not a pair, or a
+    # name/value holds a NUL; the pairs format says exactly what was meant (or raises).
+    if data.count(b"\0") != 2 * n - 1:
+        return encode_pairs(items), -1
+    return data, n
 
 
 def encode_pairs(items: HeaderItems) -> bytes:
-    """Serializes header items; an already encoded buffer (bytes) passes through."""
+    """The pairs wire format; an already encoded buffer (bytes) passes through."""
     if isinstance(items, (bytes, bytearray)):
         return bytes(items)
     if isinstance(items, Mapping):
         items = items.items()
-    flat = [s if s.__class__ is bytes else _b(s) for pair in items for s in pair]
+    flat: list[bytes] = []
+    for pair in items:
+        k, v = pair  # raises for anything but a pair
+        flat.append(_b(k))
+        flat.append(_b(v))
     if not flat:
         return b"\0\0\0\0"
-    if len(flat) & 1:
-        raise ValueError("header items must be (name, value) pairs")
     return _lens(len(flat)).pack(len(flat) >> 1, *map(len, flat)) + b"\0".join(flat) + b"\0"
 
 

@@ -526,9 +526,10 @@ int pw_vm_dispatch(pw_vm *vm) {
     int guard = 0;
     while (!vm->failed && (root = next_due_root(vm, now)) && guard++ < 100000) {
         uint64_t due = root->r->next_tick_ns;
-        pw_root_tick(vm, root->id);
+        uint32_t id = root->id;
+        pw_root_tick(vm, id);
         calls++;
-        root = ctx_get(vm, root->id);
+        root = ctx_get(vm, id); /* the tick may have deleted it (proxy_done) */
         if (root && root->r->tick_period_ms && root->r->next_tick_ns <= due)
             root->r->next_tick_ns = due + (uint64_t)root->r->tick_period_ms * 1000000u;
     }

@@ -348,6 +348,7 @@ int pw_http_headers(pw_vm *vm, uint32_t id, int dir, const uint8_t *pairs, size_
     if (D->headers_in && !(dir == PW_DIR_RESPONSE && h->local_reply)) return -PW_ERR_STATE;
     if (dir == PW_DIR_RESPONSE && h->local_reply) return flags_of(h); /* upstream too late */
     if (parse_in(&D->headers, pairs, len, nflat)) return -PW_ERR;
+    if (!h->start_ns) h->start_ns = vm_now_ns(vm, 0);
     D->headers_in = 1;
     D->headers_eos = eos != 0;
     D->end_in = eos != 0;
@@ -366,6 +367,7 @@ int pw_http_data(pw_vm *vm, uint32_t id, int dir, const uint8_t *data, size_t le
     if (D->cut) return flags_of(h); /* ended by ContinueAndEndStream: the rest is dropped */
     if (!D->headers_in || D->end_in) return -PW_ERR_STATE;
     if (eos) D->end_in = 1;
+    D->body_in += len;
     if (closed_for(h, dir)) return flags_of(h);
     if (buf_append(&D->held, data, len)) return -PW_ERR;
     if (D->stop != STOP_HEADERS) body_callback(vm, c, dir);

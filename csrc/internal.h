@@ -102,6 +102,7 @@ typedef struct pw_hdir {
     uint8_t headers_in, headers_out, trailers_in, trailers_out, end_in, end_out;
     uint8_t headers_eos;
     uint8_t cut; /* ContinueAndEndStream: headers went on as the whole message */
+    uint64_t body_in; /* body bytes received, for request.size / response.size */
     uint8_t stop;
     uint8_t hmode, tmode;
 } pw_hdir;
@@ -115,6 +116,7 @@ typedef struct pw_http {
     pw_buf lr_details, lr_body;
     pw_hmap lr_headers;
     int reset, failed, done;
+    uint64_t start_ns; /* wall clock at the first event: request.time */
 } pw_http;
 
 typedef struct pw_tdir {

@@ -67,6 +67,23 @@ static int header_value(const pw_hmap *m, const char *k, pw_buf *out) {
     return header_joined(m, (const uint8_t *)k, strlen(k), out);
 }
 
+/* Content-Length when present, else the body bytes seen (Envoy). */
+static int body_size(const pw_hdir *D, pw_buf *out) {
+    int64_t v;
+    if (header_value(&D->headers, "content-length", out) == ST_OK &&
+        !parse_i64(out->p, out->len, &v))
+        return put_i64(out, v);
+    return put_i64(out, (int64_t)D->body_in);
+}
+
+/* Headers (as Envoy's byteSize: names and values) plus body and trailers. */
+static int total_size(const pw_hdir *D, pw_buf *out) {
+    uint64_t n = D->body_in;
+    for (size_t i = 0; i < D->headers.n; i++) n += D->headers.e[i].kl + D->headers.e[i].vl;
+    for (size_t i = 0; i < D->trailers.n; i++) n += D->trailers.e[i].kl + D->trailers.e[i].vl;
+    return put_i64(out, (int64_t)n);
+}
+
 static int request_attr(pw_http *h, const uint8_t *s, size_t sl, const uint8_t *rest, size_t rl,
                         int has_rest, pw_buf *out) {
     const pw_hmap *m = &h->d[0].headers;
@@ -99,12 +116,9 @@ static int request_attr(pw_http *h, const uint8_t *s, size_t sl, const uint8_t *
         out->len = end - start;
         return ST_OK;
     }
-    if (seg_eq(s, sl, "size")) {
-        int64_t v;
-        if (header_value(m, "content-length", out) == ST_OK && !parse_i64(out->p, out->len, &v))
-            return put_i64(out, v);
-        return put_i64(out, (int64_t)(h->d[0].out.len + h->d[0].held.len));
-    }
+    if (seg_eq(s, sl, "size")) return body_size(&h->d[0], out);
+    if (seg_eq(s, sl, "total_size")) return total_size(&h->d[0], out);
+    if (seg_eq(s, sl, "time")) return put_i64(out, (int64_t)h->start_ns);
     return ST_NOT_FOUND;
 }
 
@@ -124,6 +138,8 @@ static int response_attr(pw_http *h, const uint8_t *s, size_t sl, const uint8_t 
                         : headers_map(&h->d[1].trailers, out);
     }
     if (has_rest) return ST_NOT_FOUND;
+    if (seg_eq(s, sl, "size")) return body_size(&h->d[1], out);
+    if (seg_eq(s, sl, "total_size")) return total_size(&h->d[1], out);
     if (seg_eq(s, sl, "code")) {
         int64_t v;
         int st = header_value(m, ":status", out);

@@ -349,3 +349,26 @@ def test_vm_belongs_to_its_thread():
         t.start()
         t.join()
         assert errors and "another thread" in str(errors[0])
+
+
+def test_computed_stream_attributes():
+    import struct
+
+    with harness("headers", start_time_ns=1_700_000_000_123_000_000) as h:
+        s = h.http()
+        s.send_request_headers(REQUEST + [("x-request-id", "rid-1"), ("referer", "r")])
+        s.send_request_body(b"12345", end_stream=True)
+        s.send_response_headers(RESPONSE + [("content-length", "2")])
+        s.send_response_body(b"ok", end_stream=True)
+        prop = lambda p: h.plugin.property(p, s.context_id)  # noqa: E731
+        i64 = lambda p: struct.unpack("<q", prop(p))[0]  # noqa: E731
+        assert prop("request.id") == b"rid-1" and prop("request.referer") == b"r"
+        assert prop("request.useragent") == b"pytest" and prop("request.scheme") == b"http"
+        assert i64("request.size") == 5 and i64("response.size") == 2
+        assert i64("response.code") == 200
+        assert i64("request.time") == 1_700_000_000_123_000_000
+        # headers as they are now (the plugin's additions included) plus the body
+        assert i64("request.total_size") == 5 + sum(len(k) + len(v) for k, v in s.request_headers)
+        assert prop(("response", "headers", "content-type")) == b"text/plain"
+        assert prop("response.code_details") is None
+        s.finish()

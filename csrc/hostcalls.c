@@ -419,7 +419,7 @@ HOSTCALL(get_shared_data) {
     BEGIN_RESTRICTED;
     MEM(k, U(0), U(1));
     uint32_t cas = 0;
-    int st = shared_get(vm->vm_id.p, vm->vm_id.len, k, U(1), &vm->hc, &cas);
+    int st = shared_get(vm->space, k, U(1), &vm->hc, &cas);
     if (st != ST_OK) RET(st);
     if (!gmem(vm, U(4), 4)) RET(ST_INVALID_MEMORY_ACCESS);
     st = greturn(vm, cx, vm->hc.p, vm->hc.len, U(2), U(3), &trap);
@@ -431,7 +431,7 @@ HOSTCALL(set_shared_data) {
     BEGIN_RESTRICTED;
     MEM(k, U(0), U(1));
     MEM(v, U(2), U(3));
-    RET(shared_set(vm->vm_id.p, vm->vm_id.len, k, U(1), v, U(3), U(4)));
+    RET(shared_set(vm->space, k, U(1), v, U(3), U(4)));
 }
 
 HOSTCALL(register_shared_queue) {
@@ -439,7 +439,7 @@ HOSTCALL(register_shared_queue) {
     MEM(name, U(0), U(1));
     if (!gmem(vm, U(2), 4)) RET(ST_INVALID_MEMORY_ACCESS);
     pw_ctx *root = root_of_eff(vm);
-    uint32_t id = queue_register(vm->vm_id.p, vm->vm_id.len, name, U(1), vm->vm_key,
+    uint32_t id = queue_register(vm->vm_id.p, vm->vm_id.len, name, U(1), vm->disp, vm->vm_key,
                                  root ? root->id : 0);
     if (!id) RET(ST_INTERNAL_FAILURE);
     gput_u32(vm, U(2), id);

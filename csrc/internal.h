@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "mpsc.h"
 #include "pw.h"
 #include "wt.h"
 
@@ -209,10 +210,18 @@ typedef struct pw_ctx_table {
     size_t cap, n;
 } pw_ctx_table;
 
-/* A queue notification posted to this VM by any thread. */
-typedef struct pw_notice {
-    uint32_t root, queue;
-} pw_notice;
+struct pw_dispatcher {
+    int efd;
+    _Atomic int signaled; /* the eventfd was written since the owner last ran */
+    _Atomic int closed;
+    _Atomic int named;    /* a queue owner refers to it: it can be posted to from anywhere */
+    int autorun;          /* no loop waits on it: run it when a stream starts (owner only) */
+    mpsc inbox;           /* notice_node: queue notifications from any thread */
+    pthread_t owner;
+    pw_vm **vms;          /* the owner thread's VMs; owner thread only */
+    size_t n_vms, cap_vms;
+    struct pw_dispatcher *next_all;
+};
 
 struct pw_engine {
     wasm_engine_t *engine;
@@ -277,10 +286,9 @@ struct pw_vm {
     struct metric **metrics; /* metric ids of this VM: id = (index << 2) | kind */
     size_t n_metrics, cap_metrics;
 
-    pthread_mutex_t notice_lock; /* guards notices: other threads post queue notices */
-    pw_notice *notices;
-    size_t n_notices, cap_notices;
-    uint64_t vm_key; /* process-unique id used by queue owners to find this VM */
+    pw_dispatcher *disp; /* the owner thread's dispatcher */
+    struct pw_space *space; /* this vm_id's shared data (shared.c) */
+    uint64_t vm_key;     /* process-unique: queue owners name their VM by it */
 };
 
 /* ---- cross-file internal API -------------------------------------------------------- */
@@ -297,7 +305,18 @@ void vm_fail(pw_vm *vm, const char *what, wasm_trap_t *trap, wasmtime_error_t *e
 uint64_t vm_now_ns(pw_vm *vm, int monotonic);
 void vm_log(pw_vm *vm, pw_ctx *ctx, int level, const char *msg, size_t len);
 int vm_check_owner(pw_vm *vm);
-void vm_post_notice(uint64_t vm_key, uint32_t root, uint32_t queue);
+int vm_queue_ready(pw_vm *vm, uint32_t root, uint32_t queue); /* 1 if delivered */
+int vm_run_ticks(pw_vm *vm);
+
+/* dispatcher.c */
+int dispatcher_post(pw_dispatcher *d, uint64_t vm_key, uint32_t root, uint32_t queue);
+/* Before a new stream on a thread with no loop: deliver what is pending (owner only). */
+static inline void dispatcher_autorun(pw_dispatcher *d) {
+    if (d->autorun && atomic_load_explicit(&d->signaled, memory_order_acquire))
+        pw_dispatcher_run(d);
+}
+void dispatcher_add_vm(pw_dispatcher *d, pw_vm *vm);
+void dispatcher_remove_vm(pw_dispatcher *d, pw_vm *vm);
 
 /* context.c */
 pw_ctx *ctx_get(pw_vm *vm, uint32_t id);
@@ -352,13 +371,14 @@ int props_get(pw_vm *vm, pw_ctx *ctx, const uint8_t *path, size_t pl, pw_buf *ou
 int props_set(pw_vm *vm, pw_ctx *ctx, const uint8_t *path, size_t pl, const uint8_t *v, size_t vl);
 
 /* shared.c, queue.c, metrics.c */
-int shared_get(const uint8_t *vm_id, size_t vl, const uint8_t *k, size_t kl, pw_buf *out,
-               uint32_t *cas);
-int shared_set(const uint8_t *vm_id, size_t vl, const uint8_t *k, size_t kl, const uint8_t *v,
-               size_t n, uint32_t cas);
+typedef struct pw_space pw_space; /* one vm_id's shared data */
+pw_space *shared_space(const uint8_t *vm_id, size_t vl, int create);
+int shared_get(pw_space *s, const uint8_t *k, size_t kl, pw_buf *out, uint32_t *cas);
+int shared_set(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_t n, uint32_t cas);
 uint32_t queue_register(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl,
-                        uint64_t vm_key, uint32_t root);
+                        pw_dispatcher *d, uint64_t vm_key, uint32_t root);
 int queue_resolve(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl, uint32_t *id);
+#define QUEUE_MAX_ITEMS (1 << 20) /* per queue; see queue.c */
 int queue_enqueue(uint32_t id, const uint8_t *d, size_t n);
 int queue_dequeue(uint32_t id, pw_buf *out);
 int metric_define(pw_vm *vm, uint32_t kind, const uint8_t *name, size_t nl, uint32_t *id);

@@ -17,6 +17,7 @@
 typedef struct pw_engine pw_engine;
 typedef struct pw_module pw_module;
 typedef struct pw_vm pw_vm;
+typedef struct pw_dispatcher pw_dispatcher;
 
 /* Results of the pw_* calls (not ABI statuses). */
 #define PW_OK 0
@@ -93,10 +94,26 @@ int pw_module_serialize(pw_module *m, uint8_t **out, size_t *len);
 void pw_bytes_free(uint8_t *p);
 void pw_module_free(pw_module *m);
 
-/* A VM: one instance of a module, owned by the calling thread. Runs the WASI start-up
- * (_initialize + main, or _start). vm_id and vm_config are kept for the VM's roots;
- * environ is "K=V\0K=V\0" for WASI environ_get. */
-pw_vm *pw_vm_new(pw_module *m, const uint8_t *vm_id, size_t vm_id_len,
+/* Dispatchers: one per thread that owns VMs. Any thread may post to one (queue
+ * notifications) or wake it; the owner thread waits on its fd (readable when woken) and
+ * runs it, which delivers notifications and due ticks to its VMs. */
+pw_dispatcher *pw_dispatcher_new(void);
+int pw_dispatcher_fd(pw_dispatcher *d);
+void pw_dispatcher_wake(pw_dispatcher *d);
+int pw_dispatcher_pending(pw_dispatcher *d);
+/* Owner thread only: returns the number of callbacks made, or a negative PW_ERR. */
+int pw_dispatcher_run(pw_dispatcher *d);
+uint64_t pw_dispatcher_next_tick_in(pw_dispatcher *d);
+/* For a thread that never waits on the fd (a WSGI worker, say): pending notifications and
+ * due ticks are then delivered when a stream starts on one of its VMs. */
+void pw_dispatcher_set_autorun(pw_dispatcher *d, int on);
+/* Owner thread, after its VMs are freed: later posts are dropped. */
+void pw_dispatcher_close(pw_dispatcher *d);
+
+/* A VM: one instance of a module, owned by the calling thread (whose dispatcher is d).
+ * Runs the WASI start-up (_initialize + main, or _start). vm_id and vm_config are kept for
+ * the VM's roots; environ is "K=V\0K=V\0" for WASI environ_get. */
+pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm_id_len,
                  const uint8_t *vm_config, size_t vm_config_len, const uint8_t *environ,
                  size_t environ_len, void *log_handle, char *err, size_t errlen);
 void pw_vm_free(pw_vm *vm);
@@ -105,9 +122,6 @@ const char *pw_vm_error(pw_vm *vm);
 int pw_vm_abi(pw_vm *vm);
 /* Virtual clock (ns since the Unix epoch); 0 goes back to the real clocks. */
 void pw_vm_set_clock(pw_vm *vm, uint64_t now_ns);
-/* Deliver what is pending for this VM: due ticks (virtual or real clock) and queue
- * notifications. Returns the number of callbacks made. */
-int pw_vm_dispatch(pw_vm *vm);
 /* Nanoseconds until the next tick is due on this VM's clock, or UINT64_MAX if none. */
 uint64_t pw_vm_next_tick_in(pw_vm *vm);
 /* Foreign functions callable by this VM's guests. */
@@ -166,6 +180,8 @@ int pw_shared_get(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *key, si
                   uint8_t **out, size_t *out_len, uint32_t *cas);
 int pw_shared_set(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *key, size_t key_len,
                   const uint8_t *value, size_t value_len, uint32_t cas);
+/* Benchmark baseline only: 1 makes every shard of every store take one process lock. */
+void pw_shared_single_lock(int on);
 /* Shared queues: resolve a queue id and read its depth. */
 int pw_queue_resolve(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *name,
                      size_t name_len, uint32_t *out_id);

@@ -1,123 +1,145 @@
-/* Shared queues (ABI.md §9.2): keyed by (vm_id, name), ids from a process-wide counter
- * starting at 1; the last registration chooses who is notified. Each enqueue posts one
- * on_queue_ready to the owner VM, delivered later on the owner's thread. */
+/* Shared queues (ABI.md §9.2): keyed by (vm_id, name), ids from 1, process-wide.
+ *
+ * Producers never take a lock: finding a queue by id reads a published slot, and an item
+ * goes in with one lock-free MPSC push. Any VM may dequeue, so dequeuers take the queue's
+ * consumer lock (only they contend for it). Each enqueue posts one on_queue_ready to the
+ * dispatcher of the last registrant, delivered later on that thread. Registration and
+ * lookup by name are rare and share a reader/writer lock.
+ *
+ * Bound: at most QUEUE_MAX_ITEMS items wait in one queue; an enqueue past that answers
+ * INTERNAL_FAILURE and stores nothing (the producer decides what to do; nothing is lost
+ * silently). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
 
-typedef struct item {
-    struct item *next;
+#define QUEUE_SEG 256
+#define QUEUE_SEGS 256 /* up to 65536 queues */
+
+typedef struct qitem {
+    mpsc_node node;
     size_t len;
     uint8_t data[];
-} item;
+} qitem;
+
+/* Who is notified: immutable once published. Replaced owners are kept (a producer may be
+ * reading one), a few bytes per re-registration. */
+typedef struct owner {
+    pw_dispatcher *d;
+    uint64_t vm_key;
+    uint32_t root;
+} owner;
 
 typedef struct queue {
-    pw_buf vm_id, name;
-    uint64_t owner_vm;
-    uint32_t owner_root;
-    item *head, *tail;
-    size_t depth;
+    pw_buf vm_id, name; /* immutable */
+    _Atomic(owner *) owner;
+    mpsc items;
+    _Atomic int64_t depth;
+    pthread_mutex_t consumer;
 } queue;
 
-/* All queues, indexed by id - 1; guarded by queues_lock (any thread). */
-static pthread_mutex_t queues_lock = PTHREAD_MUTEX_INITIALIZER;
-static queue **queues;
-static size_t nqueues, capqueues;
+typedef struct seg {
+    _Atomic(queue *) q[QUEUE_SEG];
+} seg;
+
+/* The registry, shared by every thread: slots are published with release stores and read
+ * without locks; `names` serializes registration and guards lookups by name. */
+static _Atomic(seg *) segs[QUEUE_SEGS];
+static _Atomic uint32_t nqueues;
+static pthread_rwlock_t names = PTHREAD_RWLOCK_INITIALIZER;
+
+static queue *by_id(uint32_t id) {
+    if (!id || id > atomic_load_explicit(&nqueues, memory_order_acquire)) return NULL;
+    uint32_t i = id - 1;
+    seg *s = atomic_load_explicit(&segs[i / QUEUE_SEG], memory_order_acquire);
+    return s ? atomic_load_explicit(&s->q[i % QUEUE_SEG], memory_order_acquire) : NULL;
+}
 
 static int same(const pw_buf *b, const uint8_t *p, size_t n) {
     return b->len == n && (n == 0 || !memcmp(b->p, p, n));
 }
 
-static queue *find_locked(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl,
-                          uint32_t *id) {
-    for (size_t i = 0; i < nqueues; i++)
-        if (same(&queues[i]->vm_id, vm_id, vl) && same(&queues[i]->name, name, nl)) {
-            *id = (uint32_t)i + 1;
-            return queues[i];
-        }
-    return NULL;
+/* Under `names`. */
+static uint32_t find(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl) {
+    uint32_t n = atomic_load_explicit(&nqueues, memory_order_acquire);
+    for (uint32_t id = 1; id <= n; id++) {
+        queue *q = by_id(id);
+        if (q && same(&q->vm_id, vm_id, vl) && same(&q->name, name, nl)) return id;
+    }
+    return 0;
 }
 
 uint32_t queue_register(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl,
-                        uint64_t vm_key, uint32_t root) {
-    uint32_t id = 0;
-    pthread_mutex_lock(&queues_lock);
-    queue *q = find_locked(vm_id, vl, name, nl, &id);
-    if (!q && nqueues < UINT32_MAX - 1) {
-        if (nqueues == capqueues) {
-            size_t nc = capqueues ? capqueues * 2 : 16;
-            queue **n = realloc(queues, nc * sizeof *n);
-            if (n) {
-                queues = n;
-                capqueues = nc;
-            }
-        }
-        q = nqueues < capqueues ? calloc(1, sizeof *q) : NULL;
-        if (q && (buf_set(&q->vm_id, vm_id, vl) || buf_set(&q->name, name, nl))) {
+                        pw_dispatcher *d, uint64_t vm_key, uint32_t root) {
+    owner *o = malloc(sizeof *o);
+    if (!o) return 0;
+    *o = (owner){d, vm_key, root};
+    pthread_rwlock_wrlock(&names);
+    uint32_t id = find(vm_id, vl, name, nl);
+    if (!id) {
+        uint32_t i = atomic_load_explicit(&nqueues, memory_order_relaxed);
+        seg *s = i < QUEUE_SEG * QUEUE_SEGS ? atomic_load(&segs[i / QUEUE_SEG]) : NULL;
+        if (i < QUEUE_SEG * QUEUE_SEGS && !s && (s = calloc(1, sizeof *s)))
+            atomic_store_explicit(&segs[i / QUEUE_SEG], s, memory_order_release);
+        queue *q = s ? calloc(1, sizeof *q) : NULL;
+        if (q && !buf_set(&q->vm_id, vm_id, vl) && !buf_set(&q->name, name, nl)) {
+            mpsc_init(&q->items);
+            pthread_mutex_init(&q->consumer, NULL);
+            atomic_store_explicit(&s->q[i % QUEUE_SEG], q, memory_order_release);
+            atomic_store_explicit(&nqueues, i + 1, memory_order_release);
+            id = i + 1;
+        } else if (q) {
             buf_free(&q->vm_id);
+            buf_free(&q->name);
             free(q);
-            q = NULL;
-        }
-        if (q) {
-            queues[nqueues++] = q;
-            id = (uint32_t)nqueues;
         }
     }
-    if (q) { /* the last registration wins */
-        q->owner_vm = vm_key;
-        q->owner_root = root;
+    if (id) {
+        atomic_store_explicit(&d->named, 1, memory_order_release);
+        atomic_store_explicit(&by_id(id)->owner, o, memory_order_release); /* the last wins */
+    } else {
+        free(o);
     }
-    pthread_mutex_unlock(&queues_lock);
-    return q ? id : 0;
+    pthread_rwlock_unlock(&names);
+    return id;
 }
 
 int queue_resolve(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl, uint32_t *id) {
-    pthread_mutex_lock(&queues_lock);
-    queue *q = find_locked(vm_id, vl, name, nl, id);
-    pthread_mutex_unlock(&queues_lock);
-    return q ? ST_OK : ST_NOT_FOUND;
+    pthread_rwlock_rdlock(&names);
+    *id = find(vm_id, vl, name, nl);
+    pthread_rwlock_unlock(&names);
+    return *id ? ST_OK : ST_NOT_FOUND;
 }
 
 int queue_enqueue(uint32_t id, const uint8_t *d, size_t n) {
-    item *it = malloc(sizeof *it + n);
-    if (!it) return ST_INTERNAL_FAILURE;
-    it->next = NULL;
+    queue *q = by_id(id);
+    if (!q) return ST_NOT_FOUND;
+    if (atomic_fetch_add_explicit(&q->depth, 1, memory_order_relaxed) >= QUEUE_MAX_ITEMS) {
+        atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
+        return ST_INTERNAL_FAILURE;
+    }
+    qitem *it = malloc(sizeof *it + n);
+    if (!it) {
+        atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
+        return ST_INTERNAL_FAILURE;
+    }
     it->len = n;
     if (n) memcpy(it->data, d, n);
-    pthread_mutex_lock(&queues_lock);
-    if (!id || id > nqueues) {
-        pthread_mutex_unlock(&queues_lock);
-        free(it);
-        return ST_NOT_FOUND;
-    }
-    queue *q = queues[id - 1];
-    if (q->tail) q->tail->next = it;
-    else q->head = it;
-    q->tail = it;
-    q->depth++;
-    uint64_t owner = q->owner_vm;
-    uint32_t root = q->owner_root;
-    pthread_mutex_unlock(&queues_lock);
-    vm_post_notice(owner, root, id);
+    mpsc_push(&q->items, &it->node);
+    owner *o = atomic_load_explicit(&q->owner, memory_order_acquire);
+    if (o) dispatcher_post(o->d, o->vm_key, o->root, id);
     return ST_OK;
 }
 
 int queue_dequeue(uint32_t id, pw_buf *out) {
-    pthread_mutex_lock(&queues_lock);
-    if (!id || id > nqueues) {
-        pthread_mutex_unlock(&queues_lock);
-        return ST_NOT_FOUND;
-    }
-    queue *q = queues[id - 1];
-    item *it = q->head;
-    if (it) {
-        q->head = it->next;
-        if (!q->head) q->tail = NULL;
-        q->depth--;
-    }
-    pthread_mutex_unlock(&queues_lock);
+    queue *q = by_id(id);
+    if (!q) return ST_NOT_FOUND;
+    pthread_mutex_lock(&q->consumer);
+    qitem *it = (qitem *)mpsc_pop(&q->items);
+    pthread_mutex_unlock(&q->consumer);
     if (!it) return ST_EMPTY;
+    atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
     int st = buf_set(out, it->data, it->len) ? ST_INTERNAL_FAILURE : ST_OK;
     free(it);
     return st;
@@ -129,10 +151,8 @@ int pw_queue_resolve(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *name
 }
 
 int pw_queue_size(uint32_t id) {
-    pthread_mutex_lock(&queues_lock);
-    int n = (!id || id > nqueues) ? -1 : (int)queues[id - 1]->depth;
-    pthread_mutex_unlock(&queues_lock);
-    return n;
+    queue *q = by_id(id);
+    return q ? (int)atomic_load_explicit(&q->depth, memory_order_relaxed) : -1;
 }
 
 int pw_queue_enqueue(uint32_t id, const uint8_t *data, size_t len) {

@@ -1,11 +1,19 @@
 /* Shared data (ABI.md §9.1): one key/value store per vm_id, shared by every VM in the
  * process; CAS values from one process-wide counter that starts at 1 and skips 0.
- * The C API (shared_get / shared_set) is kept narrow so the store can change backend. */
+ *
+ * No global lock: each vm_id's store is split into SHARDS by key hash, each with its own
+ * lock, so threads working on different keys do not wait for each other. Every operation
+ * on a key happens under its shard's lock, which makes get/set linearizable. A VM finds its
+ * store once (vm->space); the list of stores is locked only when a store is created or
+ * looked up by name. The C API (shared_get / shared_set) stays narrow so the backend can
+ * change (shared memory, Redis). */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
+
+#define SHARDS 64
 
 typedef struct entry {
     pw_buf key, value;
@@ -13,18 +21,32 @@ typedef struct entry {
     struct entry *next;
 } entry;
 
-typedef struct space {
-    pw_buf vm_id;
-    pthread_mutex_t lock; /* guards the buckets of this vm_id */
+typedef struct shard {
+    pthread_mutex_t lock;
     entry **buckets;
     size_t nbuckets, n;
-    struct space *next;
-} space;
+} __attribute__((aligned(64))) shard;
 
-/* The list of namespaces: guarded by spaces_lock, shared by all threads. */
+struct pw_space {
+    pw_buf vm_id;
+    shard shards[SHARDS];
+    struct pw_space *next;
+};
+
+/* All stores, never freed: guarded by spaces_lock (any thread, creation and lookup). */
 static pthread_mutex_t spaces_lock = PTHREAD_MUTEX_INITIALIZER;
-static space *spaces;
+static pw_space *spaces;
 static _Atomic uint32_t cas_counter;
+
+/* Benchmark baseline only (pw_shared_single_lock): every shard takes one process lock. */
+static _Atomic int single_lock_mode;
+static pthread_mutex_t single_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void pw_shared_single_lock(int on) { atomic_store(&single_lock_mode, on != 0); }
+
+static pthread_mutex_t *lock_of(shard *s) {
+    return atomic_load_explicit(&single_lock_mode, memory_order_relaxed) ? &single_lock : &s->lock;
+}
 
 static uint32_t next_cas(void) {
     uint32_t v;
@@ -36,105 +58,116 @@ static uint32_t next_cas(void) {
 static uint64_t hash(const uint8_t *p, size_t n) {
     uint64_t h = 1469598103934665603ull;
     for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
-    return h;
+    return h ^ (h >> 29);
 }
 
-static space *space_for(const uint8_t *vm_id, size_t vl, int create) {
+pw_space *shared_space(const uint8_t *vm_id, size_t vl, int create) {
     pthread_mutex_lock(&spaces_lock);
-    space *s = spaces;
+    pw_space *s = spaces;
     while (s && !(s->vm_id.len == vl && (vl == 0 || !memcmp(s->vm_id.p, vm_id, vl)))) s = s->next;
-    if (!s && create) {
-        s = calloc(1, sizeof *s);
-        if (s) {
-            s->nbuckets = 64;
-            s->buckets = calloc(s->nbuckets, sizeof *s->buckets);
-            if (!s->buckets || buf_set(&s->vm_id, vm_id, vl)) {
-                free(s->buckets);
-                free(s);
-                s = NULL;
-            } else {
-                pthread_mutex_init(&s->lock, NULL);
-                s->next = spaces;
-                spaces = s;
-            }
+    if (!s && create && (s = calloc(1, sizeof *s))) {
+        int ok = !buf_set(&s->vm_id, vm_id, vl);
+        for (int i = 0; i < SHARDS && ok; i++) {
+            s->shards[i].nbuckets = 16;
+            ok = (s->shards[i].buckets = calloc(16, sizeof(entry *))) != NULL;
+            pthread_mutex_init(&s->shards[i].lock, NULL);
+        }
+        if (ok) {
+            s->next = spaces;
+            spaces = s;
+        } else {
+            for (int i = 0; i < SHARDS; i++) free(s->shards[i].buckets);
+            buf_free(&s->vm_id);
+            free(s);
+            s = NULL;
         }
     }
     pthread_mutex_unlock(&spaces_lock);
     return s;
 }
 
-static entry **slot(space *s, const uint8_t *k, size_t kl) {
-    entry **e = &s->buckets[hash(k, kl) & (s->nbuckets - 1)];
+static entry **slot(shard *sh, uint64_t h, const uint8_t *k, size_t kl) {
+    entry **e = &sh->buckets[(h / SHARDS) & (sh->nbuckets - 1)];
     while (*e && !((*e)->key.len == kl && (kl == 0 || !memcmp((*e)->key.p, k, kl)))) e = &(*e)->next;
     return e;
 }
 
-static void grow(space *s) {
-    size_t nb = s->nbuckets * 2;
+static void grow(shard *sh) {
+    size_t nb = sh->nbuckets * 2;
     entry **b = calloc(nb, sizeof *b);
     if (!b) return;
-    for (size_t i = 0; i < s->nbuckets; i++)
-        for (entry *e = s->buckets[i], *next; e; e = next) {
+    for (size_t i = 0; i < sh->nbuckets; i++)
+        for (entry *e = sh->buckets[i], *next; e; e = next) {
             next = e->next;
-            entry **d = &b[hash(e->key.p, e->key.len) & (nb - 1)];
+            entry **d = &b[(hash(e->key.p, e->key.len) / SHARDS) & (nb - 1)];
             e->next = *d;
             *d = e;
         }
-    free(s->buckets);
-    s->buckets = b;
-    s->nbuckets = nb;
+    free(sh->buckets);
+    sh->buckets = b;
+    sh->nbuckets = nb;
 }
 
-int shared_get(const uint8_t *vm_id, size_t vl, const uint8_t *k, size_t kl, pw_buf *out,
-               uint32_t *cas) {
-    space *s = space_for(vm_id, vl, 0);
+int shared_get(pw_space *s, const uint8_t *k, size_t kl, pw_buf *out, uint32_t *cas) {
     if (!s) return ST_NOT_FOUND;
+    uint64_t h = hash(k, kl);
+    shard *sh = &s->shards[h % SHARDS];
     int st = ST_NOT_FOUND;
-    pthread_mutex_lock(&s->lock);
-    entry *e = *slot(s, k, kl);
+    pthread_mutex_t *l = lock_of(sh);
+    pthread_mutex_lock(l);
+    entry *e = *slot(sh, h, k, kl);
     if (e) {
         st = buf_set(out, e->value.p, e->value.len) ? ST_INTERNAL_FAILURE : ST_OK;
         *cas = e->cas;
     }
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(l);
     return st;
 }
 
-int shared_set(const uint8_t *vm_id, size_t vl, const uint8_t *k, size_t kl, const uint8_t *v,
-               size_t n, uint32_t cas) {
-    space *s = space_for(vm_id, vl, 1);
+int shared_set(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_t n,
+               uint32_t cas) {
     if (!s) return ST_INTERNAL_FAILURE;
+    uint64_t h = hash(k, kl);
+    shard *sh = &s->shards[h % SHARDS];
+    /* Copy outside the lock; only the swap happens under it. */
+    pw_buf fresh = {0};
+    if (buf_set(&fresh, v, n)) return ST_INTERNAL_FAILURE;
+    entry *created = NULL;
     int st = ST_OK;
-    pthread_mutex_lock(&s->lock);
-    entry **pe = slot(s, k, kl), *e = *pe;
+    pthread_mutex_t *l = lock_of(sh);
+    pthread_mutex_lock(l);
+    entry **pe = slot(sh, h, k, kl), *e = *pe;
     if (e) {
-        /* cas 0 writes unconditionally; a stale cas is a mismatch. A missing key never
-         * mismatches (Envoy). */
-        if (cas && cas != e->cas) st = ST_CAS_MISMATCH;
-        else if (buf_set(&e->value, v, n)) st = ST_INTERNAL_FAILURE;
-        else e->cas = next_cas();
-    } else {
-        e = calloc(1, sizeof *e);
-        if (!e || buf_set(&e->key, k, kl) || buf_set(&e->value, v, n)) {
-            if (e) {
-                buf_free(&e->key);
-                free(e);
-            }
-            st = ST_INTERNAL_FAILURE;
+        /* cas 0 writes unconditionally; a stale cas is a mismatch (Envoy). */
+        if (cas && cas != e->cas) {
+            st = ST_CAS_MISMATCH;
         } else {
+            pw_buf old = e->value;
+            e->value = fresh;
+            fresh = old;
             e->cas = next_cas();
-            *pe = e;
-            if (++s->n > s->nbuckets) grow(s);
         }
+    } else if ((created = calloc(1, sizeof *created)) && !buf_set(&created->key, k, kl)) {
+        /* A missing key never mismatches (Envoy). */
+        created->value = fresh;
+        fresh = (pw_buf){0};
+        created->cas = next_cas();
+        *pe = created;
+        if (++sh->n > sh->nbuckets) grow(sh);
+        created = NULL;
+    } else {
+        st = ST_INTERNAL_FAILURE;
     }
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(l);
+    if (created) free(created);
+    buf_free(&fresh);
     return st;
 }
 
 int pw_shared_get(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *key, size_t key_len,
                   uint8_t **out, size_t *out_len, uint32_t *cas) {
     pw_buf b = {0};
-    int st = shared_get(vm_id, vm_id_len, key, key_len, &b, cas);
+    int st = shared_get(shared_space(vm_id, vm_id_len, 0), key, key_len, &b, cas);
     if (st != ST_OK) {
         buf_free(&b);
         return st;
@@ -147,5 +180,5 @@ int pw_shared_get(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *key, si
 
 int pw_shared_set(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *key, size_t key_len,
                   const uint8_t *value, size_t value_len, uint32_t cas) {
-    return shared_set(vm_id, vm_id_len, key, key_len, value, value_len, cas);
+    return shared_set(shared_space(vm_id, vm_id_len, 1), key, key_len, value, value_len, cas);
 }

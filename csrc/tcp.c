@@ -55,6 +55,7 @@ void tcp_resume(pw_vm *vm, pw_ctx *c) {
 
 int pw_tcp_new(pw_vm *vm, uint32_t root, uint32_t *out_id) {
     if (!vm_check_owner(vm)) return PW_ERR_THREAD;
+    dispatcher_autorun(vm->disp);
     if (vm->failed) return PW_ERR_FAILED;
     pw_ctx *r = ctx_get(vm, root);
     if (!r || r->kind != CTX_ROOT || r->r->pending_done) return PW_ERR_NO_CONTEXT;

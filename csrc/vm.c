@@ -5,6 +5,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <stdatomic.h>
+
 #include "internal.h"
 
 /* Set once at import by pw_set_callbacks, before any VM exists; read-only afterwards. */
@@ -16,62 +18,8 @@ void pw_set_callbacks(pw_log_fn log, pw_foreign_fn foreign) {
     pw_foreign_cb = foreign;
 }
 
-/* ---- live VMs by key, so a queue enqueued on any thread can notify its owner ---------- */
-/* Guarded by registry_lock; touched by every thread that creates, frees or notifies. */
-static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static pw_vm **registry;
-static size_t registry_len, registry_cap;
-static uint64_t registry_next_key = 1;
-
-static int registry_add(pw_vm *vm) {
-    pthread_mutex_lock(&registry_lock);
-    if (registry_len == registry_cap) {
-        size_t nc = registry_cap ? registry_cap * 2 : 16;
-        pw_vm **n = realloc(registry, nc * sizeof *n);
-        if (!n) {
-            pthread_mutex_unlock(&registry_lock);
-            return -1;
-        }
-        registry = n;
-        registry_cap = nc;
-    }
-    vm->vm_key = registry_next_key++;
-    registry[registry_len++] = vm;
-    pthread_mutex_unlock(&registry_lock);
-    return 0;
-}
-
-static void registry_remove(pw_vm *vm) {
-    pthread_mutex_lock(&registry_lock);
-    for (size_t i = 0; i < registry_len; i++)
-        if (registry[i] == vm) {
-            registry[i] = registry[--registry_len];
-            break;
-        }
-    pthread_mutex_unlock(&registry_lock);
-}
-
-void vm_post_notice(uint64_t vm_key, uint32_t root, uint32_t queue) {
-    pthread_mutex_lock(&registry_lock);
-    for (size_t i = 0; i < registry_len; i++) {
-        pw_vm *vm = registry[i];
-        if (vm->vm_key != vm_key) continue;
-        pthread_mutex_lock(&vm->notice_lock);
-        if (vm->n_notices == vm->cap_notices) {
-            size_t nc = vm->cap_notices ? vm->cap_notices * 2 : 16;
-            pw_notice *n = realloc(vm->notices, nc * sizeof *n);
-            if (n) {
-                vm->notices = n;
-                vm->cap_notices = nc;
-            }
-        }
-        if (vm->n_notices < vm->cap_notices)
-            vm->notices[vm->n_notices++] = (pw_notice){root, queue};
-        pthread_mutex_unlock(&vm->notice_lock);
-        break;
-    }
-    pthread_mutex_unlock(&registry_lock);
-}
+/* VM keys: process-unique, so a queue owner names its VM without holding a pointer. */
+static _Atomic uint64_t next_vm_key = 1;
 
 /* ---- errors ------------------------------------------------------------------------ */
 static void copy_msg(char *dst, size_t dl, const char *prefix, wasm_byte_vec_t *msg) {
@@ -245,15 +193,19 @@ static int get_func(pw_vm *vm, const char *name, wasmtime_func_t *out) {
 
 static int vm_start_wasi(pw_vm *vm);
 
-pw_vm *pw_vm_new(pw_module *m, const uint8_t *vm_id, size_t vm_id_len, const uint8_t *vm_config,
-                 size_t vm_config_len, const uint8_t *environ, size_t environ_len,
-                 void *log_handle, char *err, size_t errlen) {
+pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm_id_len,
+                 const uint8_t *vm_config, size_t vm_config_len, const uint8_t *environ,
+                 size_t environ_len, void *log_handle, char *err, size_t errlen) {
+    if (!pthread_equal(d->owner, pthread_self())) {
+        snprintf(err, errlen, "the dispatcher belongs to another thread");
+        return NULL;
+    }
     pw_vm *vm = calloc(1, sizeof *vm);
     if (!vm) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    pthread_mutex_init(&vm->notice_lock, NULL);
+    vm->vm_key = atomic_fetch_add(&next_vm_key, 1);
     vm->mod = m;
     vm->abi = m->abi;
     vm->header_arity = m->header_arity;
@@ -261,7 +213,8 @@ pw_vm *pw_vm_new(pw_module *m, const uint8_t *vm_id, size_t vm_id_len, const uin
     vm->log_handle = log_handle;
     vm->next_id = 1;
     if (buf_set(&vm->vm_id, vm_id, vm_id_len) || buf_set(&vm->vm_config, vm_config, vm_config_len) ||
-        buf_set(&vm->environ, environ, environ_len) || registry_add(vm)) {
+        buf_set(&vm->environ, environ, environ_len) ||
+        !(vm->space = shared_space(vm_id, vm_id_len, 1))) {
         snprintf(err, errlen, "out of memory");
         pw_vm_free(vm);
         return NULL;
@@ -299,6 +252,8 @@ pw_vm *pw_vm_new(pw_module *m, const uint8_t *vm_id, size_t vm_id_len, const uin
         pw_vm_free(vm);
         return NULL;
     }
+    vm->disp = d;
+    dispatcher_add_vm(d, vm);
     return vm;
 }
 
@@ -318,7 +273,7 @@ static int vm_start_wasi(pw_vm *vm) {
 
 void pw_vm_free(pw_vm *vm) {
     if (!vm) return;
-    registry_remove(vm);
+    if (vm->disp) dispatcher_remove_vm(vm->disp, vm);
     ctx_table_free(vm);
     if (vm->store) WT.store_delete(vm->store);
     buf_free(&vm->vm_id);
@@ -338,8 +293,6 @@ void pw_vm_free(pw_vm *vm) {
     }
     free(vm->dq);
     free(vm->metrics);
-    free(vm->notices);
-    pthread_mutex_destroy(&vm->notice_lock);
     free(vm);
 }
 
@@ -495,36 +448,22 @@ uint64_t pw_vm_next_tick_in(pw_vm *vm) {
     return best;
 }
 
-int pw_vm_dispatch(pw_vm *vm) {
-    if (!vm_check_owner(vm)) return -PW_ERR_THREAD;
-    int calls = 0;
-    /* Queue notices first: one on_queue_ready per enqueue, in posting order. */
-    for (;;) {
-        pthread_mutex_lock(&vm->notice_lock);
-        size_t n = vm->n_notices;
-        pw_notice *batch = NULL;
-        if (n) {
-            batch = vm->notices;
-            vm->notices = NULL;
-            vm->n_notices = vm->cap_notices = 0;
-        }
-        pthread_mutex_unlock(&vm->notice_lock);
-        if (!n) break;
-        for (size_t i = 0; i < n && !vm->failed; i++) {
-            pw_ctx *root = ctx_get(vm, batch[i].root);
-            if (!root || root->kind != CTX_ROOT) continue;
-            uint32_t a[2] = {root->id, batch[i].queue};
-            vm_call(vm, FN_ON_QUEUE_READY, root, PH_OTHER, 2, a, NULL);
-            vm_run_deferred(vm);
-            calls++;
-        }
-        free(batch);
-    }
-    /* Then the ticks that are due, earliest first; each re-arms one period later. */
+/* One on_queue_ready, on this VM's thread, outside any other callback. */
+int vm_queue_ready(pw_vm *vm, uint32_t root, uint32_t queue) {
+    pw_ctx *c = ctx_get(vm, root);
+    if (vm->failed || !c || c->kind != CTX_ROOT) return 0; /* gone: the notice is dropped */
+    uint32_t a[2] = {root, queue};
+    vm_call(vm, FN_ON_QUEUE_READY, c, PH_OTHER, 2, a, NULL);
+    vm_run_deferred(vm);
+    return 1;
+}
+
+/* The ticks that are due, earliest first; each re-arms one period after it was due. */
+int vm_run_ticks(pw_vm *vm) {
     uint64_t now = vm_now_ns(vm, 1);
+    int calls = 0;
     pw_ctx *root;
-    int guard = 0;
-    while (!vm->failed && (root = next_due_root(vm, now)) && guard++ < 100000) {
+    while (!vm->failed && (root = next_due_root(vm, now)) && calls < 100000) {
         uint64_t due = root->r->next_tick_ns;
         uint32_t id = root->id;
         pw_root_tick(vm, id);

@@ -16,6 +16,7 @@ _CSRC = "csrc"
 _SOURCES = [
     "buf.c",
     "context.c",
+    "dispatcher.c",
     "hmap.c",
     "hostcalls.c",
     "http.c",

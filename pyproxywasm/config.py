@@ -62,12 +62,16 @@ class VmConfig:
 
 @dataclass(frozen=True)
 class PluginConfig:
-    """Envoy's PluginConfig: a name, a root_id, its configuration, and the VM it runs in."""
+    """Envoy's PluginConfig: a name, a root_id, its configuration, and the VM it runs in.
+
+    singleton: a Wasm service (Envoy's `singleton: true`): one instance, on the host's main
+    dispatcher thread, instead of one per thread that runs streams."""
 
     vm_config: VmConfig
     name: str = ""
     root_id: str = ""
     configuration: Bytes = b""
+    singleton: bool = False
 
     @property
     def display_name(self) -> str:

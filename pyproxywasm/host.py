@@ -1,27 +1,38 @@
-"""The host: plugins, the VMs they run in, and the streams pushed through them.
+"""The host: plugins, the VMs they run in on each thread, and the streams through them.
 
-A Host owns VMs keyed by vm_config (Envoy's sharing rule) and the plugins (root contexts)
-started in them. Every call into the C core is one cffi call per ABI event, made with the
-GIL released. The VMs of a Host belong to the thread that created it (a store is only
-ever touched by its own thread); calls from another thread raise WrongThreadError.
+As in Envoy, every thread that runs streams owns its own VM per vm_config (the VM key),
+instantiated from one compiled module, with every plugin's root context started in it:
+- Host(concurrency=N) starts N worker threads (Envoy's --concurrency), each with its VMs;
+  hand them work with host.workers[i].call(fn).
+- Any other thread that uses a plugin (a WSGI server thread, say) gets its VMs on first use.
+- Plugins configured as singletons (Envoy's Wasm services) run once, on the host's main
+  dispatcher thread: a thread of their own when there are workers, else the thread that
+  created the Host.
+Plugins whose vm_config is identical share one VM per thread, each with its own root
+context. A store is only ever touched by its own thread; the C core refuses anything else.
 """
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any, Callable, Iterable, Mapping
 
 from . import properties as props
 from ._binding import ERRORS, ForeignFunction, LogTarget, ffi, lib, proxy_level, raise_for
 from .config import PluginConfig, VmConfig, as_bytes
+from .dispatch import Dispatcher, Worker
 from .errors import PluginStartError, ProxyWasmError
 from .http import HttpStream
 from .module import CompiledModule, compile_module
 from .tcp import TcpStream
 
+
 class Vm:
     """One instance of a module, owned by the thread that created it."""
 
-    def __init__(self, compiled: CompiledModule, vm_config: VmConfig, host_properties) -> None:
+    def __init__(self, compiled: CompiledModule, vm_config: VmConfig, dispatcher: Dispatcher,
+                 host_properties, clock_ns: int = 0) -> None:
         self.compiled = compiled
         self.vm_config = vm_config
         self.abi_version = compiled.spec.abi_version
@@ -31,8 +42,10 @@ class Vm:
         cfg = as_bytes(vm_config.configuration)
         env = vm_config.environ()
         err = ffi.new("char[1024]")
-        ptr = lib.pw_vm_new(compiled.ptr, vm_id, len(vm_id), cfg, len(cfg), env, len(env),
-                            self._log.handle, err, 1024)
+        start = time.perf_counter()
+        ptr = lib.pw_vm_new(compiled.ptr, dispatcher.ptr, vm_id, len(vm_id), cfg, len(cfg), env,
+                            len(env), self._log.handle, err, 1024)
+        self.start_seconds = time.perf_counter() - start
         if ptr == ffi.NULL:
             raise PluginStartError("cannot start the VM: " + ffi.string(err).decode(errors="replace"))
         self.ptr = ptr
@@ -40,6 +53,8 @@ class Vm:
         self.u32 = ffi.new("uint32_t *")
         self.out = ffi.new("const uint8_t **")
         self.out_len = ffi.new("size_t *")
+        if clock_ns:
+            self.set_clock(clock_ns)
         for path, value in host_properties:
             lib.pw_set_host_property(ptr, 0, path, len(path), value, len(value))
 
@@ -57,13 +72,6 @@ class Vm:
             raise ProxyWasmError(f"cannot register foreign function {ff.name!r}")
         self._foreign.append(ff)
 
-    def dispatch(self) -> int:
-        """Runs what is due on this VM: queue notifications, then due ticks."""
-        n = lib.pw_vm_dispatch(self.ptr)
-        if n < 0:
-            raise_for(n, self)
-        return n
-
     def set_clock(self, now_ns: int) -> None:
         lib.pw_vm_set_clock(self.ptr, now_ns)
 
@@ -77,12 +85,13 @@ class Vm:
             self.ptr = None
 
 
-class Plugin:
-    """A plugin: one root context in a VM, and the streams opened through it."""
+class RootContext:
+    """One plugin's root context in one VM (so, on one thread)."""
 
     def __init__(self, config: PluginConfig, vm: Vm) -> None:
         self.config = config
         self.vm = vm
+        self.thread = threading.get_ident()
         self.logger = logging.getLogger(f"pyproxywasm.plugin.{config.display_name}")
         self._log = LogTarget(self.logger)
         name, root_id = config.name.encode(), config.root_id.encode()
@@ -158,47 +167,230 @@ class Plugin:
         return self.closed
 
 
+class _ThreadState:
+    """What one thread owns for one Host: its dispatcher, VMs and root contexts."""
+
+    def __init__(self, dispatcher: Dispatcher, owns_dispatcher: bool) -> None:
+        self.dispatcher = dispatcher
+        self.owns_dispatcher = owns_dispatcher
+        self.vms: dict[tuple, Vm] = {}
+        self.roots: dict[int, RootContext] = {}
+
+
+class Plugin:
+    """A configured plugin, host-wide. Its root context on the calling thread is
+    `instance()`; the members below act on that instance."""
+
+    def __init__(self, host: "Host", config: PluginConfig, index: int) -> None:
+        self.host = host
+        self.config = config
+        self.index = index
+
+    def instance(self) -> RootContext:
+        return self.host._instance(self)
+
+    # The calling thread's root context, for the common case of one thread.
+    @property
+    def vm(self) -> Vm:
+        return self.instance().vm
+
+    @property
+    def context_id(self) -> int:
+        return self.instance().context_id
+
+    @property
+    def logger(self) -> logging.Logger:
+        return self.instance().logger
+
+    @property
+    def tick_period_ms(self) -> int:
+        return self.instance().tick_period_ms
+
+    def http_stream(self, properties: Mapping[Any, Any] | None = None) -> HttpStream:
+        return self.instance().http_stream(properties)
+
+    def tcp_stream(self, properties: Mapping[Any, Any] | None = None) -> TcpStream:
+        return self.instance().tcp_stream(properties)
+
+    def tick(self) -> None:
+        self.instance().tick()
+
+    def call_foreign(self, function_id: int, args: bytes = b"") -> None:
+        self.instance().call_foreign(function_id, args)
+
+    def property(self, path: props.Path, context_id: int | None = None) -> bytes | None:
+        return self.instance().property(path, context_id)
+
+    def sync_log_level(self) -> None:
+        self.instance().sync_log_level()
+
+    def close(self) -> bool:
+        return self.instance().close()
+
+
 class Host:
-    """Plugins and their VMs. Plugins with identical vm_config share one VM."""
+    """Plugins, and the VMs that run them on each thread."""
 
     def __init__(
         self,
         plugins: Iterable[PluginConfig] = (),
         *,
+        concurrency: int = 0,
         properties: Mapping[Any, Any] | None = None,
         foreign_functions: Mapping[str, Callable[[bytes], bytes | None]] | None = None,
         clock_ns: int = 0,
+        cache_dir: str | None = "default",
+        manual_dispatch: bool = False,
     ) -> None:
+        """concurrency: worker threads to start (0: streams run on the callers' threads).
+        clock_ns: a virtual clock for every VM (0: real time). cache_dir: where compiled
+        modules are kept ("default": the user cache directory; None: no cache).
+        manual_dispatch: events are delivered only by dispatch() (the testing harness)."""
         self._clock_ns = clock_ns
+        self._cache_dir = cache_dir
+        self._manual = manual_dispatch
         self._host_properties = list(props.flatten(properties or {}))
         self._foreign = [ForeignFunction(n, f) for n, f in (foreign_functions or {}).items()]
-        self._vms: dict[tuple, Vm] = {}
+        self._local = threading.local()
+        self._states: list[tuple[int, _ThreadState]] = []
+        self._lock = threading.Lock()  # guards _states and plugins across threads
+        self._closed = False
         self.plugins: list[Plugin] = []
+        self.workers: list[Worker] = []
+        self._main: Worker | None = None
+        self._main_thread = threading.get_ident()
         for p in plugins:
-            self.add_plugin(p)
+            self._add(p)
+        try:
+            if concurrency > 0:
+                # Services first, so they are up before workers take traffic.
+                self._main = Worker("pyproxywasm-main", self._setup_main, self._teardown)
+                self._main.start()
+                self._main_thread = self._main.ident
+                for i in range(concurrency):
+                    w = Worker(f"pyproxywasm-worker-{i}", self._setup_worker, self._teardown)
+                    w.start()
+                    self.workers.append(w)
+            else:
+                self._state()  # the calling thread is the main thread: start everything here
+        except BaseException:
+            self.close()
+            raise
 
-    def _vm_for(self, vm_config: VmConfig) -> Vm:
+    # ---- threads and their VMs ----------------------------------------------------------
+    def _is_main(self) -> bool:
+        return threading.get_ident() == self._main_thread
+
+    def _state(self, dispatcher: Dispatcher | None = None) -> _ThreadState:
+        """The calling thread's VMs and roots, created (and every plugin started) on first use."""
+        st = getattr(self._local, "state", None)
+        if st is None:
+            if self._closed:
+                raise ProxyWasmError("the host is closed")
+            owns = dispatcher is None
+            if owns:
+                dispatcher = Dispatcher(autorun=not self._manual)
+            st = self._local.state = _ThreadState(dispatcher, owns)
+            with self._lock:
+                self._states.append((threading.get_ident(), st))
+            try:
+                for plugin in list(self.plugins):
+                    self._start(plugin, st)
+            except BaseException:
+                self._teardown_state(st, 0.0)
+                raise
+        return st
+
+    def _setup_main(self, dispatcher: Dispatcher) -> None:
+        self._state(dispatcher)
+
+    def _setup_worker(self, dispatcher: Dispatcher) -> None:
+        self._state(dispatcher)
+
+    def _runs_here(self, plugin: Plugin) -> bool:
+        return self._is_main() if plugin.config.singleton else not (self._main and self._is_main())
+
+    def _start(self, plugin: Plugin, st: _ThreadState) -> RootContext | None:
+        if not self._runs_here(plugin):
+            return None
+        root = RootContext(plugin.config, self._vm_for(plugin.config.vm_config, st))
+        st.roots[plugin.index] = root
+        return root
+
+    def _vm_for(self, vm_config: VmConfig, st: _ThreadState) -> Vm:
         code = vm_config.code_bytes()
         key = vm_config.key(code)
-        vm = self._vms.get(key)
+        vm = st.vms.get(key)
         if vm is None:
-            vm = Vm(compile_module(code), vm_config, self._host_properties)
-            if self._clock_ns:
-                vm.set_clock(self._clock_ns)
+            compiled = compile_module(code, self._cache_dir)
+            vm = Vm(compiled, vm_config, st.dispatcher, self._host_properties, self._clock_ns)
             for ff in self._foreign:
                 vm.register_foreign(ff)
-            self._vms[key] = vm
+            st.vms[key] = vm
         return vm
 
-    def add_plugin(self, config: PluginConfig) -> Plugin:
-        plugin = Plugin(config, self._vm_for(config.vm_config))
-        self.plugins.append(plugin)
+    def _instance(self, plugin: Plugin) -> RootContext:
+        st = self._state()
+        root = st.roots.get(plugin.index)
+        if root is None:
+            if plugin.config.singleton:
+                raise ProxyWasmError(f"plugin {plugin.config.display_name!r} is a singleton "
+                                     "service: it runs on the host's main thread only")
+            raise ProxyWasmError(f"plugin {plugin.config.display_name!r} does not run on this thread")
+        return root
+
+    def _teardown_state(self, st: _ThreadState, timeout: float) -> None:
+        """On the owner thread: on_done for every root (waiting up to `timeout` for those
+        that defer with proxy_done, while their ticks and notifications still run), then
+        the VMs go."""
+        pending = [r for r in st.roots.values() if not r.vm.failed and not r.close()]
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            wait = st.dispatcher.next_timeout()
+            time.sleep(min(wait if wait is not None else 0.01, 0.01, max(0.0, deadline - time.monotonic())))
+            st.dispatcher.run()
+            pending = [r for r in pending if not r.close()]
+        for vm in st.vms.values():
+            vm.close()
+        st.vms.clear()
+        st.roots.clear()
+        if st.owns_dispatcher:
+            st.dispatcher.close()
+        with self._lock:
+            self._states = [(t, s) for t, s in self._states if s is not st]
+
+    def _teardown(self, dispatcher: Dispatcher, timeout: float) -> None:
+        st = getattr(self._local, "state", None)
+        if st is not None:
+            self._teardown_state(st, timeout)
+            self._local.state = None
+
+    # ---- plugins ---------------------------------------------------------------------------
+    def _add(self, config: PluginConfig) -> Plugin:
+        plugin = Plugin(self, config, len(self.plugins))
+        with self._lock:
+            self.plugins.append(plugin)
         return plugin
 
+    def add_plugin(self, config: PluginConfig) -> Plugin:
+        """Adds a plugin and starts it on every thread that has VMs of this host."""
+        plugin = self._add(config)
+        for w in ([self._main] if self._main else []) + self.workers:
+            w.call(self._start_here, plugin).result()
+        st = getattr(self._local, "state", None)
+        if st is not None:
+            self._start(plugin, st)
+        return plugin
+
+    def _start_here(self, plugin: Plugin) -> None:
+        self._start(plugin, self._state())
+
     def register_foreign_function(self, name: str, fn: Callable[[bytes], bytes | None]) -> None:
+        """Makes fn callable by plugins on VMs created from now on (and this thread's)."""
         ff = ForeignFunction(name, fn)
         self._foreign.append(ff)
-        for vm in self._vms.values():
+        st = getattr(self._local, "state", None)
+        for vm in st.vms.values() if st else ():
             vm.register_foreign(ff)
 
     def plugin(self, name: str) -> Plugin:
@@ -209,25 +401,42 @@ class Host:
 
     @property
     def vms(self) -> list[Vm]:
-        return list(self._vms.values())
+        """The calling thread's VMs."""
+        return list(self._state().vms.values())
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """The calling thread's dispatcher (for an event loop: add_reader on its fileno)."""
+        return self._state().dispatcher
 
     def set_clock(self, now_ns: int) -> None:
-        """Puts every VM on a virtual clock at now_ns (0: back to the real clocks)."""
+        """Puts the calling thread's VMs on a virtual clock at now_ns (0: real clocks)."""
         self._clock_ns = now_ns
-        for vm in self._vms.values():
+        for vm in self._state().vms.values():
             vm.set_clock(now_ns)
 
     def dispatch(self) -> int:
-        """Delivers pending queue notifications and due ticks on every VM."""
-        return sum(vm.dispatch() for vm in self._vms.values())
+        """Delivers, on the calling thread, its pending queue notifications and due ticks."""
+        return self._state().dispatcher.run()
 
-    def close(self) -> None:
-        for p in self.plugins:
-            if not p.vm.failed:
-                p.close()
-        for vm in self._vms.values():
-            vm.close()
-        self._vms.clear()
+    def release_thread(self, timeout: float = 5.0) -> None:
+        """Shuts down the calling thread's VMs (a thread that used the host and is done)."""
+        st = getattr(self._local, "state", None)
+        if st is not None:
+            self._teardown_state(st, timeout)
+            self._local.state = None
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stops the workers (they finish their jobs and events, then shut their plugins
+        down), then the main thread's services, then this thread's VMs."""
+        if self._closed:
+            return
+        for w in self.workers:
+            w.stop(timeout)
+        if self._main is not None:
+            self._main.stop(timeout)
+        self.release_thread(timeout)
+        self._closed = True
 
     def __enter__(self) -> "Host":
         return self

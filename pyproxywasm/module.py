@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from . import wasmbin
 from ._binding import core, ffi, lib
+from ._wasmtime import WASMTIME_VERSION
 from .errors import ModuleError
 
 ABI_IDS = {"0.1.0": lib.PW_ABI_0_1_0, "0.2.0": lib.PW_ABI_0_2_0, "0.2.1": lib.PW_ABI_0_2_1}
@@ -139,21 +140,91 @@ _cache: dict[str, CompiledModule] = {}
 _cache_lock = threading.Lock()
 
 
-def compile_module(wasm: bytes) -> CompiledModule:
-    """Validates and compiles `wasm`, or returns the process's earlier compile of it."""
+def default_cache_dir() -> str | None:
+    """$PYPROXYWASM_CACHE_DIR ("" turns the cache off), else ~/.cache/pyproxywasm."""
+    env = os.environ.get("PYPROXYWASM_CACHE_DIR")
+    if env is not None:
+        return env or None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pyproxywasm")
+
+
+def _cache_path(cache_dir: str, spec: ModuleSpec) -> str | None:
+    """The cache file for a module, in a directory only this user can write: a compiled
+    module is native code, so a file someone else could have planted is never loaded."""
+    try:
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        st = os.stat(cache_dir)
+    except OSError:
+        return None
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return None
+    name = f"{spec.digest}-wasmtime-{WASMTIME_VERSION}-abi{spec.abi_version}-{spec.header_arity}.cwasm"
+    return os.path.join(cache_dir, name)
+
+
+def _load_cached(path: str | None, spec: ModuleSpec):
+    if path is None or not os.path.exists(path):
+        return ffi.NULL
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return ffi.NULL
+    err = ffi.new("char[512]")
+    return lib.pw_module_deserialize(core.engine, data, len(data), ABI_IDS[spec.abi_version],
+                                     spec.header_arity, err, 512)
+
+
+def _store_cached(path: str | None, ptr) -> None:
+    if path is None:
+        return
+    out, n = ffi.new("uint8_t **"), ffi.new("size_t *")
+    if lib.pw_module_serialize(ptr, out, n) != lib.PW_OK:
+        return
+    try:
+        data = ffi.buffer(out[0], n[0])[:]
+    finally:
+        lib.pw_bytes_free(out[0])
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)  # readers see the whole file or none
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def compile_module(wasm: bytes, cache_dir: str | None = "default") -> CompiledModule:
+    """Validates and compiles `wasm`, or returns the process's earlier compile of it; with
+    a cache directory, a compile from an earlier process is loaded instead of compiling."""
     spec = inspect(wasm)
     with _cache_lock:
         hit = _cache.get(spec.digest)
         if hit is not None:
             return hit
-        err = ffi.new("char[1024]")
-        ptr = lib.pw_module_new(core.engine, wasm, len(wasm), ABI_IDS[spec.abi_version],
-                                spec.header_arity, err, 1024)
+        path = _cache_path(default_cache_dir() if cache_dir == "default" else cache_dir, spec) \
+            if cache_dir else None
+        ptr = _load_cached(path, spec)
         if ptr == ffi.NULL:
-            message = ffi.string(err).decode(errors="replace")
-            if "unknown import" in message or "incompatible import" in message:
-                message = "the plugin imports something this host does not provide: " + message
-            raise ModuleError(message)
+            err = ffi.new("char[1024]")
+            ptr = lib.pw_module_new(core.engine, wasm, len(wasm), ABI_IDS[spec.abi_version],
+                                    spec.header_arity, err, 1024)
+            if ptr == ffi.NULL:
+                message = ffi.string(err).decode(errors="replace")
+                if "unknown import" in message or "incompatible import" in message:
+                    message = "the plugin imports something this host does not provide: " + message
+                raise ModuleError(message)
+            _store_cached(path, ptr)
         compiled = CompiledModule(spec, ptr)
         _cache[spec.digest] = compiled
         return compiled
+
+
+def forget_compiled() -> None:
+    """Drops the in-process compile cache (benchmarks measure cold and cached starts)."""
+    with _cache_lock:
+        _cache.clear()

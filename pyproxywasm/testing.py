@@ -86,7 +86,7 @@ class PluginHarness:
         self.vm_config = VmConfig(code=code, vm_id=vm_id, configuration=vm_configuration,
                                   environment_variables=dict(environment_variables or {}))
         self.host = Host(properties=properties, foreign_functions=foreign_functions,
-                         clock_ns=start_time_ns)
+                         clock_ns=start_time_ns, manual_dispatch=True)
         try:
             self.plugin = self.add_plugin(configuration=configuration, root_id=root_id, name=name)
         except BaseException:
@@ -181,7 +181,8 @@ class PluginHarness:
     def close(self) -> None:
         host = getattr(self, "host", None)
         if host is not None:
-            host.close()
+            # No waiting for roots that defer with proxy_done: the virtual clock stands still.
+            host.close(timeout=0)
         self._logger.removeHandler(self.capture)
         self._logger.setLevel(self._saved_level)
 

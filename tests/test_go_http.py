@@ -335,20 +335,32 @@ def test_context_ids_follow_envoys_per_vm_counter():
         s2.finish()
 
 
-def test_vm_belongs_to_its_thread():
+def test_each_thread_gets_its_own_vm_and_streams_stay_on_theirs():
     with harness("headers") as h:
-        errors = []
+        mine = h.http()
+        seen = {}
 
         def other():
+            s = h.http()
+            s.send_request_headers(REQUEST, end_stream=True)
+            seen["vm"] = h.plugin.vm
+            seen["root"] = h.plugin.context_id
+            seen["header"] = s.request_headers.get("x-wasm-req")
+            s.finish()
             try:
-                h.http().send_request_headers(REQUEST)
+                mine.send_request_headers(REQUEST)  # a stream of the first thread's VM
             except Exception as e:  # noqa: BLE001
-                errors.append(e)
+                seen["error"] = e
+            h.host.release_thread()
 
         t = threading.Thread(target=other)
         t.start()
         t.join()
-        assert errors and "another thread" in str(errors[0])
+        assert seen["vm"] is not h.plugin.vm
+        assert seen["root"] == 1 and seen["header"] == "root-a"
+        assert "another thread" in str(seen["error"])
+        assert h.logs("info").count("configure root-a: headers") == 2
+        mine.finish()
 
 
 def test_computed_stream_attributes():

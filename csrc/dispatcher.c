@@ -1,0 +1,139 @@
+/* Dispatchers: how events reach a VM's own thread (ABI.md §9.2, DESIGN §3).
+ *
+ * Each thread that owns VMs has one dispatcher: a lock-free inbox any thread posts to and
+ * an eventfd the owner waits on (select/poll, or an asyncio loop's add_reader). Running it
+ * on the owner thread delivers queue notifications (one on_queue_ready per enqueue) and
+ * the ticks that are due, never inside another callback. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+typedef struct notice_node {
+    mpsc_node node;
+    uint64_t vm_key;
+    uint32_t root, queue;
+} notice_node;
+
+/* Dispatchers are never freed: a queue registered by one of its VMs may still name it. A
+ * closed one drops what is posted to it. All dispatchers hang off `all` (for the record;
+ * guarded by all_lock, taken only when one is created). */
+static pthread_mutex_t all_lock = PTHREAD_MUTEX_INITIALIZER;
+static pw_dispatcher *all;
+
+pw_dispatcher *pw_dispatcher_new(void) {
+    pw_dispatcher *d = calloc(1, sizeof *d);
+    if (!d) return NULL;
+    d->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (d->efd < 0) {
+        free(d);
+        return NULL;
+    }
+    mpsc_init(&d->inbox);
+    d->owner = pthread_self();
+    pthread_mutex_lock(&all_lock);
+    d->next_all = all;
+    all = d;
+    pthread_mutex_unlock(&all_lock);
+    return d;
+}
+
+int pw_dispatcher_fd(pw_dispatcher *d) { return d->efd; }
+
+void pw_dispatcher_wake(pw_dispatcher *d) {
+    if (atomic_load_explicit(&d->closed, memory_order_acquire)) return;
+    if (!atomic_exchange_explicit(&d->signaled, 1, memory_order_acq_rel)) {
+        uint64_t one = 1;
+        ssize_t r;
+        do r = write(d->efd, &one, sizeof one);
+        while (r < 0 && errno == EINTR);
+    }
+}
+
+void pw_dispatcher_set_autorun(pw_dispatcher *d, int on) { d->autorun = on != 0; }
+
+int pw_dispatcher_pending(pw_dispatcher *d) {
+    return atomic_load_explicit(&d->signaled, memory_order_acquire);
+}
+
+int dispatcher_post(pw_dispatcher *d, uint64_t vm_key, uint32_t root, uint32_t queue) {
+    if (atomic_load_explicit(&d->closed, memory_order_acquire)) return -1;
+    notice_node *n = malloc(sizeof *n);
+    if (!n) return -1;
+    n->vm_key = vm_key;
+    n->root = root;
+    n->queue = queue;
+    mpsc_push(&d->inbox, &n->node);
+    pw_dispatcher_wake(d); /* after the push is complete, so no wake-up is lost */
+    return 0;
+}
+
+void dispatcher_add_vm(pw_dispatcher *d, pw_vm *vm) {
+    if (d->n_vms == d->cap_vms) {
+        size_t nc = d->cap_vms ? d->cap_vms * 2 : 8;
+        pw_vm **n = realloc(d->vms, nc * sizeof *n);
+        if (!n) return; /* the VM then gets no ticks or notices; pw_vm_new checks */
+        d->vms = n;
+        d->cap_vms = nc;
+    }
+    d->vms[d->n_vms++] = vm;
+}
+
+void dispatcher_remove_vm(pw_dispatcher *d, pw_vm *vm) {
+    for (size_t i = 0; i < d->n_vms; i++)
+        if (d->vms[i] == vm) {
+            d->vms[i] = d->vms[--d->n_vms];
+            return;
+        }
+}
+
+static pw_vm *vm_by_key(pw_dispatcher *d, uint64_t key) {
+    for (size_t i = 0; i < d->n_vms; i++)
+        if (d->vms[i]->vm_key == key) return d->vms[i];
+    return NULL;
+}
+
+int pw_dispatcher_run(pw_dispatcher *d) {
+    if (!pthread_equal(d->owner, pthread_self())) return -PW_ERR_THREAD;
+    for (size_t i = 0; i < d->n_vms; i++)
+        if (d->vms[i]->depth) return -PW_ERR_THREAD; /* from inside a callback */
+    atomic_store_explicit(&d->signaled, 0, memory_order_release);
+    uint64_t count;
+    while (read(d->efd, &count, sizeof count) < 0 && errno == EINTR) {
+    }
+    int calls = 0;
+    mpsc_node *n;
+    while ((n = mpsc_pop(&d->inbox))) {
+        notice_node *nn = (notice_node *)n;
+        pw_vm *vm = vm_by_key(d, nn->vm_key);
+        if (vm && vm_queue_ready(vm, nn->root, nn->queue)) calls++;
+        free(nn);
+    }
+    for (size_t i = 0; i < d->n_vms; i++) calls += vm_run_ticks(d->vms[i]);
+    return calls;
+}
+
+uint64_t pw_dispatcher_next_tick_in(pw_dispatcher *d) {
+    uint64_t best = UINT64_MAX;
+    for (size_t i = 0; i < d->n_vms; i++) {
+        uint64_t t = pw_vm_next_tick_in(d->vms[i]);
+        if (t < best) best = t;
+    }
+    return best;
+}
+
+void pw_dispatcher_close(pw_dispatcher *d) {
+    if (atomic_exchange_explicit(&d->closed, 1, memory_order_acq_rel)) return;
+    mpsc_node *n;
+    while ((n = mpsc_pop(&d->inbox))) free(n);
+    /* A queue owner may still reach this dispatcher from another thread: then its eventfd
+     * stays open (one descriptor per retired dispatcher that owned a queue) rather than
+     * risk a write to a reused descriptor number. */
+    if (!atomic_load_explicit(&d->named, memory_order_acquire)) close(d->efd);
+    free(d->vms);
+    d->vms = NULL;
+    d->n_vms = d->cap_vms = 0;
+}

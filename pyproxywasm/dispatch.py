@@ -1,0 +1,134 @@
+"""Dispatchers and workers: how events reach the thread that owns a VM.
+
+Every thread that owns VMs has one Dispatcher (C: an eventfd plus a lock-free inbox). Other
+threads post to it — a queue notification, a job — and the owner runs it: pending
+on_queue_ready calls and due ticks are delivered there, never inside another callback.
+
+- A Worker is a thread that does nothing else: it sleeps in select() on the dispatcher's
+  fd (with the next tick as timeout) and runs jobs handed to it with call().
+- An asyncio loop thread can do the same with loop.add_reader(dispatcher.fileno(), ...).
+- A thread with no loop (a WSGI server thread) gets a dispatcher in autorun mode: what is
+  pending is delivered when it next starts a stream.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import select
+import threading
+from typing import Any, Callable
+
+from ._binding import ffi, lib, raise_for
+from .errors import ProxyWasmError
+
+_NO_TICK = 2**64 - 1
+
+
+class Dispatcher:
+    """The dispatcher of the thread that creates it."""
+
+    def __init__(self, autorun: bool = False) -> None:
+        ptr = lib.pw_dispatcher_new()
+        if ptr == ffi.NULL:
+            raise ProxyWasmError("cannot create a dispatcher (out of file descriptors?)")
+        self.ptr = ptr
+        self.thread = threading.get_ident()
+        lib.pw_dispatcher_set_autorun(ptr, autorun)
+
+    def fileno(self) -> int:
+        """Readable when there is something to run (for select/poll or add_reader)."""
+        return lib.pw_dispatcher_fd(self.ptr)
+
+    def wake(self) -> None:
+        """From any thread: makes the fd readable."""
+        lib.pw_dispatcher_wake(self.ptr)
+
+    def run(self) -> int:
+        """On the owner thread: delivers queue notifications and due ticks."""
+        n = lib.pw_dispatcher_run(self.ptr)
+        if n < 0:
+            raise_for(n)
+        return n
+
+    def next_timeout(self) -> float | None:
+        """Seconds until the next tick on this thread's VMs, or None."""
+        ns = lib.pw_dispatcher_next_tick_in(self.ptr)
+        return None if ns == _NO_TICK else ns / 1e9
+
+    def close(self) -> None:
+        if self.ptr is not None:
+            lib.pw_dispatcher_close(self.ptr)
+            self.ptr = None
+
+
+class Worker:
+    """A thread that owns its own VMs and runs their events: Envoy's worker."""
+
+    def __init__(self, name: str, setup: Callable[[Dispatcher], None],
+                 teardown: Callable[[Dispatcher, float], None]) -> None:
+        self.name = name
+        self._setup, self._teardown = setup, teardown
+        self._jobs: collections.deque = collections.deque()
+        self._stopping = False
+        self._stop_timeout = 5.0
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Starts the thread and waits until its VMs are up (their errors raise here)."""
+        self.thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self.thread.join()
+            raise self._error
+
+    @property
+    def ident(self) -> int | None:
+        return self.thread.ident
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        """Runs fn(*args) on this worker's thread; the result comes back as a Future."""
+        if self._stopping:
+            raise ProxyWasmError(f"{self.name} is stopping")
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.append((fn, args, fut))
+        self.dispatcher.wake()
+        return fut
+
+    def _run_jobs(self) -> None:
+        while self._jobs:
+            fn, args, fut = self._jobs.popleft()
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(*args))
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    fut.set_exception(e)
+
+    def _main(self) -> None:
+        try:
+            self.dispatcher = Dispatcher()
+            self._setup(self.dispatcher)
+        except BaseException as e:  # noqa: BLE001 - re-raised by start()
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        d, fd = self.dispatcher, self.dispatcher.fileno()
+        while not (self._stopping and not self._jobs):
+            select.select([fd], [], [], d.next_timeout())
+            d.run()
+            self._run_jobs()
+        d.run()
+        self._teardown(d, self._stop_timeout)
+        d.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Finishes queued jobs and events, shuts the plugins down, and ends the thread."""
+        if not self.thread.is_alive():
+            return
+        self._stop_timeout = timeout
+        self._stopping = True
+        self.dispatcher.wake()
+        self.thread.join()

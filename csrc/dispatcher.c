@@ -100,10 +100,12 @@ int pw_dispatcher_run(pw_dispatcher *d) {
     if (!pthread_equal(d->owner, pthread_self())) return -PW_ERR_THREAD;
     for (size_t i = 0; i < d->n_vms; i++)
         if (d->vms[i]->depth) return -PW_ERR_THREAD; /* from inside a callback */
-    atomic_store_explicit(&d->signaled, 0, memory_order_release);
+    /* Consume the fd first, then clear the flag: a wake-up that lands in between leaves
+     * the fd readable (one spurious run), and none is ever lost. */
     uint64_t count;
     while (read(d->efd, &count, sizeof count) < 0 && errno == EINTR) {
     }
+    atomic_exchange_explicit(&d->signaled, 0, memory_order_acq_rel); /* acquires the posts */
     int calls = 0;
     mpsc_node *n;
     while ((n = mpsc_pop(&d->inbox))) {

@@ -187,6 +187,9 @@ int pw_queue_resolve(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *name
                      size_t name_len, uint32_t *out_id);
 int pw_queue_size(uint32_t id);
 int pw_queue_enqueue(uint32_t id, const uint8_t *data, size_t len);
+/* How many items may wait in one queue (0: the default, 1 << 20); past it, producers get
+ * INTERNAL_FAILURE. */
+void pw_queue_set_max_items(uint32_t n);
 
 /* Metrics (process-wide, by name). kind: 0 counter, 1 gauge, 2 histogram. For a
  * histogram, value is the sample count and sum is the sum of samples. */

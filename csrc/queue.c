@@ -6,9 +6,9 @@
  * dispatcher of the last registrant, delivered later on that thread. Registration and
  * lookup by name are rare and share a reader/writer lock.
  *
- * Bound: at most QUEUE_MAX_ITEMS items wait in one queue; an enqueue past that answers
- * INTERNAL_FAILURE and stores nothing (the producer decides what to do; nothing is lost
- * silently). */
+ * Bound: at most max_items (default QUEUE_MAX_ITEMS, pw_queue_set_max_items) wait in one
+ * queue; an enqueue past that answers INTERNAL_FAILURE and stores nothing (the producer
+ * decides what to do; nothing is lost silently). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,6 +48,9 @@ typedef struct seg {
 static _Atomic(seg *) segs[QUEUE_SEGS];
 static _Atomic uint32_t nqueues;
 static pthread_rwlock_t names = PTHREAD_RWLOCK_INITIALIZER;
+static _Atomic int64_t max_items = QUEUE_MAX_ITEMS;
+
+void pw_queue_set_max_items(uint32_t n) { atomic_store(&max_items, n ? (int64_t)n : QUEUE_MAX_ITEMS); }
 
 static queue *by_id(uint32_t id) {
     if (!id || id > atomic_load_explicit(&nqueues, memory_order_acquire)) return NULL;
@@ -115,7 +118,8 @@ int queue_resolve(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t n
 int queue_enqueue(uint32_t id, const uint8_t *d, size_t n) {
     queue *q = by_id(id);
     if (!q) return ST_NOT_FOUND;
-    if (atomic_fetch_add_explicit(&q->depth, 1, memory_order_relaxed) >= QUEUE_MAX_ITEMS) {
+    if (atomic_fetch_add_explicit(&q->depth, 1, memory_order_relaxed) >=
+        atomic_load_explicit(&max_items, memory_order_relaxed)) {
         atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
         return ST_INTERNAL_FAILURE;
     }

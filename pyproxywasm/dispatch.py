@@ -55,6 +55,28 @@ class Dispatcher:
         ns = lib.pw_dispatcher_next_tick_in(self.ptr)
         return None if ns == _NO_TICK else ns / 1e9
 
+    def attach(self, loop) -> Callable[[], None]:
+        """Serves this dispatcher from an asyncio loop running on its owner thread: a
+        reader on the fd for posted events, a timer for the next tick. Returns detach()."""
+        timer = None
+
+        def run() -> None:
+            nonlocal timer
+            self.run()
+            if timer is not None:
+                timer.cancel()
+            wait = self.next_timeout()
+            timer = loop.call_later(wait, run) if wait is not None else None
+
+        def detach() -> None:
+            loop.remove_reader(self.fileno())
+            if timer is not None:
+                timer.cancel()
+
+        loop.add_reader(self.fileno(), run)
+        run()
+        return detach
+
     def close(self) -> None:
         if self.ptr is not None:
             lib.pw_dispatcher_close(self.ptr)

@@ -266,7 +266,6 @@ class Host:
                 # Services first, so they are up before workers take traffic.
                 self._main = Worker("pyproxywasm-main", self._setup_main, self._teardown)
                 self._main.start()
-                self._main_thread = self._main.ident
                 for i in range(concurrency):
                     w = Worker(f"pyproxywasm-worker-{i}", self._setup_worker, self._teardown)
                     w.start()
@@ -302,6 +301,7 @@ class Host:
         return st
 
     def _setup_main(self, dispatcher: Dispatcher) -> None:
+        self._main_thread = threading.get_ident()
         self._state(dispatcher)
 
     def _setup_worker(self, dispatcher: Dispatcher) -> None:

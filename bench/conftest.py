@@ -38,5 +38,19 @@ def pytest_terminal_summary(terminalreporter):
         tw.line(f"(c) same lifecycle, wasmtime-py host:      {r['baseline'] * 1e6:8.2f} us")
     if "baseline" in r and "lifecycle" in r:
         tw.line(f"(c)/(b) = {r['baseline'] / r['lifecycle']:.1f}x  (target >= 30)")
+    if "scale_1" in r and "scale_2" in r:
+        tw.line(f"thread scaling, 2 workers vs 1:          {r['scale_1'] / r['scale_2']:8.2f}x  (target >= 1.8)")
+    if "cas_sharded" in r:
+        tw.line(f"guest CAS increments/s, 2 threads:       {r['cas_sharded'] / 1e6:8.2f} M/s  (target >= 5)")
+    if "cas_one_mutex" in r:
+        tw.line(f"  same with one global mutex:            {r['cas_one_mutex'] / 1e6:8.2f} M/s")
+    if "queue_items_per_s" in r:
+        tw.line(f"queue items/s, worker -> singleton:      {r['queue_items_per_s'] / 1e6:8.2f} M/s")
+    if "clone_bench_filter" in r:
+        tw.line(f"VM clone (WAT filter):                   {r['clone_bench_filter'] * 1e6:8.1f} us  (target <= 200)")
+    if "clone_go_httpfilter" in r:
+        tw.line(f"VM clone (Go SDK filter, Go runtime init): {r['clone_go_httpfilter'] * 1e6:8.1f} us")
+    if "compile_first" in r and "compile_cached" in r:
+        tw.line(f"module start, first vs cached: {r['compile_first'] * 1e3:.1f} ms vs {r['compile_cached'] * 1e3:.1f} ms = {r['compile_first'] / r['compile_cached']:.0f}x  (target >= 10)")
     if "go_lifecycle" in r:
         tw.line(f"Go SDK filter ('headers'), lifecycle:     {r['go_lifecycle'] * 1e6:8.2f} us")

@@ -12,7 +12,7 @@ from pyproxywasm.testing import PluginHarness
 
 from conftest import REQUEST, WAT, wat
 
-OK, NOT_FOUND, BAD_ARGUMENT, INVALID_MEMORY_ACCESS, UNIMPLEMENTED = 0, 1, 2, 6, 12
+OK, NOT_FOUND, BAD_ARGUMENT, INVALID_MEMORY_ACCESS, EMPTY, UNIMPLEMENTED = 0, 1, 2, 6, 7, 12
 
 
 @pytest.mark.parametrize("path", sorted(WAT.glob("*.wat")), ids=lambda p: p.stem)
@@ -51,6 +51,8 @@ def test_hostcall_statuses_for_bad_input():
             "x-shared-missing": str(NOT_FOUND),
             "x-dequeue-unknown": str(NOT_FOUND),
             "x-resolve-unknown": str(NOT_FOUND),
+            "x-queue-id-nonzero": "1",
+            "x-dequeue-empty": str(EMPTY),
             "x-metric-type": str(BAD_ARGUMENT),
             "x-metric-unknown": str(NOT_FOUND),
             "x-counter-zero": str(BAD_ARGUMENT),
@@ -58,7 +60,7 @@ def test_hostcall_statuses_for_bad_input():
             "x-set-body": str(NOT_FOUND),
             # an allocator answering an out-of-range block
             "x-bad-alloc-status": str(INVALID_MEMORY_ACCESS),
-            "x-pairs-count": str(len(sent) + 26),  # 26 reports before this one
+            "x-pairs-count": str(len(sent) + 28),  # 28 reports before this one
         }
         assert not h.plugin.vm.failed
         s.finish()

@@ -23,6 +23,7 @@
   (import "env" "proxy_increment_metric" (func $incr (param i32 i64) (result i32)))
   (import "env" "proxy_get_log_level" (func $log_level (param i32) (result i32)))
   (import "env" "proxy_set_buffer_bytes" (func $set_buffer (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_register_shared_queue" (func $register (param i32 i32 i32) (result i32)))
   (memory (export "memory") 2)
   (global $heap (mut i32) (i32.const 8192))
   (global $bad_alloc (mut i32) (i32.const 0))
@@ -60,6 +61,9 @@
   (data (i32.const 660) "x-set-body")         ;; 10
   (data (i32.const 680) "hello")              ;; 5
   (data (i32.const 700) "\02\00\00\00\01\00\00\00")  ;; malformed pairs: N=2, one length pair only
+  (data (i32.const 720) "edge-queue")         ;; 10
+  (data (i32.const 740) "x-dequeue-empty")    ;; 15
+  (data (i32.const 760) "x-queue-id-nonzero") ;; 18
 
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
@@ -125,6 +129,11 @@
       (call $sget (i32.const 540) (i32.const 9) (i32.const 3000) (i32.const 3004) (i32.const 3008)))
     (call $report (i32.const 440) (i32.const 17)
       (call $dequeue (i32.const 12345) (i32.const 3000) (i32.const 3004)))
+    ;; a registered queue with nothing in it: EMPTY; ids are never 0
+    (drop (call $register (i32.const 720) (i32.const 10) (i32.const 3012)))
+    (call $report (i32.const 760) (i32.const 18) (i32.ne (i32.load (i32.const 3012)) (i32.const 0)))
+    (call $report (i32.const 740) (i32.const 15)
+      (call $dequeue (i32.load (i32.const 3012)) (i32.const 3000) (i32.const 3004)))
     (call $report (i32.const 460) (i32.const 17)
       (call $resolve (i32.const 0) (i32.const 0) (i32.const 540) (i32.const 9) (i32.const 3008)))
     (call $report (i32.const 480) (i32.const 13)

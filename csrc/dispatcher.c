@@ -55,10 +55,6 @@ void pw_dispatcher_wake(pw_dispatcher *d) {
 
 void pw_dispatcher_set_autorun(pw_dispatcher *d, int on) { d->autorun = on != 0; }
 
-int pw_dispatcher_pending(pw_dispatcher *d) {
-    return atomic_load_explicit(&d->signaled, memory_order_acquire);
-}
-
 int dispatcher_post(pw_dispatcher *d, uint64_t vm_key, uint32_t root, uint32_t queue) {
     if (atomic_load_explicit(&d->closed, memory_order_acquire)) return -1;
     notice_node *n = malloc(sizeof *n);

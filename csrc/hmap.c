@@ -126,13 +126,6 @@ void hmap_free(pw_hmap *m) {
     memset(m, 0, sizeof *m);
 }
 
-int hmap_copy(pw_hmap *dst, const pw_hmap *src) {
-    hmap_clear(dst);
-    for (size_t i = 0; i < src->n; i++)
-        if (push(dst, hm_key(src, i), src->e[i].kl, hm_val(src, i), src->e[i].vl)) return -1;
-    return 0;
-}
-
 int hmap_parse(pw_hmap *m, const uint8_t *p, size_t n) {
     /* Empty map: size 0, a lone NUL byte, or N = 0. */
     if (n == 0 || (n == 1 && p[0] == 0)) {

@@ -71,7 +71,6 @@ int hmap_replace(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size
 void hmap_remove(pw_hmap *m, const uint8_t *k, size_t kl);
 void hmap_clear(pw_hmap *m);
 void hmap_free(pw_hmap *m);
-int hmap_copy(pw_hmap *dst, const pw_hmap *src);
 /* Value of the first entry for key, or NULL. */
 const uint8_t *hmap_get(const pw_hmap *m, const uint8_t *k, size_t kl, size_t *vl);
 static inline const uint8_t *hm_key(const pw_hmap *m, size_t i) { return m->bytes.p + m->e[i].ko; }
@@ -323,7 +322,6 @@ pw_ctx *ctx_get(pw_vm *vm, uint32_t id);
 pw_ctx *ctx_new(pw_vm *vm, int kind, pw_ctx *root);
 void ctx_delete(pw_vm *vm, pw_ctx *c);
 int ctx_ensure_created(pw_vm *vm, pw_ctx *c);
-void ctx_teardown(pw_vm *vm, pw_ctx *c);
 void ctx_table_free(pw_vm *vm);
 pw_ctx *ctx_effective(pw_vm *vm);
 int prop_set(pw_prop **list, const uint8_t *path, size_t pl, const uint8_t *v, size_t vl);

@@ -1,7 +1,6 @@
 /* Metrics (ABI.md §5.10): process-wide stats by (kind, name) with atomic values; each VM
  * hands out its own ids, with the kind in the low two bits as Envoy does. */
 #include <stdatomic.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -107,19 +106,25 @@ int pw_metric_get(const uint8_t *name, size_t name_len, int *kind, int64_t *valu
 
 int pw_metrics_dump(uint8_t **out, size_t *len) {
     pw_buf b = {0};
-    char num[64];
+    int ok = 1;
     pthread_mutex_lock(&metrics_lock);
-    for (struct metric *m = metrics; m; m = m->next) {
-        int n = snprintf(num, sizeof num, "%d", m->kind);
-        buf_append(&b, (const uint8_t *)num, (size_t)n);
-        buf_append(&b, (const uint8_t *)" ", 1);
-        buf_append(&b, m->name.p, m->name.len);
-        n = snprintf(num, sizeof num, "%c%lld%c%llu\n", 0, (long long)atomic_load(&m->value), 0,
-                     (unsigned long long)atomic_load(&m->sum));
-        buf_append(&b, (const uint8_t *)num, (size_t)n);
+    for (struct metric *m = metrics; m && ok; m = m->next) {
+        /* kind u8, name length u32, value i64, sum u64 (little-endian), then the name */
+        uint8_t rec[21];
+        uint32_t nl = (uint32_t)m->name.len;
+        int64_t v = atomic_load(&m->value);
+        uint64_t sum = atomic_load(&m->sum);
+        rec[0] = (uint8_t)m->kind;
+        for (int i = 0; i < 4; i++) rec[1 + i] = (uint8_t)(nl >> (8 * i));
+        for (int i = 0; i < 8; i++) rec[5 + i] = (uint8_t)((uint64_t)v >> (8 * i));
+        for (int i = 0; i < 8; i++) rec[13 + i] = (uint8_t)(sum >> (8 * i));
+        ok = !buf_append(&b, rec, sizeof rec) && !buf_append(&b, m->name.p, m->name.len);
     }
     pthread_mutex_unlock(&metrics_lock);
-    if (!b.p && buf_reserve(&b, 1)) return PW_ERR;
+    if (!ok || (!b.p && buf_reserve(&b, 1))) {
+        buf_free(&b);
+        return PW_ERR;
+    }
     *out = b.p;
     *len = b.len;
     return PW_OK;

@@ -100,7 +100,6 @@ void pw_module_free(pw_module *m);
 pw_dispatcher *pw_dispatcher_new(void);
 int pw_dispatcher_fd(pw_dispatcher *d);
 void pw_dispatcher_wake(pw_dispatcher *d);
-int pw_dispatcher_pending(pw_dispatcher *d);
 /* Owner thread only: returns the number of callbacks made, or a negative PW_ERR. */
 int pw_dispatcher_run(pw_dispatcher *d);
 uint64_t pw_dispatcher_next_tick_in(pw_dispatcher *d);
@@ -119,7 +118,6 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm
 void pw_vm_free(pw_vm *vm);
 int pw_vm_failed(pw_vm *vm);
 const char *pw_vm_error(pw_vm *vm);
-int pw_vm_abi(pw_vm *vm);
 /* Virtual clock (ns since the Unix epoch); 0 goes back to the real clocks. */
 void pw_vm_set_clock(pw_vm *vm, uint64_t now_ns);
 /* Nanoseconds until the next tick is due on this VM's clock, or UINT64_MAX if none. */
@@ -194,7 +192,8 @@ void pw_queue_set_max_items(uint32_t n);
 /* Metrics (process-wide, by name). kind: 0 counter, 1 gauge, 2 histogram. For a
  * histogram, value is the sample count and sum is the sum of samples. */
 int pw_metric_get(const uint8_t *name, size_t name_len, int *kind, int64_t *value, uint64_t *sum);
-/* Snapshot of all metrics as "kind name\0value\0sum\n" records; free with pw_bytes_free. */
+/* Snapshot of all metrics: records of kind (u8), name length (u32), value (i64), sum
+ * (u64), little-endian, then the name; free with pw_bytes_free. */
 int pw_metrics_dump(uint8_t **out, size_t *len);
 /* cdef-end */
 

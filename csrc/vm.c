@@ -298,7 +298,6 @@ void pw_vm_free(pw_vm *vm) {
 
 int pw_vm_failed(pw_vm *vm) { return vm->failed; }
 const char *pw_vm_error(pw_vm *vm) { return vm->error; }
-int pw_vm_abi(pw_vm *vm) { return vm->abi; }
 
 /* A VM takes calls only from its owner thread, and never from inside one of its own
  * callbacks (a Python log handler or foreign function calling back into it). */

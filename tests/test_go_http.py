@@ -384,3 +384,21 @@ def test_computed_stream_attributes():
         assert prop(("response", "headers", "content-type")) == b"text/plain"
         assert prop("response.code_details") is None
         s.finish()
+
+
+def test_metrics_snapshot_and_prometheus_text():
+    from pyproxywasm.metrics import prometheus_text, snapshot
+
+    with harness("metrics") as h:
+        s = h.http()
+        s.send_request_headers(REQUEST)
+        s.send_response_headers(RESPONSE)
+        s.send_response_body(b"abc", end_stream=True)
+        s.finish()
+        by_name = {m.name: m for m in snapshot()}
+        assert by_name["requests_total"].kind == "counter" and by_name["requests_total"].value >= 1
+        assert by_name["body_size"].kind == "histogram" and by_name["body_size"].sum >= 3
+        text = prometheus_text()
+        assert "# TYPE requests_total counter" in text
+        assert f"requests_total {by_name['requests_total'].value}" in text
+        assert "# TYPE body_size summary" in text and "body_size_count" in text

@@ -1,8 +1,9 @@
 """HTTP streams through a plugin: push request and response events, read what passed.
 
 Each send_* is one call into the C core. What the filter let through is read back with
-the forwarded_* / take_* members; what it holds while paused stays held until the plugin
-continues (proxy_continue_stream), as in Envoy.
+request_headers / take_request_body (and the response twins) and the *_forwarded and
+*_complete flags; what it holds while paused stays held (held_request_body) until the
+plugin continues (proxy_continue_stream), as in Envoy.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ._binding import ffi, lib, raise_for
 from .pairs import HeaderItems, Headers, decode_pairs, encode_headers
 
 if TYPE_CHECKING:
-    from .host import Plugin
+    from .host import RootContext
 
 _REQ, _RESP = lib.PW_DIR_REQUEST, lib.PW_DIR_RESPONSE
 # Bound once: attribute lookups on the cffi lib cost more than the calls' own overhead.
@@ -57,7 +58,7 @@ class HttpStream:
 
     __slots__ = ("plugin", "_id", "flags", "_vm", "_vmobj")
 
-    def __init__(self, plugin: "Plugin", properties: Mapping[Any, Any] | None = None) -> None:
+    def __init__(self, plugin: "RootContext", properties: Mapping[Any, Any] | None = None) -> None:
         self.plugin = plugin
         vm = self._vmobj = plugin.vm
         self._vm = vm.ptr

@@ -9,7 +9,7 @@ from ._binding import ffi, lib, raise_for
 from .http import Action
 
 if TYPE_CHECKING:
-    from .host import Plugin
+    from .host import RootContext
 
 _DOWN, _UP = lib.PW_DIR_DOWNSTREAM, lib.PW_DIR_UPSTREAM
 _STOPPED = (lib.PW_S_REQ_STOPPED | lib.PW_S_RESET | lib.PW_S_FAILED,
@@ -27,7 +27,7 @@ class PeerType(enum.IntEnum):
 class TcpStream:
     """One connection. Creating it delivers proxy_on_context_create and on_new_connection."""
 
-    def __init__(self, plugin: "Plugin", properties: Mapping[Any, Any] | None = None) -> None:
+    def __init__(self, plugin: "RootContext", properties: Mapping[Any, Any] | None = None) -> None:
         self.plugin = plugin
         vm = plugin.vm
         self._vm, self._vmobj = vm.ptr, vm

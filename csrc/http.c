@@ -359,6 +359,25 @@ int pw_http_headers(pw_vm *vm, uint32_t id, int dir, const uint8_t *pairs, size_
     return flags_of(h);
 }
 
+/* Envoy's buffer limit: a body held past it ends the stream with 413 (request) or 500
+ * (response; a reset once response headers went out), and what was held is dropped. */
+static void enforce_limit(pw_vm *vm, pw_ctx *c, int dir) {
+    pw_http *h = c->h;
+    pw_hdir *D = &h->d[dir];
+    if (!D->stop || D->held.len <= vm->buffer_limit || closed_for(h, dir)) return;
+    static const char *const details[2] = {"request_payload_too_large", "response_payload_too_large"};
+    static const char *const bodies[2] = {"Payload Too Large", "Internal Server Error"};
+    h->lr_status = dir == PW_DIR_REQUEST ? 413 : 500;
+    h->lr_grpc = -1;
+    h->lr_pending = 0;
+    hmap_clear(&h->lr_headers);
+    buf_set(&h->lr_details, (const uint8_t *)details[dir], strlen(details[dir]));
+    buf_set(&h->lr_body, (const uint8_t *)bodies[dir], strlen(bodies[dir]));
+    buf_clear(&D->held);
+    D->stop = STOP_NONE;
+    respond_locally(vm, c, dir == PW_DIR_REQUEST);
+}
+
 int pw_http_data(pw_vm *vm, uint32_t id, int dir, const uint8_t *data, size_t len, int eos) {
     ENTER(vm, id, c);
     if (dir < 0 || dir > 1) return -PW_ERR;
@@ -372,6 +391,7 @@ int pw_http_data(pw_vm *vm, uint32_t id, int dir, const uint8_t *data, size_t le
     if (closed_for(h, dir)) return flags_of(h);
     if (buf_append(&D->held, data, len)) return -PW_ERR;
     if (D->stop != STOP_HEADERS) body_callback(vm, c, dir);
+    enforce_limit(vm, c, dir);
     vm_run_deferred(vm);
     return flags_of(h);
 }

@@ -281,6 +281,7 @@ struct pw_vm {
     pw_prop *host_props; /* properties the embedding provides for every context */
 
     uint64_t clock_ns; /* virtual clock; 0 = real clocks */
+    size_t buffer_limit; /* bytes a stream may hold per direction (http.c) */
 
     struct metric **metrics; /* metric ids of this VM: id = (index << 2) | kind */
     size_t n_metrics, cap_metrics;

@@ -116,6 +116,10 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm
                  const uint8_t *vm_config, size_t vm_config_len, const uint8_t *environ,
                  size_t environ_len, void *log_handle, char *err, size_t errlen);
 void pw_vm_free(pw_vm *vm);
+/* How much body a stream may hold per direction while the plugin pauses (Envoy's buffer
+ * limit, 1 MiB by default); past it the stream ends with 413 / 500. */
+#define PW_DEFAULT_BUFFER_LIMIT 1048576
+void pw_vm_set_buffer_limit(pw_vm *vm, size_t bytes);
 int pw_vm_failed(pw_vm *vm);
 const char *pw_vm_error(pw_vm *vm);
 /* Virtual clock (ns since the Unix epoch); 0 goes back to the real clocks. */

@@ -206,6 +206,7 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm
         return NULL;
     }
     vm->vm_key = atomic_fetch_add(&next_vm_key, 1);
+    vm->buffer_limit = PW_DEFAULT_BUFFER_LIMIT;
     vm->mod = m;
     vm->abi = m->abi;
     vm->header_arity = m->header_arity;
@@ -297,6 +298,7 @@ void pw_vm_free(pw_vm *vm) {
 }
 
 int pw_vm_failed(pw_vm *vm) { return vm->failed; }
+void pw_vm_set_buffer_limit(pw_vm *vm, size_t bytes) { vm->buffer_limit = bytes; }
 const char *pw_vm_error(pw_vm *vm) { return vm->error; }
 
 /* A VM takes calls only from its owner thread, and never from inside one of its own

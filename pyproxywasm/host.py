@@ -32,7 +32,7 @@ class Vm:
     """One instance of a module, owned by the thread that created it."""
 
     def __init__(self, compiled: CompiledModule, vm_config: VmConfig, dispatcher: Dispatcher,
-                 host_properties, clock_ns: int = 0) -> None:
+                 host_properties, clock_ns: int = 0, buffer_limit: int | None = None) -> None:
         self.compiled = compiled
         self.vm_config = vm_config
         self.abi_version = compiled.spec.abi_version
@@ -55,6 +55,8 @@ class Vm:
         self.out_len = ffi.new("size_t *")
         if clock_ns:
             self.set_clock(clock_ns)
+        if buffer_limit is not None:
+            lib.pw_vm_set_buffer_limit(ptr, buffer_limit)
         for path, value in host_properties:
             lib.pw_set_host_property(ptr, 0, path, len(path), value, len(value))
 
@@ -240,12 +242,16 @@ class Host:
         foreign_functions: Mapping[str, Callable[[bytes], bytes | None]] | None = None,
         clock_ns: int = 0,
         cache_dir: str | None = "default",
+        buffer_limit: int = lib.PW_DEFAULT_BUFFER_LIMIT,
         manual_dispatch: bool = False,
     ) -> None:
         """concurrency: worker threads to start (0: streams run on the callers' threads).
         clock_ns: a virtual clock for every VM (0: real time). cache_dir: where compiled
         modules are kept ("default": the user cache directory; None: no cache).
+        buffer_limit: body bytes a stream may hold per direction while its plugin pauses
+        (Envoy's default, 1 MiB); past it the stream ends with 413 (request) or 500.
         manual_dispatch: events are delivered only by dispatch() (the testing harness)."""
+        self._buffer_limit = buffer_limit
         self._clock_ns = clock_ns
         self._cache_dir = cache_dir
         self._manual = manual_dispatch
@@ -323,7 +329,8 @@ class Host:
         vm = st.vms.get(key)
         if vm is None:
             compiled = compile_module(code, self._cache_dir)
-            vm = Vm(compiled, vm_config, st.dispatcher, self._host_properties, self._clock_ns)
+            vm = Vm(compiled, vm_config, st.dispatcher, self._host_properties, self._clock_ns,
+                    self._buffer_limit)
             for ff in self._foreign:
                 vm.register_foreign(ff)
             st.vms[key] = vm

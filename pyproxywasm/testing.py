@@ -76,6 +76,7 @@ class PluginHarness:
         properties: Mapping[Any, Any] | None = None,
         foreign_functions: Mapping[str, Callable[[bytes], bytes | None]] | None = None,
         start_time_ns: int = DEFAULT_START_NS,
+        buffer_limit: int | None = None,
     ) -> None:
         self.now_ns = start_time_ns
         self.capture = LogCapture()
@@ -85,8 +86,9 @@ class PluginHarness:
         self._logger.addHandler(self.capture)
         self.vm_config = VmConfig(code=code, vm_id=vm_id, configuration=vm_configuration,
                                   environment_variables=dict(environment_variables or {}))
+        limits = {} if buffer_limit is None else {"buffer_limit": buffer_limit}
         self.host = Host(properties=properties, foreign_functions=foreign_functions,
-                         clock_ns=start_time_ns, manual_dispatch=True)
+                         clock_ns=start_time_ns, manual_dispatch=True, **limits)
         try:
             self.plugin = self.add_plugin(configuration=configuration, root_id=root_id, name=name)
         except BaseException:

@@ -402,3 +402,29 @@ def test_metrics_snapshot_and_prometheus_text():
         assert "# TYPE requests_total counter" in text
         assert f"requests_total {by_name['requests_total'].value}" in text
         assert "# TYPE body_size summary" in text and "body_size_count" in text
+
+
+def test_buffer_limit_ends_the_request_with_413():
+    with harness("buffer headers", buffer_limit=1000) as h:
+        s = h.http()
+        s.send_request_headers(REQUEST)
+        assert s.send_request_body(b"x" * 600) is Action.PAUSE
+        assert s.send_request_body(b"x" * 600) is Action.PAUSE  # 1200 held > 1000
+        lr = s.local_response
+        assert (lr.status, lr.details) == (413, "request_payload_too_large")
+        assert s.held_request_body == b"" and s.take_request_body() == b""
+        # like Envoy's, the local reply went through the plugin's response callbacks
+        assert s.response_headers.get(":status") == "413"
+        assert s.response_headers.get("x-wasm-resp") == "root-a"
+        s.finish()
+
+
+def test_buffer_limit_on_the_response_is_a_500():
+    with harness("buffer", buffer_limit=1000) as h:
+        s = h.http()
+        s.send_request_headers(REQUEST, end_stream=True)
+        s.send_response_headers(RESPONSE)
+        s.send_response_body(b"y" * 2000)
+        # response headers already went out: Envoy can only reset
+        assert s.reset and s.local_response.status == 500
+        s.finish()

@@ -66,6 +66,11 @@ pw_engine *pw_engine_new(char *err, size_t errlen) {
     pw_engine *e = calloc(1, sizeof *e);
     if (!e) return NULL;
     wasm_config_t *cfg = WT.config_new();
+    /* No signal handlers: guest faults are caught by explicit checks in the compiled code.
+     * A Python process may install its own handlers for SIGSEGV/SIGILL at any time
+     * (faulthandler, which pytest enables, among others) and would turn every wasm trap
+     * into a crash of the host; without signals nothing can. */
+    WT.config_signals_based_traps_set(cfg, false);
     e->engine = WT.engine_new_with_config(cfg);
     e->linker = WT.linker_new(e->engine);
     if (hostcalls_define(e->linker, err, errlen) || wasi_define(e->linker, err, errlen)) {

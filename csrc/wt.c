@@ -27,6 +27,7 @@ int pw_wt_bind(const char *libpath, char *err, size_t errlen) {
     const struct sym syms[] = {
         SYM(config_new, "wasm_config_new"),
         SYM(config_parallel_compilation_set, "wasmtime_config_parallel_compilation_set"),
+        SYM(config_signals_based_traps_set, "wasmtime_config_signals_based_traps_set"),
         SYM(engine_new_with_config, "wasm_engine_new_with_config"),
         SYM(engine_delete, "wasm_engine_delete"),
         SYM(module_new, "wasmtime_module_new"),

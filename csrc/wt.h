@@ -100,6 +100,7 @@ typedef wasm_trap_t *(*wasmtime_func_unchecked_callback_t)(void *env, wasmtime_c
 struct pw_wt {
     wasm_config_t *(*config_new)(void);
     void (*config_parallel_compilation_set)(wasm_config_t *, bool);
+    void (*config_signals_based_traps_set)(wasm_config_t *, bool);
     wasm_engine_t *(*engine_new_with_config)(wasm_config_t *);
     void (*engine_delete)(wasm_engine_t *);
 

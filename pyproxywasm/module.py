@@ -159,7 +159,8 @@ def _cache_path(cache_dir: str, spec: ModuleSpec) -> str | None:
         return None
     if st.st_uid != os.getuid() or st.st_mode & 0o022:
         return None
-    name = f"{spec.digest}-wasmtime-{WASMTIME_VERSION}-abi{spec.abi_version}-{spec.header_arity}.cwasm"
+    name = (f"{spec.digest}-wasmtime-{WASMTIME_VERSION}-nosignals-abi{spec.abi_version}"
+            f"-{spec.header_arity}.cwasm")
     return os.path.join(cache_dir, name)
 
 
@@ -206,8 +207,8 @@ def compile_module(wasm: bytes, cache_dir: str | None = "default") -> CompiledMo
         hit = _cache.get(spec.digest)
         if hit is not None:
             return hit
-        path = _cache_path(default_cache_dir() if cache_dir == "default" else cache_dir, spec) \
-            if cache_dir else None
+        directory = default_cache_dir() if cache_dir == "default" else cache_dir
+        path = _cache_path(directory, spec) if directory else None
         ptr = _load_cached(path, spec)
         if ptr == ffi.NULL:
             err = ffi.new("char[1024]")

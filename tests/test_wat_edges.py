@@ -161,3 +161,17 @@ def test_not_wasm_at_all():
 def test_code_from_a_missing_path():
     with pytest.raises(ModuleError, match="cannot read plugin code"):
         PluginHarness("/nonexistent/plugin.wasm")
+
+
+def test_traps_do_not_depend_on_signal_handlers():
+    # The engine installs no SIGSEGV/SIGILL handlers, so a handler installed after it (here
+    # Python's faulthandler, as pytest and many apps enable it) cannot turn a trap into a
+    # crash of the host.
+    import faulthandler
+
+    faulthandler.enable()
+    with PluginHarness(wat("trap")) as h:
+        s = h.http()
+        assert s.send_request_headers(REQUEST + [("x-trap", "1")]) is Action.PAUSE
+        assert s.failed and h.plugin.vm.failed
+        s.finish()

@@ -40,4 +40,5 @@ fi
 
 "$CARGO" "${cargo_flags[@]}" build --release --target wasm32-wasi
 cp target/wasm32-wasi/release/rustfilter.wasm rustfilter.wasm
+chmod 644 rustfilter.wasm
 echo "built $(pwd)/rustfilter.wasm ($(wc -c < rustfilter.wasm) bytes)"

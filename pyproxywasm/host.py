@@ -209,7 +209,14 @@ class Plugin:
         return self.instance().tick_period_ms
 
     def http_stream(self, properties: Mapping[Any, Any] | None = None) -> HttpStream:
-        return self.instance().http_stream(properties)
+        # The hot path of a host: find this thread's root context with two lookups.
+        st = getattr(self.host._local, "state", None)
+        root = st.roots.get(self.index) if st is not None else None
+        if root is None:
+            root = self.instance()
+        if not root.logger._cache:
+            root.sync_log_level()
+        return HttpStream(root, properties)
 
     def tcp_stream(self, properties: Mapping[Any, Any] | None = None) -> TcpStream:
         return self.instance().tcp_stream(properties)

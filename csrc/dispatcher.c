@@ -67,15 +67,16 @@ int dispatcher_post(pw_dispatcher *d, uint64_t vm_key, uint32_t root, uint32_t q
     return 0;
 }
 
-void dispatcher_add_vm(pw_dispatcher *d, pw_vm *vm) {
+int dispatcher_add_vm(pw_dispatcher *d, pw_vm *vm) {
     if (d->n_vms == d->cap_vms) {
         size_t nc = d->cap_vms ? d->cap_vms * 2 : 8;
         pw_vm **n = realloc(d->vms, nc * sizeof *n);
-        if (!n) return; /* the VM then gets no ticks or notices; pw_vm_new checks */
+        if (!n) return -1;
         d->vms = n;
         d->cap_vms = nc;
     }
     d->vms[d->n_vms++] = vm;
+    return 0;
 }
 
 void dispatcher_remove_vm(pw_dispatcher *d, pw_vm *vm) {

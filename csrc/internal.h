@@ -315,7 +315,7 @@ static inline void dispatcher_autorun(pw_dispatcher *d) {
     if (d->autorun && atomic_load_explicit(&d->signaled, memory_order_acquire))
         pw_dispatcher_run(d);
 }
-void dispatcher_add_vm(pw_dispatcher *d, pw_vm *vm);
+int dispatcher_add_vm(pw_dispatcher *d, pw_vm *vm);
 void dispatcher_remove_vm(pw_dispatcher *d, pw_vm *vm);
 
 /* context.c */

@@ -1,5 +1,6 @@
 /* The VM: engine and linker, compiled modules, instances, calls into the guest, the
- * deferred-action loop and the VM's own event delivery (ticks, queue notices). */
+ * deferred-action loop, clocks, and the deliveries its dispatcher runs (ticks, queue
+ * notifications). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -258,8 +259,12 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm
         pw_vm_free(vm);
         return NULL;
     }
+    if (dispatcher_add_vm(d, vm)) {
+        snprintf(err, errlen, "out of memory");
+        pw_vm_free(vm);
+        return NULL;
+    }
     vm->disp = d;
-    dispatcher_add_vm(d, vm);
     return vm;
 }
 
@@ -411,7 +416,7 @@ void vm_run_deferred(pw_vm *vm) {
     vm->in_deferred = 0;
 }
 
-/* ---- clocks, ticks and notices ------------------------------------------------------------- */
+/* ---- clocks, ticks and queue notifications ------------------------------------------------------------- */
 uint64_t vm_now_ns(pw_vm *vm, int monotonic) {
     if (vm->clock_ns) return vm->clock_ns;
     struct timespec ts;

@@ -416,7 +416,7 @@ void vm_run_deferred(pw_vm *vm) {
     vm->in_deferred = 0;
 }
 
-/* ---- clocks, ticks and queue notifications ------------------------------------------------------------- */
+/* ---- clocks, ticks and queue notifications ----------------------------------------- */
 uint64_t vm_now_ns(pw_vm *vm, int monotonic) {
     if (vm->clock_ns) return vm->clock_ns;
     struct timespec ts;

@@ -101,7 +101,7 @@ class HttpStream:
         return _PAUSE if f & _REQ_STOPPED else _CONTINUE
 
     def send_request_body(self, data: bytes, end_stream: bool = False) -> Action:
-        return self._done(_data(self._vm, self.context_id, _REQ, data, len(data), end_stream), 0)
+        return self._done(_data(self._vm, self._id or self.context_id, _REQ, data, len(data), end_stream), 0)
 
     def send_request_trailers(self, trailers: HeaderItems) -> Action:
         data, n = encode_headers(trailers)
@@ -109,14 +109,14 @@ class HttpStream:
 
     def send_response_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
         data, n = (headers, -1) if headers.__class__ is bytes else encode_headers(headers)
-        f = _headers(self._vm, self.context_id, _RESP, data, len(data), n, end_stream)
+        f = _headers(self._vm, self._id or self.context_id, _RESP, data, len(data), n, end_stream)
         if f < 0:
             raise_for(f, self._vmobj)
         self.flags = f
         return _PAUSE if f & _RESP_STOPPED else _CONTINUE
 
     def send_response_body(self, data: bytes, end_stream: bool = False) -> Action:
-        return self._done(_data(self._vm, self.context_id, _RESP, data, len(data), end_stream), 1)
+        return self._done(_data(self._vm, self._id or self.context_id, _RESP, data, len(data), end_stream), 1)
 
     def send_response_trailers(self, trailers: HeaderItems) -> Action:
         data, n = encode_headers(trailers)

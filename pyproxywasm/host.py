@@ -14,8 +14,10 @@ context. A store is only ever touched by its own thread; the C core refuses anyt
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
+import weakref
 from typing import Any, Callable, Iterable, Mapping
 
 from . import properties as props
@@ -179,6 +181,24 @@ class _ThreadState:
         self.roots: dict[int, RootContext] = {}
 
 
+class _Releaser:
+    """Frees a thread's VMs when the thread ends: thread-local values are released on their
+    own thread, the only one allowed to touch its stores."""
+
+    def __init__(self, host: "Host", state: _ThreadState) -> None:
+        self._host = weakref.ref(host)
+        self._state = state
+
+    def __del__(self) -> None:
+        host = self._host()
+        if host is None or sys.is_finalizing():
+            return
+        try:
+            host._teardown_state(self._state, 0.0)
+        except Exception:  # noqa: BLE001 - a finalizer must not raise
+            logging.getLogger("pyproxywasm").exception("releasing a thread's VMs failed")
+
+
 class Plugin:
     """A configured plugin, host-wide. Its root context on the calling thread is
     `instance()`; the members below act on that instance."""
@@ -303,6 +323,8 @@ class Host:
             if owns:
                 dispatcher = Dispatcher(autorun=not self._manual)
             st = self._local.state = _ThreadState(dispatcher, owns)
+            if owns:  # a thread of the caller's: its VMs go when it ends, if not before
+                self._local.releaser = _Releaser(self, st)
             with self._lock:
                 self._states.append((threading.get_ident(), st))
             try:
@@ -434,11 +456,12 @@ class Host:
         return self._state().dispatcher.run()
 
     def release_thread(self, timeout: float = 5.0) -> None:
-        """Shuts down the calling thread's VMs (a thread that used the host and is done)."""
+        """Shuts down the calling thread's VMs now (otherwise they go when it ends)."""
         st = getattr(self._local, "state", None)
         if st is not None:
             self._teardown_state(st, timeout)
             self._local.state = None
+            self._local.releaser = None
 
     def close(self, timeout: float = 5.0) -> None:
         """Stops the workers (they finish their jobs and events, then shut their plugins

@@ -196,3 +196,18 @@ def test_worker_errors_surface_at_start():
 
     with pytest.raises(PluginStartError, match="proxy_on_configure returned false"):
         Host([PluginConfig(VmConfig(GO_HTTP), configuration="fail")], concurrency=2)
+
+
+def test_a_threads_vms_go_when_the_thread_ends():
+    cfg = PluginConfig(VmConfig(GO_HTTP, vm_id="thread-end"), root_id="e", configuration="headers")
+    with Host([cfg]) as host:
+        before = len(host._states)
+
+        def use():
+            one_request(host.plugins[0], REQUEST)
+            assert len(host._states) == before + 1
+
+        t = threading.Thread(target=use)
+        t.start()
+        t.join(10)
+        assert len(host._states) == before  # freed on that thread as it ended

@@ -209,13 +209,12 @@ HOSTCALL(set_buffer_bytes) {
     uint32_t start = U(1), size = U(2);
     /* Envoy's copyFrom: start 0 drains `size` bytes then prepends; start >= len appends;
      * a middle insert is not supported. */
-    if (start == 0) {
-        pw_buf tmp = {0};
-        if (buf_set(&tmp, v, U(4))) RET(ST_INTERNAL_FAILURE);
+    if (start == 0) { /* `v` is guest memory: reshaping our buffer cannot move it */
+        size_t kept = size >= b->len ? 0 : b->len - size;
+        if (buf_reserve(b, kept + U(4))) RET(ST_INTERNAL_FAILURE); /* then nothing fails */
         buf_drain_front(b, size);
-        int r = buf_prepend(b, tmp.p, tmp.len);
-        buf_free(&tmp);
-        RET(r ? ST_INTERNAL_FAILURE : ST_OK);
+        buf_prepend(b, v, U(4));
+        RET(ST_OK);
     }
     if (start >= b->len) RET(buf_append(b, v, U(4)) ? ST_INTERNAL_FAILURE : ST_OK);
     RET(ST_BAD_ARGUMENT);

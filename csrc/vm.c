@@ -212,6 +212,7 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm
         return NULL;
     }
     vm->vm_key = atomic_fetch_add(&next_vm_key, 1);
+    vm->disp = d; /* before any guest code: start-up may already register a queue */
     vm->buffer_limit = PW_DEFAULT_BUFFER_LIMIT;
     vm->mod = m;
     vm->abi = m->abi;
@@ -264,7 +265,6 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm
         pw_vm_free(vm);
         return NULL;
     }
-    vm->disp = d;
     return vm;
 }
 

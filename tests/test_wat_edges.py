@@ -175,3 +175,9 @@ def test_traps_do_not_depend_on_signal_handlers():
         assert s.send_request_headers(REQUEST + [("x-trap", "1")]) is Action.PAUSE
         assert s.failed and h.plugin.vm.failed
         s.finish()
+
+
+def test_shared_queue_used_during_start_up():
+    with PluginHarness(wat("start_queue"), vm_id="start-queue") as h:
+        assert h.queue_size("start-queue") == 1
+        assert h.dispatch() == 0  # no root registered it: the notice is dropped, nothing breaks

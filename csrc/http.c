@@ -263,8 +263,7 @@ void http_fail(pw_vm *vm, pw_ctx *c) {
 }
 
 /* ---- maps and buffers the hostcalls reach --------------------------------------------- */
-pw_hmap *http_map(pw_vm *vm, pw_ctx *c, uint32_t type, int write, int *status) {
-    (void)vm;
+pw_hmap *http_map(pw_ctx *c, uint32_t type, int write, int *status) {
     *status = ST_BAD_ARGUMENT;
     if (!c || c->kind != CTX_HTTP || type > 3) return NULL;
     pw_hdir *D = &c->h->d[type >> 1];
@@ -275,8 +274,7 @@ pw_hmap *http_map(pw_vm *vm, pw_ctx *c, uint32_t type, int write, int *status) {
     return trailers ? &D->trailers : &D->headers;
 }
 
-pw_buf *stream_buffer(pw_vm *vm, pw_ctx *c, uint32_t type, int write, int *status) {
-    (void)write;
+pw_buf *stream_buffer(pw_vm *vm, pw_ctx *c, uint32_t type, int *status) {
     *status = ST_NOT_FOUND;
     if (!c) return NULL;
     if (c->kind == CTX_HTTP && type <= 1) {

@@ -330,8 +330,8 @@ const pw_prop *prop_find(const pw_prop *list, const uint8_t *path, size_t pl);
 void prop_free_all(pw_prop **list);
 
 /* http.c / tcp.c: deferred actions land here; the hostcalls find maps and buffers here */
-pw_hmap *http_map(pw_vm *vm, pw_ctx *c, uint32_t type, int write, int *status);
-pw_buf *stream_buffer(pw_vm *vm, pw_ctx *c, uint32_t type, int write, int *status);
+pw_hmap *http_map(pw_ctx *c, uint32_t type, int write, int *status);
+pw_buf *stream_buffer(pw_vm *vm, pw_ctx *c, uint32_t type, int *status);
 void http_resume(pw_vm *vm, pw_ctx *c, int dir);
 void http_local_reply_apply(pw_vm *vm, pw_ctx *c);
 void http_fail(pw_vm *vm, pw_ctx *c);

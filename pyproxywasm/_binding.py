@@ -18,7 +18,6 @@ PY_LEVELS = (5, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, log
 logging.addLevelName(5, "TRACE")
 
 ST_OK = 0
-ST_NOT_FOUND = 1
 ST_INTERNAL_FAILURE = 10
 
 _log = logging.getLogger("pyproxywasm")

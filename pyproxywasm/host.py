@@ -300,7 +300,7 @@ class Host:
                 self._main = Worker("pyproxywasm-main", self._setup_main, self._teardown)
                 self._main.start()
                 for i in range(concurrency):
-                    w = Worker(f"pyproxywasm-worker-{i}", self._setup_worker, self._teardown)
+                    w = Worker(f"pyproxywasm-worker-{i}", self._state, self._teardown)
                     w.start()
                     self.workers.append(w)
             else:
@@ -337,9 +337,6 @@ class Host:
 
     def _setup_main(self, dispatcher: Dispatcher) -> None:
         self._main_thread = threading.get_ident()
-        self._state(dispatcher)
-
-    def _setup_worker(self, dispatcher: Dispatcher) -> None:
         self._state(dispatcher)
 
     def _runs_here(self, plugin: Plugin) -> bool:

@@ -127,11 +127,7 @@ class CompiledModule:
 
     def __init__(self, spec: ModuleSpec, ptr) -> None:
         self.spec = spec
-        self._ptr = ptr
-
-    @property
-    def ptr(self):
-        return self._ptr
+        self.ptr = ptr  # pw_module *, alive for the process
 
 
 # Compiled modules by code digest, shared by every host and thread of the process. Guarded

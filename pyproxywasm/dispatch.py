@@ -33,6 +33,7 @@ class Dispatcher:
             raise ProxyWasmError("cannot create a dispatcher (out of file descriptors?)")
         self.ptr = ptr
         self.thread = threading.get_ident()
+        self.autorun = autorun
         lib.pw_dispatcher_set_autorun(ptr, autorun)
 
     def fileno(self) -> int:
@@ -55,14 +56,20 @@ class Dispatcher:
         ns = lib.pw_dispatcher_next_tick_in(self.ptr)
         return None if ns == _NO_TICK else ns / 1e9
 
-    def attach(self, loop) -> Callable[[], None]:
+    def attach(self, loop, after: Callable[[], None] | None = None) -> Callable[[], None]:
         """Serves this dispatcher from an asyncio loop running on its owner thread: a
-        reader on the fd for posted events, a timer for the next tick. Returns detach()."""
+        reader on the fd for posted events, a timer for the next tick. Returns detach().
+        after(), if given, is called after every run: a plugin may have resumed streams
+        there, which the embedding then re-checks. While attached the loop alone runs the
+        dispatcher (no autorun inside a stream's start)."""
         timer = None
+        lib.pw_dispatcher_set_autorun(self.ptr, False)
 
         def run() -> None:
             nonlocal timer
             self.run()
+            if after is not None:
+                after()
             if timer is not None:
                 timer.cancel()
             wait = self.next_timeout()
@@ -72,6 +79,7 @@ class Dispatcher:
             loop.remove_reader(self.fileno())
             if timer is not None:
                 timer.cancel()
+            lib.pw_dispatcher_set_autorun(self.ptr, self.autorun)
 
         loop.add_reader(self.fileno(), run)
         run()

@@ -98,3 +98,23 @@ def waitress_server(app: Any, threads: int = 8) -> Iterator[str]:
         server.close()
         server.task_dispatcher.shutdown()
         t.join(30)
+
+
+@contextlib.contextmanager
+def cheroot_server(app: Any, threads: int = 8) -> Iterator[str]:
+    """cheroot (CherryPy's server): a thread pool behind an epoll selector, so it takes
+    more than 1,024 connections (waitress's select() loop does not)."""
+    from cheroot import wsgi
+
+    port = free_port()
+    server = wsgi.Server(("127.0.0.1", port), app, numthreads=threads, request_queue_size=2048,
+                         accepted_queue_size=-1)
+    server.prepare()
+    t = threading.Thread(target=server.serve, name="cheroot", daemon=True)
+    t.start()
+    _wait_listening(port, t)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        t.join(30)

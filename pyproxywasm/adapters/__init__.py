@@ -7,5 +7,7 @@ Both run a chain of plugins in Envoy's http_filters order over one `FilterChain`
 """
 from .asgi import ProxyWasmMiddleware, StreamReset
 from .chain import FilterChain, failure_policy
+from .wsgi import ProxyWasmWSGIMiddleware
 
-__all__ = ["FilterChain", "ProxyWasmMiddleware", "StreamReset", "failure_policy"]
+__all__ = ["FilterChain", "ProxyWasmMiddleware", "ProxyWasmWSGIMiddleware", "StreamReset",
+           "failure_policy"]

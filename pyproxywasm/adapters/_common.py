@@ -2,10 +2,13 @@
 form, the properties of a stream, and the response-side content-length fix-up."""
 from __future__ import annotations
 
+import itertools
 import threading
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from .. import properties as props
+from .. import wasmbin
+from .._binding import lib
 from ..config import PluginConfig
 from ..host import Host, Plugin
 
@@ -25,6 +28,7 @@ class HostHolder:
         self.owned = host is None
         self._lock = threading.Lock()
         self._plugins: list[Plugin] | None = None if host is None else list(host.plugins)
+        self._reads: list[bool] | None = None
 
     def get(self) -> Host:
         h = self.host
@@ -42,13 +46,29 @@ class HostHolder:
             self.get()
         return self._plugins  # type: ignore[return-value]
 
+    @property
+    def reads_properties(self) -> list[bool]:
+        """Per plugin: does its module import proxy_get_property? Streams of one that
+        does not are given no per-stream properties (it cannot read them): three C calls
+        fewer per request."""
+        r = self._reads
+        if r is None or len(r) != len(self.plugins):
+            r = self._reads = [_imports_get_property(p.config.vm_config.code_bytes())
+                               for p in self.plugins]
+        return r
+
     def close(self) -> None:
         if self.owned and self.host is not None:
             h, self.host, self._plugins = self.host, None, None
             h.close()
 
 
-_HOP = frozenset((b"host",))
+def _imports_get_property(code: bytes) -> bool:
+    try:
+        info = wasmbin.parse(code)
+    except Exception:  # noqa: BLE001 - unreadable here means: assume it reads them
+        return True
+    return any(i.name == "proxy_get_property" for i in info.imports)
 
 
 def request_headers(method: bytes, path: bytes, authority: bytes | None, scheme: bytes,
@@ -83,20 +103,52 @@ def request_headers(method: bytes, path: bytes, authority: bytes | None, scheme:
     return data, n, not has_body, grpc
 
 
-def stream_properties(client: tuple[str, int] | None, server: tuple[str, int] | None,
-                      protocol: str, scheme: str, connection_id: int) -> list[tuple[bytes, bytes]]:
-    """source.*, destination.*, request.protocol, connection.* as Envoy encodes them."""
-    p: dict[str, Any] = {"request.protocol": protocol,
-                         "connection.mtls": False,
-                         "connection.id": connection_id}
-    if client:
-        p["source.address"] = f"{client[0]}:{client[1]}"
-        p["source.port"] = int(client[1])
-    if server:
-        p["destination.address"] = f"{server[0]}:{server[1]}" if server[1] is not None else str(server[0])
-        if server[1] is not None:
-            p["destination.port"] = int(server[1])
-    return list(props.flatten(p))
+def _enc(path: str, value: Any) -> tuple[bytes, bytes]:
+    return next(iter(props.flatten({path: value})))
+
+
+class StreamProperties:
+    """Envoy's source.*, destination.*, request.protocol and connection.* attributes for
+    the streams of one thread. What a listener shares (destination, protocol, mtls) is set
+    once on the thread's VMs; what a connection has (source, connection.id) is encoded once
+    per connection and set per stream (three C calls)."""
+
+    def __init__(self) -> None:
+        self._server: tuple | None = None
+        self._protocol = ""
+        self._cache: dict[tuple, list[tuple[bytes, bytes]]] = {}
+        self._ids = itertools.count(1)
+
+    def _listener(self, server: tuple | None, protocol: str) -> list[tuple[bytes, bytes]]:
+        p = [_enc("request.protocol", protocol), _enc("connection.mtls", False)]
+        if server:
+            if server[1] is not None:
+                p.append(_enc("destination.address", f"{server[0]}:{server[1]}"))
+                p.append(_enc("destination.port", int(server[1])))
+            else:
+                p.append(_enc("destination.address", str(server[0])))
+        return p
+
+    def for_stream(self, vms: Iterable[Any], client: tuple | None, server: tuple | None,
+                   protocol: str) -> list[tuple[bytes, bytes]]:
+        if self._server is None:
+            self._server, self._protocol = server or (), protocol
+            for vm in vms:
+                for path, value in self._listener(server, protocol):
+                    lib.pw_set_host_property(vm.ptr, 0, path, len(path), value, len(value))
+        key = (client, server, protocol)
+        p = self._cache.get(key)
+        if p is None:
+            if len(self._cache) >= 4096:
+                self._cache.clear()
+            p = [_enc("connection.id", next(self._ids))]
+            if client:
+                p.append(_enc("source.address", f"{client[0]}:{client[1]}"))
+                p.append(_enc("source.port", int(client[1] or 0)))
+            if (server or ()) != self._server or protocol != self._protocol:
+                p.extend(self._listener(server, protocol))
+            self._cache[key] = p
+        return p
 
 
 _NO_BODY_STATUS = (b"204", b"304")

@@ -25,7 +25,6 @@ continues it. Wasm runs with the GIL released.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 from typing import Any, Awaitable, Callable, Mapping, MutableMapping, Sequence
@@ -34,7 +33,7 @@ from urllib.parse import quote, unquote
 from .._binding import lib
 from ..config import PluginConfig
 from ..host import Host
-from ._common import HostHolder, fix_content_length, request_headers, stream_properties
+from ._common import HostHolder, StreamProperties, fix_content_length, request_headers
 from .chain import FilterChain, decode_raw, headers_of, take_body, trailers_of, _raw, _R_REQ_HDR
 
 Scope = MutableMapping[str, Any]
@@ -50,7 +49,6 @@ _RESP_HDR_OUT, _RESP_ENDED, _RESP_TR_OUT = (lib.PW_S_RESP_HEADERS_OUT, lib.PW_S_
                                             lib.PW_S_RESP_TRAILERS_OUT)
 _RESET, _LOCAL, _FAILED = lib.PW_S_RESET, lib.PW_S_LOCAL_REPLY, lib.PW_S_FAILED
 _POLL = 0.25  # a held stream is also re-checked this often (a resume from another stream's callback)
-_connection_ids = itertools.count(1)
 
 
 class StreamReset(Exception):
@@ -68,6 +66,8 @@ class _LoopState:
 
     def __init__(self, host: Host, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.host = host
+        self.props = StreamProperties()
         self.waiting: set[_Exchange] = set()
         self.detach = host.dispatcher.attach(loop, after=self.recheck)
 
@@ -154,9 +154,9 @@ class ProxyWasmMiddleware:
         data, nflat, eos, grpc = request_headers(
             scope["method"].encode(), path, authority, scope.get("scheme", "http").encode(),
             scope["headers"], version not in ("1.0", "1.1"))
-        props = stream_properties(scope.get("client"), server, "HTTP/" + version,
-                                  scope.get("scheme", "http"), next(_connection_ids))
-        chain = FilterChain(plugins, props, grpc)
+        props = ls.props.for_stream(ls.host.vms if ls.props._server is None else (),
+                                    scope.get("client"), server, "HTTP/" + version)
+        chain = FilterChain(plugins, props, grpc, self._holder.reads_properties)
         ex = _Exchange(self.app, ls, chain, scope, receive, send, eos, path)
         try:
             chain.push_request_headers(data, nflat, eos)

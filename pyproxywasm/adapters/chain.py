@@ -15,6 +15,7 @@ is dropped, if it was already running).
 from __future__ import annotations
 
 import logging
+import struct
 from typing import Sequence
 
 from .._binding import ffi, lib, raise_for
@@ -60,20 +61,25 @@ def fail_closed_response(is_grpc: bool) -> list[tuple[bytes, bytes]]:
     return [(b":status", b"503")]
 
 
+_lens: dict[int, struct.Struct] = {}
+
+
 def decode_raw(data: bytes) -> list[tuple[bytes, bytes]]:
     """The pairs wire format as a list of (name, value) bytes, ASGI's header form."""
     if len(data) < 4:
         return []
     n = int.from_bytes(data[:4], "little")
+    st = _lens.get(n)
+    if st is None:
+        st = _lens[n] = struct.Struct(f"<{2 * n}I")
+    lens = st.unpack_from(data, 4)
     out = []
-    lens = memoryview(data)[4:4 + 8 * n].cast("I")
     off = 4 + 8 * n
-    for i in range(n):
-        kl, vl = lens[2 * i], lens[2 * i + 1]
-        k = data[off:off + kl]
-        off += kl + 1
-        out.append((k, data[off:off + vl]))
-        off += vl + 1
+    for i in range(0, 2 * n, 2):
+        kl = lens[i]
+        vend = off + kl + 1 + lens[i + 1]
+        out.append((data[off:off + kl], data[off + kl + 1:vend]))
+        off = vend + 1
     return out
 
 
@@ -84,7 +90,7 @@ class FilterChain:
                  "_flags_seen", "_closed")
 
     def __init__(self, plugins: Sequence[Plugin], properties: Sequence[tuple[bytes, bytes]] = (),
-                 is_grpc: bool = False) -> None:
+                 is_grpc: bool = False, reads_properties: Sequence[bool] | None = None) -> None:
         self.n = len(plugins)
         self.is_grpc = is_grpc
         self.streams: list[HttpStream] = []
@@ -98,7 +104,7 @@ class FilterChain:
         for i, p in enumerate(plugins):
             try:
                 s = p.http_stream()
-                if properties:
+                if properties and (reads_properties is None or reads_properties[i]):
                     vm, cid = s._vm, s.context_id
                     for path, value in properties:
                         set_prop(vm, cid, path, len(path), value, len(value))
@@ -132,6 +138,8 @@ class FilterChain:
     def origin(self) -> int:
         """The filter whose local reply is the response (or n: the app's response)."""
         o = self.dead if self.dead >= 0 else self.n
+        if o == 1 and not self.streams[0].flags & _OVER:
+            return 1  # the common case: one filter, no answer
         for i in range(o):
             if self.streams[i].flags & _OVER:
                 return i

@@ -17,15 +17,15 @@ a main thread of its own: pass host=Host(plugins, concurrency=1).
 """
 from __future__ import annotations
 
-import itertools
 import select
+import threading
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import quote, unquote_to_bytes
 
 from .._binding import lib
 from ..config import PluginConfig
 from ..host import Host
-from ._common import HostHolder, fix_content_length, request_headers, stream_properties
+from ._common import HostHolder, StreamProperties, fix_content_length, request_headers
 from .asgi import StreamReset
 from .chain import FilterChain, _R_REQ_HDR, _raw, decode_raw, headers_of, take_body, trailers_of
 
@@ -33,7 +33,6 @@ _REQ_HDR_OUT, _REQ_ENDED = lib.PW_S_REQ_HEADERS_OUT, lib.PW_S_REQ_ENDED
 _RESP_HDR_OUT, _RESP_ENDED, _FAILED = lib.PW_S_RESP_HEADERS_OUT, lib.PW_S_RESP_ENDED, lib.PW_S_FAILED
 _POLL = 0.25
 _CHUNK = 65536
-_connection_ids = itertools.count(1)
 _REASONS = {200: "OK", 403: "Forbidden", 413: "Payload Too Large", 500: "Internal Server Error",
             503: "Service Unavailable"}
 
@@ -54,6 +53,7 @@ class ProxyWasmWSGIMiddleware:
                  host: Host | None = None, host_options: Mapping[str, Any] | None = None) -> None:
         self.app = app
         self._holder = HostHolder(plugins, host, host_options)
+        self._local = threading.local()  # per server thread: its StreamProperties
 
     @property
     def host(self) -> Host:
@@ -89,8 +89,11 @@ class ProxyWasmWSGIMiddleware:
                                                  scheme.encode(), headers, protocol.startswith("HTTP/2"))
         client = (environ["REMOTE_ADDR"], int(environ.get("REMOTE_PORT") or 0)) if environ.get("REMOTE_ADDR") else None
         server = (environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0))
-        props = stream_properties(client, server, protocol, scheme, next(_connection_ids))
-        chain = FilterChain(plugins, props, grpc)
+        sp = getattr(self._local, "props", None)
+        if sp is None:
+            sp = self._local.props = StreamProperties()
+        props = sp.for_stream(host.vms if sp._server is None else (), client, server, protocol)
+        chain = FilterChain(plugins, props, grpc, self._holder.reads_properties)
         ex = _Exchange(self.app, host, chain, environ, start_response, eos, path)
         try:
             chain.push_request_headers(data, nflat, eos)

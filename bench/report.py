@@ -1,0 +1,121 @@
+"""One command for the middleware figures: runs the wrk benchmark (bench/wrk_middleware.py),
+then writes the table into bench/README.md and a PNG plot beside the published numbers of
+Envoy-based meshes.
+
+    python -m bench.report                      # measure, then write
+    python -m bench.report --from bench/results/middleware.json   # write from a saved run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+from . import wrk_middleware
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "bench" / "README.md"
+PNG = ROOT / "bench" / "middleware.png"
+START, END = "<!-- middleware figures: start (python -m bench.report) -->", "<!-- middleware figures: end -->"
+
+# Published per-request costs of Wasm filters in Envoy-based proxies (for scale).
+PUBLISHED_US = {"Istio (Envoy + Wasm stats filter)": 81.0, "MOSN (Go Proxy-Wasm, one header)": 61.6}
+PUBLISHED_DROP = {"Istio (Envoy + Wasm stats filter)": 10.9}
+TARGET_US = 15.0
+TARGET_DROP = {"minimal": 5.0, "go": 10.0}
+LABEL = {"minimal": "minimal filter (WAT)", "go": "Go SDK filter (header_rewrite)"}
+SERVER = {"asgi": "ASGI (uvicorn)", "wsgi": "WSGI (waitress, 1 thread)"}
+
+
+def table(data: dict) -> str:
+    s = data["summary"]
+    lines = [
+        f"Measured {data['when']} on {data['machine']['cores']} cores (load average "
+        f"{data['machine']['load_avg'][0]:.1f} at the end), Python {data['machine']['python']}; "
+        f"wrk {data['duration_s']:.0f} s per run, {data['rounds']} alternating rounds, medians.",
+        "",
+        "| server | filter | req/s (c=32) | req/s cost | CPU per request added | p50 (c=1) | p99 (c=1) | p50 added |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, rows in s.items():
+        for f, r in rows.items():
+            name = "plain app" if f == "none" else LABEL[f]
+            cost = "" if f == "none" else f"{r['rps_drop_pct']:.1f}% (target ≤ {TARGET_DROP[f]:.0f}%)"
+            us = "" if f == "none" else f"{r['cost_us']:.1f} µs"
+            added = "" if f == "none" else f"{r['added_p50_us']:+.0f} µs"
+            lines.append(f"| {SERVER[kind]} | {name} | {r['rps']:.0f} | {cost} | {us} | "
+                         f"{r['p50_us']:.0f} µs | {r['p99_us']:.0f} µs | {added} |")
+    lines += ["", "| published, for scale | added per request | req/s cost |", "|---|---|---|"]
+    for name, us in PUBLISHED_US.items():
+        drop = PUBLISHED_DROP.get(name)
+        lines.append(f"| {name} | +{us} µs | {'−%.1f%%' % drop if drop else ''} |")
+    return "\n".join(lines)
+
+
+def plot(data: dict, path: pathlib.Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = data["summary"]
+    ours = [(f"{k.upper()} {f}", r) for k, rows in s.items() for f, r in rows.items() if f != "none"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.8))
+    names = [n for n, _ in ours] + list(PUBLISHED_US)
+    vals = [r["cost_us"] for _, r in ours] + list(PUBLISHED_US.values())
+    colors = ["tab:blue"] * len(ours) + ["tab:gray"] * len(PUBLISHED_US)
+    a.barh(names, vals, color=colors)
+    a.axvline(TARGET_US, color="tab:red", linestyle="--", label=f"target {TARGET_US:.0f} µs")
+    for y, v in enumerate(vals):
+        a.text(v, y, f" {v:.1f}", va="center")
+    a.set_xlabel("added time per request (µs): CPU per request, ours; published, theirs")
+    a.invert_yaxis()
+    a.legend(loc="lower right")
+    names = [n for n, _ in ours] + list(PUBLISHED_DROP)
+    vals = [r["rps_drop_pct"] for _, r in ours] + list(PUBLISHED_DROP.values())
+    colors = ["tab:blue"] * len(ours) + ["tab:gray"] * len(PUBLISHED_DROP)
+    b.barh(names, vals, color=colors)
+    b.axvline(5, color="tab:red", linestyle="--", label="target 5% (minimal)")
+    b.axvline(10, color="tab:orange", linestyle="--", label="target 10% (Go)")
+    for y, v in enumerate(vals):
+        b.text(v, y, f" {v:.1f}%", va="center")
+    b.set_xlabel("req/s lost to the filter (%)")
+    b.invert_yaxis()
+    b.legend(loc="lower right")
+    fig.suptitle("pyproxywasm middleware vs a plain app (wrk, one run), beside published Envoy-mesh figures")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_readme(text: str) -> None:
+    readme = README.read_text()
+    block = f"{START}\n{text}\n{END}"
+    if START in readme:
+        head, rest = readme.split(START, 1)
+        readme = head + block + rest.split(END, 1)[1]
+    else:
+        readme = readme.rstrip("\n") + "\n\n" + block + "\n"
+    README.write_text(readme)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--from", dest="source", type=pathlib.Path,
+                    help="write from this saved run instead of measuring")
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--png", type=pathlib.Path, default=PNG)
+    a = ap.parse_args(argv)
+    if a.source:
+        data = json.loads(a.source.read_text())
+    else:
+        data = wrk_middleware.main(["--duration", str(a.duration), "--rounds", str(a.rounds)])
+    text = table(data)
+    write_readme(text)
+    plot(data, a.png)
+    print(text)
+    print(f"wrote {README} and {a.png}")
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,6 @@ import threading
 import time
 
 import httpx
-import pytest
 from flask import Flask, Response, request, stream_with_context
 
 from conftest import GO_HTTP, WAT

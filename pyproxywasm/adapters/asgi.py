@@ -157,6 +157,9 @@ class ProxyWasmMiddleware:
         props = ls.props.for_stream(ls.host.vms if ls.props._server is None else (),
                                     scope.get("client"), server, "HTTP/" + version)
         chain = FilterChain(plugins, props, grpc, self._holder.reads_properties)
+        if chain.empty:
+            await self.app(scope, receive, send)
+            return
         ex = _Exchange(self.app, ls, chain, scope, receive, send, eos, path)
         try:
             chain.push_request_headers(data, nflat, eos)
@@ -417,11 +420,10 @@ class _Exchange:
     async def _start(self, hdrs: list[tuple[bytes, bytes]], body: bytes, ended: bool,
                      trailers: list[tuple[bytes, bytes]] | None) -> None:
         chain = self.chain
-        o = chain.origin()
-        failed = o < chain.n and (chain.dead == o or chain.streams[o].flags & _FAILED)
+        failed = chain.failed
         if ended:
             hdrs = fix_content_length(hdrs, len(body), self.head)
-        elif self.resp_in != len(body) or o < chain.n:
+        elif self.resp_in != len(body) or chain.answered:
             hdrs = fix_content_length(hdrs, None, self.head)
         status = 200
         out = []

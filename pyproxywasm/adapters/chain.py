@@ -19,7 +19,7 @@ import struct
 from typing import Sequence
 
 from .._binding import ffi, lib, raise_for
-from ..errors import ProxyWasmError
+from ..errors import ProxyWasmError, VmFailedError
 from ..host import Plugin
 from ..http import HttpStream
 from ..pairs import encode_pairs
@@ -87,38 +87,42 @@ class FilterChain:
     """The HttpStreams of one exchange, and the plumbing between them."""
 
     __slots__ = ("streams", "n", "is_grpc", "_fed_req", "_fed_resp", "dead", "synthetic",
-                 "_flags_seen", "_closed")
+                 "_closed")
 
     def __init__(self, plugins: Sequence[Plugin], properties: Sequence[tuple[bytes, bytes]] = (),
                  is_grpc: bool = False, reads_properties: Sequence[bool] | None = None) -> None:
-        self.n = len(plugins)
         self.is_grpc = is_grpc
         self.streams: list[HttpStream] = []
-        self._fed_req = [0] * self.n
-        self._fed_resp = [0] * self.n
         self.dead = -1          # a filter whose VM could not serve the stream at all
         self.synthetic: list[tuple[bytes, bytes]] | None = None  # its 503, when it is filter 0
-        self._flags_seen: list[int] = []
         self._closed = False
         set_prop = lib.pw_set_host_property
+        failed_at = -1
+        failure: BaseException | None = None
         for i, p in enumerate(plugins):
             try:
                 s = p.http_stream()
+                if s._vmobj.failed:
+                    if failure_policy(p) == FAIL_OPEN:
+                        continue  # the filter is skipped, as if it were not configured
+                    raise VmFailedError(s._vmobj.error or "the plugin's VM failed")
                 if properties and (reads_properties is None or reads_properties[i]):
                     vm, cid = s._vm, s.context_id
                     for path, value in properties:
                         set_prop(vm, cid, path, len(path), value, len(value))
             except ProxyWasmError as e:  # the VM failed earlier (or cannot make a context)
-                self.streams.append(HttpStream.__new__(HttpStream))
-                self.streams[-1]._id = 0
-                self.streams[-1].flags = 0
-                self._die(i, e)
+                failed_at, failure = len(self.streams), e
                 break
             self.streams.append(s)
+        self.n = len(self.streams)
+        self._fed_req = [0] * self.n
+        self._fed_resp = [0] * self.n
+        if failure is not None:
+            self._die(failed_at, failure)
 
     # ---- failure --------------------------------------------------------------------------
     def _die(self, i: int, err: BaseException) -> None:
-        log.warning("plugin %d cannot serve the stream: %s", i, err)
+        log.debug("filter %d cannot serve the stream (fail closed): %s", i, err)
         if self.dead < 0 or i < self.dead:
             self.dead = i
         # Filters before i see the 503 through their response callbacks.
@@ -146,9 +150,20 @@ class FilterChain:
         return o
 
     @property
+    def empty(self) -> bool:
+        """No filter runs for this exchange (all skipped by FAIL_OPEN): pass it through."""
+        return self.n == 0 and self.dead < 0
+
+    @property
     def answered(self) -> bool:
         """A filter answered (local reply, failure) or reset: the app's part is over."""
-        return self.origin() < self.n
+        return self.dead >= 0 or self.origin() < self.n
+
+    @property
+    def failed(self) -> bool:
+        """The response is a failure's 503 (a trap, or a VM that had failed before)."""
+        o = self.origin()
+        return o == self.dead or (o < self.n and bool(self.streams[o].flags & _FAILED))
 
     @property
     def reset(self) -> bool:

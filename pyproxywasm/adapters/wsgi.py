@@ -27,7 +27,7 @@ from ..config import PluginConfig
 from ..host import Host
 from ._common import HostHolder, StreamProperties, fix_content_length, request_headers
 from .asgi import StreamReset
-from .chain import FilterChain, _R_REQ_HDR, _raw, decode_raw, headers_of, take_body, trailers_of
+from .chain import FilterChain, _R_REQ_HDR, _raw, decode_raw, headers_of, take_body
 
 _REQ_HDR_OUT, _REQ_ENDED = lib.PW_S_REQ_HEADERS_OUT, lib.PW_S_REQ_ENDED
 _RESP_HDR_OUT, _RESP_ENDED, _FAILED = lib.PW_S_RESP_HEADERS_OUT, lib.PW_S_RESP_ENDED, lib.PW_S_FAILED
@@ -94,6 +94,8 @@ class ProxyWasmWSGIMiddleware:
             sp = self._local.props = StreamProperties()
         props = sp.for_stream(host.vms if sp._server is None else (), client, server, protocol)
         chain = FilterChain(plugins, props, grpc, self._holder.reads_properties)
+        if chain.empty:
+            return self.app(environ, start_response)
         ex = _Exchange(self.app, host, chain, environ, start_response, eos, path)
         try:
             chain.push_request_headers(data, nflat, eos)
@@ -317,11 +319,10 @@ class _Exchange:
 
     def _server_start(self, hdrs: list[tuple[bytes, bytes]], body: bytes, ended: bool) -> None:
         chain = self.chain
-        o = chain.origin()
-        failed = o < chain.n and (chain.dead == o or chain.streams[o].flags & _FAILED)
+        failed = chain.failed
         if ended:
             hdrs = fix_content_length(hdrs, len(body), self.head)
-        elif self.resp_in != len(body) or o < chain.n:
+        elif self.resp_in != len(body) or chain.answered:
             hdrs = fix_content_length(hdrs, None, self.head)
         status = 200
         out = []
@@ -333,7 +334,7 @@ class _Exchange:
                 continue
             else:
                 out.append((k.decode("latin-1"), v.decode("latin-1")))
-        app_status = self.status if (self.status and o == chain.n and
+        app_status = self.status if (self.status and not chain.answered and
                                      self.status.split(" ", 1)[0] == str(status)) else None
         self.resp_started = True
         self.resp_done = ended

@@ -468,3 +468,55 @@ def test_fail_open_skips_a_failed_plugin_on_later_requests():
         r = c.get("/after")
         assert r.status_code == 200 and hdr(r.json(), "x-wasm-req") == ["g"]
         assert r.headers["x-wasm-resp"] == "g"
+
+
+def h2_get(port: int, path: str) -> tuple[list, bytes, list]:
+    """One HTTP/2 request (prior knowledge, with te: trailers): headers, body, trailers."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(conn.data_to_send())
+    conn.send_headers(1, [(":method", "GET"), (":path", path), (":authority", "x"),
+                          (":scheme", "http"), ("te", "trailers")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    headers, body, trailers, done = [], b"", [], False
+    while not done:
+        data = sock.recv(65536)
+        if not data:
+            break
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                headers = ev.headers
+            elif isinstance(ev, h2.events.DataReceived):
+                body += ev.data
+                conn.acknowledge_received_data(len(ev.data), 1)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                trailers = ev.headers
+            elif isinstance(ev, h2.events.StreamEnded):
+                done = True
+        sock.sendall(conn.data_to_send())
+    sock.close()
+    return headers, body, trailers
+
+
+def test_response_trailers_pass_through_the_plugin_with_hypercorn_http2():
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        assert "http.response.trailers" in scope["extensions"]
+        await send({"type": "http.response.start", "status": 200, "trailers": True,
+                    "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"payload", "more_body": False})
+        await send({"type": "http.response.trailers", "headers": [(b"x-app-trailer", b"1")],
+                    "more_trailers": False})
+
+    mw = ProxyWasmMiddleware(app, plugins=[go("trailers headers")])
+    with asgi_server("hypercorn", mw) as url:
+        headers, body, trailers = h2_get(int(url.rsplit(":", 1)[1]), "/t")
+    assert (b":status", b"200") in headers and (b"x-wasm-resp", b"f") in headers
+    assert body == b"payload"
+    assert (b"x-app-trailer", b"1") in trailers and (b"x-wasm-trailer", b"resp") in trailers

@@ -445,7 +445,7 @@ class _Exchange:
     async def _body(self, body: bytes, ended: bool, trailers) -> None:
         trail = ended and self.trailers_declared
         self.resp_out += len(body)
-        await self.send({"type": "http.response.body", "body": body, "more_body": not ended or trail})
+        await self.send({"type": "http.response.body", "body": body, "more_body": not ended})
         if trail:
             await self.send({"type": "http.response.trailers", "headers": trailers or [],
                              "more_trailers": False})

@@ -33,7 +33,7 @@ from urllib.parse import quote, unquote
 from .._binding import lib
 from ..config import PluginConfig
 from ..host import Host
-from ._common import HostHolder, StreamProperties, fix_content_length, request_headers
+from ._common import HostHolder, StreamProperties, request_headers
 from .chain import FilterChain, decode_raw, headers_of, take_body, trailers_of, _raw, _R_REQ_HDR
 
 Scope = MutableMapping[str, Any]
@@ -420,23 +420,24 @@ class _Exchange:
     async def _start(self, hdrs: list[tuple[bytes, bytes]], body: bytes, ended: bool,
                      trailers: list[tuple[bytes, bytes]] | None) -> None:
         chain = self.chain
-        failed = chain.failed
-        if ended:
-            hdrs = fix_content_length(hdrs, len(body), self.head)
-        elif self.resp_in != len(body) or chain.answered:
-            hdrs = fix_content_length(hdrs, None, self.head)
-        status = 200
+        answered = chain.answered
+        drop_grpc = answered and chain.failed and not chain.is_grpc
+        status = int(hdrs[0][1]) if hdrs and hdrs[0][0] == b":status" else 200
+        # content-length made true: exact when the whole body is known, none when a
+        # streamed body may have changed; HEAD, 1xx, 204 and 304 keep theirs.
+        fix = (ended or self.resp_in != len(body) or answered) and not (
+            self.head or status < 200 or status in (204, 304))
         out = []
-        for k, v in hdrs:
-            if k[:1] == b":":
-                if k == b":status":
-                    status = int(v)
-            elif failed and k == b"grpc-status" and not chain.is_grpc:
+        for kv in hdrs:
+            k = kv[0]
+            if k[:1] == b":" or (fix and k == b"content-length") or (drop_grpc and k == b"grpc-status"):
                 continue
-            else:
-                out.append((k, v))
-        can_trail = "http.response.trailers" in (self.scope.get("extensions") or {})
-        self.trailers_declared = can_trail and (self.trailers_declared or bool(trailers))
+            out.append(kv)
+        if fix and ended:
+            out.append((b"content-length", str(len(body)).encode()))
+        ext = self.scope.get("extensions")
+        self.trailers_declared = bool(ext and "http.response.trailers" in ext) and (
+            self.trailers_declared or bool(trailers))
         self.resp_started = True
         await self.send({"type": "http.response.start", "status": status, "headers": out,
                          "trailers": self.trailers_declared})

@@ -69,6 +69,11 @@ def decode_raw(data: bytes) -> list[tuple[bytes, bytes]]:
     if len(data) < 4:
         return []
     n = int.from_bytes(data[:4], "little")
+    # Names and values are NUL-terminated after the length table: when none holds a NUL
+    # itself (HTTP's never do), one split finds them all.
+    parts = data[4 + 8 * n:].split(b"\0")
+    if len(parts) == 2 * n + 1:
+        return list(zip(parts[0:-1:2], parts[1:-1:2]))
     st = _lens.get(n)
     if st is None:
         st = _lens[n] = struct.Struct(f"<{2 * n}I")

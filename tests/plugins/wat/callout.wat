@@ -14,6 +14,8 @@
 ;; "status=<value>" (when there are headers), the body as "body=<bytes>", and
 ;; "get_status <code>"; then switches to the calling stream and continues it; a response
 ;; with :status 403 answers the stream locally with 403 instead.
+;; Each call remembers its stream by token (a table of 4096 slots), so many streams may
+;; wait at once.
 ;; gRPC: "grpc-initial <n>", "grpc-message <size>" (and "message=<bytes>"),
 ;; "grpc-trailing <n>", "grpc-close <status>" and "get_status <code>"; the unary answer or
 ;; the close resumes the calling stream.
@@ -30,7 +32,7 @@
   (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
   (import "env" "proxy_send_local_response" (func $local (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 2)
-  (global $heap (mut i32) (i32.const 16384))
+  (global $heap (mut i32) (i32.const 40960))
   (global $stream (mut i32) (i32.const 0))
 
   (data (i32.const 100) "x-call")        ;; 6
@@ -98,8 +100,16 @@
     (drop (call $get_status (i32.const 1000) (i32.const 1004) (i32.const 1008)))
     (call $logn (i32.const 160) (i32.const 11) (i32.load (i32.const 1000))))
 
-  (func $resume
-    (drop (call $set_eff (global.get $stream)))
+  ;; token -> calling stream
+  (func $slot (param $token i32) (result i32)
+    (i32.add (i32.const 20000) (i32.shl (i32.and (i32.shr_u (local.get $token) (i32.const 2))
+                                                 (i32.const 4095)) (i32.const 2))))
+  (func $remember (param $st i32) (result i32)
+    (if (i32.eqz (local.get $st))
+      (then (i32.store (call $slot (i32.load (i32.const 1030))) (global.get $stream))))
+    (local.get $st))
+  (func $resume (param $token i32)
+    (drop (call $set_eff (i32.load (call $slot (local.get $token)))))
     (drop (call $continue (i32.const 0))))
 
   (func (export "proxy_on_request_headers") (param $ctx i32) (param $n i32) (param $eos i32) (result i32)
@@ -113,7 +123,7 @@
         (local.set $st (call $http_call (i32.const 110) (i32.const 3) (i32.const 500) (i32.const 68)
                                         (i32.const 120) (i32.const 4) (i32.const 400) (i32.const 4)
                                         (i32.const 1000) (i32.const 1030)))
-        (call $logn (i32.const 130) (i32.const 5) (local.get $st))
+        (call $logn (i32.const 130) (i32.const 5) (call $remember (local.get $st)))
         (return (i32.eqz (local.get $st)))))
     (if (i32.eq (local.get $mode) (i32.const 110)) ;; n
       (then
@@ -134,14 +144,14 @@
         (local.set $st (call $grpc_call (i32.const 110) (i32.const 3) (i32.const 210) (i32.const 7)
                                         (i32.const 220) (i32.const 2) (i32.const 400) (i32.const 4)
                                         (i32.const 230) (i32.const 2) (i32.const 500) (i32.const 1030)))
-        (call $logn (i32.const 240) (i32.const 5) (local.get $st))
+        (call $logn (i32.const 240) (i32.const 5) (call $remember (local.get $st)))
         (return (i32.eqz (local.get $st)))))
     (if (i32.eq (local.get $mode) (i32.const 115)) ;; s
       (then
         (local.set $st (call $grpc_stream (i32.const 110) (i32.const 3) (i32.const 210) (i32.const 7)
                                           (i32.const 224) (i32.const 4) (i32.const 400) (i32.const 4)
                                           (i32.const 1030)))
-        (call $logn (i32.const 250) (i32.const 7) (local.get $st))
+        (call $logn (i32.const 250) (i32.const 7) (call $remember (local.get $st)))
         (if (local.get $st) (then (return (i32.const 0))))
         (call $logn (i32.const 260) (i32.const 5)
               (call $grpc_send (i32.load (i32.const 1030)) (i32.const 360) (i32.const 1) (i32.const 0)))
@@ -168,7 +178,7 @@
         (if (i32.eqz (call $get_buffer (i32.const 4) (i32.const 0) (i32.const -1) (i32.const 1048) (i32.const 1052)))
           (then (call $logs (i32.const 190) (i32.const 5) (i32.load (i32.const 1048)) (i32.load (i32.const 1052)))))))
     (call $log_status)
-    (drop (call $set_eff (global.get $stream)))
+    (drop (call $set_eff (i32.load (call $slot (local.get $token)))))
     (if (local.get $deny)
       (then (drop (call $local (i32.const 403) (i32.const 370) (i32.const 6) (i32.const 370) (i32.const 6)
                                (i32.const 400) (i32.const 4) (i32.const -1))))
@@ -180,11 +190,11 @@
     (call $logn (i32.const 290) (i32.const 13) (local.get $size))
     (if (i32.eqz (call $get_buffer (i32.const 5) (i32.const 0) (i32.const -1) (i32.const 1048) (i32.const 1052)))
       (then (call $logs (i32.const 350) (i32.const 8) (i32.load (i32.const 1048)) (i32.load (i32.const 1052)))))
-    (if (i32.eq (i32.and (local.get $token) (i32.const 3)) (i32.const 1)) (then (call $resume))))
+    (if (i32.eq (i32.and (local.get $token) (i32.const 3)) (i32.const 1)) (then (call $resume (local.get $token)))))
   (func (export "proxy_on_grpc_receive_trailing_metadata") (param $root i32) (param $token i32) (param $n i32)
     (call $logn (i32.const 310) (i32.const 14) (local.get $n)))
   (func (export "proxy_on_grpc_close") (param $root i32) (param $token i32) (param $status i32)
     (call $logn (i32.const 330) (i32.const 11) (local.get $status))
     (call $log_status)
-    (call $resume))
+    (call $resume (local.get $token)))
 )

@@ -12,7 +12,8 @@ Fixtures (all function-scoped unless said; each yields a `Server` with `.host`, 
 - `http1_tls_server`, `http2_tls_server` (ALPN h2): the same over TLS with a certificate for
   "localhost" and "127.0.0.1" from the test CA.
 - `http1_mtls_server`: HTTP/1.1 over TLS that requires a client certificate from the test CA.
-- `start_http1(ssl_context=None)`: a function, one more HTTP/1.1 server (call `.stop()`).
+- `start_http1(ssl_context=None)`, `start_http2(ssl_context=None)`: functions, one more
+  server (the caller calls `.stop()`).
 - `refused_endpoint()`: a function, "127.0.0.1:PORT" where nothing listens.
 - `tls_ca` (session-scoped): a `TestPki` with `.ca_file` (PEM to trust), `.other_ca_file`
   (an unrelated CA), `.client_cert_file` / `.client_key_file` (a client certificate the
@@ -23,7 +24,8 @@ HTTP endpoints (both protocols):
 
 - `GET|POST /echo...` (any path not listed below): 200, `application/json` body
   `{"method", "path", "headers": [[name, value], ...] (names lowercased), "body" (latin-1),
-  "trailers": [[name, value], ...], "peer": client port, "protocol": "1.1" | "2"}`.
+  "trailers": [[name, value], ...], "peer": client port, "protocol": "1.1" | "2",
+  "authority": Host or :authority}` (headers exclude pseudo-headers).
 - `/status/<n>`: status n, body `status <n>`.
 - `/slow/<ms>`: waits ms milliseconds, then 200 `slow`.
 - `/big/<n>`: n bytes of `x` in 64 KiB chunks, with content-length; `/big/<n>?chunked`
@@ -61,7 +63,8 @@ import pytest
 Header = tuple[bytes, bytes]
 
 __all__ = ["Server", "TestPki", "tls_ca", "http1_server", "http1_tls_server",
-           "http1_mtls_server", "free_port", "refused_endpoint", "start_http1"]
+           "http1_mtls_server", "http2_server", "http2_tls_server", "free_port",
+           "refused_endpoint", "start_http1", "start_http2"]
 
 
 def free_port() -> int:
@@ -86,6 +89,7 @@ class Request:
     trailers: list[Header]
     peer: int
     protocol: str
+    authority: str = ""
 
 
 @dataclass
@@ -130,7 +134,7 @@ async def route(req: Request) -> Reply:
            "headers": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in req.headers],
            "body": req.body.decode("latin-1"),
            "trailers": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in req.trailers],
-           "peer": req.peer, "protocol": req.protocol}
+           "peer": req.peer, "protocol": req.protocol, "authority": req.authority}
     return Reply(headers=[(b"content-type", b"application/json")], body=json.dumps(doc).encode())
 
 
@@ -243,7 +247,7 @@ async def _h1_connection(server: Server, reader: asyncio.StreamReader,
         server.requests += 1
         req = Request(ev.method.decode(), ev.target.decode("latin-1"),
                       [(bytes(n), bytes(v)) for n, v in ev.headers], bytes(body), trailers,
-                      peer, "1.1")
+                      peer, "1.1", dict(ev.headers).get(b"host", b"").decode("latin-1"))
         reply = await route(req)
         if reply.action == "reset":
             _rst(writer)
@@ -272,6 +276,115 @@ async def _h1_connection(server: Server, reader: asyncio.StreamReader,
         if conn.our_state is h11.MUST_CLOSE:
             return
         conn.start_next_cycle()
+
+
+# --- HTTP/2 ------------------------------------------------------------------------------
+
+async def _h2_connection(server: Server, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+    import h2.exceptions
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
+                                                                header_encoding=None))
+    conn.initiate_connection()
+    writer.write(conn.data_to_send())
+    peer = writer.get_extra_info("peername")[1]
+    pending: dict[int, list] = {}  # stream id -> [headers, body, trailers]
+    window = asyncio.Event()
+    tasks: dict[int, asyncio.Task] = {}
+
+    def flush() -> None:
+        data = conn.data_to_send()
+        if data:
+            writer.write(data)
+
+    async def send_body(sid: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            if n <= 0:
+                window.clear()
+                await window.wait()
+                continue
+            conn.send_data(sid, view[:n].tobytes())
+            view = view[n:]
+            server.sent += n
+            flush()
+            await writer.drain()
+
+    async def respond(sid: int) -> None:
+        headers, body, trailers = pending.pop(sid)
+        pseudo = {n: v.decode("latin-1") for n, v in headers if n.startswith(b":")}
+        server.requests += 1
+        req = Request(pseudo[b":method"], pseudo[b":path"],
+                      [(n, v) for n, v in headers if not n.startswith(b":")], bytes(body),
+                      trailers, peer, "2", pseudo.get(b":authority", ""))
+        reply = await route(req)
+        if reply.action == "reset":
+            conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            flush()
+            return
+        if reply.action == "hang":
+            await asyncio.Event().wait()
+        out = [(b":status", str(reply.status).encode()), *reply.headers]
+        n = reply.length if reply.chunks is not None else len(reply.body)
+        if n is not None:
+            out.append((b"content-length", str(n).encode()))
+        conn.send_headers(sid, out)
+        flush()
+        if reply.chunks is not None:
+            async for chunk in reply.chunks:
+                await send_body(sid, chunk)
+        elif reply.body:
+            await send_body(sid, reply.body)
+        if reply.trailers:
+            conn.send_headers(sid, reply.trailers, end_stream=True)
+        else:
+            conn.end_stream(sid)
+        flush()
+
+    async def run(sid: int) -> None:
+        try:
+            await respond(sid)
+        except (h2.exceptions.ProtocolError, ConnectionError):
+            pass  # the client reset the stream or left
+        finally:
+            tasks.pop(sid, None)
+
+    try:
+        while True:
+            data = await reader.read(CHUNK)
+            if not data:
+                return
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.RequestReceived):
+                    pending[ev.stream_id] = [ev.headers, bytearray(), []]
+                elif isinstance(ev, h2.events.DataReceived):
+                    if ev.stream_id in pending:
+                        pending[ev.stream_id][1] += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.TrailersReceived):
+                    pending[ev.stream_id][2] = list(ev.headers)
+                elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id in pending:
+                    tasks[ev.stream_id] = asyncio.get_running_loop().create_task(run(ev.stream_id))
+                elif isinstance(ev, h2.events.StreamReset):
+                    pending.pop(ev.stream_id, None)
+                    t = tasks.pop(ev.stream_id, None)
+                    if t is not None:
+                        t.cancel()
+                elif isinstance(ev, h2.events.WindowUpdated):
+                    window.set()
+                elif isinstance(ev, h2.events.ConnectionTerminated):
+                    flush()
+                    return
+            flush()
+    finally:
+        for t in list(tasks.values()):
+            t.cancel()
 
 
 # --- TLS material ------------------------------------------------------------------------
@@ -327,6 +440,25 @@ def start_http1(ssl_context=None) -> Server:
 @pytest.fixture
 def http1_server():
     s = start_http1()
+    yield s
+    s.stop()
+
+
+def start_http2(ssl_context=None) -> Server:
+    """One more HTTP/2 server (the caller stops it)."""
+    return Server(_h2_connection, ssl_context)
+
+
+@pytest.fixture
+def http2_server():
+    s = start_http2()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def http2_tls_server(tls_ca):
+    s = start_http2(tls_ca.server_context(["h2"]))
     yield s
     s.stop()
 

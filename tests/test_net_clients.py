@@ -285,3 +285,119 @@ def test_tls_client_certificate(io, http, http1_mtls_server, tls_ca):
     c = tls_cluster(http1_mtls_server, tls_ca, cert_file=tls_ca.client_cert_file,
                     key_file=tls_ca.client_key_file)
     assert echo(fetch(io, http, c))
+
+
+# --- HTTP/2 ------------------------------------------------------------------------------
+
+def h2c(server, **kw) -> Cluster:
+    return Cluster("h2", (server.endpoint,), http2=True, **kw)
+
+
+def test_h2_request_and_trailers_both_ways(io, http, http2_server):
+    c = h2c(http2_server)
+    doc = echo(fetch(io, http, c, "/echo/x?y=1", method="POST", body=b"payload",
+                     headers=[(b"X-Custom", b"1"), (b"connection", b"close"), (b"te", b"trailers")],
+                     trailers=[(b"x-sum", b"7")]))
+    assert doc["protocol"] == "2" and doc["authority"] == "upstream.test"
+    assert doc["method"] == "POST" and doc["path"] == "/echo/x?y=1" and doc["body"] == "payload"
+    assert ["x-custom", "1"] in doc["headers"] and ["content-length", "7"] in doc["headers"]
+    assert ["te", "trailers"] in doc["headers"]
+    assert not any(n == "connection" for n, _ in doc["headers"])
+    assert doc["trailers"] == [["x-sum", "7"]]
+    r = fetch(io, http, c, "/trailers")
+    assert r.body == b"with trailers"
+    assert r.trailers == [(b"x-checksum", b"42"), (b"x-more", b"yes")]
+    # trailers without a body
+    assert echo(fetch(io, http, c, trailers=[(b"x-only", b"1")]))["trailers"] == [["x-only", "1"]]
+    r = fetch(io, http, c, "/status/404")
+    assert r.headers[0] == (b":status", b"404") and r.body == b"status 404"
+
+
+def test_h2_multiplexes_one_connection(io, http, http2_server):
+    c = h2c(http2_server)
+
+    async def many():
+        return await asyncio.gather(*(http.request(c, get(f"/slow/{20 + i}"), b"", [], 5)
+                                      for i in range(20)))
+    rs = call(io, many())
+    assert [r.body for r in rs] == [b"slow"] * 20
+    assert http2_server.connections == 1 and http2_server.requests == 20
+    echo(fetch(io, http, c))
+    assert http2_server.connections == 1
+
+
+def test_h2_round_robin(io, http, http2_server):
+    from servers import start_http2
+    s2 = start_http2()
+    try:
+        c = Cluster("rr2", (http2_server.endpoint, s2.endpoint), http2=True)
+        for _ in range(4):
+            echo(fetch(io, http, c))
+        assert (http2_server.requests, s2.requests) == (2, 2)
+        assert (http2_server.connections, s2.connections) == (1, 1)
+    finally:
+        s2.stop()
+
+
+def test_h2_failures(io, http, http2_server):
+    c = h2c(http2_server)
+    assert failure(io, http, c, "/reset").reason == "connection reset"
+    assert failure(io, http, c, "/hang", timeout=0.2).reason == "timeout"
+    assert failure(io, http, h2c(http2_server, request_timeout=0.2), "/hang").reason == "timeout"
+    assert echo(fetch(io, http, c))["protocol"] == "2"  # the connection survived all that
+    assert http2_server.connections == 2  # one per cluster (the two differ in request_timeout)
+    assert failure(io, http, Cluster("down", (refused_endpoint(),), http2=True)).reason == \
+        "connection refused"
+
+
+def test_h2_against_an_http1_server(io, http, http1_server):
+    e = failure(io, http, h2c(http1_server), timeout=2)
+    assert e.reason in ("protocol error", "connection reset"), e
+
+
+@pytest.mark.parametrize("query", ["", "?chunked"])
+def test_h2_response_too_large_is_not_read(io, http, http2_server, query):
+    c = h2c(http2_server, max_response_bytes=1 << 20)
+    e = failure(io, http, c, f"/big/{100 << 20}{query}", timeout=10)
+    assert e.reason == "response too large"
+    # flow control: the server could send the limit plus one connection window at most
+    assert http2_server.sent < 8 << 20
+    assert len(fetch(io, http, c, f"/big/{1 << 20}").body) == 1 << 20
+
+
+def test_h2_streaming(io, http, http2_server):
+    c = h2c(http2_server)
+
+    async def body():
+        for part in (b"one ", b"two"):
+            await asyncio.sleep(0)
+            yield part
+
+    async def go():
+        resp = await http.open(c, get("/echo", method="POST"), body(), 5)
+        got = b"".join([chunk async for chunk in resp.chunks()])
+        await resp.release()
+        tr = await http.open(c, get("/trailers"), b"", 5)
+        trailers = await tr.trailers()
+        await tr.release()
+        big = await http.open(c, get(f"/big/{50 << 20}"), b"", 5)
+        first = await big.chunks().__anext__()
+        await asyncio.sleep(0.1)  # an unread stream holds at most its window
+        held = http2_server.sent
+        await big.release()
+        return resp.status, json.loads(got), trailers, len(first), held
+
+    status, doc, trailers, first, held = call(io, go())
+    assert status == 200 and doc["body"] == "one two"
+    assert trailers == [(b"x-checksum", b"42"), (b"x-more", b"yes")]
+    assert first > 0 and held < 2 << 20
+    assert echo(fetch(io, http, c))["protocol"] == "2"
+
+
+def test_h2_tls_alpn(io, http, http2_tls_server, http1_tls_server, tls_ca):
+    doc = echo(fetch(io, http, tls_cluster(http2_tls_server, tls_ca, http2=True)))
+    assert doc["protocol"] == "2"
+    e = failure(io, http, tls_cluster(http1_tls_server, tls_ca, http2=True))
+    assert e.reason == "protocol error" and "ALPN" in e.detail
+    e = failure(io, http, tls_cluster(http2_tls_server, tls_ca, http2=True, sni="nope.test"))
+    assert e.reason == "tls: certificate verify failed"

@@ -86,6 +86,8 @@ class RequestHead:
                 path = bytes(value).decode("latin-1")
             elif name == b":authority":
                 authority = bytes(value).decode("latin-1")
+            elif name == b"te" and bytes(value).strip().lower() == b"trailers":
+                rest.append((name, b"trailers"))  # the one TE value HTTP/2 allows (gRPC needs it)
             elif name.startswith(b":") or name in HOP_BY_HOP:
                 continue  # :scheme is the cluster's; framing headers are the client's
             else:

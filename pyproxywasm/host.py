@@ -497,7 +497,7 @@ class Host:
         if self._main is not None:
             self._main.stop(timeout)
         self.release_thread(timeout)
-        self.outbound.close(timeout)
+        self.outbound.close(min(max(timeout, 1.0), 5.0))
         self._closed = True
 
     def __enter__(self) -> "Host":

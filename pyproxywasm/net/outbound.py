@@ -100,14 +100,15 @@ class Outbound:
             self._direct[name] = cluster
         return cluster
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Closes the clients' connections (calls still running are cancelled)."""
+    def close(self, timeout: float = 2.0) -> None:
+        """Closes the clients' connections (calls still running are cancelled), waiting at
+        most `timeout` seconds."""
         clients = [c for c in (self._http, self._grpc) if c is not None]
         self._http = self._grpc = None
         if not clients or self._io is None:
             return
         try:
-            self._io.submit(_close_all(clients)).result(timeout)
+            self._io.submit(_close_all(clients)).result(max(timeout, 0.1))
         except Exception:  # noqa: BLE001 - closing must not fail the host's close
             _log.debug("closing outbound clients failed", exc_info=True)
 

@@ -258,6 +258,10 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm
     }
     vm->mem = ex.of.memory;
     for (int i = 0; i < FN_COUNT; i++) vm->has[i] = (uint8_t)get_func(vm, fn_names[i], &vm->fn[i]);
+    /* The AssemblyScript SDK exports the pre-spec name of this callback. */
+    if (!vm->has[FN_ON_GRPC_TRAILING])
+        vm->has[FN_ON_GRPC_TRAILING] =
+            (uint8_t)get_func(vm, "proxy_on_grpc_trailing_metadata", &vm->fn[FN_ON_GRPC_TRAILING]);
     /* The spec's allocator first; malloc only as the fallback (ABI.md §1). */
     if (!vm->has[FN_ALLOC]) vm->has[FN_ALLOC] = (uint8_t)get_func(vm, "malloc", &vm->fn[FN_ALLOC]);
     if (!vm->has[FN_ALLOC]) {

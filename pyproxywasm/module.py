@@ -42,6 +42,7 @@ _EXPORT_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "proxy_on_grpc_receive_initial_metadata": ((_I, _I, _I), ()),
     "proxy_on_grpc_receive": ((_I, _I, _I), ()),
     "proxy_on_grpc_receive_trailing_metadata": ((_I, _I, _I), ()),
+    "proxy_on_grpc_trailing_metadata": ((_I, _I, _I), ()),  # the AssemblyScript SDK's name
     "proxy_on_grpc_close": ((_I, _I, _I), ()),
     "proxy_on_done": ((_I,), (_I,)),
     "proxy_on_log": ((_I,), ()),
@@ -78,6 +79,10 @@ def _as_flags(info: wasmbin.ModuleInfo) -> int:
         if imp.module == "env" and imp.type is not None and \
                 _AS_GRPC_SHAPES.get(imp.name) == len(imp.type.params):
             flags |= lib.PW_MOD_AS_GRPC
+    # Builds of the AssemblyScript SDK from before the spec (proxy-runtime 0.1.1) number the
+    # gRPC and HTTP-call maps one higher; they are the ones exporting this callback.
+    if info.export("proxy_on_grpc_create_initial_metadata") is not None:
+        flags |= lib.PW_MOD_AS_MAPS
     return flags
 
 

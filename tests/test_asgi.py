@@ -520,3 +520,35 @@ def test_response_trailers_pass_through_the_plugin_with_hypercorn_http2():
     assert (b":status", b"200") in headers and (b"x-wasm-resp", b"f") in headers
     assert body == b"payload"
     assert (b"x-app-trailer", b"1") in trailers and (b"x-wasm-trailer", b"resp") in trailers
+
+
+def auth_server_app():
+    """The upstream an auth plugin calls: 200 with x-auth-user = the caller's x-user, else 403."""
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        user = dict(scope["headers"]).get(b"x-user")
+        status, headers = (200, [(b"x-auth-user", user)]) if user else (403, [])
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if user else b"who are you"})
+    return app
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_pause_resumed_by_an_http_call_answer(server):
+    from pyproxywasm.net import Cluster
+
+    calls = Calls()
+    plugin = PluginConfig(VmConfig(str(GO_HTTP.parent / "callouts.wasm")), name="auth",
+                          configuration='{"mode": "auth", "path": "/check"}')
+    with uvicorn_server(auth_server_app()) as upstream:
+        cluster = Cluster("callout", [upstream.split("//")[1]], connect_timeout=2.0)
+        mw = ProxyWasmMiddleware(starlette_app(calls), plugins=[plugin],
+                                 host_options={"clusters": [cluster]})
+        with asgi_server(server, mw) as url, httpx.Client(base_url=url, timeout=10) as c:
+            r = c.get("/private", headers={"x-user": "bob"})
+            assert r.status_code == 200 and hdr(r.json(), "x-auth-user") == ["bob"]
+            r = c.get("/private")
+            assert r.status_code == 403 and r.text == "who are you"
+            assert r.headers["x-auth-status"] == "403"
+    assert calls.n == 1

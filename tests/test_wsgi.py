@@ -246,3 +246,30 @@ def test_filter_chain_of_two_plugins():
         r = c.get("/chain")
         assert hdr(r.json(), "x-wasm-req") == ["a,b"]  # WSGI joins repeated headers
         assert r.headers.get_list("x-wasm-resp") == ["b", "a"]
+
+
+def test_pause_resumed_by_an_http_call_answer():
+    from pyproxywasm.net import Cluster
+    from _servers import uvicorn_server
+    from test_asgi import auth_server_app
+
+    calls = Calls()
+    plugin = PluginConfig(VmConfig(str(GO_HTTP.parent / "callouts.wasm")), name="auth",
+                          configuration='{"mode": "auth", "path": "/check"}')
+    with uvicorn_server(auth_server_app()) as upstream:
+        cluster = Cluster("callout", [upstream.split("//")[1]], connect_timeout=2.0)
+        app = Flask(__name__)
+
+        @app.route("/<path:p>")
+        def echo(p):
+            calls.n += 1
+            return {"headers": list(request.headers.items())}
+
+        app.wsgi_app = ProxyWasmWSGIMiddleware(app.wsgi_app, plugins=[plugin],
+                                               host_options={"clusters": [cluster]})
+        with waitress_server(app) as url, httpx.Client(base_url=url, timeout=10) as c:
+            r = c.get("/private", headers={"x-user": "bob"})
+            assert r.status_code == 200 and hdr(r.json(), "x-auth-user") == ["bob"]
+            r = c.get("/private")
+            assert r.status_code == 403 and r.text == "who are you"
+    assert calls.n == 1

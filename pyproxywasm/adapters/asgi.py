@@ -48,7 +48,8 @@ _REQ_HDR_OUT, _REQ_ENDED = lib.PW_S_REQ_HEADERS_OUT, lib.PW_S_REQ_ENDED
 _RESP_HDR_OUT, _RESP_ENDED, _RESP_TR_OUT = (lib.PW_S_RESP_HEADERS_OUT, lib.PW_S_RESP_ENDED,
                                             lib.PW_S_RESP_TRAILERS_OUT)
 _RESET, _LOCAL, _FAILED = lib.PW_S_RESET, lib.PW_S_LOCAL_REPLY, lib.PW_S_FAILED
-_POLL = 0.25  # a held stream is also re-checked this often (a resume from another stream's callback)
+_POLL = 0.25  # a held stream is also re-checked this often (a resume made from another
+# stream's callback is not an event of the dispatcher's)
 
 
 class StreamReset(Exception):
@@ -61,20 +62,24 @@ class _ClientGone(Exception):
 
 
 class _LoopState:
-    """One event loop's share: its thread's dispatcher attached to it, and the exchanges
-    held by a plugin, re-checked after every dispatcher run."""
+    """One event loop's share: its thread's dispatcher attached to it. An exchange a plugin
+    holds asks the dispatcher to tell it (Dispatcher.watch) when an event it delivers (a
+    tick, a queue notification, a call's answer) continues, answers or resets one of its
+    streams."""
 
     def __init__(self, host: Host, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.host = host
         self.props = StreamProperties()
-        self.waiting: set[_Exchange] = set()
-        self.detach = host.dispatcher.attach(loop, after=self.recheck)
+        self.dispatcher = host.dispatcher
+        self._vm_keys: dict[int, int] = {}
+        self.detach = self.dispatcher.attach(loop)
 
-    def recheck(self) -> None:
-        for ex in list(self.waiting):
-            if ex.chain.refresh():
-                ex.wake()
+    def vm_key(self, s) -> int:
+        k = self._vm_keys.get(id(s._vmobj))
+        if k is None:
+            k = self._vm_keys[id(s._vmobj)] = lib.pw_vm_key(s._vm)
+        return k
 
 
 class ProxyWasmMiddleware:
@@ -167,7 +172,6 @@ class ProxyWasmMiddleware:
         except _ClientGone:
             pass
         finally:
-            ls.waiting.discard(ex)
             if ex.recv_task is not None:
                 ex.recv_task.cancel()
             chain.finish()
@@ -212,7 +216,10 @@ class _Exchange:
         if ev is None:
             ev = self.event = asyncio.Event()
         ev.clear()
-        self.ls.waiting.add(self)
+        d, ls = self.ls.dispatcher, self.ls
+        watched = [(ls.vm_key(s), s._id) for s in self.chain.streams if s._id]
+        for key in watched:
+            d.watch(key[0], key[1], self.wake)
         try:
             if not self.gone:
                 # Keep reading the client meanwhile: more body goes into the chain (held,
@@ -234,7 +241,8 @@ class _Exchange:
                 except asyncio.TimeoutError:
                     pass
         finally:
-            self.ls.waiting.discard(self)
+            for key in watched:
+                d.unwatch(key[0], key[1])
         self.chain.refresh()
         self.chain.pump()
 

@@ -3,9 +3,11 @@
 For each server (uvicorn for ASGI, waitress for WSGI) and each filter ("none", "minimal",
 "go"), a server process is started on a free 127.0.0.1 port, pinned to one core when the
 machine has two or more (wrk gets another), and measured twice:
-- throughput: wrk -c32 for the duration; req/s. The server is one process on one core, so
-  1/req/s is its CPU time per request, and the filter's cost per request is the difference
-  with the plain app's.
+- throughput: wrk -c32 for the duration; req/s, and the server process's CPU time per
+  request (from /proc). The filter's cost per request is the CPU difference with the plain
+  app's; the req/s it costs on a core of its own is 1 - cpu(plain)/cpu(filter). Both are
+  far less disturbed by other load on the machine than wall-clock req/s, which is also
+  reported.
 - latency: wrk -c1 (one request at a time); p50 and p99. The added latency is the p50
   difference with the plain app's.
 Filters alternate within each round and the rounds repeat (medians are kept), so drift on
@@ -52,7 +54,7 @@ def start_server(kind: str, filter_name: str) -> tuple[subprocess.Popen, int]:
                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
                "--no-access-log", "--lifespan", "on"]
         try:
-            import httptools  # noqa: F401
+            import httptools  # noqa: F401  (uvicorn's fast stack, when installed)
             import uvloop  # noqa: F401
             cmd += ["--loop", "uvloop", "--http", "httptools"]
         except ImportError:
@@ -82,16 +84,31 @@ def _us(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(port: int, connections: int, duration: float) -> dict[str, float]:
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def wrk(port: int, connections: int, duration: float, pid: int | None = None) -> dict[str, float]:
     cmd = _pin(1) + ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
                      f"http://127.0.0.1:{port}/"]
+    cpu0 = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - cpu0 if pid else 0.0
+    total = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    lat = dict(re.findall(r"^\s*(50|99)%\s+(\S+)\s*$", out, re.M))
+    if "50" not in lat or "99" not in lat:
+        raise RuntimeError(f"cannot read wrk's latency distribution:\n{out}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"wrk saw {errors.group(1)} error responses:\n{out}")
-    return {"rps": rps, "p50_us": _us(lat["50"]), "p99_us": _us(lat["99"])}
+    return {"rps": rps, "p50_us": _us(lat["50"]), "p99_us": _us(lat["99"]),
+            "cpu_us": cpu / total * 1e6 if pid and total else 0.0}
 
 
 def measure(kind: str, duration: float, rounds: int) -> dict[str, dict[str, float]]:
@@ -101,14 +118,14 @@ def measure(kind: str, duration: float, rounds: int) -> dict[str, dict[str, floa
             proc, port = start_server(kind, f)
             try:
                 wrk(port, 8, 1.0)  # warm-up
-                thr = wrk(port, 32, duration)
+                thr = wrk(port, 32, duration, proc.pid)
                 lat = wrk(port, 1, duration)
             finally:
                 proc.terminate()
                 proc.wait(10)
             runs[f].append({"rps": thr["rps"], "p50_us": lat["p50_us"], "p99_us": lat["p99_us"],
-                            "rps_c1": lat["rps"]})
-            print(f"{kind} round {r + 1} {f:8s} {thr['rps']:9.0f} req/s   "
+                            "rps_c1": lat["rps"], "cpu_us": thr["cpu_us"]})
+            print(f"{kind} round {r + 1} {f:8s} {thr['rps']:9.0f} req/s  cpu {thr['cpu_us']:6.1f} us/req  "
                   f"p50 {lat['p50_us']:7.1f} us  p99 {lat['p99_us']:7.1f} us", flush=True)
     return {f: {k: statistics.median(x[k] for x in v) for k in v[0]} for f, v in runs.items()}
 
@@ -124,6 +141,10 @@ def summarize(results: dict[str, dict[str, dict[str, float]]]) -> dict:
             rows[f]["rps_drop_pct"] = 100.0 * (1 - x["rps"] / plain["rps"])
             rows[f]["cost_us"] = (1 / x["rps"] - 1 / plain["rps"]) * 1e6
             rows[f]["added_p50_us"] = x["p50_us"] - plain["p50_us"]
+            # The server's own CPU time per request: what the filter costs, much less
+            # disturbed by other load on the machine than wall-clock req/s.
+            rows[f]["cpu_added_us"] = x["cpu_us"] - plain["cpu_us"]
+            rows[f]["cpu_drop_pct"] = 100.0 * (1 - plain["cpu_us"] / x["cpu_us"]) if x["cpu_us"] else 0.0
         out[kind] = rows
     return out
 
@@ -137,12 +158,17 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (Debian: apt-get install -y wrk)")
+    from . import middleware_inproc
+
+    inproc = middleware_inproc.measure(rounds=a.rounds)
+    for kind, rows in inproc.items():
+        print(f"in-process {kind}: " + ", ".join(f"{f} {us:.1f} us" for f, us in rows.items()), flush=True)
     results = {k: measure(k, a.duration, a.rounds) for k in a.servers.split(",")}
     data = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": {"cores": os.cpu_count(), "load_avg": os.getloadavg(),
                         "python": sys.version.split()[0]},
             "duration_s": a.duration, "rounds": a.rounds,
-            "raw": results, "summary": summarize(results)}
+            "raw": results, "summary": summarize(results), "inproc": inproc}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(data, indent=2))
     print(f"wrote {a.out}")

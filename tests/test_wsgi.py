@@ -272,4 +272,5 @@ def test_pause_resumed_by_an_http_call_answer():
             assert r.status_code == 200 and hdr(r.json(), "x-auth-user") == ["bob"]
             r = c.get("/private")
             assert r.status_code == 403 and r.text == "who are you"
+        app.wsgi_app.close()  # the Host it made, and its outbound connections
     assert calls.n == 1

@@ -72,14 +72,11 @@ class _LoopState:
         self.host = host
         self.props = StreamProperties()
         self.dispatcher = host.dispatcher
-        self._vm_keys: dict[int, int] = {}
         self.detach = self.dispatcher.attach(loop)
 
-    def vm_key(self, s) -> int:
-        k = self._vm_keys.get(id(s._vmobj))
-        if k is None:
-            k = self._vm_keys[id(s._vmobj)] = lib.pw_vm_key(s._vm)
-        return k
+    @staticmethod
+    def vm_key(s) -> int:
+        return lib.pw_vm_key(s._vm)  # the slow path only: a held stream
 
 
 class ProxyWasmMiddleware:

@@ -16,7 +16,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_listening(port: int, thread: threading.Thread, timeout: float = 30.0) -> None:
+def _wait_listening(port: int, thread: threading.Thread, timeout: float = 180.0) -> None:
+    # Generous: a server listens only after lifespan startup, which compiles the plugins
+    # (slow under the sanitizers on a loaded machine).
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not thread.is_alive():

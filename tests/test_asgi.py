@@ -158,7 +158,7 @@ def test_bundled_example_filter():
 @pytest.mark.parametrize("server", SERVERS)
 def test_pause_resumed_by_tick_keeps_the_loop_free(server):
     calls = Calls()
-    mw = ProxyWasmMiddleware(starlette_app(calls), plugins=[go("pause tick=300")])
+    mw = ProxyWasmMiddleware(starlette_app(calls), plugins=[go("pause tick=1000")])
 
     async def main(url):
         async with httpx.AsyncClient(base_url=url, timeout=10) as c:

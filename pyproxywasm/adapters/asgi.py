@@ -48,6 +48,7 @@ _REQ_HDR_OUT, _REQ_ENDED = lib.PW_S_REQ_HEADERS_OUT, lib.PW_S_REQ_ENDED
 _RESP_HDR_OUT, _RESP_ENDED, _RESP_TR_OUT = (lib.PW_S_RESP_HEADERS_OUT, lib.PW_S_RESP_ENDED,
                                             lib.PW_S_RESP_TRAILERS_OUT)
 _RESET, _LOCAL, _FAILED = lib.PW_S_RESET, lib.PW_S_LOCAL_REPLY, lib.PW_S_FAILED
+_DRAIN_SECONDS, _DRAIN_BYTES = 2.0, 16 << 20
 _POLL = 0.25  # a held stream is also re-checked this often (a resume made from another
 # stream's callback is not an event of the dispatcher's)
 
@@ -288,6 +289,31 @@ class _Exchange:
                 return  # the app left its response unfinished: the server deals with that
             await self._wait()
             await self._flush()
+        if chain.answered and not self.down_ended:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """After a local reply sent while the client was still sending its body: read (and
+        drop) the rest for a while, so the client gets to read the reply instead of a
+        reset, as Envoy does; bounded in time and bytes."""
+        loop = asyncio.get_running_loop()
+        deadline, left = loop.time() + _DRAIN_SECONDS, _DRAIN_BYTES
+        while not self.down_ended and left > 0:
+            wait = deadline - loop.time()
+            if wait <= 0:
+                return
+            if self.recv_task is None:
+                self.recv_task = asyncio.ensure_future(self.receive())
+            done, _ = await asyncio.wait((self.recv_task,), timeout=wait)
+            if not done:
+                return
+            t, self.recv_task = self.recv_task, None
+            msg = t.result()
+            if msg["type"] != "http.request":
+                return
+            left -= len(msg.get("body", b""))
+            if not msg.get("more_body", False):
+                return
 
     def _app_scope(self, last) -> Scope:
         hdrs = decode_raw(_raw(last, _R_REQ_HDR))

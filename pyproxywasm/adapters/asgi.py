@@ -466,6 +466,10 @@ class _Exchange:
             out.append(kv)
         if fix and ended:
             out.append((b"content-length", str(len(body)).encode()))
+        if answered and not self.down_ended and self.scope.get("http_version") in ("1.0", "1.1"):
+            # Answered before the request was all read: the connection cannot be reused
+            # (Envoy closes it too), and saying so keeps the client from trying.
+            out.append((b"connection", b"close"))
         ext = self.scope.get("extensions")
         self.trailers_declared = bool(ext and "http.response.trailers" in ext) and (
             self.trailers_declared or bool(trailers))

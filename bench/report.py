@@ -107,7 +107,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
     b.axvline(10, color="tab:orange", linestyle="--", label="target 10% (Go)")
     b.set_xlabel("req/s lost to the filter (%), against the smallest possible app")
     b.invert_yaxis()
-    b.legend(loc="lower right", fontsize=8)
+    b.legend(loc="lower right", fontsize=7, ncol=2, framealpha=0.95)
     fig.suptitle("pyproxywasm middleware vs a plain app (wrk, one run), beside published Envoy-mesh figures")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

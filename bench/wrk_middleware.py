@@ -74,6 +74,22 @@ def start_server(kind: str, filter_name: str) -> tuple[subprocess.Popen, int]:
     raise TimeoutError("the server did not start")
 
 
+def ready(port: int, timeout: float = 60.0) -> None:
+    """Until one request is answered (a WSGI host starts its plugins on the first one)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=timeout) as r:
+                r.read()
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 _UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6}
 
 
@@ -100,6 +116,8 @@ def wrk(port: int, connections: int, duration: float, pid: int | None = None) ->
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     cpu = cpu_seconds(pid) - cpu0 if pid else 0.0
     total = int(re.search(r"(\d+) requests in", out).group(1))
+    if not total:
+        raise RuntimeError(f"wrk got no answer:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = dict(re.findall(r"^\s*(50|99)%\s+(\S+)\s*$", out, re.M))
     if "50" not in lat or "99" not in lat:
@@ -115,14 +133,21 @@ def measure(kind: str, duration: float, rounds: int) -> dict[str, dict[str, floa
     runs: dict[str, list[dict[str, float]]] = {f: [] for f in FILTERS}
     for r in range(rounds):
         for f in FILTERS:
-            proc, port = start_server(kind, f)
-            try:
-                wrk(port, 8, 1.0)  # warm-up
-                thr = wrk(port, 32, duration, proc.pid)
-                lat = wrk(port, 1, duration)
-            finally:
-                proc.terminate()
-                proc.wait(10)
+            for attempt in (1, 2):  # one retry: a run can starve on a shared machine
+                proc, port = start_server(kind, f)
+                try:
+                    ready(port)
+                    wrk(port, 8, 1.0)  # warm-up
+                    thr = wrk(port, 32, duration, proc.pid)
+                    lat = wrk(port, 1, duration)
+                    break
+                except RuntimeError as e:
+                    if attempt == 2:
+                        raise
+                    print(f"{kind} {f}: run lost ({str(e).splitlines()[0]}), once more", flush=True)
+                finally:
+                    proc.terminate()
+                    proc.wait(10)
             runs[f].append({"rps": thr["rps"], "p50_us": lat["p50_us"], "p99_us": lat["p99_us"],
                             "rps_c1": lat["rps"], "cpu_us": thr["cpu_us"]})
             print(f"{kind} round {r + 1} {f:8s} {thr['rps']:9.0f} req/s  cpu {thr['cpu_us']:6.1f} us/req  "

@@ -487,7 +487,7 @@ HOSTCALL(register_shared_queue) {
     MEM(name, U(0), U(1));
     if (!gmem(vm, U(2), 4)) RET(ST_INVALID_MEMORY_ACCESS);
     pw_ctx *root = root_of_eff(vm);
-    uint32_t id = queue_register(vm->vm_id.p, vm->vm_id.len, name, U(1), vm->disp, vm->vm_key,
+    uint32_t id = queue_register(vm->scope.p, vm->scope.len, name, U(1), vm->disp, vm->vm_key,
                                  root ? root->id : 0);
     if (!id) RET(ST_INTERNAL_FAILURE);
     gput_u32(vm, U(2), id);
@@ -500,8 +500,15 @@ HOSTCALL(resolve_shared_queue) {
     MEM(name, U(2), U(3));
     if (!gmem(vm, U(4), 4)) RET(ST_INVALID_MEMORY_ACCESS);
     uint32_t id = 0;
-    int st = U(1) ? queue_resolve(vid, U(1), name, U(3), &id)
-                  : queue_resolve(vm->vm_id.p, vm->vm_id.len, name, U(3), &id);
+    int st = ST_OK;
+    if (U(1)) { /* another vm_id, in this VM's namespace */
+        pw_buf scope = {0};
+        st = scope_make(&scope, vm->ns.p, vm->ns.len, vid, U(1)) ? ST_INTERNAL_FAILURE
+             : queue_resolve(scope.p, scope.len, name, U(3), &id);
+        buf_free(&scope);
+    } else {
+        st = queue_resolve(vm->scope.p, vm->scope.len, name, U(3), &id);
+    }
     if (st == ST_OK) gput_u32(vm, U(4), id);
     RET(st);
 }

@@ -338,7 +338,8 @@ struct pw_vm {
     uint32_t max_calls;
 
     pw_dispatcher *disp; /* the owner thread's dispatcher */
-    struct pw_space *space; /* this vm_id's shared data (shared.c) */
+    struct pw_space *space; /* this scope's shared data (shared.c) */
+    pw_buf ns, scope;       /* the host's namespace; (namespace, vm_id) as one key (namespace.c) */
     uint64_t vm_key;     /* process-unique: queue owners name their VM by it */
 };
 
@@ -435,7 +436,11 @@ void wasi_flush(pw_vm *vm); /* logs partial stdout/stderr lines */
 int props_get(pw_vm *vm, pw_ctx *ctx, const uint8_t *path, size_t pl, pw_buf *out);
 int props_set(pw_vm *vm, pw_ctx *ctx, const uint8_t *path, size_t pl, const uint8_t *v, size_t vl);
 
-/* shared.c, queue.c, metrics.c */
+/* namespace.c */
+int scope_make(pw_buf *out, const uint8_t *ns, size_t nsl, const uint8_t *vm_id, size_t vl);
+int vm_namespace_apply(pw_vm *vm, const uint8_t *ns, size_t nsl); /* sets ns, scope, space */
+
+/* shared.c, queue.c (keyed by scope), metrics.c (by namespace) */
 typedef struct pw_space pw_space; /* one vm_id's shared data */
 pw_space *shared_space(const uint8_t *vm_id, size_t vl, int create);
 int shared_get(pw_space *s, const uint8_t *k, size_t kl, pw_buf *out, uint32_t *cas);

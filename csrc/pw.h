@@ -171,8 +171,10 @@ void pw_dispatcher_close(pw_dispatcher *d);
 
 /* A VM: one instance of a module, owned by the calling thread (whose dispatcher is d).
  * Runs the WASI start-up (_initialize + main, or _start). vm_id and vm_config are kept for
- * the VM's roots; environ is "K=V\0K=V\0" for WASI environ_get. */
-pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm_id_len,
+ * the VM's roots; environ is "K=V\0K=V\0" for WASI environ_get. ns is the host's namespace
+ * (below: where the VM's shared data, queues and metrics live). */
+pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *ns, size_t ns_len,
+                 const uint8_t *vm_id, size_t vm_id_len,
                  const uint8_t *vm_config, size_t vm_config_len, const uint8_t *environ,
                  size_t environ_len, void *log_handle, char *err, size_t errlen);
 void pw_vm_free(pw_vm *vm);
@@ -204,6 +206,9 @@ int pw_root_new(pw_vm *vm, const uint8_t *name, size_t name_len, const uint8_t *
 void pw_root_set_log_level(pw_vm *vm, uint32_t root, int level);
 uint32_t pw_root_tick_period(pw_vm *vm, uint32_t root);
 int pw_root_tick(pw_vm *vm, uint32_t root);
+/* The context the VM is running a callback for (0: none), for the log callback to tell
+ * which stream logged; owner thread only. */
+uint32_t pw_vm_current_context(pw_vm *vm);
 /* 1 while the context exists (a root pending proxy_done still exists). */
 int pw_context_alive(pw_vm *vm, uint32_t ctx);
 /* Calls on_done; returns 1 when the root was deleted, 0 when it is pending proxy_done. */
@@ -245,28 +250,39 @@ int pw_tcp_flags(pw_vm *vm, uint32_t ctx);
 int pw_tcp_finish(pw_vm *vm, uint32_t ctx);
 int pw_tcp_read(pw_vm *vm, uint32_t ctx, int what, const uint8_t **out, size_t *len);
 
-/* Shared data (per vm_id, process-wide) as the guests see it. */
-int pw_shared_get(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *key, size_t key_len,
-                  uint8_t **out, size_t *out_len, uint32_t *cas);
-int pw_shared_set(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *key, size_t key_len,
-                  const uint8_t *value, size_t value_len, uint32_t cas);
+/* Namespaces (pw_vm_new's ns): a host's VMs keep shared data and queues by (namespace,
+ * vm_id) and metrics by (namespace, name), so hosts in one process see each other's state
+ * only when they share a namespace. The default is "" (process-wide, as in Envoy). */
+/* Shared data (per namespace and vm_id) as the guests see it. */
+int pw_shared_get(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
+                  const uint8_t *key, size_t key_len, uint8_t **out, size_t *out_len,
+                  uint32_t *cas);
+int pw_shared_set(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
+                  const uint8_t *key, size_t key_len, const uint8_t *value, size_t value_len,
+                  uint32_t cas);
 /* Benchmark baseline only: 1 makes every shard of every store take one process lock. */
 void pw_shared_single_lock(int on);
 /* Shared queues: resolve a queue id and read its depth. */
-int pw_queue_resolve(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *name,
-                     size_t name_len, uint32_t *out_id);
+int pw_queue_resolve(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
+                     const uint8_t *name, size_t name_len, uint32_t *out_id);
 int pw_queue_size(uint32_t id);
 int pw_queue_enqueue(uint32_t id, const uint8_t *data, size_t len);
 /* How many items may wait in one queue (0: the default, 1 << 20); past it, producers get
  * INTERNAL_FAILURE. */
 void pw_queue_set_max_items(uint32_t n);
 
-/* Metrics (process-wide, by name). kind: 0 counter, 1 gauge, 2 histogram. For a
- * histogram, value is the sample count and sum is the sum of samples. */
-int pw_metric_get(const uint8_t *name, size_t name_len, int *kind, int64_t *value, uint64_t *sum);
-/* Snapshot of all metrics: records of kind (u8), name length (u32), value (i64), sum
- * (u64), little-endian, then the name; free with pw_bytes_free. */
-int pw_metrics_dump(uint8_t **out, size_t *len);
+/* Metrics (by namespace and name). kind: 0 counter, 1 gauge, 2 histogram. For a
+ * histogram, value is the sample count and sum is the sum of samples; each histogram also
+ * counts its samples in PW_HIST_BUCKETS buckets (Envoy's default bounds, below: a sample
+ * v falls in the first bucket whose bound b has v <= b; the last bucket is +Inf). */
+#define PW_HIST_BUCKETS 20
+void pw_hist_bounds(double out[19]);
+int pw_metric_get(const uint8_t *ns, size_t ns_len, const uint8_t *name, size_t name_len,
+                  int *kind, int64_t *value, uint64_t *sum);
+/* Snapshot of a namespace's metrics: records of kind (u8), name length (u32), value (i64),
+ * sum (u64), little-endian, then the name, then for a histogram PW_HIST_BUCKETS bucket
+ * counts (u64 each, not cumulative); free with pw_bytes_free. */
+int pw_metrics_dump(const uint8_t *ns, size_t ns_len, uint8_t **out, size_t *len);
 /* cdef-end */
 
 #endif

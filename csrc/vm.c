@@ -210,7 +210,8 @@ static int get_func(pw_vm *vm, const char *name, wasmtime_func_t *out) {
 
 static int vm_start_wasi(pw_vm *vm);
 
-pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm_id_len,
+pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *ns, size_t ns_len,
+                 const uint8_t *vm_id, size_t vm_id_len,
                  const uint8_t *vm_config, size_t vm_config_len, const uint8_t *environ,
                  size_t environ_len, void *log_handle, char *err, size_t errlen) {
     if (!pthread_equal(d->owner, pthread_self())) {
@@ -235,7 +236,7 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm
     vm->next_id = 1;
     if (buf_set(&vm->vm_id, vm_id, vm_id_len) || buf_set(&vm->vm_config, vm_config, vm_config_len) ||
         buf_set(&vm->environ, environ, environ_len) ||
-        !(vm->space = shared_space(vm_id, vm_id_len, 1))) {
+        vm_namespace_apply(vm, ns, ns_len)) {
         snprintf(err, errlen, "out of memory");
         pw_vm_free(vm);
         return NULL;
@@ -306,6 +307,8 @@ void pw_vm_free(pw_vm *vm) {
     ctx_table_free(vm);
     if (vm->store) WT.store_delete(vm->store);
     buf_free(&vm->vm_id);
+    buf_free(&vm->ns);
+    buf_free(&vm->scope);
     buf_free(&vm->vm_config);
     buf_free(&vm->environ);
     buf_free(&vm->scratch);

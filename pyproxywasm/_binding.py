@@ -7,7 +7,7 @@ plugin log line at an enabled level, and a foreign function call.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from . import _wasmtime  # noqa: F401  (binds the C core to wasmtime's library first)
 from ._core import ffi, lib
@@ -33,10 +33,17 @@ def proxy_level(logger: logging.Logger) -> int:
 
 
 class LogTarget:
-    """Where one plugin's (or one VM's) log lines go; held alive by its owner."""
+    """Where one plugin's (or one VM's) log lines go; held alive by its owner. Records get
+    Envoy's prefix as `extra` fields: proxywasm_plugin, proxywasm_root_id, proxywasm_vm_id
+    (Envoy writes "wasm log <plugin> <root_id> <vm_id>: ") and proxywasm_context_id, the
+    context (stream, or root) whose callback logged."""
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: logging.Logger, plugin: str = "", root_id: str = "",
+                 vm_id: str = "") -> None:
         self.logger = logger
+        self.extra = {"proxywasm_plugin": plugin, "proxywasm_root_id": root_id,
+                      "proxywasm_vm_id": vm_id}
+        self.vm: Any = None  # the pw_vm, once it exists (for the context id)
         self.handle = ffi.new_handle(self)
 
 
@@ -61,7 +68,9 @@ class ForeignFunctionStatus(Exception):
 def pw_py_log(handle, level, msg, length):  # pragma: no cover - exercised through plugins
     target: LogTarget = ffi.from_handle(handle)
     text = ffi.unpack(msg, length).decode("utf-8", errors="replace")
-    target.logger.log(PY_LEVELS[level] if 0 <= level < 6 else logging.CRITICAL, "%s", text)
+    ctx = lib.pw_vm_current_context(target.vm) if target.vm is not None else 0
+    target.logger.log(PY_LEVELS[level] if 0 <= level < 6 else logging.CRITICAL, "%s", text,
+                      extra={**target.extra, "proxywasm_context_id": ctx})
 
 
 @ffi.def_extern()

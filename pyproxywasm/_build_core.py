@@ -22,6 +22,7 @@ _SOURCES = [
     "hostcalls.c",
     "http.c",
     "metrics.c",
+    "namespace.c",
     "props.c",
     "queue.c",
     "shared.c",

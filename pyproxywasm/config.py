@@ -78,4 +78,6 @@ class PluginConfig:
 
     @property
     def display_name(self) -> str:
-        return self.name or self.root_id or "plugin"
+        """Names the plugin in logs (logger pyproxywasm.plugin.<this>): its name, else its
+        root_id, else its vm_id, else "plugin"."""
+        return self.name or self.root_id or self.vm_config.vm_id or "plugin"

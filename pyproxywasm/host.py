@@ -29,6 +29,7 @@ from .http import HttpStream
 from .module import CompiledModule, compile_module
 from .net.cluster import Cluster
 from .net.outbound import Outbound, Recorder, VmCalls
+from .state import SharedState
 from .tcp import TcpStream
 
 
@@ -36,23 +37,27 @@ class Vm:
     """One instance of a module, owned by the thread that created it."""
 
     def __init__(self, compiled: CompiledModule, vm_config: VmConfig, dispatcher: Dispatcher,
-                 host_properties, clock_ns: int = 0, buffer_limit: int | None = None) -> None:
+                 host_properties, clock_ns: int = 0, buffer_limit: int | None = None,
+                 namespace: str = "") -> None:
         self.compiled = compiled
         self.vm_config = vm_config
         self.abi_version = compiled.spec.abi_version
-        self._log = LogTarget(logging.getLogger(f"pyproxywasm.vm.{vm_config.vm_id or 'default'}"))
+        self._log = LogTarget(logging.getLogger(f"pyproxywasm.vm.{vm_config.vm_id or 'default'}"),
+                              vm_id=vm_config.vm_id)
         self._foreign: list[ForeignFunction] = []
         vm_id = vm_config.vm_id.encode()
         cfg = as_bytes(vm_config.configuration)
         env = vm_config.environ()
         err = ffi.new("char[1024]")
         start = time.perf_counter()
-        ptr = lib.pw_vm_new(compiled.ptr, dispatcher.ptr, vm_id, len(vm_id), cfg, len(cfg), env,
+        ns = namespace.encode()
+        ptr = lib.pw_vm_new(compiled.ptr, dispatcher.ptr, ns, len(ns), vm_id, len(vm_id), cfg, len(cfg), env,
                             len(env), self._log.handle, err, 1024)
         self.start_seconds = time.perf_counter() - start
         if ptr == ffi.NULL:
             raise PluginStartError("cannot start the VM: " + ffi.string(err).decode(errors="replace"))
         self.ptr = ptr
+        self._log.vm = ptr
         self.dispatcher = dispatcher
         self.calls: VmCalls | None = None  # its outbound calls, when the host routes any
         # Out-parameters reused by every call on this VM (all from its owner thread).
@@ -101,7 +106,8 @@ class RootContext:
         self.vm = vm
         self.thread = threading.get_ident()
         self.logger = logging.getLogger(f"pyproxywasm.plugin.{config.display_name}")
-        self._log = LogTarget(self.logger)
+        self._log = LogTarget(self.logger, config.name, config.root_id, config.vm_config.vm_id)
+        self._log.vm = vm.ptr
         name, root_id = config.name.encode(), config.root_id.encode()
         cfg = as_bytes(config.configuration)
         rc = lib.pw_root_new(vm.ptr, name, len(name), root_id, len(root_id), cfg, len(cfg),
@@ -279,6 +285,7 @@ class Host:
         max_calls_in_flight: int = lib.PW_DEFAULT_MAX_CALLS,
         io_loop: Any = None,
         call_recorder: Recorder | None = None,
+        namespace: str = "",
     ) -> None:
         """concurrency: worker threads to start (0: streams run on the callers' threads).
         clock_ns: a virtual clock for every VM (0: real time). cache_dir: where compiled
@@ -291,7 +298,12 @@ class Host:
         that is none of them is an unknown cluster, as in Envoy. max_calls_in_flight: per
         VM; past it a call answers INTERNAL_FAILURE. io_loop: the pyproxywasm.net.IoLoop
         the calls run on (default: the process's, started on first use). call_recorder:
-        where calls to clusters that are not real go (the testing harness)."""
+        where calls to clusters that are not real go (the testing harness).
+        namespace: whose shared data, shared queues and metrics the VMs use. Hosts with
+        the same namespace share them; the default "" is the process-wide one (as in
+        Envoy, where every VM of a process shares them). `host.state` reads them."""
+        self.namespace = namespace
+        self.state = SharedState(namespace)
         self.outbound = Outbound(clusters, recorder=call_recorder, io=io_loop)
         self._max_calls = max_calls_in_flight
         self._buffer_limit = buffer_limit
@@ -372,7 +384,7 @@ class Host:
         if vm is None:
             compiled = compile_module(code, self._cache_dir)
             vm = Vm(compiled, vm_config, st.dispatcher, self._host_properties, self._clock_ns,
-                    self._buffer_limit)
+                    self._buffer_limit, self.namespace)
             for ff in self._foreign:
                 vm.register_foreign(ff)
             if self.outbound.clusters or self.outbound.recorder is not None or self._any_host():

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from . import properties as props
 from ._binding import ffi, lib, raise_for
+from .abi import StreamFlags
 from .pairs import HeaderItems, Headers, decode_pairs, encode_headers
 
 if TYPE_CHECKING:
@@ -32,13 +33,17 @@ _STOPPED = (_REQ_STOPPED, _RESP_STOPPED)
 
 class Action(enum.IntEnum):
     """What a send_* did: CONTINUE when the data went on past the filter, PAUSE when it
-    was held (paused, or the stream ended by a local response, reset or failure)."""
+    was held (paused, or the stream ended by a local response, reset or failure), DROPPED
+    when an upstream response event came after the plugin's local response: Envoy drops
+    it (the local response replaced it), the plugin never sees it."""
 
     CONTINUE = 0
     PAUSE = 1
+    DROPPED = 2
 
 
 _CONTINUE, _PAUSE = Action.CONTINUE, Action.PAUSE  # enum attribute lookups are not free
+_LOCAL = lib.PW_S_LOCAL_REPLY
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,17 @@ class HttpStream:
         self.flags = f
         return _PAUSE if f & _STOPPED[direction] else _CONTINUE
 
+    def _dropped(self, f: int) -> Action:
+        if f < 0:
+            raise_for(f, self._vmobj)
+        self.flags = f
+        return Action.DROPPED
+
+    @property
+    def stream_flags(self) -> StreamFlags:
+        """The stream's state as named flags (the same bits as `flags`)."""
+        return StreamFlags(self.flags)
+
     def send_request_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
         data, n = (headers, -1) if headers.__class__ is bytes else encode_headers(headers)
         if self._id:
@@ -109,6 +125,9 @@ class HttpStream:
 
     def send_response_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
         data, n = (headers, -1) if headers.__class__ is bytes else encode_headers(headers)
+        if self.flags & _LOCAL:
+            return self._dropped(_headers(self._vm, self._id or self.context_id, _RESP, data,
+                                          len(data), n, end_stream))
         f = _headers(self._vm, self._id or self.context_id, _RESP, data, len(data), n, end_stream)
         if f < 0:
             raise_for(f, self._vmobj)
@@ -116,10 +135,15 @@ class HttpStream:
         return _PAUSE if f & _RESP_STOPPED else _CONTINUE
 
     def send_response_body(self, data: bytes, end_stream: bool = False) -> Action:
+        if self.flags & _LOCAL:
+            return self._dropped(_data(self._vm, self._id or self.context_id, _RESP, data,
+                                       len(data), end_stream))
         return self._done(_data(self._vm, self._id or self.context_id, _RESP, data, len(data), end_stream), 1)
 
     def send_response_trailers(self, trailers: HeaderItems) -> Action:
         data, n = encode_headers(trailers)
+        if self.flags & _LOCAL:
+            return self._dropped(_trailers(self._vm, self.context_id, _RESP, data, len(data), n))
         return self._done(_trailers(self._vm, self.context_id, _RESP, data, len(data), n), 1)
 
     def finish(self) -> None:
@@ -152,7 +176,7 @@ class HttpStream:
     def __enter__(self) -> "HttpStream":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.finish()
 
     # ---- what the filter did --------------------------------------------------------------

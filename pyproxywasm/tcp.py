@@ -5,6 +5,7 @@ import enum
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import properties as props
+from .abi import StreamFlags
 from ._binding import ffi, lib, raise_for
 from .http import Action
 
@@ -121,3 +122,15 @@ class TcpStream:
     @property
     def done(self) -> bool:
         return bool(self.flags & lib.PW_S_DONE)
+
+    @property
+    def stream_flags(self) -> StreamFlags:
+        """The connection's state as named flags (the same bits as `flags`)."""
+        return StreamFlags(self.flags)
+
+    def __enter__(self) -> "TcpStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Ends the connection (finish: on_log, on_done, on_delete) if it is not done."""
+        self.finish()

@@ -206,9 +206,12 @@ int pw_root_new(pw_vm *vm, const uint8_t *name, size_t name_len, const uint8_t *
 void pw_root_set_log_level(pw_vm *vm, uint32_t root, int level);
 uint32_t pw_root_tick_period(pw_vm *vm, uint32_t root);
 int pw_root_tick(pw_vm *vm, uint32_t root);
-/* The context the VM is running a callback for (0: none), for the log callback to tell
- * which stream logged; owner thread only. */
-uint32_t pw_vm_current_context(pw_vm *vm);
+/* The context the VM is running a callback for (0: none, kind -1) and its kind, for the
+ * log and foreign function callbacks to tell which stream called; owner thread only. */
+#define PW_CTX_ROOT 0
+#define PW_CTX_HTTP 1
+#define PW_CTX_TCP 2
+uint32_t pw_vm_current_context(pw_vm *vm, int *kind);
 /* 1 while the context exists (a root pending proxy_done still exists). */
 int pw_context_alive(pw_vm *vm, uint32_t ctx);
 /* Calls on_done; returns 1 when the root was deleted, 0 when it is pending proxy_done. */
@@ -217,7 +220,8 @@ int pw_root_foreign_call(pw_vm *vm, uint32_t root, uint32_t function_id,
                          const uint8_t *args, size_t len);
 
 /* Properties the host provides for a context (0 = every context of the VM): the path is
- * NUL-separated segments, the value already encoded as Envoy encodes it. */
+ * NUL-separated segments, the value already encoded as Envoy encodes it. These two may be
+ * called from a foreign function callback too (the guest waits; nothing calls into it). */
 int pw_set_host_property(pw_vm *vm, uint32_t ctx, const uint8_t *path, size_t path_len,
                          const uint8_t *value, size_t value_len);
 /* Reads a property as the guest would; *out is valid until the next call on the VM. */

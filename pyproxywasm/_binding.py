@@ -64,11 +64,14 @@ class ForeignFunctionStatus(Exception):
         self.status = status
 
 
+_kind = ffi.new("int *")  # out-parameter of pw_vm_current_context (GIL-guarded)
+
+
 @ffi.def_extern()
 def pw_py_log(handle, level, msg, length):  # pragma: no cover - exercised through plugins
     target: LogTarget = ffi.from_handle(handle)
     text = ffi.unpack(msg, length).decode("utf-8", errors="replace")
-    ctx = lib.pw_vm_current_context(target.vm) if target.vm is not None else 0
+    ctx = lib.pw_vm_current_context(target.vm, _kind) if target.vm is not None else 0
     target.logger.log(PY_LEVELS[level] if 0 <= level < 6 else logging.CRITICAL, "%s", text,
                       extra={**target.extra, "proxywasm_context_id": ctx})
 

@@ -29,6 +29,8 @@ from .http import HttpStream
 from .module import CompiledModule, compile_module
 from .net.cluster import Cluster
 from .net.outbound import Outbound, Recorder, VmCalls
+from .builtins import Builtins
+from .envoy_properties import with_defaults
 from .state import SharedState
 from .tcp import TcpStream
 
@@ -286,6 +288,7 @@ class Host:
         io_loop: Any = None,
         call_recorder: Recorder | None = None,
         namespace: str = "",
+        filter_state_keys: Iterable[str] = (),
     ) -> None:
         """concurrency: worker threads to start (0: streams run on the callers' threads).
         clock_ns: a virtual clock for every VM (0: real time). cache_dir: where compiled
@@ -301,7 +304,10 @@ class Host:
         where calls to clusters that are not real go (the testing harness).
         namespace: whose shared data, shared queues and metrics the VMs use. Hosts with
         the same namespace share them; the default "" is the process-wide one (as in
-        Envoy, where every VM of a process shares them). `host.state` reads them."""
+        Envoy, where every VM of a process shares them). `host.state` reads them.
+        properties: what plugins read with proxy_get_property, over Envoy's defaults
+        (pyproxywasm.envoy_properties). filter_state_keys: keys set_envoy_filter_state
+        accepts beyond Envoy's own (pyproxywasm.builtins)."""
         self.namespace = namespace
         self.state = SharedState(namespace)
         self.outbound = Outbound(clusters, recorder=call_recorder, io=io_loop)
@@ -310,7 +316,8 @@ class Host:
         self._clock_ns = clock_ns
         self._cache_dir = cache_dir
         self._manual = manual_dispatch
-        self._host_properties = list(props.flatten(properties or {}))
+        self._host_properties = list(props.flatten(with_defaults(properties)))
+        self.builtins = Builtins(filter_state_keys)
         self._foreign = [ForeignFunction(n, f) for n, f in (foreign_functions or {}).items()]
         self._local = threading.local()
         self._states: list[tuple[int, _ThreadState]] = []
@@ -385,7 +392,7 @@ class Host:
             compiled = compile_module(code, self._cache_dir)
             vm = Vm(compiled, vm_config, st.dispatcher, self._host_properties, self._clock_ns,
                     self._buffer_limit, self.namespace)
-            for ff in self._foreign:
+            for ff in self.builtins.for_vm(vm) + self._foreign:  # the host's own win
                 vm.register_foreign(ff)
             if self.outbound.clusters or self.outbound.recorder is not None or self._any_host():
                 vm.calls = VmCalls(self.outbound, vm.ptr, st.dispatcher,
@@ -423,6 +430,8 @@ class Host:
             st.dispatcher.run()
             pending = [r for r in pending if not r.close()]
         for vm in st.vms.values():
+            if vm.ptr is not None:
+                self.builtins.forget_vm(lib.pw_vm_key(vm.ptr))
             vm.close()
         st.vms.clear()
         st.roots.clear()

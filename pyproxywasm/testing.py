@@ -70,6 +70,7 @@ class PluginHarness:
         singleton: bool = False,
         runtime: str = "envoy.wasm.runtime.wasmtime",
         plugins: Sequence[Mapping[str, Any]] | None = None,
+        filter_state_keys: Iterable[str] = (),
     ) -> None:
         """clusters: what the plugin's outbound calls reach. None (the default): every
         cluster name is accepted and calls are recorded for the test to answer
@@ -81,7 +82,8 @@ class PluginHarness:
         runtime name (all run on wasmtime; it is part of the VM's identity).
         plugins: several plugins in the one VM, each a mapping of name, root_id,
         configuration, singleton (instead of the name/root_id/configuration arguments);
-        `h.plugins` holds them, `h.plugin` is the first."""
+        `h.plugins` holds them, `h.plugin` is the first.
+        filter_state_keys: keys set_envoy_filter_state accepts beyond Envoy's own."""
         self.now_ns = start_time_ns
         self.capture = LogCapture()
         self._logger = logging.getLogger("pyproxywasm")
@@ -100,7 +102,8 @@ class PluginHarness:
         self._allow_any_host = allow_any_host
         self.host = Host(properties=properties, foreign_functions=foreign_functions,
                          clock_ns=start_time_ns, manual_dispatch=True, clusters=real,
-                         call_recorder=self.recorder, namespace=self.namespace, **limits)
+                         call_recorder=self.recorder, namespace=self.namespace,
+                         filter_state_keys=filter_state_keys, **limits)
         self.state = self.host.state
         self.plugins: list[Plugin] = []
         try:
@@ -208,6 +211,17 @@ class PluginHarness:
     def clear_logs(self) -> None:
         """Forgets the records captured so far (logs() then shows only what comes next)."""
         self.capture.clear()
+
+    def _stream_key(self, stream: HttpStream | TcpStream) -> tuple[int, int]:
+        return int(lib.pw_vm_key(stream.plugin.vm.ptr)), stream.context_id
+
+    def filter_state(self, stream: HttpStream | TcpStream) -> dict[str, bytes]:
+        """What the stream's plugin set with the set_envoy_filter_state built-in."""
+        return dict(self.host.builtins.filter_state.get(self._stream_key(stream), {}))
+
+    def route_cache_clears(self, stream: HttpStream | TcpStream) -> int:
+        """How often the stream's plugin called the clear_route_cache built-in."""
+        return self.host.builtins.route_cache_clears.get(self._stream_key(stream), 0)
 
     def metric(self, name: str) -> int | Histogram | None:
         """A metric the plugins defined: the value of a counter or gauge, or a Histogram."""

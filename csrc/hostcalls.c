@@ -87,16 +87,18 @@ int greturn(pw_vm *vm, wasmtime_context_t *cx, const uint8_t *d, size_t n, uint3
     (void)trap;                                                                           \
     wasmtime_context_t *cx = WT.caller_context(caller);                                   \
     pw_vm *vm = WT.context_get_data(cx);                                                  \
-    mem_refresh(vm, cx);
+    mem_refresh(vm, cx);                                                                  \
+    if (vm->trace) trace_enter(vm, a, nargs_);
 /* Calls that may touch host state are refused while the guest allocator runs. */
 #define BEGIN_RESTRICTED \
     BEGIN;               \
     if (vm->in_alloc) RET(ST_INTERNAL_FAILURE);
 #define U(i) ((uint32_t)a[i].i32)
-#define RET(v)                     \
-    do {                           \
-        a[0].i32 = (int32_t)(v);   \
-        return trap;               \
+#define RET(v)                                             \
+    do {                                                   \
+        a[0].i32 = (int32_t)(v);                           \
+        if (vm->trace) trace_hostcall(vm, __func__ + 3, a[0].i32); \
+        return trap;                                       \
     } while (0)
 #define MEM(var, ptr, len)                                    \
     const uint8_t *var = gmem(vm, (ptr), (len));          \

@@ -340,6 +340,7 @@ struct pw_vm {
     pw_dispatcher *disp; /* the owner thread's dispatcher */
     struct pw_space *space; /* this scope's shared data (shared.c) */
     pw_buf ns, scope;       /* the host's namespace; (namespace, vm_id) as one key (namespace.c) */
+    struct pw_trace *trace; /* the ABI call trace (trace.c); NULL: off */
     uint64_t vm_key;     /* process-unique: queue owners name their VM by it */
 };
 
@@ -435,6 +436,17 @@ void wasi_flush(pw_vm *vm); /* logs partial stdout/stderr lines */
 /* props.c */
 int props_get(pw_vm *vm, pw_ctx *ctx, const uint8_t *path, size_t pl, pw_buf *out);
 int props_set(pw_vm *vm, pw_ctx *ctx, const uint8_t *path, size_t pl, const uint8_t *v, size_t vl);
+
+/* trace.c: hooks called only when vm->trace is set */
+#define TRACE_MAX_ARGS 12
+typedef struct pw_trace pw_trace;
+void trace_free(pw_vm *vm);
+int trace_depth(pw_vm *vm);
+void trace_set_depth(pw_vm *vm, int depth);
+void trace_enter(pw_vm *vm, const wasmtime_val_raw_t *a, size_t nargs);
+void trace_hostcall(pw_vm *vm, const char *name, int64_t status);
+void trace_callback(pw_vm *vm, int kind, const char *name, uint32_t ctx, int nargs,
+                    const uint32_t *args, int64_t result);
 
 /* namespace.c */
 int scope_make(pw_buf *out, const uint8_t *ns, size_t nsl, const uint8_t *vm_id, size_t vl);

@@ -254,6 +254,19 @@ int pw_tcp_flags(pw_vm *vm, uint32_t ctx);
 int pw_tcp_finish(pw_vm *vm, uint32_t ctx);
 int pw_tcp_read(pw_vm *vm, uint32_t ctx, int what, const uint8_t **out, size_t *len);
 
+/* The ABI call trace of a VM: the last `capacity` hostcalls (arguments, status) and
+ * callbacks (arguments, then the return value; -1 for a trap, -2 when the host does not
+ * use one) in a ring; 0 turns it off
+ * (the default, and then it costs nothing). pw_vm_trace_read: records of kind (u8),
+ * argument count (u8), name length (u16), context id (u32), result (i64), the arguments
+ * (u64 each), the name; little-endian; *dropped: older records the ring overwrote. Free
+ * with pw_bytes_free. Owner thread only. */
+#define PW_TRACE_HOSTCALL 0
+#define PW_TRACE_CALLBACK 1
+#define PW_TRACE_RETURN 2
+int pw_vm_trace(pw_vm *vm, uint32_t capacity);
+int pw_vm_trace_read(pw_vm *vm, uint8_t **out, size_t *len, uint64_t *dropped);
+
 /* Namespaces (pw_vm_new's ns): a host's VMs keep shared data and queues by (namespace,
  * vm_id) and metrics by (namespace, name), so hosts in one process see each other's state
  * only when they share a namespace. The default is "" (process-wide, as in Envoy). */

@@ -309,6 +309,7 @@ void pw_vm_free(pw_vm *vm) {
     buf_free(&vm->vm_id);
     buf_free(&vm->ns);
     buf_free(&vm->scope);
+    trace_free(vm);
     buf_free(&vm->vm_config);
     buf_free(&vm->environ);
     buf_free(&vm->scratch);
@@ -363,10 +364,17 @@ int vm_call(pw_vm *vm, int fn, pw_ctx *ctx, int phase, int nargs, const uint32_t
     vm->eff = ctx; /* the effective context never outlives one call */
     vm->phase = phase;
     vm->local_reply_in_call = 0;
+    int tdepth = trace_depth(vm);
+    if (vm->trace) trace_callback(vm, PW_TRACE_CALLBACK, fn_names[fn], ctx ? ctx->id : 0, nargs, args, 0);
     vm->depth++;
     wasm_trap_t *trap = NULL;
     wasmtime_error_t *err = WT.func_call_unchecked(vm->cx, &vm->fn[fn], raw, 8, &trap);
     vm->depth--;
+    if (vm->trace) {
+        trace_set_depth(vm, tdepth); /* a hostcall that trapped never returned */
+        trace_callback(vm, PW_TRACE_RETURN, fn_names[fn], ctx ? ctx->id : 0, 0, NULL,
+                       trap || err ? -1 : ret ? (int64_t)(uint32_t)raw[0].i32 : -2);
+    }
     if (!vm->depth) wasi_flush(vm);
     int lr = vm->local_reply_in_call;
     vm->cur = saved_cur;

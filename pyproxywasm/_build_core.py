@@ -27,6 +27,7 @@ _SOURCES = [
     "queue.c",
     "shared.c",
     "tcp.c",
+    "trace.c",
     "vm.c",
     "wasi.c",
     "wt.c",

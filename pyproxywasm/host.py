@@ -289,6 +289,7 @@ class Host:
         call_recorder: Recorder | None = None,
         namespace: str = "",
         filter_state_keys: Iterable[str] = (),
+        on_vm: Callable[["Vm"], None] | None = None,
     ) -> None:
         """concurrency: worker threads to start (0: streams run on the callers' threads).
         clock_ns: a virtual clock for every VM (0: real time). cache_dir: where compiled
@@ -307,7 +308,9 @@ class Host:
         Envoy, where every VM of a process shares them). `host.state` reads them.
         properties: what plugins read with proxy_get_property, over Envoy's defaults
         (pyproxywasm.envoy_properties). filter_state_keys: keys set_envoy_filter_state
-        accepts beyond Envoy's own (pyproxywasm.builtins)."""
+        accepts beyond Envoy's own (pyproxywasm.builtins). on_vm: called with each new
+        VM, on its thread, before any plugin starts in it (to turn its trace on, say)."""
+        self._on_vm = on_vm
         self.namespace = namespace
         self.state = SharedState(namespace)
         self.outbound = Outbound(clusters, recorder=call_recorder, io=io_loop)
@@ -394,6 +397,8 @@ class Host:
                     self._buffer_limit, self.namespace)
             for ff in self.builtins.for_vm(vm) + self._foreign:  # the host's own win
                 vm.register_foreign(ff)
+            if self._on_vm is not None:
+                self._on_vm(vm)
             if self.outbound.clusters or self.outbound.recorder is not None or self._any_host():
                 vm.calls = VmCalls(self.outbound, vm.ptr, st.dispatcher,
                                    lambda root, st=st: self._allows_any_host(st, root))

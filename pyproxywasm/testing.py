@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ._binding import lib
 from .config import PluginConfig, VmConfig
-from .host import Host, Plugin
+from .host import Host, Plugin, Vm
 from .http import HttpStream
 from .logs import LEVEL_NAMES, LogCapture, LogRecord, level_name
 from .metrics import Metric, StatsTag
@@ -32,6 +32,9 @@ from .net.cluster import Cluster
 from .net.recorded import CallRecorder, RecordedCall, RecordedGrpcCall, RecordedHttpCall
 from .state import Histogram, SharedValue, Status
 from .tcp import TcpStream
+from .trace import DEFAULT_CAPACITY, TraceRecord, format_records
+from .trace import enable as enable_trace
+from .trace import read as read_trace
 
 __all__ = ["PluginHarness", "LogRecord", "LogCapture", "Histogram", "SharedValue", "Status",
            "LEVEL_NAMES", "DEFAULT_START_NS"]
@@ -71,6 +74,7 @@ class PluginHarness:
         runtime: str = "envoy.wasm.runtime.wasmtime",
         plugins: Sequence[Mapping[str, Any]] | None = None,
         filter_state_keys: Iterable[str] = (),
+        trace: bool | int = False,
     ) -> None:
         """clusters: what the plugin's outbound calls reach. None (the default): every
         cluster name is accepted and calls are recorded for the test to answer
@@ -83,7 +87,10 @@ class PluginHarness:
         plugins: several plugins in the one VM, each a mapping of name, root_id,
         configuration, singleton (instead of the name/root_id/configuration arguments);
         `h.plugins` holds them, `h.plugin` is the first.
-        filter_state_keys: keys set_envoy_filter_state accepts beyond Envoy's own."""
+        filter_state_keys: keys set_envoy_filter_state accepts beyond Envoy's own.
+        trace: record the ABI call trace of the harness's VMs (True: the last 4096
+        records per VM; an int: that many); `h.trace()`, `h.format_trace()`. It starts
+        after the VM's start-up (WASI _start/_initialize), before the first root."""
         self.now_ns = start_time_ns
         self.capture = LogCapture()
         self._logger = logging.getLogger("pyproxywasm")
@@ -100,10 +107,12 @@ class PluginHarness:
         names = None if clusters is None else [c for c in clusters if isinstance(c, str)]
         self.recorder = CallRecorder(names, lambda: self.now_ns)
         self._allow_any_host = allow_any_host
+        self._trace = DEFAULT_CAPACITY if trace is True else int(trace)
         self.host = Host(properties=properties, foreign_functions=foreign_functions,
                          clock_ns=start_time_ns, manual_dispatch=True, clusters=real,
                          call_recorder=self.recorder, namespace=self.namespace,
-                         filter_state_keys=filter_state_keys, **limits)
+                         filter_state_keys=filter_state_keys,
+                         on_vm=self._on_vm if self._trace else None, **limits)
         self.state = self.host.state
         self.plugins: list[Plugin] = []
         try:
@@ -255,6 +264,23 @@ class PluginHarness:
     def enqueue(self, name: str, data: bytes, vm_id: str | None = None) -> Status:
         """Enqueues on a plugin's queue as another VM would; the owner is notified later."""
         return self.state.enqueue(name, data, self._vid(vm_id))
+
+    # ---- the ABI call trace ---------------------------------------------------------------------
+    def _on_vm(self, vm: Vm) -> None:
+        enable_trace(vm, self._trace)
+
+    def trace(self) -> list[TraceRecord]:
+        """Every traced hostcall and callback of this thread's VMs (PluginHarness(trace=True)),
+        VM by VM, oldest first."""
+        return [r for vm in self.host.vms for r in read_trace(vm)[0]]
+
+    def format_trace(self) -> str:
+        """The trace as text, one line per record, for a failing test to print."""
+        parts = []
+        for vm in self.host.vms:
+            records, dropped = read_trace(vm)
+            parts.append(f"VM {vm.vm_config.vm_id!r}:\n" + format_records(records, dropped))
+        return "\n".join(parts)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:

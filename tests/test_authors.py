@@ -150,3 +150,38 @@ def test_singleton_and_runtime_reach_the_config():
         assert h.plugin.config.singleton and h.vm_config.runtime == "envoy.wasm.runtime.v8"
         h.advance(30)
         assert [m for m in h.logs("info") if m.startswith("tick")] == ["tick 1", "tick 2", "tick 3"]
+
+
+# ---- the ABI call trace --------------------------------------------------------------------
+def test_the_abi_trace_records_hostcalls_and_callbacks_in_order():
+    with PluginHarness(GO_HTTP, configuration="headers metrics", trace=True) as h:
+        s = h.http()
+        s.send_request_headers(REQUEST + [("x-deny", "1")], end_stream=True)
+        s.finish()
+        stream = [r for r in h.trace() if r.context_id == s.context_id]
+        calls = [(r.kind, r.name) for r in stream]
+        assert calls[:2] == [("callback", "proxy_on_context_create"), ("return", "proxy_on_context_create")]
+        assert ("callback", "proxy_on_request_headers") in calls
+        (incr, *_) = [r for r in stream if r.name == "proxy_increment_metric"]
+        assert incr.args[1] == 1 and incr.result == Status.OK
+        reply = [r for r in stream if r.name == "proxy_send_local_response"]
+        assert len(reply) == 1 and reply[0].args[0] == 403 and reply[0].result == Status.OK
+        (ret,) = [r for r in stream if r.kind == "return" and r.name == "proxy_on_request_headers"]
+        assert ret.result == 1  # StopIteration after the local reply
+        # a NOT_FOUND status is shown by name in the text a failing test prints
+        one_request(h)  # no x-deny header: that look-up answers NOT_FOUND
+        text = h.format_trace()
+        assert "proxy_get_header_map_value(" in text and "-> NOT_FOUND" in text
+        assert "-> proxy_on_request_headers(" in text
+
+
+def test_the_trace_is_off_by_default_and_bounded():
+    with PluginHarness(GO_HTTP, configuration="headers") as h:
+        one_request(h)
+        assert h.trace() == []
+    with PluginHarness(GO_HTTP, configuration="headers", trace=16) as h:
+        for _ in range(5):
+            one_request(h)
+        records = h.trace()
+        assert len(records) == 16
+        assert "earlier records dropped" in h.format_trace()

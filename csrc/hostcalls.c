@@ -735,3 +735,31 @@ int hostcalls_define(wasmtime_linker_t *linker, int as_grpc, char *err, size_t e
     }
     return as_grpc ? define_imports(linker, "env", as_grpc_imports, n_as, err, errlen) : 0;
 }
+
+/* The import table as the linker defines it (as_grpc: the AssemblyScript shapes), for
+ * load errors that name what differs: "name params results\n" lines, params and results
+ * in the "iI" letters above ("-" when empty). Free with pw_bytes_free. */
+int pw_host_imports(int as_grpc, uint8_t **out, size_t *len) {
+    pw_buf b = {0};
+    int ok = 1;
+    const size_t n = sizeof proxy_imports / sizeof proxy_imports[0];
+    const size_t n_as = sizeof as_grpc_imports / sizeof as_grpc_imports[0];
+    for (size_t i = 0; i < n + n_as && ok; i++) {
+        const import_def *d = i < n ? &proxy_imports[i] : &as_grpc_imports[i - n];
+        int replaced = 0;
+        for (size_t j = 0; i < n && j < n_as; j++)
+            replaced |= !strcmp(d->name, as_grpc_imports[j].name);
+        if ((i < n && as_grpc && replaced) || (i >= n && !as_grpc)) continue;
+        char line[160];
+        int k = snprintf(line, sizeof line, "%s %s %s\n", d->name, *d->params ? d->params : "-",
+                         *d->results ? d->results : "-");
+        ok = k > 0 && (size_t)k < sizeof line && !buf_append(&b, (const uint8_t *)line, (size_t)k);
+    }
+    if (!ok || (!b.p && buf_reserve(&b, 1))) {
+        buf_free(&b);
+        return PW_ERR;
+    }
+    *out = b.p;
+    *len = b.len;
+    return PW_OK;
+}

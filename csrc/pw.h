@@ -132,6 +132,9 @@ pw_module *pw_module_new(pw_engine *e, const uint8_t *wasm, size_t len, int abi,
 pw_module *pw_module_deserialize(pw_engine *e, const uint8_t *bytes, size_t len, int abi,
                                  int header_arity, int flags, char *err, size_t errlen);
 int pw_module_serialize(pw_module *m, uint8_t **out, size_t *len);
+/* The Proxy-Wasm imports ("env" module) the host defines, for load errors: lines of
+ * "name params results", each a string of i (i32) / I (i64), "-" when empty. */
+int pw_host_imports(int as_grpc, uint8_t **out, size_t *len);
 void pw_bytes_free(uint8_t *p);
 void pw_module_free(pw_module *m);
 

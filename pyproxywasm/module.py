@@ -11,7 +11,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from . import wasmbin
+from . import diagnose, wasmbin
 from ._binding import core, ffi, lib
 from ._wasmtime import WASMTIME_VERSION
 from .errors import ModuleError
@@ -99,12 +99,18 @@ def read_code(code: bytes | str | os.PathLike[str]) -> bytes:
 
 def inspect(wasm: bytes) -> ModuleSpec:
     """Parses and validates a module as a Proxy-Wasm plugin; raises ModuleError."""
+    what = diagnose.not_wasm(wasm)
+    if what is not None:
+        raise ModuleError(f"not a Proxy-Wasm plugin: {what}")
     try:
         info = wasmbin.parse(wasm)
     except wasmbin.WasmFormatError as e:
         raise ModuleError(f"not a valid WebAssembly module: {e}") from e
     abi = info.abi_version
     if abi is None:
+        what = diagnose.kind_of(info)
+        if what is not None:
+            raise ModuleError(f"not a Proxy-Wasm plugin: {what}")
         raise ModuleError(
             "missing or unknown Proxy-Wasm ABI version: the module exports none of "
             + ", ".join(wasmbin.ABI_MARKERS)
@@ -233,7 +239,9 @@ def compile_module(wasm: bytes, cache_dir: str | None = "default") -> CompiledMo
             if ptr == ffi.NULL:
                 message = ffi.string(err).decode(errors="replace")
                 if "unknown import" in message or "incompatible import" in message:
-                    message = "the plugin imports something this host does not provide: " + message
+                    problems = diagnose.import_mismatches(spec.info, bool(spec.flags & lib.PW_MOD_AS_GRPC))
+                    message = ("the plugin " + "; ".join(problems) if problems else
+                               "the plugin imports something this host does not provide: " + message)
                 raise ModuleError(message)
             _store_cached(path, ptr)
         compiled = CompiledModule(spec, ptr)

@@ -13,6 +13,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The API is all the core exports when it is built with -fvisibility=hidden (the Makefile's
+ * libpwcore.so; the Python extension exports only its init function). */
+#pragma GCC visibility push(default)
 /* cdef-begin */
 typedef struct pw_engine pw_engine;
 typedef struct pw_module pw_module;
@@ -304,5 +307,6 @@ int pw_metric_get(const uint8_t *ns, size_t ns_len, const uint8_t *name, size_t 
  * counts (u64 each, not cumulative); free with pw_bytes_free. */
 int pw_metrics_dump(const uint8_t *ns, size_t ns_len, uint8_t **out, size_t *len);
 /* cdef-end */
+#pragma GCC visibility pop
 
 #endif

@@ -7,10 +7,19 @@ plugin log line at an enabled level, and a foreign function call.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from . import _wasmtime  # noqa: F401  (binds the C core to wasmtime's library first)
-from ._core import ffi, lib
+try:
+    from ._core import ffi, lib
+except ImportError as e:  # pragma: no cover - a checkout whose core was never built
+    raise ImportError(
+        "pyproxywasm's C core (pyproxywasm._core) is not built here: install the package "
+        "(pip install .), or, to work on a checkout, pip install -e '.[test]' (it builds the "
+        "core in place; after C changes: python setup.py build_ext --inplace)") from e
+
+__all__ = ["ffi", "lib", "core", "PY_LEVELS", "ERRORS", "LogTarget", "ForeignFunction",
+           "ForeignFunctionStatus", "proxy_level", "raise_for"]
 from .errors import ProxyWasmError, VmFailedError, WrongThreadError
 
 # Proxy-Wasm log levels (TRACE..CRITICAL) as Python logging levels.
@@ -67,8 +76,8 @@ class ForeignFunctionStatus(Exception):
 _kind = ffi.new("int *")  # out-parameter of pw_vm_current_context (GIL-guarded)
 
 
-@ffi.def_extern()
-def pw_py_log(handle, level, msg, length):  # pragma: no cover - exercised through plugins
+@ffi.def_extern()  # type: ignore[untyped-decorator]
+def pw_py_log(handle: Any, level: int, msg: Any, length: int) -> None:  # pragma: no cover - exercised through plugins
     target: LogTarget = ffi.from_handle(handle)
     text = ffi.unpack(msg, length).decode("utf-8", errors="replace")
     ctx = lib.pw_vm_current_context(target.vm, _kind) if target.vm is not None else 0
@@ -76,13 +85,13 @@ def pw_py_log(handle, level, msg, length):  # pragma: no cover - exercised throu
                       extra={**target.extra, "proxywasm_context_id": ctx})
 
 
-@ffi.def_extern()
-def pw_py_foreign(handle, args, length, result):
+@ffi.def_extern()  # type: ignore[untyped-decorator]
+def pw_py_foreign(handle: Any, args: Any, length: int, result: Any) -> int:
     ff: ForeignFunction = ffi.from_handle(handle)
     try:
         out = ff.fn(ffi.unpack(ffi.cast("char *", args), length))
     except ForeignFunctionStatus as e:
-        return e.status
+        return int(e.status)
     except Exception:
         _log.exception("foreign function %r raised", ff.name)
         return ST_INTERNAL_FAILURE
@@ -93,18 +102,18 @@ def pw_py_foreign(handle, args, length, result):
     return ST_OK
 
 
-@ffi.def_extern()
-def pw_py_callout(handle, call):
+@ffi.def_extern()  # type: ignore[untyped-decorator]
+def pw_py_callout(handle: Any, call: Any) -> int:
     """A guest's outbound call (net/outbound.py VmCalls.start): OK or an ABI status."""
     try:
-        return ffi.from_handle(handle).start(call)
+        return int(ffi.from_handle(handle).start(call))
     except Exception:
         _log.exception("starting an outbound call failed")
         return ST_INTERNAL_FAILURE
 
 
-@ffi.def_extern()
-def pw_py_callop(handle, token, op, data, length, end_stream):
+@ffi.def_extern()  # type: ignore[untyped-decorator]
+def pw_py_callop(handle: Any, token: int, op: int, data: Any, length: int, end_stream: int) -> None:
     """A gRPC message, half-close or cancellation for a call in flight."""
     try:
         payload = ffi.buffer(data, length)[:] if length else b""
@@ -123,7 +132,7 @@ ERRORS = {
 }
 
 
-def raise_for(code: int, vm=None) -> None:
+def raise_for(code: int, vm: Any = None) -> NoReturn:
     """Turns a negative/non-zero pw_* result into the matching exception."""
     code = abs(code)
     if code == lib.PW_ERR_THREAD:

@@ -50,7 +50,7 @@ class VmConfig:
     def code_bytes(self) -> bytes:
         return read_code(self.code)
 
-    def key(self, code: bytes) -> tuple:
+    def key(self, code: bytes) -> tuple[object, ...]:
         """The identity Envoy shares VMs by: everything in vm_config, with the code hashed."""
         env = tuple(sorted(self.environment_variables.items()))
         return (self.vm_id, self.runtime, as_bytes(self.configuration),

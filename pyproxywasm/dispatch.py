@@ -44,7 +44,7 @@ class Dispatcher:
 
     def fileno(self) -> int:
         """Readable when there is something to run (for select/poll or add_reader)."""
-        return lib.pw_dispatcher_fd(self.ptr)
+        return int(lib.pw_dispatcher_fd(self.ptr))
 
     def wake(self) -> None:
         """From any thread: makes the fd readable."""
@@ -58,7 +58,7 @@ class Dispatcher:
             raise_for(n)
         if self._watchers and n:
             self._notify()
-        return n
+        return int(n)
 
     def watch(self, vm_key: int, context_id: int, callback: Callable[[], None]) -> None:
         """Calls callback once, on this thread after a run, when an event (a tick, a queue
@@ -107,7 +107,7 @@ class Dispatcher:
         ns = lib.pw_dispatcher_next_tick_in(self.ptr)
         return None if ns == _NO_TICK else ns / 1e9
 
-    def attach(self, loop) -> Callable[[], None]:
+    def attach(self, loop: Any) -> Callable[[], None]:
         """Serves this dispatcher from an asyncio loop running on its owner thread: a
         reader on the fd for posted events, a timer for the next tick. Returns detach()."""
         timer = None
@@ -142,7 +142,7 @@ class Worker:
                  teardown: Callable[[Dispatcher, float], None]) -> None:
         self.name = name
         self._setup, self._teardown = setup, teardown
-        self._jobs: collections.deque = collections.deque()
+        self._jobs: collections.deque[tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]]] = collections.deque()
         self._stopping = False
         self._stop_timeout = 5.0
         self._ready = threading.Event()
@@ -162,12 +162,13 @@ class Worker:
     def ident(self) -> int | None:
         return self.thread.ident
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+    def call(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
         """Runs fn(*args) on this worker's thread; the result comes back as a Future."""
         if self._stopping:
             raise ProxyWasmError(f"{self.name} is stopping")
-        fut: concurrent.futures.Future = concurrent.futures.Future()
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._jobs.append((fn, args, fut))
+        assert self.dispatcher is not None  # set before start() returns
         self.dispatcher.wake()
         return fut
 
@@ -204,5 +205,6 @@ class Worker:
             return
         self._stop_timeout = timeout
         self._stopping = True
+        assert self.dispatcher is not None  # the thread is alive
         self.dispatcher.wake()
         self.thread.join()

@@ -13,6 +13,7 @@ context. A store is only ever touched by its own thread; the C core refuses anyt
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -39,7 +40,7 @@ class Vm:
     """One instance of a module, owned by the thread that created it."""
 
     def __init__(self, compiled: CompiledModule, vm_config: VmConfig, dispatcher: Dispatcher,
-                 host_properties, clock_ns: int = 0, buffer_limit: int | None = None,
+                 host_properties: Iterable[tuple[bytes, bytes]], clock_ns: int = 0, buffer_limit: int | None = None,
                  namespace: str = "") -> None:
         self.compiled = compiled
         self.vm_config = vm_config
@@ -79,7 +80,7 @@ class Vm:
 
     @property
     def error(self) -> str:
-        return ffi.string(lib.pw_vm_error(self.ptr)).decode(errors="replace")
+        return str(ffi.string(lib.pw_vm_error(self.ptr)).decode(errors="replace"))
 
     def register_foreign(self, ff: ForeignFunction) -> None:
         name = ff.name.encode()
@@ -114,7 +115,7 @@ class RootContext:
         cfg = as_bytes(config.configuration)
         rc = lib.pw_root_new(vm.ptr, name, len(name), root_id, len(root_id), cfg, len(cfg),
                              self._log.handle, proxy_level(self.logger), vm.u32)
-        self.context_id = vm.u32[0]
+        self.context_id: int = int(vm.u32[0])
         self._sync_marker()
         self.closing = self.closed = False
         if rc != lib.PW_OK:
@@ -131,13 +132,13 @@ class RootContext:
 
     def sync_log_level(self) -> None:
         """Hands the logger's current level to the C core if logging was reconfigured."""
-        if not self.logger._cache:
+        if not self.logger._cache:  # type: ignore[attr-defined]  # the level cache
             lib.pw_root_set_log_level(self.vm.ptr, self.context_id, proxy_level(self.logger))
             self._sync_marker()
 
     @property
     def tick_period_ms(self) -> int:
-        return lib.pw_root_tick_period(self.vm.ptr, self.context_id)
+        return int(lib.pw_root_tick_period(self.vm.ptr, self.context_id))
 
     def tick(self) -> None:
         """Calls proxy_on_tick now, whatever the period."""
@@ -152,7 +153,7 @@ class RootContext:
             raise_for(rc, self.vm)
 
     def http_stream(self, properties: Mapping[Any, Any] | None = None) -> HttpStream:
-        if not self.logger._cache:
+        if not self.logger._cache:  # type: ignore[attr-defined]  # the level cache
             self.sync_log_level()
         return HttpStream(self, properties)
 
@@ -189,7 +190,7 @@ class _ThreadState:
     def __init__(self, dispatcher: Dispatcher, owns_dispatcher: bool) -> None:
         self.dispatcher = dispatcher
         self.owns_dispatcher = owns_dispatcher
-        self.vms: dict[tuple, Vm] = {}
+        self.vms: dict[tuple[object, ...], Vm] = {}
         self.roots: dict[int, RootContext] = {}
 
 
@@ -243,10 +244,10 @@ class Plugin:
     def http_stream(self, properties: Mapping[Any, Any] | None = None) -> HttpStream:
         # The hot path of a host: find this thread's root context with two lookups.
         st = getattr(self.host._local, "state", None)
-        root = st.roots.get(self.index) if st is not None else None
+        root: RootContext | None = st.roots.get(self.index) if st is not None else None
         if root is None:
             root = self.instance()
-        if not root.logger._cache:
+        if not root.logger._cache:  # type: ignore[attr-defined]  # the level cache
             root.sync_log_level()
         return HttpStream(root, properties)
 
@@ -338,7 +339,7 @@ class Host:
                 self._main = Worker("pyproxywasm-main", self._setup_main, self._teardown)
                 self._main.start()
                 for i in range(concurrency):
-                    w = Worker(f"pyproxywasm-worker-{i}", self._state, self._teardown)
+                    w = Worker(f"pyproxywasm-worker-{i}", self._setup_worker, self._teardown)
                     w.start()
                     self.workers.append(w)
             else:
@@ -358,7 +359,7 @@ class Host:
             if self._closed:
                 raise ProxyWasmError("the host is closed")
             owns = dispatcher is None
-            if owns:
+            if dispatcher is None:
                 dispatcher = Dispatcher(autorun=not self._manual)
             st = self._local.state = _ThreadState(dispatcher, owns)
             if owns:  # a thread of the caller's: its VMs go when it ends, if not before
@@ -372,6 +373,9 @@ class Host:
                 self._teardown_state(st, 0.0)
                 raise
         return st
+
+    def _setup_worker(self, dispatcher: Dispatcher) -> None:
+        self._state(dispatcher)
 
     def _setup_main(self, dispatcher: Dispatcher) -> None:
         self._main_thread = threading.get_ident()
@@ -401,7 +405,7 @@ class Host:
                 self._on_vm(vm)
             if self.outbound.clusters or self.outbound.recorder is not None or self._any_host():
                 vm.calls = VmCalls(self.outbound, vm.ptr, st.dispatcher,
-                                   lambda root, st=st: self._allows_any_host(st, root))
+                                   functools.partial(self._allows_any_host, st))
                 lib.pw_vm_set_callouts(vm.ptr, vm.calls.handle, self._max_calls)
             st.vms[key] = vm
         return vm
@@ -529,5 +533,5 @@ class Host:
     def __enter__(self) -> "Host":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

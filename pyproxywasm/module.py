@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from typing import Any
 from dataclasses import dataclass
 
 from . import diagnose, wasmbin
@@ -120,25 +121,25 @@ def inspect(wasm: bytes) -> ModuleSpec:
         raise ModuleError('the module does not export its memory as "memory"')
     if info.export("proxy_on_memory_allocate") is None and info.export("malloc") is None:
         raise ModuleError("the module exports neither proxy_on_memory_allocate nor malloc")
-    for e in info.exports:
-        expected = _EXPORT_TYPES.get(e.name)
-        if expected is None or e.kind != "func":
+    for ex in info.exports:
+        expected = _EXPORT_TYPES.get(ex.name)
+        if expected is None or ex.kind != "func":
             continue
-        if e.type is None or (e.type.params, e.type.results) != expected:
+        if ex.type is None or (ex.type.params, ex.type.results) != expected:
             want = wasmbin.FuncType(*expected)
-            raise ModuleError(f"export {e.name} has type {e.type}, expected {want}")
+            raise ModuleError(f"export {ex.name} has type {ex.type}, expected {want}")
     # Header callbacks: 3 parameters from 0.2.0 on; old 0.1.0 builds have 2 (or 3).
-    arities = set()
+    arities: set[int] = set()
     for name in _HEADER_CALLBACKS:
-        e = info.export(name)
-        if e is None or e.kind != "func":
+        cb = info.export(name)
+        if cb is None or cb.kind != "func":
             continue
-        params = e.type.params if e.type else ()
-        ok = e.type is not None and e.type.results == (_I,) and set(params) <= {_I}
+        params = cb.type.params if cb.type else ()
+        ok = cb.type is not None and cb.type.results == (_I,) and set(params) <= {_I}
         allowed = (2, 3) if abi == "0.1.0" else (3,)
         if not ok or len(params) not in allowed:
             raise ModuleError(
-                f"export {name} has type {e.type}, expected "
+                f"export {name} has type {cb.type}, expected "
                 + " or ".join(f"({', '.join([_I] * n)}) -> (i32)" for n in allowed)
             )
         arities.add(len(params))
@@ -151,7 +152,7 @@ def inspect(wasm: bytes) -> ModuleSpec:
 class CompiledModule:
     """A compiled, linked module: what every VM of this code is instantiated from."""
 
-    def __init__(self, spec: ModuleSpec, ptr) -> None:
+    def __init__(self, spec: ModuleSpec, ptr: Any) -> None:
         self.spec = spec
         self.ptr = ptr  # pw_module *, alive for the process
 
@@ -186,7 +187,7 @@ def _cache_path(cache_dir: str, spec: ModuleSpec) -> str | None:
     return os.path.join(cache_dir, name)
 
 
-def _load_cached(path: str | None, spec: ModuleSpec):
+def _load_cached(path: str | None, spec: ModuleSpec) -> Any:
     if path is None or not os.path.exists(path):
         return ffi.NULL
     try:
@@ -199,7 +200,7 @@ def _load_cached(path: str | None, spec: ModuleSpec):
                                      spec.header_arity, spec.flags, err, 512)
 
 
-def _store_cached(path: str | None, ptr) -> None:
+def _store_cached(path: str | None, ptr: Any) -> None:
     if path is None:
         return
     out, n = ffi.new("uint8_t **"), ffi.new("size_t *")

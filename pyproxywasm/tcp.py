@@ -88,7 +88,7 @@ class TcpStream:
             if f < 0:
                 raise_for(f, self._vmobj)
             self.flags = f
-        return self.flags
+        return int(self.flags)
 
     def _read(self, what: int) -> bytes:
         vm = self._vmobj

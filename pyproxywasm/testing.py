@@ -30,7 +30,8 @@ from .logs import LEVEL_NAMES, LogCapture, LogRecord, level_name
 from .metrics import Metric, StatsTag
 from .net.cluster import Cluster
 from .net.recorded import CallRecorder, RecordedCall, RecordedGrpcCall, RecordedHttpCall
-from .state import Histogram, SharedValue, Status
+from .abi import Status
+from .state import Histogram, SharedValue
 from .tcp import TcpStream
 from .trace import DEFAULT_CAPACITY, TraceRecord, format_records
 from .trace import enable as enable_trace
@@ -102,7 +103,7 @@ class PluginHarness:
                                   environment_variables=dict(environment_variables or {}))
         self.namespace = f"harness-{next(_harness_ids)}" if namespace is None else namespace
         self._singleton = singleton
-        limits = {} if buffer_limit is None else {"buffer_limit": buffer_limit}
+        limits: dict[str, Any] = {} if buffer_limit is None else {"buffer_limit": buffer_limit}
         real = [c for c in clusters or () if isinstance(c, Cluster)]
         names = None if clusters is None else [c for c in clusters if isinstance(c, str)]
         self.recorder = CallRecorder(names, lambda: self.now_ns)
@@ -195,8 +196,10 @@ class PluginHarness:
     def settle(self, timeout: float = 5.0) -> bool:
         """Waits, in real time, until every call to a real cluster has been answered and
         delivered (recorded calls wait for the test). False on timeout."""
-        recorded = lambda: sum(1 for c in self.recorder.pending())  # noqa: E731
-        return self.host.dispatcher.wait(lambda: self.calls_in_flight() <= recorded(), timeout)
+        def settled() -> bool:
+            return self.calls_in_flight() <= len(self.recorder.pending())
+
+        return bool(self.host.dispatcher.wait(settled, timeout))
 
     # ---- what the plugin did -------------------------------------------------------------
     def log_records(self, level: str | None = None, *, stream: HttpStream | TcpStream | int | None = None,

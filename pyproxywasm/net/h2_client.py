@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-from typing import AsyncIterable, AsyncIterator
+from typing import Any, AsyncIterable, AsyncIterator
 
 import h2.config
 import h2.connection
@@ -316,7 +316,7 @@ class H2Pool:
 
     async def _connect(self, addr: tuple[str, int]) -> H2Connection:
         host, port = addr
-        kw = {}
+        kw: dict[str, Any] = {}
         if self._ctx is not None:
             tls = self.cluster.tls
             kw = {"ssl": self._ctx, "server_hostname": (tls.sni if tls and tls.sni else host)}
@@ -380,11 +380,11 @@ class H2Pool:
         return out
 
     async def _begin(self, head: RequestHead, body: bytes | AsyncIterable[bytes],
-                     trailers: list[Header]) -> tuple[_Stream, asyncio.Task | None]:
+                     trailers: list[Header]) -> tuple[_Stream, asyncio.Task[None] | None]:
         conn = await self._connection()
         whole = isinstance(body, (bytes, bytearray))
         empty = whole and not body and not trailers
-        stream = conn.start(self._headers(head, self.cluster.scheme, len(body) if whole else None),
+        stream = conn.start(self._headers(head, self.cluster.scheme, len(body) if isinstance(body, (bytes, bytearray)) else None),
                             end_stream=empty)
         sender = None
         if not empty:
@@ -437,7 +437,7 @@ class H2Pool:
 
 
 class _H2Streaming(StreamingResponse):
-    def __init__(self, stream: _Stream, sender: asyncio.Task | None, headers: list[Header],
+    def __init__(self, stream: _Stream, sender: asyncio.Task[None] | None, headers: list[Header],
                  deadline: float | None) -> None:
         super().__init__(int(headers[0][1]), headers)
         self._stream = stream

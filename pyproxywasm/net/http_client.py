@@ -24,7 +24,7 @@ import errno
 import itertools
 import ssl
 from dataclasses import dataclass
-from typing import AsyncIterable, AsyncIterator, Sequence
+from typing import Any, AsyncIterable, AsyncIterator, Sequence
 
 import aiohttp
 from yarl import URL
@@ -280,10 +280,10 @@ class HttpClient:
     def __init__(self, io: IoLoop) -> None:
         self.io = io
         self._h1: dict[Cluster, _H1Pool] = {}
-        self._h2: dict[Cluster, "H2Pool"] = {}
+        self._h2: dict[Cluster, Any] = {}  # h2_client.H2Pool, imported on first use
         self._closed = False
 
-    def _pool(self, cluster: Cluster):
+    def _pool(self, cluster: Cluster) -> Any:
         if self._closed:
             raise CalloutError("client closed")
         if cluster.http2:
@@ -318,10 +318,11 @@ class HttpClient:
         except asyncio.TimeoutError:
             raise CalloutError("timeout", f"no whole answer within {budget} s") from None
 
-    async def _call(self, pool, cluster: Cluster, head: RequestHead, body: bytes,
+    async def _call(self, pool: Any, cluster: Cluster, head: RequestHead, body: bytes,
                     trailers: list[Header]) -> HttpResponse:
         if cluster.http2:
-            return await pool.request(head, body, trailers, cluster.max_response_bytes)
+            response: HttpResponse = await pool.request(head, body, trailers, cluster.max_response_bytes)
+            return response
         try:
             resp = await pool.send(head, body or None)
             try:
@@ -346,14 +347,14 @@ class HttpClient:
         budget = self._budget(cluster, timeout)
         loop = asyncio.get_running_loop()
         deadline = None if budget is None else loop.time() + budget
+        start: Any
         if cluster.http2:
             start = pool.open(head, body, deadline)
         else:
             start = self._open_h1(pool, head, body, deadline)
         try:
-            if budget is None:
-                return await start
-            return await asyncio.wait_for(start, budget)
+            response: StreamingResponse = await (start if budget is None else asyncio.wait_for(start, budget))
+            return response
         except asyncio.TimeoutError:
             raise CalloutError("timeout", f"no response headers within {budget} s") from None
 

@@ -65,7 +65,7 @@ class IoLoop:
         """Wrap a loop the embedding runs itself (it keeps running and closing it)."""
         return cls(loop, None)
 
-    def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future:
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         """Run `coro` on the loop; callable from any thread (also the loop's own)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 

@@ -36,6 +36,7 @@ typedef struct queue {
     _Atomic(owner *) owner;
     mpsc items;
     _Atomic int64_t depth;
+    _Atomic int64_t bytes;
     pthread_mutex_t consumer;
 } queue;
 
@@ -49,6 +50,11 @@ static _Atomic(seg *) segs[QUEUE_SEGS];
 static _Atomic uint32_t nqueues;
 static pthread_rwlock_t names = PTHREAD_RWLOCK_INITIALIZER;
 static _Atomic int64_t max_items = QUEUE_MAX_ITEMS;
+static _Atomic int64_t max_bytes = 64 << 20; /* per queue; pw_queue_set_max_bytes */
+
+void pw_queue_set_max_bytes(uint64_t n) {
+    atomic_store(&max_bytes, n && n < INT64_MAX ? (int64_t)n : INT64_MAX);
+}
 
 void pw_queue_set_max_items(uint32_t n) { atomic_store(&max_items, n ? (int64_t)n : QUEUE_MAX_ITEMS); }
 
@@ -123,8 +129,14 @@ int queue_enqueue(uint32_t id, const uint8_t *d, size_t n) {
         atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
         return ST_INTERNAL_FAILURE;
     }
+    if (atomic_fetch_add(&q->bytes, (int64_t)n) + (int64_t)n > atomic_load(&max_bytes)) {
+        atomic_fetch_sub(&q->bytes, (int64_t)n);
+        atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
+        return ST_INTERNAL_FAILURE;
+    }
     qitem *it = malloc(sizeof *it + n);
     if (!it) {
+        atomic_fetch_sub(&q->bytes, (int64_t)n);
         atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
         return ST_INTERNAL_FAILURE;
     }
@@ -144,6 +156,7 @@ int queue_dequeue(uint32_t id, pw_buf *out) {
     pthread_mutex_unlock(&q->consumer);
     if (!it) return ST_EMPTY;
     atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
+    atomic_fetch_sub(&q->bytes, (int64_t)it->len);
     int st = buf_set(out, it->data, it->len) ? ST_INTERNAL_FAILURE : ST_OK;
     free(it);
     return st;

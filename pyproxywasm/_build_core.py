@@ -17,6 +17,7 @@ _SOURCES = [
     "buf.c",
     "context.c",
     "dispatcher.c",
+    "epoch.c",
     "hmap.c",
     "hostcalls.c",
     "http.c",

@@ -23,12 +23,39 @@ void pw_set_callbacks(pw_log_fn log, pw_foreign_fn foreign) {
 static _Atomic uint64_t next_vm_key = 1;
 
 /* ---- errors ------------------------------------------------------------------------ */
+/* The cause first ("wasm trap: call stack exhausted", "deadline exceeded: ..."), then as
+ * much of wasmtime's backtrace as fits: a deep backtrace never hides why it failed. */
 static void copy_msg(char *dst, size_t dl, const char *prefix, wasm_byte_vec_t *msg) {
     int n = snprintf(dst, dl, "%s", prefix);
     if (n < 0 || (size_t)n >= dl) return;
-    size_t room = dl - (size_t)n - 1, m = msg->size < room ? msg->size : room;
-    memcpy(dst + n, msg->data, m);
-    dst[n + m] = 0;
+    size_t used = (size_t)n;
+    const char *text = (const char *)msg->data;
+    size_t len = msg->size, head = len;
+    static const char marker[] = "Caused by:";
+    for (size_t i = 0; i + sizeof marker - 1 <= len; i++)
+        if (!memcmp(text + i, marker, sizeof marker - 1)) {
+            head = i;
+            break;
+        }
+    if (head < len) { /* the cause, without its indentation and trailing newlines */
+        size_t c = head + sizeof marker - 1, e = len;
+        while (c < e && (text[c] == ' ' || text[c] == '\n')) c++;
+        while (e > c && (text[e - 1] == ' ' || text[e - 1] == '\n')) e--;
+        size_t room = dl - used - 1, m = e - c < room ? e - c : room;
+        memcpy(dst + used, text + c, m);
+        used += m;
+        while (head && (text[head - 1] == ' ' || text[head - 1] == '\n')) head--;
+        if (used + 2 < dl) {
+            dst[used++] = ';';
+            dst[used++] = ' ';
+        }
+    }
+    size_t room = dl - used - 1, m = head < room ? head : room;
+    memcpy(dst + used, text, m);
+    used += m;
+    while (used > (size_t)n && (dst[used - 1] == '\n' || dst[used - 1] == ' ' || dst[used - 1] == ';'))
+        used--;
+    dst[used] = 0;
 }
 
 static void describe(char *dst, size_t dl, const char *what, wasm_trap_t *trap,

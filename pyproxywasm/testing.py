@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from ._binding import PY_LEVELS, ffi, lib
-from .config import PluginConfig, VmConfig
+from .config import DEFAULT_DEADLINE_MS, PluginConfig, VmConfig
 from .host import Host, Plugin
+from .limits import Limits
+from .policy import FailurePolicy, ReloadPolicy
 from .http import HttpStream
 from .tcp import TcpStream
 
@@ -77,7 +79,16 @@ class PluginHarness:
         foreign_functions: Mapping[str, Callable[[bytes], bytes | None]] | None = None,
         start_time_ns: int = DEFAULT_START_NS,
         buffer_limit: int | None = None,
+        failure_policy: FailurePolicy | str = FailurePolicy.FAIL_CLOSED,
+        deadline_ms: int | None = DEFAULT_DEADLINE_MS,
+        reload: ReloadPolicy | None = None,
+        limits: Limits | None = None,
     ) -> None:
+        """failure_policy, deadline_ms, reload: the plugin's (PluginConfig); limits: the
+        host's caps (pyproxywasm.limits). What a policy did shows on each stream
+        (HttpStream.failure_outcome) and in failure_stats."""
+        self._policy = dict(failure_policy=failure_policy, deadline_ms=deadline_ms,
+                            reload=reload or ReloadPolicy())
         self.now_ns = start_time_ns
         self.capture = LogCapture()
         self._logger = logging.getLogger("pyproxywasm")
@@ -86,9 +97,9 @@ class PluginHarness:
         self._logger.addHandler(self.capture)
         self.vm_config = VmConfig(code=code, vm_id=vm_id, configuration=vm_configuration,
                                   environment_variables=dict(environment_variables or {}))
-        limits = {} if buffer_limit is None else {"buffer_limit": buffer_limit}
+        caps: dict[str, Any] = {} if buffer_limit is None else {"buffer_limit": buffer_limit}
         self.host = Host(properties=properties, foreign_functions=foreign_functions,
-                         clock_ns=start_time_ns, manual_dispatch=True, **limits)
+                         clock_ns=start_time_ns, manual_dispatch=True, limits=limits, **caps)
         try:
             self.plugin = self.add_plugin(configuration=configuration, root_id=root_id, name=name)
         except BaseException:
@@ -100,8 +111,13 @@ class PluginHarness:
                    vm_config: VmConfig | None = None) -> Plugin:
         """Another plugin; with the same vm_config it shares the VM (its own root context)."""
         cfg = PluginConfig(vm_config or self.vm_config, name=name, root_id=root_id,
-                           configuration=configuration)
+                           configuration=configuration, **self._policy)
         return self.host.add_plugin(cfg)
+
+    @property
+    def failure_stats(self) -> dict[str, dict[str, int]]:
+        """Per plugin: how often its VM failed and how often FAIL_RELOAD replaced it."""
+        return self.host.failure_stats
 
     def http(self, plugin: Plugin | None = None, properties: Mapping[Any, Any] | None = None) -> HttpStream:
         return (plugin or self.plugin).http_stream(properties)

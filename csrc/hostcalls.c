@@ -443,8 +443,11 @@ HOSTCALL(register_shared_queue) {
     MEM(name, U(0), U(1));
     if (!gmem(vm, U(2), 4)) RET(ST_INVALID_MEMORY_ACCESS);
     pw_ctx *root = root_of_eff(vm);
+    int created;
     uint32_t id = queue_register(vm->vm_id.p, vm->vm_id.len, name, U(1), vm->disp, vm->vm_key,
-                                 root ? root->id : 0);
+                                 root ? root->id : 0, vm->queues_created < PW_QUEUES_PER_VM,
+                                 &created);
+    vm->queues_created += (uint32_t)created;
     if (!id) RET(ST_INTERNAL_FAILURE);
     gput_u32(vm, U(2), id);
     RET(ST_OK);

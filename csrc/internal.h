@@ -305,6 +305,7 @@ struct pw_vm {
     pw_dispatcher *disp; /* the owner thread's dispatcher */
     struct pw_space *space; /* this vm_id's shared data (shared.c) */
     uint64_t vm_key;     /* process-unique: queue owners name their VM by it */
+    uint32_t queues_created; /* against PW_QUEUES_PER_VM */
 };
 
 /* ---- cross-file internal API -------------------------------------------------------- */
@@ -416,8 +417,10 @@ typedef struct pw_space pw_space; /* one vm_id's shared data */
 pw_space *shared_space(const uint8_t *vm_id, size_t vl, int create);
 int shared_get(pw_space *s, const uint8_t *k, size_t kl, pw_buf *out, uint32_t *cas);
 int shared_set(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_t n, uint32_t cas);
+#define PW_QUEUES_PER_VM 1024 /* queues one VM may create (it may join any number) */
 uint32_t queue_register(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl,
-                        pw_dispatcher *d, uint64_t vm_key, uint32_t root);
+                        pw_dispatcher *d, uint64_t vm_key, uint32_t root, int may_create,
+                        int *created);
 int queue_resolve(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl, uint32_t *id);
 #define QUEUE_MAX_ITEMS (1 << 20) /* per queue; see queue.c */
 int queue_enqueue(uint32_t id, const uint8_t *d, size_t n);

@@ -568,3 +568,37 @@ def test_reload_budget_and_backoff_hold_a_query_of_death():
             s.finish()
         # one failure, then a 60 s backoff: no reload loop on the query of death
         assert h.failure_stats["plugin"] == {"vm_failures": 1, "vm_reloads": 0}
+
+
+def test_queue_registration_is_indexed_and_bounded_per_vm():
+    with PluginHarness(wat("queue_flood"), vm_id="flood") as h:
+        s = h.http()
+        t0 = time.monotonic()
+        s.send_request_headers(REQUEST, end_stream=True)
+        took = time.monotonic() - t0
+        registered = int.from_bytes(h.shared_data("registered")[0], "little")
+        assert registered == 1024  # one VM creates at most 1,024 queues
+        assert took < 2.0  # a hash lookup per registration, not a scan of every queue
+        s.finish()
+    # Other VMs (and the flooder's own names) are unaffected.
+    with PluginHarness(wat("queue_pc"), configuration="C", vm_id="after-flood") as h:
+        assert h.queue_id("items", vm_id="after-flood") is not None
+        assert h.queue_id("q\x00\x00\x00", vm_id="flood") is not None
+
+
+def test_export_types_are_checked_in_c_too():
+    # Skip the Python loader: the C core itself refuses an export of the wrong type.
+    from pyproxywasm._binding import core
+
+    code = wat("bad_export")
+    err = ffi.new("char[1024]")
+    mod = lib.pw_module_new(core.engine, code, len(code), lib.PW_ABI_0_2_1, 3, err, 1024)
+    assert mod != ffi.NULL
+    d = lib.pw_dispatcher_new()
+    try:
+        vm = lib.pw_vm_new(mod, d, ffi.NULL, b"", 0, b"", 0, b"", 0, ffi.NULL, err, 1024)
+        assert vm == ffi.NULL
+        assert "wrong type" in ffi.string(err).decode()
+    finally:
+        lib.pw_dispatcher_free(d)
+        lib.pw_module_free(mod)

@@ -291,8 +291,9 @@ struct pw_vm {
     pw_limits limits;
     /* Deadlines (epoch.c): set by the owner thread at each top-level call, read by the
      * epoch callback on the same thread; interrupt is set from any thread. */
-    uint64_t call_deadline_ns; /* monotonic; 0: none */
-    uint64_t call_deadline_ms;
+    uintptr_t stack_lo;        /* the owner thread's lowest stack address */
+    uint64_t call_ticks;       /* epoch ticks seen by the running top-level call */
+    uint64_t call_deadline_ms; /* its deadline; 0: none */
     uint64_t paused_ns;        /* time spent in Python callbacks during this call */
     _Atomic int interrupt;     /* pw_vm_interrupt: trap at the next epoch check */
 
@@ -345,11 +346,9 @@ void epoch_engine_start(wasm_engine_t *e);
 void epoch_engine_stop(wasm_engine_t *e);
 void epoch_vm_attach(pw_vm *vm);
 void epoch_vm_detach(pw_vm *vm);
-/* At a top-level guest call: arms the deadline; -1 (and why) when the thread's stack has
- * no room for the wasm stack. */
-int epoch_call_begin(pw_vm *vm, uint32_t deadline_ms, char *why, size_t whylen);
 uint64_t epoch_now_ns(void);
-int epoch_stack_room(size_t *have);
+uintptr_t epoch_stack_low(void);
+int epoch_stack_fail(pw_vm *vm, char *why, size_t whylen);
 
 /* dispatcher.c */
 int dispatcher_post(pw_dispatcher *d, uint64_t vm_key, uint32_t root, uint32_t queue);
@@ -429,5 +428,19 @@ int metric_define(pw_vm *vm, uint32_t kind, const uint8_t *name, size_t nl, uint
 int metric_increment(pw_vm *vm, uint32_t id, int64_t off);
 int metric_record(pw_vm *vm, uint32_t id, uint64_t v);
 int metric_get(pw_vm *vm, uint32_t id, uint64_t *v);
+
+/* At a top-level guest call (epoch.c's scheme): checks the owner thread's stack has room
+ * for the wasm stack, then arms the deadline; -1 (and why) when there is no room. */
+static inline int epoch_call_begin(pw_vm *vm, uint32_t deadline_ms, char *why, size_t whylen) {
+    char here;
+    if ((uintptr_t)&here - vm->stack_lo < (uintptr_t)PW_WASM_STACK + PW_STACK_MARGIN ||
+        (uintptr_t)&here < vm->stack_lo)
+        return epoch_stack_fail(vm, why, whylen);
+    vm->paused_ns = 0;
+    vm->call_ticks = 0;
+    vm->call_deadline_ms = deadline_ms;
+    WT.context_set_epoch_deadline(vm->cx, 1);
+    return 0;
+}
 
 #endif

@@ -282,6 +282,7 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const pw_limits *limits,
     vm->abi = m->abi;
     vm->header_arity = m->header_arity;
     vm->owner = pthread_self();
+    vm->stack_lo = epoch_stack_low();
     vm->log_handle = log_handle;
     vm->next_id = 1;
     if (buf_set(&vm->vm_id, vm_id, vm_id_len) || buf_set(&vm->vm_config, vm_config, vm_config_len) ||
@@ -393,6 +394,7 @@ void pw_vm_free(pw_vm *vm) {
     if (!vm->closed) { /* never started, or freed without a close: same thread by contract */
         vm->depth = 0;
         vm->owner = pthread_self();
+        vm->stack_lo = epoch_stack_low();
         pw_vm_close(vm);
     }
     buf_free(&vm->vm_id);

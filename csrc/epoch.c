@@ -5,10 +5,9 @@
  * function entries and loop back-edges. One ticker thread advances the epoch every
  * EPOCH_TICK_NS while any VM exists. Each top-level guest call arms a deadline one tick
  * ahead; each time it is reached, wasmtime calls epoch_callback on the guest's own thread,
- * which counts the tick and traps the call if the VM was interrupted or the call has seen
- * more ticks than its deadline allows (less the time spent in Python callbacks), and
- * otherwise waits one more tick. The first tick falls anywhere in the call's first
- * EPOCH_TICK_NS, so a call is stopped between its deadline and one tick after it. A runaway guest is therefore
+ * which traps the call if the VM was interrupted or the call has run longer than its
+ * deadline (less the time spent in Python callbacks), and otherwise waits one more tick:
+ * a call is stopped at most one tick (plus scheduling delay) after its deadline. A runaway guest is therefore
  * stopped within one tick of its deadline, and a guest with no deadline can still be
  * stopped by pw_vm_interrupt (Host.close with a timeout). */
 #include <errno.h>
@@ -46,6 +45,8 @@ static void *ticker(void *arg) {
         struct timespec ts = {0, EPOCH_TICK_NS};
         while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
         }
+        /* nanosleep may oversleep on a busy machine; the deadline check reads the clock,
+         * so a late tick only delays it. */
         pthread_mutex_lock(&tick_lock);
         if (tick_engine) WT.engine_increment_epoch(tick_engine); /* any thread may */
     }
@@ -95,13 +96,13 @@ static wasmtime_error_t *epoch_callback(wasmtime_context_t *cx, void *data, uint
     if (atomic_load_explicit(&vm->interrupt, memory_order_acquire))
         return WT.error_new("interrupted: the host is shutting down");
     if (!vm->call_deadline_ms) return NULL;
-    /* Counting ticks, not reading a clock per call: one tick is EPOCH_TICK_NS. Time in
-     * Python callbacks (log handlers, foreign functions) is not the guest's, up to one
-     * more deadline's worth: a guest that logs without end is still stopped. */
-    vm->call_ticks++;
-    uint64_t grace = vm->paused_ns / EPOCH_TICK_NS;
-    if (grace > vm->call_deadline_ms) grace = vm->call_deadline_ms;
-    if (vm->call_ticks > (uint64_t)vm->call_deadline_ms * (1000000u / EPOCH_TICK_NS) + grace) {
+    /* Time in Python callbacks (log handlers, foreign functions) is not the guest's, up
+     * to one more deadline's worth: a guest that logs without end is still stopped. The
+     * clock, not a count of ticks: a late ticker on a busy machine delays the check by
+     * its lateness only, never stretches the deadline. */
+    uint64_t limit = vm->call_deadline_ms * 1000000u;
+    uint64_t grace = vm->paused_ns < limit ? vm->paused_ns : limit;
+    if (epoch_now_ns() - vm->call_start_ns > limit + grace) {
         char msg[96];
         snprintf(msg, sizeof msg, "deadline exceeded: the call ran longer than %llu ms",
                  (unsigned long long)vm->call_deadline_ms);

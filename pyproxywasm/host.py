@@ -63,6 +63,7 @@ class Vm:
         self.ptr = ffi.gc(ptr, lib.pw_vm_free)
         self.failure_recorded = False  # FAIL_RELOAD counted this VM's failure
         self.generation = 0  # how many VMs FAIL_RELOAD replaced before this one
+        self.streams = 0  # streams started on it (counted for FAIL_RELOAD plugins only)
         # Ids of streams dropped on another thread without finish(): ended by the owner.
         self.dropped: collections.deque[int] = collections.deque()
 
@@ -270,8 +271,10 @@ class Plugin:
         root = st.roots.get(self.index) if st is not None else None
         if root is None:
             root = self.instance()
-        if self._reload and lib.pw_vm_failed(root.vm.ptr):
-            root = self.host._reload_vm(self, root)
+        if self._reload:
+            if lib.pw_vm_failed(root.vm.ptr):
+                root = self.host._reload_vm(self, root)
+            root.vm.streams += 1
         if root.vm.dropped:
             root.vm.finish_dropped()
         if not root.logger._cache:
@@ -280,8 +283,10 @@ class Plugin:
 
     def tcp_stream(self, properties: Mapping[Any, Any] | None = None) -> TcpStream:
         root = self.instance()
-        if self._reload and lib.pw_vm_failed(root.vm.ptr):
-            root = self.host._reload_vm(self, root)
+        if self._reload:
+            if lib.pw_vm_failed(root.vm.ptr):
+                root = self.host._reload_vm(self, root)
+            root.vm.streams += 1
         return root.tcp_stream(properties)
 
     def tick(self) -> None:
@@ -440,7 +445,7 @@ class Host:
         stats = self.failure_stats.setdefault(name, {"vm_failures": 0, "vm_reloads": 0})
         if not old.failure_recorded:
             old.failure_recorded = True
-            backoff = state.record_failure()
+            backoff = state.record_failure(old.streams)
             stats["vm_failures"] += 1
             self._log.warning("plugin %r: VM failed (%s); FAIL_RELOAD in %.3f s (failure %d "
                               "in a row, %d reloads so far)", name, old.error, backoff,

@@ -554,9 +554,19 @@ def test_fail_reload_keeps_serving_with_exponential_backoff(caplog):
         # one log line per failure, with the trap message and the backoff chosen
         lines = [r.getMessage() for r in caplog.records if "FAIL_RELOAD in" in r.getMessage()]
         assert len(lines) == stats["vm_failures"] and all("unreachable" in x for x in lines)
+
+
+def test_fail_reload_backs_off_exponentially_on_a_query_of_death():
+    reload = ReloadPolicy(base_backoff=0.001, max_backoff=0.016, budget=None)
+    with PluginHarness(wat("trap"), failure_policy="FAIL_RELOAD", reload=reload) as h:
+        deadline = time.monotonic() + 5
+        while h.failure_stats.get("plugin", {}).get("vm_failures", 0) < 7 and time.monotonic() < deadline:
+            s = h.http()
+            s.send_request_headers(REQUEST + [("x-trap", "1")])  # every request traps
+            s.finish()
+            time.sleep(0.0005)
         (state,) = h.host._state().reload.values()
-        n = len(state.backoffs)
-        assert state.backoffs == [0.001 * 2 ** i for i in range(n)]  # exponential, in a row
+        assert state.backoffs[:7] == [0.001, 0.002, 0.004, 0.008, 0.016, 0.016, 0.016]
 
 
 def test_reload_budget_and_backoff_hold_a_query_of_death():

@@ -38,7 +38,7 @@ class Vm:
 
     def __init__(self, compiled: CompiledModule, vm_config: VmConfig, dispatcher: Dispatcher,
                  host_properties, clock_ns: int = 0, buffer_limit: int | None = None,
-                 limits: Limits | None = None, deadline_ms: int = 0) -> None:
+                 limits: Limits | None = None) -> None:
         self.compiled = compiled
         self.vm_config = vm_config
         self.abi_version = compiled.spec.abi_version
@@ -51,7 +51,7 @@ class Vm:
         lim = limits or Limits()
         c_limits = ffi.new("pw_limits *", {
             "memory_bytes": lim.memory_bytes, "body_bytes": lim.body_bytes,
-            "deadline_ms": deadline_ms, "log_bytes": lim.log_bytes})
+            "deadline_ms": lim.startup_ms, "log_bytes": lim.log_bytes})
         start = time.perf_counter()
         ptr = lib.pw_vm_new(compiled.ptr, dispatcher.ptr, c_limits, vm_id, len(vm_id), cfg,
                             len(cfg), env, len(env), self._log.handle, err, 1024)

@@ -351,7 +351,7 @@ def test_worker_call_after_stop_raises_and_no_future_is_left_pending():
 
 # ---- 9-12: memory -----------------------------------------------------------------------
 def test_fd_write_takes_a_bounded_amount_per_call():
-    with PluginHarness(wat("hostile")) as h:
+    with PluginHarness(wat("hostile"), deadline_ms=None) as h:
         s = h.http()
         s.send_request_headers(hostile("x-fd-bomb"), end_stream=True)
         logged = sum(len(m) for m in h.logs())
@@ -360,7 +360,7 @@ def test_fd_write_takes_a_bounded_amount_per_call():
 
 
 def test_header_replace_churn_keeps_the_map_small():
-    with PluginHarness(wat("hostile")) as h:
+    with PluginHarness(wat("hostile"), deadline_ms=None) as h:
         before = rss_bytes()
         s = h.http()
         s.send_request_headers(hostile("x-hdr-churn"), end_stream=True)
@@ -372,7 +372,7 @@ def test_header_replace_churn_keeps_the_map_small():
 
 
 def test_linear_memory_is_capped_per_vm():
-    with PluginHarness(wat("hostile"), limits=Limits(memory_bytes=4 << 20)) as h:
+    with PluginHarness(wat("hostile"), limits=Limits(memory_bytes=4 << 20), deadline_ms=None) as h:
         s = h.http()
         s.send_request_headers(hostile("x-grow"), end_stream=True)
         pages = int.from_bytes(h.shared_data("pages")[0], "little")
@@ -382,7 +382,7 @@ def test_linear_memory_is_capped_per_vm():
 
 
 def test_body_a_guest_builds_is_capped():
-    with PluginHarness(wat("hostile"), limits=Limits(body_bytes=1 << 20)) as h:
+    with PluginHarness(wat("hostile"), limits=Limits(body_bytes=1 << 20), deadline_ms=None) as h:
         s = h.http()
         s.send_request_headers(hostile("x-body-bomb"))
         s.send_request_body(b"start", end_stream=True)
@@ -581,7 +581,7 @@ def test_reload_budget_and_backoff_hold_a_query_of_death():
 
 
 def test_queue_registration_is_indexed_and_bounded_per_vm():
-    with PluginHarness(wat("queue_flood"), vm_id="flood") as h:
+    with PluginHarness(wat("queue_flood"), vm_id="flood", deadline_ms=None) as h:
         s = h.http()
         t0 = time.monotonic()
         s.send_request_headers(REQUEST, end_stream=True)
@@ -612,3 +612,8 @@ def test_export_types_are_checked_in_c_too():
     finally:
         lib.pw_dispatcher_free(d)
         lib.pw_module_free(mod)
+
+
+def test_a_start_function_that_never_returns_fails_the_vm_start():
+    with pytest.raises(PluginStartError, match="deadline"):
+        PluginHarness(wat("start_loop"), limits=Limits(startup_ms=50))

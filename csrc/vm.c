@@ -102,17 +102,21 @@ pw_engine *pw_engine_new(char *err, size_t errlen) {
     epoch_configure(cfg); /* deadlines and the wasm stack bound (epoch.c) */
     e->engine = WT.engine_new_with_config(cfg);
     epoch_engine_start(e->engine);
-    e->linker = WT.linker_new(e->engine);
-    if (hostcalls_define(e->linker, err, errlen) || wasi_define(e->linker, err, errlen)) {
-        pw_engine_free(e);
-        return NULL;
+    for (int as = 0; as < 2; as++) {
+        e->linker[as] = WT.linker_new(e->engine);
+        if (hostcalls_define(e->linker[as], as, err, errlen) ||
+            wasi_define(e->linker[as], err, errlen)) {
+            pw_engine_free(e);
+            return NULL;
+        }
     }
     return e;
 }
 
 void pw_engine_free(pw_engine *e) {
     if (!e) return;
-    if (e->linker) WT.linker_delete(e->linker);
+    for (int as = 0; as < 2; as++)
+        if (e->linker[as]) WT.linker_delete(e->linker[as]);
     if (e->engine) {
         epoch_engine_stop(e->engine);
         WT.engine_delete(e->engine);
@@ -121,7 +125,7 @@ void pw_engine_free(pw_engine *e) {
 }
 
 static pw_module *module_finish(pw_engine *e, wasmtime_module_t *mod, int abi, int arity,
-                                char *err, size_t errlen) {
+                                int flags, char *err, size_t errlen) {
     pw_module *m = calloc(1, sizeof *m);
     if (!m) {
         WT.module_delete(mod);
@@ -132,7 +136,9 @@ static pw_module *module_finish(pw_engine *e, wasmtime_module_t *mod, int abi, i
     m->module = mod;
     m->abi = abi;
     m->header_arity = arity;
-    wasmtime_error_t *we = WT.linker_instantiate_pre(e->linker, mod, &m->pre);
+    m->flags = flags;
+    wasmtime_error_t *we =
+        WT.linker_instantiate_pre(e->linker[(flags & PW_MOD_AS_GRPC) != 0], mod, &m->pre);
     if (we) {
         describe(err, errlen, "cannot link the module", NULL, we);
         WT.module_delete(mod);
@@ -143,25 +149,25 @@ static pw_module *module_finish(pw_engine *e, wasmtime_module_t *mod, int abi, i
 }
 
 pw_module *pw_module_new(pw_engine *e, const uint8_t *wasm, size_t len, int abi,
-                         int header_arity, char *err, size_t errlen) {
+                         int header_arity, int flags, char *err, size_t errlen) {
     wasmtime_module_t *mod = NULL;
     wasmtime_error_t *we = WT.module_new(e->engine, wasm, len, &mod);
     if (we) {
         describe(err, errlen, "cannot compile the module", NULL, we);
         return NULL;
     }
-    return module_finish(e, mod, abi, header_arity, err, errlen);
+    return module_finish(e, mod, abi, header_arity, flags, err, errlen);
 }
 
 pw_module *pw_module_deserialize(pw_engine *e, const uint8_t *bytes, size_t len, int abi,
-                                 int header_arity, char *err, size_t errlen) {
+                                 int header_arity, int flags, char *err, size_t errlen) {
     wasmtime_module_t *mod = NULL;
     wasmtime_error_t *we = WT.module_deserialize(e->engine, bytes, len, &mod);
     if (we) {
         describe(err, errlen, "cannot load the cached module", NULL, we);
         return NULL;
     }
-    return module_finish(e, mod, abi, header_arity, err, errlen);
+    return module_finish(e, mod, abi, header_arity, flags, err, errlen);
 }
 
 int pw_module_serialize(pw_module *m, uint8_t **out, size_t *len) {
@@ -208,6 +214,11 @@ static const char *const fn_names[FN_COUNT] = {
     [FN_ON_RESPONSE_HEADERS] = "proxy_on_response_headers",
     [FN_ON_RESPONSE_BODY] = "proxy_on_response_body",
     [FN_ON_RESPONSE_TRAILERS] = "proxy_on_response_trailers",
+    [FN_ON_HTTP_CALL_RESPONSE] = "proxy_on_http_call_response",
+    [FN_ON_GRPC_INITIAL] = "proxy_on_grpc_receive_initial_metadata",
+    [FN_ON_GRPC_RECEIVE] = "proxy_on_grpc_receive",
+    [FN_ON_GRPC_TRAILING] = "proxy_on_grpc_receive_trailing_metadata",
+    [FN_ON_GRPC_CLOSE] = "proxy_on_grpc_close",
     [FN_ON_DONE] = "proxy_on_done",
     [FN_ON_LOG] = "proxy_on_log",
     [FN_ON_DELETE] = "proxy_on_delete",
@@ -229,7 +240,9 @@ static const uint8_t fn_arity[FN_COUNT][2] = {
     [FN_ON_UPSTREAM_CLOSE] = {2, 0}, [FN_ON_REQUEST_HEADERS] = {3, 1},
     [FN_ON_REQUEST_BODY] = {3, 1},   [FN_ON_REQUEST_TRAILERS] = {2, 1},
     [FN_ON_RESPONSE_HEADERS] = {3, 1}, [FN_ON_RESPONSE_BODY] = {3, 1},
-    [FN_ON_RESPONSE_TRAILERS] = {2, 1}, [FN_ON_DONE] = {1, 1}, [FN_ON_LOG] = {1, 0},
+    [FN_ON_RESPONSE_TRAILERS] = {2, 1}, [FN_ON_HTTP_CALL_RESPONSE] = {5, 0},
+    [FN_ON_GRPC_INITIAL] = {3, 0},   [FN_ON_GRPC_RECEIVE] = {3, 0}, [FN_ON_GRPC_TRAILING] = {3, 0},
+    [FN_ON_GRPC_CLOSE] = {3, 0},     [FN_ON_DONE] = {1, 1},       [FN_ON_LOG] = {1, 0},
     [FN_ON_DELETE] = {1, 0},         [FN_ALLOC] = {1, 1},         [FN_INITIALIZE] = {0, 0},
     [FN_START] = {0, 0},             [FN_MAIN] = {2, 1},          [FN_MAIN_VOID] = {0, 1},
 };
@@ -278,9 +291,11 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const pw_limits *limits,
     vm->disp = d; /* before any guest code: start-up may already register a queue */
     vm->buffer_limit = PW_DEFAULT_BUFFER_LIMIT;
     if (limits) vm->limits = *limits;
+    vm->max_calls = PW_DEFAULT_MAX_CALLS;
     vm->mod = m;
     vm->abi = m->abi;
     vm->header_arity = m->header_arity;
+    vm->legacy_maps = (m->flags & PW_MOD_AS_MAPS) != 0;
     vm->owner = pthread_self();
     vm->stack_lo = epoch_stack_low();
     vm->log_handle = log_handle;
@@ -325,13 +340,17 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const pw_limits *limits,
     vm->mem_ready = 1;
     for (int i = 0; i < FN_COUNT; i++) {
         int got = get_func(vm, i, fn_names[i], &vm->fn[i]);
+        /* The AssemblyScript SDK exports the pre-spec name of this callback. */
+        if (i == FN_ON_GRPC_TRAILING && got == 0)
+            got = get_func(vm, i, "proxy_on_grpc_trailing_metadata", &vm->fn[i]);
         /* The spec's allocator first; malloc only as the fallback (ABI.md §1). */
         if (i == FN_ALLOC && got == 0) got = get_func(vm, i, "malloc", &vm->fn[i]);
         if (got < 0) {
-            snprintf(err, errlen, "export %s has the wrong type (expected %u i32 parameters "
-                     "and %u i32 results)", i == FN_ALLOC && !vm->has[i] ? "proxy_on_memory_allocate/malloc" : fn_names[i],
-                     i == FN_ON_REQUEST_HEADERS || i == FN_ON_RESPONSE_HEADERS ? (unsigned)vm->header_arity : fn_arity[i][0],
-                     fn_arity[i][1]);
+            unsigned np = i == FN_ON_REQUEST_HEADERS || i == FN_ON_RESPONSE_HEADERS
+                              ? (unsigned)vm->header_arity : fn_arity[i][0];
+            snprintf(err, errlen, "export %s (or its alternative name) has the wrong type "
+                     "(expected %u i32 parameters and %u i32 results)", fn_names[i], np,
+                     (unsigned)fn_arity[i][1]);
             pw_vm_free(vm);
             return NULL;
         }
@@ -379,6 +398,7 @@ int pw_vm_close(pw_vm *vm) {
     vm->closed = 1;
     if (vm->disp) dispatcher_remove_vm(vm->disp, vm);
     vm->disp = NULL;
+    callout_free(vm);
     ctx_table_free(vm);
     if (vm->store) {
         epoch_vm_detach(vm);
@@ -526,6 +546,7 @@ void vm_run_deferred(pw_vm *vm) {
         pw_deferred d = vm->dq[i];
         pw_ctx *c = ctx_get(vm, d.ctx);
         if (!c) continue;
+        if (d.kind != DF_DELETE_ROOT) dispatcher_changed(vm->disp, vm->vm_key, d.ctx);
         switch (d.kind) {
         case DF_CONTINUE:
             if (c->kind == CTX_HTTP) http_resume(vm, c, (int)d.arg);

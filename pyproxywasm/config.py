@@ -77,13 +77,16 @@ class PluginConfig:
     dispatcher thread, instead of one per thread that runs streams.
     deadline_ms: how long one callback of this plugin (with the guest calls it makes) may
     run before it traps (None or 0: no deadline); the VM then fails and failure_policy
-    decides what streams see (see pyproxywasm.policy). reload: FAIL_RELOAD's backoff."""
+    decides what streams see (see pyproxywasm.policy). reload: FAIL_RELOAD's backoff.
+    allow_any_host: beyond Envoy, off by default: an outbound call to "host:port" that
+    names no cluster goes to that address directly (plain HTTP)."""
 
     vm_config: VmConfig
     name: str = ""
     root_id: str = ""
     configuration: Bytes = b""
     singleton: bool = False
+    allow_any_host: bool = False
     deadline_ms: int | None = DEFAULT_DEADLINE_MS
     failure_policy: FailurePolicy = FailurePolicy.FAIL_CLOSED
     reload: ReloadPolicy = field(default_factory=ReloadPolicy)

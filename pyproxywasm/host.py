@@ -30,6 +30,8 @@ from .limits import Limits
 from .policy import FailurePolicy, ReloadState
 from .http import HttpStream
 from .module import CompiledModule, compile_module
+from .net.cluster import Cluster
+from .net.outbound import Outbound, Recorder, VmCalls
 from .tcp import TcpStream
 
 
@@ -67,6 +69,8 @@ class Vm:
         # Ids of streams dropped on another thread without finish(): ended by the owner.
         self.dropped: collections.deque[int] = collections.deque()
 
+        self.dispatcher = dispatcher
+        self.calls: VmCalls | None = None  # its outbound calls, when the host routes any
         # Out-parameters reused by every call on this VM (all from its owner thread).
         self.u32 = ffi.new("uint32_t *")
         self.out = ffi.new("const uint8_t **")
@@ -319,14 +323,24 @@ class Host:
         cache_dir: str | None = "default",
         buffer_limit: int = lib.PW_DEFAULT_BUFFER_LIMIT,
         manual_dispatch: bool = False,
+        clusters: Iterable[Cluster] = (),
+        max_calls_in_flight: int = lib.PW_DEFAULT_MAX_CALLS,
+        io_loop: Any = None,
+        call_recorder: Recorder | None = None,
         limits: Limits | None = None,
     ) -> None:
         """concurrency: worker threads to start (0: streams run on the callers' threads).
         clock_ns: a virtual clock for every VM (0: real time). cache_dir: where compiled
         modules are kept ("default": the user cache directory; None: no cache).
         buffer_limit: body bytes a stream may hold per direction while its plugin pauses
-        (Envoy's default, 1 MiB); past it the stream ends with 413 (request) or 500.
+        (Envoy's default, 1 MiB); past it the stream ends with 413 (request) or 500. It also
+        bounds an outbound call's request body (BAD_ARGUMENT past it).
         manual_dispatch: events are delivered only by dispatch() (the testing harness).
+        clusters: the upstreams plugins may call (proxy_http_call, proxy_grpc_*); a name
+        that is none of them is an unknown cluster, as in Envoy. max_calls_in_flight: per
+        VM; past it a call answers INTERNAL_FAILURE. io_loop: the pyproxywasm.net.IoLoop
+        the calls run on (default: the process's, started on first use). call_recorder:
+        where calls to clusters that are not real go (the testing harness).
         limits: caps on what a plugin can make the host hold (pyproxywasm.limits.Limits)."""
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 0:
             raise ConfigError(f"concurrency must be an int >= 0, not {concurrency!r}")
@@ -338,6 +352,8 @@ class Host:
         self._log = logging.getLogger("pyproxywasm.host")
         # FAIL_RELOAD and failure counters per plugin name: vm_failures, vm_reloads.
         self.failure_stats: dict[str, dict[str, int]] = {}
+        self.outbound = Outbound(clusters, recorder=call_recorder, io=io_loop)
+        self._max_calls = max_calls_in_flight
         self._buffer_limit = buffer_limit
         self._clock_ns = clock_ns
         self._cache_dir = cache_dir
@@ -426,6 +442,10 @@ class Host:
                 self._buffer_limit, self._limits)
         for ff in self._foreign:
             vm.register_foreign(ff)
+        if self.outbound.clusters or self.outbound.recorder is not None or self._any_host():
+            vm.calls = VmCalls(self.outbound, vm.ptr, st.dispatcher,
+                               lambda root, st=st: self._allows_any_host(st, root))
+            lib.pw_vm_set_callouts(vm.ptr, vm.calls.handle, self._max_calls)
         return vm
 
     def _reload_vm(self, plugin: Plugin, root: RootContext) -> RootContext:
@@ -476,6 +496,13 @@ class Host:
         self._log.warning("plugin %r: reloaded its VM (reload %d)", name, state.reloads)
         old.close()
         return st.roots[plugin.index]
+
+    def _any_host(self) -> bool:
+        return any(p.config.allow_any_host for p in self.plugins)
+
+    @staticmethod
+    def _allows_any_host(st: _ThreadState, root_id: int) -> bool:
+        return any(r.context_id == root_id and r.config.allow_any_host for r in st.roots.values())
 
     def _instance(self, plugin: Plugin) -> RootContext:
         st = self._state()
@@ -625,6 +652,8 @@ class Host:
         for w in self.workers + ([self._main] if self._main is not None else []):
             w.stop(max(0.0, end - time.monotonic()), self._interrupt_thread)
         self.release_thread(max(0.0, end - time.monotonic()))
+        # Outbound clients: what is left of the timeout (their calls are cancelled).
+        self.outbound.close(min(max(end - time.monotonic(), 0.0), 5.0))
 
     def _interrupt_thread(self, ident: int | None) -> None:
         """Interrupts every VM of one thread (from any thread)."""

@@ -602,7 +602,7 @@ def test_export_types_are_checked_in_c_too():
 
     code = wat("bad_export")
     err = ffi.new("char[1024]")
-    mod = lib.pw_module_new(core.engine, code, len(code), lib.PW_ABI_0_2_1, 3, err, 1024)
+    mod = lib.pw_module_new(core.engine, code, len(code), lib.PW_ABI_0_2_1, 3, 0, err, 1024)
     assert mod != ffi.NULL
     d = lib.pw_dispatcher_new()
     try:

@@ -35,6 +35,12 @@ uint64_t epoch_now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+static uint64_t thread_cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + 1; /* never 0 */
+}
+
 static void *ticker(void *arg) {
     (void)arg;
     pthread_mutex_lock(&tick_lock);
@@ -96,13 +102,21 @@ static wasmtime_error_t *epoch_callback(wasmtime_context_t *cx, void *data, uint
     if (atomic_load_explicit(&vm->interrupt, memory_order_acquire))
         return WT.error_new("interrupted: the host is shutting down");
     if (!vm->call_deadline_ms) return NULL;
-    /* Time in Python callbacks (log handlers, foreign functions) is not the guest's, up
-     * to one more deadline's worth: a guest that logs without end is still stopped. The
-     * clock, not a count of ticks: a late ticker on a busy machine delays the check by
-     * its lateness only, never stretches the deadline. */
+    /* A CPU deadline: wall time by the clock (cheap, read per call) says when to look;
+     * this thread's CPU time, counted from the call's first tick (a syscall, made only
+     * by calls that last that long), says whether the guest really ran that long or was
+     * only descheduled. Time in Python callbacks (log handlers, foreign functions) is not
+     * the guest's, up to one more deadline's worth: a guest that logs without end is
+     * still stopped. A late ticker on a busy machine only delays the check. */
+    if (!vm->call_cpu0_ns) {
+        vm->call_cpu0_ns = thread_cpu_ns();
+        vm->call_wall0_ns = epoch_now_ns();
+    }
     uint64_t limit = vm->call_deadline_ms * 1000000u;
     uint64_t grace = vm->paused_ns < limit ? vm->paused_ns : limit;
-    if (epoch_now_ns() - vm->call_start_ns > limit + grace) {
+    if (epoch_now_ns() - vm->call_start_ns <= limit + grace) return NULL;
+    uint64_t before_first_tick = vm->call_wall0_ns - vm->call_start_ns;
+    if (thread_cpu_ns() - vm->call_cpu0_ns + before_first_tick > limit + grace) {
         char msg[96];
         snprintf(msg, sizeof msg, "deadline exceeded: the call ran longer than %llu ms",
                  (unsigned long long)vm->call_deadline_ms);

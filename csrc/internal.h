@@ -339,6 +339,7 @@ struct pw_vm {
      * epoch callback on the same thread; interrupt is set from any thread. */
     uintptr_t stack_lo;        /* the owner thread's lowest stack address */
     uint64_t call_start_ns;    /* monotonic start of the running top-level call */
+    uint64_t call_cpu0_ns, call_wall0_ns; /* thread CPU and wall time at its first tick */
     uint64_t call_deadline_ms; /* its deadline; 0: none */
     uint64_t paused_ns;        /* time spent in Python callbacks during this call */
     _Atomic int interrupt;     /* pw_vm_interrupt: trap at the next epoch check */
@@ -504,7 +505,10 @@ static inline int epoch_call_begin(pw_vm *vm, uint32_t deadline_ms, char *why, s
         return epoch_stack_fail(vm, why, whylen);
     vm->paused_ns = 0;
     vm->call_deadline_ms = deadline_ms;
-    if (deadline_ms) vm->call_start_ns = epoch_now_ns();
+    if (deadline_ms) {
+        vm->call_start_ns = epoch_now_ns();
+        vm->call_cpu0_ns = 0;
+    }
     WT.context_set_epoch_deadline(vm->cx, 1);
     return 0;
 }

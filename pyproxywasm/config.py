@@ -15,7 +15,16 @@ from .errors import ConfigError
 from .module import read_code
 from .policy import FailurePolicy, ReloadPolicy
 
-DEFAULT_DEADLINE_MS = 100
+def _default_deadline() -> int:
+    """100 ms of guest CPU per callback; PYPROXYWASM_DEADLINE_MS changes the default (a
+    sanitizer build runs guests and hostcalls many times slower)."""
+    try:
+        return int(os.environ.get("PYPROXYWASM_DEADLINE_MS", "100"))
+    except ValueError:
+        return 100
+
+
+DEFAULT_DEADLINE_MS = _default_deadline()
 
 Bytes = Union[bytes, str]
 

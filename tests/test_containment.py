@@ -617,3 +617,24 @@ def test_export_types_are_checked_in_c_too():
 def test_a_start_function_that_never_returns_fails_the_vm_start():
     with pytest.raises(PluginStartError, match="deadline"):
         PluginHarness(wat("start_loop"), limits=Limits(startup_ms=50))
+
+
+def test_body_statuses_past_3_do_not_buffer():
+    # proxy-wasm-cpp-host clamps them to StopIterationNoBuffer: the chunk is not kept.
+    with PluginHarness(wat("body_status")) as h:
+        s = h.http()
+        s.send_request_headers(REQUEST)
+        assert s.send_request_body(b"abc") is Action.PAUSE
+        assert s.send_request_body(b"def") is Action.PAUSE
+        assert s.held_request_body == b""  # not "abcdef": nothing was buffered
+        s.finish()
+
+
+def test_tcp_stream_finish_after_close_is_a_no_op():
+    h = PluginHarness(wat("trap"))
+    t = h.tcp()
+    t.send_downstream(b"x")
+    h.close()
+    t.finish()  # nothing left to end
+    with pytest.raises(HostClosedError):
+        t.send_downstream(b"y")

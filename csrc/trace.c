@@ -35,7 +35,7 @@ void trace_free(pw_vm *vm) {
 }
 
 int pw_vm_trace(pw_vm *vm, uint32_t capacity) {
-    if (!vm_check_owner(vm)) return PW_ERR_THREAD;
+    VM_ENTER(vm);
     trace_free(vm);
     if (!capacity) return PW_OK;
     pw_trace *t = calloc(1, sizeof *t);

@@ -11,6 +11,8 @@ from itertools import chain
 from collections.abc import Mapping
 from typing import Iterable, Tuple, Union
 
+from .errors import InvalidHeaderError
+
 HeaderValue = Union[str, bytes]
 # bytes: an already encoded pairs buffer, passed through as is
 HeaderItems = Union[bytes, Iterable[Tuple[HeaderValue, HeaderValue]], Mapping[HeaderValue, HeaderValue]]
@@ -35,6 +37,8 @@ def encode_headers(items: HeaderItems) -> tuple[bytes, int]:
     n = len(items)  # type: ignore[arg-type]  # a list or tuple by now
     if not n:
         return b"", 0
+    if items[0].__class__ in _NOT_PAIRS:  # ["ab", "cd"] is not two headers
+        return encode_pairs(items), -1
     try:
         data = "\0".join(_chain(items)).encode()  # type: ignore[arg-type]
     except (TypeError, UnicodeEncodeError):  # bytes among them, or surrogate escapes
@@ -44,7 +48,10 @@ def encode_headers(items: HeaderItems) -> tuple[bytes, int]:
     # name/value holds a NUL; the pairs format says exactly what was meant (or raises).
     if data.count(b"\0") != 2 * n - 1:
         return encode_pairs(items), -1
-    return data, n
+    return data, n  # empty names, CR and LF are refused by the C core (InvalidHeaderError)
+
+
+_NOT_PAIRS = frozenset((str, bytes, bytearray, memoryview))
 
 
 def encode_pairs(items: HeaderItems) -> bytes:
@@ -55,7 +62,12 @@ def encode_pairs(items: HeaderItems) -> bytes:
         items = items.items()
     flat: list[bytes] = []
     for pair in items:
-        k, v = pair  # raises for anything but a pair
+        if isinstance(pair, (str, bytes, bytearray, memoryview)):
+            raise InvalidHeaderError(f"a header must be a (name, value) pair, not {pair!r}")
+        try:
+            k, v = pair
+        except (TypeError, ValueError):
+            raise InvalidHeaderError(f"a header must be a (name, value) pair, not {pair!r}") from None
         flat.append(_b(k))
         flat.append(_b(v))
     if not flat:

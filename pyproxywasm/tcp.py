@@ -77,6 +77,9 @@ class TcpStream:
         """Tears the connection's context down now (on_done, on_log, on_delete)."""
         if self.flags & lib.PW_S_DONE:
             return
+        if lib.pw_vm_closed(self._vm):  # the host closed (or FAIL_RELOAD replaced the VM)
+            self.flags |= lib.PW_S_DONE
+            return
         f = lib.pw_tcp_finish(self._vm, self.context_id)
         if f < 0:
             raise_for(f, self._vmobj)

@@ -23,8 +23,10 @@ import os
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ._binding import lib
-from .config import PluginConfig, VmConfig
+from .config import DEFAULT_DEADLINE_MS, PluginConfig, VmConfig
 from .host import Host, Plugin, Vm
+from .limits import Limits
+from .policy import FailurePolicy, ReloadPolicy
 from .http import HttpStream
 from .logs import LEVEL_NAMES, LogCapture, LogRecord, level_name
 from .metrics import Metric, StatsTag
@@ -70,6 +72,10 @@ class PluginHarness:
         buffer_limit: int | None = None,
         clusters: Iterable[Cluster | str] | None = None,
         allow_any_host: bool = False,
+        failure_policy: FailurePolicy | str = FailurePolicy.FAIL_CLOSED,
+        deadline_ms: int | None = DEFAULT_DEADLINE_MS,
+        reload: ReloadPolicy | None = None,
+        limits: Limits | None = None,
         namespace: str | None = None,
         singleton: bool = False,
         runtime: str = "envoy.wasm.runtime.wasmtime",
@@ -91,7 +97,12 @@ class PluginHarness:
         filter_state_keys: keys set_envoy_filter_state accepts beyond Envoy's own.
         trace: record the ABI call trace of the harness's VMs (True: the last 4096
         records per VM; an int: that many); `h.trace()`, `h.format_trace()`. It starts
-        after the VM's start-up (WASI _start/_initialize), before the first root."""
+        after the VM's start-up (WASI _start/_initialize), before the first root.
+        failure_policy, deadline_ms, reload: the plugin's (PluginConfig); limits: the
+        host's caps (pyproxywasm.limits). What a policy did shows on each stream
+        (HttpStream.failure_outcome) and in failure_stats."""
+        self._policy = dict(failure_policy=failure_policy, deadline_ms=deadline_ms,
+                            reload=reload or ReloadPolicy())
         self.now_ns = start_time_ns
         self.capture = LogCapture()
         self._logger = logging.getLogger("pyproxywasm")
@@ -103,7 +114,7 @@ class PluginHarness:
                                   environment_variables=dict(environment_variables or {}))
         self.namespace = f"harness-{next(_harness_ids)}" if namespace is None else namespace
         self._singleton = singleton
-        limits: dict[str, Any] = {} if buffer_limit is None else {"buffer_limit": buffer_limit}
+        caps: dict[str, Any] = {} if buffer_limit is None else {"buffer_limit": buffer_limit}
         real = [c for c in clusters or () if isinstance(c, Cluster)]
         names = None if clusters is None else [c for c in clusters if isinstance(c, str)]
         self.recorder = CallRecorder(names, lambda: self.now_ns)
@@ -113,7 +124,8 @@ class PluginHarness:
                          clock_ns=start_time_ns, manual_dispatch=True, clusters=real,
                          call_recorder=self.recorder, namespace=self.namespace,
                          filter_state_keys=filter_state_keys,
-                         on_vm=self._on_vm if self._trace else None, **limits)
+                         on_vm=self._on_vm if self._trace else None, limits=limits,
+                         **caps)
         self.state = self.host.state
         self.plugins: list[Plugin] = []
         try:
@@ -130,8 +142,14 @@ class PluginHarness:
         """Another plugin; with the same vm_config it shares the VM (its own root context)."""
         cfg = PluginConfig(vm_config or self.vm_config, name=name, root_id=root_id,
                            configuration=configuration, allow_any_host=self._allow_any_host,
-                           singleton=self._singleton if singleton is None else singleton)
+                           singleton=self._singleton if singleton is None else singleton,
+                           **self._policy)
         return self.host.add_plugin(cfg)
+
+    @property
+    def failure_stats(self) -> dict[str, dict[str, int]]:
+        """Per plugin: how often its VM failed and how often FAIL_RELOAD replaced it."""
+        return self.host.failure_stats
 
     def http_stream(self, plugin: Plugin | None = None,
                     properties: Mapping[Any, Any] | None = None) -> HttpStream:

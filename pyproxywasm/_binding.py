@@ -154,7 +154,7 @@ _CLASSES: dict[int, type[ProxyWasmError]] = {
 }
 
 
-def error_for(code: int, vm=None) -> ProxyWasmError:
+def error_for(code: int, vm: Any = None) -> ProxyWasmError:
     """The one mapping from a pw_* result code (either sign) to an exception."""
     code = abs(code)
     cls = _CLASSES.get(code, ProxyWasmError)

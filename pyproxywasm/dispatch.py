@@ -174,6 +174,7 @@ class Worker:
             if self._stopping or self._ended:
                 raise HostClosedError(f"{self.name} is stopping")
             self._jobs.append((fn, args, fut))
+        assert self.dispatcher is not None  # set before start() returns
         self.dispatcher.wake()
         return fut
 
@@ -228,6 +229,7 @@ class Worker:
         self._stop_by = time.monotonic() + timeout
         with self._jobs_lock:
             self._stopping = True
+        assert self.dispatcher is not None  # the thread is alive
         self.dispatcher.wake()
         if threading.get_ident() == self.thread.ident:
             return

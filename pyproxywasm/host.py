@@ -227,7 +227,7 @@ class _ThreadState:
         self.owns_dispatcher = owns_dispatcher
         self.vms: dict[tuple[object, ...], Vm] = {}
         self.roots: dict[int, RootContext] = {}
-        self.reload: dict[tuple, ReloadState] = {}  # FAIL_RELOAD bookkeeping per VM key
+        self.reload: dict[tuple[object, ...], ReloadState] = {}  # FAIL_RELOAD bookkeeping per VM key
 
 
 class _Releaser:
@@ -419,7 +419,7 @@ class Host:
             if self._closed:
                 raise HostClosedError("the host is closed")
             owns = dispatcher is None
-            if owns:
+            if dispatcher is None:
                 if self._closed:
                     raise HostClosedError("the host is closed")
                 dispatcher = Dispatcher(autorun=not self._manual)
@@ -607,12 +607,12 @@ class Host:
         except BaseException:
             with self._lock:
                 self.plugins.remove(plugin)
-            for w in started:
+            for started_on in started:
                 try:
-                    if w is None:
+                    if started_on is None:
                         self._stop_here(plugin)
                     else:
-                        w.call(self._stop_here, plugin).result()
+                        started_on.call(self._stop_here, plugin).result()
                 except Exception:  # noqa: BLE001 - the start error is the one to raise
                     pass
             raise

@@ -37,7 +37,7 @@ def encode_headers(items: HeaderItems) -> tuple[bytes, int]:
     n = len(items)  # type: ignore[arg-type]  # a list or tuple by now
     if not n:
         return b"", 0
-    if items[0].__class__ in _NOT_PAIRS:  # ["ab", "cd"] is not two headers
+    if items[0].__class__ in _NOT_PAIRS:  # type: ignore[index, operator]  # ["ab", "cd"] is not two headers
         return encode_pairs(items), -1
     try:
         data = "\0".join(_chain(items)).encode()  # type: ignore[arg-type]

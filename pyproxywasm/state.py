@@ -10,6 +10,7 @@ each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 from ._binding import ffi, lib
 from .abi import Status
@@ -23,6 +24,14 @@ class SharedValue:
 
     value: bytes
     cas: int
+
+    # Code written when shared_data() answered a (value, cas) tuple keeps working:
+    # `value, cas = h.shared_data(k)` and `h.shared_data(k)[0]`.
+    def __iter__(self) -> Iterator[bytes | int]:
+        return iter((self.value, self.cas))
+
+    def __getitem__(self, i: int) -> bytes | int:
+        return (self.value, self.cas)[i]
 
 
 @dataclass(frozen=True)

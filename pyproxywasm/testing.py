@@ -101,8 +101,8 @@ class PluginHarness:
         failure_policy, deadline_ms, reload: the plugin's (PluginConfig); limits: the
         host's caps (pyproxywasm.limits). What a policy did shows on each stream
         (HttpStream.failure_outcome) and in failure_stats."""
-        self._policy = dict(failure_policy=failure_policy, deadline_ms=deadline_ms,
-                            reload=reload or ReloadPolicy())
+        self._policy: dict[str, Any] = dict(failure_policy=failure_policy, deadline_ms=deadline_ms,
+                                            reload=reload or ReloadPolicy())
         self.now_ns = start_time_ns
         self.capture = LogCapture()
         self._logger = logging.getLogger("pyproxywasm")

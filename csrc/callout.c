@@ -162,6 +162,8 @@ int callout_http(pw_vm *vm, const uint8_t *up, size_t upl, const uint8_t *hp, si
                  const uint8_t *body, size_t bl, const uint8_t *tp, size_t tl, uint32_t timeout_ms,
                  uint32_t token_ptr) {
     pw_callres *cr = &vm->cr;
+    /* Envoy reads the timeout as a signed int and refuses a negative one. */
+    if (timeout_ms > INT32_MAX) return ST_BAD_ARGUMENT;
     if (normalize(&cr->req_headers, &cr->req_ser[0], hp, hl) ||
         normalize(&cr->req_trailers, &cr->req_ser[1], tp, tl))
         return ST_BAD_ARGUMENT;

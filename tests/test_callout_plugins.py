@@ -119,3 +119,293 @@ def test_assemblyscript_http_call_plugin_starts():
 def test_wat_callout_edge_reads_its_cluster(config, cluster):
     with PluginHarness(WAT_CALLOUT_EDGE, configuration=config) as h:
         assert h.logs("info") == [f"callout_edge configure cluster={cluster}"]
+
+
+# ===================================================================================
+# Behaviour with recorded calls (no network): every mode and refusal case the plugins'
+# READMEs state, answered through the harness (h.http_calls / h.grpc_calls), timeouts on
+# the virtual clock. Real servers: test_callout_plugins_net.py.
+# ===================================================================================
+
+from pyproxywasm import VmFailedError  # noqa: E402
+from pyproxywasm._binding import lib  # noqa: E402
+
+from conftest import REQUEST  # noqa: E402
+
+CONTINUE, PAUSE = 0, 1
+
+
+def go(mode: str, *, clusters=None, buffer_limit=None, **cfg) -> PluginHarness:
+    config = json.dumps({"mode": mode, **cfg})
+    return PluginHarness(GO_CALLOUTS, configuration=config, clusters=clusters,
+                         buffer_limit=buffer_limit)
+
+
+def new_info(h: PluginHarness, start: int) -> list[str]:
+    return h.logs("info")[start:]
+
+
+def request(h: PluginHarness, *extra: tuple[str, str]):
+    """A GET through the plugin; returns (stream, what on_request_headers returned,
+    the INFO lines it logged)."""
+    n = len(h.logs("info"))
+    s = h.http()
+    action = s.send_request_headers(REQUEST + list(extra), end_stream=True)
+    return s, action, new_info(h, n)
+
+
+def local(s) -> tuple[int, list, bytes]:
+    r = s.local_response
+    assert r is not None, "expected a local response"
+    return r.status, list(r.headers), r.body
+
+
+class Counters:
+    """The tick mode's counters, relative to when this was made (metrics are process-wide,
+    so earlier tests' plugins have counted too)."""
+
+    def __init__(self, h: PluginHarness) -> None:
+        self.h = h
+        self.base = self._read()
+
+    def _read(self) -> tuple[int, int]:
+        return (self.h.metric("callout_ok") or 0, self.h.metric("callout_failed") or 0)
+
+    def __call__(self) -> tuple[int, int]:
+        now = self._read()
+        return now[0] - self.base[0], now[1] - self.base[1]
+
+
+def resumed(s) -> bool:
+    s.refresh()
+    return s.request_complete and not s.request_paused and s.local_response is None
+
+
+# ---- Go SDK plugin: mode auth ---------------------------------------------------------
+
+GO_AUTH = {"cluster": "auth", "path": "/check", "authority": "auth.local"}
+
+
+def test_go_auth_call_then_allowed_by_response_header():
+    with go("auth", **GO_AUTH) as h:
+        s, action, lines = request(h, ("x-user", "alice"), ("x-auth-user", "mallory"))
+        assert action == PAUSE and s.request_paused
+        assert lines == ["auth: calling auth /check", "auth: paused"]
+        (call,) = h.http_calls
+        assert call.cluster == "auth" and call.timeout_ms == 1000
+        assert list(call.headers) == [(":method", "GET"), (":path", "/check"),
+                                      (":authority", "auth.local"), ("x-user", "alice")]
+        assert call.body == b"" and call.trailers == []
+        n = len(h.logs("info"))
+        call.respond(200, {"x-auth-user": "bob"}, b"ignored")
+        assert new_info(h, n) == ["auth: response status=200 body=7", "auth: allowed user=bob"]
+        assert resumed(s)
+        assert s.request_headers.get_all("x-auth-user") == ["bob"]  # replaced, not added
+        assert h.http_calls == [] and h.calls_in_flight() == 0
+
+
+def test_go_auth_user_from_body_and_configured_header_names():
+    with go("auth", forward_header="x-who", user_header="x-principal", method="HEAD") as h:
+        s, _, lines = request(h, ("x-who", "carol"), ("x-user", "not-forwarded"))
+        assert lines == ["auth: calling callout /", "auth: paused"]
+        (call,) = h.http_calls
+        assert list(call.headers) == [(":method", "HEAD"), (":path", "/"),
+                                      (":authority", "callout.local"), ("x-who", "carol")]
+        n = len(h.logs("info"))
+        call.respond(200, body=b"dave")
+        assert new_info(h, n) == ["auth: response status=200 body=4", "auth: allowed user=dave"]
+        assert resumed(s) and s.request_headers.get("x-principal") == "dave"
+
+
+def test_go_auth_denied_answers_403_with_the_call_body():
+    with go("auth") as h:
+        s, _, _ = request(h)
+        assert "x-user" not in h.http_calls[0].headers  # nothing to forward
+        n = len(h.logs("info"))
+        h.http_calls[0].respond(401, {"x-auth-user": "eve"}, b"who are you")
+        assert new_info(h, n) == ["auth: response status=401 body=11", "auth: denied status=401"]
+        assert local(s) == (403, [("x-auth-status", "401")], b"who are you")
+
+
+def test_go_auth_failed_call_answers_503():
+    with go("auth") as h:
+        s, _, _ = request(h)
+        n = len(h.logs("info"))
+        h.http_calls[0].fail("connection refused")
+        assert new_info(h, n) == ["auth: callout failed"]
+        assert local(s) == (503, [], b"auth unavailable")
+
+
+def test_go_auth_timeout_from_the_request_header_on_the_virtual_clock():
+    with go("auth", timeout_ms=5000) as h:
+        s, _, _ = request(h, ("x-callout-timeout", "250"))
+        assert h.http_calls[0].timeout_ms == 250
+        h.advance(249)
+        assert len(h.http_calls) == 1 and s.request_paused
+        h.advance(1)
+        assert h.http_calls == [] and h.logs("info")[-1] == "auth: callout failed"
+        assert local(s)[0] == 503
+        s2, _, _ = request(h, ("x-callout-timeout", "soon"))  # unparsable: ignored
+        assert h.http_calls[0].timeout_ms == 5000
+
+
+def test_go_auth_timeout_zero_means_no_timeout():
+    with go("auth", timeout_ms=0) as h:
+        s, _, _ = request(h)
+        (call,) = h.http_calls
+        assert call.timeout_ms == 0
+        h.advance(3_600_000)
+        assert h.http_calls == [call] and s.request_paused
+        call.respond(200, {"x-auth-user": "late"})
+        assert resumed(s)
+
+
+@pytest.mark.parametrize("extra", [
+    [("x-callout-cluster", "nope")],      # unknown cluster
+    [("x-callout-no-method", "1")],
+    [("x-callout-no-path", "")],
+    [("x-callout-no-authority", "yes")],
+], ids=["unknown-cluster", "no-method", "no-path", "no-authority"])
+def test_go_refused_calls_answer_500_bad_argument(extra):
+    with go("auth", clusters=["callout"]) as h:
+        s, action, lines = request(h, *extra)
+        assert lines == ["auth: calling " + dict(extra).get("x-callout-cluster", "callout") + " /",
+                         "auth: http_call failed: bad argument"]
+        assert action == PAUSE
+        assert local(s) == (500, [("x-callout-error", "bad argument")],
+                            b"http_call failed: bad argument")
+        assert h.calls == [] and h.calls_in_flight() == 0
+
+
+def test_go_known_cluster_override_is_called():
+    with go("auth", clusters=["callout", "other"]) as h:
+        request(h, ("x-callout-cluster", "other"))
+        assert [c.cluster for c in h.http_calls] == ["other"]
+
+
+# ---- Go SDK plugin: mode tick --------------------------------------------------------
+
+def test_go_tick_dispatches_from_the_root_and_counts_answers():
+    with go("tick", tick_ms=100, authority="ticks.local") as h:
+        counts = Counters(h)
+        h.advance(99)
+        assert h.http_calls == []
+        h.advance(1)
+        (c1,) = h.http_calls
+        assert list(c1.headers) == [(":method", "GET"), (":path", "/tick/1"),
+                                    (":authority", "ticks.local")]
+        assert c1.body == b"" and c1.trailers == [] and c1.timeout_ms == 1000
+        assert h.logs("info")[-1] == "tick 1: dispatched"
+        c1.respond(204, body=b"abc")
+        assert h.logs("info")[-1] == "tick 1: status=204 body=3"
+        assert counts() == (1, 0)
+        h.advance(100)
+        (c2,) = h.http_calls
+        assert c2.path == "/tick/2"
+        c2.fail()
+        assert h.logs("info")[-1] == "tick 2: failed"
+        assert counts() == (1, 1)
+
+
+def test_go_tick_calls_time_out_between_ticks():
+    with go("tick", tick_ms=100, timeout_ms=30) as h:
+        counts = Counters(h)
+        h.advance(100)
+        assert len(h.http_calls) == 1
+        h.advance(30)
+        assert h.http_calls == [] and h.logs("info")[-1] == "tick 1: failed"
+        h.advance(70)  # tick 2 at 200 ms
+        assert [c.path for c in h.http_calls] == ["/tick/2"]
+        h.advance(29)
+        assert len(h.http_calls) == 1 and counts()[1] == 1
+        h.advance(1)
+        assert h.http_calls == [] and counts()[1] == 2
+        assert h.logs("info")[-1] == "tick 2: failed"
+
+
+def test_go_tick_refused_call_is_counted():
+    with go("tick", clusters=[], tick_ms=50) as h:  # no cluster is known
+        counts = Counters(h)
+        h.advance(100)
+        assert [l for l in h.logs("info") if l.startswith("tick")] == [
+            "tick 1: http_call failed: bad argument", "tick 2: http_call failed: bad argument"]
+        assert counts() == (0, 2)
+
+
+# ---- Go SDK plugin: mode multi -------------------------------------------------------
+
+def test_go_multi_resumes_after_the_last_of_several_answers():
+    with go("multi", count=3, method="PUT") as h:
+        s, action, lines = request(h)
+        assert action == PAUSE and lines == ["multi: dispatched 3"]
+        calls = h.http_calls
+        assert [c.path for c in calls] == ["/multi/1", "/multi/2", "/multi/3"]
+        assert all(c.method == "PUT" and c.authority == "callout.local" for c in calls)
+        assert len({c.token for c in calls}) == 3
+        n = len(h.logs("info"))
+        calls[1].respond(200)
+        calls[2].fail()
+        assert s.request_paused  # one answer still missing
+        calls[0].respond(404)
+        assert new_info(h, n) == ["multi: 2 status=200", "multi: 3 status=failed",
+                                  "multi: 1 status=404", "multi: all 3 answered"]
+        assert resumed(s)
+        assert [(k, v) for k, v in s.request_headers if k.startswith("x-multi-")] == [
+            ("x-multi-2", "200"), ("x-multi-3", "failed"), ("x-multi-1", "404")]
+
+
+def test_go_multi_refusal_past_the_in_flight_bound():
+    """1,025 calls from one request: the per-VM bound (1,024 in flight) refuses the last with
+    INTERNAL_FAILURE; the calls already made keep running and their callbacks still log."""
+    with go("multi", count=1025) as h:
+        s, action, lines = request(h)
+        assert lines == ["multi: http_call failed: internal failure"]
+        assert local(s) == (500, [("x-callout-error", "internal failure")],
+                            b"http_call failed: internal failure")
+        calls = h.http_calls
+        assert len(calls) == 1024 and h.calls_in_flight() == 1024
+        calls[0].respond(200)
+        calls[1].fail()
+        assert h.logs("info")[-2:] == ["multi: 1 status=200", "multi: 2 status=failed"]
+        assert h.calls_in_flight() == 1022
+        for c in h.http_calls:
+            c.respond(200)
+        assert h.calls_in_flight() == 0
+        assert "multi: all 1025 answered" not in h.logs("info")
+
+
+# ---- Go SDK plugin: mode post --------------------------------------------------------
+
+POST = {"path": "/ingest", "body": "payload!", "headers": [["content-type", "text/plain"], ["x-a", "1"]],
+        "trailers": [["x-sum", "42"]]}
+
+
+def test_go_post_sends_body_headers_trailers_and_relays_the_answer():
+    with go("post", **POST) as h:
+        s, action, lines = request(h)
+        assert action == PAUSE
+        assert lines == ["post: calling callout POST /ingest body=8 trailers=1"]
+        (call,) = h.http_calls
+        assert list(call.headers) == [(":method", "POST"), (":path", "/ingest"),
+                                      (":authority", "callout.local"),
+                                      ("content-type", "text/plain"), ("x-a", "1")]
+        assert call.body == b"payload!" and list(call.trailers) == [("x-sum", "42")]
+        n = len(h.logs("info"))
+        call.respond(201, {"x-h": "v"}, b"stored", trailers=[("grpc-status", "0"), ("x-t", "9")])
+        assert new_info(h, n) == ["post: response status=201 body=6 trailers=2"]
+        assert local(s) == (200, [("x-callout-status", "201"), ("x-callout-body-size", "6"),
+                                  ("x-callout-trailer-grpc-status", "0"),
+                                  ("x-callout-trailer-x-t", "9")], b"stored")
+
+
+def test_go_post_failure_and_oversized_body():
+    with go("post", **POST) as h:
+        s, _, _ = request(h)
+        h.http_calls[0].fail()
+        assert h.logs("info")[-1] == "post: callout failed"
+        assert local(s) == (503, [], b"post unavailable")
+    # A body over the host's buffer limit is refused as Envoy refuses it: BAD_ARGUMENT.
+    with go("post", buffer_limit=4, **POST) as h:
+        s, _, lines = request(h)
+        assert lines[-1] == "post: http_call failed: bad argument"
+        assert local(s)[0] == 500 and h.calls == []

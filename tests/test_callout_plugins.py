@@ -127,7 +127,7 @@ def test_wat_callout_edge_reads_its_cluster(config, cluster):
 # the virtual clock. Real servers: test_callout_plugins_net.py.
 # ===================================================================================
 
-from pyproxywasm import VmFailedError  # noqa: E402
+from pyproxywasm import VmConfig, VmFailedError  # noqa: E402
 from pyproxywasm._binding import lib  # noqa: E402
 
 from conftest import REQUEST  # noqa: E402
@@ -409,3 +409,339 @@ def test_go_post_failure_and_oversized_body():
         s, _, lines = request(h)
         assert lines[-1] == "post: http_call failed: bad argument"
         assert local(s)[0] == 500 and h.calls == []
+
+
+# ---- Rust SDK plugin -------------------------------------------------------------------
+
+def rust(config: str, **kw) -> PluginHarness:
+    return PluginHarness(RUST_CALLOUTS, configuration=config, **kw)
+
+
+def test_rust_auth_allowed_denied_and_call_shape():
+    with rust("mode=auth cluster=idp path=/v1/check authority=idp.local timeout_ms=300") as h:
+        s, action, lines = request(h, ("x-user", "alice"))
+        assert action == PAUSE and lines == ["auth: calling idp /v1/check", "auth: paused"]
+        (call,) = h.http_calls
+        assert (call.cluster, call.timeout_ms) == ("idp", 300)
+        assert list(call.headers) == [(":method", "GET"), (":path", "/v1/check"),
+                                      (":authority", "idp.local"), ("x-user", "alice")]
+        assert call.body == b"" and call.trailers == []
+        n = len(h.logs("info"))
+        call.respond(200, body=b"alice-from-body")
+        assert new_info(h, n) == ["auth: response status=200 body=15",
+                                  "auth: allowed user=alice-from-body"]
+        assert resumed(s) and s.request_headers.get("x-auth-user") == "alice-from-body"
+
+        s, _, _ = request(h)
+        assert "x-user" not in h.http_calls[0].headers
+        h.http_calls[0].respond(200, {"x-auth-user": "bob"}, b"body")
+        assert h.logs("info")[-1] == "auth: allowed user=bob"
+        assert resumed(s) and s.request_headers.get("x-auth-user") == "bob"
+
+        s, _, _ = request(h)
+        n = len(h.logs("info"))
+        h.http_calls[0].respond(500, body=b"down")
+        assert new_info(h, n) == ["auth: response status=500 body=4", "auth: denied status=500"]
+        assert local(s) == (403, [("x-auth-status", "500")], b"down")
+
+
+@pytest.mark.parametrize("how, message", [("fail", "connection refused"), ("timeout", "timeout")])
+def test_rust_auth_failure_reads_status_11_and_the_reason(how, message):
+    with rust("mode=auth timeout_ms=50") as h:
+        s, _, _ = request(h)
+        n = len(h.logs("info"))
+        if how == "fail":
+            h.http_calls[0].fail(message)
+        else:
+            h.advance(50)
+        assert new_info(h, n) == [f"auth: callout failed status=11 message={message}"]
+        assert local(s) == (503, [], b"auth unavailable")
+
+
+def test_rust_auth_unknown_cluster_is_bad_argument():
+    with rust("mode=auth", clusters=["callout"]) as h:
+        s, action, lines = request(h, ("x-callout-cluster", "ghost"))
+        assert lines == ["auth: calling ghost /", "auth: http_call failed: BadArgument"]
+        assert action == PAUSE
+        assert local(s) == (500, [("x-callout-error", "BadArgument")], b"http_call failed: BadArgument")
+
+
+def test_rust_grpc_unary_reply_with_metadata_and_message():
+    with rust("mode=grpc cluster=grpcsvc service=pkg.Auth method=Check timeout_ms=700") as h:
+        s, action, lines = request(h, ("x-grpc-message", "ping"), ("x-grpc-md", "m1"))
+        assert action == PAUSE
+        assert lines == ["grpc: calling grpcsvc pkg.Auth/Check", "grpc: paused"]
+        (g,) = h.grpc_calls
+        assert (g.stream, g.cluster, g.service, g.method, g.timeout_ms) == (
+            False, "grpcsvc", "pkg.Auth", "Check", 700)
+        assert list(g.metadata) == [("x-plugin", "rustcallouts"), ("x-grpc-md", "m1")]
+        assert g.message == b"ping"
+        n = len(h.logs("info"))
+        g.respond(b"pong")
+        assert new_info(h, n) == ["grpc: reply size=4 message=pong"]
+        assert resumed(s)
+        assert (s.request_headers.get("x-grpc-status"), s.request_headers.get("x-grpc-reply")) == ("0", "pong")
+        assert h.grpc_calls == [] and h.calls_in_flight() == 0
+
+
+def test_rust_grpc_unary_failure_timeout_and_empty_close():
+    with rust("mode=grpc timeout_ms=100") as h:
+        s, _, _ = request(h)
+        g = h.grpc_calls[0]
+        assert g.message == b"" and list(g.metadata) == [("x-plugin", "rustcallouts")]
+        n = len(h.logs("info"))
+        g.close(14, "backend down")
+        assert new_info(h, n) == ["grpc: failed status=14 get_status=14 message=backend down"]
+        assert local(s) == (503, [("x-grpc-status", "14"), ("x-grpc-message", "backend down")],
+                            b"grpc failed: 14 backend down")
+
+        s, _, _ = request(h)
+        n = len(h.logs("info"))
+        h.advance(100)  # DEADLINE_EXCEEDED on the virtual clock
+        assert new_info(h, n) == ["grpc: failed status=4 get_status=4 message=timeout"]
+        assert local(s)[0] == 503
+
+        s, _, _ = request(h)
+        h.grpc_calls[0].close(0)  # OK without a message looks like an empty reply
+        assert h.logs("info")[-1] == "grpc: reply size=0 message="
+        assert resumed(s) and s.request_headers.get("x-grpc-reply") == ""
+
+
+def test_rust_grpc_cancel_forgets_the_call():
+    with rust("mode=grpc") as h:
+        s, action, lines = request(h, ("x-grpc-cancel", "1"))
+        assert action == CONTINUE
+        assert lines == ["grpc: calling callout test.Echo/Unary", "grpc: cancel Ok(())"]
+        assert s.request_headers.get("x-grpc-result") == "cancelled"
+        (record,) = h.recorder.calls
+        assert record.cancelled and not record.done
+        assert h.grpc_calls == [] and h.calls_in_flight() == 0
+        with pytest.raises(RuntimeError, match="no longer pending"):
+            record.respond(b"too late")
+
+
+def test_rust_grpc_unknown_cluster_is_parse_failure():
+    with rust("mode=grpc", clusters=["callout"]) as h:
+        s, _, lines = request(h, ("x-callout-cluster", "ghost"))
+        assert lines[-1] == "grpc: grpc_call failed: ParseFailure"
+        assert local(s) == (500, [("x-callout-error", "ParseFailure")], b"grpc_call failed: ParseFailure")
+
+
+def test_rust_grpc_bad_argument_panics_in_the_sdk_and_the_host_stays_up():
+    """The README: a gRPC call answered BAD_ARGUMENT (here: a message over the buffer
+    limit) panics inside the Rust SDK. The VM fails; the host, other VMs, go on."""
+    with rust("mode=grpc", buffer_limit=16) as h:
+        s, _, _ = request(h, ("x-grpc-message", "x" * 40))
+        assert any(l.startswith("panicked at 'unexpected status: 2'") for l in h.logs("critical"))
+        assert h.calls == [] and h.calls_in_flight() == 0
+        with pytest.raises(VmFailedError):
+            request(h)
+        other = h.add_plugin(configuration="mode=grpc", vm_config=VmConfig(RUST_CALLOUTS, vm_id="b"))
+        s2 = h.http(other)
+        assert s2.send_request_headers(REQUEST, end_stream=True) == PAUSE
+        h.grpc_calls[0].respond(b"ok")
+        assert resumed(s2)
+
+
+def test_rust_stream_full_exchange():
+    with rust("mode=stream cluster=chat service=pkg.Chat method=Talk") as h:
+        s, action, lines = request(h, ("x-grpc-md", "z"))
+        assert action == PAUSE
+        assert lines == ["stream: opening chat pkg.Chat/Talk",
+                         "stream: sent one end_stream=false Ok(())",
+                         "stream: sent two end_stream=false Ok(())",
+                         "stream: sent three end_stream=true Ok(())",
+                         "stream: paused"]
+        (g,) = h.grpc_calls
+        assert (g.stream, g.service, g.method, g.timeout_ms) == (True, "pkg.Chat", "Talk", 0)
+        assert list(g.metadata) == [("x-plugin", "rustcallouts"), ("x-grpc-md", "z")]
+        assert g.messages == [b"one", b"two", b"three"] and g.half_closed
+        n = len(h.logs("info"))
+        g.send_initial_metadata([("x-a", "1"), ("x-b", "2")])
+        g.send(b"hello")
+        g.send(b"world")
+        g.send_trailing_metadata({"x-count": "2"})
+        assert s.request_paused
+        g.close(0, "")
+        assert new_info(h, n) == [
+            "stream: initial metadata 2", "stream: initial x-a=1", "stream: initial x-b=2",
+            "stream: message 1 hello", "stream: message 2 world",
+            "stream: trailing metadata 1", "stream: trailing x-count=2",
+            "stream: closed status=0 get_status=0 message=none"]
+        assert resumed(s)
+        got = {k: v for k, v in s.request_headers if k.startswith("x-stream-")}
+        assert got == {"x-stream-status": "0", "x-stream-received": "2",
+                       "x-stream-messages": "hello,world"}
+        assert h.calls_in_flight() == 0
+
+
+def test_rust_stream_cancel_after_k_sends():
+    with rust("mode=stream") as h:
+        s, action, lines = request(h, ("x-stream-send", "a,b,c"), ("x-stream-cancel", "2"))
+        assert action == CONTINUE
+        assert lines == ["stream: opening callout test.Echo/Stream",
+                         "stream: sent a end_stream=false Ok(())",
+                         "stream: sent b end_stream=false Ok(())",
+                         "stream: cancel Ok(())"]
+        assert s.request_headers.get("x-stream-result") == "cancelled"
+        (record,) = h.recorder.calls
+        assert record.cancelled and record.messages == [b"a", b"b"] and not record.half_closed
+        assert h.grpc_calls == [] and h.calls_in_flight() == 0
+
+
+def test_rust_stream_half_close_then_remote_failure():
+    with rust("mode=stream") as h:
+        s, _, lines = request(h, ("x-stream-close", "1"), ("x-stream-send", "x,y"))
+        assert lines[1:] == ["stream: sent x end_stream=false Ok(())",
+                             "stream: sent y end_stream=false Ok(())",
+                             "stream: close Ok(())", "stream: paused"]
+        (g,) = h.grpc_calls
+        assert g.messages == [b"x", b"y"] and g.half_closed
+        assert h.calls_in_flight() == 1  # kept until the remote side closes
+        g.send(b"r1")
+        g.close(13, "boom")
+        assert h.logs("info")[-2:] == ["stream: message 1 r1",
+                                       "stream: closed status=13 get_status=13 message=boom"]
+        assert resumed(s)
+        got = {k: v for k, v in s.request_headers
+               if k in ("x-stream-status", "x-stream-received", "x-stream-messages")}
+        assert got == {"x-stream-status": "13", "x-stream-received": "1", "x-stream-messages": "r1"}
+
+
+def test_rust_stream_unknown_cluster_is_parse_failure():
+    with rust("mode=stream", clusters=[]) as h:
+        s, _, lines = request(h)
+        assert lines == ["stream: opening callout test.Echo/Stream",
+                         "stream: grpc_stream failed: ParseFailure"]
+        assert local(s)[2] == b"grpc_stream failed: ParseFailure"
+
+
+def test_rust_root_delete_cancels_streams_and_calls():
+    with rust("mode=stream") as h:
+        request(h)
+        request(h, ("x-stream-close", "1"))
+        assert h.calls_in_flight() == 2
+        records = list(h.recorder.calls)
+        n = len(h.logs("info"))
+        assert h.plugin.close()
+        assert all(r.cancelled for r in records) and h.calls_in_flight() == 0
+        assert new_info(h, n) == []  # no callback into the deleted root
+
+
+# ---- AssemblyScript SDK plugins -------------------------------------------------------
+
+def test_as_http_call_allowed_with_trailers_and_denied():
+    with PluginHarness(AS_HTTP_CALL, configuration="cluster=authz path=/ok authority=a.local timeout_ms=250") as h:
+        s, action, lines = request(h, ("x-user", "u1"))
+        assert action == PAUSE and lines == ["as auth: calling authz /ok", "as auth: paused"]
+        (call,) = h.http_calls
+        assert (call.cluster, call.timeout_ms, call.body, call.trailers) == ("authz", 250, b"", [])
+        assert list(call.headers) == [(":method", "GET"), (":path", "/ok"),
+                                      (":authority", "a.local"), ("x-user", "u1")]
+        n = len(h.logs("info"))
+        call.respond(200, {"x-auth-user": "zoe"}, b"b", trailers=[("t1", "v1"), ("t2", "v2")])
+        assert new_info(h, n) == ["as auth: response headers=2 body=1 trailers=2",
+                                  "as auth: trailer t1=v1", "as auth: trailer t2=v2",
+                                  "as auth: allowed user=zoe"]
+        assert resumed(s) and s.request_headers.get("x-auth-user") == "zoe"
+
+        s, _, _ = request(h)
+        h.http_calls[0].respond(200, body=b"from-body")
+        assert h.logs("info")[-1] == "as auth: allowed user=from-body"
+
+        s, _, _ = request(h)
+        n = len(h.logs("info"))
+        h.http_calls[0].respond(302, {"location": "/x"}, b"moved")
+        assert new_info(h, n) == ["as auth: response headers=2 body=5 trailers=0",
+                                  "as auth: denied status=302"]
+        assert local(s) == (403, [("x-auth-status", "302")], b"moved")
+
+
+def test_as_http_call_failure_timeout_and_refusal():
+    with PluginHarness(AS_HTTP_CALL, configuration="timeout_ms=80", clusters=["callout"]) as h:
+        s, _, _ = request(h)
+        n = len(h.logs("info"))
+        h.http_calls[0].fail("reset")
+        assert new_info(h, n) == ["as auth: response headers=0 body=0 trailers=0",
+                                  "as auth: callout failed status=11 message=reset"]
+        assert local(s) == (503, [], b"auth unavailable")
+
+        s, _, _ = request(h)
+        h.advance(80)
+        assert h.logs("info")[-1] == "as auth: callout failed status=11 message=timeout"
+
+        s, action, lines = request(h, ("x-callout-cluster", "nowhere"))
+        assert lines == ["as auth: calling nowhere /", "as auth: http_call failed: 2"]
+        assert action == PAUSE and local(s) == (500, [], b"http_call failed: 2")
+
+
+def test_as_http_call_root_done_cancels_the_call():
+    """The host cancels the root's call; the SDK's own on_done then runs the callback with
+    (0, 0, 0) as its README says (nothing comes from the host afterwards)."""
+    with PluginHarness(AS_HTTP_CALL) as h:
+        request(h)
+        (call,) = h.http_calls
+        n = len(h.logs("info"))
+        assert h.plugin.close()
+        assert call.cancelled and h.calls_in_flight() == 0
+        assert new_info(h, n) == ["as auth: response headers=0 body=0 trailers=0",
+                                  "as auth: callout failed status=0 message="]
+
+
+def test_as_grpc_unary_through_the_adapted_10_param_import():
+    with PluginHarness(AS_GRPC_CALL, configuration="cluster=g service=s.S method=M timeout_ms=90") as h:
+        s, action, lines = request(h, ("x-grpc-message", "req"))
+        assert action == PAUSE
+        assert lines == ["as grpc: calling g s.S/M", "as grpc: paused"]
+        (g,) = h.grpc_calls
+        assert (g.stream, g.cluster, g.service, g.method, g.message, g.timeout_ms) == (
+            False, "g", "s.S", "M", b"req", 90)
+        assert g.metadata == []  # the SDK's import has no place for metadata
+        n = len(h.logs("info"))
+        g.respond(b"resp")
+        assert new_info(h, n) == ["as grpc: message 1 size=4 resp"]
+        assert resumed(s)
+        assert (s.request_headers.get("x-grpc-status"), s.request_headers.get("x-grpc-reply")) == ("0", "resp")
+
+        s, _, _ = request(h)
+        n = len(h.logs("info"))
+        h.grpc_calls[0].close(7, "nope")
+        assert new_info(h, n) == ["as grpc: close status=7 get_status=7 message=nope"]
+        assert local(s) == (503, [("x-grpc-status", "7")], b"grpc failed: 7 nope")
+
+        s, _, _ = request(h)
+        h.advance(90)
+        assert h.logs("info")[-1] == "as grpc: close status=4 get_status=4 message=timeout"
+
+
+def test_as_grpc_stream_through_the_adapted_7_param_import():
+    with PluginHarness(AS_GRPC_CALL, configuration="mode=stream") as h:
+        s, action, lines = request(h, ("x-stream-send", "p,q,r"))
+        assert action == PAUSE
+        assert lines == ["as grpc: opening callout test.Echo/Stream",
+                         "as grpc: sent p end_stream=0 result=0",
+                         "as grpc: sent q end_stream=0 result=0",
+                         "as grpc: sent r end_stream=1 result=0", "as grpc: paused"]
+        (g,) = h.grpc_calls
+        assert g.stream and g.messages == [b"p", b"q", b"r"] and g.half_closed and g.metadata == []
+        n = len(h.logs("info"))
+        g.send_initial_metadata({"k": "v"})
+        g.send(b"m1")
+        g.send(b"m2")
+        g.send_trailing_metadata({"x-count": "2"})  # the pre-spec export name
+        g.close(0)
+        assert new_info(h, n) == [
+            "as grpc: initial metadata 1", "as grpc: initial k=v",
+            "as grpc: message 1 size=2 m1", "as grpc: message 2 size=2 m2",
+            "as grpc: trailing metadata 1", "as grpc: trailing x-count=2",
+            "as grpc: close status=0 get_status=0 message="]
+        assert resumed(s)
+        assert (s.request_headers.get("x-stream-status"), s.request_headers.get("x-stream-received")) == ("0", "2")
+
+
+@pytest.mark.parametrize("mode, what", [("call", "grpc_call"), ("stream", "grpc_stream")])
+def test_as_grpc_unknown_cluster_is_parse_failure(mode, what):
+    with PluginHarness(AS_GRPC_CALL, configuration=f"mode={mode}", clusters=[]) as h:
+        s, _, lines = request(h)
+        assert lines[-1] == f"as grpc: {what} failed: 4"
+        assert local(s) == (500, [], f"{what} failed: 4".encode())

@@ -745,3 +745,200 @@ def test_as_grpc_unknown_cluster_is_parse_failure(mode, what):
         s, _, lines = request(h)
         assert lines[-1] == f"as grpc: {what} failed: 4"
         assert local(s) == (500, [], f"{what} failed: 4".encode())
+
+
+# ---- WAT plugin callout_edge: the hostcalls at their edges ------------------------------
+
+OK, NOT_FOUND, BAD_ARGUMENT, PARSE_FAILURE, INVALID_MEMORY, INTERNAL_FAILURE = 0, 1, 2, 4, 6, 10
+
+EDGE_CASES = {
+    # The call path: Envoy's checks, then ours (bad memory, garbage pairs).
+    "timeouts": [("zero_timeout", OK), ("negative_timeout", BAD_ARGUMENT)],
+    "bad-pointers": [(k, INVALID_MEMORY) for k in (
+        "upstream", "upstream_size", "headers", "headers_size", "body", "trailers", "token",
+        "token_partial")],
+    "garbage-pairs": [(k, BAD_ARGUMENT) for k in (
+        "garbage", "huge_count", "overrun", "short", "truncated", "null_headers",
+        "garbage_trailers")],
+    "missing": [("no_method", BAD_ARGUMENT), ("no_path", BAD_ARGUMENT),
+                ("no_authority", BAD_ARGUMENT), ("empty_map", BAD_ARGUMENT),
+                ("empty_authority", OK)],  # Envoy checks presence only
+    "unknown-cluster": [("unknown_cluster", BAD_ARGUMENT), ("empty_cluster", BAD_ARGUMENT)],
+    # gRPC ops with tokens of the wrong kind or unknown (Envoy's token kinds).
+    "grpc-unknown": [("send", BAD_ARGUMENT), ("cancel", NOT_FOUND), ("close", NOT_FOUND),
+                     ("cancel_zero", BAD_ARGUMENT), ("close_zero", BAD_ARGUMENT)],
+    "grpc-bad": [("call_unknown_cluster", PARSE_FAILURE), ("call_upstream", INVALID_MEMORY),
+                 ("call_service", INVALID_MEMORY), ("call_metadata", INVALID_MEMORY),
+                 ("call_garbage_metadata", BAD_ARGUMENT), ("call_message", INVALID_MEMORY),
+                 ("call_token", INVALID_MEMORY), ("stream_unknown_cluster", PARSE_FAILURE),
+                 ("stream_token", INVALID_MEMORY)],
+    # Maps and buffers of an answer, read outside its callback: empty map / BAD_ARGUMENT
+    # for a value / NOT_FOUND for a buffer, as Envoy answers; no status set yet.
+    "outside": [("map6_pairs", OK), ("map6_value", BAD_ARGUMENT), ("map7_pairs", OK),
+                ("map4_pairs", OK), ("map5_pairs", OK), ("buffer4", NOT_FOUND),
+                ("buffer5", NOT_FOUND), ("get_status", OK), ("status_code", 0)],
+}
+
+
+@pytest.fixture
+def edge():
+    """callout_edge with one recorded cluster ("callout"): any other name is unknown."""
+    with PluginHarness(WAT_CALLOUT_EDGE, clusters=["callout"]) as h:
+        yield h
+
+
+def edge_case(h: PluginHarness, case: str) -> list[str]:
+    s, action, lines = request(h, ("x-case", case))
+    assert action == CONTINUE and s.request_complete
+    return lines
+
+
+@pytest.mark.parametrize("case", list(EDGE_CASES))
+def test_edge_refusals_answer_statuses_and_start_nothing(edge, case):
+    assert edge_case(edge, case) == [f"callout_edge {case} {k}={v}" for k, v in EDGE_CASES[case]]
+    # Only the calls answered OK are in flight (a zero timeout; an empty :authority).
+    started = 0 if case == "outside" else sum(1 for _, v in EDGE_CASES[case] if v == OK)
+    assert len(edge.calls) == started and edge.calls_in_flight() == started
+    # and the VM goes on: a valid call afterwards
+    ok = edge_case(edge, "ok")
+    assert ok[0] == "callout_edge ok http_call=0"
+    assert int(ok[1].removeprefix("callout_edge ok token=")) % 4 == 0  # an HTTP-call token
+    assert edge.calls_in_flight() == started + 1
+
+
+def test_edge_unknown_case_and_default_cluster(edge):
+    assert edge_case(edge, "what") == ["callout_edge what unknown-case"]
+    n = len(edge.logs("info"))
+    edge.http().send_request_headers(REQUEST, end_stream=True)
+    assert new_info(edge, n) == ["callout_edge none unknown-case"]
+
+
+def test_edge_response_callback_reads_maps_buffers_and_status(edge):
+    assert edge_case(edge, "ok")[0] == "callout_edge ok http_call=0"
+    (call,) = edge.http_calls
+    assert (call.cluster, call.timeout_ms, call.body) == ("callout", 1000, b"hello")
+    assert list(call.headers) == [(":method", "GET"), (":path", "/edge"), (":authority", "edge.local")]
+    assert list(call.trailers) == [("x-edge-trailer", "1")]
+    n = len(edge.logs("info"))
+    call.respond(201, {"x-a": "1"}, b"abcdef", trailers={"t": "v"})
+    assert new_info(edge, n) == [
+        f"callout_edge callback token={call.token} headers=2 body=6 trailers=1",
+        "callout_edge callback get_status=0 code=0 message=",
+        "callout_edge callback map6_pairs=0",
+        "callout_edge callback status_value=0 status=201",
+        "callout_edge callback map7_pairs=0",
+        "callout_edge callback buffer4=0 size=6",
+        "callout_edge callback buffer4_past_end=0"]
+    # After the callback the answer is gone again.
+    assert edge_case(edge, "outside") == [f"callout_edge outside {k}={v}" for k, v in EDGE_CASES["outside"]]
+
+
+@pytest.mark.parametrize("how, message", [("fail", "connection refused"), ("timeout", "timeout")])
+def test_edge_failed_call_callback(edge, how, message):
+    edge_case(edge, "ok")
+    (call,) = edge.http_calls
+    n = len(edge.logs("info"))
+    if how == "fail":
+        call.fail(message)
+    else:
+        edge.advance(999)
+        assert edge.http_calls == [call]
+        edge.advance(1)
+    assert new_info(edge, n) == [
+        f"callout_edge callback token={call.token} headers=0 body=0 trailers=0",
+        f"callout_edge callback get_status=0 code=11 message={message}",
+        "callout_edge callback map6_pairs=0",
+        "callout_edge callback status_value=1 status=",  # no :status in an empty map
+        "callout_edge callback map7_pairs=0",
+        "callout_edge callback buffer4=0 size=0",
+        "callout_edge callback buffer4_past_end=0"]
+
+
+def test_edge_grpc_ops_on_an_http_token_leave_the_call_alone(edge):
+    assert edge_case(edge, "grpc-send-http") == [
+        "callout_edge grpc-send-http http_call=0", "callout_edge grpc-send-http grpc_send=2",
+        "callout_edge grpc-send-http grpc_cancel=2", "callout_edge grpc-send-http grpc_close=2"]
+    (call,) = edge.http_calls
+    assert call.pending and edge.calls_in_flight() == 1
+    call.respond(200)
+    assert edge.logs("info")[-4] == "callout_edge callback status_value=0 status=200"
+
+
+def test_edge_grpc_unary_callbacks(edge):
+    assert edge_case(edge, "grpc") == ["callout_edge grpc grpc_call=0", "callout_edge grpc token=5"]
+    (g,) = edge.grpc_calls
+    assert (g.service, g.method, g.message, g.metadata, g.timeout_ms) == (
+        "test.Echo", "Unary", b"hello", [], 1000)
+    n = len(edge.logs("info"))
+    g.respond(b"world")
+    assert new_info(edge, n) == ["callout_edge grpc message token=5 size=5", "callout_edge grpc buffer5=0"]
+    edge_case(edge, "grpc")
+    g = edge.grpc_calls[0]
+    n = len(edge.logs("info"))
+    g.close(7, "denied")
+    assert new_info(edge, n) == [f"callout_edge grpc close token={g.token} status=7",
+                                 "callout_edge grpc get_status=0 code=7 message=denied"]
+    assert edge.calls_in_flight() == 0
+
+
+def test_edge_grpc_stream_callbacks_and_token_kinds(edge):
+    assert edge_case(edge, "grpc-stream") == [
+        "callout_edge grpc-stream grpc_stream=0", "callout_edge grpc-stream token=6",
+        "callout_edge grpc-stream grpc_send=0", "callout_edge grpc-stream http_token_as_stream=2"]
+    (g,) = edge.grpc_calls
+    assert g.stream and g.messages == [b"hello"] and g.half_closed
+    n = len(edge.logs("info"))
+    g.send_initial_metadata({"a": "1", "b": "2"})
+    g.send(b"m1")
+    g.send_trailing_metadata({"t": "x"})
+    g.close(0)
+    assert new_info(edge, n) == [
+        "callout_edge grpc initial_metadata token=6 elements=2", "callout_edge grpc map4_pairs=0",
+        "callout_edge grpc message token=6 size=2", "callout_edge grpc buffer5=0",
+        "callout_edge grpc trailing_metadata token=6 elements=1", "callout_edge grpc map5_pairs=0",
+        "callout_edge grpc close token=6 status=0", "callout_edge grpc get_status=0 code=0 message="]
+    assert edge.calls_in_flight() == 0
+
+
+def test_edge_flood_is_bounded_at_1024_and_the_slots_come_back():
+    with PluginHarness(WAT_CALLOUT_EDGE) as h:
+        assert edge_case(h, "flood") == [
+            "callout_edge flood accepted=1024 refused=8976 first_refusal=10"]
+        assert h.calls_in_flight() == 1024 and len(h.http_calls) == 1024
+        assert edge_case(h, "count") == ["callout_edge count responses=0"]
+        n = len(h.logs())
+        for i, c in enumerate(h.http_calls):
+            c.respond(200, body=b"x") if i % 2 else c.fail()
+        assert h.logs()[n:] == []  # quiet mode: counted, not logged
+        assert h.calls_in_flight() == 0
+        assert edge_case(h, "count") == ["callout_edge count responses=1024"]
+        # The bound is on calls in flight, not a lifetime budget: a second flood gets 1,024 more.
+        assert edge_case(h, "flood") == [
+            "callout_edge flood accepted=1024 refused=8976 first_refusal=10"]
+        tokens = {c.token for c in h.http_calls}
+        assert len(tokens) == 1024 and all(t % 4 == 0 for t in tokens)
+
+
+def test_edge_trapping_callback_fails_its_vm_only():
+    with PluginHarness(WAT_CALLOUT_EDGE) as h:
+        other = h.add_plugin(vm_config=VmConfig(WAT_CALLOUT_EDGE, vm_id="other"))
+        edge_case(h, "ok")
+        assert edge_case(h, "trap-callback")[0] == "callout_edge trap-callback http_call=0"
+        first, trapping = h.http_calls
+        n = len(h.logs())
+        trapping.respond(200, body=b"x")
+        lines = h.logs()[n:]
+        assert lines[-2] == "callout_edge callback trap"
+        assert lines[-1].startswith("proxy_on_http_call_response trapped")
+        with pytest.raises(VmFailedError, match="proxy_on_http_call_response trapped"):
+            request(h, ("x-case", "ok"))
+        # An answer to the failed VM's other call is dropped, not delivered.
+        n = len(h.logs())
+        first.respond(200)
+        assert h.logs()[n:] == []
+        # The host and the other VM go on.
+        s = h.http(other)
+        s.send_request_headers(REQUEST + [("x-case", "ok")], end_stream=True)
+        (call,) = [c for c in h.http_calls if c.pending and c is not first]
+        call.respond(204)
+        assert "callout_edge callback status_value=0 status=204" in h.logs("info")

@@ -20,7 +20,7 @@ from pyproxywasm.net import Cluster, TlsSettings
 from pyproxywasm.testing import PluginHarness
 from servers import *  # noqa: F401,F403 - the server fixtures
 from servers import refused_endpoint
-from test_callout_plugins import AS_HTTP_CALL, GO_CALLOUTS, RUST_CALLOUTS, local, resumed
+from test_callout_plugins import AS_GRPC_CALL, AS_HTTP_CALL, GO_CALLOUTS, RUST_CALLOUTS, local, resumed
 
 try:  # the grpcio server lands with the gRPC client (branch net)
     from servers import grpc_server  # noqa: F401
@@ -408,3 +408,26 @@ def test_rust_grpc_stream_half_close_and_cancel_against_grpcio(grpc_server):
         h.dispatch()
         assert not any(l.startswith("stream: message") or l.startswith("stream: closed")
                        for l in h.logs("info"))
+
+
+@needs_grpc_client
+def test_assemblyscript_grpc_through_the_adapted_imports_against_grpcio(grpc_server):
+    cluster = Cluster("g", (grpc_server.endpoint,))
+    with PluginHarness(AS_GRPC_CALL, configuration="cluster=g method=Unary",
+                       clusters=[cluster]) as h:
+        s = h.http()
+        s.send_request_headers(REQUEST + [("x-grpc-message", "hi")], end_stream=True)
+        assert h.settle(5)
+        assert h.logs("info")[-1] == "as grpc: message 1 size=2 hi"
+        assert resumed(s) and s.request_headers.get("x-grpc-reply") == "hi"
+    with PluginHarness(AS_GRPC_CALL, configuration="mode=stream cluster=g method=BidiEcho",
+                       clusters=[cluster]) as h:
+        s = h.http()
+        s.send_request_headers(REQUEST + [("x-stream-send", "u,v")], end_stream=True)
+        assert h.settle(5)
+        lines = h.logs("info")
+        assert [l for l in lines if l.startswith("as grpc: message")] == [
+            "as grpc: message 1 size=1 u", "as grpc: message 2 size=1 v"]
+        assert "as grpc: trailing x-count=2" in lines  # the pre-spec trailing-metadata export
+        assert lines[-1] == "as grpc: close status=0 get_status=0 message="
+        assert resumed(s) and s.request_headers.get("x-stream-received") == "2"

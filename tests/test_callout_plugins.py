@@ -1,7 +1,7 @@
-"""The callout test plugins (tests/plugins/*, built by tests/plugins/build.sh) are valid
-Proxy-Wasm modules with the shapes their READMEs promise, and the ones that link against
-today's host start and read their configuration. Their call behaviour is tested where the
-callout hostcalls are implemented."""
+"""The callout test plugins (tests/plugins/*, built by tests/plugins/build.sh): valid
+Proxy-Wasm modules with the shapes their READMEs promise, each one starts and reads its
+configuration, and each behaves, call by call, as its README states (recorded calls below;
+real servers in test_callout_plugins_net.py)."""
 from __future__ import annotations
 
 import json
@@ -119,6 +119,12 @@ def test_assemblyscript_http_call_plugin_starts():
 def test_wat_callout_edge_reads_its_cluster(config, cluster):
     with PluginHarness(WAT_CALLOUT_EDGE, configuration=config) as h:
         assert h.logs("info") == [f"callout_edge configure cluster={cluster}"]
+
+
+def test_assemblyscript_grpc_plugin_links_and_starts():
+    """The host adapts the SDK's 10/7-param gRPC imports instead of refusing the module."""
+    with PluginHarness(AS_GRPC_CALL, configuration="mode=stream cluster=g") as h:
+        assert h.logs("info") == ["as grpc configure: mode=stream cluster=g"]
 
 
 # ===================================================================================

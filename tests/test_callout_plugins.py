@@ -134,7 +134,6 @@ def test_assemblyscript_grpc_plugin_links_and_starts():
 # ===================================================================================
 
 from pyproxywasm import VmConfig, VmFailedError  # noqa: E402
-from pyproxywasm._binding import lib  # noqa: E402
 
 from conftest import REQUEST  # noqa: E402
 

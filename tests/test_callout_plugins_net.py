@@ -16,6 +16,7 @@ import pytest
 
 from conftest import REQUEST
 from pyproxywasm import Host, PluginConfig, VmConfig
+from pyproxywasm._binding import lib
 from pyproxywasm.net import Cluster, TlsSettings
 from pyproxywasm.testing import PluginHarness
 from servers import *  # noqa: F401,F403 - the server fixtures
@@ -278,7 +279,6 @@ def test_root_delete_in_a_worker_cancels_its_calls(http1_server):
     with Host([PluginConfig(VmConfig(GO_CALLOUTS), configuration=config)], concurrency=1,
               clusters=[cluster]) as host:
         (w,) = host.workers
-        from pyproxywasm._binding import lib
 
         def start() -> int:
             for _ in range(5):

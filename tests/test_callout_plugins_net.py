@@ -5,7 +5,6 @@ caller's thread of a Host, and in a Host's workers. Failures (refused, reset, ti
 test_callout_plugins.py."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import resource
@@ -22,18 +21,6 @@ from pyproxywasm.testing import PluginHarness
 from servers import *  # noqa: F401,F403 - the server fixtures
 from servers import refused_endpoint
 from test_callout_plugins import AS_GRPC_CALL, AS_HTTP_CALL, GO_CALLOUTS, RUST_CALLOUTS, local, resumed
-
-try:  # the grpcio server lands with the gRPC client (branch net)
-    from servers import grpc_server  # noqa: F401
-except ImportError:
-    @pytest.fixture
-    def grpc_server():
-        pytest.skip("tests/servers.py has no grpc_server yet (it comes with the gRPC client)")
-
-HAVE_GRPC_CLIENT = importlib.util.find_spec("pyproxywasm.net.grpc_client") is not None
-needs_grpc_client = pytest.mark.skipif(
-    not HAVE_GRPC_CLIENT,
-    reason="pyproxywasm/net/grpc_client.py is not on this branch yet (branch net, in progress)")
 
 PAUSE = 1
 BIG = 100 * 1024 * 1024
@@ -327,7 +314,6 @@ def rust_grpc(server, config: str) -> PluginHarness:
                          clusters=[Cluster("g", (server.endpoint,))])
 
 
-@needs_grpc_client
 def test_rust_grpc_unary_against_grpcio(grpc_server):
     with rust_grpc(grpc_server, "mode=grpc service=test.Echo method=Unary") as h:
         s = h.http()
@@ -338,7 +324,6 @@ def test_rust_grpc_unary_against_grpcio(grpc_server):
         assert grpc_server.calls == 1
 
 
-@needs_grpc_client
 def test_rust_grpc_unary_failure_and_deadline(grpc_server):
     with rust_grpc(grpc_server, "mode=grpc method=Fail") as h:
         s = h.http()
@@ -357,7 +342,6 @@ def test_rust_grpc_unary_failure_and_deadline(grpc_server):
         assert local(s)[0] == 503
 
 
-@needs_grpc_client
 def test_rust_grpc_cancel_against_grpcio(grpc_server):
     with rust_grpc(grpc_server, "mode=grpc method=Slow") as h:
         s = h.http()
@@ -372,7 +356,6 @@ def test_rust_grpc_cancel_against_grpcio(grpc_server):
                        for l in h.logs("info"))
 
 
-@needs_grpc_client
 def test_rust_grpc_stream_against_grpcio(grpc_server):
     with rust_grpc(grpc_server, "mode=stream method=BidiEcho") as h:
         s = h.http()
@@ -389,7 +372,6 @@ def test_rust_grpc_stream_against_grpcio(grpc_server):
         assert (s.request_headers.get("x-stream-received"), s.request_headers.get("x-stream-messages")) == ("3", "a,b,c")
 
 
-@needs_grpc_client
 def test_rust_grpc_stream_half_close_and_cancel_against_grpcio(grpc_server):
     with rust_grpc(grpc_server, "mode=stream method=BidiEcho") as h:
         s = h.http()
@@ -410,7 +392,6 @@ def test_rust_grpc_stream_half_close_and_cancel_against_grpcio(grpc_server):
                        for l in h.logs("info"))
 
 
-@needs_grpc_client
 def test_assemblyscript_grpc_through_the_adapted_imports_against_grpcio(grpc_server):
     cluster = Cluster("g", (grpc_server.endpoint,))
     with PluginHarness(AS_GRPC_CALL, configuration="cluster=g method=Unary",
@@ -431,3 +412,22 @@ def test_assemblyscript_grpc_through_the_adapted_imports_against_grpcio(grpc_ser
         assert "as grpc: trailing x-count=2" in lines  # the pre-spec trailing-metadata export
         assert lines[-1] == "as grpc: close status=0 get_status=0 message="
         assert resumed(s) and s.request_headers.get("x-stream-received") == "2"
+
+
+def test_rust_grpc_over_tls_verifies_the_server(grpc_tls_server, tls_ca):
+    def harness(tls: TlsSettings) -> PluginHarness:
+        return PluginHarness(RUST_CALLOUTS, configuration="mode=grpc cluster=g",
+                             clusters=[Cluster("g", (grpc_tls_server.endpoint,), tls=tls)])
+
+    with harness(TlsSettings(ca_file=tls_ca.ca_file, sni="localhost")) as h:
+        s = h.http()
+        s.send_request_headers(REQUEST + [("x-grpc-message", "sealed")], end_stream=True)
+        assert h.settle(15)
+        assert h.logs("info")[-1] == "grpc: reply size=6 message=sealed"
+    with harness(TlsSettings(ca_file=tls_ca.other_ca_file, sni="localhost")) as h:
+        s = h.http()
+        s.send_request_headers(REQUEST + [("x-grpc-message", "sealed")], end_stream=True)
+        assert h.settle(15)
+        assert h.logs("info")[-1].startswith("grpc: failed status=14 get_status=14 message=")
+        assert local(s)[0] == 503
+    assert grpc_tls_server.calls == 1

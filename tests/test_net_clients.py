@@ -401,3 +401,215 @@ def test_h2_tls_alpn(io, http, http2_tls_server, http1_tls_server, tls_ca):
     assert e.reason == "protocol error" and "ALPN" in e.detail
     e = failure(io, http, tls_cluster(http2_tls_server, tls_ca, http2=True, sni="nope.test"))
     assert e.reason == "tls: certificate verify failed"
+
+
+# --- gRPC --------------------------------------------------------------------------------
+
+from pyproxywasm.net.grpc_client import GrpcCallError, GrpcClient  # noqa: E402
+
+SVC = "test.Echo"
+
+
+@pytest.fixture
+def grpc_client(io):
+    c = GrpcClient(io)
+    yield c
+    io.submit(c.close()).result(WAIT)
+
+
+def unary(io, client, cluster, method, message, metadata=(), timeout=5):
+    return call(io, client.unary(cluster, SVC, method, list(metadata), message, timeout))
+
+
+class Recorder:
+    """Collects a stream's events; `closed` is set with the close event."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+        self.closed = None
+
+    def __call__(self, kind, value):
+        self.events.append((kind, value))
+        if kind == "close":
+            assert self.closed is None or not self.closed.is_set(), "close delivered twice"
+            self.closed.set()
+
+    def kinds(self):
+        return [k for k, _ in self.events]
+
+    def messages(self):
+        return [v for k, v in self.events if k == "message"]
+
+
+def open_stream(io, client, cluster, method, timeout=5, metadata=()):
+    rec = Recorder()
+
+    async def start():
+        rec.closed = asyncio.Event()
+        return client.stream(cluster, SVC, method, list(metadata), timeout, rec)
+    return call(io, start()), rec
+
+
+def wait_closed(io, rec, timeout=5):
+    call(io, asyncio.wait_for(rec.closed.wait(), timeout))
+    return rec.events[-1][1]
+
+
+def test_grpc_unary(io, grpc_client, grpc_server):
+    c = Cluster("g", (grpc_server.endpoint,), http2=True)
+    assert unary(io, grpc_client, c, "Unary", b"\x00\x01raw") == b"\x00\x01raw"
+    assert unary(io, grpc_client, c, "Unary", b"") == b""
+    assert grpc_server.calls == 2
+
+
+def test_grpc_unary_error_status(io, grpc_client, grpc_server):
+    c = Cluster("g", (grpc_server.endpoint,), http2=True)
+    with pytest.raises(GrpcCallError) as ei:
+        unary(io, grpc_client, c, "Fail", b"7:not you")
+    assert (ei.value.code, ei.value.message) == (7, "not you")
+    with pytest.raises(GrpcCallError) as ei:
+        unary(io, grpc_client, c, "NoSuchMethod", b"")
+    assert ei.value.code == 12  # UNIMPLEMENTED
+
+
+def test_grpc_unary_deadline_and_refused(io, grpc_client, grpc_server):
+    c = Cluster("g", (grpc_server.endpoint,), http2=True)
+    with pytest.raises(GrpcCallError) as ei:
+        unary(io, grpc_client, c, "Slow", b"1", timeout=0.2)
+    assert ei.value.code == 4
+    with pytest.raises(GrpcCallError) as ei:
+        unary(io, grpc_client, Cluster("g", (grpc_server.endpoint,), request_timeout=0.2), "Slow", b"1",
+              timeout=None)
+    assert ei.value.code == 4
+    with pytest.raises(GrpcCallError) as ei:
+        unary(io, grpc_client, Cluster("down", (refused_endpoint(),)), "Unary", b"x")
+    assert ei.value.code == 14
+
+
+def test_grpc_message_too_large(io, grpc_client, grpc_server):
+    c = Cluster("g", (grpc_server.endpoint,), max_response_bytes=1000)
+    with pytest.raises(GrpcCallError) as ei:
+        unary(io, grpc_client, c, "Unary", b"x" * 5000)
+    assert ei.value.code == 8  # RESOURCE_EXHAUSTED
+    assert unary(io, grpc_client, c, "Unary", b"x" * 900) == b"x" * 900
+
+
+def test_grpc_bad_metadata(io, grpc_client, grpc_server):
+    c = Cluster("g", (grpc_server.endpoint,))
+    with pytest.raises(GrpcCallError) as ei:
+        unary(io, grpc_client, c, "Unary", b"", metadata=[(b"x-a", b"line\nbreak")])
+    assert ei.value.code == 13
+    with pytest.raises(GrpcCallError):
+        unary(io, grpc_client, c, "Unary", b"", metadata=[(b"bad key", b"v")])
+
+
+def test_grpc_channel_reused_and_round_robin(io, grpc_client, grpc_server):
+    from servers import GrpcServer
+    other = GrpcServer()
+    try:
+        c = Cluster("g", (grpc_server.endpoint, other.endpoint))
+        for _ in range(4):
+            unary(io, grpc_client, c, "Unary", b"x")
+        assert (grpc_server.calls, other.calls) == (2, 2)
+        assert len(grpc_client._clusters) == 1
+    finally:
+        other.stop()
+
+
+def test_grpc_server_stream_and_metadata(io, grpc_client, grpc_server):
+    c = Cluster("g", (grpc_server.endpoint,))
+    s, rec = open_stream(io, grpc_client, c, "ServerStream")
+    io.call_soon(s.send, b"3", True)
+    assert wait_closed(io, rec) == (0, "")
+    assert rec.kinds() == ["initial_metadata", "message", "message", "message",
+                           "trailing_metadata", "close"]
+    assert rec.messages() == [b"msg-0", b"msg-1", b"msg-2"]
+    # metadata both ways, -bin keys as bytes
+    s, rec = open_stream(io, grpc_client, c, "BidiEcho",
+                         metadata=[(b"X-Text", b"hello"), (b"x-blob-bin", b"\x00\xff")])
+    io.call_soon(s.send, b"a")
+    io.call_soon(s.send, b"b")
+    io.call_soon(s.close)
+    assert wait_closed(io, rec) == (0, "")
+    assert rec.messages() == [b"a", b"b"]
+    events = dict(rec.events)
+    assert events["initial_metadata"] == [(b"x-text", b"hello"), (b"x-blob-bin", b"\x00\xff")]
+    assert events["trailing_metadata"] == [(b"x-count", b"2")]
+
+
+def test_grpc_bidi_interleaved(io, grpc_client, grpc_server):
+    c = Cluster("g", (grpc_server.endpoint,))
+    s, rec = open_stream(io, grpc_client, c, "BidiEcho")
+
+    async def ping_pong():
+        for i in range(5):
+            s.send(f"m{i}".encode())
+            while len(rec.messages()) <= i:  # the answer comes before the next send
+                await asyncio.sleep(0.001)
+        s.close()
+        await rec.closed.wait()
+    call(io, asyncio.wait_for(ping_pong(), 5))
+    assert rec.messages() == [f"m{i}".encode() for i in range(5)]
+    assert rec.events[-1] == ("close", (0, ""))
+
+
+def test_grpc_stream_failures(io, grpc_client, grpc_server):
+    c = Cluster("g", (grpc_server.endpoint,))
+    s, rec = open_stream(io, grpc_client, c, "Fail")
+    io.call_soon(s.send, b"5:gone", True)
+    assert wait_closed(io, rec) == (5, "gone")
+    assert rec.kinds().count("close") == 1
+    s, rec = open_stream(io, grpc_client, c, "BidiEcho", timeout=0.2)
+    assert wait_closed(io, rec)[0] == 4
+    s, rec = open_stream(io, grpc_client, Cluster("down", (refused_endpoint(),)), "BidiEcho")
+    assert wait_closed(io, rec)[0] == 14
+    assert "message" not in rec.kinds()
+
+
+def test_grpc_stream_cancel(io, grpc_client, grpc_server):
+    c = Cluster("g", (grpc_server.endpoint,))
+    s, rec = open_stream(io, grpc_client, c, "BidiEcho")
+    io.call_soon(s.send, b"one")
+    call(io, asyncio.wait_for(_until(lambda: rec.messages()), 5))
+    io.call_soon(s.cancel)
+    assert grpc_server.cancelled.wait(5)  # the server saw the reset
+    call(io, asyncio.sleep(0.1))
+    assert rec.kinds() == ["initial_metadata", "message"]  # nothing after cancel
+    io.call_soon(s.send, b"late")  # harmless
+    call(io, asyncio.sleep(0.05))
+    assert rec.messages() == [b"one"]
+
+
+async def _until(cond):
+    while not cond():
+        await asyncio.sleep(0.005)
+
+
+def test_grpc_client_close_ends_streams(io, grpc_server):
+    client = GrpcClient(io)
+    c = Cluster("g", (grpc_server.endpoint,))
+    s, rec = open_stream(io, client, c, "BidiEcho")
+    io.call_soon(s.send, b"one")
+    call(io, asyncio.wait_for(_until(lambda: rec.messages()), 5))
+    call(io, client.close())
+    assert wait_closed(io, rec)[0] == 1  # CANCELLED
+    with pytest.raises(GrpcCallError) as ei:
+        unary(io, client, c, "Unary", b"x")
+    assert ei.value.code == 14
+
+
+def test_grpc_tls(io, grpc_client, grpc_tls_server, tls_ca):
+    ok = Cluster("gt", (grpc_tls_server.endpoint,), tls=TlsSettings(ca_file=tls_ca.ca_file))
+    assert unary(io, grpc_client, ok, "Unary", b"sec") == b"sec"
+    sni = Cluster("gt2", (grpc_tls_server.endpoint,),
+                  tls=TlsSettings(ca_file=tls_ca.ca_file, sni="localhost"))
+    assert unary(io, grpc_client, sni, "Unary", b"sec") == b"sec"
+    for bad in (TlsSettings(ca_file=tls_ca.other_ca_file),
+                TlsSettings(ca_file=tls_ca.ca_file, sni="wrong.test")):
+        with pytest.raises(GrpcCallError) as ei:
+            unary(io, grpc_client, Cluster("bad", (grpc_tls_server.endpoint,), tls=bad), "Unary", b"")
+        assert ei.value.code == 14
+    with pytest.raises(GrpcCallError) as ei:
+        unary(io, grpc_client, Cluster("nv", (grpc_tls_server.endpoint,),
+                                       tls=TlsSettings(verify=False)), "Unary", b"")
+    assert ei.value.code == 9

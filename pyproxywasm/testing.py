@@ -290,6 +290,11 @@ class PluginHarness:
     def _on_vm(self, vm: Vm) -> None:
         enable_trace(vm, self._trace)
 
+    @property
+    def tracing(self) -> bool:
+        """Whether the ABI call trace is recorded (PluginHarness(trace=...))."""
+        return bool(self._trace)
+
     def trace(self) -> list[TraceRecord]:
         """Every traced hostcall and callback of this thread's VMs (PluginHarness(trace=True)),
         VM by VM, oldest first."""

@@ -54,8 +54,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if report.when != "call" or not report.failed:
         return
-    none: list[PluginHarness] = []
-    for i, h in enumerate(item.stash.get(_HARNESSES, none)):
+    harnesses = item.stash[_HARNESSES] if _HARNESSES in item.stash else []
+    for i, h in enumerate(harnesses):
         try:
             if h.tracing:
                 report.sections.append((f"proxywasm trace (harness {i})", h.format_trace()))

@@ -401,6 +401,8 @@ void epoch_engine_stop(wasm_engine_t *e);
 void epoch_vm_attach(pw_vm *vm);
 void epoch_vm_detach(pw_vm *vm);
 uint64_t epoch_now_ns(void);
+/* After a call into Python that began at t0 (epoch_now_ns): its time is not the guest's. */
+static inline void vm_paused(pw_vm *vm, uint64_t t0) { vm->paused_ns += epoch_now_ns() - t0; }
 uintptr_t epoch_stack_low(void);
 int epoch_stack_fail(pw_vm *vm, char *why, size_t whylen);
 

@@ -667,5 +667,5 @@ void vm_log(pw_vm *vm, pw_ctx *ctx, int level, const char *msg, size_t len) {
     /* Time in Python does not count against the guest's deadline. */
     uint64_t t0 = vm->depth ? epoch_now_ns() : 0;
     pw_log_cb(handle, level, msg, len);
-    if (t0) vm->paused_ns += epoch_now_ns() - t0;
+    if (t0) vm_paused(vm, t0);
 }

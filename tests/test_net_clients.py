@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import socket
+import time
 
 import pytest
 
@@ -58,6 +59,16 @@ def echo(resp: HttpResponse) -> dict:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def fd_targets() -> dict[str, str]:
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return out
 
 
 # --- the loop --------------------------------------------------------------------------
@@ -229,9 +240,11 @@ def test_h1_streaming(io, http, http1_server):
     assert echo(fetch(io, http, c))["method"] == "GET"
 
 
-def test_h1_failures_leak_nothing(io, http1_server):
-    c = Cluster("up", (http1_server.endpoint,))
-    down = Cluster("down", (refused_endpoint(),))
+@pytest.mark.parametrize("http2", [False, True], ids=["h1", "h2"])
+def test_failures_leak_nothing(io, http1_server, http2_server, http2):
+    server = http2_server if http2 else http1_server
+    c = Cluster("up", (server.endpoint,), http2=http2)
+    down = Cluster("down", (refused_endpoint(),), http2=http2)
     client = HttpClient(io)
     fetch(io, client, c)  # warm the loop (its self-pipe etc.)
     before = open_fds()
@@ -613,3 +626,32 @@ def test_grpc_tls(io, grpc_client, grpc_tls_server, tls_ca):
         unary(io, grpc_client, Cluster("nv", (grpc_tls_server.endpoint,),
                                        tls=TlsSettings(verify=False)), "Unary", b"")
     assert ei.value.code == 9
+
+
+def test_grpc_failures_leak_nothing(io, grpc_server):
+    c = Cluster("g", (grpc_server.endpoint,))
+    down = Cluster("down", (refused_endpoint(),))
+    warm = GrpcClient(io)
+    unary(io, warm, c, "Unary", b"x")  # grpcio's process-wide pollers and threads
+    call(io, warm.close())
+    before = open_fds()
+    b = fd_targets()
+    client = GrpcClient(io)
+    for _ in range(3):
+        for cl, method, msg, t in ((c, "Fail", b"13:x", 5), (c, "Slow", b"0.3", 0.05),
+                                   (down, "Unary", b"", 5)):
+            with pytest.raises(GrpcCallError):
+                unary(io, client, cl, method, msg, timeout=t)
+        s, rec = open_stream(io, client, c, "BidiEcho")
+        io.call_soon(s.send, b"x")
+        call(io, asyncio.wait_for(_until(lambda: rec.messages()), 5))
+        io.call_soon(s.cancel)
+        assert unary(io, client, c, "Unary", b"ok") == b"ok"
+    call(io, client.close())
+    # the server runs in this process too: its side of each connection closes once its
+    # handler threads notice the client left
+    deadline = time.monotonic() + 5
+    while open_fds() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert open_fds() <= before, {k: v for k, v in fd_targets().items() if b.get(k) != v}
+    assert not client._streams

@@ -169,9 +169,13 @@ class GrpcStream:
             return
         self._cancelled = True
         if self._call is not None:
+            # grpcio ends the reading and writing tasks itself (their awaits raise
+            # CancelledError); cancelling them from outside as well could leave the call's
+            # core object unfinished and its connection open
             self._call.cancel()
-        for t in self._tasks:
-            t.cancel()
+        else:
+            for t in self._tasks:
+                t.cancel()
 
     # -- the loop's side --------------------------------------------------------------------
     def _emit(self, kind: str, value: object) -> None:
@@ -234,6 +238,10 @@ class GrpcStream:
             for t in self._tasks:
                 if t is not asyncio.current_task():
                     t.cancel()
+            # A finished call object still pins its connection (even past the channel's
+            # close) while anything references it: let go of it.
+            self._call = None
+            call = None
 
 
 class GrpcClient:

@@ -31,7 +31,7 @@ import h2.settings
 
 from .cluster import Cluster
 from .http_client import (CalloutError, Header, HttpResponse, RequestHead, StreamingResponse,
-                          classify, ssl_context)
+                          bounded, classify, ssl_context)
 
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 4 * 1024 * 1024
@@ -321,7 +321,7 @@ class H2Pool:
             tls = self.cluster.tls
             kw = {"ssl": self._ctx, "server_hostname": (tls.sni if tls and tls.sni else host)}
         try:
-            reader, writer = await asyncio.wait_for(
+            reader, writer = await bounded(
                 asyncio.open_connection(host, port, limit=READ_SIZE * 2, **kw),
                 self.cluster.connect_timeout)
         except asyncio.TimeoutError:
@@ -454,7 +454,7 @@ class _H2Streaming(StreamingResponse):
                 elif left <= 0:
                     raise asyncio.TimeoutError
                 else:
-                    chunk = await asyncio.wait_for(self._stream.next_chunk(), left)
+                    chunk = await bounded(self._stream.next_chunk(), left)
             except asyncio.TimeoutError:
                 await self.release()
                 raise CalloutError("timeout", "response body not complete in time") from None

@@ -1,11 +1,12 @@
 """HTTP callouts to a cluster: pooled keep-alive connections, one pool per cluster.
 
-HTTP/1.1 goes through aiohttp: on 127.0.0.1 it measured about twice as fast per round
-trip as httpx (bench/README.md, "Outbound clients"), and it bounds what it buffers from a
-socket (it stops reading once its buffer holds 2 x 64 KiB), so a 100 MB answer is refused
-without being held. HTTP/2 clusters go through h2_client.py (the maintained `h2` protocol
-library under a small asyncio connection of ours), because neither aiohttp (no HTTP/2)
-nor httpx (no trailers either way) can carry the trailers a callout may send or receive.
+HTTP/1.1 goes through aiohttp: on 127.0.0.1 a round trip cost its loop thread about 6x
+less CPU than httpx's and took about 4x less time (bench/README.md, "Outbound clients"),
+and it bounds what it buffers from a socket (it pauses reading once its buffer holds
+2 x 64 KiB), so a 100 MB answer is refused without being held. HTTP/2 clusters go
+through h2_client.py (the maintained `h2` protocol library under a small asyncio
+connection of ours): aiohttp has no HTTP/2, and httpx's HTTP/2 neither sends request
+trailers nor returns response trailers (and cost about 4x more CPU per round trip).
 
 Everything here runs on the IoLoop's thread: call `request()` / `open()` from a coroutine
 on that loop (or `IoLoop.submit()` them from another thread).
@@ -13,9 +14,10 @@ on that loop (or `IoLoop.submit()` them from another thread).
 What the guest's headers become: the pseudo-headers `:method`, `:path`, `:authority` make
 the request line and Host (`:scheme` is the cluster's: TLS or not), other headers are sent
 as given, minus hop-by-hop ones (content-length, transfer-encoding, connection, ...) that
-the client sets itself; a non-empty body gets a content-length. Request trailers are sent
-on HTTP/2 only: aiohttp cannot write a chunked trailer section, so on HTTP/1.1 they are
-dropped (as are response trailers, which aiohttp parses and discards).
+the client sets itself (`te: trailers` is kept); a non-empty body gets a content-length.
+Trailers travel on HTTP/2 only: aiohttp cannot write a chunked trailer section, so on
+HTTP/1.1 request trailers are dropped, and response trailers too (aiohttp parses and
+discards them).
 """
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ import asyncio
 import errno
 import itertools
 import ssl
+import sys
 from dataclasses import dataclass
-from typing import AsyncIterable, AsyncIterator, Sequence
+from typing import AsyncIterable, AsyncIterator, Awaitable, Sequence, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -33,6 +36,7 @@ from .cluster import Cluster, TlsSettings
 from .loop import IoLoop
 
 Header = tuple[bytes, bytes]
+T = TypeVar("T")
 
 # Headers a client owns on the connection; a guest's copy would contradict the framing.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
@@ -113,6 +117,17 @@ def ssl_context(tls: TlsSettings, alpn: Sequence[str]) -> ssl.SSLContext:
     return ctx
 
 
+if sys.version_info >= (3, 11):
+    async def bounded(aw: Awaitable[T], seconds: float) -> T:
+        """`await aw`, or asyncio.TimeoutError after `seconds` (no extra task, unlike
+        asyncio.wait_for on 3.11: it is on every call's path)."""
+        async with asyncio.timeout(seconds):
+            return await aw
+else:  # pragma: no cover - Python 3.10
+    async def bounded(aw: Awaitable[T], seconds: float) -> T:
+        return await asyncio.wait_for(aw, seconds)
+
+
 def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -133,6 +148,8 @@ def classify(exc: BaseException) -> CalloutError:
             return CalloutError(f"tls: {(e.reason or 'handshake failed').lower().replace('_', ' ')}", str(e))
         if isinstance(e, aiohttp.ConnectionTimeoutError):
             return CalloutError("connect timeout", str(e))
+        if isinstance(e, TimeoutError) and not isinstance(e, aiohttp.ServerTimeoutError):
+            return CalloutError("timeout", str(e) or "the socket timed out")
         if isinstance(e, ConnectionRefusedError):
             return CalloutError("connection refused", str(e))
         if isinstance(e, (ConnectionResetError, BrokenPipeError, aiohttp.ServerDisconnectedError,
@@ -254,7 +271,7 @@ class _H1Streaming(StreamingResponse):
                 elif left <= 0:
                     raise asyncio.TimeoutError
                 else:
-                    chunk = await asyncio.wait_for(it.__anext__(), left)
+                    chunk = await bounded(it.__anext__(), left)
             except StopAsyncIteration:
                 return
             except asyncio.TimeoutError:
@@ -314,7 +331,7 @@ class HttpClient:
         try:
             if budget is None:
                 return await call
-            return await asyncio.wait_for(call, budget)
+            return await bounded(call, budget)
         except asyncio.TimeoutError:
             raise CalloutError("timeout", f"no whole answer within {budget} s") from None
 
@@ -353,7 +370,7 @@ class HttpClient:
         try:
             if budget is None:
                 return await start
-            return await asyncio.wait_for(start, budget)
+            return await bounded(start, budget)
         except asyncio.TimeoutError:
             raise CalloutError("timeout", f"no response headers within {budget} s") from None
 

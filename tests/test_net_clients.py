@@ -151,6 +151,17 @@ def test_h1_round_robin(io, http, http1_server):
         s2.stop()
 
 
+@pytest.mark.parametrize("http2", [False, True], ids=["h1", "h2"])
+def test_server_closing_idle_connections(io, http, http1_server, http2_server, http2):
+    server = http2_server if http2 else http1_server
+    c = Cluster("up", (server.endpoint,), http2=http2)
+    first = echo(fetch(io, http, c))
+    server.drop_connections()
+    call(io, asyncio.sleep(0.05))  # the client's loop sees the close
+    second = echo(fetch(io, http, c))
+    assert first["peer"] != second["peer"] and server.connections == 2
+
+
 def test_h1_refused(io, http):
     e = failure(io, http, Cluster("down", (refused_endpoint(),)))
     assert e.reason == "connection refused"
@@ -655,3 +666,14 @@ def test_grpc_failures_leak_nothing(io, grpc_server):
         time.sleep(0.05)
     assert open_fds() <= before, {k: v for k, v in fd_targets().items() if b.get(k) != v}
     assert not client._streams
+
+
+def test_grpc_client_certificate(io, grpc_client, grpc_mtls_server, tls_ca):
+    without = Cluster("m1", (grpc_mtls_server.endpoint,), tls=TlsSettings(ca_file=tls_ca.ca_file))
+    with pytest.raises(GrpcCallError) as ei:
+        unary(io, grpc_client, without, "Unary", b"")
+    assert ei.value.code == 14
+    with_cert = Cluster("m2", (grpc_mtls_server.endpoint,),
+                        tls=TlsSettings(ca_file=tls_ca.ca_file, cert_file=tls_ca.client_cert_file,
+                                        key_file=tls_ca.client_key_file))
+    assert unary(io, grpc_client, with_cert, "Unary", b"mutual") == b"mutual"

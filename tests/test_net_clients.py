@@ -525,6 +525,12 @@ def test_grpc_bad_metadata(io, grpc_client, grpc_server):
     assert ei.value.code == 13
     with pytest.raises(GrpcCallError):
         unary(io, grpc_client, c, "Unary", b"", metadata=[(b"bad key", b"v")])
+    with pytest.raises(GrpcCallError) as ei:
+        call(io, grpc_client.unary(c, "test.Echo", "Un ary\n", [], b"", 5))
+    assert ei.value.code == 13
+    s, rec = open_stream(io, grpc_client, c, "Bidi\x00Echo")
+    assert wait_closed(io, rec)[0] == 13 and rec.kinds() == ["close"]
+    assert grpc_server.calls == 0
 
 
 def test_grpc_channel_reused_and_round_robin(io, grpc_client, grpc_server):
@@ -677,3 +683,34 @@ def test_grpc_client_certificate(io, grpc_client, grpc_mtls_server, tls_ca):
                         tls=TlsSettings(ca_file=tls_ca.ca_file, cert_file=tls_ca.client_cert_file,
                                         key_file=tls_ca.client_key_file))
     assert unary(io, grpc_client, with_cert, "Unary", b"mutual") == b"mutual"
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["h1", "h2"])
+@pytest.mark.parametrize("bad", [(b"x-a", b"v\r\nx-injected: 1"), (b"bad name", b"v"),
+                                 (b"x-nul", b"a\x00b"), (b"", b"v")],
+                         ids=["crlf-value", "space-name", "nul-value", "empty-name"])
+def test_hostile_headers_are_refused(io, http, http1_server, http2_server, http2, bad):
+    server = http2_server if http2 else http1_server
+    c = Cluster("up", (server.endpoint,), http2=http2)
+    with pytest.raises(CalloutError) as ei:
+        fetch(io, http, c, headers=[bad])
+    assert ei.value.reason == "bad request headers"
+    assert server.requests == 0
+    assert echo(fetch(io, http, c))["method"] == "GET"  # the client is fine
+
+
+@pytest.mark.parametrize("headers", [
+    [(b":method", b"GET"), (b":path", b"/a b"), (b":authority", b"x")],
+    [(b":method", b"GET"), (b":path", b"/a\r\nx: 1"), (b":authority", b"x")],
+    [(b":method", b"GET /x"), (b":path", b"/"), (b":authority", b"x")],
+    [(b":method", b"GET"), (b":path", b"/"), (b":authority", b"x\r\n")],
+], ids=["space-path", "crlf-path", "space-method", "crlf-authority"])
+def test_hostile_request_line_is_refused(io, http, http1_server, headers):
+    c = Cluster("up", (http1_server.endpoint,))
+    with pytest.raises(CalloutError) as ei:
+        call(io, http.request(c, headers, b"", [], None))
+    assert ei.value.reason == "bad request headers"
+    with pytest.raises(CalloutError) as ei:
+        call(io, http.request(c, get("/"), b"", [(b"x-t", b"a\nb")], None))
+    assert ei.value.reason == "bad request headers"
+    assert http1_server.requests == 0

@@ -69,6 +69,15 @@ def to_grpc_metadata(metadata: Sequence[tuple[bytes, bytes]]) -> list[tuple[str,
     return out
 
 
+def method_path(service: str, method: str) -> str:
+    """"/service/method"; GrpcCallError(INTERNAL) for names HTTP/2's :path must not carry
+    (spaces, controls, non-ASCII): a strict server would reset the whole connection."""
+    path = f"/{service}/{method}"
+    if not service or not method or any(not 0x20 < ord(ch) < 0x7F for ch in path):
+        raise GrpcCallError(INTERNAL, f"invalid gRPC method path {path!r}")
+    return path
+
+
 def from_grpc_metadata(md) -> Metadata:
     if not md:
         return []
@@ -271,9 +280,10 @@ class GrpcClient:
                     timeout: float | None) -> bytes:
         """One request, one answer; raises GrpcCallError on any non-OK status (refused:
         UNAVAILABLE, past the deadline: DEADLINE_EXCEEDED)."""
+        path = method_path(service, method)
         md = to_grpc_metadata(metadata)
         ch = self._channel(cluster)
-        rpc = ch.unary_unary(f"/{service}/{method}")
+        rpc = ch.unary_unary(path)
         try:
             return await rpc(bytes(message), metadata=md, timeout=self._deadline(cluster, timeout))
         except grpc.aio.AioRpcError as e:
@@ -290,13 +300,13 @@ class GrpcClient:
         failures (refused: 14, deadline: 4); nothing at all after `cancel()`."""
         s = GrpcStream(on_event)
         try:
+            path = method_path(service, method)
             md = to_grpc_metadata(metadata)
             ch = self._channel(cluster)
         except GrpcCallError as e:
             s._fail_now(e)
             return s
-        call = ch.stream_stream(f"/{service}/{method}")(metadata=md,
-                                                        timeout=self._deadline(cluster, timeout))
+        call = ch.stream_stream(path)(metadata=md, timeout=self._deadline(cluster, timeout))
         s._start(call)
         self._streams.add(s)
         for t in s._tasks:

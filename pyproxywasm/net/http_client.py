@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import itertools
+import re
 import ssl
 import sys
 from dataclasses import dataclass
@@ -69,6 +70,29 @@ class CalloutError(Exception):
         self.detail = detail
 
 
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")  # RFC 9110 token, lowercase
+_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")  # no controls or spaces in :path / :authority
+
+
+def check_field(name: bytes, value: bytes) -> None:
+    """Refuse what would corrupt the framing (CR/LF/NUL injection, names that are not
+    tokens) before anything is written: "bad request headers"."""
+    if not _TOKEN.fullmatch(name):
+        raise CalloutError("bad request headers", f"header name {name!r} is not a token")
+    if _BAD_VALUE.search(value):
+        raise CalloutError("bad request headers", f"header {name.decode()!r}: CR, LF or NUL in value")
+
+
+def check_trailers(trailers: Sequence[Header]) -> list[Header]:
+    out = []
+    for name, value in trailers:
+        name, value = bytes(name).lower(), bytes(value)
+        check_field(name, value)
+        out.append((name, value))
+    return out
+
+
 @dataclass(frozen=True)
 class RequestHead:
     """The guest's headers, split: what makes the request line, and the rest."""
@@ -95,11 +119,18 @@ class RequestHead:
             elif name.startswith(b":") or name in HOP_BY_HOP:
                 continue  # :scheme is the cluster's; framing headers are the client's
             else:
-                rest.append((name, bytes(value)))
+                value = bytes(value)
+                check_field(name, value)
+                rest.append((name, value))
         if not method or not path or authority is None:
             raise CalloutError("bad request headers", ":method, :path and :authority are required")
+        if not _TOKEN.fullmatch(method.lower().encode("latin-1")):
+            raise CalloutError("bad request headers", f":method {method!r} is not a token")
         if not path.startswith("/") and path != "*":
             raise CalloutError("bad request headers", f":path {path!r} must start with '/'")
+        for field, v in ((":path", path), (":authority", authority)):
+            if _BAD_TARGET.search(v.encode("latin-1")):
+                raise CalloutError("bad request headers", f"{field} {v!r} has a space or control character")
         return cls(method, path, authority, rest)
 
 
@@ -325,9 +356,10 @@ class HttpClient:
         `timeout` bounds everything (None: cluster.request_timeout; None there: no limit);
         connecting is bounded by cluster.connect_timeout. Raises CalloutError."""
         head = RequestHead.parse(headers)
+        trailers = check_trailers(trailers)
         pool = self._pool(cluster)
         budget = self._budget(cluster, timeout)
-        call = self._call(pool, cluster, head, bytes(body), list(trailers))
+        call = self._call(pool, cluster, head, bytes(body), trailers)
         try:
             if budget is None:
                 return await call

@@ -714,3 +714,30 @@ def test_hostile_request_line_is_refused(io, http, http1_server, headers):
         call(io, http.request(c, get("/"), b"", [(b"x-t", b"a\nb")], None))
     assert ei.value.reason == "bad request headers"
     assert http1_server.requests == 0
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["h1", "h2"])
+def test_close_with_calls_in_flight(io, http1_server, http2_server, http2):
+    server = http2_server if http2 else http1_server
+    c = Cluster("up", (server.endpoint,), http2=http2)
+    client = HttpClient(io)
+
+    async def go():
+        pending = asyncio.ensure_future(client.request(c, get("/hang"), b"", [], 5))
+        while server.requests == 0:
+            await asyncio.sleep(0.01)
+        await client.close()
+        try:
+            await pending
+        except CalloutError as e:
+            return e.reason
+    assert call(io, go()) == "client closed"
+
+
+def test_h1_cluster_never_negotiates_h2(io, http, http2_tls_server, tls_ca):
+    # the server speaks only h2: an HTTP/1.1 cluster offering ["h2", "http/1.1"] must not
+    # end up speaking HTTP/1.1 over an h2 connection
+    c = Cluster("t", (http2_tls_server.endpoint,),
+                tls=TlsSettings(ca_file=tls_ca.ca_file, alpn=("h2", "http/1.1")))
+    e = failure(io, http, c, timeout=2)
+    assert e.reason.startswith("tls") or e.reason in ("connection reset", "protocol error"), e

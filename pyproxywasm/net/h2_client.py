@@ -271,14 +271,17 @@ class H2Connection:
                     self.streams.pop(sid, None)
             self.pool_changed()
 
-    def _shutdown(self, err: CalloutError) -> None:
+    def _shutdown(self, err: CalloutError, graceful: bool = False) -> None:
         if self.closed:
             return
         self.closed = True
         for s in list(self.streams.values()):
             s.fail(err)
         self.streams.clear()
-        self.writer.transport.abort()
+        if graceful:
+            self.writer.transport.close()  # after writing what is buffered (our GOAWAY)
+        else:
+            self.writer.transport.abort()
         self.pool.forget(self)
 
     async def close(self) -> None:
@@ -288,12 +291,12 @@ class H2Connection:
                 self.flush()
             except h2.exceptions.ProtocolError:
                 pass
+        self._shutdown(CalloutError("client closed"), graceful=True)
         self.task.cancel()
         try:
             await self.task
         except asyncio.CancelledError:
             pass
-        self._shutdown(CalloutError("client closed"))
 
 
 class H2Pool:
@@ -337,10 +340,10 @@ class H2Pool:
         return H2Connection(self, reader, writer)
 
     async def _connection(self) -> H2Connection:
-        if self.closed:
-            raise CalloutError("client closed")
         addr = next(self._next)
         while True:
+            if self.closed:
+                raise CalloutError("client closed")
             conns = self._conns[addr]
             for c in conns:
                 if c.has_room():
@@ -431,6 +434,7 @@ class H2Pool:
 
     async def close(self) -> None:
         self.closed = True
+        self.room.set()  # callers waiting for room see the pool closed
         conns = [c for cs in self._conns.values() for c in cs]
         for c in conns:
             await c.close()

@@ -134,15 +134,16 @@ class RequestHead:
         return cls(method, path, authority, rest)
 
 
-def ssl_context(tls: TlsSettings, alpn: Sequence[str]) -> ssl.SSLContext:
-    """A client context from the cluster's TLS settings (verification on unless disabled)."""
+def ssl_context(tls: TlsSettings, alpn: Sequence[str], drop: Sequence[str] = ()) -> ssl.SSLContext:
+    """A client context from the cluster's TLS settings (verification on unless disabled).
+    ALPN: the cluster's list without `drop`, else `alpn`."""
     ctx = ssl.create_default_context(cafile=tls.ca_file)
     if not tls.verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     if tls.cert_file:
         ctx.load_cert_chain(tls.cert_file, tls.key_file)
-    protos = list(tls.alpn) or list(alpn)
+    protos = [p for p in tls.alpn if p not in drop] or list(alpn)
     if protos:
         ctx.set_alpn_protocols(protos)
     return ctx
@@ -208,7 +209,8 @@ class _H1Pool:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         tls = cluster.tls
-        ctx = ssl_context(tls, ["http/1.1"]) if tls else False
+        # An HTTP/1.1 pool must not let the server pick h2 through ALPN: offer no "h2".
+        ctx = ssl_context(tls, ["http/1.1"], drop=("h2",)) if tls else False
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=cluster.max_connections,
                                          ssl=ctx, use_dns_cache=True)
         self.session = aiohttp.ClientSession(
@@ -366,6 +368,10 @@ class HttpClient:
             return await bounded(call, budget)
         except asyncio.TimeoutError:
             raise CalloutError("timeout", f"no whole answer within {budget} s") from None
+        except CalloutError as e:
+            if self._closed and e.reason != "client closed":
+                raise CalloutError("client closed", e.reason) from e
+            raise
 
     async def _call(self, pool, cluster: Cluster, head: RequestHead, body: bytes,
                     trailers: list[Header]) -> HttpResponse:

@@ -1,7 +1,7 @@
 """Real upstream servers for tests, on 127.0.0.1 free ports, each on its own thread.
 
-Import the fixtures into a test module (`from servers import *` or by name; tests/ is on
-sys.path under pytest's rootdir conftest) and use them as arguments.
+Import the fixtures into a test module (`from servers import *` or by name: pytest puts
+tests/ on sys.path, as it has no __init__.py) and use them as arguments.
 
 Fixtures (all function-scoped unless said; each yields a `Server` with `.host`, `.port`,
 `.endpoint` ("127.0.0.1:PORT"), `.connections` (TCP connections accepted so far),
@@ -32,7 +32,7 @@ HTTP endpoints (both protocols):
 - `/status/<n>`: status n, body `status <n>`.
 - `/slow/<ms>`: waits ms milliseconds, then 200 `slow`.
 - `/big/<n>`: n bytes of `x` in 64 KiB chunks, with content-length; `/big/<n>?chunked`
-  without it (HTTP/1.1 chunked). Writing waits on the client (TCP or HTTP/2 flow control),
+  without it (HTTP/1.1: chunked; HTTP/2: no content-length). Writing waits on the client (TCP or HTTP/2 flow control),
   so `.sent` shows how much a client really pulled.
 - `/reset`: reads the request, then resets (HTTP/1.1: TCP RST; HTTP/2: RST_STREAM).
 - `/hang`: reads the request and never answers.

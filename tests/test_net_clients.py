@@ -300,6 +300,13 @@ def test_tls_wrong_sni(io, http, http1_tls_server, tls_ca):
     assert "elsewhere.test" in e.detail
 
 
+@pytest.mark.parametrize("http2", [False, True], ids=["h1", "h2"])
+def test_tls_to_a_plaintext_server(io, http, http1_server, http2_server, tls_ca, http2):
+    server = http2_server if http2 else http1_server
+    e = failure(io, http, tls_cluster(server, tls_ca, http2=http2), timeout=3)
+    assert e.reason.startswith("tls: "), e
+
+
 def test_tls_client_certificate(io, http, http1_mtls_server, tls_ca):
     e = failure(io, http, tls_cluster(http1_mtls_server, tls_ca))
     # TLS 1.3 checks the client certificate after the client's handshake completed: the test

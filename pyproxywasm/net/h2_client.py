@@ -331,7 +331,7 @@ class H2Pool:
             raise CalloutError("connect timeout",
                                f"{host}:{port} not connected within {self.cluster.connect_timeout} s") from None
         except OSError as e:
-            raise classify(e) from e
+            raise classify(e, tls_connect=self._ctx is not None) from e
         if self._ctx is not None:
             proto = writer.get_extra_info("ssl_object").selected_alpn_protocol()
             if proto != "h2":

@@ -164,10 +164,19 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def classify(exc: BaseException) -> CalloutError:
-    """One CalloutError for whatever a client raised, looking through the cause chain."""
+def classify(exc: BaseException, tls_connect: bool = False) -> CalloutError:
+    """One CalloutError for whatever a client raised, looking through the cause chain.
+    tls_connect: the error ended a TLS connection attempt, so a reset or an early close
+    means the handshake failed (a server that does not speak TLS on that port does that)."""
     if isinstance(exc, CalloutError):
         return exc
+    err = _classify(exc)
+    if tls_connect and err.reason == "connection reset":
+        return CalloutError("tls: handshake failed", f"the connection ended during the handshake ({err.detail})")
+    return err
+
+
+def _classify(exc: BaseException) -> CalloutError:
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
@@ -176,8 +185,13 @@ def classify(exc: BaseException) -> CalloutError:
             inner = getattr(e, "certificate_error", e)  # aiohttp wraps the ssl error
             return CalloutError("tls: certificate verify failed",
                                 getattr(inner, "verify_message", None) or str(inner))
+        inner = getattr(e, "os_error", None)  # aiohttp's connector errors wrap the real one
+        if isinstance(inner, BaseException) and inner is not e and id(inner) not in seen:
+            e = inner
+            continue
         if isinstance(e, ssl.SSLError):
-            return CalloutError(f"tls: {(e.reason or 'handshake failed').lower().replace('_', ' ')}", str(e))
+            why = getattr(e, "reason", None) or "handshake failed"
+            return CalloutError(f"tls: {why.lower().replace('_', ' ')}", str(e))
         if isinstance(e, aiohttp.ConnectionTimeoutError):
             return CalloutError("connect timeout", str(e))
         if isinstance(e, TimeoutError) and not isinstance(e, aiohttp.ServerTimeoutError):
@@ -191,10 +205,7 @@ def classify(exc: BaseException) -> CalloutError:
             return CalloutError("connection reset", str(e))
         if isinstance(e, OSError) and e.errno == errno.ECONNREFUSED:
             return CalloutError("connection refused", str(e))
-        nxt = e.__cause__ or e.__context__
-        if nxt is None and isinstance(e, aiohttp.ClientOSError) and e.args:
-            break
-        e = nxt
+        e = e.__cause__ or e.__context__
     if isinstance(exc, aiohttp.ClientConnectorError):
         return CalloutError("connect failed", str(exc))
     if isinstance(exc, aiohttp.ClientResponseError):
@@ -240,6 +251,10 @@ class _H1Pool:
 
     async def close(self) -> None:
         await self.session.close()
+
+
+def _tls_connect(cluster: Cluster, e: BaseException) -> bool:
+    return cluster.tls is not None and isinstance(e, aiohttp.ClientConnectorError)
 
 
 def _response_headers(resp: aiohttp.ClientResponse) -> list[Header]:
@@ -386,7 +401,7 @@ class HttpClient:
         except CalloutError:
             raise
         except (aiohttp.ClientError, OSError, ssl.SSLError) as e:
-            raise classify(e) from e
+            raise classify(e, _tls_connect(cluster, e)) from e
         except asyncio.TimeoutError as e:  # aiohttp's own connect timeout
             raise CalloutError("connect timeout", str(e)) from e
         return HttpResponse(_response_headers(resp), data, [])
@@ -417,7 +432,7 @@ class HttpClient:
         try:
             resp = await pool.send(head, body if not isinstance(body, (bytes, bytearray)) else (bytes(body) or None))
         except (aiohttp.ClientError, OSError, ssl.SSLError) as e:
-            raise classify(e) from e
+            raise classify(e, _tls_connect(pool.cluster, e)) from e
         except asyncio.TimeoutError as e:
             raise CalloutError("connect timeout", str(e)) from e
         return _H1Streaming(resp, deadline)

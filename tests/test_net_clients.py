@@ -140,6 +140,22 @@ def test_h1_pool_reuses_the_connection(io, http, http1_server):
     assert http1_server.connections == 1 and http1_server.requests == 2
 
 
+def test_h1_max_connections_queues_calls(io, http, http1_server):
+    c = Cluster("one", (http1_server.endpoint,), max_connections=1)
+
+    async def three():
+        return await asyncio.gather(*(http.request(c, get("/slow/30"), b"", [], 5) for _ in range(3)))
+    assert [r.body for r in call(io, three())] == [b"slow"] * 3
+    assert http1_server.connections == 1
+    wide = Cluster("three", (http1_server.endpoint,), max_connections=3)
+
+    async def three_wide():
+        return await asyncio.gather(*(http.request(wide, get("/slow/100"), b"", [], 5)
+                                      for _ in range(3)))
+    call(io, three_wide())
+    assert http1_server.connections == 4
+
+
 def test_h1_round_robin(io, http, http1_server):
     s2 = start_http1()
     try:

@@ -1,11 +1,12 @@
 """Real upstream servers for tests, on 127.0.0.1 free ports, each on its own thread.
 
-Import the fixtures into a test module (`from servers import *` or by name; tests/ is on
-sys.path under pytest's rootdir conftest) and use them as arguments.
+Import the fixtures into a test module (`from servers import *` or by name: pytest puts
+tests/ on sys.path, as it has no __init__.py) and use them as arguments.
 
 Fixtures (all function-scoped unless said; each yields a `Server` with `.host`, `.port`,
 `.endpoint` ("127.0.0.1:PORT"), `.connections` (TCP connections accepted so far),
-`.requests` (requests seen), `.sent` (response body bytes written so far)):
+`.requests` (requests seen), `.sent` (response body bytes written so far),
+`.drop_connections()` (closes every open connection, as a server does to idle ones)):
 
 - `http1_server`: HTTP/1.1 (h11 on asyncio), keep-alive.
 - `http2_server`: HTTP/2 cleartext with prior knowledge (h2 on asyncio).
@@ -18,7 +19,8 @@ Fixtures (all function-scoped unless said; each yields a `Server` with `.host`, 
 - `tls_ca` (session-scoped): a `TestPki` with `.ca_file` (PEM to trust), `.other_ca_file`
   (an unrelated CA), `.client_cert_file` / `.client_key_file` (a client certificate the
   test CA signed) and `.server_context()` to make more TLS servers.
-- `grpc_server`, `grpc_tls_server`: `GrpcServer`s (grpcio, thread pool) serving `test.Echo`
+- `grpc_server`, `grpc_tls_server`, `grpc_mtls_server` (requires a client certificate from
+  the test CA): `GrpcServer`s (grpcio, thread pool) serving `test.Echo`
   below, `.endpoint`, `.calls`, `.cancelled` (an Event set when a BidiEcho's client left).
 
 HTTP endpoints (both protocols):
@@ -30,7 +32,7 @@ HTTP endpoints (both protocols):
 - `/status/<n>`: status n, body `status <n>`.
 - `/slow/<ms>`: waits ms milliseconds, then 200 `slow`.
 - `/big/<n>`: n bytes of `x` in 64 KiB chunks, with content-length; `/big/<n>?chunked`
-  without it (HTTP/1.1 chunked). Writing waits on the client (TCP or HTTP/2 flow control),
+  without it (HTTP/1.1: chunked; HTTP/2: no content-length). Writing waits on the client (TCP or HTTP/2 flow control),
   so `.sent` shows how much a client really pulled.
 - `/reset`: reads the request, then resets (HTTP/1.1: TCP RST; HTTP/2: RST_STREAM).
 - `/hang`: reads the request and never answers.
@@ -65,7 +67,7 @@ import pytest
 Header = tuple[bytes, bytes]
 
 __all__ = ["Server", "TestPki", "tls_ca", "http1_server", "http1_tls_server",
-           "http1_mtls_server", "http2_server", "http2_tls_server", "grpc_server", "grpc_tls_server",
+           "http1_mtls_server", "http2_server", "http2_tls_server", "grpc_server", "grpc_tls_server", "grpc_mtls_server",
            "GrpcServer", "GRPC_SERVICE", "free_port",
            "refused_endpoint", "start_http1", "start_http2"]
 
@@ -194,6 +196,15 @@ class Server:
         self._loop.run_forever()
         self._loop.run_until_complete(self._loop.shutdown_asyncgens())
         self._loop.close()
+
+    def drop_connections(self) -> None:
+        """Close every open connection (as a server does to idle keep-alive ones)."""
+        async def drop():
+            tasks = list(self._tasks)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        asyncio.run_coroutine_threadsafe(drop(), self._loop).result(10)
 
     def stop(self) -> None:
         async def shutdown():
@@ -560,6 +571,17 @@ def http1_mtls_server(tls_ca):
 @pytest.fixture
 def grpc_server():
     s = GrpcServer()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def grpc_mtls_server(tls_ca):
+    import grpc
+    creds = grpc.ssl_server_credentials([(tls_ca.server_key_pem, tls_ca.server_cert_pem)],
+                                        root_certificates=tls_ca.ca.cert_pem.bytes(),
+                                        require_client_auth=True)
+    s = GrpcServer(creds)
     yield s
     s.stop()
 

@@ -70,6 +70,15 @@ def to_grpc_metadata(metadata: Sequence[tuple[bytes, bytes]]) -> list[tuple[str,
     return out
 
 
+def method_path(service: str, method: str) -> str:
+    """"/service/method"; GrpcCallError(INTERNAL) for names HTTP/2's :path must not carry
+    (spaces, controls, non-ASCII): a strict server would reset the whole connection."""
+    path = f"/{service}/{method}"
+    if not service or not method or any(not 0x20 < ord(ch) < 0x7F for ch in path):
+        raise GrpcCallError(INTERNAL, f"invalid gRPC method path {path!r}")
+    return path
+
+
 def from_grpc_metadata(md: Any) -> Metadata:
     if not md:
         return []
@@ -170,9 +179,13 @@ class GrpcStream:
             return
         self._cancelled = True
         if self._call is not None:
+            # grpcio ends the reading and writing tasks itself (their awaits raise
+            # CancelledError); cancelling them from outside as well could leave the call's
+            # core object unfinished and its connection open
             self._call.cancel()
-        for t in self._tasks:
-            t.cancel()
+        else:
+            for t in self._tasks:
+                t.cancel()
 
     # -- the loop's side --------------------------------------------------------------------
     def _emit(self, kind: str, value: object) -> None:
@@ -237,6 +250,10 @@ class GrpcStream:
             for t in self._tasks:
                 if t is not asyncio.current_task():
                     t.cancel()
+            # A finished call object still pins its connection (even past the channel's
+            # close) while anything references it: let go of it.
+            self._call = None
+            call = None
 
 
 class GrpcClient:
@@ -266,9 +283,10 @@ class GrpcClient:
                     timeout: float | None) -> bytes:
         """One request, one answer; raises GrpcCallError on any non-OK status (refused:
         UNAVAILABLE, past the deadline: DEADLINE_EXCEEDED)."""
+        path = method_path(service, method)
         md = to_grpc_metadata(metadata)
         ch = self._channel(cluster)
-        rpc = ch.unary_unary(f"/{service}/{method}")
+        rpc = ch.unary_unary(path)
         try:
             answer: bytes = await rpc(bytes(message), metadata=md, timeout=self._deadline(cluster, timeout))
             return answer
@@ -286,13 +304,13 @@ class GrpcClient:
         failures (refused: 14, deadline: 4); nothing at all after `cancel()`."""
         s = GrpcStream(on_event)
         try:
+            path = method_path(service, method)
             md = to_grpc_metadata(metadata)
             ch = self._channel(cluster)
         except GrpcCallError as e:
             s._fail_now(e)
             return s
-        call = ch.stream_stream(f"/{service}/{method}")(metadata=md,
-                                                        timeout=self._deadline(cluster, timeout))
+        call = ch.stream_stream(path)(metadata=md, timeout=self._deadline(cluster, timeout))
         s._start(call)
         self._streams.add(s)
         for t in s._tasks:

@@ -133,6 +133,7 @@ typedef struct pw_tdir {
 typedef struct pw_tcp {
     pw_tdir d[2];
     int close_requested, failed, done, opened;
+    int bypass; /* FAIL_OPEN: the VM failed; data passes without the filter */
 } pw_tcp;
 
 typedef struct pw_ctx {

@@ -133,6 +133,7 @@ typedef struct pw_tdir {
 typedef struct pw_tcp {
     pw_tdir d[2];
     int close_requested, failed, done, opened;
+    int bypass; /* FAIL_OPEN: the VM failed; data passes without the filter */
 } pw_tcp;
 
 typedef struct pw_ctx {
@@ -339,7 +340,9 @@ struct pw_vm {
      * epoch callback on the same thread; interrupt is set from any thread. */
     uintptr_t stack_lo;        /* the owner thread's lowest stack address */
     uint64_t call_start_ns;    /* monotonic start of the running top-level call */
-    uint64_t call_cpu0_ns, call_wall0_ns; /* thread CPU and wall time at its first tick */
+    uint64_t call_cpu0_ns;     /* thread CPU time at its first tick (0: none yet) */
+    uint64_t call_pre_ns;      /* guest time before that tick (wall less Python's) */
+    uint64_t call_paused0_ns;  /* paused_ns at that tick */
     uint64_t call_deadline_ms; /* its deadline; 0: none */
     uint64_t paused_ns;        /* time spent in Python callbacks during this call */
     _Atomic int interrupt;     /* pw_vm_interrupt: trap at the next epoch check */

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from . import properties as props
 from .abi import StreamFlags
+from .policy import FailureOutcome
 from ._binding import ffi, lib, raise_for
 from .http import Action
 
@@ -120,7 +121,18 @@ class TcpStream:
 
     @property
     def failed(self) -> bool:
-        return bool(self.flags & lib.PW_S_FAILED)
+        """The VM failed while serving this connection, or before it (the plugin's failure
+        policy answered: the connection closed, or FAIL_OPEN let it pass)."""
+        return bool(self.flags & (lib.PW_S_FAILED | lib.PW_S_BYPASSED))
+
+    @property
+    def failure_outcome(self) -> "FailureOutcome | None":
+        """FAILED_CLOSED (closed), FAILED_OPEN (passes without the filter), or None."""
+        if self.flags & lib.PW_S_BYPASSED:
+            return FailureOutcome.FAILED_OPEN
+        if self.flags & lib.PW_S_FAILED:
+            return FailureOutcome.FAILED_CLOSED
+        return None
 
     @property
     def done(self) -> bool:

@@ -640,3 +640,22 @@ def test_tcp_stream_finish_after_close_is_a_no_op():
     t.finish()  # nothing left to end
     with pytest.raises(HostClosedError):
         t.send_downstream(b"y")
+
+
+@pytest.mark.parametrize("policy", ["FAIL_OPEN", "FAIL_CLOSED"])
+def test_network_filter_failure_policy(policy):
+    with PluginHarness(wat("tcp_trap"), failure_policy=policy) as h:
+        t = h.tcp()
+        assert t.send_downstream(b"hello") is Action.CONTINUE
+        action = t.send_downstream(b"!boom")
+        later = h.tcp()  # a new connection on the failed VM
+        if policy == "FAIL_OPEN":
+            assert action is Action.CONTINUE and t.failure_outcome is FailureOutcome.FAILED_OPEN
+            assert t.take_downstream_data() == b"hello!boom"  # nothing held back
+            assert later.send_downstream(b"more") is Action.CONTINUE
+            assert later.failure_outcome is FailureOutcome.FAILED_OPEN
+        else:
+            assert t.failure_outcome is FailureOutcome.FAILED_CLOSED and t.flags & lib.PW_S_RESET
+            assert later.failure_outcome is FailureOutcome.FAILED_CLOSED
+        t.finish()
+        later.finish()

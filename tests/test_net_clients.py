@@ -764,3 +764,24 @@ def test_h1_cluster_never_negotiates_h2(io, http, http2_tls_server, tls_ca):
                 tls=TlsSettings(ca_file=tls_ca.ca_file, alpn=("h2", "http/1.1")))
     e = failure(io, http, c, timeout=2)
     assert e.reason.startswith("tls") or e.reason in ("connection reset", "protocol error"), e
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["h1", "h2"])
+def test_large_request_body(io, http, http1_server, http2_server, http2):
+    # HTTP/2: several times the 64 KiB initial window, so sending waits on WINDOW_UPDATEs
+    server = http2_server if http2 else http1_server
+    body = b"0123456789abcdef" * (3 << 16)  # 3 MiB
+    c = Cluster("up", (server.endpoint,), http2=http2, max_response_bytes=8 << 20)
+    doc = echo(fetch(io, http, c, method="POST", body=body, timeout=10))
+    assert doc["body"].encode("latin-1") == body
+
+
+def test_h2_beyond_max_concurrent_streams(io, http, http2_server):
+    # the test server allows 100 concurrent streams per connection (h2's default)
+    c = h2c(http2_server)
+
+    async def many():
+        return await asyncio.gather(*(http.request(c, get("/slow/200"), b"", [], 10)
+                                      for _ in range(150)))
+    assert [r.body for r in call(io, many())] == [b"slow"] * 150
+    assert http2_server.connections == 2

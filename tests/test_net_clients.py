@@ -774,6 +774,8 @@ def test_large_request_body(io, http, http1_server, http2_server, http2):
     c = Cluster("up", (server.endpoint,), http2=http2, max_response_bytes=8 << 20)
     doc = echo(fetch(io, http, c, method="POST", body=body, timeout=10))
     assert doc["body"].encode("latin-1") == body
+    assert ["content-length", str(len(body))] in doc["headers"]
+    assert not any(n == "content-type" for n, _ in doc["headers"])
 
 
 def test_h2_beyond_max_concurrent_streams(io, http, http2_server):

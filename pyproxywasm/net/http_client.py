@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import io
 import itertools
 import re
 import ssl
@@ -38,6 +39,7 @@ from .loop import IoLoop
 
 Header = tuple[bytes, bytes]
 T = TypeVar("T")
+LARGE_BODY = 1 << 20  # aiohttp writes a bytes body in one go; larger ones go as BytesIO
 
 # Headers a client owns on the connection; a guest's copy would contradict the framing.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
@@ -243,6 +245,8 @@ class _H1Pool:
     async def send(self, head: RequestHead, body: bytes | AsyncIterable[bytes] | None
                    ) -> aiohttp.ClientResponse:
         url, sni = self.target(head.path)
+        if isinstance(body, (bytes, bytearray)) and len(body) > LARGE_BODY:
+            body = io.BytesIO(body)  # aiohttp writes it in chunks, yielding between them
         hdrs = [("Host", head.authority)]
         hdrs += [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers]
         kwargs = {"server_hostname": sni} if sni else {}

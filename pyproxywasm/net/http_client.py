@@ -61,10 +61,14 @@ class HttpResponse:
 
 class CalloutError(Exception):
     """A call that got no usable answer. `reason` is short and stable, for logs and for the
-    guest-facing failure: "connection refused", "connect timeout", "timeout",
-    "connection reset", "tls: certificate verify failed", "tls: <ssl reason>",
-    "response too large", "bad request headers", "protocol error", "connect failed",
-    "client closed". `detail` says more, for people."""
+    guest-facing failure:
+      "connection refused", "connect timeout" (cluster.connect_timeout passed),
+      "timeout" (the call's budget passed), "connection reset" (TCP reset, the server
+      closing early, an HTTP/2 RST_STREAM or GOAWAY), "tls: certificate verify failed"
+      (wrong CA, wrong name/SNI), "tls: handshake failed", "tls: <OpenSSL reason>",
+      "response too large" (over cluster.max_response_bytes), "bad request headers"
+      (refused before sending), "protocol error", "connect failed", "client closed".
+    `detail` says more, for people."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason} ({detail})" if detail else reason)

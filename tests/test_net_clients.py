@@ -787,3 +787,19 @@ def test_h2_beyond_max_concurrent_streams(io, http, http2_server):
                                       for _ in range(150)))
     assert [r.body for r in call(io, many())] == [b"slow"] * 150
     assert http2_server.connections == 2
+
+
+def test_h2_released_streams_return_their_window(io, http, http2_server):
+    # each released stream may hold up to a stream window of unread data; the connection's
+    # window must get it back, or the shared connection stalls after a few releases
+    c = h2c(http2_server, max_response_bytes=4 << 20)
+
+    async def go():
+        for _ in range(30):
+            resp = await http.open(c, get(f"/big/{1 << 20}"), b"", 5)
+            await resp.chunks().__anext__()
+            await asyncio.sleep(0.01)  # let the window's worth arrive unread
+            await resp.release()
+        return await http.request(c, get(f"/big/{2 << 20}"), b"", [], 5)
+    assert len(call(io, go()).body) == 2 << 20
+    assert http2_server.connections == 1

@@ -82,11 +82,16 @@ class _Stream:
             await self.wake.wait()
 
     def cancel(self) -> None:
-        """Stop the exchange (RST_STREAM CANCEL) unless it already ended."""
+        """Stop the exchange (RST_STREAM CANCEL) unless it already ended, and hand back the
+        connection window that data received but never read still holds."""
         if self.error is None and not (self.ended and self.local_done):
             if not self.ended:
                 self.error = CalloutError("cancelled")
             self.conn.reset(self.id)
+        if not self.auto_ack and self.chunks:
+            unread = sum(flow for _, flow in self.chunks)
+            self.chunks.clear()
+            self.conn.ack(self.id, unread)  # the stream is closed: the connection's share
         self.conn.streams.pop(self.id, None)
         self.conn.pool_changed()
 

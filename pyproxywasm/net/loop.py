@@ -67,7 +67,8 @@ class IoLoop:
         return cls(loop, None)
 
     def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future:
-        """Run `coro` on the loop; callable from any thread (also the loop's own)."""
+        """Run `coro` on the loop; callable from any thread (also the loop's own, but
+        blocking there on the returned future's result() would deadlock: await instead)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:

@@ -1,7 +1,7 @@
 """HTTP callouts to a cluster: pooled keep-alive connections, one pool per cluster.
 
-HTTP/1.1 goes through aiohttp: on 127.0.0.1 a round trip cost its loop thread about 6x
-less CPU than httpx's and took about 4x less time (bench/README.md, "Outbound clients"),
+HTTP/1.1 goes through aiohttp: on 127.0.0.1 a round trip cost its loop thread 6-10x less
+CPU than httpx's and took 3-4x less time (bench/README.md, "Outbound clients"),
 and it bounds what it buffers from a socket (it pauses reading once its buffer holds
 2 x 64 KiB), so a 100 MB answer is refused without being held. HTTP/2 clusters go
 through h2_client.py (the maintained `h2` protocol library under a small asyncio

@@ -152,6 +152,8 @@ class H2Connection:
         self.flush()
 
     def start(self, headers: list[Header], end_stream: bool) -> _Stream:
+        if self.closed:
+            raise CalloutError("connection reset", "the connection closed before the request")
         try:
             sid = self.h2.get_next_available_stream_id()
             self.h2.send_headers(sid, headers, end_stream=end_stream)
@@ -304,6 +306,11 @@ class H2Connection:
             pass
 
 
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class H2Pool:
     """One cluster's HTTP/2 connections, per endpoint, picked round robin."""
 
@@ -397,6 +404,7 @@ class H2Pool:
         sender = None
         if not empty:
             sender = conn.loop.create_task(conn.send_body(stream, body, trailers))
+            sender.add_done_callback(_retrieve)  # its failure shows on the response side
         return stream, sender
 
     async def request(self, head: RequestHead, body: bytes, trailers: list[Header],
@@ -418,11 +426,8 @@ class H2Pool:
             return HttpResponse(headers, b"".join(parts), stream.trailers)
         finally:
             stream.cancel()
-            if sender is not None:
-                if not sender.done():
-                    sender.cancel()
-                else:
-                    sender.exception() if not sender.cancelled() else None
+            if sender is not None and not sender.done():
+                sender.cancel()
 
     async def open(self, head: RequestHead, body: bytes | AsyncIterable[bytes],
                    deadline: float | None) -> StreamingResponse:

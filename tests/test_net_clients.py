@@ -100,6 +100,24 @@ def test_attach_wraps_a_running_loop():
     assert asyncio.run(main()) == "ran"
 
 
+def test_clients_on_an_attached_loop(http1_server, grpc_server):
+    """`serve` runs its own loop: the clients work on it the same way."""
+    from pyproxywasm.net.grpc_client import GrpcClient
+
+    async def main():
+        io = IoLoop.attach(asyncio.get_running_loop())
+        http, grpc_ = HttpClient(io), GrpcClient(io)
+        try:
+            r = await http.request(Cluster("a", (http1_server.endpoint,)), get("/echo"), b"", [], 5)
+            g = await grpc_.unary(Cluster("g", (grpc_server.endpoint,)), "test.Echo", "Unary", [],
+                                  b"attached", 5)
+            return json.loads(r.body)["method"], g
+        finally:
+            await http.close()
+            await grpc_.close()
+    assert asyncio.run(main()) == ("GET", b"attached")
+
+
 # --- HTTP/1.1 ----------------------------------------------------------------------------
 
 def test_h1_request_line_headers_and_body(io, http, http1_server):

@@ -225,6 +225,7 @@ def test_h1_connect_timeout(io, http):
 def test_h1_reset(io, http, http1_server):
     e = failure(io, http, Cluster("up", (http1_server.endpoint,)), "/reset")
     assert e.reason == "connection reset"
+    assert http1_server.requests == 1  # sent once: no retry behind the guest's back
 
 
 def test_h1_never_answers_times_out(io, http, http1_server):
@@ -339,6 +340,15 @@ def test_tls_to_a_plaintext_server(io, http, http1_server, http2_server, tls_ca,
     server = http2_server if http2 else http1_server
     e = failure(io, http, tls_cluster(server, tls_ca, http2=http2), timeout=3)
     assert e.reason.startswith("tls: "), e
+
+
+def test_tls_client_certificate_alert(io, http, tls_alert_server, tls_ca):
+    e = failure(io, http, tls_cluster(tls_alert_server, tls_ca))
+    assert e.reason == "tls: tlsv13 alert certificate required"
+    assert tls_alert_server.handshake_failures == 1
+    c = tls_cluster(tls_alert_server, tls_ca, cert_file=tls_ca.client_cert_file,
+                    key_file=tls_ca.client_key_file)
+    assert fetch(io, http, c).body == b"mtls ok"
 
 
 def test_tls_client_certificate(io, http, http1_mtls_server, tls_ca):
@@ -821,3 +831,23 @@ def test_h2_released_streams_return_their_window(io, http, http2_server):
         return await http.request(c, get(f"/big/{2 << 20}"), b"", [], 5)
     assert len(call(io, go()).body) == 2 << 20
     assert http2_server.connections == 1
+
+
+@pytest.mark.parametrize("path", ["/refuse-once", "/goaway-once"])
+def test_h2_unprocessed_request_is_sent_again(io, http, http2_server, path):
+    doc = echo(fetch(io, http, h2c(http2_server), path, method="POST", body=b"again"))
+    assert doc["path"] == path and doc["body"] == "again"
+    assert http2_server.requests == 2 and http2_server.refused
+    if path == "/goaway-once":
+        assert http2_server.connections == 2
+
+
+def test_h2_unprocessed_streamed_body_is_not_sent_again(io, http, http2_server):
+    async def body():
+        yield b"once"
+
+    async def go():
+        await http.open(h2c(http2_server), get("/refuse-once", method="POST"), body(), 5)
+    with pytest.raises(CalloutError) as ei:
+        call(io, go())
+    assert ei.value.reason == "connection reset" and ei.value.unprocessed

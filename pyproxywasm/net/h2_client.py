@@ -260,7 +260,9 @@ class H2Connection:
                     code = h2.errors.ErrorCodes(ev.error_code).name
                 except ValueError:
                     code = str(ev.error_code)
-                stream.fail(CalloutError("connection reset", f"stream reset by the server ({code})"))
+                refused = ev.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                stream.fail(CalloutError("connection reset", f"stream reset by the server ({code})",
+                                         unprocessed=refused))
                 self.streams.pop(ev.stream_id, None)
                 self.pool_changed()
         elif isinstance(ev, h2.events.WindowUpdated):
@@ -274,7 +276,8 @@ class H2Connection:
             last = ev.last_stream_id or 0
             for sid, s in list(self.streams.items()):
                 if sid > last:
-                    s.fail(CalloutError("connection reset", "GOAWAY before the stream was processed"))
+                    s.fail(CalloutError("connection reset", "GOAWAY before the stream was processed",
+                                        unprocessed=True))
                     self.streams.pop(sid, None)
             self.pool_changed()
 
@@ -407,11 +410,32 @@ class H2Pool:
             sender.add_done_callback(_retrieve)  # its failure shows on the response side
         return stream, sender
 
+    async def _exchange(self, head: RequestHead, body: bytes | AsyncIterable[bytes],
+                        trailers: list[Header], auto_ack: bool
+                        ) -> tuple[_Stream, asyncio.Task | None, list[Header]]:
+        """Send the request and wait for the response headers. A request the server says it
+        did not process (REFUSED_STREAM, or cut off by a GOAWAY, as when it closes an idle
+        connection just as the request goes out) is sent once more, on another connection,
+        when its body can be sent again."""
+        for attempt in (1, 2):
+            stream, sender = await self._begin(head, body, trailers)
+            stream.auto_ack = auto_ack
+            try:
+                return stream, sender, await stream.headers
+            except BaseException as e:
+                stream.cancel()
+                if sender is not None and not sender.done():
+                    sender.cancel()
+                if (attempt == 1 and isinstance(e, CalloutError) and e.unprocessed
+                        and isinstance(body, (bytes, bytearray))):
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
     async def request(self, head: RequestHead, body: bytes, trailers: list[Header],
                       limit: int) -> HttpResponse:
-        stream, sender = await self._begin(head, body, trailers)
+        stream, sender, headers = await self._exchange(head, body, trailers, auto_ack=True)
         try:
-            headers = await stream.headers
             cl = next((v for n, v in headers if n == b"content-length"), None)
             if cl is not None and cl.isdigit() and int(cl) > limit:
                 raise CalloutError("response too large", f"content-length {int(cl)} > limit {limit}")
@@ -431,15 +455,7 @@ class H2Pool:
 
     async def open(self, head: RequestHead, body: bytes | AsyncIterable[bytes],
                    deadline: float | None) -> StreamingResponse:
-        stream, sender = await self._begin(head, body, [])
-        stream.auto_ack = False
-        try:
-            headers = await stream.headers
-        except BaseException:
-            stream.cancel()
-            if sender is not None:
-                sender.cancel()
-            raise
+        stream, sender, headers = await self._exchange(head, body, [], auto_ack=False)
         return _H2Streaming(stream, sender, headers, deadline)
 
     async def close(self) -> None:

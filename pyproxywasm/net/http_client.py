@@ -70,10 +70,13 @@ class CalloutError(Exception):
       (refused before sending), "protocol error", "connect failed", "client closed".
     `detail` says more, for people."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", unprocessed: bool = False) -> None:
         super().__init__(f"{reason} ({detail})" if detail else reason)
         self.reason = reason
         self.detail = detail
+        # the server said it did not process the request (HTTP/2 REFUSED_STREAM, or a
+        # stream above a GOAWAY's last id): sending it again is safe (RFC 9113, 8.7)
+        self.unprocessed = unprocessed
 
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")  # RFC 9110 token, lowercase
@@ -238,6 +241,12 @@ class _H1Pool:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=cluster.connect_timeout),
             trust_env=False,
         )
+        # aiohttp sends an idempotent request a second time when its connection fails;
+        # a callout is sent once, as Envoy's async client does (no retry policy): the guest
+        # decides, a reset server does not see the request twice, and the first failure's
+        # reason (e.g. a TLS alert) is the one reported. Private attribute, no public switch.
+        if hasattr(self.session, "_retry_connection"):
+            self.session._retry_connection = False
         self._next = itertools.cycle(cluster.addresses)
         self._sni = tls.sni if tls else None
 

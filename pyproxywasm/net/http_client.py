@@ -8,6 +8,10 @@ through h2_client.py (the maintained `h2` protocol library under a small asyncio
 connection of ours): aiohttp has no HTTP/2, and httpx's HTTP/2 neither sends request
 trailers nor returns response trailers (and cost about 4x more CPU per round trip).
 
+A call is sent once (no retry policy, as with Envoy's async client), except that an
+HTTP/2 request the server reports it did not process (REFUSED_STREAM, or above a GOAWAY's
+last stream id) is sent again once, on another connection, when its body is bytes.
+
 Everything here runs on the IoLoop's thread: call `request()` / `open()` from a coroutine
 on that loop (or `IoLoop.submit()` them from another thread).
 

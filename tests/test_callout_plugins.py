@@ -133,7 +133,7 @@ def test_assemblyscript_grpc_plugin_links_and_starts():
 # the virtual clock. Real servers: test_callout_plugins_net.py.
 # ===================================================================================
 
-from pyproxywasm import VmConfig, VmFailedError  # noqa: E402
+from pyproxywasm import VmConfig  # noqa: E402
 
 from conftest import REQUEST  # noqa: E402
 

@@ -14,7 +14,6 @@ from flask import Flask, Response, request, stream_with_context
 
 from conftest import GO_HTTP, WAT
 from pyproxywasm import PluginConfig, VmConfig, metrics
-from pyproxywasm._binding import ffi, lib
 from pyproxywasm.adapters import ProxyWasmWSGIMiddleware
 from _servers import cheroot_server, waitress_server
 
@@ -122,9 +121,7 @@ def test_pause_resumed_by_queue_notification():
         time.sleep(0.3)
         assert t.is_alive() and calls.n == 0
         # Another VM's enqueue: the owner (the server thread, held in its dispatcher) is notified.
-        qid = ffi.new("uint32_t *")
-        assert lib.pw_queue_resolve(b"wsgi-queue", 10, b"resume", 6, qid) == lib.PW_OK
-        assert lib.pw_queue_enqueue(qid[0], b"go", 2) == lib.PW_OK
+        app.wsgi_app.host.state.enqueue("resume", b"go", vm_id="wsgi-queue")
         t.join(10)
     js = out[0].json()
     assert js["body"] == "abc" and hdr(js, "x-resumed") == ["queue"]

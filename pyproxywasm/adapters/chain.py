@@ -19,7 +19,7 @@ import struct
 from typing import Sequence
 
 from .._binding import ffi, lib, raise_for
-from ..errors import ProxyWasmError, VmFailedError
+from ..errors import ProxyWasmError
 from ..host import Plugin
 from ..http import HttpStream
 from ..pairs import encode_pairs
@@ -43,15 +43,12 @@ FAIL_CLOSED, FAIL_OPEN = "FAIL_CLOSED", "FAIL_OPEN"
 
 
 def failure_policy(plugin: Plugin) -> str:
-    """The one place that decides what a failed VM means for a stream (Envoy's
-    failure_policy; today every plugin fails closed, as the core does). Fail closed: the
-    stream gets a 503, with grpc-status only when the request is gRPC. When the core grows
-    a per-plugin policy, read it here."""
-    policy = getattr(plugin.config, "failure_policy", None)
-    name = getattr(policy, "name", policy)
-    if name == FAIL_OPEN or getattr(plugin.config, "fail_open", False):
-        return FAIL_OPEN
-    return FAIL_CLOSED
+    """The plugin's failure policy (Envoy's failure_policy) by name. The core applies it
+    to each stream (FAIL_CLOSED: a 503 local reply; FAIL_OPEN: the stream passes without
+    the filter, flag BYPASSED; FAIL_RELOAD: a new VM for later streams), so the chain
+    just follows the stream's flags; this is the one place the adapters read it."""
+    policy = getattr(plugin.config, "failure_policy", FAIL_CLOSED)
+    return getattr(policy, "value", policy)
 
 
 def fail_closed_response(is_grpc: bool) -> list[tuple[bytes, bytes]]:
@@ -107,10 +104,6 @@ class FilterChain:
         for i, p in enumerate(plugins):
             try:
                 s = p.http_stream()
-                if s._vmobj.failed:
-                    if failure_policy(p) == FAIL_OPEN:
-                        continue  # the filter is skipped, as if it were not configured
-                    raise VmFailedError(s._vmobj.error or "the plugin's VM failed")
                 if properties and (reads_properties is None or reads_properties[i]):
                     vm, cid = s._vm, s.context_id
                     for path, value in properties:

@@ -4,7 +4,7 @@ Every thread that owns VMs has one Dispatcher (C: an eventfd plus a lock-free in
 threads post to it — a queue notification, a job — and the owner runs it: pending
 on_queue_ready calls and due ticks are delivered there, never inside another callback.
 
-- A Worker is a thread that does nothing else: it sleeps in select() on the dispatcher's
+- A Worker is a thread that does nothing else: it sleeps in poll() on the dispatcher's
   fd (with the next tick as timeout) and runs jobs handed to it with call().
 - An asyncio loop thread can do the same with loop.add_reader(dispatcher.fileno(), ...).
 - A thread with no loop (a WSGI server thread) gets a dispatcher in autorun mode: what is
@@ -26,6 +26,14 @@ from .errors import HostClosedError, ProxyWasmError
 _NO_TICK = 2**64 - 1
 _CHANGED = struct.Struct("<QI")  # (vm_key, context id) records of pw_dispatcher_changed
 _CHANGED_BATCH = 256
+
+
+def wait_readable(fd: int, timeout: float | None) -> None:
+    """Sleeps until fd is readable or timeout (seconds; None: no limit) passes. poll(),
+    not select(): a busy process has descriptors past select()'s limit of 1,024."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    p.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
 
 
 class Dispatcher:
@@ -102,7 +110,7 @@ class Dispatcher:
                 if left <= 0:
                     return False
                 wait = left if wait is None else min(wait, left)
-            select.select([fd], [], [], wait)
+            wait_readable(fd, wait)
             self.run()
         return True
 
@@ -206,7 +214,7 @@ class Worker:
         self._ready.set()
         d, fd = self.dispatcher, self.dispatcher.fileno()
         while not (self._stopping and not self._jobs):
-            select.select([fd], [], [], d.next_timeout())
+            wait_readable(fd, d.next_timeout())
             d.run()
             self._run_jobs()
         try:

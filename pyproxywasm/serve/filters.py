@@ -1,0 +1,274 @@
+"""The http_filters of a listener as ASGI layers around the router.
+
+Each envoy.filters.http.wasm entry becomes one layer; layers nest in config order, so the
+request meets them first to last and the response last to first, as Envoy's decoder and
+encoder chains run. A paused stream waits on its thread's dispatcher (attached to the
+event loop): ticks, queue notifications and callout answers resume it while the loop
+serves other requests.
+
+This is serve's own compact filter layer; the general ASGI middleware lives in
+pyproxywasm.adapters.asgi, and `wrap()` uses it when it is available.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+
+from ..dispatch import Dispatcher
+from ..host import Plugin
+from ..http import HttpStream
+from ..errors import VmFailedError
+
+log = logging.getLogger("pyproxywasm.serve")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class LoopDispatch:
+    """This thread's dispatcher served from its asyncio loop, plus a signal paused streams
+    wait on: it fires after every dispatcher run (a tick or notification may have resumed
+    a stream) and after any stream event that may have continued another stream."""
+
+    def __init__(self, dispatcher: Dispatcher, loop: asyncio.AbstractEventLoop) -> None:
+        self.dispatcher = dispatcher
+        self.loop = loop
+        self._waiters: list[asyncio.Future] = []
+        self._timer: asyncio.TimerHandle | None = None
+        loop.add_reader(dispatcher.fileno(), self._run)
+        self._run()
+
+    def _run(self) -> None:
+        self.dispatcher.run()
+        if self._timer is not None:
+            self._timer.cancel()
+        wait = self.dispatcher.next_timeout()
+        self._timer = self.loop.call_later(wait, self._run) if wait is not None else None
+        self.kick()
+
+    def kick(self) -> None:
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+    def changed(self) -> asyncio.Future:
+        fut = self.loop.create_future()
+        self._waiters.append(fut)
+        return fut
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.dispatcher.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+        self.kick()
+
+
+def _request_headers(scope: Scope) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """Envoy's request headers from an ASGI scope, and whether the request has no body."""
+    path = scope.get("raw_path") or scope["path"].encode()
+    if scope.get("query_string"):
+        path += b"?" + scope["query_string"]
+    authority = b""
+    rest = []
+    has_body = False
+    for k, v in scope["headers"]:
+        if k == b"host":
+            authority = v
+        else:
+            if k == b"content-length":
+                has_body = has_body or v.strip() not in (b"0", b"")
+            elif k == b"transfer-encoding":
+                has_body = True
+            rest.append((k, v))
+    return [(b":method", scope["method"].encode()), (b":path", path), (b":authority", authority),
+            (b":scheme", scope.get("scheme", "http").encode())] + rest, not has_body
+
+
+def _b(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+def _properties(scope: Scope) -> dict:
+    props: dict = {"request.protocol": f"HTTP/{scope.get('http_version', '1.1')}"}
+    client, server = scope.get("client"), scope.get("server")
+    if client:
+        props["source.address"] = f"{client[0]}:{client[1]}"
+        props["source.port"] = client[1]
+    if server:
+        props["destination.address"] = f"{server[0]}:{server[1]}"
+        props["destination.port"] = server[1]
+    return props
+
+
+class _LocalReply(Exception):
+    """The plugin answered (or failed) while the app was running: stop the app."""
+
+
+class WasmFilter:
+    """One Wasm HTTP filter in front of `app`."""
+
+    def __init__(self, app: ASGIApp, plugin: Plugin, fail_open: bool,
+                 dispatch: Callable[[], LoopDispatch]) -> None:
+        self.app = app
+        self.plugin = plugin
+        self.fail_open = fail_open
+        self._dispatch = dispatch
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        d = self._dispatch()
+        try:
+            s = self.plugin.http_stream(_properties(scope))
+        except VmFailedError:
+            if self.fail_open:
+                await self.app(scope, receive, send)
+            else:
+                await _plain(send, 503, b"")
+            return
+        try:
+            await self._serve(s, d, scope, receive, send)
+        finally:
+            s.finish()
+            d.kick()
+
+    async def _wait(self, s: HttpStream, d: LoopDispatch, done: Callable[[], bool]) -> None:
+        d.kick()  # an event on this stream may have continued another one
+        while not done():
+            await d.changed()
+            s.refresh()
+
+    async def _serve(self, s: HttpStream, d: LoopDispatch, scope: Scope, receive: Receive, send: Send) -> None:
+        headers, end = _request_headers(scope)
+        s.send_request_headers(headers, end_stream=end)
+        await self._wait(s, d, lambda: s.request_headers_forwarded or _ended(s))
+        if _ended(s):
+            await self._local(s, send)
+            return
+        fwd = s.request_headers
+        sc = dict(scope)
+        sc["method"] = fwd.get(":method") or scope["method"]
+        raw = _b(fwd.get(":path") or "/")
+        p, _, q = raw.partition(b"?")
+        sc["raw_path"], sc["path"], sc["query_string"] = p, p.decode("latin-1"), q
+        sc["headers"] = [(_b(k), _b(v)) for k, v in fwd if k[:1] != ":"]
+        authority = fwd.get(":authority")
+        if authority:
+            sc["headers"].insert(0, (b"host", _b(authority)))
+        req_done = end
+
+        async def recv() -> dict:
+            nonlocal req_done
+            while True:
+                if req_done:
+                    if _ended(s):
+                        raise _LocalReply()
+                    return await receive()  # only http.disconnect is left
+                msg = await receive()
+                if msg["type"] != "http.request":
+                    return msg
+                more = msg.get("more_body", False)
+                s.send_request_body(msg.get("body", b""), end_stream=not more)
+                if not more:
+                    req_done = True
+                    await self._wait(s, d, lambda: s.request_complete or _ended(s))
+                if _ended(s):
+                    raise _LocalReply()
+                out = s.take_request_body()
+                if out or not more:
+                    return {"type": "http.request", "body": out, "more_body": more}
+
+        started = False
+        pending: dict | None = None
+
+        async def out_body(body: bytes, more: bool) -> None:
+            nonlocal started
+            if not started:  # headers held by the plugin until now
+                await self._wait(s, d, lambda: s.response_headers_forwarded or _ended(s))
+                if _ended(s):
+                    raise _LocalReply()
+                await send(_start(s))
+                started = True
+            await send({"type": "http.response.body", "body": body, "more_body": more})
+
+        async def snd(msg: dict) -> None:
+            nonlocal pending
+            t = msg["type"]
+            if t == "http.response.start":
+                pending = msg
+                return
+            if t != "http.response.body":
+                await send(msg)
+                return
+            body, more = msg.get("body", b""), msg.get("more_body", False)
+            if pending is not None:
+                start, pending = pending, None
+                rh = [(b":status", str(start["status"]).encode())] + list(start.get("headers", []))
+                empty = not body and not more
+                s.send_response_headers(rh, end_stream=empty)
+                if _ended(s):
+                    raise _LocalReply()
+                if empty:
+                    await out_body(b"", False)
+                    return
+            s.send_response_body(body, end_stream=not more)
+            if not more:
+                await self._wait(s, d, lambda: s.response_complete or _ended(s))
+            if _ended(s) and not s.response_complete:
+                raise _LocalReply()
+            out = s.take_response_body()
+            if out or not more:
+                await out_body(out, more)
+
+        try:
+            await self.app(sc, recv, snd)
+        except _LocalReply:
+            if not started:
+                await self._local(s, send)
+            return
+        if pending is not None:  # a start with no body message: end it
+            await snd({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _local(self, s: HttpStream, send: Send) -> None:
+        """The plugin's local reply (after its own response callbacks), a failed VM's 503,
+        or a reset."""
+        if s.local_response is None and s.reset and not s.failed:
+            await _plain(send, 503, b"")  # closed by the plugin: nothing to send back
+            return
+        await send(_start(s))
+        await send({"type": "http.response.body", "body": s.take_response_body(), "more_body": False})
+
+
+def _ended(s: HttpStream) -> bool:
+    return bool(s.local_response is not None or s.reset or s.failed) if s.flags & _END_BITS else False
+
+
+from .._binding import lib as _lib  # noqa: E402 - flags are the C core's
+
+_END_BITS = _lib.PW_S_LOCAL_REPLY | _lib.PW_S_RESET | _lib.PW_S_FAILED
+
+
+def _start(s: HttpStream) -> dict:
+    h = s.response_headers
+    status = int(h.get(":status") or 200)
+    return {"type": "http.response.start", "status": status,
+            "headers": [(_b(k), _b(v)) for k, v in h if k[:1] != ":"]}
+
+
+async def _plain(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def wrap(app: ASGIApp, filters: list[tuple[Plugin, bool]], dispatch: Callable[[], LoopDispatch]) -> ASGIApp:
+    """`app` behind the filters, the first one outermost (it sees the request first)."""
+    for plugin, fail_open in reversed(filters):
+        app = WasmFilter(app, plugin, fail_open, dispatch)
+    return app

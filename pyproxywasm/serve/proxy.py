@@ -1,0 +1,136 @@
+"""The router as an ASGI app: match a route, then answer directly or forward to the route's
+cluster, streaming both ways. Envoy's answers where it answers itself: 404 with no route,
+503 when no upstream connection can be made, 504 when the route timeout passes first."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator, Mapping
+
+from ..net.cluster import Cluster
+from .config import HttpListener, Route
+from .filters import Receive, Scope, Send
+from .router import Router
+from .upstream import Upstream, UpstreamConnectError, UpstreamResetError
+
+log = logging.getLogger("pyproxywasm.serve")
+
+_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
+        b"te", b"trailer"}
+CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+RESET = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+TIMEOUT = b"upstream request timeout"
+
+
+async def reply(send: Send, status: int, body: bytes = b"", headers: list | None = None) -> None:
+    h = list(headers or [])
+    if body and not any(k == b"content-type" for k, _ in h):
+        h.append((b"content-type", b"text/plain"))
+    h.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": h})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class ProxyApp:
+    """One HTTP listener's routes, forwarding through `upstream` to `clusters`."""
+
+    def __init__(self, listener: HttpListener, clusters: Mapping[str, Cluster], upstream: Upstream) -> None:
+        self.router = Router(listener.virtual_hosts)
+        self.clusters = clusters
+        self.upstream = upstream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                while (await receive())["type"] != "lifespan.shutdown":
+                    pass
+            return
+        headers: dict[str, list[str]] = {}
+        authority = ""
+        for k, v in scope["headers"]:
+            name = k.decode("latin-1")
+            value = v.decode("latin-1")
+            if name == "host":
+                authority = value
+            headers.setdefault(name, []).append(value)
+        raw = scope.get("raw_path") or scope["path"].encode()
+        path = raw.decode("latin-1")
+        if scope.get("query_string"):
+            path += "?" + scope["query_string"].decode("latin-1")
+        headers[":path"] = [path]
+        headers[":method"] = [scope["method"]]
+        headers[":authority"] = [authority]
+        route = self.router.route(authority, path, headers)
+        if route is None:
+            await reply(send, 404)
+            return
+        if route.direct is not None:
+            await reply(send, route.direct.status, route.direct.body)
+            return
+        await self._forward(route, scope, path, authority, receive, send)
+
+    async def _forward(self, route: Route, scope: Scope, path: str, authority: str,
+                       receive: Receive, send: Send) -> None:
+        action = route.action
+        cluster = self.clusters[action.cluster]
+        m = route.match
+        if action.prefix_rewrite is not None:
+            if m.prefix is not None:
+                path = action.prefix_rewrite + path[len(m.prefix):]
+            elif m.path is not None:
+                path = action.prefix_rewrite + path[len(m.path):]
+        if action.host_rewrite is not None:
+            authority = action.host_rewrite
+        elif action.auto_host_rewrite:
+            authority = cluster.endpoints[0]
+        out = [(b":method", scope["method"].encode()), (b":path", path.encode("latin-1")),
+               (b":authority", authority.encode("latin-1")), (b":scheme", cluster.scheme.encode())]
+        has_body = False
+        for k, v in scope["headers"]:
+            if k == b"host" or k in _HOP:
+                if k == b"transfer-encoding":
+                    has_body = True
+                continue
+            if k == b"content-length" and v.strip() not in (b"", b"0"):
+                has_body = True
+            out.append((k, v))
+        out.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
+        if action.timeout is not None:
+            out.append((b"x-envoy-expected-rq-timeout-ms", str(int(action.timeout * 1000)).encode()))
+        body: bytes | AsyncIterator[bytes] = _body(receive) if has_body else b""
+        try:
+            resp = await self.upstream.open(cluster, out, body, action.timeout)
+        except UpstreamConnectError as e:
+            log.info("%s", e)
+            await reply(send, 503, CONNECT_FAILURE)
+            return
+        except UpstreamResetError as e:
+            log.info("%s", e)
+            await reply(send, 503, RESET)
+            return
+        except asyncio.TimeoutError:
+            await reply(send, 504, TIMEOUT)
+            return
+        try:
+            rh = [(k, v) for k, v in resp.headers if k not in _HOP and k[:1] != b":"]
+            await send({"type": "http.response.start", "status": resp.status, "headers": rh})
+            async for chunk in resp.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except UpstreamResetError:
+            log.info("upstream reset during the response on %s", cluster.name)
+            raise  # the server aborts the downstream connection, as Envoy resets it
+        finally:
+            resp.release()
+
+
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            return
+        chunk = msg.get("body", b"")
+        if chunk:
+            yield chunk
+        if not msg.get("more_body", False):
+            return

@@ -234,10 +234,11 @@ class _Reader:
             sc.done()
         n.done()
         seen: dict[tuple[str, int], str] = {}
-        for lst in listeners:
+        for i, lst in enumerate(listeners):
             key = (lst.host, lst.port)
-            if key in seen or (admin and key == admin and lst.port):
-                raise ConfigError(f"listener {lst.name!r}: address {lst.host}:{lst.port} is already used")
+            if lst.port and (key in seen or key == admin):
+                raise BootstrapError(f"static_resources.listeners[{i}].address",
+                                     f"{lst.host}:{lst.port} is already used")
             seen[key] = lst.name
         for i, lst in enumerate(listeners):
             names = [lst.cluster] if isinstance(lst, TcpListener) else [

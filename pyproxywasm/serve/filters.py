@@ -187,13 +187,13 @@ class WasmFilter:
         started = False
         pending: dict | None = None
 
-        async def out_body(body: bytes, more: bool) -> None:
+        async def out_body(body: bytes, more: bool, changed: bool) -> None:
             nonlocal started
             if not started:  # headers held by the plugin until now
                 await self._wait(s, d, lambda: s.response_headers_forwarded or _ended(s))
                 if _ended(s):
                     raise _LocalReply()
-                await send(_start(s))
+                await send(_start(s, None if more and not changed else (-1 if more else len(body))))
                 started = True
             await send({"type": "http.response.body", "body": body, "more_body": more})
 
@@ -215,7 +215,7 @@ class WasmFilter:
                 if _ended(s):
                     raise _LocalReply()
                 if empty:
-                    await out_body(b"", False)
+                    await out_body(b"", False, False)
                     return
             s.send_response_body(body, end_stream=not more)
             if not more:
@@ -224,7 +224,7 @@ class WasmFilter:
                 raise _LocalReply()
             out = s.take_response_body()
             if out or not more:
-                await out_body(out, more)
+                await out_body(out, more, len(out) != len(body))
 
         try:
             await self.app(sc, recv, snd)
@@ -254,11 +254,16 @@ from .._binding import lib as _lib  # noqa: E402 - flags are the C core's
 _END_BITS = _lib.PW_S_LOCAL_REPLY | _lib.PW_S_RESET | _lib.PW_S_FAILED
 
 
-def _start(s: HttpStream) -> dict:
+def _start(s: HttpStream, length: int | None = None) -> dict:
+    """The response start from the headers as the plugin left them. length: None keeps
+    content-length; -1 drops it (the plugin changed a body whose end is not known yet:
+    the body goes chunked); n sets it (the whole body is known)."""
     h = s.response_headers
     status = int(h.get(":status") or 200)
-    return {"type": "http.response.start", "status": status,
-            "headers": [(_b(k), _b(v)) for k, v in h if k[:1] != ":"]}
+    headers = [(_b(k), _b(v)) for k, v in h if k[:1] != ":" and (length is None or k != "content-length")]
+    if length is not None and length >= 0:
+        headers.append((b"content-length", str(length).encode()))
+    return {"type": "http.response.start", "status": status, "headers": headers}
 
 
 async def _plain(send: Send, status: int, body: bytes) -> None:

@@ -114,9 +114,20 @@ class ProxyApp:
         try:
             rh = [(k, v) for k, v in resp.headers if k not in _HOP and k[:1] != b":"]
             await send({"type": "http.response.start", "status": resp.status, "headers": rh})
+            # With a content-length the last chunk carries the end of stream (as Envoy's
+            # last data frame does); a chunked body ends with an empty one.
+            left = next((int(v) for k, v in rh if k == b"content-length" and v.isdigit()), -1)
+            if left == 0 or scope["method"] == "HEAD":
+                left = -1
             async for chunk in resp.chunks():
+                if left > 0:
+                    left -= len(chunk)
+                    if left <= 0:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                        continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if left != 0:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except UpstreamResetError:
             log.info("upstream reset during the response on %s", cluster.name)
             raise  # the server aborts the downstream connection, as Envoy resets it

@@ -240,9 +240,11 @@ class Server:
                 srv.should_exit = True
             for s in tcp_servers:
                 s.close()
-            for h in tcp_handlers:
-                for c in list(h.connections):
-                    c.cancel()
+            conns = [c for h in tcp_handlers for c in h.connections]
+            for c in conns:
+                c.cancel()
+            if conns:  # their streams end (on_done...) before this thread's VMs go
+                await asyncio.gather(*conns, return_exceptions=True)
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
             await upstream.close()

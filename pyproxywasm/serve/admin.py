@@ -90,5 +90,7 @@ class AdminApp:
                         [(b"content-type", b"text/plain; version=0.0.4")])
         elif path == "/stats":
             await reply(send, 200, stats_text().encode())
+        elif path == "/":  # the index, as Envoy's admin home page
+            await reply(send, 200, b"pyproxywasm admin\n  /ready\n  /stats\n  /stats/prometheus\n")
         else:
             await reply(send, 404, b"unknown admin path; try /ready, /stats, /stats/prometheus\n")

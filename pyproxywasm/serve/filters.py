@@ -113,19 +113,24 @@ class WasmFilter:
     """One Wasm HTTP filter in front of `app`."""
 
     def __init__(self, app: ASGIApp, plugin: Plugin, fail_open: bool,
-                 dispatch: Callable[[], LoopDispatch]) -> None:
+                 dispatch: Callable[[], LoopDispatch],
+                 route_properties: Callable[[Scope], dict] | None = None) -> None:
         self.app = app
         self.plugin = plugin
         self.fail_open = fail_open
         self._dispatch = dispatch
+        self._route_properties = route_properties
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         d = self._dispatch()
+        props = _properties(scope)
+        if self._route_properties is not None:
+            props.update(self._route_properties(scope))
         try:
-            s = self.plugin.http_stream(_properties(scope))
+            s = self.plugin.http_stream(props)
         except VmFailedError:
             if self.fail_open:
                 await self.app(scope, receive, send)
@@ -158,6 +163,9 @@ class WasmFilter:
         p, _, q = raw.partition(b"?")
         sc["raw_path"], sc["path"], sc["query_string"] = p, p.decode("latin-1"), q
         sc["headers"] = [(_b(k), _b(v)) for k, v in fwd if k[:1] != ":"]
+        # Whether a body follows is the stream's, not the headers': a filter may drop
+        # content-length from a request that still has a body.
+        sc["extensions"] = {**scope.get("extensions", {}), "pyproxywasm": {"end_stream": end}}
         authority = fwd.get(":authority")
         if authority:
             sc["headers"].insert(0, (b"host", _b(authority)))
@@ -272,8 +280,11 @@ async def _plain(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def wrap(app: ASGIApp, filters: list[tuple[Plugin, bool]], dispatch: Callable[[], LoopDispatch]) -> ASGIApp:
-    """`app` behind the filters, the first one outermost (it sees the request first)."""
+def wrap(app: ASGIApp, filters: list[tuple[Plugin, bool]], dispatch: Callable[[], LoopDispatch],
+         route_properties: Callable[[Scope], dict] | None = None) -> ASGIApp:
+    """`app` behind the filters, the first one outermost (it sees the request first).
+    route_properties(scope): the attributes of the route the request matches (Envoy's
+    route_name, route_metadata, cluster_name, cluster_metadata)."""
     for plugin, fail_open in reversed(filters):
-        app = WasmFilter(app, plugin, fail_open, dispatch)
+        app = WasmFilter(app, plugin, fail_open, dispatch, route_properties)
     return app

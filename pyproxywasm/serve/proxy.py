@@ -4,9 +4,11 @@ cluster, streaming both ways. Envoy's answers where it answers itself: 404 with 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import AsyncIterator, Mapping
 
+from .. import properties as props
 from ..net.cluster import Cluster
 from .config import HttpListener, Route
 from .filters import Receive, Scope, Send
@@ -34,17 +36,15 @@ async def reply(send: Send, status: int, body: bytes = b"", headers: list | None
 class ProxyApp:
     """One HTTP listener's routes, forwarding through `upstream` to `clusters`."""
 
-    def __init__(self, listener: HttpListener, clusters: Mapping[str, Cluster], upstream: Upstream) -> None:
+    def __init__(self, listener: HttpListener, clusters: Mapping[str, Cluster], upstream: Upstream,
+                 metadata: Mapping[str, dict] | None = None) -> None:
         self.router = Router(listener.virtual_hosts)
         self.clusters = clusters
         self.upstream = upstream
+        self.metadata = metadata or {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                while (await receive())["type"] != "lifespan.shutdown":
-                    pass
-            return
+    def match(self, scope: Scope) -> tuple[Route | None, str, str]:
+        """The route for a request scope, with its authority and path (query included)."""
         headers: dict[str, list[str]] = {}
         authority = ""
         for k, v in scope["headers"]:
@@ -60,7 +60,33 @@ class ProxyApp:
         headers[":path"] = [path]
         headers[":method"] = [scope["method"]]
         headers[":authority"] = [authority]
-        route = self.router.route(authority, path, headers)
+        return self.router.route(authority, path, headers), authority, path
+
+    def route_properties(self, scope: Scope) -> dict:
+        """What a filter may ask about the route this request takes, as Envoy's attributes."""
+        route = self.match(scope)[0]
+        if route is None:
+            return {}
+        out: dict = {}
+        if route.name:
+            out["route_name"] = route.name
+        if route.metadata:
+            out.update(tree_properties(("route_metadata", "filter_metadata"), route.metadata))
+        if route.action is not None:
+            name = route.action.cluster
+            out["cluster_name"] = name
+            meta = self.metadata.get(name)
+            if meta:
+                out.update(tree_properties(("cluster_metadata", "filter_metadata"), meta))
+        return out
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                while (await receive())["type"] != "lifespan.shutdown":
+                    pass
+            return
+        route, authority, path = self.match(scope)
         if route is None:
             await reply(send, 404)
             return
@@ -94,6 +120,9 @@ class ProxyApp:
             if k == b"content-length" and v.strip() not in (b"", b"0"):
                 has_body = True
             out.append((k, v))
+        ext = scope.get("extensions", {}).get("pyproxywasm")
+        if ext is not None:
+            has_body = not ext["end_stream"]
         out.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
         if action.timeout is not None:
             out.append((b"x-envoy-expected-rq-timeout-ms", str(int(action.timeout * 1000)).encode()))
@@ -133,6 +162,19 @@ class ProxyApp:
             raise  # the server aborts the downstream connection, as Envoy resets it
         finally:
             resp.release()
+
+
+def tree_properties(prefix: tuple[str, ...], tree: Mapping) -> dict:
+    """Properties for every node of a metadata tree, by segment tuples (filter names hold
+    dots, so dotted paths would split them); maps are stored encoded, whole."""
+    out: dict = {prefix: props.encode_value(tree)}
+    for k, v in tree.items():
+        path = prefix + (str(k),)
+        if isinstance(v, Mapping):
+            out.update(tree_properties(path, v))
+        else:
+            out[path] = v if isinstance(v, (str, bytes, int, float, bool)) else json.dumps(v)
+    return out
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:

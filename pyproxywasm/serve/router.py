@@ -1,6 +1,7 @@
 """Route selection as Envoy does it: the virtual host by the request's authority (exact,
-then the longest `*.suffix`, then the longest `prefix.*`, then `*`), then the first route
-of that host whose path and header matchers all match."""
+then the longest `*suffix`, then the longest `prefix*`, then `*`), then the first route
+of that host whose path and header matchers all match. Routing runs after the HTTP
+filters (the router is the last filter), so it sees the authority and path they set."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -29,12 +30,9 @@ class Router:
         self.prefixes.sort(key=lambda x: -len(x[0]))
 
     def virtual_host(self, authority: str) -> VirtualHost | None:
+        # As Envoy without strip_any_host_port: a port in the authority is part of the name.
         host = authority.lower()
         vh = self.exact.get(host)
-        if vh is None and ":" in host and not host.endswith("]"):
-            # Envoy tries the host with its port first, then without
-            host = host.rsplit(":", 1)[0]
-            vh = self.exact.get(host)
         if vh is not None:
             return vh
         for suffix, vh in self.suffixes:

@@ -218,7 +218,8 @@ class Server:
             for lst, socks, filters in zip(self.bootstrap.listeners, self._sockets, self._filters):
                 sock = socks[index]
                 if isinstance(lst, HttpListener):
-                    app = wrap(ProxyApp(lst, self.bootstrap.clusters, upstream), filters, lambda: d)
+                    proxy = ProxyApp(lst, self.bootstrap.clusters, upstream, self.bootstrap.cluster_metadata)
+                    app = wrap(proxy, filters, lambda: d, proxy.route_properties if filters else None)
                     srv = _uvicorn(app)
                     servers.append(srv)
                     tasks.append(asyncio.ensure_future(srv.serve(sockets=[sock])))

@@ -20,6 +20,7 @@ from ..host import Plugin
 from ..net.cluster import Cluster
 from ..tcp import PeerType, TcpStream
 from .filters import LoopDispatch
+from .proxy import tree_properties
 
 log = logging.getLogger("pyproxywasm.serve")
 
@@ -58,7 +59,7 @@ class TcpProxy:
              "destination.address": f"{local[0]}:{local[1]}", "destination.port": local[1],
              "cluster_name": self.cluster.name}
         if self.metadata:
-            p["cluster_metadata"] = {"filter_metadata": self.metadata}
+            p.update(tree_properties(("cluster_metadata", "filter_metadata"), self.metadata))
         streams: list[TcpStream] = []
         for plugin, fail_open in self.filters:
             s = plugin.tcp_stream(p)

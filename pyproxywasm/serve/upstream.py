@@ -234,6 +234,7 @@ class Http1Client:
                    body: bytes | AsyncIterator[bytes], timeout: float | None) -> _Response:
         """Sends the request and returns once the response headers arrived (or raises)."""
         method = path = authority = b""
+        length: bytes | None = None
         lines = []
         for k, v in headers:
             if k[:1] == b":":
@@ -244,13 +245,18 @@ class Http1Client:
                 elif k == b":authority":
                     authority = v
                 continue
-            if k in _HOP or k == b"host" or k == b"content-length" and not isinstance(body, bytes):
+            if k in _HOP or k == b"host":
                 continue
+            if k == b"content-length":
+                length = v
             lines.append(k + b": " + v)
         streaming = not isinstance(body, (bytes, bytearray))
-        if streaming:
+        # A streamed body keeps the content-length it came with (as Envoy's HTTP/1 codec
+        # does: a filter that changes the size removes it), else it goes chunked.
+        chunked = streaming and length is None
+        if chunked:
             lines.append(b"transfer-encoding: chunked")
-        elif body or method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
+        elif not streaming and (body or method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS")):
             lines = [ln for ln in lines if not ln.startswith(b"content-length:")]
             lines.append(b"content-length: " + str(len(body)).encode())
         head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n" % (
@@ -265,8 +271,9 @@ class Http1Client:
                     await conn.write(head)
                     async for chunk in body:
                         if chunk:
-                            await conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                    await conn.write(b"0\r\n\r\n")
+                            await conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    if chunked:
+                        await conn.write(b"0\r\n\r\n")
                 else:
                     await conn.write(head + bytes(body))
                 await resp._headers_done

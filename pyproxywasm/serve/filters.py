@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
+from itertools import chain
 from typing import Any, Awaitable, Callable
 
+from .. import properties as props
+from .._binding import lib
 from ..dispatch import Dispatcher
+from ..pairs import _lens
 from ..host import Plugin
 from ..http import HttpStream
 from ..errors import VmFailedError
@@ -93,16 +98,32 @@ def _b(s: str) -> bytes:
     return s.encode("utf-8", "surrogateescape")
 
 
-def _properties(scope: Scope) -> dict:
-    props: dict = {"request.protocol": f"HTTP/{scope.get('http_version', '1.1')}"}
-    client, server = scope.get("client"), scope.get("server")
-    if client:
-        props["source.address"] = f"{client[0]}:{client[1]}"
-        props["source.port"] = client[1]
-    if server:
-        props["destination.address"] = f"{server[0]}:{server[1]}"
-        props["destination.port"] = server[1]
-    return props
+def _wire(items: list[tuple[bytes, bytes]]) -> bytes:
+    """Byte headers in the pairs wire format (the C core takes it as is)."""
+    flat = list(chain.from_iterable(items))
+    return _lens(len(flat)).pack(len(flat) >> 1, *map(len, flat)) + b"\0".join(flat) + b"\0"
+
+
+_PROTOCOL, _SRC, _SRC_PORT, _DST, _DST_PORT = (props.encode_path(p) for p in (
+    "request.protocol", "source.address", "source.port", "destination.address", "destination.port"))
+_U64 = struct.Struct("<Q")
+
+
+def _set_properties(s: HttpStream, scope: Scope, extra: dict | None) -> None:
+    """Envoy's connection attributes for the stream, encoded here: this runs per request."""
+    vm, cid, setp = s._vm, s.context_id, lib.pw_set_host_property
+    v = b"HTTP/" + scope.get("http_version", "1.1").encode()
+    setp(vm, cid, _PROTOCOL, len(_PROTOCOL), v, len(v))
+    for (host, port), addr, port_path in ((scope.get("client") or (None, 0), _SRC, _SRC_PORT),
+                                          (scope.get("server") or (None, 0), _DST, _DST_PORT)):
+        if host is not None:
+            v = f"{host}:{port}".encode()
+            setp(vm, cid, addr, len(addr), v, len(v))
+            v = _U64.pack(port)
+            setp(vm, cid, port_path, len(port_path), v, len(v))
+    if extra:
+        for path, value in props.flatten(extra):
+            setp(vm, cid, path, len(path), value, len(value))
 
 
 class _LocalReply(Exception):
@@ -126,11 +147,9 @@ class WasmFilter:
             await self.app(scope, receive, send)
             return
         d = self._dispatch()
-        props = _properties(scope)
-        if self._route_properties is not None:
-            props.update(self._route_properties(scope))
         try:
-            s = self.plugin.http_stream(props)
+            s = self.plugin.http_stream()
+            _set_properties(s, scope, self._route_properties(scope) if self._route_properties else None)
         except VmFailedError:
             if self.fail_open:
                 await self.app(scope, receive, send)
@@ -151,7 +170,7 @@ class WasmFilter:
 
     async def _serve(self, s: HttpStream, d: LoopDispatch, scope: Scope, receive: Receive, send: Send) -> None:
         headers, end = _request_headers(scope)
-        s.send_request_headers(headers, end_stream=end)
+        s.send_request_headers(_wire(headers), end_stream=end)
         await self._wait(s, d, lambda: s.request_headers_forwarded or _ended(s))
         if _ended(s):
             await self._local(s, send)
@@ -219,7 +238,7 @@ class WasmFilter:
                 start, pending = pending, None
                 rh = [(b":status", str(start["status"]).encode())] + list(start.get("headers", []))
                 empty = not body and not more
-                s.send_response_headers(rh, end_stream=empty)
+                s.send_response_headers(_wire(rh), end_stream=empty)
                 if _ended(s):
                     raise _LocalReply()
                 if empty:
@@ -257,9 +276,7 @@ def _ended(s: HttpStream) -> bool:
     return bool(s.local_response is not None or s.reset or s.failed) if s.flags & _END_BITS else False
 
 
-from .._binding import lib as _lib  # noqa: E402 - flags are the C core's
-
-_END_BITS = _lib.PW_S_LOCAL_REPLY | _lib.PW_S_RESET | _lib.PW_S_FAILED
+_END_BITS = lib.PW_S_LOCAL_REPLY | lib.PW_S_RESET | lib.PW_S_FAILED
 
 
 def _start(s: HttpStream, length: int | None = None) -> dict:

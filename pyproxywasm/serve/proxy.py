@@ -42,6 +42,11 @@ class ProxyApp:
         self.clusters = clusters
         self.upstream = upstream
         self.metadata = metadata or {}
+        # Route attributes cost a second route match per request: only when there are any.
+        self.has_metadata = bool(
+            any(r.metadata or r.name for vh in listener.virtual_hosts for r in vh.routes)
+            or any(self.metadata.get(r.action.cluster) for vh in listener.virtual_hosts
+                   for r in vh.routes if r.action))
 
     def match(self, scope: Scope) -> tuple[Route | None, str, str]:
         """The route for a request scope, with its authority and path (query included)."""
@@ -129,16 +134,10 @@ class ProxyApp:
         body: bytes | AsyncIterator[bytes] = _body(receive) if has_body else b""
         try:
             resp = await self.upstream.open(cluster, out, body, action.timeout)
-        except UpstreamConnectError as e:
-            log.info("%s", e)
-            await reply(send, 503, CONNECT_FAILURE)
-            return
-        except UpstreamResetError as e:
-            log.info("%s", e)
-            await reply(send, 503, RESET)
-            return
-        except asyncio.TimeoutError:
-            await reply(send, 504, TIMEOUT)
+        except Exception as e:  # noqa: BLE001 - every upstream failure is an answer here
+            status, text = upstream_failure(e)
+            log.info("upstream %s: %s", cluster.name, e)
+            await reply(send, status, text)
             return
         try:
             rh = [(k, v) for k, v in resp.headers if k not in _HOP and k[:1] != b":"]
@@ -157,11 +156,26 @@ class ProxyApp:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if left != 0:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except UpstreamResetError:
-            log.info("upstream reset during the response on %s", cluster.name)
-            raise  # the server aborts the downstream connection, as Envoy resets it
+        except Exception as e:
+            log.info("upstream %s failed during the response: %s", cluster.name, e)
+            raise  # the server aborts the downstream connection, as Envoy resets the stream
         finally:
-            resp.release()
+            r = resp.release()
+            if r is not None:
+                await r
+
+
+def upstream_failure(e: BaseException) -> tuple[int, bytes]:
+    """Envoy's local answer for an upstream that failed before its response started: 504
+    when the route timeout passed, else 503 (connection failure, or a reset)."""
+    reason = getattr(e, "reason", None)  # net.http_client.CalloutError
+    if isinstance(e, asyncio.TimeoutError) or reason == "timeout":
+        return 504, TIMEOUT
+    if isinstance(e, UpstreamConnectError) or (reason or "").startswith(("connect", "connection refused", "tls")):
+        return 503, CONNECT_FAILURE
+    if isinstance(e, (UpstreamResetError, ConnectionError)) or reason is not None:
+        return 503, RESET
+    raise e
 
 
 def tree_properties(prefix: tuple[str, ...], tree: Mapping) -> dict:

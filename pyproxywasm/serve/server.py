@@ -25,6 +25,8 @@ from typing import Any, Callable
 import uvicorn
 
 from ..host import Host, Plugin
+from ..net.http_client import HttpClient
+from ..net.loop import IoLoop
 from .admin import AdminApp
 from .config import Bootstrap, HttpListener, TcpListener
 from .filters import LoopDispatch, wrap
@@ -128,9 +130,15 @@ class Server:
     `ports` by listener name, and `admin_port`); stop() drains and shuts down; run() does
     both around SIGINT/SIGTERM."""
 
-    def __init__(self, bootstrap: Bootstrap, concurrency: int = 1, cache_dir: str | None = "default") -> None:
+    def __init__(self, bootstrap: Bootstrap, concurrency: int = 1, cache_dir: str | None = "default",
+                 client: str = "net") -> None:
+        """client: "net" (pyproxywasm.net.HttpClient: HTTP/1.1 and HTTP/2, TLS) or
+        "httptools" (serve's own HTTP/1.1 client, see upstream.py)."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if client not in ("net", "httptools"):
+            raise ValueError(f"unknown client {client!r}")
+        self.client = client
         self.bootstrap = bootstrap
         self.concurrency = concurrency
         self.cache_dir = cache_dir
@@ -183,7 +191,8 @@ class Server:
 
     async def _main_thread(self, t: _Thread) -> None:
         b = self.bootstrap
-        self.host = Host(b.plugins, cache_dir=self.cache_dir)
+        # The clusters are also what plugins may call (proxy_http_call, proxy_grpc_*).
+        self.host = Host(b.plugins, cache_dir=self.cache_dir, clusters=b.clusters.values())
         try:
             for lst in b.listeners:
                 self._filters.append([(next(p for p in self.host.plugins if p.config == f.plugin), f.fail_open)
@@ -209,7 +218,7 @@ class Server:
     async def _worker(self, t: _Thread, index: int) -> None:
         host = self.host
         d = LoopDispatch(host.dispatcher, t.loop)  # this thread's VMs start here
-        upstream = Http1Client()
+        upstream = self._upstream()
         servers: list[_Uvicorn] = []
         tasks: list[asyncio.Future] = []
         tcp_servers: list[asyncio.AbstractServer] = []
@@ -219,7 +228,7 @@ class Server:
                 sock = socks[index]
                 if isinstance(lst, HttpListener):
                     proxy = ProxyApp(lst, self.bootstrap.clusters, upstream, self.bootstrap.cluster_metadata)
-                    app = wrap(proxy, filters, lambda: d, proxy.route_properties if filters else None)
+                    app = wrap(proxy, filters, lambda: d, proxy.route_properties if proxy.has_metadata else None)
                     srv = _uvicorn(app)
                     servers.append(srv)
                     tasks.append(asyncio.ensure_future(srv.serve(sockets=[sock])))
@@ -251,6 +260,12 @@ class Server:
             await upstream.close()
             d.close()
             host.release_thread()
+
+    def _upstream(self):
+        """This worker's client to the clusters, on its own loop."""
+        if self.client == "httptools":
+            return Http1Client()
+        return HttpClient(IoLoop.attach(asyncio.get_running_loop()))
 
     def stop(self) -> None:
         """Stops accepting, lets requests in flight finish (2 s at most), stops the

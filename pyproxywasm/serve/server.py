@@ -19,6 +19,7 @@ import logging
 import signal
 import socket
 import threading
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -52,6 +53,10 @@ class _Uvicorn(uvicorn.Server):
     def capture_signals(self):  # type: ignore[override]
         import contextlib
         return contextlib.nullcontext()
+
+
+# The foreign functions Envoy registers for every Wasm plugin (zlib's format both ways).
+BUILTIN_FOREIGN_FUNCTIONS = {"compress": zlib.compress, "uncompress": zlib.decompress}
 
 
 def _socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -192,7 +197,8 @@ class Server:
     async def _main_thread(self, t: _Thread) -> None:
         b = self.bootstrap
         # The clusters are also what plugins may call (proxy_http_call, proxy_grpc_*).
-        self.host = Host(b.plugins, cache_dir=self.cache_dir, clusters=b.clusters.values())
+        self.host = Host(b.plugins, cache_dir=self.cache_dir, clusters=b.clusters.values(),
+                         foreign_functions=BUILTIN_FOREIGN_FUNCTIONS)
         try:
             for lst in b.listeners:
                 self._filters.append([(next(p for p in self.host.plugins if p.config == f.plugin), f.fail_open)

@@ -37,6 +37,7 @@ class Upstream(http.server.ThreadingHTTPServer):
 
     def __init__(self, name: str = "up") -> None:
         self.name = name
+        self.status = 200  # of the JSON answers
         self.gate = threading.Event()
         self.requests: list[dict] = []
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -103,7 +104,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(data)
             return
         out = json.dumps(seen).encode()
-        self.send_response(200)
+        self.send_response(srv.status)
         self.send_header("content-type", "application/json")
         self.send_header("x-upstream-resp", "1")
         self.send_header("content-length", str(len(out)))
@@ -360,6 +361,40 @@ def test_failed_vm_fails_closed_or_open(serve, upstreams):
     s2 = serve(bootstrap([opened], [cluster("up", u.port)]))
     get(s2.ports["open"], "/", headers={"x-panic": "1"})
     assert get(s2.ports["open"], "/")[0] == 200  # fail open: the filter is skipped
+
+
+def test_plugin_calls_a_bootstrap_cluster_and_the_answer_resumes_the_request(serve, upstreams):
+    u, svc = upstreams("up"), upstreams("svc")
+    callout = GO_HTTP.parent.parent / "wat" / "callout.wasm"
+    vhosts = [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]
+    s = serve(bootstrap([http_listener(vhosts, [wasm(callout)])], [cluster("up", u.port), cluster("svc", svc.port)]))
+    status, _, body = get(s.ports["main"], "/x", headers={"x-call": "h"})
+    assert status == 200 and json.loads(body)["server"] == "up"
+    assert [(r["method"], r["path"], r["body_head"]) for r in svc.requests] == [("GET", "/check", "ping")]
+    svc.status = 403  # the plugin answers the request itself when the service says no
+    status, _, _ = get(s.ports["main"], "/x", headers={"x-call": "h"})
+    assert status == 403 and len(u.requests) == 1
+
+
+def test_route_attributes_for_filters(upstreams):
+    from pyproxywasm.serve.proxy import ProxyApp
+    from pyproxywasm import properties
+    meta = {"envoy.filters.http.wasm": {"auth": "cookie"}}
+    vhosts = [{"name": "v", "domains": ["*"], "routes": [
+        {"name": "r1", "match": {"prefix": "/one"}, "route": {"cluster": "up"}, "metadata": {"filter_metadata": meta}},
+        {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]
+    doc = bootstrap([http_listener(vhosts)], [dict(cluster("up", 1), metadata={"filter_metadata": {"loc": {"az": "a"}}})])
+    b = loads(json.dumps(doc))
+    app = ProxyApp(b.listeners[0], b.clusters, None, b.cluster_metadata)
+    assert app.has_metadata
+    scope = {"type": "http", "method": "GET", "path": "/one", "query_string": b"", "headers": [(b"host", b"h")]}
+    p = app.route_properties(scope)
+    assert p["route_name"] == "r1" and p["cluster_name"] == "up"
+    # filter names hold dots: paths are segment tuples, never split on them
+    assert p[("route_metadata", "filter_metadata", "envoy.filters.http.wasm", "auth")] == "cookie"
+    assert p[("route_metadata", "filter_metadata", "envoy.filters.http.wasm")] == properties.encode_value({"auth": "cookie"})
+    assert p[("cluster_metadata", "filter_metadata", "loc", "az")] == "a"
+    assert app.route_properties(dict(scope, path="/other")) == {}
 
 
 # ---- admin --------------------------------------------------------------------------------

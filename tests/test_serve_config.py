@@ -269,6 +269,8 @@ def test_type_urls_are_checked():
      "static_resources.listeners[0].address.socket_address.port_value", "expected a number, got a string"),
     (lambda d: d["static_resources"]["listeners"][0]["filter_chains"].append({"filters": []}),
      "static_resources.listeners[0].filter_chains", "expected one filter chain, got 2"),
+    (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"].update(codec_type="HTTP2"),
+     LISTENER + ".codec_type", "unsupported value 'HTTP2' (supported: AUTO, HTTP1)"),
     (lambda d: d.update(bootstrap_extensions=[{"name": "envoy.bootstrap.internal_listener"}]),
      "bootstrap_extensions[0]", "unsupported bootstrap extension"),
 ])

@@ -325,7 +325,7 @@ class _Reader:
 
     def hcm(self, n: Node):
         prefix = n.get("stat_prefix", "", str)
-        n.enum("codec_type", ("AUTO", "HTTP1", "HTTP2"), "AUTO")
+        n.enum("codec_type", ("AUTO", "HTTP1"), "AUTO")  # HTTP/1.1 downstream (uvicorn)
         n.ignore("access_log", "use_remote_address", "generate_request_id", "server_name")
         rc = n.node("route_config", required=True)
         rc.ignore("name", "validate_clusters")

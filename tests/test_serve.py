@@ -34,6 +34,7 @@ class Upstream(http.server.ThreadingHTTPServer):
     waits for `gate`, then a second."""
 
     daemon_threads = True
+    request_queue_size = 1024
 
     def __init__(self, name: str = "up") -> None:
         self.name = name
@@ -494,6 +495,40 @@ def test_concurrency_runs_workers_each_with_its_own_vms(serve, upstreams, caplog
     starts = [r for r in caplog.records if r.getMessage().startswith("configure ")]
     # one root context per thread: the main thread's and each worker's
     assert {r.threadName for r in starts} == {"pyproxywasm-main", "pyproxywasm-worker-0", "pyproxywasm-worker-1"}
+
+
+def test_a_thousand_concurrent_connections(serve, upstreams):
+    import asyncio
+    u = upstreams()
+    vhosts = [{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/direct"}, "direct_response": {"status": 200, "body": {"inline_string": "d"}}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]
+    s = serve(bootstrap([http_listener(vhosts, [wasm(GO_HTTP, "headers", root_id="c")])], [cluster("up", u.port)]))
+    port = s.ports["main"]
+
+    async def one(i: int, opened: asyncio.Event, all_open: list) -> bytes:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        all_open.append(1)
+        await opened.wait()  # every connection is open before any request goes
+        path = b"/direct" if i % 10 else b"/up"
+        w.write(b"GET " + path + b" HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        data = await r.read()
+        w.close()
+        return data
+
+    async def main() -> list[bytes]:
+        opened, all_open = asyncio.Event(), []
+        tasks = [asyncio.ensure_future(one(i, opened, all_open)) for i in range(1000)]
+        while len(all_open) < 1000:
+            await asyncio.sleep(0.01)
+        opened.set()
+        return await asyncio.wait_for(asyncio.gather(*tasks), 120)
+
+    answers = asyncio.run(main())
+    bad = [a[:300] for a in answers if not (a.startswith(b"HTTP/1.1 200") and b"x-wasm-resp: c" in a)]
+    assert not bad, (len(bad), bad[:3])
+    assert sum(a.endswith(b"\r\n\r\nd") for a in answers) == 900
+    assert len(u.requests) == 100
 
 
 # ---- CLI ----------------------------------------------------------------------------------------

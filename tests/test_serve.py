@@ -503,7 +503,10 @@ def test_a_thousand_concurrent_connections(serve, upstreams):
     vhosts = [{"name": "v", "domains": ["*"], "routes": [
         {"match": {"prefix": "/direct"}, "direct_response": {"status": 200, "body": {"inline_string": "d"}}},
         {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]
-    s = serve(bootstrap([http_listener(vhosts, [wasm(GO_HTTP, "headers", root_id="c")])], [cluster("up", u.port)]))
+    # (connect timeout 5 s, Envoy's default: one process holds the clients, the proxy and
+    # the upstream, so a connect can wait on the GIL)
+    s = serve(bootstrap([http_listener(vhosts, [wasm(GO_HTTP, "headers", root_id="c")])],
+                        [cluster("up", u.port, timeout="5s")]))
     port = s.ports["main"]
 
     async def one(i: int, opened: asyncio.Event, all_open: list) -> bytes:

@@ -107,6 +107,7 @@ def _wire(items: list[tuple[bytes, bytes]]) -> bytes:
 _PROTOCOL, _SRC, _SRC_PORT, _DST, _DST_PORT = (props.encode_path(p) for p in (
     "request.protocol", "source.address", "source.port", "destination.address", "destination.port"))
 _U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
 
 
 def _set_properties(s: HttpStream, scope: Scope, extra: dict | None) -> None:
@@ -170,24 +171,35 @@ class WasmFilter:
 
     async def _serve(self, s: HttpStream, d: LoopDispatch, scope: Scope, receive: Receive, send: Send) -> None:
         headers, end = _request_headers(scope)
-        s.send_request_headers(_wire(headers), end_stream=end)
+        sent = _wire(headers)
+        s.send_request_headers(sent, end_stream=end)
         await self._wait(s, d, lambda: s.request_headers_forwarded or _ended(s))
         if _ended(s):
             await self._local(s, send)
             return
-        fwd = s.request_headers
         sc = dict(scope)
-        sc["method"] = fwd.get(":method") or scope["method"]
-        raw = _b(fwd.get(":path") or "/")
-        p, _, q = raw.partition(b"?")
-        sc["raw_path"], sc["path"], sc["query_string"] = p, p.decode("latin-1"), q
-        sc["headers"] = [(_b(k), _b(v)) for k, v in fwd if k[:1] != ":"]
         # Whether a body follows is the stream's, not the headers': a filter may drop
         # content-length from a request that still has a body.
         sc["extensions"] = {**scope.get("extensions", {}), "pyproxywasm": {"end_stream": end}}
-        authority = fwd.get(":authority")
-        if authority:
-            sc["headers"].insert(0, (b"host", _b(authority)))
+        raw_headers = s._read(lib.PW_R_REQ_HEADERS)
+        if raw_headers != sent:  # the filter changed them: the app gets its version
+            method = path = authority = None
+            rest = []
+            for k, v in _pairs(raw_headers):
+                if k[:1] != b":":
+                    rest.append((k, v))
+                elif k == b":method":
+                    method = v
+                elif k == b":path":
+                    path = v
+                elif k == b":authority":
+                    authority = v
+            sc["method"] = method.decode("latin-1") if method else scope["method"]
+            p, _, q = (path or b"/").partition(b"?")
+            sc["raw_path"], sc["path"], sc["query_string"] = p, p.decode("latin-1"), q
+            if authority:
+                rest.insert(0, (b"host", authority))
+            sc["headers"] = rest
         req_done = end
 
         async def recv() -> dict:
@@ -283,12 +295,33 @@ def _start(s: HttpStream, length: int | None = None) -> dict:
     """The response start from the headers as the plugin left them. length: None keeps
     content-length; -1 drops it (the plugin changed a body whose end is not known yet:
     the body goes chunked); n sets it (the whole body is known)."""
-    h = s.response_headers
-    status = int(h.get(":status") or 200)
-    headers = [(_b(k), _b(v)) for k, v in h if k[:1] != ":" and (length is None or k != "content-length")]
+    status = 200
+    headers = []
+    for k, v in _pairs(s._read(lib.PW_R_RESP_HEADERS)):
+        if k == b":status":
+            status = int(v or 200)
+        elif k[:1] != b":" and (length is None or k != b"content-length"):
+            headers.append((k, v))
     if length is not None and length >= 0:
         headers.append((b"content-length", str(length).encode()))
     return {"type": "http.response.start", "status": status, "headers": headers}
+
+
+def _pairs(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The pairs wire format as byte pairs (what ASGI wants: no str round trip)."""
+    if len(data) < 4:
+        return []
+    (n,) = _U32.unpack_from(data, 0)
+    lens = struct.unpack_from(f"<{2 * n}I", data, 4)
+    off = 4 + 8 * n
+    out = []
+    for i in range(0, 2 * n, 2):
+        kl, vl = lens[i], lens[i + 1]
+        k = data[off:off + kl]
+        off += kl + 1
+        out.append((k, data[off:off + vl]))
+        off += vl + 1
+    return out
 
 
 async def _plain(send: Send, status: int, body: bytes) -> None:

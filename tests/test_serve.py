@@ -483,6 +483,62 @@ def test_tcp_proxy_through_a_network_filter(serve, caplog):
         echo.server_close()
 
 
+def test_tcp_filter_closes_the_connection_and_connect_failure_closes_it(serve):
+    echo = _TcpEcho()
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()
+
+    def listener(name: str, cluster_name: str) -> dict:
+        return {"name": name, "address": LOCAL, "filter_chains": [{"filters": [
+            {"name": "envoy.filters.network.wasm", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
+                "config": {"vm_config": {"code": {"local": {"filename": str(GO_TCP)}}}}}},
+            {"name": "envoy.tcp_proxy", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": "tcp", "cluster": cluster_name}}]}]}
+    try:
+        s = serve(bootstrap([listener("tcp", "echo"), listener("dead", "dead")],
+                            [cluster("echo", echo.server_address[1]), cluster("dead", dead_port)]))
+        c = socket.create_connection(("127.0.0.1", s.ports["tcp"]), timeout=5)
+        c.sendall(b"please close")  # the plugin closes the connection (proxy_close_stream)
+        assert c.recv(100) == b""
+        c.close()
+        assert echo.received == b""  # nothing went upstream
+        c = socket.create_connection(("127.0.0.1", s.ports["dead"]), timeout=5)
+        assert c.recv(100) == b""  # no upstream: the client is closed, as Envoy does
+        c.close()
+    finally:
+        echo.shutdown()
+        echo.server_close()
+
+
+def test_strict_dns_cluster_by_name(serve, upstreams):
+    u = upstreams()
+    dns = cluster("up", u.port)
+    dns["type"] = "STRICT_DNS"
+    dns["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"] = "localhost"
+    vhosts = [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]
+    s = serve(bootstrap([http_listener(vhosts)], [dns]))
+    status, _, body = get(s.ports["main"], "/dns")
+    assert status == 200 and json.loads(body)["path"] == "/dns"
+
+
+def test_timeout_during_the_response_body_resets_the_stream(serve, upstreams):
+    u = upstreams()
+    vhosts = [{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": "up", "timeout": "0.5s"}}]}]
+    s = serve(bootstrap([http_listener(vhosts)], [cluster("up", u.port)]))
+    c = http.client.HTTPConnection("127.0.0.1", s.ports["main"], timeout=10)
+    c.request("GET", "/stream")  # the upstream holds its second chunk back until the gate opens
+    r = c.getresponse()
+    assert r.status == 200 and r.read1(100) == b"first\n"
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        r.read()  # the route timeout passed mid-body: the stream is reset, not completed
+    c.close()
+
+
 # ---- workers ----------------------------------------------------------------------------------
 def test_concurrency_runs_workers_each_with_its_own_vms(serve, upstreams, caplog):
     caplog.set_level(logging.INFO, logger="pyproxywasm")

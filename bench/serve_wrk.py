@@ -7,7 +7,11 @@ time, `serve` in its own process in front of it: no filter, the minimal WAT filt
 (tests/plugins/wat/bench_filter.wasm), the bundled Go filter (header_rewrite); then the
 direct_response route alone with 1 and 2 workers (what scales). Each row is one wrk run
 (`wrk -t1 -c<connections> -d<duration>s --latency`); all rows come from one invocation, so
-they share the machine's conditions. Prints a Markdown table.
+they share the machine's conditions. Prints a Markdown table. Besides wrk's req/s and
+latency, each row has the CPU time the measured process (serve, or the upstream alone) spent
+per request (user + system, from /proc): on a shared machine that figure moves far less
+than throughput does, and its difference between two rows is the per-request cost of what
+differs (the filter, the client).
 """
 from __future__ import annotations
 
@@ -96,14 +100,24 @@ def _us(text: str) -> float:
     return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
 
 
-def wrk(port: int, duration: int, connections: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process and its threads (Linux /proc)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(port: int, duration: int, connections: int, pid: int | None = None) -> dict:
+    cpu0 = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
                           f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - cpu0 if pid else 0.0
+    total = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = _us(re.search(r"50%\s+(\S+)", out).group(1))
     p99 = _us(re.search(r"99%\s+(\S+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50_us": p50, "p99_us": p99, "non2xx": int(errors.group(1)) if errors else 0}
+    return {"rps": rps, "p50_us": p50, "p99_us": p99, "non2xx": int(errors.group(1)) if errors else 0,
+            "cpu_us": cpu / total * 1e6 if pid and total else 0.0}
 
 
 def run_serve(doc: dict, concurrency: int, client: str, port: int, duration: int, connections: int) -> dict:
@@ -114,7 +128,7 @@ def run_serve(doc: dict, concurrency: int, client: str, port: int, duration: int
     try:
         assert p.stdout.readline().strip() == b"ready"
         wrk(port, 1, connections)  # warm-up: VMs, pools, caches
-        return wrk(port, duration, connections)
+        return wrk(port, duration, connections, p.pid)
     finally:
         p.terminate()
         p.wait(20)
@@ -133,7 +147,7 @@ def main() -> None:
     try:
         wait_port(up_port)
         wrk(up_port, 1, a.connections)
-        rows.append(("upstream alone (uvicorn)", wrk(up_port, a.duration, a.connections)))
+        rows.append(("upstream alone (uvicorn)", wrk(up_port, a.duration, a.connections, up.pid)))
         for name, wasm, client in (("serve → upstream, no filter", None, "net"),
                                    ("serve → upstream, minimal WAT filter", MINIMAL, "net"),
                                    ("serve → upstream, Go filter (header_rewrite)", GO, "net"),
@@ -150,11 +164,11 @@ def main() -> None:
         up.terminate()
         up.wait(10)
     print(f"\nwrk -t1 -c{a.connections} -d{a.duration}s, {os.cpu_count()} cores\n")
-    print("| setup | req/s | p50 | p99 |")
-    print("|---|---|---|---|")
+    print("| setup | req/s | p50 | p99 | CPU per request (the proxy's process) |")
+    print("|---|---|---|---|---|")
     for name, r in rows:
         bad = f" ({r['non2xx']} non-2xx)" if r["non2xx"] else ""
-        print(f"| {name} | {r['rps']:.0f}{bad} | {r['p50_us']:.0f} µs | {r['p99_us']:.0f} µs |")
+        print(f"| {name} | {r['rps']:.0f}{bad} | {r['p50_us']:.0f} µs | {r['p99_us']:.0f} µs | {r['cpu_us']:.0f} µs |")
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(rows, indent=1))
 

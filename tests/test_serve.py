@@ -153,12 +153,14 @@ def bootstrap(listeners: list, clusters: list, **top) -> dict:
             "admin": {"address": LOCAL}, **top}
 
 
-@pytest.fixture
-def serve():
+@pytest.fixture(params=["auto", "net"])
+def serve(request):
+    """Starts a Server; every test runs with the default upstream client ("auto": the
+    httptools one for plain HTTP/1.1) and with pyproxywasm.net's."""
     servers: list[Server] = []
 
     def start(doc: dict, concurrency: int = 1) -> Server:
-        s = Server(loads(json.dumps(doc)), concurrency=concurrency)
+        s = Server(loads(json.dumps(doc)), concurrency=concurrency, client=request.param)
         s.start()
         servers.append(s)
         return s

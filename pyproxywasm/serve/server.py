@@ -33,7 +33,7 @@ from .config import Bootstrap, HttpListener, TcpListener
 from .filters import LoopDispatch, wrap
 from .proxy import ProxyApp
 from .tcp_proxy import TcpProxy
-from .upstream import Http1Client
+from .upstream import ByCluster, Http1Client
 
 log = logging.getLogger("pyproxywasm.serve")
 
@@ -136,12 +136,15 @@ class Server:
     both around SIGINT/SIGTERM."""
 
     def __init__(self, bootstrap: Bootstrap, concurrency: int = 1, cache_dir: str | None = "default",
-                 client: str = "net") -> None:
-        """client: "net" (pyproxywasm.net.HttpClient: HTTP/1.1 and HTTP/2, TLS) or
-        "httptools" (serve's own HTTP/1.1 client, see upstream.py)."""
+                 client: str = "auto") -> None:
+        """client: how the proxy reaches clusters. "net": pyproxywasm.net.HttpClient
+        (HTTP/1.1 and HTTP/2, TLS) for all; "httptools": serve's own HTTP/1.1 client
+        (upstream.py) for all; "auto": the httptools client for plain HTTP/1.1 clusters
+        (it costs about a third of the CPU per request, bench/README.md), net for TLS
+        and HTTP/2 ones."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        if client not in ("net", "httptools"):
+        if client not in ("auto", "net", "httptools"):
             raise ValueError(f"unknown client {client!r}")
         self.client = client
         self.bootstrap = bootstrap
@@ -271,7 +274,10 @@ class Server:
         """This worker's client to the clusters, on its own loop."""
         if self.client == "httptools":
             return Http1Client()
-        return HttpClient(IoLoop.attach(asyncio.get_running_loop()))
+        net = HttpClient(IoLoop.attach(asyncio.get_running_loop()))
+        if self.client == "net":
+            return net
+        return ByCluster(Http1Client(), net)
 
     def stop(self) -> None:
         """Stops accepting, lets requests in flight finish (2 s at most), stops the

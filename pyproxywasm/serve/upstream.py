@@ -63,6 +63,7 @@ class _Response:
         self._headers_done = asyncio.get_running_loop().create_future()
         self.complete = False
         self._released = False
+        self.deadline: float | None = None  # loop time by which the body must have ended
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -86,8 +87,18 @@ class _Response:
         self._chunks.put_nowait(exc)
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
         while True:
-            item = await self._chunks.get()
+            if self.deadline is None:
+                item = await self._chunks.get()
+            else:  # the route timeout bounds the whole exchange, as Envoy's does
+                try:
+                    item = await asyncio.wait_for(self._chunks.get(), max(0.0, self.deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    if self.conn.transport:
+                        self.conn.transport.abort()
+                    self.release()
+                    raise
             if item is None:
                 self.release()
                 return
@@ -286,7 +297,10 @@ class Http1Client:
 
         if timeout is None:
             return await exchange()
-        return await asyncio.wait_for(exchange(), timeout)
+        deadline = asyncio.get_running_loop().time() + timeout
+        resp = await asyncio.wait_for(exchange(), timeout)
+        resp.deadline = deadline
+        return resp
 
     async def close(self) -> None:
         for pool in self._pools.values():
@@ -295,3 +309,19 @@ class Http1Client:
                 if c.transport:
                     c.transport.close()
         self._pools.clear()
+
+
+class ByCluster:
+    """Plain HTTP/1.1 clusters through `plain`, TLS and HTTP/2 ones through `rich`."""
+
+    def __init__(self, plain: Upstream, rich: Upstream) -> None:
+        self.plain, self.rich = plain, rich
+
+    def open(self, cluster: Cluster, headers: Sequence[Header], body: bytes | AsyncIterator[bytes],
+             timeout: float | None):
+        client = self.rich if cluster.http2 or cluster.tls is not None else self.plain
+        return client.open(cluster, headers, body, timeout)
+
+    async def close(self) -> None:
+        await self.plain.close()
+        await self.rich.close()

@@ -131,6 +131,10 @@ class _Conn(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self.response is None:  # bytes on an idle connection: it cannot be reused
+            self.closed = True
+            self.transport.abort()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:

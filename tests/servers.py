@@ -1,11 +1,12 @@
 """Real upstream servers for tests, on 127.0.0.1 free ports, each on its own thread.
 
-Import the fixtures into a test module (`from servers import *` or by name; tests/ is on
-sys.path under pytest's rootdir conftest) and use them as arguments.
+Import the fixtures into a test module (`from servers import *` or by name: pytest puts
+tests/ on sys.path, as it has no __init__.py) and use them as arguments.
 
 Fixtures (all function-scoped unless said; each yields a `Server` with `.host`, `.port`,
 `.endpoint` ("127.0.0.1:PORT"), `.connections` (TCP connections accepted so far),
-`.requests` (requests seen), `.sent` (response body bytes written so far)):
+`.requests` (requests seen), `.sent` (response body bytes written so far),
+`.drop_connections()` (closes every open connection, as a server does to idle ones)):
 
 - `http1_server`: HTTP/1.1 (h11 on asyncio), keep-alive.
 - `http2_server`: HTTP/2 cleartext with prior knowledge (h2 on asyncio).
@@ -18,7 +19,9 @@ Fixtures (all function-scoped unless said; each yields a `Server` with `.host`, 
 - `tls_ca` (session-scoped): a `TestPki` with `.ca_file` (PEM to trust), `.other_ca_file`
   (an unrelated CA), `.client_cert_file` / `.client_key_file` (a client certificate the
   test CA signed) and `.server_context()` to make more TLS servers.
-- `grpc_server`, `grpc_tls_server`: grpcio servers (see GRPC_SERVICE below).
+- `grpc_server`, `grpc_tls_server`, `grpc_mtls_server` (requires a client certificate from
+  the test CA): `GrpcServer`s (grpcio, thread pool) serving `test.Echo`
+  below, `.endpoint`, `.calls`, `.cancelled` (an Event set when a BidiEcho's client left).
 
 HTTP endpoints (both protocols):
 
@@ -29,7 +32,7 @@ HTTP endpoints (both protocols):
 - `/status/<n>`: status n, body `status <n>`.
 - `/slow/<ms>`: waits ms milliseconds, then 200 `slow`.
 - `/big/<n>`: n bytes of `x` in 64 KiB chunks, with content-length; `/big/<n>?chunked`
-  without it (HTTP/1.1 chunked). Writing waits on the client (TCP or HTTP/2 flow control),
+  without it (HTTP/1.1: chunked; HTTP/2: no content-length). Writing waits on the client (TCP or HTTP/2 flow control),
   so `.sent` shows how much a client really pulled.
 - `/reset`: reads the request, then resets (HTTP/1.1: TCP RST; HTTP/2: RST_STREAM).
 - `/hang`: reads the request and never answers.
@@ -43,7 +46,8 @@ gRPC service `test.Echo` (generic handlers, raw bytes, no protobuf):
 - `Fail`: request `b"<code>:<message>"` -> aborts with that status code and message.
 - `Slow`: request `b"<seconds>"` -> sleeps, then answers `b"late"`.
 - `ServerStream`: request `b"<n>"` -> n messages `b"msg-0"` ... then OK.
-- `BidiEcho`: echoes every message as it comes; trailing metadata `x-count: <n>`.
+- `BidiEcho`: initial metadata echoes the caller's `x-*` keys; echoes every message as it
+  comes; trailing metadata `x-count: <n>`.
 """
 from __future__ import annotations
 
@@ -63,7 +67,8 @@ import pytest
 Header = tuple[bytes, bytes]
 
 __all__ = ["Server", "TestPki", "tls_ca", "http1_server", "http1_tls_server",
-           "http1_mtls_server", "http2_server", "http2_tls_server", "free_port",
+           "http1_mtls_server", "http2_server", "http2_tls_server", "grpc_server", "grpc_tls_server", "grpc_mtls_server",
+           "GrpcServer", "GRPC_SERVICE", "free_port",
            "refused_endpoint", "start_http1", "start_http2"]
 
 
@@ -179,7 +184,7 @@ class Server:
                 pass  # connection ends however the client leaves it
             finally:
                 self._tasks.discard(task)
-                writer.transport.abort() if writer.transport.is_closing() else writer.close()
+                writer.transport.abort()
 
         async def start():
             self._server = await asyncio.start_server(serve, self.host, 0, ssl=self._ssl,
@@ -192,12 +197,23 @@ class Server:
         self._loop.run_until_complete(self._loop.shutdown_asyncgens())
         self._loop.close()
 
+    def drop_connections(self) -> None:
+        """Close every open connection (as a server does to idle keep-alive ones)."""
+        async def drop():
+            tasks = list(self._tasks)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        asyncio.run_coroutine_threadsafe(drop(), self._loop).result(10)
+
     def stop(self) -> None:
         async def shutdown():
             self._server.close()
-            for t in list(self._tasks):
+            tasks = list(self._tasks)
+            for t in tasks:
                 t.cancel()
-            await asyncio.sleep(0)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.sleep(0.01)  # let the transports' connection_lost run
         fut = asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
         fut.result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -387,6 +403,81 @@ async def _h2_connection(server: Server, reader: asyncio.StreamReader,
             t.cancel()
 
 
+# --- gRPC --------------------------------------------------------------------------------
+
+GRPC_SERVICE = "test.Echo"
+
+
+class GrpcServer:
+    """A grpcio server (thread pool) with the generic `test.Echo` handlers."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, credentials=None) -> None:
+        import concurrent.futures
+        import grpc
+
+        self.calls = 0
+        self.cancelled = threading.Event()  # set when a BidiEcho saw its client go away
+        self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=8))
+        self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+            GRPC_SERVICE, {
+                "Unary": grpc.unary_unary_rpc_method_handler(self._unary),
+                "Fail": grpc.unary_unary_rpc_method_handler(self._fail),
+                "Slow": grpc.unary_unary_rpc_method_handler(self._slow),
+                "ServerStream": grpc.unary_stream_rpc_method_handler(self._server_stream),
+                "BidiEcho": grpc.stream_stream_rpc_method_handler(self._bidi),
+            })])
+        addr = f"{self.host}:0"
+        if credentials is None:
+            self.port = self.server.add_insecure_port(addr)
+        else:
+            self.port = self.server.add_secure_port(addr, credentials)
+        self.server.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self.server.stop(grace=None).wait(10)
+
+    def _unary(self, request: bytes, context) -> bytes:
+        self.calls += 1
+        context.send_initial_metadata([("x-initial", "1")])
+        context.set_trailing_metadata([(k, v) for k, v in context.invocation_metadata()
+                                       if k.startswith("x-")])
+        return request
+
+    def _fail(self, request: bytes, context) -> bytes:
+        import grpc
+        self.calls += 1
+        code, _, message = request.decode().partition(":")
+        status = next(c for c in grpc.StatusCode if c.value[0] == int(code))
+        context.abort(status, message)
+
+    def _slow(self, request: bytes, context) -> bytes:
+        self.calls += 1
+        time.sleep(float(request))
+        return b"late"
+
+    def _server_stream(self, request: bytes, context):
+        self.calls += 1
+        for i in range(int(request)):
+            yield f"msg-{i}".encode()
+
+    def _bidi(self, requests, context):
+        self.calls += 1
+        context.add_callback(self.cancelled.set)
+        context.send_initial_metadata([(k, v) for k, v in context.invocation_metadata()
+                                       if k.startswith("x-")])
+        n = 0
+        for msg in requests:
+            n += 1
+            yield msg
+        context.set_trailing_metadata([("x-count", str(n))])
+
+
 # --- TLS material ------------------------------------------------------------------------
 
 class TestPki:
@@ -473,5 +564,32 @@ def http1_tls_server(tls_ca):
 @pytest.fixture
 def http1_mtls_server(tls_ca):
     s = Server(_h1_connection, tls_ca.server_context(["http/1.1"], require_client_cert=True))
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def grpc_server():
+    s = GrpcServer()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def grpc_mtls_server(tls_ca):
+    import grpc
+    creds = grpc.ssl_server_credentials([(tls_ca.server_key_pem, tls_ca.server_cert_pem)],
+                                        root_certificates=tls_ca.ca.cert_pem.bytes(),
+                                        require_client_auth=True)
+    s = GrpcServer(creds)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def grpc_tls_server(tls_ca):
+    import grpc
+    creds = grpc.ssl_server_credentials([(tls_ca.server_key_pem, tls_ca.server_cert_pem)])
+    s = GrpcServer(creds)
     yield s
     s.stop()

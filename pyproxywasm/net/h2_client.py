@@ -31,7 +31,7 @@ import h2.settings
 
 from .cluster import Cluster
 from .http_client import (CalloutError, Header, HttpResponse, RequestHead, StreamingResponse,
-                          classify, ssl_context)
+                          bounded, classify, ssl_context)
 
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 4 * 1024 * 1024
@@ -271,14 +271,17 @@ class H2Connection:
                     self.streams.pop(sid, None)
             self.pool_changed()
 
-    def _shutdown(self, err: CalloutError) -> None:
+    def _shutdown(self, err: CalloutError, graceful: bool = False) -> None:
         if self.closed:
             return
         self.closed = True
         for s in list(self.streams.values()):
             s.fail(err)
         self.streams.clear()
-        self.writer.transport.abort()
+        if graceful:
+            self.writer.transport.close()  # after writing what is buffered (our GOAWAY)
+        else:
+            self.writer.transport.abort()
         self.pool.forget(self)
 
     async def close(self) -> None:
@@ -288,12 +291,12 @@ class H2Connection:
                 self.flush()
             except h2.exceptions.ProtocolError:
                 pass
+        self._shutdown(CalloutError("client closed"), graceful=True)
         self.task.cancel()
         try:
             await self.task
         except asyncio.CancelledError:
             pass
-        self._shutdown(CalloutError("client closed"))
 
 
 class H2Pool:
@@ -321,14 +324,14 @@ class H2Pool:
             tls = self.cluster.tls
             kw = {"ssl": self._ctx, "server_hostname": (tls.sni if tls and tls.sni else host)}
         try:
-            reader, writer = await asyncio.wait_for(
+            reader, writer = await bounded(
                 asyncio.open_connection(host, port, limit=READ_SIZE * 2, **kw),
                 self.cluster.connect_timeout)
         except asyncio.TimeoutError:
             raise CalloutError("connect timeout",
                                f"{host}:{port} not connected within {self.cluster.connect_timeout} s") from None
         except OSError as e:
-            raise classify(e) from e
+            raise classify(e, tls_connect=self._ctx is not None) from e
         if self._ctx is not None:
             proto = writer.get_extra_info("ssl_object").selected_alpn_protocol()
             if proto != "h2":
@@ -337,10 +340,10 @@ class H2Pool:
         return H2Connection(self, reader, writer)
 
     async def _connection(self) -> H2Connection:
-        if self.closed:
-            raise CalloutError("client closed")
         addr = next(self._next)
         while True:
+            if self.closed:
+                raise CalloutError("client closed")
             conns = self._conns[addr]
             for c in conns:
                 if c.has_room():
@@ -431,6 +434,7 @@ class H2Pool:
 
     async def close(self) -> None:
         self.closed = True
+        self.room.set()  # callers waiting for room see the pool closed
         conns = [c for cs in self._conns.values() for c in cs]
         for c in conns:
             await c.close()
@@ -454,7 +458,7 @@ class _H2Streaming(StreamingResponse):
                 elif left <= 0:
                     raise asyncio.TimeoutError
                 else:
-                    chunk = await asyncio.wait_for(self._stream.next_chunk(), left)
+                    chunk = await bounded(self._stream.next_chunk(), left)
             except asyncio.TimeoutError:
                 await self.release()
                 raise CalloutError("timeout", "response body not complete in time") from None

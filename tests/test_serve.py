@@ -351,6 +351,38 @@ def test_paused_request_resumes_on_tick_without_blocking_the_loop(serve, upstrea
     assert [r["path"] for r in u.requests] == ["/free", "/held"]
 
 
+def test_client_leaving_a_held_request_ends_its_stream_at_once(serve, upstreams, caplog):
+    caplog.set_level(logging.INFO, logger="pyproxywasm")
+    u = upstreams()
+    vhosts = [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]
+    s = serve(bootstrap([http_listener(vhosts, [wasm(GO_HTTP, "pause tick=3000 log")])], [cluster("up", u.port)]))
+    c = socket.create_connection(("127.0.0.1", s.ports["main"]), timeout=5)
+    c.sendall(b"GET /held HTTP/1.1\r\nhost: x\r\nx-pause: 1\r\n\r\n")
+    time.sleep(0.3)  # held by the plugin until its next tick, 3 s away
+    t0 = time.monotonic()
+    c.close()
+    while "done path=/held" not in caplog.text and time.monotonic() - t0 < 2.5:
+        time.sleep(0.02)
+    assert "done path=/held" in caplog.text  # on_log and on_done ran when the client left
+    assert time.monotonic() - t0 < 2.5 and not u.requests  # not at the tick, and never forwarded
+    assert get(s.ports["main"], "/after")[0] == 200
+
+
+def test_slow_client_does_not_hold_up_others(serve):
+    vhosts = [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]
+    s = serve(bootstrap([http_listener(vhosts, [wasm(GO_HTTP, "headers")])], []))
+    slow = [socket.create_connection(("127.0.0.1", s.ports["main"]), timeout=5) for _ in range(20)]
+    for c in slow:
+        c.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nx-a")  # half a header, then nothing
+    t0 = time.monotonic()
+    assert all(get(s.ports["main"], "/")[0] == 200 for _ in range(10))
+    assert time.monotonic() - t0 < 5
+    for c in slow:
+        c.sendall(b": 1\r\n\r\n")  # the rest, late: they are served too
+        assert c.recv(100).startswith(b"HTTP/1.1 200")
+        c.close()
+
+
 def test_failed_vm_fails_closed_or_open(serve, upstreams):
     u = upstreams()
     vhosts = [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]

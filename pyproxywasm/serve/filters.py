@@ -12,6 +12,7 @@ pyproxywasm.adapters.asgi, and `wrap()` uses it when it is available.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import struct
 from itertools import chain
@@ -127,6 +128,56 @@ def _set_properties(s: HttpStream, scope: Scope, extra: dict | None) -> None:
             setp(vm, cid, path, len(path), value, len(value))
 
 
+class _ClientGone(Exception):
+    """The client disconnected while the stream waited on a plugin."""
+
+
+class _Inbox:
+    """The request's receive(), which can also be watched while a plugin holds the stream
+    (to see the client leave) without losing the messages that arrive meanwhile. After a
+    body chunk with more to come it stops watching: reading on would buffer the body past
+    what the plugin asked for (Envoy stops reading too)."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._task: asyncio.Future | None = None
+        self._stash: collections.deque = collections.deque()
+        self._more = False
+
+    async def get(self) -> dict:
+        if self._stash:
+            return self._stash.popleft()
+        if self._task is not None:
+            task, self._task = self._task, None
+            return await task
+        return await self._receive()
+
+    def watch(self) -> asyncio.Future | None:
+        """A pending receive to wait on (None when it is better not to read on)."""
+        t = self._task
+        if t is not None and t.done() and not self.disconnected():
+            self._task = None
+            if t.cancelled() or t.exception() is not None:
+                return None
+            msg = t.result()
+            self._stash.append(msg)
+            self._more = bool(msg.get("more_body"))
+        if self._more:
+            return None
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._receive())
+        return self._task
+
+    def disconnected(self) -> bool:
+        t = self._task
+        return t is not None and t.done() and not t.cancelled() and t.exception() is None \
+            and t.result().get("type") == "http.disconnect"
+
+    def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+
 class _LocalReply(Exception):
     """The plugin answered (or failed) while the app was running: stop the app."""
 
@@ -157,23 +208,37 @@ class WasmFilter:
             else:
                 await _plain(send, 503, b"")
             return
+        inbox = _Inbox(receive)
         try:
-            await self._serve(s, d, scope, receive, send)
+            await self._serve(s, d, scope, inbox, send)
+        except _ClientGone:
+            pass  # the client left while a plugin held the stream: it ends now, as in Envoy
         finally:
-            s.finish()
+            inbox.close()
+            s.finish()  # on_log, on_done, on_delete
             d.kick()
 
-    async def _wait(self, s: HttpStream, d: LoopDispatch, done: Callable[[], bool]) -> None:
+    async def _wait(self, s: HttpStream, d: LoopDispatch, done: Callable[[], bool],
+                    inbox: "_Inbox | None" = None) -> None:
+        """Until done(): the dispatcher may resume the stream; the client may leave."""
         d.kick()  # an event on this stream may have continued another one
         while not done():
-            await d.changed()
+            changed = d.changed()
+            watch = inbox.watch() if inbox is not None else None
+            if watch is None:
+                await changed
+            else:
+                await asyncio.wait((changed, watch), return_when=asyncio.FIRST_COMPLETED)
+                if watch.done() and inbox.disconnected():
+                    raise _ClientGone()
             s.refresh()
 
-    async def _serve(self, s: HttpStream, d: LoopDispatch, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _serve(self, s: HttpStream, d: LoopDispatch, scope: Scope, inbox: "_Inbox", send: Send) -> None:
+        receive = inbox.get
         headers, end = _request_headers(scope)
         sent = _wire(headers)
         s.send_request_headers(sent, end_stream=end)
-        await self._wait(s, d, lambda: s.request_headers_forwarded or _ended(s))
+        await self._wait(s, d, lambda: s.request_headers_forwarded or _ended(s), inbox)
         if _ended(s):
             await self._local(s, send)
             return
@@ -216,7 +281,7 @@ class WasmFilter:
                 s.send_request_body(msg.get("body", b""), end_stream=not more)
                 if not more:
                     req_done = True
-                    await self._wait(s, d, lambda: s.request_complete or _ended(s))
+                    await self._wait(s, d, lambda: s.request_complete or _ended(s), inbox)
                 if _ended(s):
                     raise _LocalReply()
                 out = s.take_request_body()
@@ -229,7 +294,7 @@ class WasmFilter:
         async def out_body(body: bytes, more: bool, changed: bool) -> None:
             nonlocal started
             if not started:  # headers held by the plugin until now
-                await self._wait(s, d, lambda: s.response_headers_forwarded or _ended(s))
+                await self._wait(s, d, lambda: s.response_headers_forwarded or _ended(s), inbox)
                 if _ended(s):
                     raise _LocalReply()
                 await send(_start(s, None if more and not changed else (-1 if more else len(body))))
@@ -258,7 +323,7 @@ class WasmFilter:
                     return
             s.send_response_body(body, end_stream=not more)
             if not more:
-                await self._wait(s, d, lambda: s.response_complete or _ended(s))
+                await self._wait(s, d, lambda: s.response_complete or _ended(s), inbox)
             if _ended(s) and not s.response_complete:
                 raise _LocalReply()
             out = s.take_response_body()

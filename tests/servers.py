@@ -12,7 +12,10 @@ Fixtures (all function-scoped unless said; each yields a `Server` with `.host`, 
 - `http2_server`: HTTP/2 cleartext with prior knowledge (h2 on asyncio).
 - `http1_tls_server`, `http2_tls_server` (ALPN h2): the same over TLS with a certificate for
   "localhost" and "127.0.0.1" from the test CA.
-- `http1_mtls_server`: HTTP/1.1 over TLS that requires a client certificate from the test CA.
+- `http1_mtls_server`: HTTP/1.1 over TLS that requires a client certificate from the test CA
+  (asyncio's TLS drops its alert when the handshake fails: the client sees a close).
+- `tls_alert_server`: a `BlockingTlsServer`, the same requirement on blocking sockets, which
+  does send the alert (as production servers do); answers 200 `mtls ok`.
 - `start_http1(ssl_context=None)`, `start_http2(ssl_context=None)`: functions, one more
   server (the caller calls `.stop()`).
 - `refused_endpoint()`: a function, "127.0.0.1:PORT" where nothing listens.
@@ -38,6 +41,9 @@ HTTP endpoints (both protocols):
 - `/hang`: reads the request and never answers.
 - `/trailers`: 200, body `with trailers`, then trailers `x-checksum: 42`, `x-more: yes`
   (HTTP/1.1 chunked trailer section; HTTP/2 trailing HEADERS).
+- HTTP/2 only, once per server (then like `/echo`): `/refuse-once` resets the stream with
+  REFUSED_STREAM; `/goaway-once` sends GOAWAY with a last stream id below the request's
+  (the server did not process it) and ends the connection.
 
 gRPC service `test.Echo` (generic handlers, raw bytes, no protobuf):
 
@@ -67,7 +73,7 @@ import pytest
 Header = tuple[bytes, bytes]
 
 __all__ = ["Server", "TestPki", "tls_ca", "http1_server", "http1_tls_server",
-           "http1_mtls_server", "http2_server", "http2_tls_server", "grpc_server", "grpc_tls_server", "grpc_mtls_server",
+           "http1_mtls_server", "http2_server", "http2_tls_server", "grpc_server", "grpc_tls_server", "grpc_mtls_server", "tls_alert_server",
            "GrpcServer", "GRPC_SERVICE", "free_port",
            "refused_endpoint", "start_http1", "start_http2"]
 
@@ -155,6 +161,7 @@ class Server:
         self.connections = 0
         self.requests = 0
         self.sent = 0
+        self.refused = False  # HTTP/2 /refuse-once and /goaway-once: done once
         self._handler = handler
         self._ssl = ssl_context
         self._loop = asyncio.new_event_loop()
@@ -339,6 +346,16 @@ async def _h2_connection(server: Server, reader: asyncio.StreamReader,
         req = Request(pseudo[b":method"], pseudo[b":path"],
                       [(n, v) for n, v in headers if not n.startswith(b":")], bytes(body),
                       trailers, peer, "2", pseudo.get(b":authority", ""))
+        if req.path == "/refuse-once" and not server.refused:
+            server.refused = True
+            conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            flush()
+            return
+        if req.path == "/goaway-once" and not server.refused:
+            server.refused = True
+            conn.close_connection(last_stream_id=max(sid - 2, 0))  # "not processed"
+            flush()
+            return
         reply = await route(req)
         if reply.action == "reset":
             conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
@@ -571,6 +588,74 @@ def http1_mtls_server(tls_ca):
 @pytest.fixture
 def grpc_server():
     s = GrpcServer()
+    yield s
+    s.stop()
+
+
+class BlockingTlsServer:
+    """HTTP/1.1 over TLS with a client certificate required, on plain blocking sockets (a
+    thread per connection): unlike asyncio's TLS, OpenSSL here writes its alert to the
+    socket when the handshake fails, as production servers do. Answers every request
+    with 200 `mtls ok` and closes."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, ctx) -> None:
+        self._ctx = ctx
+        self._sock = socket.create_server((self.host, 0))
+        self.port = self._sock.getsockname()[1]
+        self.handshake_failures = 0
+        self._thread = threading.Thread(target=self._accept, daemon=True, name="test-tls-server")
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        import ssl
+        conn.settimeout(5)
+        tls = self._ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        with tls:
+            try:
+                tls.do_handshake()
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = tls.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                tls.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\nmtls ok")
+                tls.close()
+            except ssl.SSLError:
+                self.handshake_failures += 1
+                # lingering close: closing with the client's request unread would send a
+                # TCP RST, which can destroy the alert before the client reads it
+                try:
+                    tls.shutdown(socket.SHUT_WR)  # drops TLS: plain socket calls from here
+                    tls.settimeout(1)
+                    while tls.recv(4096):
+                        pass
+                except OSError:
+                    pass
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self._sock.close()
+
+
+@pytest.fixture
+def tls_alert_server(tls_ca):
+    s = BlockingTlsServer(tls_ca.server_context(["http/1.1"], require_client_cert=True))
     yield s
     s.stop()
 

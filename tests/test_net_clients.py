@@ -100,6 +100,24 @@ def test_attach_wraps_a_running_loop():
     assert asyncio.run(main()) == "ran"
 
 
+def test_clients_on_an_attached_loop(http1_server, grpc_server):
+    """`serve` runs its own loop: the clients work on it the same way."""
+    from pyproxywasm.net.grpc_client import GrpcClient
+
+    async def main():
+        io = IoLoop.attach(asyncio.get_running_loop())
+        http, grpc_ = HttpClient(io), GrpcClient(io)
+        try:
+            r = await http.request(Cluster("a", (http1_server.endpoint,)), get("/echo"), b"", [], 5)
+            g = await grpc_.unary(Cluster("g", (grpc_server.endpoint,)), "test.Echo", "Unary", [],
+                                  b"attached", 5)
+            return json.loads(r.body)["method"], g
+        finally:
+            await http.close()
+            await grpc_.close()
+    assert asyncio.run(main()) == ("GET", b"attached")
+
+
 # --- HTTP/1.1 ----------------------------------------------------------------------------
 
 def test_h1_request_line_headers_and_body(io, http, http1_server):
@@ -207,6 +225,7 @@ def test_h1_connect_timeout(io, http):
 def test_h1_reset(io, http, http1_server):
     e = failure(io, http, Cluster("up", (http1_server.endpoint,)), "/reset")
     assert e.reason == "connection reset"
+    assert http1_server.requests == 1  # sent once: no retry behind the guest's back
 
 
 def test_h1_never_answers_times_out(io, http, http1_server):
@@ -321,6 +340,15 @@ def test_tls_to_a_plaintext_server(io, http, http1_server, http2_server, tls_ca,
     server = http2_server if http2 else http1_server
     e = failure(io, http, tls_cluster(server, tls_ca, http2=http2), timeout=3)
     assert e.reason.startswith("tls: "), e
+
+
+def test_tls_client_certificate_alert(io, http, tls_alert_server, tls_ca):
+    e = failure(io, http, tls_cluster(tls_alert_server, tls_ca))
+    assert e.reason == "tls: tlsv13 alert certificate required"
+    assert tls_alert_server.handshake_failures == 1
+    c = tls_cluster(tls_alert_server, tls_ca, cert_file=tls_ca.client_cert_file,
+                    key_file=tls_ca.client_key_file)
+    assert fetch(io, http, c).body == b"mtls ok"
 
 
 def test_tls_client_certificate(io, http, http1_mtls_server, tls_ca):
@@ -764,3 +792,62 @@ def test_h1_cluster_never_negotiates_h2(io, http, http2_tls_server, tls_ca):
                 tls=TlsSettings(ca_file=tls_ca.ca_file, alpn=("h2", "http/1.1")))
     e = failure(io, http, c, timeout=2)
     assert e.reason.startswith("tls") or e.reason in ("connection reset", "protocol error"), e
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["h1", "h2"])
+def test_large_request_body(io, http, http1_server, http2_server, http2):
+    # HTTP/2: several times the 64 KiB initial window, so sending waits on WINDOW_UPDATEs
+    server = http2_server if http2 else http1_server
+    body = b"0123456789abcdef" * (3 << 16)  # 3 MiB
+    c = Cluster("up", (server.endpoint,), http2=http2, max_response_bytes=8 << 20)
+    doc = echo(fetch(io, http, c, method="POST", body=body, timeout=10))
+    assert doc["body"].encode("latin-1") == body
+    assert ["content-length", str(len(body))] in doc["headers"]
+    assert not any(n == "content-type" for n, _ in doc["headers"])
+
+
+def test_h2_beyond_max_concurrent_streams(io, http, http2_server):
+    # the test server allows 100 concurrent streams per connection (h2's default)
+    c = h2c(http2_server)
+
+    async def many():
+        return await asyncio.gather(*(http.request(c, get("/slow/200"), b"", [], 10)
+                                      for _ in range(150)))
+    assert [r.body for r in call(io, many())] == [b"slow"] * 150
+    assert http2_server.connections == 2
+
+
+def test_h2_released_streams_return_their_window(io, http, http2_server):
+    # each released stream may hold up to a stream window of unread data; the connection's
+    # window must get it back, or the shared connection stalls after a few releases
+    c = h2c(http2_server, max_response_bytes=4 << 20)
+
+    async def go():
+        for _ in range(30):
+            resp = await http.open(c, get(f"/big/{1 << 20}"), b"", 5)
+            await resp.chunks().__anext__()
+            await asyncio.sleep(0.01)  # let the window's worth arrive unread
+            await resp.release()
+        return await http.request(c, get(f"/big/{2 << 20}"), b"", [], 5)
+    assert len(call(io, go()).body) == 2 << 20
+    assert http2_server.connections == 1
+
+
+@pytest.mark.parametrize("path", ["/refuse-once", "/goaway-once"])
+def test_h2_unprocessed_request_is_sent_again(io, http, http2_server, path):
+    doc = echo(fetch(io, http, h2c(http2_server), path, method="POST", body=b"again"))
+    assert doc["path"] == path and doc["body"] == "again"
+    assert http2_server.requests == 2 and http2_server.refused
+    if path == "/goaway-once":
+        assert http2_server.connections == 2
+
+
+def test_h2_unprocessed_streamed_body_is_not_sent_again(io, http, http2_server):
+    async def body():
+        yield b"once"
+
+    async def go():
+        await http.open(h2c(http2_server), get("/refuse-once", method="POST"), body(), 5)
+    with pytest.raises(CalloutError) as ei:
+        call(io, go())
+    assert ei.value.reason == "connection reset" and ei.value.unprocessed

@@ -214,8 +214,8 @@ class GrpcStream:
                     await call.done_writing()
                     return
                 await call.write(msg)
-        except (asyncio.InvalidStateError, grpc.aio.AioRpcError, asyncio.CancelledError):
-            return  # the call ended; _read reports how
+        except (Exception, asyncio.CancelledError):  # noqa: BLE001
+            return  # the call ended (or failed): _read reports how, exactly once
 
     async def _read(self) -> None:
         call = self._call
@@ -250,7 +250,6 @@ class GrpcStream:
             # A finished call object still pins its connection (even past the channel's
             # close) while anything references it: let go of it.
             self._call = None
-            call = None
 
 
 class GrpcClient:

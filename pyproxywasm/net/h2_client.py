@@ -82,11 +82,16 @@ class _Stream:
             await self.wake.wait()
 
     def cancel(self) -> None:
-        """Stop the exchange (RST_STREAM CANCEL) unless it already ended."""
+        """Stop the exchange (RST_STREAM CANCEL) unless it already ended, and hand back the
+        connection window that data received but never read still holds."""
         if self.error is None and not (self.ended and self.local_done):
             if not self.ended:
                 self.error = CalloutError("cancelled")
             self.conn.reset(self.id)
+        if not self.auto_ack and self.chunks:
+            unread = sum(flow for _, flow in self.chunks)
+            self.chunks.clear()
+            self.conn.ack(self.id, unread)  # the stream is closed: the connection's share
         self.conn.streams.pop(self.id, None)
         self.conn.pool_changed()
 
@@ -147,6 +152,8 @@ class H2Connection:
         self.flush()
 
     def start(self, headers: list[Header], end_stream: bool) -> _Stream:
+        if self.closed:
+            raise CalloutError("connection reset", "the connection closed before the request")
         try:
             sid = self.h2.get_next_available_stream_id()
             self.h2.send_headers(sid, headers, end_stream=end_stream)
@@ -253,7 +260,9 @@ class H2Connection:
                     code = h2.errors.ErrorCodes(ev.error_code).name
                 except ValueError:
                     code = str(ev.error_code)
-                stream.fail(CalloutError("connection reset", f"stream reset by the server ({code})"))
+                refused = ev.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                stream.fail(CalloutError("connection reset", f"stream reset by the server ({code})",
+                                         unprocessed=refused))
                 self.streams.pop(ev.stream_id, None)
                 self.pool_changed()
         elif isinstance(ev, h2.events.WindowUpdated):
@@ -267,7 +276,8 @@ class H2Connection:
             last = ev.last_stream_id or 0
             for sid, s in list(self.streams.items()):
                 if sid > last:
-                    s.fail(CalloutError("connection reset", "GOAWAY before the stream was processed"))
+                    s.fail(CalloutError("connection reset", "GOAWAY before the stream was processed",
+                                        unprocessed=True))
                     self.streams.pop(sid, None)
             self.pool_changed()
 
@@ -297,6 +307,11 @@ class H2Connection:
             await self.task
         except asyncio.CancelledError:
             pass
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class H2Pool:
@@ -392,13 +407,35 @@ class H2Pool:
         sender = None
         if not empty:
             sender = conn.loop.create_task(conn.send_body(stream, body, trailers))
+            sender.add_done_callback(_retrieve)  # its failure shows on the response side
         return stream, sender
+
+    async def _exchange(self, head: RequestHead, body: bytes | AsyncIterable[bytes],
+                        trailers: list[Header], auto_ack: bool
+                        ) -> tuple[_Stream, asyncio.Task | None, list[Header]]:
+        """Send the request and wait for the response headers. A request the server says it
+        did not process (REFUSED_STREAM, or cut off by a GOAWAY, as when it closes an idle
+        connection just as the request goes out) is sent once more, on another connection,
+        when its body can be sent again."""
+        for attempt in (1, 2):
+            stream, sender = await self._begin(head, body, trailers)
+            stream.auto_ack = auto_ack
+            try:
+                return stream, sender, await stream.headers
+            except BaseException as e:
+                stream.cancel()
+                if sender is not None and not sender.done():
+                    sender.cancel()
+                if (attempt == 1 and isinstance(e, CalloutError) and e.unprocessed
+                        and isinstance(body, (bytes, bytearray))):
+                    continue
+                raise
+        raise AssertionError("unreachable")
 
     async def request(self, head: RequestHead, body: bytes, trailers: list[Header],
                       limit: int) -> HttpResponse:
-        stream, sender = await self._begin(head, body, trailers)
+        stream, sender, headers = await self._exchange(head, body, trailers, auto_ack=True)
         try:
-            headers = await stream.headers
             cl = next((v for n, v in headers if n == b"content-length"), None)
             if cl is not None and cl.isdigit() and int(cl) > limit:
                 raise CalloutError("response too large", f"content-length {int(cl)} > limit {limit}")
@@ -413,23 +450,12 @@ class H2Pool:
             return HttpResponse(headers, b"".join(parts), stream.trailers)
         finally:
             stream.cancel()
-            if sender is not None:
-                if not sender.done():
-                    sender.cancel()
-                else:
-                    sender.exception() if not sender.cancelled() else None
+            if sender is not None and not sender.done():
+                sender.cancel()
 
     async def open(self, head: RequestHead, body: bytes | AsyncIterable[bytes],
                    deadline: float | None) -> StreamingResponse:
-        stream, sender = await self._begin(head, body, [])
-        stream.auto_ack = False
-        try:
-            headers = await stream.headers
-        except BaseException:
-            stream.cancel()
-            if sender is not None:
-                sender.cancel()
-            raise
+        stream, sender, headers = await self._exchange(head, body, [], auto_ack=False)
         return _H2Streaming(stream, sender, headers, deadline)
 
     async def close(self) -> None:

@@ -1,12 +1,16 @@
 """HTTP callouts to a cluster: pooled keep-alive connections, one pool per cluster.
 
-HTTP/1.1 goes through aiohttp: on 127.0.0.1 a round trip cost its loop thread about 6x
-less CPU than httpx's and took about 4x less time (bench/README.md, "Outbound clients"),
+HTTP/1.1 goes through aiohttp: on 127.0.0.1 a round trip cost its loop thread 6-10x less
+CPU than httpx's and took 3-4x less time (bench/README.md, "Outbound clients"),
 and it bounds what it buffers from a socket (it pauses reading once its buffer holds
 2 x 64 KiB), so a 100 MB answer is refused without being held. HTTP/2 clusters go
 through h2_client.py (the maintained `h2` protocol library under a small asyncio
 connection of ours): aiohttp has no HTTP/2, and httpx's HTTP/2 neither sends request
 trailers nor returns response trailers (and cost about 4x more CPU per round trip).
+
+A call is sent once (no retry policy, as with Envoy's async client), except that an
+HTTP/2 request the server reports it did not process (REFUSED_STREAM, or above a GOAWAY's
+last stream id) is sent again once, on another connection, when its body is bytes.
 
 Everything here runs on the IoLoop's thread: call `request()` / `open()` from a coroutine
 on that loop (or `IoLoop.submit()` them from another thread).
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import io
 import itertools
 import re
 import ssl
@@ -38,6 +43,7 @@ from .loop import IoLoop
 
 Header = tuple[bytes, bytes]
 T = TypeVar("T")
+LARGE_BODY = 1 << 20  # aiohttp writes a bytes body in one go; larger ones go as BytesIO
 
 # Headers a client owns on the connection; a guest's copy would contradict the framing.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
@@ -59,15 +65,22 @@ class HttpResponse:
 
 class CalloutError(Exception):
     """A call that got no usable answer. `reason` is short and stable, for logs and for the
-    guest-facing failure: "connection refused", "connect timeout", "timeout",
-    "connection reset", "tls: certificate verify failed", "tls: <ssl reason>",
-    "response too large", "bad request headers", "protocol error", "connect failed",
-    "client closed". `detail` says more, for people."""
+    guest-facing failure:
+      "connection refused", "connect timeout" (cluster.connect_timeout passed),
+      "timeout" (the call's budget passed), "connection reset" (TCP reset, the server
+      closing early, an HTTP/2 RST_STREAM or GOAWAY), "tls: certificate verify failed"
+      (wrong CA, wrong name/SNI), "tls: handshake failed", "tls: <OpenSSL reason>",
+      "response too large" (over cluster.max_response_bytes), "bad request headers"
+      (refused before sending), "protocol error", "connect failed", "client closed".
+    `detail` says more, for people."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", unprocessed: bool = False) -> None:
         super().__init__(f"{reason} ({detail})" if detail else reason)
         self.reason = reason
         self.detail = detail
+        # the server said it did not process the request (HTTP/2 REFUSED_STREAM, or a
+        # stream above a GOAWAY's last id): sending it again is safe (RFC 9113, 8.7)
+        self.unprocessed = unprocessed
 
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")  # RFC 9110 token, lowercase
@@ -232,6 +245,12 @@ class _H1Pool:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=cluster.connect_timeout),
             trust_env=False,
         )
+        # aiohttp sends an idempotent request a second time when its connection fails;
+        # a callout is sent once, as Envoy's async client does (no retry policy): the guest
+        # decides, a reset server does not see the request twice, and the first failure's
+        # reason (e.g. a TLS alert) is the one reported. Private attribute, no public switch.
+        if hasattr(self.session, "_retry_connection"):
+            self.session._retry_connection = False
         self._next = itertools.cycle(cluster.addresses)
         self._sni = tls.sni if tls else None
 
@@ -243,6 +262,8 @@ class _H1Pool:
     async def send(self, head: RequestHead, body: bytes | AsyncIterable[bytes] | None
                    ) -> aiohttp.ClientResponse:
         url, sni = self.target(head.path)
+        if isinstance(body, (bytes, bytearray)) and len(body) > LARGE_BODY:
+            body = io.BytesIO(body)  # aiohttp writes it in chunks, yielding between them
         hdrs = [("Host", head.authority)]
         hdrs += [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers]
         kwargs = {"server_hostname": sni} if sni else {}

@@ -21,6 +21,7 @@ import pytest
 from pyproxywasm.serve import DEFAULT_CONFIG, Server, loads
 
 from conftest import GO_HTTP, GO_TCP
+from servers import http1_tls_server, http2_server, tls_ca  # noqa: F401 - fixtures
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 WASM = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
@@ -296,6 +297,29 @@ def test_streaming_both_ways(serve, upstreams):
     # and a 3 MB response streams down
     status, _, body = get(s.ports["main"], f"/big/{3 << 20}")
     assert status == 200 and body.count(b"x") == 3 << 20
+
+
+def test_http2_and_tls_clusters(serve, http2_server, http1_tls_server, tls_ca):
+    h2 = cluster("h2", http2_server.port)
+    h2["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}}
+    tls = cluster("tls", http1_tls_server.port)
+    tls["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "sni": "localhost",
+        "common_tls_context": {"validation_context": {"trusted_ca": {"filename": str(tls_ca.ca_file)}}}}}
+    vhosts = [{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/h2/"}, "route": {"cluster": "h2", "prefix_rewrite": "/echo/"}},
+        {"match": {"prefix": "/tls/"}, "route": {"cluster": "tls", "prefix_rewrite": "/echo/"}}]}]
+    s = serve(bootstrap([http_listener(vhosts, [wasm(GO_HTTP, "headers", root_id="x")])], [h2, tls]))
+    status, headers, body = get(s.ports["main"], "/h2/a", "POST", body=b"up by h2")
+    seen = json.loads(body)
+    assert status == 200 and seen["protocol"] == "2" and seen["path"] == "/echo/a" and seen["body"] == "up by h2"
+    assert ["x-wasm-req", "x"] in seen["headers"] and headers["x-wasm-resp"] == "x"
+    status, _, body = get(s.ports["main"], "/tls/b")
+    seen = json.loads(body)
+    assert status == 200 and seen["protocol"] == "1.1" and seen["path"] == "/echo/b"
 
 
 # ---- the Wasm HTTP filter -------------------------------------------------------------------

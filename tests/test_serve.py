@@ -690,3 +690,12 @@ def test_cli_reports_config_errors_with_their_path(tmp_path):
     p = subprocess.run([sys.executable, "-m", "pyproxywasm", "serve", str(cfg)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 2
     assert "static_resources.clusters[0].type: unsupported value 'EDS'" in p.stderr
+
+
+def test_cli_reports_a_plugin_that_fails_to_start(tmp_path):
+    vhosts = [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]
+    cfg = tmp_path / "fail.json"
+    cfg.write_text(json.dumps(bootstrap([http_listener(vhosts, [wasm(GO_HTTP, "fail")])], [])))
+    p = subprocess.run([sys.executable, "-m", "pyproxywasm", "serve", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert "failed to start: proxy_on_configure returned false" in p.stderr

@@ -377,6 +377,11 @@ def _pairs(data: bytes) -> list[tuple[bytes, bytes]]:
     if len(data) < 4:
         return []
     (n,) = _U32.unpack_from(data, 0)
+    # Names and values end with NUL: with no NUL inside any of them (HTTP allows none), one
+    # split finds them all; otherwise the lengths say where each one ends.
+    parts = data[4 + 8 * n:].split(b"\0")
+    if len(parts) == 2 * n + 1:
+        return list(zip(parts[0:2 * n:2], parts[1:2 * n:2]))
     lens = struct.unpack_from(f"<{2 * n}I", data, 4)
     off = 4 + 8 * n
     out = []

@@ -137,7 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port = s.ports.get(name, lst.port)
             kind = "tcp" if isinstance(lst, serve.config.TcpListener) else "http"
             print(f"  {name}: {kind}://{lst.host}:{port}")
-        if s.admin_port is not None:
+        if s.admin_port is not None and bootstrap.admin is not None:
             print(f"  admin: http://{bootstrap.admin[0]}:{s.admin_port}/stats/prometheus")
         first = next((lst for lst in bootstrap.listeners if isinstance(lst, serve.config.HttpListener)), None)
         if first is not None:

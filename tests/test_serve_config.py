@@ -112,6 +112,9 @@ def test_wasm_filter_fields_and_configuration_kinds():
     assert p.vm_config.configuration == b"\xffbin"
     assert p.vm_config.code == str(GO_HTTP) and not p.singleton
     assert json.loads(f2.plugin.configuration) == {"a": 1, "b": ["x"]} and not f2.fail_open
+    assert p.failure_policy.value == "FAIL_OPEN" and f2.plugin.failure_policy.value == "FAIL_CLOSED"
+    f3 = read(boot(filters=[wasm_filter({"fail_open": True, "failure_policy": "FAIL_RELOAD"})])).listeners[0].filters[0]
+    assert f3.plugin.failure_policy.value == "FAIL_RELOAD" and not f3.fail_open  # failure_policy wins
 
 
 def test_typed_struct_wrapper_and_inline_code(tmp_path):

@@ -17,11 +17,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 from ..config import RUNTIMES, PluginConfig, VmConfig
 from ..errors import ConfigError
 from ..net.cluster import Cluster, TlsSettings
+from ..policy import FailurePolicy
 from .node import BootstrapError, Node
 
 TYPE_PREFIX = "type.googleapis.com/"
@@ -51,7 +52,7 @@ class HeaderMatch:
     prefix: str | None = None
     suffix: str | None = None
     contains: str | None = None
-    regex: re.Pattern | None = None
+    regex: re.Pattern[str] | None = None
     present: bool | None = None
     invert: bool = False
 
@@ -81,7 +82,7 @@ class HeaderMatch:
 class RouteMatch:
     prefix: str | None = None
     path: str | None = None
-    regex: re.Pattern | None = None
+    regex: re.Pattern[str] | None = None
     case_sensitive: bool = True
     headers: tuple[HeaderMatch, ...] = ()
 
@@ -107,7 +108,7 @@ class Route:
     action: RouteAction | None = None
     direct: DirectResponse | None = None
     name: str = ""
-    metadata: dict = field(default_factory=dict, compare=False)  # filter_metadata
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)  # filter_metadata
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ class TcpListener:
 @dataclass(frozen=True)
 class StatsTag:
     name: str
-    regex: re.Pattern | None  # None: a fixed value
+    regex: re.Pattern[str] | None  # None: a fixed value
     fixed_value: str | None = None
 
 
@@ -163,7 +164,7 @@ class Bootstrap:
     services: tuple[PluginConfig, ...] = ()
     admin: tuple[str, int] | None = None
     stats_tags: tuple[StatsTag, ...] = ()
-    cluster_metadata: dict[str, dict] = field(default_factory=dict)
+    cluster_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = ""
 
     @property
@@ -207,9 +208,9 @@ class _Reader:
         n.ignore("node", "layered_runtime", "overload_manager")
         services = tuple(self.service(e) for e in n.nodes("bootstrap_extensions"))
         sr = n.node("static_resources")
-        listeners: list = []
+        listeners: list[HttpListener | TcpListener] = []
         clusters: dict[str, Cluster] = {}
-        metadata: dict[str, dict] = {}
+        metadata: dict[str, dict[str, Any]] = {}
         if sr is not None:
             for c in sr.nodes("clusters"):
                 cluster, meta = self.cluster(c)
@@ -278,7 +279,7 @@ class _Reader:
         return tc
 
     # -- listeners
-    def listener(self, n: Node):
+    def listener(self, n: Node) -> HttpListener | TcpListener:
         name = n.get("name", "", str)
         host, port = self.address(n.node("address", required=True))
         n.ignore("per_connection_buffer_limit_bytes", "traffic_direction")
@@ -323,7 +324,7 @@ class _Reader:
         tc = f.data.get("typed_config")
         return isinstance(tc, dict) and tc.get("@type") == TYPE_PREFIX + type_name
 
-    def hcm(self, n: Node):
+    def hcm(self, n: Node) -> tuple[tuple[VirtualHost, ...], tuple[WasmFilter, ...], str]:
         prefix = n.get("stat_prefix", "", str)
         n.enum("codec_type", ("AUTO", "HTTP1"), "AUTO")  # HTTP/1.1 downstream (uvicorn)
         n.ignore("access_log", "use_remote_address", "generate_request_id", "server_name")
@@ -374,7 +375,7 @@ class _Reader:
         case = m.get("case_sensitive", True, bool)
         regex = None
         if m.has("safe_regex"):
-            regex = self.regex(m.node("safe_regex"), flags=0 if case else re.IGNORECASE)
+            regex = self.regex(m.child("safe_regex"), flags=0 if case else re.IGNORECASE)
         match = RouteMatch(prefix=m.get("prefix", None, str), path=m.get("path", None, str),
                            regex=regex, case_sensitive=case,
                            headers=tuple(self.header_match(h) for h in m.nodes("headers")))
@@ -383,7 +384,7 @@ class _Reader:
         if n.has("route") and n.has("direct_response"):
             raise BootstrapError(n.path, "has both route and direct_response")
         if n.has("route"):
-            r = n.node("route")
+            r = n.child("route")
             cluster = r.need("cluster", str)
             host_rewrite = r.get("host_rewrite_literal", None, str)
             auto = r.get("auto_host_rewrite", False, bool)
@@ -392,16 +393,16 @@ class _Reader:
                                  None if timeout == 0 else timeout)
             r.done()
         elif n.has("direct_response"):
-            d = n.node("direct_response")
+            d = n.child("direct_response")
             status = d.need("status", int)
             if not 200 <= status < 600:
                 raise BootstrapError(d.at("status"), f"status {status} out of range 200..599")
-            body = self.data_source(d.node("body")) if d.has("body") else b""
+            body = self.data_source(d.child("body")) if d.has("body") else b""
             direct = DirectResponse(status, body)
             d.done()
         else:
             raise BootstrapError(n.path, "needs route or direct_response (redirect is not supported)")
-        meta: dict = {}
+        meta: dict[str, Any] = {}
         md = n.node("metadata")
         if md is not None:
             meta = md.get("filter_metadata", {}, dict)
@@ -409,7 +410,7 @@ class _Reader:
         n.done()
         return Route(match, action, direct, name, meta)
 
-    def regex(self, n: Node, flags: int = 0) -> re.Pattern:
+    def regex(self, n: Node, flags: int = 0) -> re.Pattern[str]:
         n.ignore("google_re2")
         src = n.need("regex", str)
         n.done()
@@ -426,11 +427,11 @@ class _Reader:
             if n.has(key):
                 kw[key.split("_")[0]] = n.get(key, kind=str)
         if n.has("safe_regex_match"):
-            kw["regex"] = self.regex(n.node("safe_regex_match"))
+            kw["regex"] = self.regex(n.child("safe_regex_match"))
         if n.has("present_match"):
             kw["present"] = n.get("present_match", kind=bool)
         if n.has("string_match"):
-            sm = n.node("string_match")
+            sm = n.child("string_match")
             sm.get("ignore_case", False, bool)
             if sm.data.get("ignore_case"):
                 raise BootstrapError(sm.at("ignore_case"), "unsupported field")
@@ -438,7 +439,7 @@ class _Reader:
                 if sm.has(key):
                     kw[key] = sm.get(key, kind=str)
             if sm.has("safe_regex"):
-                kw["regex"] = self.regex(sm.node("safe_regex"))
+                kw["regex"] = self.regex(sm.child("safe_regex"))
             sm.done()
         if len(kw) > 1:
             raise BootstrapError(n.path, "more than one match kind")
@@ -469,19 +470,22 @@ class _Reader:
     def plugin_config(self, c: Node, singleton: bool) -> tuple[PluginConfig, bool]:
         name = c.get("name", "", str)
         root_id = c.get("root_id", "", str)
-        configuration = self.any_value(c.node("configuration")) if c.has("configuration") else b""
-        fail_open = c.get("fail_open", False, bool)
+        configuration = self.any_value(c.child("configuration")) if c.has("configuration") else b""
+        # Envoy: failure_policy (1.33) wins over the older fail_open when both are given.
+        policy = "FAIL_OPEN" if c.get("fail_open", False, bool) else "FAIL_CLOSED"
         if c.has("failure_policy"):
-            policy = c.enum("failure_policy", ("FAIL_CLOSED", "FAIL_OPEN", "UNSPECIFIED"), "UNSPECIFIED")
-            if policy != "UNSPECIFIED":
-                fail_open = policy == "FAIL_OPEN"
+            chosen = c.enum("failure_policy", ("FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD", "UNSPECIFIED"),
+                            "UNSPECIFIED")
+            if chosen != "UNSPECIFIED":
+                policy = chosen
+        fail_open = policy == "FAIL_OPEN"
         vm = c.node("vm_config", required=True)
         c.done()
         vm_id = vm.get("vm_id", "", str)
         runtime = vm.get("runtime", "envoy.wasm.runtime.wasmtime", str)
         if runtime not in RUNTIMES:
             raise BootstrapError(vm.at("runtime"), f"unsupported runtime {runtime!r}")
-        vm_cfg = self.any_value(vm.node("configuration")) if vm.has("configuration") else b""
+        vm_cfg = self.any_value(vm.child("configuration")) if vm.has("configuration") else b""
         code = self.code(vm.node("code", required=True))
         env: dict[str, str] = {}
         ev = vm.node("environment_variables")
@@ -497,7 +501,7 @@ class _Reader:
         vm.done()
         try:
             return PluginConfig(VmConfig(code, vm_id, runtime, vm_cfg, env), name, root_id,
-                                configuration, singleton), fail_open
+                                configuration, singleton, failure_policy=FailurePolicy(policy)), fail_open
         except ConfigError as e:
             raise BootstrapError(vm.path, str(e)) from None
 
@@ -522,6 +526,7 @@ class _Reader:
         keys = [k for k in ("inline_string", "inline_bytes", "filename") if n.has(k)]
         if len(keys) != 1:
             raise BootstrapError(n.path, "needs one of inline_string, inline_bytes, filename")
+        out: bytes
         if n.has("inline_string"):
             out = n.get("inline_string", kind=str).encode()
         elif n.has("inline_bytes"):
@@ -544,6 +549,7 @@ class _Reader:
         bytes of a StringValue/BytesValue; a Struct as its JSON text (what Envoy hands over)."""
         url = n.need("@type", str)
         name = url[len(TYPE_PREFIX):] if url.startswith(TYPE_PREFIX) else url
+        out: bytes
         if name == STRING_VALUE:
             out = n.get("value", "", str).encode()
         elif name == BYTES_VALUE:
@@ -564,14 +570,14 @@ class _Reader:
         return out
 
     # -- clusters
-    def cluster(self, n: Node) -> tuple[Cluster, dict]:
+    def cluster(self, n: Node) -> tuple[Cluster, dict[str, Any]]:
         name = n.need("name", str)
         kind = n.enum("type", ("STATIC", "STRICT_DNS", "LOGICAL_DNS"), "STATIC")
         n.enum("lb_policy", ("ROUND_ROBIN",), "ROUND_ROBIN")
         n.enum("dns_lookup_family", ("AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"), "AUTO")
-        connect_timeout = n.duration("connect_timeout", 5.0)
+        connect_timeout = n.duration("connect_timeout", 5.0) or 0.0  # 0: refused by Cluster
         meta_node = n.node("metadata")
-        meta: dict = {}
+        meta: dict[str, Any] = {}
         if meta_node is not None:
             meta = meta_node.get("filter_metadata", {}, dict)
             meta_node.done()
@@ -643,7 +649,7 @@ class _Reader:
             vc = ctx.node("validation_context")
             if vc is not None:
                 if vc.has("trusted_ca"):
-                    ca = self.path_source(vc.node("trusted_ca"))
+                    ca = self.path_source(vc.child("trusted_ca"))
                 vc.done()
             else:
                 verify = False  # Envoy verifies nothing without a validation context

@@ -16,7 +16,7 @@ import collections
 import logging
 import struct
 from itertools import chain
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping, cast
 
 from .. import properties as props
 from .._binding import lib
@@ -29,8 +29,8 @@ from ..errors import VmFailedError
 log = logging.getLogger("pyproxywasm.serve")
 
 Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict]]
-Send = Callable[[dict], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
@@ -42,7 +42,7 @@ class LoopDispatch:
     def __init__(self, dispatcher: Dispatcher, loop: asyncio.AbstractEventLoop) -> None:
         self.dispatcher = dispatcher
         self.loop = loop
-        self._waiters: list[asyncio.Future] = []
+        self._waiters: list[asyncio.Future[Any]] = []
         self._timer: asyncio.TimerHandle | None = None
         loop.add_reader(dispatcher.fileno(), self._run)
         self._run()
@@ -62,7 +62,7 @@ class LoopDispatch:
                 if not w.done():
                     w.set_result(None)
 
-    def changed(self) -> asyncio.Future:
+    def changed(self) -> asyncio.Future[Any]:
         fut = self.loop.create_future()
         self._waiters.append(fut)
         return fut
@@ -111,7 +111,7 @@ _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 
 
-def _set_properties(s: HttpStream, scope: Scope, extra: dict | None) -> None:
+def _set_properties(s: HttpStream, scope: Scope, extra: dict[str, Any] | None) -> None:
     """Envoy's connection attributes for the stream, encoded here: this runs per request."""
     vm, cid, setp = s._vm, s.context_id, lib.pw_set_host_property
     v = b"HTTP/" + scope.get("http_version", "1.1").encode()
@@ -124,7 +124,7 @@ def _set_properties(s: HttpStream, scope: Scope, extra: dict | None) -> None:
             v = _U64.pack(port)
             setp(vm, cid, port_path, len(port_path), v, len(v))
     if extra:
-        for path, value in props.flatten(extra):
+        for path, value in props.flatten(cast("Mapping[Any, Any]", extra)):
             setp(vm, cid, path, len(path), value, len(value))
 
 
@@ -140,19 +140,20 @@ class _Inbox:
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
-        self._task: asyncio.Future | None = None
-        self._stash: collections.deque = collections.deque()
+        self._task: asyncio.Future[Any] | None = None
+        self._stash: collections.deque[dict[str, Any]] = collections.deque()
         self._more = False
 
-    async def get(self) -> dict:
+    async def get(self) -> dict[str, Any]:
         if self._stash:
             return self._stash.popleft()
         if self._task is not None:
             task, self._task = self._task, None
-            return await task
+            msg: dict[str, Any] = await task
+            return msg
         return await self._receive()
 
-    def watch(self) -> asyncio.Future | None:
+    def watch(self) -> asyncio.Future[Any] | None:
         """A pending receive to wait on (None when it is better not to read on)."""
         t = self._task
         if t is not None and t.done() and not self.disconnected():
@@ -187,7 +188,7 @@ class WasmFilter:
 
     def __init__(self, app: ASGIApp, plugin: Plugin, fail_open: bool,
                  dispatch: Callable[[], LoopDispatch],
-                 route_properties: Callable[[Scope], dict] | None = None) -> None:
+                 route_properties: Callable[[Scope], dict[str, Any]] | None = None) -> None:
         self.app = app
         self.plugin = plugin
         self.fail_open = fail_open
@@ -229,7 +230,7 @@ class WasmFilter:
                 await changed
             else:
                 await asyncio.wait((changed, watch), return_when=asyncio.FIRST_COMPLETED)
-                if watch.done() and inbox.disconnected():
+                if watch.done() and inbox is not None and inbox.disconnected():
                     raise _ClientGone()
             s.refresh()
 
@@ -267,7 +268,7 @@ class WasmFilter:
             sc["headers"] = rest
         req_done = end
 
-        async def recv() -> dict:
+        async def recv() -> dict[str, Any]:
             nonlocal req_done
             while True:
                 if req_done:
@@ -289,7 +290,7 @@ class WasmFilter:
                     return {"type": "http.request", "body": out, "more_body": more}
 
         started = False
-        pending: dict | None = None
+        pending: dict[str, Any] | None = None
 
         async def out_body(body: bytes, more: bool, changed: bool) -> None:
             nonlocal started
@@ -301,7 +302,7 @@ class WasmFilter:
                 started = True
             await send({"type": "http.response.body", "body": body, "more_body": more})
 
-        async def snd(msg: dict) -> None:
+        async def snd(msg: dict[str, Any]) -> None:
             nonlocal pending
             t = msg["type"]
             if t == "http.response.start":
@@ -356,7 +357,7 @@ def _ended(s: HttpStream) -> bool:
 _END_BITS = lib.PW_S_LOCAL_REPLY | lib.PW_S_RESET | lib.PW_S_FAILED
 
 
-def _start(s: HttpStream, length: int | None = None) -> dict:
+def _start(s: HttpStream, length: int | None = None) -> dict[str, Any]:
     """The response start from the headers as the plugin left them. length: None keeps
     content-length; -1 drops it (the plugin changed a body whose end is not known yet:
     the body goes chunked); n sets it (the whole body is known)."""
@@ -401,7 +402,7 @@ async def _plain(send: Send, status: int, body: bytes) -> None:
 
 
 def wrap(app: ASGIApp, filters: list[tuple[Plugin, bool]], dispatch: Callable[[], LoopDispatch],
-         route_properties: Callable[[Scope], dict] | None = None) -> ASGIApp:
+         route_properties: Callable[[Scope], dict[str, Any]] | None = None) -> ASGIApp:
     """`app` behind the filters, the first one outermost (it sees the request first).
     route_properties(scope): the attributes of the route the request matches (Envoy's
     route_name, route_metadata, cluster_name, cluster_metadata)."""

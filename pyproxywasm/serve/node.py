@@ -8,7 +8,7 @@ is silently ignored.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, overload
 
 from ..errors import ConfigError
 
@@ -32,7 +32,7 @@ class Node:
     def __init__(self, data: Any, path: str) -> None:
         if not isinstance(data, dict):
             raise BootstrapError(path, f"expected a mapping, got {_kind(data)}")
-        self.data = data
+        self.data: dict[str, Any] = data
         self.path = path
         self._seen: set[str] = set()
 
@@ -61,9 +61,19 @@ class Node:
             raise BootstrapError(self.at(key), "is required")
         return value
 
+    @overload
+    def node(self, key: str, required: Literal[True]) -> "Node": ...
+
+    @overload
+    def node(self, key: str, required: bool = False) -> "Node | None": ...
+
     def node(self, key: str, required: bool = False) -> "Node | None":
         value = self.need(key) if required else self.get(key)
         return None if value is None else Node(value, self.at(key))
+
+    def child(self, key: str) -> "Node":
+        """A mapping field known to be there (after has())."""
+        return Node(self.need(key), self.at(key))
 
     def nodes(self, key: str) -> Iterator["Node"]:
         """The mappings of a list field, each with its index in its path."""
@@ -71,7 +81,7 @@ class Node:
             yield Node(item, f"{self.at(key)}[{i}]")
 
     def items(self, key: str, kind: type | tuple[type, ...] = str) -> list[Any]:
-        values = self.get(key, [], list)
+        values: list[Any] = self.get(key, [], list)
         for i, v in enumerate(values):
             if not isinstance(v, kind) or isinstance(v, bool):
                 raise BootstrapError(f"{self.at(key)}[{i}]", f"expected {_names(kind)}, got {_kind(v)}")
@@ -88,7 +98,7 @@ class Node:
             nanos = n.get("nanos", 0, int)
             n.done()
             try:
-                return int(secs) + nanos / 1e9
+                return float(int(secs) + nanos / 1e9)
             except ValueError:
                 raise BootstrapError(self.at(key), f"bad duration seconds {secs!r}") from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -100,7 +110,7 @@ class Node:
 
     def enum(self, key: str, choices: tuple[str, ...], default: str) -> str:
         """An enum field; Envoy's YAML loader takes any case ("strict_dns")."""
-        value = self.get(key, default, str)
+        value: str = self.get(key, default, str)
         up = value.upper()
         if up not in choices:
             raise BootstrapError(self.at(key), f"unsupported value {value!r} (supported: {', '.join(choices)})")

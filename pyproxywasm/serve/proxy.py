@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 from .. import properties as props
 from ..net.cluster import Cluster
@@ -24,7 +24,7 @@ RESET = b"upstream connect error or disconnect/reset before headers. reset reaso
 TIMEOUT = b"upstream request timeout"
 
 
-async def reply(send: Send, status: int, body: bytes = b"", headers: list | None = None) -> None:
+async def reply(send: Send, status: int, body: bytes = b"", headers: list[Any] | None = None) -> None:
     h = list(headers or [])
     if body and not any(k == b"content-type" for k, _ in h):
         h.append((b"content-type", b"text/plain"))
@@ -37,7 +37,7 @@ class ProxyApp:
     """One HTTP listener's routes, forwarding through `upstream` to `clusters`."""
 
     def __init__(self, listener: HttpListener, clusters: Mapping[str, Cluster], upstream: Upstream,
-                 metadata: Mapping[str, dict] | None = None) -> None:
+                 metadata: Mapping[str, dict[str, Any]] | None = None) -> None:
         self.router = Router(listener.virtual_hosts)
         self.clusters = clusters
         self.upstream = upstream
@@ -67,12 +67,12 @@ class ProxyApp:
         headers[":authority"] = [authority]
         return self.router.route(authority, path, headers), authority, path
 
-    def route_properties(self, scope: Scope) -> dict:
+    def route_properties(self, scope: Scope) -> dict[str, Any]:
         """What a filter may ask about the route this request takes, as Envoy's attributes."""
         route = self.match(scope)[0]
         if route is None:
             return {}
-        out: dict = {}
+        out: dict[str, Any] = {}
         if route.name:
             out["route_name"] = route.name
         if route.metadata:
@@ -103,6 +103,7 @@ class ProxyApp:
     async def _forward(self, route: Route, scope: Scope, path: str, authority: str,
                        receive: Receive, send: Send) -> None:
         action = route.action
+        assert action is not None  # a route without a direct_response has one
         cluster = self.clusters[action.cluster]
         m = route.match
         if action.prefix_rewrite is not None:
@@ -178,10 +179,10 @@ def upstream_failure(e: BaseException) -> tuple[int, bytes]:
     raise e
 
 
-def tree_properties(prefix: tuple[str, ...], tree: Mapping) -> dict:
+def tree_properties(prefix: tuple[str, ...], tree: Mapping[str, Any]) -> dict[Any, Any]:
     """Properties for every node of a metadata tree, by segment tuples (filter names hold
     dots, so dotted paths would split them); maps are stored encoded, whole."""
-    out: dict = {prefix: props.encode_value(tree)}
+    out: dict[Any, Any] = {prefix: props.encode_value(tree)}
     for k, v in tree.items():
         path = prefix + (str(k),)
         if isinstance(v, Mapping):

@@ -55,7 +55,7 @@ class Router:
             elif m.path is not None:
                 ok = bare == m.path if m.case_sensitive else bare.lower() == m.path.lower()
             else:
-                ok = m.regex.fullmatch(bare) is not None
+                ok = m.regex is not None and m.regex.fullmatch(bare) is not None
             if ok and all(h.matches(headers.get(h.name, [])) for h in m.headers):
                 return r
         return None

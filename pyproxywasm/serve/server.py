@@ -15,6 +15,7 @@ then tcp_proxy.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import socket
@@ -33,7 +34,7 @@ from .config import Bootstrap, HttpListener, TcpListener
 from .filters import LoopDispatch, wrap
 from .proxy import ProxyApp
 from .tcp_proxy import TcpProxy
-from .upstream import ByCluster, Http1Client
+from .upstream import ByCluster, Http1Client, Upstream
 
 log = logging.getLogger("pyproxywasm.serve")
 
@@ -50,13 +51,14 @@ except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
 class _Uvicorn(uvicorn.Server):
     """uvicorn without its signal handlers: the process's signals are the Server's."""
 
-    def capture_signals(self):  # type: ignore[override]
+    def capture_signals(self) -> Any:
         import contextlib
         return contextlib.nullcontext()
 
 
 # The foreign functions Envoy registers for every Wasm plugin (zlib's format both ways).
-BUILTIN_FOREIGN_FUNCTIONS = {"compress": zlib.compress, "uncompress": zlib.decompress}
+BUILTIN_FOREIGN_FUNCTIONS: dict[str, Callable[[bytes], bytes | None]] = {
+    "compress": zlib.compress, "uncompress": zlib.decompress}
 
 
 def _socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -115,6 +117,10 @@ class _Thread:
     async def _run(self) -> None:
         self.stop = asyncio.Event()
         await self.target(self)
+
+    async def stopped(self) -> None:
+        assert self.stop is not None  # made by _run before the target runs
+        await self.stop.wait()
 
     def request_stop(self) -> None:
         if self.loop is not None and self.stop is not None and not self.loop.is_closed():
@@ -181,7 +187,7 @@ class Server:
         try:
             self._main.start()
             for i in range(self.concurrency):
-                w = _Thread(f"pyproxywasm-worker-{i}", lambda t, i=i: self._worker(t, i))
+                w = _Thread(f"pyproxywasm-worker-{i}", functools.partial(self._worker, index=i))
                 w.start()
                 self._workers.append(w)
         except BaseException:
@@ -194,19 +200,20 @@ class Server:
         for socks in self._sockets:
             for s in socks:
                 s.close()
-        if getattr(self, "_admin_sock", None) is not None:
-            self._admin_sock.close()
+        admin_sock = getattr(self, "_admin_sock", None)
+        if admin_sock is not None:
+            admin_sock.close()
 
     async def _main_thread(self, t: _Thread) -> None:
         b = self.bootstrap
         # The clusters are also what plugins may call (proxy_http_call, proxy_grpc_*).
-        self.host = Host(b.plugins, cache_dir=self.cache_dir, clusters=b.clusters.values(),
-                         foreign_functions=BUILTIN_FOREIGN_FUNCTIONS)
+        host = self.host = Host(b.plugins, cache_dir=self.cache_dir, clusters=b.clusters.values(),
+                                foreign_functions=BUILTIN_FOREIGN_FUNCTIONS)
         try:
             for lst in b.listeners:
-                self._filters.append([(next(p for p in self.host.plugins if p.config == f.plugin), f.fail_open)
+                self._filters.append([(next(p for p in host.plugins if p.config == f.plugin), f.fail_open)
                                       for f in lst.filters])
-            d = LoopDispatch(self.host.dispatcher, t.loop)
+            d = LoopDispatch(host.dispatcher, asyncio.get_running_loop())
             admin = None
             if self._admin_sock is not None:
                 admin = _uvicorn(AdminApp(b.stats_tags, lambda: self._ready))
@@ -216,20 +223,21 @@ class Server:
                 if admin_task.done():
                     admin_task.result()
             t.ready.set()
-            await t.stop.wait()
+            await t.stopped()
             if admin is not None:
                 admin.should_exit = True
                 await admin_task
             d.close()
         finally:
-            self.host.close()
+            host.close()
 
     async def _worker(self, t: _Thread, index: int) -> None:
         host = self.host
-        d = LoopDispatch(host.dispatcher, t.loop)  # this thread's VMs start here
+        assert host is not None  # the main thread made it before any worker starts
+        d = LoopDispatch(host.dispatcher, asyncio.get_running_loop())  # this thread's VMs start here
         upstream = self._upstream()
         servers: list[_Uvicorn] = []
-        tasks: list[asyncio.Future] = []
+        tasks: list[asyncio.Future[Any]] = []
         tcp_servers: list[asyncio.AbstractServer] = []
         tcp_handlers: list[TcpProxy] = []
         try:
@@ -253,7 +261,7 @@ class Server:
                         task.result()  # a server that failed to start
                 await asyncio.sleep(0.005)
             t.ready.set()
-            await t.stop.wait()
+            await t.stopped()
         finally:
             for srv in servers:
                 srv.should_exit = True
@@ -270,7 +278,7 @@ class Server:
             d.close()
             host.release_thread()
 
-    def _upstream(self):
+    def _upstream(self) -> Upstream:
         """This worker's client to the clusters, on its own loop."""
         if self.client == "httptools":
             return Http1Client()
@@ -313,5 +321,5 @@ class Server:
     def __enter__(self) -> "Server":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from .. import properties as props
 from .._binding import lib
@@ -32,16 +32,17 @@ class TcpProxy:
     """The connection handler of one TCP listener (one per worker thread)."""
 
     def __init__(self, filters: Sequence[tuple[Plugin, bool]], cluster: Cluster,
-                 metadata: dict, dispatch: Callable[[], LoopDispatch]) -> None:
+                 metadata: dict[str, Any], dispatch: Callable[[], LoopDispatch]) -> None:
         self.filters = list(filters)
         self.cluster = cluster
         self.metadata = metadata
         self._dispatch = dispatch
         self._rr = itertools.cycle(cluster.addresses)
-        self.connections: set[asyncio.Task] = set()
+        self.connections: set[asyncio.Task[Any]] = set()
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        assert task is not None  # asyncio runs the handler as a task
         self.connections.add(task)
         try:
             await self._serve(reader, writer)

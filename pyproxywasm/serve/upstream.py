@@ -16,7 +16,7 @@ import asyncio
 import collections
 import itertools
 import ssl
-from typing import AsyncIterator, Protocol, Sequence
+from typing import Any, AsyncIterable, AsyncIterator, Protocol, Sequence, cast
 
 import httptools
 
@@ -38,13 +38,13 @@ class StreamingResponse(Protocol):
     headers: list[Header]
 
     def chunks(self) -> AsyncIterator[bytes]: ...
-    def trailers(self) -> list[Header]: ...
-    def release(self) -> None: ...
+    def trailers(self) -> Any: ...  # a list, or (net's) a coroutine of one
+    def release(self) -> Any: ...  # None, or (net's) a coroutine
 
 
 class Upstream(Protocol):
     async def open(self, cluster: Cluster, headers: Sequence[Header],
-                   body: bytes | AsyncIterator[bytes], timeout: float | None) -> StreamingResponse: ...
+                   body: bytes | AsyncIterable[bytes], timeout: float | None) -> StreamingResponse: ...
     async def close(self) -> None: ...
 
 
@@ -59,7 +59,7 @@ class _Response:
         self.status = 0
         self.headers: list[Header] = []
         self._trailers: list[Header] = []
-        self._chunks: asyncio.Queue = asyncio.Queue()
+        self._chunks: asyncio.Queue[Any] = asyncio.Queue()
         self._headers_done = asyncio.get_running_loop().create_future()
         self.complete = False
         self._released = False
@@ -127,27 +127,28 @@ class _Conn(asyncio.Protocol):
         self._can_write.set()
 
     # protocol
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self.response is None:  # bytes on an idle connection: it cannot be reused
             self.closed = True
-            self.transport.abort()
+            if self.transport is not None:
+                self.transport.abort()
             return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
             self._abort(UpstreamResetError(f"bad response from upstream: {e}"))
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         try:
             self.parser.feed_data(b"")  # a response delimited by close ends here
         except httptools.HttpParserError:
             pass
         return False
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._can_write.set()
         r = self.response
@@ -167,21 +168,25 @@ class _Conn(asyncio.Protocol):
             self.transport.abort()
 
     # parser callbacks go to the current response
-    def on_header(self, name, value):
-        self.response.on_header(name, value)
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.response is not None:
+            self.response.on_header(name, value)
 
-    def on_headers_complete(self):
+    def on_headers_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()
-        self.response.on_headers_complete()
+        if self.response is not None:
+            self.response.on_headers_complete()
 
-    def on_body(self, data):
-        self.response.on_body(data)
+    def on_body(self, data: bytes) -> None:
+        if self.response is not None:
+            self.response.on_body(data)
 
-    def on_message_complete(self):
-        self.response.on_message_complete()
+    def on_message_complete(self) -> None:
+        if self.response is not None:
+            self.response.on_message_complete()
 
     async def write(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or self.transport is None:
             raise UpstreamResetError("upstream connection closed")
         self.transport.write(data)
         if not self._can_write.is_set():
@@ -217,10 +222,10 @@ class _Pool:
             if t.cert_file:
                 ctx.load_cert_chain(t.cert_file, t.key_file)
             ctx.set_alpn_protocols(list(t.alpn) or ["http/1.1"])
+        sni = (self.cluster.tls.sni or self.host) if ctx is not None and self.cluster.tls else None
         try:
             _, conn = await asyncio.wait_for(loop.create_connection(
-                lambda: _Conn(self), self.host, self.port, ssl=ctx,
-                server_hostname=(self.cluster.tls.sni or self.host) if ctx else None),
+                lambda: _Conn(self), self.host, self.port, ssl=ctx, server_hostname=sni),
                 self.cluster.connect_timeout)
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
             raise UpstreamConnectError(f"{self.cluster.name}: cannot connect to {self.host}:{self.port}: {e or 'timeout'}") from None
@@ -232,7 +237,7 @@ class Http1Client:
 
     def __init__(self) -> None:
         self._pools: dict[tuple[str, str, int], _Pool] = {}
-        self._rr: dict[str, itertools.cycle] = {}
+        self._rr: dict[str, itertools.cycle[tuple[str, int]]] = {}
 
     def _pool(self, cluster: Cluster) -> _Pool:
         rr = self._rr.get(cluster.name)
@@ -246,7 +251,7 @@ class Http1Client:
         return pool
 
     async def open(self, cluster: Cluster, headers: Sequence[Header],
-                   body: bytes | AsyncIterator[bytes], timeout: float | None) -> _Response:
+                   body: bytes | AsyncIterable[bytes], timeout: float | None) -> _Response:
         """Sends the request and returns once the response headers arrived (or raises)."""
         method = path = authority = b""
         length: bytes | None = None
@@ -265,15 +270,17 @@ class Http1Client:
             if k == b"content-length":
                 length = v
             lines.append(k + b": " + v)
-        streaming = not isinstance(body, (bytes, bytearray))
+        data = bytes(body) if isinstance(body, (bytes, bytearray)) else None
+        chunks = body if not isinstance(body, (bytes, bytearray)) else None
+        streaming = chunks is not None
         # A streamed body keeps the content-length it came with (as Envoy's HTTP/1 codec
         # does: a filter that changes the size removes it), else it goes chunked.
         chunked = streaming and length is None
         if chunked:
             lines.append(b"transfer-encoding: chunked")
-        elif not streaming and (body or method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS")):
+        elif not streaming and (data or method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS")):
             lines = [ln for ln in lines if not ln.startswith(b"content-length:")]
-            lines.append(b"content-length: " + str(len(body)).encode())
+            lines.append(b"content-length: " + str(len(data or b"")).encode())
         head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n" % (
             method or b"GET", path or b"/", authority, b"".join(ln + b"\r\n" for ln in lines))
 
@@ -282,15 +289,15 @@ class Http1Client:
             conn = await pool.get()
             resp = conn.response = _Response(conn)
             try:
-                if streaming:
+                if chunks is not None:
                     await conn.write(head)
-                    async for chunk in body:
+                    async for chunk in chunks:
                         if chunk:
                             await conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
                     if chunked:
                         await conn.write(b"0\r\n\r\n")
                 else:
-                    await conn.write(head + bytes(body))
+                    await conn.write(head + (data or b""))
                 await resp._headers_done
             except BaseException:
                 resp.release()
@@ -321,10 +328,10 @@ class ByCluster:
     def __init__(self, plain: Upstream, rich: Upstream) -> None:
         self.plain, self.rich = plain, rich
 
-    def open(self, cluster: Cluster, headers: Sequence[Header], body: bytes | AsyncIterator[bytes],
-             timeout: float | None):
+    async def open(self, cluster: Cluster, headers: Sequence[Header], body: bytes | AsyncIterable[bytes],
+                   timeout: float | None) -> StreamingResponse:
         client = self.rich if cluster.http2 or cluster.tls is not None else self.plain
-        return client.open(cluster, headers, body, timeout)
+        return await client.open(cluster, headers, body, timeout)
 
     async def close(self) -> None:
         await self.plain.close()

@@ -351,10 +351,46 @@ static void event(run *r, uint8_t ev) {
         if (pw_get_property(r->vm, ctx, path, pl, &o, &ol) == 0 && ol) sink ^= o[ol - 1];
         break;
     }
-    case 15: { /* limits and levels the embedding may change at any time */
-        uint8_t f = next(r);
-        if (f & 1) pw_vm_set_buffer_limit(r->vm, (size_t)next(r) * 16);
-        else pw_root_set_log_level(r->vm, r->roots[next(r) % 4], next(r) % 7);
+    case 15: { /* what else the embedding may do at any time */
+        uint8_t f = next(r), key[16], val[32];
+        size_t kl = next(r) % sizeof key, vl = next(r) % sizeof val;
+        take(r, key, kl);
+        take(r, val, vl);
+        switch (f % 6) {
+        case 0: pw_vm_set_buffer_limit(r->vm, (size_t)val[0] * 16); break;
+        case 1: pw_root_set_log_level(r->vm, r->roots[key[0] % 4], val[0] % 7); break;
+        case 2: { /* shared data, as Python reads and writes it */
+            uint8_t *o = NULL;
+            size_t ol = 0;
+            uint32_t cas = 0;
+            pw_shared_set((const uint8_t *)"fuzz", 4, key, kl, val, vl, f >> 3);
+            if (pw_shared_get((const uint8_t *)"fuzz", 4, key, kl, &o, &ol, &cas) == 0 && ol)
+                sink ^= o[ol - 1];
+            pw_bytes_free(o);
+            break;
+        }
+        case 3: { /* a queue the guest registered, fed from outside */
+            uint32_t q = f >> 3;
+            if (pw_queue_resolve((const uint8_t *)"fuzz", 4, key, kl, &q) == 0) sink ^= (uint8_t)q;
+            pw_queue_enqueue(q, val, vl);
+            pw_queue_size(q);
+            break;
+        }
+        case 4: {
+            int kind;
+            int64_t v;
+            uint64_t sum;
+            pw_metric_get(key, kl, &kind, &v, &sum);
+            break;
+        }
+        case 5: {
+            uint8_t *o = NULL;
+            size_t ol = 0;
+            if (pw_metrics_dump(&o, &ol) == PW_OK && ol) sink ^= o[ol - 1];
+            pw_bytes_free(o);
+            break;
+        }
+        }
         pw_root_tick_period(r->vm, r->roots[f % 4]);
         pw_context_alive(r->vm, (uint32_t)next(r));
         break;

@@ -52,5 +52,10 @@ def pytest_terminal_summary(terminalreporter):
         tw.line(f"VM clone (Go SDK filter, Go runtime init): {r['clone_go_httpfilter'] * 1e6:8.1f} us")
     if "compile_first" in r and "compile_cached" in r:
         tw.line(f"module start, first vs cached: {r['compile_first'] * 1e3:.1f} ms vs {r['compile_cached'] * 1e3:.1f} ms = {r['compile_first'] / r['compile_cached']:.0f}x  (target >= 10)")
+    if "callout_direct" in r and "callout_host" in r:
+        tw.line(f"http_call round trip: direct {r['callout_direct'] * 1e6:.0f} us, through the host "
+                f"{r['callout_host'] * 1e6:.0f} us = {r['callout_host'] / r['callout_direct']:.2f}x  (target <= 1.3)")
+    if "callouts_per_s" in r:
+        tw.line(f"callouts/s, 2 workers, 1,000 in flight:  {r['callouts_per_s']:8.0f}")
     if "go_lifecycle" in r:
         tw.line(f"Go SDK filter ('headers'), lifecycle:     {r['go_lifecycle'] * 1e6:8.2f} us")

@@ -150,6 +150,7 @@ static void ctx_free(pw_vm *vm, pw_ctx *c) {
         buf_free(&c->r->name);
         buf_free(&c->r->root_id);
         buf_free(&c->r->config);
+        buf_free(&c->r->status_msg);
         free(c->r);
     }
     if (c->h) {
@@ -170,6 +171,8 @@ void ctx_delete(pw_vm *vm, pw_ctx *c) {
     /* A callback still running against this context falls back to the current one. */
     if (vm->eff == c) vm->eff = vm->cur;
     table_del(&vm->ctxs, id);
+    /* A deleted root's calls are cancelled: no answer reaches a context that is gone. */
+    if (c->kind == CTX_ROOT) callout_cancel_root(vm, id);
     /* Streams of a deleted root keep a dangling pointer otherwise: detach them. */
     if (c->kind == CTX_ROOT)
         for (size_t i = 0; i < vm->ctxs.cap; i++)

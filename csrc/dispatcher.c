@@ -1,9 +1,9 @@
-/* Dispatchers: how events reach a VM's own thread (ABI.md §9.2, DESIGN §3).
+/* Dispatchers: how events reach a VM's own thread (ABI.md §9.2, §9.5, DESIGN §3).
  *
  * Each thread that owns VMs has one dispatcher: a lock-free inbox any thread posts to and
  * an eventfd the owner waits on (select/poll, or an asyncio loop's add_reader). Running it
- * on the owner thread delivers queue notifications (one on_queue_ready per enqueue) and
- * the ticks that are due, never inside another callback. */
+ * on the owner thread delivers queue notifications (one on_queue_ready per enqueue), the
+ * answers to outbound calls, and the ticks that are due, never inside another callback. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,11 +12,21 @@
 
 #include "internal.h"
 
+enum { NOTICE_QUEUE, NOTICE_CALL };
+
 typedef struct notice_node {
     mpsc_node node;
     uint64_t vm_key;
-    uint32_t root, queue;
+    int kind;
+    uint32_t root, queue; /* NOTICE_QUEUE */
+    pw_call_event ev;     /* NOTICE_CALL; its bytes follow in data */
+    uint8_t data[];
 } notice_node;
+
+static void push(pw_dispatcher *d, notice_node *n) {
+    mpsc_push(&d->inbox, &n->node);
+    pw_dispatcher_wake(d); /* after the push is complete, so no wake-up is lost */
+}
 
 /* Dispatchers are never freed: a queue registered by one of its VMs may still name it. A
  * closed one drops what is posted to it. All dispatchers hang off `all` (for the record;
@@ -55,16 +65,64 @@ void pw_dispatcher_wake(pw_dispatcher *d) {
 
 void pw_dispatcher_set_autorun(pw_dispatcher *d, int on) { d->autorun = on != 0; }
 
+void pw_dispatcher_track_changes(pw_dispatcher *d, int on) {
+    d->track_changes = on != 0;
+    if (!on) buf_free(&d->changed);
+}
+
 int dispatcher_post(pw_dispatcher *d, uint64_t vm_key, uint32_t root, uint32_t queue) {
     if (atomic_load_explicit(&d->closed, memory_order_acquire)) return -1;
-    notice_node *n = malloc(sizeof *n);
+    notice_node *n = calloc(1, sizeof *n);
     if (!n) return -1;
     n->vm_key = vm_key;
+    n->kind = NOTICE_QUEUE;
     n->root = root;
     n->queue = queue;
-    mpsc_push(&d->inbox, &n->node);
-    pw_dispatcher_wake(d); /* after the push is complete, so no wake-up is lost */
+    push(d, n);
     return 0;
+}
+
+int pw_dispatcher_post_call(pw_dispatcher *d, uint64_t vm_key, uint32_t token, int ev,
+                            uint32_t status, const uint8_t *headers, size_t headers_len,
+                            int nheaders, const uint8_t *body, size_t body_len,
+                            const uint8_t *trailers, size_t trailers_len, int ntrailers) {
+    if (atomic_load_explicit(&d->closed, memory_order_acquire)) return -1;
+    size_t total = headers_len + body_len + trailers_len;
+    if (total < headers_len || total > SIZE_MAX - sizeof(notice_node)) return -1;
+    notice_node *n = malloc(sizeof *n + total);
+    if (!n) return -1;
+    n->vm_key = vm_key;
+    n->kind = NOTICE_CALL;
+    n->root = n->queue = 0;
+    uint8_t *p = n->data;
+    if (headers_len) memcpy(p, headers, headers_len);
+    if (body_len) memcpy(p + headers_len, body, body_len);
+    if (trailers_len) memcpy(p + headers_len + body_len, trailers, trailers_len);
+    n->ev = (pw_call_event){.token = token, .status = status, .ev = ev,
+                            .headers = p, .headers_len = headers_len, .nheaders = nheaders,
+                            .body = p + headers_len, .body_len = body_len,
+                            .trailers = p + headers_len + body_len,
+                            .trailers_len = trailers_len, .ntrailers = ntrailers};
+    push(d, n);
+    return 0;
+}
+
+/* A stream changed by an event this dispatcher delivered (vm.c, after deferred actions). */
+void dispatcher_changed(pw_dispatcher *d, uint64_t vm_key, uint32_t ctx) {
+    /* Changed by a call the embedding made (it knows), or nobody reads the list. */
+    if (!d->running || !d->track_changes) return;
+    uint8_t rec[12];
+    for (int i = 0; i < 8; i++) rec[i] = (uint8_t)(vm_key >> (8 * i));
+    for (int i = 0; i < 4; i++) rec[8 + i] = (uint8_t)(ctx >> (8 * i));
+    buf_append(&d->changed, rec, sizeof rec); /* out of memory: the embedding re-checks later */
+}
+
+int pw_dispatcher_changed(pw_dispatcher *d, uint8_t *out, size_t cap, size_t *len) {
+    size_t n = d->changed.len < cap ? d->changed.len : cap - cap % 12;
+    if (n) memcpy(out, d->changed.p, n);
+    *len = n;
+    buf_drain_front(&d->changed, n);
+    return d->changed.len != 0;
 }
 
 int dispatcher_add_vm(pw_dispatcher *d, pw_vm *vm) {
@@ -105,13 +163,17 @@ int pw_dispatcher_run(pw_dispatcher *d) {
     atomic_exchange_explicit(&d->signaled, 0, memory_order_acq_rel); /* acquires the posts */
     int calls = 0;
     mpsc_node *n;
+    d->running = 1;
     while ((n = mpsc_pop(&d->inbox))) {
         notice_node *nn = (notice_node *)n;
         pw_vm *vm = vm_by_key(d, nn->vm_key);
-        if (vm && vm_queue_ready(vm, nn->root, nn->queue)) calls++;
+        if (vm && (nn->kind == NOTICE_QUEUE ? vm_queue_ready(vm, nn->root, nn->queue)
+                                             : callout_deliver(vm, &nn->ev)))
+            calls++;
         free(nn);
     }
     for (size_t i = 0; i < d->n_vms; i++) calls += vm_run_ticks(d->vms[i]);
+    d->running = 0;
     return calls;
 }
 
@@ -133,6 +195,7 @@ void pw_dispatcher_close(pw_dispatcher *d) {
      * risk a write to a reused descriptor number. */
     if (!atomic_load_explicit(&d->named, memory_order_acquire)) close(d->efd);
     free(d->vms);
+    buf_free(&d->changed);
     d->vms = NULL;
     d->n_vms = d->cap_vms = 0;
 }

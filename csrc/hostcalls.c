@@ -170,7 +170,7 @@ static pw_buf *find_buffer(pw_vm *vm, uint32_t type, int write, int *st) {
         *st = ST_OK;
         return &vm->call_data;
     case 4: case 5:
-        return NULL; /* no outbound call is being answered */
+        return callout_buffer(vm, type, write, st);
     default:
         *st = ST_BAD_ARGUMENT;
         return NULL;
@@ -221,9 +221,17 @@ HOSTCALL(set_buffer_bytes) {
 }
 
 /* ---- header maps ------------------------------------------------------------------------ */
-/* Types 4..7 (gRPC and HTTP-call maps) exist only while their answer is delivered, which
- * no call here does yet; like an unknown type (> 7), they are BAD_ARGUMENT. */
+/* Types 4..7 (gRPC and HTTP-call maps) exist only while their answer is delivered. The
+ * AssemblyScript SDK numbers them one higher (its 4 is a map Envoy never had). */
 static pw_hmap *find_map(pw_vm *vm, uint32_t type, int write, int *st) {
+    if (vm->legacy_maps && type >= 4) {
+        if (type == 4 || type > 8) {
+            *st = ST_BAD_ARGUMENT;
+            return NULL;
+        }
+        type--;
+    }
+    if (type >= 4 && type <= 7) return callout_map(vm, type, write, st);
     return http_map(ctx_effective(vm), type, write, st);
 }
 
@@ -242,7 +250,7 @@ HOSTCALL(get_header_map_pairs) {
     BEGIN_RESTRICTED;
     int st;
     pw_hmap *m = find_map(vm, U(0), 0, &st);
-    if (!m && st == ST_BAD_ARGUMENT && U(0) > 7) RET(st);
+    if (!m && st == ST_BAD_ARGUMENT && U(0) > (vm->legacy_maps ? 8u : 7u)) RET(st);
     if (!m || m->n == 0) RET(greturn(vm, cx, NULL, 0, U(1), U(2), &trap));
     size_t n = hmap_serialized_size(m);
     uint8_t *dst = galloc(vm, cx, n, U(1), U(2), &st, &trap);
@@ -371,40 +379,87 @@ HOSTCALL(send_local_response) {
     RET(ST_OK);
 }
 
+/* The outcome of the root's last outbound call: gRPC status and message after a gRPC close,
+ * 0 after an answer, the failure's status and reason after a failed HTTP call. */
 HOSTCALL(get_status) {
     BEGIN_RESTRICTED;
-    /* No outbound call has completed on this root: status OK, no message. */
-    if (gput_u32(vm, U(0), 0)) RET(ST_INVALID_MEMORY_ACCESS);
-    RET(greturn(vm, cx, NULL, 0, U(1), U(2), &trap));
+    pw_ctx *root = root_of_eff(vm);
+    uint32_t code = root ? root->r->status_code : 0;
+    const pw_buf *msg = root ? &root->r->status_msg : NULL;
+    if (gput_u32(vm, U(0), code)) RET(ST_INVALID_MEMORY_ACCESS);
+    RET(greturn(vm, cx, msg ? msg->p : NULL, msg ? msg->len : 0, U(1), U(2), &trap));
 }
 
-/* ---- outbound calls: no upstream clusters are configured in this host yet, which Envoy
- * answers as an unknown cluster; the outbound-call work replaces these. -------------- */
+/* ---- outbound calls (semantics in callout.c) ------------------------------------- */
 HOSTCALL(http_call) {
     BEGIN_RESTRICTED;
     MEM(up, U(0), U(1));
-    (void)up;
-    if (!gmem(vm, U(9), 4)) RET(ST_INVALID_MEMORY_ACCESS);
-    RET(ST_BAD_ARGUMENT);
+    MEM(hdrs, U(2), U(3));
+    MEM(body, U(4), U(5));
+    MEM(trl, U(6), U(7));
+    if (!gmem(vm, U(9), 4)) RET(ST_INVALID_MEMORY_ACCESS); /* before the call starts */
+    RET(callout_http(vm, up, U(1), hdrs, U(3), body, U(5), trl, U(7), U(8), U(9)));
 }
 
 HOSTCALL(grpc_call) {
     BEGIN_RESTRICTED;
     MEM(up, U(0), U(1));
-    (void)up;
-    RET(ST_BAD_ARGUMENT);
+    MEM(svc, U(2), U(3));
+    MEM(meth, U(4), U(5));
+    MEM(md, U(6), U(7));
+    MEM(msg, U(8), U(9));
+    if (!gmem(vm, U(11), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    RET(callout_grpc(vm, PW_CALL_GRPC, up, U(1), svc, U(3), meth, U(5), md, U(7), msg, U(9),
+                     U(10), U(11)));
 }
 
 HOSTCALL(grpc_stream) {
     BEGIN_RESTRICTED;
     MEM(up, U(0), U(1));
-    (void)up;
-    RET(ST_BAD_ARGUMENT);
+    MEM(svc, U(2), U(3));
+    MEM(meth, U(4), U(5));
+    MEM(md, U(6), U(7));
+    if (!gmem(vm, U(8), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    RET(callout_grpc(vm, PW_CALL_GRPC_STREAM, up, U(1), svc, U(3), meth, U(5), md, U(7), NULL, 0,
+                     0, U(8)));
 }
 
-HOSTCALL(grpc_token_op) { /* grpc_send / grpc_cancel / grpc_close: no such token */
+/* The AssemblyScript SDK's shapes: no initial-metadata pair (10 and 7 parameters). */
+HOSTCALL(as_grpc_call) {
     BEGIN_RESTRICTED;
-    RET(ST_NOT_FOUND);
+    MEM(up, U(0), U(1));
+    MEM(svc, U(2), U(3));
+    MEM(meth, U(4), U(5));
+    MEM(msg, U(6), U(7));
+    if (!gmem(vm, U(9), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    RET(callout_grpc(vm, PW_CALL_GRPC, up, U(1), svc, U(3), meth, U(5), NULL, 0, msg, U(7), U(8),
+                     U(9)));
+}
+
+HOSTCALL(as_grpc_stream) {
+    BEGIN_RESTRICTED;
+    MEM(up, U(0), U(1));
+    MEM(svc, U(2), U(3));
+    MEM(meth, U(4), U(5));
+    if (!gmem(vm, U(6), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    RET(callout_grpc(vm, PW_CALL_GRPC_STREAM, up, U(1), svc, U(3), meth, U(5), NULL, 0, NULL, 0,
+                     0, U(6)));
+}
+
+HOSTCALL(grpc_send) {
+    BEGIN_RESTRICTED;
+    MEM(msg, U(1), U(2));
+    RET(callout_grpc_op(vm, U(0), PW_OP_SEND, msg, U(2), U(3) != 0));
+}
+
+HOSTCALL(grpc_cancel) {
+    BEGIN_RESTRICTED;
+    RET(callout_grpc_op(vm, U(0), PW_OP_CANCEL, NULL, 0, 0));
+}
+
+HOSTCALL(grpc_close) {
+    BEGIN_RESTRICTED;
+    RET(callout_grpc_op(vm, U(0), PW_OP_CLOSE, NULL, 0, 0));
 }
 
 /* ---- shared data and queues ----------------------------------------------------------- */
@@ -594,9 +649,9 @@ static const import_def proxy_imports[] = {
     {"proxy_http_call", "iiiiiiiiii", "i", hc_http_call},
     {"proxy_grpc_call", "iiiiiiiiiiii", "i", hc_grpc_call},
     {"proxy_grpc_stream", "iiiiiiiii", "i", hc_grpc_stream},
-    {"proxy_grpc_send", "iiii", "i", hc_grpc_token_op},
-    {"proxy_grpc_cancel", "i", "i", hc_grpc_token_op},
-    {"proxy_grpc_close", "i", "i", hc_grpc_token_op},
+    {"proxy_grpc_send", "iiii", "i", hc_grpc_send},
+    {"proxy_grpc_cancel", "i", "i", hc_grpc_cancel},
+    {"proxy_grpc_close", "i", "i", hc_grpc_close},
     {"proxy_get_shared_data", "iiiii", "i", hc_get_shared_data},
     {"proxy_set_shared_data", "iiiii", "i", hc_set_shared_data},
     {"proxy_register_shared_queue", "iii", "i", hc_register_shared_queue},
@@ -653,7 +708,21 @@ int define_imports(wasmtime_linker_t *linker, const char *module, const import_d
     return 0;
 }
 
-int hostcalls_define(wasmtime_linker_t *linker, char *err, size_t errlen) {
-    return define_imports(linker, "env", proxy_imports,
-                          sizeof proxy_imports / sizeof proxy_imports[0], err, errlen);
+/* The AssemblyScript SDK's gRPC import shapes, for modules linked with as_grpc. */
+static const import_def as_grpc_imports[] = {
+    {"proxy_grpc_call", "iiiiiiiiii", "i", hc_as_grpc_call},
+    {"proxy_grpc_stream", "iiiiiii", "i", hc_as_grpc_stream},
+};
+
+int hostcalls_define(wasmtime_linker_t *linker, int as_grpc, char *err, size_t errlen) {
+    size_t n = sizeof proxy_imports / sizeof proxy_imports[0];
+    const size_t n_as = sizeof as_grpc_imports / sizeof as_grpc_imports[0];
+    for (size_t i = 0; i < n; i++) {
+        int replaced = 0;
+        for (size_t j = 0; as_grpc && j < n_as; j++)
+            replaced |= !strcmp(proxy_imports[i].name, as_grpc_imports[j].name);
+        if (!replaced && define_imports(linker, "env", &proxy_imports[i], 1, err, errlen))
+            return -1;
+    }
+    return as_grpc ? define_imports(linker, "env", as_grpc_imports, n_as, err, errlen) : 0;
 }

@@ -93,6 +93,8 @@ typedef struct pw_root {
     uint32_t tick_period_ms;
     uint64_t next_tick_ns;
     int pending_done;
+    uint32_t status_code; /* proxy_get_status: the last outbound call's outcome */
+    pw_buf status_msg;
 } pw_root;
 
 typedef struct pw_hdir {
@@ -160,6 +162,11 @@ enum fn_id {
     FN_ON_RESPONSE_HEADERS,
     FN_ON_RESPONSE_BODY,
     FN_ON_RESPONSE_TRAILERS,
+    FN_ON_HTTP_CALL_RESPONSE,
+    FN_ON_GRPC_INITIAL,
+    FN_ON_GRPC_RECEIVE,
+    FN_ON_GRPC_TRAILING,
+    FN_ON_GRPC_CLOSE,
     FN_ON_DONE,
     FN_ON_LOG,
     FN_ON_DELETE,
@@ -187,6 +194,11 @@ enum cb_phase {
     PH_DOWN_DATA,
     PH_UP_DATA,
     PH_FOREIGN,
+    PH_HTTP_CALL,     /* proxy_on_http_call_response */
+    PH_GRPC_INITIAL,  /* proxy_on_grpc_receive_initial_metadata */
+    PH_GRPC_MESSAGE,  /* proxy_on_grpc_receive */
+    PH_GRPC_TRAILING, /* proxy_on_grpc_receive_trailing_metadata */
+    PH_GRPC_CLOSE,    /* proxy_on_grpc_close */
     PH_OTHER
 };
 
@@ -211,6 +223,9 @@ typedef struct pw_ctx_table {
 
 struct pw_dispatcher {
     int efd;
+    int running;          /* pw_dispatcher_run is delivering (owner only) */
+    int track_changes;    /* the embedding reads `changed` (owner only) */
+    pw_buf changed;       /* streams that events changed: (vm_key u64, ctx u32) records */
     _Atomic int signaled; /* the eventfd was written since the owner last ran */
     _Atomic int closed;
     _Atomic int named;    /* a queue owner refers to it: it can be posted to from anywhere */
@@ -224,17 +239,47 @@ struct pw_dispatcher {
 
 struct pw_engine {
     wasm_engine_t *engine;
-    wasmtime_linker_t *linker;
+    wasmtime_linker_t *linker[2]; /* [1]: with the AssemblyScript SDK's gRPC import shapes */
 };
 
 struct pw_module {
     pw_engine *engine;
     wasmtime_module_t *module;
     wasmtime_instance_pre_t *pre;
-    int abi, header_arity;
+    int abi, header_arity, flags;
 };
 
 struct metric;
+
+/* ---- outbound calls (callout.c) ----------------------------------------------------- */
+typedef struct pw_call {
+    uint32_t token; /* 0: free slot */
+    uint32_t root;
+    uint8_t kind, half_closed;
+} pw_call;
+
+typedef struct pw_calls {
+    pw_call *slots;
+    size_t cap, n;
+    uint32_t seq; /* token sequence (the token is seq << 2 | kind) */
+} pw_calls;
+
+/* The answer being delivered (maps 4..7, buffers 4 and 5), and scratch for requests. */
+typedef struct pw_callres {
+    pw_hmap a, b; /* headers or metadata; trailers */
+    pw_buf body;
+    pw_hmap req_headers, req_trailers;
+    pw_buf req_ser[2];
+} pw_callres;
+
+/* One answer event, as posted to a dispatcher (dispatcher.c) and delivered by callout.c. */
+typedef struct pw_call_event {
+    uint32_t token, status;
+    int ev;
+    const uint8_t *headers, *body, *trailers;
+    size_t headers_len, body_len, trailers_len;
+    int nheaders, ntrailers; /* < 0: pairs wire format; else the flat form's pair count */
+} pw_call_event;
 
 struct pw_vm {
     pw_module *mod;
@@ -247,6 +292,7 @@ struct pw_vm {
     wasmtime_func_t fn[FN_COUNT];
     uint8_t has[FN_COUNT];
     int abi, header_arity;
+    int legacy_maps; /* PW_MOD_AS_MAPS: the AssemblyScript SDK's map-type numbers */
     pthread_t owner;
 
     pw_buf vm_id, vm_config, environ;
@@ -286,6 +332,11 @@ struct pw_vm {
     struct metric **metrics; /* metric ids of this VM: id = (index << 2) | kind */
     size_t n_metrics, cap_metrics;
 
+    pw_calls calls;         /* outbound calls in flight (callout.c) */
+    pw_callres cr;
+    void *callout_handle;   /* the embedding's handle for this VM's calls; NULL: none */
+    uint32_t max_calls;
+
     pw_dispatcher *disp; /* the owner thread's dispatcher */
     struct pw_space *space; /* this vm_id's shared data (shared.c) */
     uint64_t vm_key;     /* process-unique: queue owners name their VM by it */
@@ -316,6 +367,7 @@ static inline void dispatcher_autorun(pw_dispatcher *d) {
         pw_dispatcher_run(d);
 }
 int dispatcher_add_vm(pw_dispatcher *d, pw_vm *vm);
+void dispatcher_changed(pw_dispatcher *d, uint64_t vm_key, uint32_t ctx);
 void dispatcher_remove_vm(pw_dispatcher *d, pw_vm *vm);
 
 /* context.c */
@@ -349,7 +401,7 @@ typedef struct import_def {
 } import_def;
 int define_imports(wasmtime_linker_t *linker, const char *module, const import_def *defs,
                    size_t n, char *err, size_t errlen);
-int hostcalls_define(wasmtime_linker_t *linker, char *err, size_t errlen);
+int hostcalls_define(wasmtime_linker_t *linker, int as_grpc, char *err, size_t errlen);
 /* Guest memory access; every guest pointer goes through these, bounds-checked against the
  * view taken by mem_refresh at hostcall entry and again after any call into the guest. */
 void mem_refresh(pw_vm *vm, wasmtime_context_t *cx);
@@ -360,6 +412,20 @@ int gput_u64(pw_vm *vm, uint32_t ptr, uint64_t v);
  * allocation; a trap from the allocator comes back in *trap. */
 int greturn(pw_vm *vm, wasmtime_context_t *cx, const uint8_t *d, size_t n, uint32_t ptr_ptr,
             uint32_t size_ptr, wasm_trap_t **trap);
+
+/* callout.c */
+int callout_http(pw_vm *vm, const uint8_t *up, size_t upl, const uint8_t *hp, size_t hl,
+                 const uint8_t *body, size_t bl, const uint8_t *tp, size_t tl, uint32_t timeout_ms,
+                 uint32_t token_ptr);
+int callout_grpc(pw_vm *vm, int kind, const uint8_t *up, size_t upl, const uint8_t *svc,
+                 size_t svcl, const uint8_t *meth, size_t methl, const uint8_t *md, size_t mdl,
+                 const uint8_t *msg, size_t msgl, uint32_t timeout_ms, uint32_t token_ptr);
+int callout_grpc_op(pw_vm *vm, uint32_t token, int op, const uint8_t *msg, size_t len, int end);
+pw_hmap *callout_map(pw_vm *vm, uint32_t type, int write, int *st);
+pw_buf *callout_buffer(pw_vm *vm, uint32_t type, int write, int *st);
+int callout_deliver(pw_vm *vm, const pw_call_event *ev); /* 1 if a callback was made */
+void callout_cancel_root(pw_vm *vm, uint32_t root);
+void callout_free(pw_vm *vm); /* cancels every call in flight */
 
 /* wasi.c */
 int wasi_define(wasmtime_linker_t *linker, char *err, size_t errlen);

@@ -75,6 +75,42 @@ typedef void (*pw_log_fn)(void *handle, int level, const char *msg, size_t len);
 typedef int (*pw_foreign_fn)(void *handle, const uint8_t *args, size_t len, void *result);
 void pw_set_callbacks(pw_log_fn log, pw_foreign_fn foreign);
 
+/* Outbound calls (proxy_http_call, proxy_grpc_*). The core checks a guest's call (Envoy's
+ * argument rules), gives it a token and hands it to the embedding through the callout
+ * callback, on the VM's thread, with the guest suspended: it answers OK (the call is in
+ * flight) or a status (e.g. BAD_ARGUMENT for an unknown cluster). Pointers in the call are
+ * valid only during the callback. Answers come back later, from any thread, with
+ * pw_dispatcher_post_call on the dispatcher of the VM's thread; they are delivered there to
+ * the root context that made the call. The op callback tells the embedding of a gRPC
+ * message or half-close to send, or that a call is cancelled (proxy_grpc_cancel, its root
+ * context deleted, its VM freed): it must then deliver nothing more for that token. */
+#define PW_CALL_HTTP 0
+#define PW_CALL_GRPC 1        /* unary */
+#define PW_CALL_GRPC_STREAM 2
+typedef struct pw_callout {
+    int kind;
+    uint32_t root, token, timeout_ms; /* timeout 0: none */
+    const uint8_t *upstream;
+    size_t upstream_len;
+    const uint8_t *headers;  /* pairs wire format, keys lowercased (HTTP headers, gRPC metadata) */
+    size_t headers_len;
+    const uint8_t *body;     /* HTTP body, gRPC message */
+    size_t body_len;
+    const uint8_t *trailers; /* pairs wire format (HTTP only) */
+    size_t trailers_len;
+    const uint8_t *service;  /* gRPC only */
+    size_t service_len;
+    const uint8_t *method;
+    size_t method_len;
+} pw_callout;
+#define PW_OP_CANCEL 0
+#define PW_OP_SEND 1   /* a gRPC stream message (end_stream: half-close after it) */
+#define PW_OP_CLOSE 2  /* a gRPC stream's local half-close */
+typedef int (*pw_callout_fn)(void *handle, const pw_callout *call);
+typedef void (*pw_callop_fn)(void *handle, uint32_t token, int op, const uint8_t *data,
+                             size_t len, int end_stream);
+void pw_set_callout_callbacks(pw_callout_fn start, pw_callop_fn op);
+
 /* Result sink for foreign functions: copies the bytes the Python side produced. */
 int pw_result_set(void *result, const uint8_t *data, size_t len);
 
@@ -85,11 +121,16 @@ pw_engine *pw_engine_new(char *err, size_t errlen);
 void pw_engine_free(pw_engine *e);
 
 /* Compile (or deserialize a cached compile of) a module. The exports it calls were
- * validated by the Python loader; header_arity is 2 (ABI 0.1.0 builds) or 3. */
+ * validated by the Python loader; header_arity is 2 (ABI 0.1.0 builds) or 3. flags adapt
+ * the AssemblyScript SDK: its gRPC import shapes (proxy_grpc_call with 10 parameters,
+ * proxy_grpc_stream with 7) and its map-type numbers (gRPC metadata 5/6, HTTP-call
+ * response headers/trailers 7/8). */
+#define PW_MOD_AS_GRPC 1
+#define PW_MOD_AS_MAPS 2
 pw_module *pw_module_new(pw_engine *e, const uint8_t *wasm, size_t len, int abi,
-                         int header_arity, char *err, size_t errlen);
+                         int header_arity, int flags, char *err, size_t errlen);
 pw_module *pw_module_deserialize(pw_engine *e, const uint8_t *bytes, size_t len, int abi,
-                                 int header_arity, char *err, size_t errlen);
+                                 int header_arity, int flags, char *err, size_t errlen);
 int pw_module_serialize(pw_module *m, uint8_t **out, size_t *len);
 void pw_bytes_free(uint8_t *p);
 void pw_module_free(pw_module *m);
@@ -106,6 +147,25 @@ uint64_t pw_dispatcher_next_tick_in(pw_dispatcher *d);
 /* For a thread that never waits on the fd (a WSGI worker, say): pending notifications and
  * due ticks are then delivered when a stream starts on one of its VMs. */
 void pw_dispatcher_set_autorun(pw_dispatcher *d, int on);
+/* Answer events for outbound calls, from any thread. headers/trailers come as in
+ * pw_http_headers (n < 0: pairs wire format; else n flat pairs); status and body carry
+ * proxy_get_status's code and message for failures and gRPC closes. Returns -1 when the
+ * dispatcher is closed (the event is dropped). */
+#define PW_EV_HTTP_RESPONSE 1
+#define PW_EV_HTTP_FAILURE 2  /* the callback gets 0 headers, 0 body, 0 trailers */
+#define PW_EV_GRPC_INITIAL 3  /* headers: initial metadata (streams only) */
+#define PW_EV_GRPC_MESSAGE 4  /* body: one message; ends a unary call */
+#define PW_EV_GRPC_TRAILING 5 /* headers: trailing metadata (streams only) */
+#define PW_EV_GRPC_CLOSE 6    /* status: gRPC status; body: its message; ends the call */
+int pw_dispatcher_post_call(pw_dispatcher *d, uint64_t vm_key, uint32_t token, int ev,
+                            uint32_t status, const uint8_t *headers, size_t headers_len,
+                            int nheaders, const uint8_t *body, size_t body_len,
+                            const uint8_t *trailers, size_t trailers_len, int ntrailers);
+/* Streams whose state events changed during the last runs (a tick, a queue notification or
+ * a call answer continued, answered or reset them): records of (vm_key u64, context id u32),
+ * little-endian; reading them empties the list. Owner thread only. */
+void pw_dispatcher_track_changes(pw_dispatcher *d, int on); /* off by default */
+int pw_dispatcher_changed(pw_dispatcher *d, uint8_t *out, size_t cap, size_t *len);
 /* Owner thread, after its VMs are freed: later posts are dropped. */
 void pw_dispatcher_close(pw_dispatcher *d);
 
@@ -126,6 +186,14 @@ const char *pw_vm_error(pw_vm *vm);
 void pw_vm_set_clock(pw_vm *vm, uint64_t now_ns);
 /* Nanoseconds until the next tick is due on this VM's clock, or UINT64_MAX if none. */
 uint64_t pw_vm_next_tick_in(pw_vm *vm);
+/* Outbound calls: the embedding's handle for this VM's calls (NULL: no clusters, every
+ * name is unknown) and how many may be in flight at once (0: the default); past it a call
+ * answers INTERNAL_FAILURE. */
+#define PW_DEFAULT_MAX_CALLS 1024
+void pw_vm_set_callouts(pw_vm *vm, void *handle, uint32_t max_calls);
+uint32_t pw_vm_calls_in_flight(pw_vm *vm);
+/* Process-unique: names the VM in dispatcher posts. */
+uint64_t pw_vm_key(pw_vm *vm);
 /* Foreign functions callable by this VM's guests. */
 int pw_vm_register_foreign(pw_vm *vm, const char *name, size_t name_len, void *handle);
 

@@ -73,23 +73,27 @@ pw_engine *pw_engine_new(char *err, size_t errlen) {
      * into a crash of the host; without signals nothing can. */
     WT.config_signals_based_traps_set(cfg, false);
     e->engine = WT.engine_new_with_config(cfg);
-    e->linker = WT.linker_new(e->engine);
-    if (hostcalls_define(e->linker, err, errlen) || wasi_define(e->linker, err, errlen)) {
-        pw_engine_free(e);
-        return NULL;
+    for (int as = 0; as < 2; as++) {
+        e->linker[as] = WT.linker_new(e->engine);
+        if (hostcalls_define(e->linker[as], as, err, errlen) ||
+            wasi_define(e->linker[as], err, errlen)) {
+            pw_engine_free(e);
+            return NULL;
+        }
     }
     return e;
 }
 
 void pw_engine_free(pw_engine *e) {
     if (!e) return;
-    if (e->linker) WT.linker_delete(e->linker);
+    for (int as = 0; as < 2; as++)
+        if (e->linker[as]) WT.linker_delete(e->linker[as]);
     if (e->engine) WT.engine_delete(e->engine);
     free(e);
 }
 
 static pw_module *module_finish(pw_engine *e, wasmtime_module_t *mod, int abi, int arity,
-                                char *err, size_t errlen) {
+                                int flags, char *err, size_t errlen) {
     pw_module *m = calloc(1, sizeof *m);
     if (!m) {
         WT.module_delete(mod);
@@ -100,7 +104,9 @@ static pw_module *module_finish(pw_engine *e, wasmtime_module_t *mod, int abi, i
     m->module = mod;
     m->abi = abi;
     m->header_arity = arity;
-    wasmtime_error_t *we = WT.linker_instantiate_pre(e->linker, mod, &m->pre);
+    m->flags = flags;
+    wasmtime_error_t *we =
+        WT.linker_instantiate_pre(e->linker[(flags & PW_MOD_AS_GRPC) != 0], mod, &m->pre);
     if (we) {
         describe(err, errlen, "cannot link the module", NULL, we);
         WT.module_delete(mod);
@@ -111,25 +117,25 @@ static pw_module *module_finish(pw_engine *e, wasmtime_module_t *mod, int abi, i
 }
 
 pw_module *pw_module_new(pw_engine *e, const uint8_t *wasm, size_t len, int abi,
-                         int header_arity, char *err, size_t errlen) {
+                         int header_arity, int flags, char *err, size_t errlen) {
     wasmtime_module_t *mod = NULL;
     wasmtime_error_t *we = WT.module_new(e->engine, wasm, len, &mod);
     if (we) {
         describe(err, errlen, "cannot compile the module", NULL, we);
         return NULL;
     }
-    return module_finish(e, mod, abi, header_arity, err, errlen);
+    return module_finish(e, mod, abi, header_arity, flags, err, errlen);
 }
 
 pw_module *pw_module_deserialize(pw_engine *e, const uint8_t *bytes, size_t len, int abi,
-                                 int header_arity, char *err, size_t errlen) {
+                                 int header_arity, int flags, char *err, size_t errlen) {
     wasmtime_module_t *mod = NULL;
     wasmtime_error_t *we = WT.module_deserialize(e->engine, bytes, len, &mod);
     if (we) {
         describe(err, errlen, "cannot load the cached module", NULL, we);
         return NULL;
     }
-    return module_finish(e, mod, abi, header_arity, err, errlen);
+    return module_finish(e, mod, abi, header_arity, flags, err, errlen);
 }
 
 int pw_module_serialize(pw_module *m, uint8_t **out, size_t *len) {
@@ -176,6 +182,11 @@ static const char *const fn_names[FN_COUNT] = {
     [FN_ON_RESPONSE_HEADERS] = "proxy_on_response_headers",
     [FN_ON_RESPONSE_BODY] = "proxy_on_response_body",
     [FN_ON_RESPONSE_TRAILERS] = "proxy_on_response_trailers",
+    [FN_ON_HTTP_CALL_RESPONSE] = "proxy_on_http_call_response",
+    [FN_ON_GRPC_INITIAL] = "proxy_on_grpc_receive_initial_metadata",
+    [FN_ON_GRPC_RECEIVE] = "proxy_on_grpc_receive",
+    [FN_ON_GRPC_TRAILING] = "proxy_on_grpc_receive_trailing_metadata",
+    [FN_ON_GRPC_CLOSE] = "proxy_on_grpc_close",
     [FN_ON_DONE] = "proxy_on_done",
     [FN_ON_LOG] = "proxy_on_log",
     [FN_ON_DELETE] = "proxy_on_delete",
@@ -214,9 +225,11 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm
     vm->vm_key = atomic_fetch_add(&next_vm_key, 1);
     vm->disp = d; /* before any guest code: start-up may already register a queue */
     vm->buffer_limit = PW_DEFAULT_BUFFER_LIMIT;
+    vm->max_calls = PW_DEFAULT_MAX_CALLS;
     vm->mod = m;
     vm->abi = m->abi;
     vm->header_arity = m->header_arity;
+    vm->legacy_maps = (m->flags & PW_MOD_AS_MAPS) != 0;
     vm->owner = pthread_self();
     vm->log_handle = log_handle;
     vm->next_id = 1;
@@ -245,6 +258,10 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm
     }
     vm->mem = ex.of.memory;
     for (int i = 0; i < FN_COUNT; i++) vm->has[i] = (uint8_t)get_func(vm, fn_names[i], &vm->fn[i]);
+    /* The AssemblyScript SDK exports the pre-spec name of this callback. */
+    if (!vm->has[FN_ON_GRPC_TRAILING])
+        vm->has[FN_ON_GRPC_TRAILING] =
+            (uint8_t)get_func(vm, "proxy_on_grpc_trailing_metadata", &vm->fn[FN_ON_GRPC_TRAILING]);
     /* The spec's allocator first; malloc only as the fallback (ABI.md §1). */
     if (!vm->has[FN_ALLOC]) vm->has[FN_ALLOC] = (uint8_t)get_func(vm, "malloc", &vm->fn[FN_ALLOC]);
     if (!vm->has[FN_ALLOC]) {
@@ -285,6 +302,7 @@ static int vm_start_wasi(pw_vm *vm) {
 void pw_vm_free(pw_vm *vm) {
     if (!vm) return;
     if (vm->disp) dispatcher_remove_vm(vm->disp, vm);
+    callout_free(vm);
     ctx_table_free(vm);
     if (vm->store) WT.store_delete(vm->store);
     buf_free(&vm->vm_id);
@@ -395,6 +413,7 @@ void vm_run_deferred(pw_vm *vm) {
         pw_deferred d = vm->dq[i];
         pw_ctx *c = ctx_get(vm, d.ctx);
         if (!c) continue;
+        if (d.kind != DF_DELETE_ROOT) dispatcher_changed(vm->disp, vm->vm_key, d.ctx);
         switch (d.kind) {
         case DF_CONTINUE:
             if (c->kind == CTX_HTTP) http_resume(vm, c, (int)d.arg);

@@ -81,6 +81,26 @@ def pw_py_foreign(handle, args, length, result):
     return ST_OK
 
 
+@ffi.def_extern()
+def pw_py_callout(handle, call):
+    """A guest's outbound call (net/outbound.py VmCalls.start): OK or an ABI status."""
+    try:
+        return ffi.from_handle(handle).start(call)
+    except Exception:
+        _log.exception("starting an outbound call failed")
+        return ST_INTERNAL_FAILURE
+
+
+@ffi.def_extern()
+def pw_py_callop(handle, token, op, data, length, end_stream):
+    """A gRPC message, half-close or cancellation for a call in flight."""
+    try:
+        payload = ffi.buffer(data, length)[:] if length else b""
+        ffi.from_handle(handle).op(token, op, payload, bool(end_stream))
+    except Exception:
+        _log.exception("an outbound call operation failed")
+
+
 ERRORS = {
     lib.PW_ERR_FAILED: "the VM failed earlier and runs no more callbacks",
     lib.PW_ERR_THREAD: "this VM belongs to another thread (or is running one of its own "
@@ -107,6 +127,7 @@ class _Core:
 
     def __init__(self) -> None:
         lib.pw_set_callbacks(lib.pw_py_log, lib.pw_py_foreign)
+        lib.pw_set_callout_callbacks(lib.pw_py_callout, lib.pw_py_callop)
         err = ffi.new("char[512]")
         self.engine = lib.pw_engine_new(err, 512)
         if self.engine == ffi.NULL:

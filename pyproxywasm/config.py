@@ -65,13 +65,16 @@ class PluginConfig:
     """Envoy's PluginConfig: a name, a root_id, its configuration, and the VM it runs in.
 
     singleton: a Wasm service (Envoy's `singleton: true`): one instance, on the host's main
-    dispatcher thread, instead of one per thread that runs streams."""
+    dispatcher thread, instead of one per thread that runs streams.
+    allow_any_host: beyond Envoy, off by default: an outbound call to "host:port" that
+    names no cluster goes to that address directly (plain HTTP)."""
 
     vm_config: VmConfig
     name: str = ""
     root_id: str = ""
     configuration: Bytes = b""
     singleton: bool = False
+    allow_any_host: bool = False
 
     @property
     def display_name(self) -> str:

@@ -15,13 +15,17 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import select
+import struct
 import threading
+import time
 from typing import Any, Callable
 
 from ._binding import ffi, lib, raise_for
 from .errors import ProxyWasmError
 
 _NO_TICK = 2**64 - 1
+_CHANGED = struct.Struct("<QI")  # (vm_key, context id) records of pw_dispatcher_changed
+_CHANGED_BATCH = 256
 
 
 class Dispatcher:
@@ -34,6 +38,9 @@ class Dispatcher:
         self.ptr = ptr
         self.thread = threading.get_ident()
         lib.pw_dispatcher_set_autorun(ptr, autorun)
+        self._watchers: dict[tuple[int, int], Callable[[], None]] = {}
+        self._changed = ffi.new("uint8_t[]", _CHANGED.size * _CHANGED_BATCH)
+        self._changed_len = ffi.new("size_t *")
 
     def fileno(self) -> int:
         """Readable when there is something to run (for select/poll or add_reader)."""
@@ -44,11 +51,56 @@ class Dispatcher:
         lib.pw_dispatcher_wake(self.ptr)
 
     def run(self) -> int:
-        """On the owner thread: delivers queue notifications and due ticks."""
+        """On the owner thread: delivers queue notifications, outbound call answers and due
+        ticks, then tells the watchers of streams those events changed."""
         n = lib.pw_dispatcher_run(self.ptr)
         if n < 0:
             raise_for(n)
+        if self._watchers and n:
+            self._notify()
         return n
+
+    def watch(self, vm_key: int, context_id: int, callback: Callable[[], None]) -> None:
+        """Calls callback once, on this thread after a run, when an event (a tick, a queue
+        notification, a call's answer) continues, answers or resets that stream: how an
+        embedding learns that a paused stream can go on without polling it."""
+        if not self._watchers:
+            lib.pw_dispatcher_track_changes(self.ptr, 1)
+        self._watchers[(vm_key, context_id)] = callback
+
+    def unwatch(self, vm_key: int, context_id: int) -> None:
+        self._watchers.pop((vm_key, context_id), None)
+        if not self._watchers and self.ptr is not None:
+            lib.pw_dispatcher_track_changes(self.ptr, 0)
+
+    def _notify(self) -> None:
+        size = _CHANGED.size * _CHANGED_BATCH
+        more = True
+        while more:
+            more = lib.pw_dispatcher_changed(self.ptr, self._changed, size, self._changed_len)
+            data = ffi.buffer(self._changed, self._changed_len[0])[:]
+            for key in _CHANGED.iter_unpack(data):
+                callback = self._watchers.pop(key, None)
+                if callback is not None:
+                    callback()
+        if not self._watchers:
+            lib.pw_dispatcher_track_changes(self.ptr, 0)
+
+    def wait(self, until: Callable[[], bool], timeout: float | None = None) -> bool:
+        """On the owner thread: runs this dispatcher (waiting on its fd, with the next tick
+        as timeout) until until() is true; False if timeout (seconds) passes first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fd = self.fileno()
+        while not until():
+            wait = self.next_timeout()
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                wait = left if wait is None else min(wait, left)
+            select.select([fd], [], [], wait)
+            self.run()
+        return True
 
     def next_timeout(self) -> float | None:
         """Seconds until the next tick on this thread's VMs, or None."""

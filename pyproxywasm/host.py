@@ -27,6 +27,8 @@ from .dispatch import Dispatcher, Worker
 from .errors import PluginStartError, ProxyWasmError
 from .http import HttpStream
 from .module import CompiledModule, compile_module
+from .net.cluster import Cluster
+from .net.outbound import Outbound, Recorder, VmCalls
 from .tcp import TcpStream
 
 
@@ -51,6 +53,8 @@ class Vm:
         if ptr == ffi.NULL:
             raise PluginStartError("cannot start the VM: " + ffi.string(err).decode(errors="replace"))
         self.ptr = ptr
+        self.dispatcher = dispatcher
+        self.calls: VmCalls | None = None  # its outbound calls, when the host routes any
         # Out-parameters reused by every call on this VM (all from its owner thread).
         self.u32 = ffi.new("uint32_t *")
         self.out = ffi.new("const uint8_t **")
@@ -271,13 +275,25 @@ class Host:
         cache_dir: str | None = "default",
         buffer_limit: int = lib.PW_DEFAULT_BUFFER_LIMIT,
         manual_dispatch: bool = False,
+        clusters: Iterable[Cluster] = (),
+        max_calls_in_flight: int = lib.PW_DEFAULT_MAX_CALLS,
+        io_loop: Any = None,
+        call_recorder: Recorder | None = None,
     ) -> None:
         """concurrency: worker threads to start (0: streams run on the callers' threads).
         clock_ns: a virtual clock for every VM (0: real time). cache_dir: where compiled
         modules are kept ("default": the user cache directory; None: no cache).
         buffer_limit: body bytes a stream may hold per direction while its plugin pauses
-        (Envoy's default, 1 MiB); past it the stream ends with 413 (request) or 500.
-        manual_dispatch: events are delivered only by dispatch() (the testing harness)."""
+        (Envoy's default, 1 MiB); past it the stream ends with 413 (request) or 500. It also
+        bounds an outbound call's request body (BAD_ARGUMENT past it).
+        manual_dispatch: events are delivered only by dispatch() (the testing harness).
+        clusters: the upstreams plugins may call (proxy_http_call, proxy_grpc_*); a name
+        that is none of them is an unknown cluster, as in Envoy. max_calls_in_flight: per
+        VM; past it a call answers INTERNAL_FAILURE. io_loop: the pyproxywasm.net.IoLoop
+        the calls run on (default: the process's, started on first use). call_recorder:
+        where calls to clusters that are not real go (the testing harness)."""
+        self.outbound = Outbound(clusters, recorder=call_recorder, io=io_loop)
+        self._max_calls = max_calls_in_flight
         self._buffer_limit = buffer_limit
         self._clock_ns = clock_ns
         self._cache_dir = cache_dir
@@ -359,8 +375,19 @@ class Host:
                     self._buffer_limit)
             for ff in self._foreign:
                 vm.register_foreign(ff)
+            if self.outbound.clusters or self.outbound.recorder is not None or self._any_host():
+                vm.calls = VmCalls(self.outbound, vm.ptr, st.dispatcher,
+                                   lambda root, st=st: self._allows_any_host(st, root))
+                lib.pw_vm_set_callouts(vm.ptr, vm.calls.handle, self._max_calls)
             st.vms[key] = vm
         return vm
+
+    def _any_host(self) -> bool:
+        return any(p.config.allow_any_host for p in self.plugins)
+
+    @staticmethod
+    def _allows_any_host(st: _ThreadState, root_id: int) -> bool:
+        return any(r.context_id == root_id and r.config.allow_any_host for r in st.roots.values())
 
     def _instance(self, plugin: Plugin) -> RootContext:
         st = self._state()
@@ -470,6 +497,7 @@ class Host:
         if self._main is not None:
             self._main.stop(timeout)
         self.release_thread(timeout)
+        self.outbound.close(min(max(timeout, 1.0), 5.0))
         self._closed = True
 
     def __enter__(self) -> "Host":

@@ -140,6 +140,15 @@ class HttpStream:
             self.flags = f
         return self.flags
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Blocks this (the stream's) thread, running its dispatcher — ticks, queue
+        notifications, outbound call answers — until the plugin no longer holds the stream
+        (it continued, answered locally, reset or failed). False if `timeout` seconds pass
+        first. This is how a thread without an event loop (a WSGI worker, a test) waits for
+        a stream its plugin paused on a callout."""
+        held = lib.PW_S_REQ_STOPPED | lib.PW_S_RESP_STOPPED
+        return self._vmobj.dispatcher.wait(lambda: not self.refresh() & held, timeout)
+
     def __enter__(self) -> "HttpStream":
         return self
 

@@ -42,6 +42,7 @@ _EXPORT_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "proxy_on_grpc_receive_initial_metadata": ((_I, _I, _I), ()),
     "proxy_on_grpc_receive": ((_I, _I, _I), ()),
     "proxy_on_grpc_receive_trailing_metadata": ((_I, _I, _I), ()),
+    "proxy_on_grpc_trailing_metadata": ((_I, _I, _I), ()),  # the AssemblyScript SDK's name
     "proxy_on_grpc_close": ((_I, _I, _I), ()),
     "proxy_on_done": ((_I,), (_I,)),
     "proxy_on_log": ((_I,), ()),
@@ -64,6 +65,25 @@ class ModuleSpec:
     abi_version: str
     header_arity: int
     info: wasmbin.ModuleInfo
+    flags: int = 0  # PW_MOD_*: adaptations for the AssemblyScript SDK
+
+
+# The AssemblyScript SDK's gRPC imports lack the initial-metadata pair; the core links such
+# modules against adapted hostcalls instead of refusing them.
+_AS_GRPC_SHAPES = {"proxy_grpc_call": 10, "proxy_grpc_stream": 7}
+
+
+def _as_flags(info: wasmbin.ModuleInfo) -> int:
+    flags = 0
+    for imp in info.imports:
+        if imp.module == "env" and imp.type is not None and \
+                _AS_GRPC_SHAPES.get(imp.name) == len(imp.type.params):
+            flags |= lib.PW_MOD_AS_GRPC
+    # Builds of the AssemblyScript SDK from before the spec (proxy-runtime 0.1.1) number the
+    # gRPC and HTTP-call maps one higher; they are the ones exporting this callback.
+    if info.export("proxy_on_grpc_create_initial_metadata") is not None:
+        flags |= lib.PW_MOD_AS_MAPS
+    return flags
 
 
 def read_code(code: bytes | str | os.PathLike[str]) -> bytes:
@@ -119,7 +139,7 @@ def inspect(wasm: bytes) -> ModuleSpec:
     if len(arities) > 1:
         raise ModuleError("proxy_on_request_headers and proxy_on_response_headers disagree on arity")
     arity = arities.pop() if arities else (2 if abi == "0.1.0" else 3)
-    return ModuleSpec(hashlib.sha256(wasm).hexdigest(), abi, arity, info)
+    return ModuleSpec(hashlib.sha256(wasm).hexdigest(), abi, arity, info, _as_flags(info))
 
 
 class CompiledModule:
@@ -170,7 +190,7 @@ def _load_cached(path: str | None, spec: ModuleSpec):
         return ffi.NULL
     err = ffi.new("char[512]")
     return lib.pw_module_deserialize(core.engine, data, len(data), ABI_IDS[spec.abi_version],
-                                     spec.header_arity, err, 512)
+                                     spec.header_arity, spec.flags, err, 512)
 
 
 def _store_cached(path: str | None, ptr) -> None:
@@ -209,7 +229,7 @@ def compile_module(wasm: bytes, cache_dir: str | None = "default") -> CompiledMo
         if ptr == ffi.NULL:
             err = ffi.new("char[1024]")
             ptr = lib.pw_module_new(core.engine, wasm, len(wasm), ABI_IDS[spec.abi_version],
-                                    spec.header_arity, err, 1024)
+                                    spec.header_arity, spec.flags, err, 1024)
             if ptr == ffi.NULL:
                 message = ffi.string(err).decode(errors="replace")
                 if "unknown import" in message or "incompatible import" in message:

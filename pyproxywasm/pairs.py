@@ -72,6 +72,22 @@ def _lens(n: int) -> struct.Struct:
     return s
 
 
+def decode_pairs_bytes(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The pairs wire format as (name, value) bytes, for data the C core produced."""
+    if len(data) < 4:
+        return []
+    (n,) = _u32.unpack_from(data, 0)
+    lens = struct.unpack_from(f"<{2 * n}I", data, 4)
+    off, out = 4 + 8 * n, []
+    for i in range(n):
+        kl, vl = lens[2 * i], lens[2 * i + 1]
+        k = data[off:off + kl]
+        off += kl + 1
+        out.append((k, data[off:off + vl]))
+        off += vl + 1
+    return out
+
+
 def decode_pairs(data: bytes) -> "Headers":
     out = Headers()
     if len(data) < 4:

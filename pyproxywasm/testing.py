@@ -20,12 +20,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ._binding import PY_LEVELS, ffi, lib
 from .config import PluginConfig, VmConfig
 from .host import Host, Plugin
 from .http import HttpStream
+from .net.cluster import Cluster
+from .net.recorded import CallRecorder, RecordedCall, RecordedGrpcCall, RecordedHttpCall
 from .tcp import TcpStream
 
 LEVEL_NAMES = ("trace", "debug", "info", "warn", "error", "critical")
@@ -77,7 +79,14 @@ class PluginHarness:
         foreign_functions: Mapping[str, Callable[[bytes], bytes | None]] | None = None,
         start_time_ns: int = DEFAULT_START_NS,
         buffer_limit: int | None = None,
+        clusters: Iterable[Cluster | str] | None = None,
+        allow_any_host: bool = False,
     ) -> None:
+        """clusters: what the plugin's outbound calls reach. None (the default): every
+        cluster name is accepted and calls are recorded for the test to answer
+        (`http_calls`, `grpc_calls`), with their timeouts on the virtual clock. Otherwise
+        a list of names (recorded) and `Cluster` objects (real upstreams, real time);
+        any other name is an unknown cluster, as in Envoy."""
         self.now_ns = start_time_ns
         self.capture = LogCapture()
         self._logger = logging.getLogger("pyproxywasm")
@@ -87,8 +96,13 @@ class PluginHarness:
         self.vm_config = VmConfig(code=code, vm_id=vm_id, configuration=vm_configuration,
                                   environment_variables=dict(environment_variables or {}))
         limits = {} if buffer_limit is None else {"buffer_limit": buffer_limit}
+        real = [c for c in clusters or () if isinstance(c, Cluster)]
+        names = None if clusters is None else [c for c in clusters if isinstance(c, str)]
+        self.recorder = CallRecorder(names, lambda: self.now_ns)
+        self._allow_any_host = allow_any_host
         self.host = Host(properties=properties, foreign_functions=foreign_functions,
-                         clock_ns=start_time_ns, manual_dispatch=True, **limits)
+                         clock_ns=start_time_ns, manual_dispatch=True, clusters=real,
+                         call_recorder=self.recorder, **limits)
         try:
             self.plugin = self.add_plugin(configuration=configuration, root_id=root_id, name=name)
         except BaseException:
@@ -100,7 +114,7 @@ class PluginHarness:
                    vm_config: VmConfig | None = None) -> Plugin:
         """Another plugin; with the same vm_config it shares the VM (its own root context)."""
         cfg = PluginConfig(vm_config or self.vm_config, name=name, root_id=root_id,
-                           configuration=configuration)
+                           configuration=configuration, allow_any_host=self._allow_any_host)
         return self.host.add_plugin(cfg)
 
     def http(self, plugin: Plugin | None = None, properties: Mapping[Any, Any] | None = None) -> HttpStream:
@@ -115,19 +129,52 @@ class PluginHarness:
         return self.host.dispatch()
 
     def advance(self, ms: float) -> int:
-        """Moves the virtual clock forward, firing each tick at its due time in order."""
+        """Moves the virtual clock forward, firing each tick and timing out each recorded
+        call at its due time, in order."""
         target = self.now_ns + int(ms * 1_000_000)
         calls = self.dispatch()
         while True:
-            due = [n for n in (vm.next_tick_in_ns() for vm in self.host.vms) if n is not None]
-            if not due or self.now_ns + min(due) > target:
+            due = [self.now_ns + n for n in (vm.next_tick_in_ns() for vm in self.host.vms)
+                   if n is not None]
+            deadline = self.recorder.next_deadline_ns()
+            if deadline is not None:
+                due.append(max(deadline, self.now_ns))
+            if not due or min(due) > target:
                 break
-            self.now_ns += min(due)
+            self.now_ns = min(due)
             self.host.set_clock(self.now_ns)
+            calls += self.recorder.expire(self.now_ns)
             calls += self.dispatch()
         self.now_ns = target
         self.host.set_clock(self.now_ns)
         return calls + self.dispatch()
+
+    # ---- outbound calls ----------------------------------------------------------------------
+    @property
+    def http_calls(self) -> list[RecordedHttpCall]:
+        """The plugin's HTTP calls to recorded clusters that are still waiting for an answer,
+        in the order they were made."""
+        return [c for c in self.recorder.pending() if isinstance(c, RecordedHttpCall)]
+
+    @property
+    def grpc_calls(self) -> list[RecordedGrpcCall]:
+        """The plugin's gRPC calls and streams to recorded clusters still open."""
+        return [c for c in self.recorder.pending() if isinstance(c, RecordedGrpcCall)]
+
+    @property
+    def calls(self) -> list[RecordedCall]:
+        """Every recorded call still pending, HTTP and gRPC, in order."""
+        return self.recorder.pending()
+
+    def calls_in_flight(self) -> int:
+        """Calls of this thread's VMs not answered yet (recorded and real)."""
+        return sum(lib.pw_vm_calls_in_flight(vm.ptr) for vm in self.host.vms)
+
+    def settle(self, timeout: float = 5.0) -> bool:
+        """Waits, in real time, until every call to a real cluster has been answered and
+        delivered (recorded calls wait for the test). False on timeout."""
+        recorded = lambda: sum(1 for c in self.recorder.pending())  # noqa: E731
+        return self.host.dispatcher.wait(lambda: self.calls_in_flight() <= recorded(), timeout)
 
     # ---- what the plugin did -------------------------------------------------------------------
     def logs(self, level: str | None = None) -> list[str]:

@@ -221,10 +221,10 @@ int main(int argc, char **argv) {
     engine = pw_engine_new(err, sizeof err);
     size_t n;
     uint8_t *wasm = read_file(argv[2], "cas_loop.wasm", &n);
-    cas_mod = wasm ? pw_module_new(engine, wasm, n, PW_ABI_0_2_1, 3, err, sizeof err) : NULL;
+    cas_mod = wasm ? pw_module_new(engine, wasm, n, PW_ABI_0_2_1, 3, 0, err, sizeof err) : NULL;
     free(wasm);
     wasm = read_file(argv[2], "queue_pc.wasm", &n);
-    queue_mod = wasm ? pw_module_new(engine, wasm, n, PW_ABI_0_2_1, 3, err, sizeof err) : NULL;
+    queue_mod = wasm ? pw_module_new(engine, wasm, n, PW_ABI_0_2_1, 3, 0, err, sizeof err) : NULL;
     free(wasm);
     if (!engine || !cas_mod || !queue_mod) {
         fprintf(stderr, "setup: %s\n", err);

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Rebuilds rustfilter.wasm (committed; tests never need Rust) from src/lib.rs.
+# Rebuilds rustfilter.wasm (from src/lib.rs) and rustcallouts.wasm (from callouts/src/lib.rs),
+# one Cargo workspace. Both are committed; tests never need Rust.
 #
 # Needs Debian's Rust toolchain (rustc 1.63, cargo 0.66 / "1.65") with the wasm32 std:
 #     apt-get install -y rustc cargo libstd-rust-dev-wasm32
@@ -38,7 +39,9 @@ if [ "${RUSTFILTER_GIT_INDEX:-0}" != 1 ]; then
   cargo_flags=(-Z sparse-registry --locked)
 fi
 
-"$CARGO" "${cargo_flags[@]}" build --release --target wasm32-wasi
-cp target/wasm32-wasi/release/rustfilter.wasm rustfilter.wasm
-chmod 644 rustfilter.wasm
-echo "built $(pwd)/rustfilter.wasm ($(wc -c < rustfilter.wasm) bytes)"
+"$CARGO" "${cargo_flags[@]}" build --release --target wasm32-wasi --workspace
+for plugin in rustfilter rustcallouts; do
+  cp "target/wasm32-wasi/release/${plugin}.wasm" "${plugin}.wasm"
+  chmod 644 "${plugin}.wasm"
+  echo "built $(pwd)/${plugin}.wasm ($(wc -c < "${plugin}.wasm") bytes)"
+done

@@ -23,10 +23,21 @@
 
 /* Process-wide fuzzing state: touched only by libFuzzer's single thread. */
 static pw_engine *engine;
-static pw_module *mods[2];
+static pw_module *mods[3];
 static pw_dispatcher *disp;
 static uint64_t n_inputs, n_hostcalls, n_events, n_failed_vms, n_log_bytes;
 static volatile uint8_t sink;
+
+/* One input's run: the VM, what the driver holds, the script's state. */
+typedef struct run {
+    pw_vm *vm;
+    uint32_t roots[4];
+    uint32_t http[MAX_STREAMS], tcp[MAX_STREAMS];
+    uint32_t tokens[MAX_STREAMS]; /* outbound calls the embedding accepted */
+    uint8_t refuse;               /* the embedding's answer to the next call (0: accept) */
+    uint64_t clock;
+    int ended;
+} run;
 
 static void on_log(void *h, int level, const char *msg, size_t len) {
     (void)h;
@@ -43,6 +54,35 @@ static int on_foreign(void *h, const uint8_t *args, size_t len, void *result) {
     (void)h;
     if (pw_result_set(result, args, len / 2)) return 10;
     return len ? args[0] % 16 : 0;
+}
+
+static void touch(const uint8_t *p, size_t n) {
+    uint8_t x = 0;
+    for (size_t i = 0; i < n; i++) x ^= p[i];
+    sink ^= x;
+}
+
+static void remember(uint32_t *ids, uint32_t id);
+
+/* The embedding's side of outbound calls: every byte handed over is read (ASan checks the
+ * ranges), and the call is accepted or refused as the script said. */
+static int on_callout(void *handle, const pw_callout *c) {
+    struct run *r = handle;
+    touch(c->upstream, c->upstream_len);
+    touch(c->headers, c->headers_len);
+    touch(c->body, c->body_len);
+    touch(c->trailers, c->trailers_len);
+    touch(c->service, c->service_len);
+    touch(c->method, c->method_len);
+    if (!r || r->refuse) return r ? r->refuse % 16 : 2;
+    remember(r->tokens, c->token);
+    return 0;
+}
+
+static void on_callop(void *handle, uint32_t token, int op, const uint8_t *data, size_t len,
+                      int end_stream) {
+    (void)handle, (void)token, (void)op, (void)end_stream;
+    touch(data, len);
 }
 
 static void stats(void) {
@@ -88,6 +128,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         exit(2);
     }
     pw_set_callbacks(on_log, on_foreign);
+    pw_set_callout_callbacks(on_callout, on_callop);
     engine = pw_engine_new(err, sizeof err);
     size_t n = 0;
     uint8_t *wasm = read_all(guest, &n);
@@ -95,11 +136,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         fprintf(stderr, "fuzz_hostcalls: setup: %s\n", engine ? guest : err);
         exit(2);
     }
-    /* The same guest as a 0.2.1 and as a 0.1.0 plugin (host behaviour differs by ABI). */
-    mods[0] = pw_module_new(engine, wasm, n, PW_ABI_0_2_1, 3, err, sizeof err);
-    mods[1] = mods[0] ? pw_module_new(engine, wasm, n, PW_ABI_0_1_0, 3, err, sizeof err) : NULL;
+    /* The same guest as a 0.2.1 and a 0.1.0 plugin, and with AssemblyScript's map numbers
+     * (host behaviour differs by ABI and by those flags). */
+    mods[0] = pw_module_new(engine, wasm, n, PW_ABI_0_2_1, 3, 0, err, sizeof err);
+    mods[1] = mods[0] ? pw_module_new(engine, wasm, n, PW_ABI_0_1_0, 3, 0, err, sizeof err) : NULL;
+    mods[2] = mods[1] ? pw_module_new(engine, wasm, n, PW_ABI_0_2_1, 3, PW_MOD_AS_MAPS, err,
+                                      sizeof err) : NULL;
     free(wasm);
-    if (!mods[0] || !mods[1]) {
+    if (!mods[0] || !mods[1] || !mods[2]) {
         fprintf(stderr, "fuzz_hostcalls: %s\n", err);
         exit(2);
     }
@@ -128,13 +172,6 @@ static int guest_call(pw_vm *vm, const char *name, int32_t arg, int32_t *ret) {
     return 0;
 }
 
-typedef struct run {
-    pw_vm *vm;
-    uint32_t roots[4];
-    uint32_t http[MAX_STREAMS], tcp[MAX_STREAMS];
-    uint64_t clock;
-    int ended;
-} run;
 
 /* The next script byte, 0 once it is over (then `ended` is set). */
 static uint8_t next(run *r) {
@@ -241,7 +278,7 @@ static void event(run *r, uint8_t ev) {
     size_t n;
     uint32_t id;
     n_events++;
-    switch (ev % 16) {
+    switch (ev % 17) {
     case 0: { /* a new HTTP stream with its request headers */
         n = headers(r, buf, sizeof buf, &nflat);
         int eos = next(r) & 1;
@@ -256,7 +293,7 @@ static void event(run *r, uint8_t ev) {
         id = pick(r, r->http);
         int dir = next(r) & 1;
         n = headers(r, buf, sizeof buf, &nflat);
-        if (ev % 16 == 1) pw_http_headers(r->vm, id, dir, buf, n, nflat, next(r) & 1);
+        if (ev % 17 == 1) pw_http_headers(r->vm, id, dir, buf, n, nflat, next(r) & 1);
         else pw_http_trailers(r->vm, id, dir, buf, n, nflat);
         break;
     }
@@ -395,13 +432,30 @@ static void event(run *r, uint8_t ev) {
         pw_context_alive(r->vm, (uint32_t)next(r));
         break;
     }
+    case 16: { /* an answer to an outbound call arrives (any event, any token) */
+        uint8_t f = next(r), hb[256], tb[128];
+        uint32_t token = (f & 0x80) ? next(r) : r->tokens[next(r) % MAX_STREAMS];
+        int ev_kind = f % 7; /* 0 is no event the core knows */
+        uint32_t status = next(r);
+        int nh = 0, nt = 0;
+        size_t hl = headers(r, hb, sizeof hb, &nh);
+        size_t tl = (f & 0x40) ? headers(r, tb, sizeof tb, &nt) : 0;
+        n = next(r);
+        take(r, buf, n);
+        if (f & 0x20) r->refuse = next(r); /* and how the next call will be answered */
+        pw_dispatcher_post_call(disp, pw_vm_key(r->vm), token, ev_kind, status, hb, hl, nh, buf,
+                                n, tb, tl, nt);
+        pw_dispatcher_run(disp);
+        pw_vm_calls_in_flight(r->vm);
+        break;
+    }
     }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 2) return 0;
     char err[512];
-    pw_vm *vm = pw_vm_new(mods[data[0] & 1], disp, (const uint8_t *)"fuzz", 4, (const uint8_t *)"vmcfg",
+    pw_vm *vm = pw_vm_new(mods[data[0] % 3], disp, (const uint8_t *)"fuzz", 4, (const uint8_t *)"vmcfg",
                           5, (const uint8_t *)"A=1\0B=22\0", 9, NULL, err, sizeof err);
     if (!vm) {
         fprintf(stderr, "fuzz_hostcalls: vm: %s\n", err);
@@ -412,6 +466,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     run r;
     memset(&r, 0, sizeof r);
     r.vm = vm;
+    pw_vm_set_callouts(vm, &r, 16);
     r.clock = 1700000000000000000ull;
     pw_vm_set_clock(vm, r.clock);
     size_t len = size - 1 < SCRIPT_MAX ? size - 1 : SCRIPT_MAX;

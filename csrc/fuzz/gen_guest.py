@@ -1,7 +1,8 @@
 """Writes tests/plugins/wat/fuzz_guest.wat: the "interpreter" guest of the hostcall fuzzer.
 
 Why generated: the guest imports every hostcall the host defines, with the host's own
-signatures, read from the import tables in csrc/hostcalls.c and csrc/wasi.c. A hostcall
+signatures, read from the import tables in csrc/hostcalls.c (proxy_imports) and csrc/wasi.c
+(wasi_imports). A hostcall
 added there reaches the fuzzer by running this script again (then tests/plugins/build.sh
 or tests/plugins/wat/build.py turns the .wat into .wasm).
 
@@ -37,12 +38,13 @@ ENTRY = re.compile(r'\{"(\w+)",\s*"([iI]*)",\s*"([iI]*)",\s*\w+\}')
 def imports() -> list[tuple[str, str, str, str]]:
     """(module, name, params, results) for every hostcall the C core defines."""
     out = []
-    hc = (ROOT / "csrc" / "hostcalls.c").read_text()
-    for name, params, results in ENTRY.findall(hc):
-        out.append(("env", name, params, results))
-    wasi = (ROOT / "csrc" / "wasi.c").read_text()
-    for name, params, results in ENTRY.findall(wasi):
-        out.append(("wasi_snapshot_preview1", name, params, results))
+    for module, path, table in (("env", "hostcalls.c", "proxy_imports"),
+                                ("wasi_snapshot_preview1", "wasi.c", "wasi_imports")):
+        text = (ROOT / "csrc" / path).read_text()
+        start = text.index(f"import_def {table}[] = {{")
+        body = text[start:text.index("};", start)]
+        for name, params, results in ENTRY.findall(body):
+            out.append((module, name, params, results))
     if len(out) < 40:
         sys.exit("too few hostcalls found: did the import tables change shape?")
     return out
@@ -293,6 +295,11 @@ def render() -> str:
         ("proxy_on_response_headers", 3, 0),
         ("proxy_on_response_body", 3, 0),
         ("proxy_on_response_trailers", 2, 0),
+        ("proxy_on_http_call_response", 5, None),
+        ("proxy_on_grpc_receive_initial_metadata", 3, None),
+        ("proxy_on_grpc_receive", 3, None),
+        ("proxy_on_grpc_receive_trailing_metadata", 3, None),
+        ("proxy_on_grpc_close", 3, None),
         ("proxy_on_done", 1, 1),
         ("proxy_on_log", 1, None),
         ("proxy_on_delete", 1, None),
@@ -303,7 +310,8 @@ def render() -> str:
         res = " (result i32)" if default is not None else ""
         setroot = ""
         if name in ("proxy_on_vm_start", "proxy_on_configure", "proxy_on_tick",
-                    "proxy_on_queue_ready", "proxy_on_foreign_function"):
+                    "proxy_on_queue_ready", "proxy_on_foreign_function") or "_call_" in name \
+                or "_grpc_" in name:
             setroot = " (global.set $root (local.get 0))"
         elif name == "proxy_on_context_create":
             setroot = " (global.set $root (local.get 1))"

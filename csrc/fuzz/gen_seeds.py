@@ -238,6 +238,44 @@ def tcp_lifecycle() -> bytes:
     return s
 
 
+def ev_call_answer(ev: int, token_slot: int, status: int, hs, body: bytes, refuse: int | None = None) -> bytes:
+    """An answer to the outbound call in the driver's token slot (event 16)."""
+    f = ev | (0x20 if refuse is not None else 0)
+    s = bytes([16, f, token_slot, status]) + flat_headers(hs) + bytes([len(body)]) + body
+    return s + (bytes([refuse]) if refuse is not None else b"")
+
+
+def callouts() -> bytes:
+    """HTTP and gRPC calls from a root and a stream, answered in every way."""
+    call_hdrs = pairs([(b":method", b"GET"), (b":path", b"/c"), (b":authority", b"up")])
+    s = bytes([0]) + root_prelude() + SETUP + put(11, b"cluster") + put(12, b"svc") + put(13, b"Method")
+    s += call_hdrs + end()
+    http = call("proxy_http_call", data(11), small(7), PAIRS, PLEN, data(2), small(5), small(0), small(0),
+                num(1000), out(0))
+    grpc = call("proxy_grpc_call", data(11), small(7), data(12), small(3), data(13), small(6), small(0),
+                small(0), data(2), small(5), num(500), out(1))
+    stream = call("proxy_grpc_stream", data(11), small(7), data(12), small(3), data(13), small(6),
+                  small(0), small(0), out(2))
+    send = call("proxy_grpc_send", outval(2), data(2), small(5), small(0))
+    s += http + grpc + stream + send + end(1)  # on_vm_start
+    s += end(1)  # on_configure
+    cb_reads = (call("proxy_get_header_map_pairs", small(6), out(3), out(4))
+                + call("proxy_get_buffer_bytes", small(4), small(0), num(100), out(5), out(6))
+                + call("proxy_get_buffer_bytes", small(5), small(0), num(100), out(5), out(6))
+                + call("proxy_get_header_map_value", small(7), data(0), small(5), out(7), out(8))
+                + call("proxy_get_status", out(9), out(10), out(11)))
+    s += ev_call_answer(1, 0, 200, [(3, b"200"), (9, b"text")], b"hello") + cb_reads + http + end()
+    s += ev_call_answer(3, 2, 0, [(9, b"grpc")], b"") + cb_reads + end()
+    s += ev_call_answer(4, 2, 0, [], b"msg") + cb_reads + send + end()
+    s += ev_call_answer(5, 2, 0, [(8, b"0")], b"") + cb_reads + end()
+    s += ev_call_answer(4, 1, 0, [], b"unary") + cb_reads + end()
+    s += ev_call_answer(6, 2, 14, [], b"unavailable") + cb_reads + end()
+    s += ev_call_answer(2, 0, 10, [], b"", refuse=2) + cb_reads + http + end()
+    s += ev_http_start([(0, b"/s")], 1) + end() + http + call("proxy_grpc_cancel", outval(1)) + end(1)
+    s += ev_finish(0) + end(1)
+    return s
+
+
 def alloc_modes() -> bytes:
     s = bytes([0]) + root_prelude() + SETUP + end() + end(1) + end(1)
     s += ev_http_start([(0, b"/x"), (5, b"y")], 0) + end()
@@ -294,7 +332,7 @@ def random_script(rng: random.Random) -> bytes:
 
     s = bytes([rng.randrange(2)]) + root_prelude() + SETUP + end() + callback() + end(1)
     for _ in range(rng.randrange(3, 12)):
-        ev = rng.choice([0, 0, 1, 2, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13])
+        ev = rng.choice([0, 0, 1, 2, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 16])
         if ev == 0:
             s += ev_http_start([(rng.randrange(16), b"v")], rng.randrange(2))
         elif ev == 1:
@@ -317,6 +355,8 @@ def random_script(rng: random.Random) -> bytes:
             s += bytes([12, 0, 7, 3]) + b"abc"
         elif ev == 13:
             s += bytes([13, rng.randrange(4), 0, 0])
+        elif ev == 16:
+            s += ev_call_answer(rng.randrange(1, 7), rng.randrange(3), 0, [(3, b"200")], b"x")
         for _ in range(rng.randrange(1, 4)):
             s += callback()
     return s
@@ -331,6 +371,8 @@ def main() -> None:
         "http-0.1.0": b"\x01" + http_lifecycle()[1:],
         "local-reply": local_reply(),
         "tcp": tcp_lifecycle(),
+        "callouts": callouts(),
+        "callouts-as-maps": b"\x02" + callouts()[1:],
         "alloc-modes": alloc_modes(),
         "alloc-trap": bytes([0]) + root_prelude() + amode(7) + reads() + end(),
         "hostile-all": hostile_all(),

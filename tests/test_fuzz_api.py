@@ -4,7 +4,7 @@ order) either works as documented or raises ProxyWasmError, and the host keeps s
 
 The C side is fuzzed by libFuzzer (csrc/fuzz/, `make -C csrc fuzz-short`); these tests
 cover the Python layer in front of it with real plugins. Example counts are modest so the
-suite stays quick; HYPOTHESIS_PROFILE=long runs many more examples."""
+suite stays quick; HYPOTHESIS_PROFILE=long runs 2000 per test."""
 from __future__ import annotations
 
 import os
@@ -21,12 +21,12 @@ from pyproxywasm.testing import PluginHarness
 from conftest import wat
 
 settings.register_profile(
-    "default", max_examples=60, deadline=None,
+    "ci", max_examples=60, deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 settings.register_profile(
-    "long", max_examples=5000, deadline=None,
+    "long", max_examples=2000, deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="module")

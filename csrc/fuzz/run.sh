@@ -6,7 +6,8 @@
 #                  in $FUZZ_OUT/corpus and reused by the next long run
 # Any sanitizer report, crash, failed check, timeout (an input running > 10 s: a hang) or
 # out-of-memory stops that target with a reproducer in $FUZZ_OUT/artifacts and makes the
-# script exit non-zero. The totals go to $FUZZ_OUT/<mode>.txt.
+# script exit non-zero. The totals go to $FUZZ_OUT/<mode>.txt. FUZZ_TARGETS="fuzz_hmap ..."
+# runs only those.
 set -euo pipefail
 mode="${1:?usage: run.sh short|long}"
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -29,7 +30,7 @@ mkdir -p "$out/artifacts"
 summary="$out/$mode.txt"
 : > "$summary"
 status=0
-for t in fuzz_hmap fuzz_props fuzz_hostcalls; do
+for t in ${FUZZ_TARGETS:-fuzz_hmap fuzz_props fuzz_hostcalls}; do
   name="${t#fuzz_}"
   seeds="$here/corpus/$name"
   opts=(-timeout=10 -rss_limit_mb=2048 -print_final_stats=1

@@ -425,7 +425,8 @@ pw_hmap *callout_map(pw_vm *vm, uint32_t type, int write, int *st);
 pw_buf *callout_buffer(pw_vm *vm, uint32_t type, int write, int *st);
 int callout_deliver(pw_vm *vm, const pw_call_event *ev); /* 1 if a callback was made */
 void callout_cancel_root(pw_vm *vm, uint32_t root);
-void callout_free(pw_vm *vm); /* cancels every call in flight */
+void callout_cancel_all(pw_vm *vm); /* a failed VM's calls: no answer can be delivered */
+void callout_free(pw_vm *vm);       /* cancels every call in flight */
 
 /* wasi.c */
 int wasi_define(wasmtime_linker_t *linker, char *err, size_t errlen);

@@ -56,6 +56,7 @@ void vm_fail(pw_vm *vm, const char *what, wasm_trap_t *trap, wasmtime_error_t *e
         describe(vm->error, sizeof vm->error, what, trap, err);
         vm->failed = 1;
         vm_log(vm, vm->cur, LOG_CRITICAL, vm->error, strlen(vm->error));
+        callout_cancel_all(vm); /* it runs no more callbacks: its answers have nowhere to go */
     } else {
         if (trap) WT.trap_delete(trap);
         if (err) WT.error_delete(err);

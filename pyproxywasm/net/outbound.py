@@ -62,6 +62,10 @@ class Outbound:
         self._http: Any = None
         self._grpc: Any = None
         self._direct: dict[str, Cluster] = {}
+        if self.clusters:
+            # Import the clients now, on the host's thread: importing aiohttp and grpcio
+            # takes a good part of a second, which the first call would otherwise wait.
+            from . import grpc_client, http_client  # noqa: F401
 
     # ---- clients, made on first use so a host without clusters starts no thread -----------
     @property

@@ -93,6 +93,8 @@ typedef struct pw_root {
     uint32_t tick_period_ms;
     uint64_t next_tick_ns;
     int pending_done;
+    uint32_t deadline_ms; /* per top-level callback of this root and its streams; 0: none */
+    int fail_open;        /* a failed VM lets this plugin's streams pass (FAIL_OPEN) */
     uint32_t status_code; /* proxy_get_status: the last outbound call's outcome */
     pw_buf status_msg;
 } pw_root;
@@ -118,6 +120,8 @@ typedef struct pw_http {
     pw_buf lr_details, lr_body;
     pw_hmap lr_headers;
     int reset, failed, done;
+    int grpc;          /* the request's content-type is application/grpc* */
+    int bypass;        /* FAIL_OPEN: the VM failed, the stream passes without the filter */
     uint64_t start_ns; /* wall clock at the first event: request.time */
 } pw_http;
 
@@ -129,6 +133,7 @@ typedef struct pw_tdir {
 typedef struct pw_tcp {
     pw_tdir d[2];
     int close_requested, failed, done, opened;
+    int bypass; /* FAIL_OPEN: the VM failed; data passes without the filter */
 } pw_tcp;
 
 typedef struct pw_ctx {
@@ -229,12 +234,14 @@ struct pw_dispatcher {
     _Atomic int signaled; /* the eventfd was written since the owner last ran */
     _Atomic int closed;
     _Atomic int named;    /* a queue owner refers to it: it can be posted to from anywhere */
+    _Atomic int active;   /* posters and wakers inside their bracket (dispatcher.c) */
+    _Atomic uint64_t posted; /* notices ever posted; `consumed` is the owner's count */
+    uint64_t consumed;
     int autorun;          /* no loop waits on it: run it when a stream starts (owner only) */
     mpsc inbox;           /* notice_node: queue notifications from any thread */
     pthread_t owner;
     pw_vm **vms;          /* the owner thread's VMs; owner thread only */
     size_t n_vms, cap_vms;
-    struct pw_dispatcher *next_all;
 };
 
 struct pw_engine {
@@ -313,6 +320,8 @@ struct pw_vm {
     int local_reply_in_call; /* a local reply was queued during this call */
 
     int failed;
+    int closed;    /* pw_vm_close ran: the struct lives on for stale handles, nothing else */
+    int mem_ready; /* the memory export is known (not yet while a start function runs) */
     char error[768];
     int exited, exit_code;
 
@@ -326,6 +335,18 @@ struct pw_vm {
     pw_foreign *foreign;
     pw_prop *host_props; /* properties the embedding provides for every context */
 
+    pw_limits limits;
+    /* Deadlines (epoch.c): set by the owner thread at each top-level call, read by the
+     * epoch callback on the same thread; interrupt is set from any thread. */
+    uintptr_t stack_lo;        /* the owner thread's lowest stack address */
+    uint64_t call_start_ns;    /* monotonic start of the running top-level call */
+    uint64_t call_cpu0_ns;     /* thread CPU time at its first tick (0: none yet) */
+    uint64_t call_pre_ns;      /* guest time before that tick (wall less Python's) */
+    uint64_t call_paused0_ns;  /* paused_ns at that tick */
+    uint64_t call_deadline_ms; /* its deadline; 0: none */
+    uint64_t paused_ns;        /* time spent in Python callbacks during this call */
+    _Atomic int interrupt;     /* pw_vm_interrupt: trap at the next epoch check */
+
     uint64_t clock_ns; /* virtual clock; 0 = real clocks */
     size_t buffer_limit; /* bytes a stream may hold per direction (http.c) */
 
@@ -338,8 +359,11 @@ struct pw_vm {
     uint32_t max_calls;
 
     pw_dispatcher *disp; /* the owner thread's dispatcher */
-    struct pw_space *space; /* this vm_id's shared data (shared.c) */
+    struct pw_space *space; /* this scope's shared data (shared.c) */
+    pw_buf ns, scope;       /* the host's namespace; (namespace, vm_id) as one key (namespace.c) */
+    struct pw_trace *trace; /* the ABI call trace (trace.c); NULL: off */
     uint64_t vm_key;     /* process-unique: queue owners name their VM by it */
+    uint32_t queues_created; /* against PW_QUEUES_PER_VM */
 };
 
 /* ---- cross-file internal API -------------------------------------------------------- */
@@ -355,9 +379,35 @@ int vm_defer(pw_vm *vm, int kind, uint32_t ctx, uint32_t arg);
 void vm_fail(pw_vm *vm, const char *what, wasm_trap_t *trap, wasmtime_error_t *err);
 uint64_t vm_now_ns(pw_vm *vm, int monotonic);
 void vm_log(pw_vm *vm, pw_ctx *ctx, int level, const char *msg, size_t len);
-int vm_check_owner(pw_vm *vm);
+int vm_enter(pw_vm *vm); /* PW_OK, or why the VM takes no call now */
+uint64_t vm_tick_after(uint64_t t, uint32_t period_ms);
+/* The prologue of every pw_* call on a VM: a status, or a negated one (pw.h). */
+#define VM_ENTER(vm)                 \
+    do {                             \
+        int e_ = vm_enter(vm);       \
+        if (e_) return e_;           \
+    } while (0)
+#define VM_ENTER_NEG(vm)             \
+    do {                             \
+        int e_ = vm_enter(vm);       \
+        if (e_) return -e_;          \
+    } while (0)
 int vm_queue_ready(pw_vm *vm, uint32_t root, uint32_t queue); /* 1 if delivered */
 int vm_run_ticks(pw_vm *vm);
+
+/* epoch.c: deadlines, interrupts, the wasm stack's room on the thread stack */
+#define PW_WASM_STACK (256u << 10) /* wasmtime's max_wasm_stack */
+#define PW_STACK_MARGIN (128u << 10) /* host frames below the deepest wasm frame */
+void epoch_configure(wasm_config_t *cfg);
+void epoch_engine_start(wasm_engine_t *e);
+void epoch_engine_stop(wasm_engine_t *e);
+void epoch_vm_attach(pw_vm *vm);
+void epoch_vm_detach(pw_vm *vm);
+uint64_t epoch_now_ns(void);
+/* After a call into Python that began at t0 (epoch_now_ns): its time is not the guest's. */
+static inline void vm_paused(pw_vm *vm, uint64_t t0) { vm->paused_ns += epoch_now_ns() - t0; }
+uintptr_t epoch_stack_low(void);
+int epoch_stack_fail(pw_vm *vm, char *why, size_t whylen);
 
 /* dispatcher.c */
 int dispatcher_post(pw_dispatcher *d, uint64_t vm_key, uint32_t root, uint32_t queue);
@@ -436,13 +486,30 @@ void wasi_flush(pw_vm *vm); /* logs partial stdout/stderr lines */
 int props_get(pw_vm *vm, pw_ctx *ctx, const uint8_t *path, size_t pl, pw_buf *out);
 int props_set(pw_vm *vm, pw_ctx *ctx, const uint8_t *path, size_t pl, const uint8_t *v, size_t vl);
 
-/* shared.c, queue.c, metrics.c */
+/* trace.c: hooks called only when vm->trace is set */
+#define TRACE_MAX_ARGS 12
+typedef struct pw_trace pw_trace;
+void trace_free(pw_vm *vm);
+int trace_depth(pw_vm *vm);
+void trace_set_depth(pw_vm *vm, int depth);
+void trace_enter(pw_vm *vm, const wasmtime_val_raw_t *a, size_t nargs);
+void trace_hostcall(pw_vm *vm, const char *name, int64_t status);
+void trace_callback(pw_vm *vm, int kind, const char *name, uint32_t ctx, int nargs,
+                    const uint32_t *args, int64_t result);
+
+/* namespace.c */
+int scope_make(pw_buf *out, const uint8_t *ns, size_t nsl, const uint8_t *vm_id, size_t vl);
+int vm_namespace_apply(pw_vm *vm, const uint8_t *ns, size_t nsl); /* sets ns, scope, space */
+
+/* shared.c, queue.c (keyed by scope), metrics.c (by namespace) */
 typedef struct pw_space pw_space; /* one vm_id's shared data */
 pw_space *shared_space(const uint8_t *vm_id, size_t vl, int create);
 int shared_get(pw_space *s, const uint8_t *k, size_t kl, pw_buf *out, uint32_t *cas);
 int shared_set(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_t n, uint32_t cas);
+#define PW_QUEUES_PER_VM 1024 /* queues one VM may create (it may join any number) */
 uint32_t queue_register(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl,
-                        pw_dispatcher *d, uint64_t vm_key, uint32_t root);
+                        pw_dispatcher *d, uint64_t vm_key, uint32_t root, int may_create,
+                        int *created);
 int queue_resolve(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl, uint32_t *id);
 #define QUEUE_MAX_ITEMS (1 << 20) /* per queue; see queue.c */
 int queue_enqueue(uint32_t id, const uint8_t *d, size_t n);
@@ -451,5 +518,22 @@ int metric_define(pw_vm *vm, uint32_t kind, const uint8_t *name, size_t nl, uint
 int metric_increment(pw_vm *vm, uint32_t id, int64_t off);
 int metric_record(pw_vm *vm, uint32_t id, uint64_t v);
 int metric_get(pw_vm *vm, uint32_t id, uint64_t *v);
+
+/* At a top-level guest call (epoch.c's scheme): checks the owner thread's stack has room
+ * for the wasm stack, then arms the deadline; -1 (and why) when there is no room. */
+static inline int epoch_call_begin(pw_vm *vm, uint32_t deadline_ms, char *why, size_t whylen) {
+    char here;
+    if ((uintptr_t)&here - vm->stack_lo < (uintptr_t)PW_WASM_STACK + PW_STACK_MARGIN ||
+        (uintptr_t)&here < vm->stack_lo)
+        return epoch_stack_fail(vm, why, whylen);
+    vm->paused_ns = 0;
+    vm->call_deadline_ms = deadline_ms;
+    if (deadline_ms) {
+        vm->call_start_ns = epoch_now_ns();
+        vm->call_cpu0_ns = 0;
+    }
+    WT.context_set_epoch_deadline(vm->cx, 1);
+    return 0;
+}
 
 #endif

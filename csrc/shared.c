@@ -1,5 +1,5 @@
-/* Shared data (ABI.md §9.1): one key/value store per vm_id, shared by every VM in the
- * process; CAS values from one process-wide counter that starts at 1 and skips 0.
+/* Shared data (ABI.md §9.1): one key/value store per scope, (host namespace, vm_id), shared
+ * by every VM of that namespace in the process; CAS values from one process-wide counter that starts at 1 and skips 0.
  *
  * No global lock: each vm_id's store is split into SHARDS by key hash, each with its own
  * lock, so threads working on different keys do not wait for each other. Every operation
@@ -29,6 +29,7 @@ typedef struct shard {
 
 struct pw_space {
     pw_buf vm_id;
+    _Atomic int64_t bytes; /* keys and values held, against max_bytes */
     shard shards[SHARDS];
     struct pw_space *next;
 };
@@ -37,6 +38,25 @@ struct pw_space {
 static pthread_mutex_t spaces_lock = PTHREAD_MUTEX_INITIALIZER;
 static pw_space *spaces;
 static _Atomic uint32_t cas_counter;
+/* Bytes (keys + values) one vm_id may hold; set by any thread, read by all. */
+static _Atomic int64_t max_bytes = 64 << 20;
+
+void pw_shared_set_max_bytes(uint64_t n) {
+    atomic_store(&max_bytes, n && n < INT64_MAX ? (int64_t)n : INT64_MAX);
+}
+
+/* Takes delta bytes from the vm_id's budget (returns them when negative); 0 if refused. */
+static int charge(pw_space *s, int64_t delta) {
+    if (delta <= 0) {
+        atomic_fetch_add(&s->bytes, delta);
+        return 1;
+    }
+    if (atomic_fetch_add(&s->bytes, delta) + delta > atomic_load(&max_bytes)) {
+        atomic_fetch_sub(&s->bytes, delta);
+        return 0;
+    }
+    return 1;
+}
 
 /* Benchmark baseline only (pw_shared_single_lock): every shard takes one process lock. */
 static _Atomic int single_lock_mode;
@@ -141,12 +161,16 @@ int shared_set(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_
         /* cas 0 writes unconditionally; a stale cas is a mismatch (Envoy). */
         if (cas && cas != e->cas) {
             st = ST_CAS_MISMATCH;
+        } else if (!charge(s, (int64_t)n - (int64_t)e->value.len)) {
+            st = ST_INTERNAL_FAILURE; /* past the vm_id's shared-data cap */
         } else {
             pw_buf old = e->value;
             e->value = fresh;
             fresh = old;
             e->cas = next_cas();
         }
+    } else if (!charge(s, (int64_t)(kl + n))) {
+        st = ST_INTERNAL_FAILURE;
     } else if ((created = calloc(1, sizeof *created)) && !buf_set(&created->key, k, kl)) {
         /* A missing key never mismatches (Envoy). */
         created->value = fresh;
@@ -156,6 +180,7 @@ int shared_set(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_
         if (++sh->n > sh->nbuckets) grow(sh);
         created = NULL;
     } else {
+        charge(s, -(int64_t)(kl + n));
         st = ST_INTERNAL_FAILURE;
     }
     pthread_mutex_unlock(l);
@@ -164,10 +189,17 @@ int shared_set(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_
     return st;
 }
 
-int pw_shared_get(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *key, size_t key_len,
-                  uint8_t **out, size_t *out_len, uint32_t *cas) {
-    pw_buf b = {0};
-    int st = shared_get(shared_space(vm_id, vm_id_len, 0), key, key_len, &b, cas);
+/* The embedding's view: a (namespace, vm_id) store, made into its scope (namespace.c). */
+int pw_shared_get(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
+                  const uint8_t *key, size_t key_len, uint8_t **out, size_t *out_len,
+                  uint32_t *cas) {
+    pw_buf b = {0}, scope = {0};
+    if (scope_make(&scope, ns, ns_len, vm_id, vm_id_len)) {
+        buf_free(&scope);
+        return ST_INTERNAL_FAILURE;
+    }
+    int st = shared_get(shared_space(scope.p, scope.len, 0), key, key_len, &b, cas);
+    buf_free(&scope);
     if (st != ST_OK) {
         buf_free(&b);
         return st;
@@ -178,7 +210,14 @@ int pw_shared_get(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *key, si
     return b.p ? ST_OK : ST_INTERNAL_FAILURE;
 }
 
-int pw_shared_set(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *key, size_t key_len,
-                  const uint8_t *value, size_t value_len, uint32_t cas) {
-    return shared_set(shared_space(vm_id, vm_id_len, 1), key, key_len, value, value_len, cas);
+int pw_shared_set(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
+                  const uint8_t *key, size_t key_len, const uint8_t *value, size_t value_len,
+                  uint32_t cas) {
+    pw_buf scope = {0};
+    int st = scope_make(&scope, ns, ns_len, vm_id, vm_id_len)
+                 ? ST_INTERNAL_FAILURE
+                 : shared_set(shared_space(scope.p, scope.len, 1), key, key_len, value,
+                              value_len, cas);
+    buf_free(&scope);
+    return st;
 }

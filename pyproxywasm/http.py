@@ -8,12 +8,15 @@ plugin continues (proxy_continue_stream), as in Envoy.
 from __future__ import annotations
 
 import enum
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import properties as props
 from ._binding import ffi, lib, raise_for
+from .abi import StreamFlags
 from .pairs import HeaderItems, Headers, decode_pairs, encode_headers
+from .policy import FailureOutcome
 
 if TYPE_CHECKING:
     from .host import RootContext
@@ -32,13 +35,17 @@ _STOPPED = (_REQ_STOPPED, _RESP_STOPPED)
 
 class Action(enum.IntEnum):
     """What a send_* did: CONTINUE when the data went on past the filter, PAUSE when it
-    was held (paused, or the stream ended by a local response, reset or failure)."""
+    was held (paused, or the stream ended by a local response, reset or failure), DROPPED
+    when an upstream response event came after the plugin's local response: Envoy drops
+    it (the local response replaced it), the plugin never sees it."""
 
     CONTINUE = 0
     PAUSE = 1
+    DROPPED = 2
 
 
 _CONTINUE, _PAUSE = Action.CONTINUE, Action.PAUSE  # enum attribute lookups are not free
+_LOCAL = lib.PW_S_LOCAL_REPLY
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,17 @@ class HttpStream:
         self.flags = f
         return _PAUSE if f & _STOPPED[direction] else _CONTINUE
 
+    def _dropped(self, f: int) -> Action:
+        if f < 0:
+            raise_for(f, self._vmobj)
+        self.flags = f
+        return Action.DROPPED
+
+    @property
+    def stream_flags(self) -> StreamFlags:
+        """The stream's state as named flags (the same bits as `flags`)."""
+        return StreamFlags(self.flags)
+
     def send_request_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
         data, n = (headers, -1) if headers.__class__ is bytes else encode_headers(headers)
         if self._id:
@@ -109,6 +127,9 @@ class HttpStream:
 
     def send_response_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
         data, n = (headers, -1) if headers.__class__ is bytes else encode_headers(headers)
+        if self.flags & _LOCAL:
+            return self._dropped(_headers(self._vm, self._id or self.context_id, _RESP, data,
+                                          len(data), n, end_stream))
         f = _headers(self._vm, self._id or self.context_id, _RESP, data, len(data), n, end_stream)
         if f < 0:
             raise_for(f, self._vmobj)
@@ -116,20 +137,48 @@ class HttpStream:
         return _PAUSE if f & _RESP_STOPPED else _CONTINUE
 
     def send_response_body(self, data: bytes, end_stream: bool = False) -> Action:
+        if self.flags & _LOCAL:
+            return self._dropped(_data(self._vm, self._id or self.context_id, _RESP, data,
+                                       len(data), end_stream))
         return self._done(_data(self._vm, self._id or self.context_id, _RESP, data, len(data), end_stream), 1)
 
     def send_response_trailers(self, trailers: HeaderItems) -> Action:
         data, n = encode_headers(trailers)
+        if self.flags & _LOCAL:
+            return self._dropped(_trailers(self._vm, self.context_id, _RESP, data, len(data), n))
         return self._done(_trailers(self._vm, self.context_id, _RESP, data, len(data), n), 1)
 
     def finish(self) -> None:
-        """Ends the stream: proxy_on_log, proxy_on_done, proxy_on_delete (Envoy's order)."""
+        """Ends the stream: proxy_on_log, proxy_on_done, proxy_on_delete (Envoy's order).
+        Idempotent; after its VM was closed (the host closed, or FAIL_RELOAD replaced the
+        VM) there is nothing left to end and it does nothing."""
         if self.flags & _DONE:
             return
-        f = _finish(self._vm, self._id or self.context_id)
-        if f < 0:
+        if not self._id:  # made now (a thread without a loop delivers what is pending)
+            vm = self._vmobj
+            rc = _new(self._vm, self.plugin.context_id, vm.u32)
+            if rc == lib.PW_ERR_CLOSED:
+                self.flags |= _DONE
+                return
+            if rc:
+                raise_for(rc, vm)
+            self._id = vm.u32[0]
+        f = _finish(self._vm, self._id)
+        if f < 0 and f != -lib.PW_ERR_CLOSED:
             raise_for(f, self._vmobj)
         self.flags |= _DONE
+
+    def __del__(self) -> None:
+        # Dropped without finish(): end it as Envoy ends a destroyed stream, on the VM's
+        # own thread (now, or at that thread's next stream), so its context never leaks.
+        if self._id and not self.flags & _DONE:
+            try:
+                if threading.get_ident() == self.plugin.thread:
+                    self.finish()
+                else:
+                    self._vmobj.dropped.append(self._id)
+            except Exception:  # noqa: BLE001 - a finalizer must not raise
+                pass
 
     def refresh(self) -> int:
         """Re-reads the stream's state (after the plugin resumed it from a tick, say)."""
@@ -152,7 +201,7 @@ class HttpStream:
     def __enter__(self) -> "HttpStream":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.finish()
 
     # ---- what the filter did --------------------------------------------------------------
@@ -246,5 +295,19 @@ class HttpStream:
 
     @property
     def failed(self) -> bool:
-        """The VM trapped while serving this stream (it got a 503 wasm_fail_stream)."""
-        return bool(self.flags & lib.PW_S_FAILED)
+        """The VM failed while serving this stream, or before it (its failure policy
+        answered: a 503 wasm_fail_stream, or FAIL_OPEN's pass-through)."""
+        return bool(self.flags & (lib.PW_S_FAILED | lib.PW_S_BYPASSED))
+
+    @property
+    def failure_outcome(self) -> FailureOutcome | None:
+        """What the plugin's failure policy did for this stream: FAILED_CLOSED (503),
+        FAILED_OPEN (passed without the filter), RELOADED (served by a VM that FAIL_RELOAD
+        made after a failure), or None (no failure involved)."""
+        if self.flags & lib.PW_S_BYPASSED:
+            return FailureOutcome.FAILED_OPEN
+        if self.flags & lib.PW_S_FAILED:
+            return FailureOutcome.FAILED_CLOSED
+        if self._vmobj.generation:
+            return FailureOutcome.RELOADED
+        return None

@@ -11,8 +11,11 @@ from itertools import chain
 from collections.abc import Mapping
 from typing import Iterable, Tuple, Union
 
+from .errors import InvalidHeaderError
+
 HeaderValue = Union[str, bytes]
-HeaderItems = Union[Iterable[Tuple[HeaderValue, HeaderValue]], Mapping[HeaderValue, HeaderValue]]
+# bytes: an already encoded pairs buffer, passed through as is
+HeaderItems = Union[bytes, Iterable[Tuple[HeaderValue, HeaderValue]], Mapping[HeaderValue, HeaderValue]]
 
 _u32 = struct.Struct("<I")
 _chain = chain.from_iterable
@@ -31,19 +34,24 @@ def encode_headers(items: HeaderItems) -> tuple[bytes, int]:
         if isinstance(items, (bytes, bytearray, memoryview)):
             return bytes(items), -1
         items = list(items.items() if isinstance(items, Mapping) else items)
-    n = len(items)
+    n = len(items)  # type: ignore[arg-type]  # a list or tuple by now
     if not n:
         return b"", 0
+    if items[0].__class__ in _NOT_PAIRS:  # type: ignore[index, operator]  # ["ab", "cd"] is not two headers
+        return encode_pairs(items), -1
     try:
-        data = "\0".join(_chain(items)).encode()
+        data = "\0".join(_chain(items)).encode()  # type: ignore[arg-type]
     except (TypeError, UnicodeEncodeError):  # bytes among them, or surrogate escapes
-        flat = [_b(s) for pair in items for s in pair]
+        flat = [_b(s) for pair in items for s in pair]  # type: ignore[arg-type, union-attr]
         data = b"\0".join(flat)
     # One separator fewer than names and values: otherwise an item was not a pair, or a
     # name/value holds a NUL; the pairs format says exactly what was meant (or raises).
     if data.count(b"\0") != 2 * n - 1:
         return encode_pairs(items), -1
-    return data, n
+    return data, n  # empty names, CR and LF are refused by the C core (InvalidHeaderError)
+
+
+_NOT_PAIRS = frozenset((str, bytes, bytearray, memoryview))
 
 
 def encode_pairs(items: HeaderItems) -> bytes:
@@ -54,7 +62,12 @@ def encode_pairs(items: HeaderItems) -> bytes:
         items = items.items()
     flat: list[bytes] = []
     for pair in items:
-        k, v = pair  # raises for anything but a pair
+        if isinstance(pair, (str, bytes, bytearray, memoryview)):
+            raise InvalidHeaderError(f"a header must be a (name, value) pair, not {pair!r}")
+        try:
+            k, v = pair
+        except (TypeError, ValueError):
+            raise InvalidHeaderError(f"a header must be a (name, value) pair, not {pair!r}") from None
         flat.append(_b(k))
         flat.append(_b(v))
     if not flat:
@@ -105,7 +118,7 @@ def decode_pairs(data: bytes) -> "Headers":
     return out
 
 
-class Headers(list):
+class Headers(list[tuple[str, str]]):
     """A header list in order, duplicates kept; lookups are by lowercase name."""
 
     def get(self, name: str, default: str | None = None) -> str | None:

@@ -15,10 +15,11 @@ calls with FAILED_PRECONDITION rather than silently verifying.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import re
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import grpc
 import grpc.aio
@@ -78,7 +79,7 @@ def method_path(service: str, method: str) -> str:
     return path
 
 
-def from_grpc_metadata(md) -> Metadata:
+def from_grpc_metadata(md: Any) -> Metadata:
     if not md:
         return []
     out: Metadata = []
@@ -153,7 +154,7 @@ class GrpcStream:
         self._on_event = on_event
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._call: grpc.aio.StreamStreamCall | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._cancelled = False
         self._finished = False
         self._half_closed = False
@@ -207,6 +208,7 @@ class GrpcStream:
 
     async def _write(self) -> None:
         call = self._call
+        assert call is not None  # started by _start
         try:
             while True:
                 msg = await self._outbox.get()
@@ -219,6 +221,7 @@ class GrpcStream:
 
     async def _read(self) -> None:
         call = self._call
+        assert call is not None  # started by _start
         got_initial = False
         try:
             md = await call.initial_metadata()
@@ -284,7 +287,8 @@ class GrpcClient:
         ch = self._channel(cluster)
         rpc = ch.unary_unary(path)
         try:
-            return await rpc(bytes(message), metadata=md, timeout=self._deadline(cluster, timeout))
+            answer: bytes = await rpc(bytes(message), metadata=md, timeout=self._deadline(cluster, timeout))
+            return answer
         except grpc.aio.AioRpcError as e:
             raise GrpcCallError(_status(e.code()), e.details() or "",
                                 from_grpc_metadata(e.trailing_metadata())) from None
@@ -309,8 +313,11 @@ class GrpcClient:
         s._start(call)
         self._streams.add(s)
         for t in s._tasks:
-            t.add_done_callback(lambda _t, s=s: self._forget(s))
+            t.add_done_callback(functools.partial(self._forget_after, s))
         return s
+
+    def _forget_after(self, s: GrpcStream, _task: object) -> None:
+        self._forget(s)
 
     def _forget(self, s: GrpcStream) -> None:
         if all(t.done() for t in s._tasks):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-from typing import AsyncIterable, AsyncIterator
+from typing import Any, AsyncIterable, AsyncIterator
 
 import h2.config
 import h2.connection
@@ -309,7 +309,7 @@ class H2Connection:
             pass
 
 
-def _retrieve(task: asyncio.Task) -> None:
+def _retrieve(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()
 
@@ -334,7 +334,7 @@ class H2Pool:
 
     async def _connect(self, addr: tuple[str, int]) -> H2Connection:
         host, port = addr
-        kw = {}
+        kw: dict[str, Any] = {}
         if self._ctx is not None:
             tls = self.cluster.tls
             kw = {"ssl": self._ctx, "server_hostname": (tls.sni if tls and tls.sni else host)}
@@ -398,11 +398,11 @@ class H2Pool:
         return out
 
     async def _begin(self, head: RequestHead, body: bytes | AsyncIterable[bytes],
-                     trailers: list[Header]) -> tuple[_Stream, asyncio.Task | None]:
+                     trailers: list[Header]) -> tuple[_Stream, asyncio.Task[None] | None]:
         conn = await self._connection()
         whole = isinstance(body, (bytes, bytearray))
         empty = whole and not body and not trailers
-        stream = conn.start(self._headers(head, self.cluster.scheme, len(body) if whole else None),
+        stream = conn.start(self._headers(head, self.cluster.scheme, len(body) if isinstance(body, (bytes, bytearray)) else None),
                             end_stream=empty)
         sender = None
         if not empty:
@@ -412,7 +412,7 @@ class H2Pool:
 
     async def _exchange(self, head: RequestHead, body: bytes | AsyncIterable[bytes],
                         trailers: list[Header], auto_ack: bool
-                        ) -> tuple[_Stream, asyncio.Task | None, list[Header]]:
+                        ) -> tuple[_Stream, asyncio.Task[None] | None, list[Header]]:
         """Send the request and wait for the response headers. A request the server says it
         did not process (REFUSED_STREAM, or cut off by a GOAWAY, as when it closes an idle
         connection just as the request goes out) is sent once more, on another connection,
@@ -467,7 +467,7 @@ class H2Pool:
 
 
 class _H2Streaming(StreamingResponse):
-    def __init__(self, stream: _Stream, sender: asyncio.Task | None, headers: list[Header],
+    def __init__(self, stream: _Stream, sender: asyncio.Task[None] | None, headers: list[Header],
                  deadline: float | None) -> None:
         super().__init__(int(headers[0][1]), headers)
         self._stream = stream

@@ -33,7 +33,7 @@ import re
 import ssl
 import sys
 from dataclasses import dataclass
-from typing import AsyncIterable, AsyncIterator, Awaitable, Sequence, TypeVar
+from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Sequence, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -262,12 +262,13 @@ class _H1Pool:
     async def send(self, head: RequestHead, body: bytes | AsyncIterable[bytes] | None
                    ) -> aiohttp.ClientResponse:
         url, sni = self.target(head.path)
+        data: bytes | AsyncIterable[bytes] | io.BytesIO | None = body
         if isinstance(body, (bytes, bytearray)) and len(body) > LARGE_BODY:
-            body = io.BytesIO(body)  # aiohttp writes it in chunks, yielding between them
+            data = io.BytesIO(body)  # aiohttp writes it in chunks, yielding between them
         hdrs = [("Host", head.authority)]
         hdrs += [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers]
         kwargs = {"server_hostname": sni} if sni else {}
-        return await self.session.request(head.method, url, headers=hdrs, data=body,
+        return await self.session.request(head.method, url, headers=hdrs, data=data,
                                           allow_redirects=False, **kwargs)
 
     async def close(self) -> None:
@@ -366,10 +367,10 @@ class HttpClient:
     def __init__(self, io: IoLoop) -> None:
         self.io = io
         self._h1: dict[Cluster, _H1Pool] = {}
-        self._h2: dict[Cluster, "H2Pool"] = {}
+        self._h2: dict[Cluster, Any] = {}  # h2_client.H2Pool, imported on first use
         self._closed = False
 
-    def _pool(self, cluster: Cluster):
+    def _pool(self, cluster: Cluster) -> Any:
         if self._closed:
             raise CalloutError("client closed")
         if cluster.http2:
@@ -409,10 +410,11 @@ class HttpClient:
                 raise CalloutError("client closed", e.reason) from e
             raise
 
-    async def _call(self, pool, cluster: Cluster, head: RequestHead, body: bytes,
+    async def _call(self, pool: Any, cluster: Cluster, head: RequestHead, body: bytes,
                     trailers: list[Header]) -> HttpResponse:
         if cluster.http2:
-            return await pool.request(head, body, trailers, cluster.max_response_bytes)
+            response: HttpResponse = await pool.request(head, body, trailers, cluster.max_response_bytes)
+            return response
         try:
             resp = await pool.send(head, body or None)
             try:
@@ -437,14 +439,14 @@ class HttpClient:
         budget = self._budget(cluster, timeout)
         loop = asyncio.get_running_loop()
         deadline = None if budget is None else loop.time() + budget
+        start: Any
         if cluster.http2:
             start = pool.open(head, body, deadline)
         else:
             start = self._open_h1(pool, head, body, deadline)
         try:
-            if budget is None:
-                return await start
-            return await bounded(start, budget)
+            response: StreamingResponse = await (start if budget is None else bounded(start, budget))
+            return response
         except asyncio.TimeoutError:
             raise CalloutError("timeout", f"no response headers within {budget} s") from None
 

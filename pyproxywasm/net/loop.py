@@ -66,7 +66,7 @@ class IoLoop:
         """Wrap a loop the embedding runs itself (it keeps running and closing it)."""
         return cls(loop, None)
 
-    def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future:
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         """Run `coro` on the loop; callable from any thread (also the loop's own, but
         blocking there on the returned future's result() would deadlock: await instead)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)

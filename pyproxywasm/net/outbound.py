@@ -128,7 +128,7 @@ class _Call:
     __slots__ = ("task", "stream", "cancelled", "record")
 
     def __init__(self) -> None:
-        self.task: asyncio.Future | None = None
+        self.task: asyncio.Future[Any] | None = None
         self.stream: Any = None
         self.cancelled = False
         self.record: Any = None  # the harness's record, for calls to recorded clusters
@@ -181,8 +181,8 @@ class VmCalls:
             self.outbound.io.call_soon(_stream_close, c)
 
     # ---- starting calls ------------------------------------------------------------------------
-    def _start_http(self, token: int, root: int, name: str, headers: list, body: bytes,
-                    trailers: list, timeout_ms: int) -> int:
+    def _start_http(self, token: int, root: int, name: str, headers: list[Any], body: bytes,
+                    trailers: list[Any], timeout_ms: int) -> int:
         out = self.outbound
         cluster = out.resolve(name, self._allow_any_host(root))
         if cluster is None:
@@ -198,7 +198,7 @@ class VmCalls:
         return ST_OK
 
     def _start_grpc(self, token: int, root: int, stream: bool, name: str, service: str,
-                    method: str, metadata: list, message: bytes, timeout_ms: int) -> int:
+                    method: str, metadata: list[Any], message: bytes, timeout_ms: int) -> int:
         out = self.outbound
         cluster = out.resolve(name, self._allow_any_host(root))
         if cluster is None:
@@ -223,7 +223,7 @@ class VmCalls:
         if not c.cancelled:
             c.task = asyncio.ensure_future(make())
 
-    async def _http(self, token: int, cluster: Cluster, headers: list, body: bytes, trailers: list,
+    async def _http(self, token: int, cluster: Cluster, headers: list[Any], body: bytes, trailers: list[Any],
                     timeout: float | None) -> None:
         from .http_client import CalloutError
         try:
@@ -238,7 +238,7 @@ class VmCalls:
         else:
             self.respond_http(token, r.headers, r.body, r.trailers)
 
-    async def _unary(self, token: int, cluster: Cluster, service: str, method: str, metadata: list,
+    async def _unary(self, token: int, cluster: Cluster, service: str, method: str, metadata: list[Any],
                      message: bytes, timeout: float | None) -> None:
         from .grpc_client import GrpcCallError
         try:
@@ -254,7 +254,7 @@ class VmCalls:
             self.grpc_message(token, answer, final=True)
 
     def _open_stream(self, c: _Call, token: int, cluster: Cluster, service: str, method: str,
-                     metadata: list, timeout: float | None) -> None:
+                     metadata: list[Any], timeout: float | None) -> None:
         if c.cancelled:
             return
 

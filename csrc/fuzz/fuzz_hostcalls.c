@@ -393,22 +393,23 @@ static void event(run *r, uint8_t ev) {
         size_t kl = next(r) % sizeof key, vl = next(r) % sizeof val;
         take(r, key, kl);
         take(r, val, vl);
-        switch (f % 6) {
+        switch (f % 7) {
+        case 6: pw_root_set_fail_open(r->vm, r->roots[key[0] % 4], val[0] & 1); break;
         case 0: pw_vm_set_buffer_limit(r->vm, (size_t)val[0] * 16); break;
         case 1: pw_root_set_log_level(r->vm, r->roots[key[0] % 4], val[0] % 7); break;
         case 2: { /* shared data, as Python reads and writes it */
             uint8_t *o = NULL;
             size_t ol = 0;
             uint32_t cas = 0;
-            pw_shared_set((const uint8_t *)"fuzz", 4, key, kl, val, vl, f >> 3);
-            if (pw_shared_get((const uint8_t *)"fuzz", 4, key, kl, &o, &ol, &cas) == 0 && ol)
+            pw_shared_set((const uint8_t *)"fuzz-ns", 7, (const uint8_t *)"fuzz", 4, key, kl, val, vl, f >> 3);
+            if (pw_shared_get((const uint8_t *)"fuzz-ns", 7, (const uint8_t *)"fuzz", 4, key, kl, &o, &ol, &cas) == 0 && ol)
                 sink ^= o[ol - 1];
             pw_bytes_free(o);
             break;
         }
         case 3: { /* a queue the guest registered, fed from outside */
             uint32_t q = f >> 3;
-            if (pw_queue_resolve((const uint8_t *)"fuzz", 4, key, kl, &q) == 0) sink ^= (uint8_t)q;
+            if (pw_queue_resolve((const uint8_t *)"fuzz-ns", 7, (const uint8_t *)"fuzz", 4, key, kl, &q) == 0) sink ^= (uint8_t)q;
             pw_queue_enqueue(q, val, vl);
             pw_queue_size(q);
             break;
@@ -417,13 +418,13 @@ static void event(run *r, uint8_t ev) {
             int kind;
             int64_t v;
             uint64_t sum;
-            pw_metric_get(key, kl, &kind, &v, &sum);
+            pw_metric_get((const uint8_t *)"fuzz-ns", 7, key, kl, &kind, &v, &sum);
             break;
         }
         case 5: {
             uint8_t *o = NULL;
             size_t ol = 0;
-            if (pw_metrics_dump(&o, &ol) == PW_OK && ol) sink ^= o[ol - 1];
+            if (pw_metrics_dump((const uint8_t *)"fuzz-ns", 7, &o, &ol) == PW_OK && ol) sink ^= o[ol - 1];
             pw_bytes_free(o);
             break;
         }
@@ -455,8 +456,13 @@ static void event(run *r, uint8_t ev) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 2) return 0;
     char err[512];
-    pw_vm *vm = pw_vm_new(mods[data[0] % 3], disp, (const uint8_t *)"fuzz", 4, (const uint8_t *)"vmcfg",
-                          5, (const uint8_t *)"A=1\0B=22\0", 9, NULL, err, sizeof err);
+    /* Caps small enough for a script to reach: memory (the guest may grow to 4 MiB), body
+     * buffers, log lines; and a deadline no script can reach (nothing in it loops). */
+    pw_limits limits = {.memory_bytes = 2u << 20, .body_bytes = 64u << 10,
+                        .deadline_ms = 5000, .log_bytes = 4096};
+    pw_vm *vm = pw_vm_new(mods[data[0] % 3], disp, &limits, (const uint8_t *)"fuzz-ns", 7,
+                          (const uint8_t *)"fuzz", 4, (const uint8_t *)"vmcfg", 5,
+                          (const uint8_t *)"A=1\0B=22\0", 9, NULL, err, sizeof err);
     if (!vm) {
         fprintf(stderr, "fuzz_hostcalls: vm: %s\n", err);
         abort();
@@ -494,6 +500,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int32_t count = 0;
     guest_call(vm, "fuzz_count", 0, &count);
     n_hostcalls += (uint32_t)count;
+    if (data[0] & 4) { /* closed first: every later call answers PW_ERR_CLOSED */
+        pw_vm_close(vm);
+        r.ended = 1;
+        event(&r, 0);
+        event(&r, 13);
+    }
     pw_vm_free(vm);
     pw_dispatcher_run(disp); /* posts for the freed VM are dropped */
     return 0;

@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 
+import pytest
+
 from pyproxywasm.testing import PluginHarness
 
 from conftest import wat
@@ -15,6 +17,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _gen():
+    if not (ROOT / "csrc" / "fuzz" / "gen_guest.py").exists():
+        # CI also runs the tests against an installed wheel, with tests/ copied alone
+        pytest.skip("needs the source tree (csrc/)")
     spec = importlib.util.spec_from_file_location("gen_guest", ROOT / "csrc" / "fuzz" / "gen_guest.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -198,7 +198,7 @@ pw_ctx *ctx_effective(pw_vm *vm) { return vm->eff ? vm->eff : vm->cur; }
 int pw_root_new(pw_vm *vm, const uint8_t *name, size_t name_len, const uint8_t *root_id,
                 size_t root_id_len, const uint8_t *config, size_t config_len, void *log_handle,
                 int log_level, uint32_t *out_id) {
-    if (!vm_check_owner(vm)) return PW_ERR_THREAD;
+    VM_ENTER(vm);
     if (vm->failed) return PW_ERR_FAILED;
     pw_ctx *c = ctx_new(vm, CTX_ROOT, NULL);
     if (!c) return PW_ERR;
@@ -209,6 +209,7 @@ int pw_root_new(pw_vm *vm, const uint8_t *name, size_t name_len, const uint8_t *
     }
     c->r->log_handle = log_handle;
     c->r->log_level = log_level;
+    c->r->deadline_ms = vm->limits.deadline_ms;
     *out_id = c->id;
     if (ctx_ensure_created(vm, c)) return PW_ERR_TRAP;
     uint32_t ok = 1, a[2] = {c->id, (uint32_t)vm->vm_config.len};
@@ -227,6 +228,11 @@ static pw_ctx *root_of(pw_vm *vm, uint32_t id) {
     return (c && c->kind == CTX_ROOT) ? c : NULL;
 }
 
+void pw_root_set_fail_open(pw_vm *vm, uint32_t root, int fail_open) {
+    pw_ctx *c = root_of(vm, root);
+    if (c) c->r->fail_open = fail_open != 0;
+}
+
 void pw_root_set_log_level(pw_vm *vm, uint32_t root, int level) {
     pw_ctx *c = root_of(vm, root);
     if (c) c->r->log_level = level;
@@ -238,7 +244,7 @@ uint32_t pw_root_tick_period(pw_vm *vm, uint32_t root) {
 }
 
 int pw_root_tick(pw_vm *vm, uint32_t root) {
-    if (!vm_check_owner(vm)) return PW_ERR_THREAD;
+    VM_ENTER(vm);
     if (vm->failed) return PW_ERR_FAILED;
     pw_ctx *c = root_of(vm, root);
     if (!c) return PW_ERR_NO_CONTEXT;
@@ -250,7 +256,7 @@ int pw_root_tick(pw_vm *vm, uint32_t root) {
 int pw_context_alive(pw_vm *vm, uint32_t ctx) { return ctx_get(vm, ctx) != NULL; }
 
 int pw_root_done(pw_vm *vm, uint32_t root) {
-    if (!vm_check_owner(vm)) return -PW_ERR_THREAD;
+    VM_ENTER_NEG(vm);
     pw_ctx *c = root_of(vm, root);
     if (!c) return -PW_ERR_NO_CONTEXT;
     uint32_t done = 1;
@@ -267,7 +273,7 @@ int pw_root_done(pw_vm *vm, uint32_t root) {
 
 int pw_root_foreign_call(pw_vm *vm, uint32_t root, uint32_t function_id, const uint8_t *args,
                          size_t len) {
-    if (!vm_check_owner(vm)) return PW_ERR_THREAD;
+    VM_ENTER(vm);
     if (vm->failed) return PW_ERR_FAILED;
     pw_ctx *c = root_of(vm, root);
     if (!c) return PW_ERR_NO_CONTEXT;

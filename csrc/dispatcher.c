@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -23,16 +24,11 @@ typedef struct notice_node {
     uint8_t data[];
 } notice_node;
 
-static void push(pw_dispatcher *d, notice_node *n) {
-    mpsc_push(&d->inbox, &n->node);
-    pw_dispatcher_wake(d); /* after the push is complete, so no wake-up is lost */
-}
-
-/* Dispatchers are never freed: a queue registered by one of its VMs may still name it. A
- * closed one drops what is posted to it. All dispatchers hang off `all` (for the record;
- * guarded by all_lock, taken only when one is created). */
-static pthread_mutex_t all_lock = PTHREAD_MUTEX_INITIALIZER;
-static pw_dispatcher *all;
+/* A dispatcher that a queue owner names is never freed (a producer on any thread may
+ * still post to it); a closed one drops what is posted. Its eventfd is closed anyway:
+ * posters and wakers announce themselves in `active` and check `closed` inside that
+ * bracket, and close waits for the bracket to empty, so no write can reach a closed (or
+ * reused) descriptor. A dispatcher no queue names is freed by pw_dispatcher_free. */
 
 pw_dispatcher *pw_dispatcher_new(void) {
     pw_dispatcher *d = calloc(1, sizeof *d);
@@ -44,23 +40,44 @@ pw_dispatcher *pw_dispatcher_new(void) {
     }
     mpsc_init(&d->inbox);
     d->owner = pthread_self();
-    pthread_mutex_lock(&all_lock);
-    d->next_all = all;
-    all = d;
-    pthread_mutex_unlock(&all_lock);
     return d;
 }
 
-int pw_dispatcher_fd(pw_dispatcher *d) { return d->efd; }
+int pw_dispatcher_fd(pw_dispatcher *d) { return atomic_load(&d->closed) ? -1 : d->efd; }
 
-void pw_dispatcher_wake(pw_dispatcher *d) {
-    if (atomic_load_explicit(&d->closed, memory_order_acquire)) return;
+/* Inside the active bracket (seq_cst against close's closed-then-wait). */
+static void wake_locked(pw_dispatcher *d) {
     if (!atomic_exchange_explicit(&d->signaled, 1, memory_order_acq_rel)) {
         uint64_t one = 1;
         ssize_t r;
         do r = write(d->efd, &one, sizeof one);
         while (r < 0 && errno == EINTR);
     }
+}
+
+static int enter(pw_dispatcher *d) {
+    atomic_fetch_add(&d->active, 1);
+    if (atomic_load(&d->closed)) {
+        atomic_fetch_sub(&d->active, 1);
+        return 0;
+    }
+    return 1;
+}
+
+static void leave(pw_dispatcher *d) { atomic_fetch_sub(&d->active, 1); }
+
+void pw_dispatcher_wake(pw_dispatcher *d) {
+    if (!enter(d)) return;
+    wake_locked(d);
+    leave(d);
+}
+
+/* Inside the bracket: counts the notice, publishes it, then wakes the owner (after the
+ * push is complete, so no wake-up is lost). */
+static void push_locked(pw_dispatcher *d, notice_node *n) {
+    atomic_fetch_add_explicit(&d->posted, 1, memory_order_relaxed);
+    mpsc_push(&d->inbox, &n->node);
+    wake_locked(d);
 }
 
 void pw_dispatcher_set_autorun(pw_dispatcher *d, int on) { d->autorun = on != 0; }
@@ -71,14 +88,18 @@ void pw_dispatcher_track_changes(pw_dispatcher *d, int on) {
 }
 
 int dispatcher_post(pw_dispatcher *d, uint64_t vm_key, uint32_t root, uint32_t queue) {
-    if (atomic_load_explicit(&d->closed, memory_order_acquire)) return -1;
+    if (!enter(d)) return -1;
     notice_node *n = calloc(1, sizeof *n);
-    if (!n) return -1;
+    if (!n) {
+        leave(d);
+        return -1;
+    }
     n->vm_key = vm_key;
     n->kind = NOTICE_QUEUE;
     n->root = root;
     n->queue = queue;
-    push(d, n);
+    push_locked(d, n);
+    leave(d);
     return 0;
 }
 
@@ -86,11 +107,14 @@ int pw_dispatcher_post_call(pw_dispatcher *d, uint64_t vm_key, uint32_t token, i
                             uint32_t status, const uint8_t *headers, size_t headers_len,
                             int nheaders, const uint8_t *body, size_t body_len,
                             const uint8_t *trailers, size_t trailers_len, int ntrailers) {
-    if (atomic_load_explicit(&d->closed, memory_order_acquire)) return -1;
     size_t total = headers_len + body_len + trailers_len;
     if (total < headers_len || total > SIZE_MAX - sizeof(notice_node)) return -1;
+    if (!enter(d)) return -1;
     notice_node *n = malloc(sizeof *n + total);
-    if (!n) return -1;
+    if (!n) {
+        leave(d);
+        return -1;
+    }
     n->vm_key = vm_key;
     n->kind = NOTICE_CALL;
     n->root = n->queue = 0;
@@ -103,7 +127,8 @@ int pw_dispatcher_post_call(pw_dispatcher *d, uint64_t vm_key, uint32_t token, i
                             .body = p + headers_len, .body_len = body_len,
                             .trailers = p + headers_len + body_len,
                             .trailers_len = trailers_len, .ntrailers = ntrailers};
-    push(d, n);
+    push_locked(d, n);
+    leave(d);
     return 0;
 }
 
@@ -153,8 +178,9 @@ static pw_vm *vm_by_key(pw_dispatcher *d, uint64_t key) {
 
 int pw_dispatcher_run(pw_dispatcher *d) {
     if (!pthread_equal(d->owner, pthread_self())) return -PW_ERR_THREAD;
+    if (atomic_load(&d->closed)) return -PW_ERR_CLOSED;
     for (size_t i = 0; i < d->n_vms; i++)
-        if (d->vms[i]->depth) return -PW_ERR_THREAD; /* from inside a callback */
+        if (d->vms[i]->depth) return -PW_ERR_REENTRANT; /* from inside a callback */
     /* Consume the fd first, then clear the flag: a wake-up that lands in between leaves
      * the fd readable (one spurious run), and none is ever lost. */
     uint64_t count;
@@ -164,7 +190,12 @@ int pw_dispatcher_run(pw_dispatcher *d) {
     int calls = 0;
     mpsc_node *n;
     d->running = 1;
-    while ((n = mpsc_pop(&d->inbox))) {
+    /* Only what was posted before this run: an on_queue_ready that enqueues to its own
+     * queue is served by the next run (the post woke the fd), never in an endless drain. */
+    uint64_t budget = atomic_load_explicit(&d->posted, memory_order_relaxed) - d->consumed;
+    while (budget && (n = mpsc_pop(&d->inbox))) {
+        budget--;
+        d->consumed++;
         notice_node *nn = (notice_node *)n;
         pw_vm *vm = vm_by_key(d, nn->vm_key);
         if (vm && (nn->kind == NOTICE_QUEUE ? vm_queue_ready(vm, nn->root, nn->queue)
@@ -187,15 +218,21 @@ uint64_t pw_dispatcher_next_tick_in(pw_dispatcher *d) {
 }
 
 void pw_dispatcher_close(pw_dispatcher *d) {
-    if (atomic_exchange_explicit(&d->closed, 1, memory_order_acq_rel)) return;
+    if (atomic_exchange(&d->closed, 1)) return;
+    while (atomic_load(&d->active)) sched_yield(); /* posters inside their bracket */
     mpsc_node *n;
     while ((n = mpsc_pop(&d->inbox))) free(n);
-    /* A queue owner may still reach this dispatcher from another thread: then its eventfd
-     * stays open (one descriptor per retired dispatcher that owned a queue) rather than
-     * risk a write to a reused descriptor number. */
-    if (!atomic_load_explicit(&d->named, memory_order_acquire)) close(d->efd);
+    close(d->efd);
+    d->efd = -1;
     free(d->vms);
     buf_free(&d->changed);
     d->vms = NULL;
     d->n_vms = d->cap_vms = 0;
+}
+
+void pw_dispatcher_free(pw_dispatcher *d) {
+    if (!d) return;
+    pw_dispatcher_close(d);
+    /* Named by a queue owner: kept (closed) for producers that may still find it. */
+    if (!atomic_load(&d->named)) free(d);
 }

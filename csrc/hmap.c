@@ -43,8 +43,17 @@ static void compact(pw_hmap *m) {
     m->garbage = 0;
 }
 
+/* A map holds at most PAIRS_MAX_COUNT entries and PAIRS_MAX_BYTES live bytes, whatever a
+ * guest adds; replaced values become garbage, compacted away once they are most of it. */
+static int fits(pw_hmap *m, size_t add, int new_entry) {
+    if (new_entry && m->n >= PAIRS_MAX_COUNT) return 0;
+    if (m->bytes.len - m->garbage + add > PAIRS_MAX_BYTES) return 0;
+    if (m->garbage > 4096 && m->garbage > m->bytes.len / 2) compact(m);
+    return 1;
+}
+
 static int push(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl) {
-    if (kl > UINT32_MAX || vl > UINT32_MAX) return -1;
+    if (kl > UINT32_MAX || vl > UINT32_MAX || !fits(m, kl + vl, 1)) return -1;
     if (m->n == m->cap) {
         size_t nc = m->cap ? m->cap * 2 : 16;
         hm_entry *ne = realloc(m->e, nc * sizeof *ne);
@@ -98,6 +107,7 @@ int hmap_replace(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size
     for (size_t i = m->n; i-- > (size_t)first + 1;)
         if (m->e[i].kl == kl && key_eq(hm_key(m, i), k, kl)) remove_at(m, i);
     hm_entry *e = &m->e[first];
+    if (vl > e->vl && !fits(m, vl - e->vl, 0)) return -1;
     if (vl <= e->vl) {
         if (vl) memmove(m->bytes.p + e->vo, v, vl);
         m->garbage += e->vl - vl;

@@ -9,6 +9,11 @@
 
 /* ---- guest memory ---------------------------------------------------------------------- */
 void mem_refresh(pw_vm *vm, wasmtime_context_t *cx) {
+    if (!vm->mem_ready) { /* a start function: instantiation has not handed us the memory */
+        vm->mbase = NULL;
+        vm->msize = 0;
+        return;
+    }
     vm->mbase = WT.memory_data(cx, &vm->mem);
     vm->msize = WT.memory_data_size(cx, &vm->mem);
 }
@@ -136,7 +141,7 @@ HOSTCALL(set_tick_period_milliseconds) {
     pw_ctx *root = root_of_eff(vm);
     if (!root) RET(ST_BAD_ARGUMENT);
     root->r->tick_period_ms = U(0);
-    root->r->next_tick_ns = vm_now_ns(vm, 1) + (uint64_t)U(0) * 1000000u;
+    root->r->next_tick_ns = vm_tick_after(vm_now_ns(vm, 1), U(0));
     RET(ST_OK);
 }
 
@@ -209,14 +214,20 @@ HOSTCALL(set_buffer_bytes) {
     uint32_t start = U(1), size = U(2);
     /* Envoy's copyFrom: start 0 drains `size` bytes then prepends; start >= len appends;
      * a middle insert is not supported. */
+    uint64_t cap = vm->limits.body_bytes;
     if (start == 0) { /* `v` is guest memory: reshaping our buffer cannot move it */
         size_t kept = size >= b->len ? 0 : b->len - size;
+        if (cap && (uint64_t)kept + U(4) > cap && (uint64_t)kept + U(4) > b->len)
+            RET(ST_INTERNAL_FAILURE); /* past Limits.body_bytes: nothing changes */
         if (buf_reserve(b, kept + U(4))) RET(ST_INTERNAL_FAILURE); /* then nothing fails */
         buf_drain_front(b, size);
         buf_prepend(b, v, U(4));
         RET(ST_OK);
     }
-    if (start >= b->len) RET(buf_append(b, v, U(4)) ? ST_INTERNAL_FAILURE : ST_OK);
+    if (start >= b->len) {
+        if (cap && (uint64_t)b->len + U(4) > cap && U(4)) RET(ST_INTERNAL_FAILURE);
+        RET(buf_append(b, v, U(4)) ? ST_INTERNAL_FAILURE : ST_OK);
+    }
     RET(ST_BAD_ARGUMENT);
 }
 
@@ -487,8 +498,11 @@ HOSTCALL(register_shared_queue) {
     MEM(name, U(0), U(1));
     if (!gmem(vm, U(2), 4)) RET(ST_INVALID_MEMORY_ACCESS);
     pw_ctx *root = root_of_eff(vm);
+    int created;
     uint32_t id = queue_register(vm->vm_id.p, vm->vm_id.len, name, U(1), vm->disp, vm->vm_key,
-                                 root ? root->id : 0);
+                                 root ? root->id : 0, vm->queues_created < PW_QUEUES_PER_VM,
+                                 &created);
+    vm->queues_created += (uint32_t)created;
     if (!id) RET(ST_INTERNAL_FAILURE);
     gput_u32(vm, U(2), id);
     RET(ST_OK);
@@ -596,7 +610,9 @@ HOSTCALL(call_foreign_function) {
         RET(ST_INVALID_MEMORY_ACCESS);
     buf_clear(&vm->hc);
     /* The guest is suspended, so `args` stays put while Python runs. */
+    uint64_t t0 = epoch_now_ns();
     int st = pw_foreign_cb(f->handle, args, U(3), &vm->hc);
+    vm->paused_ns += epoch_now_ns() - t0; /* Python's time, not the guest's */
     if (st != ST_OK || !U(4)) RET(st);
     RET(greturn(vm, cx, vm->hc.p, vm->hc.len, U(4), U(5), &trap));
 }

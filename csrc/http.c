@@ -30,7 +30,28 @@ void http_free(pw_http *h) {
     hmap_free(&h->lr_headers);
 }
 
+/* A pooled context keeps its buffers' capacity up to this; a bigger one (a 256 MiB body)
+ * is given back rather than staying resident until the VM closes. */
+#define SPARE_KEEP_BYTES (64u << 10)
+
+static void trim_buf(pw_buf *b) {
+    if (b->cap > SPARE_KEEP_BYTES) buf_free(b);
+}
+
+static void trim_map(pw_hmap *m) {
+    if (m->bytes.cap > SPARE_KEEP_BYTES || m->cap > 1024) hmap_free(m);
+}
+
 void http_reset(pw_http *h) {
+    for (int d = 0; d < 2; d++) {
+        trim_map(&h->d[d].headers);
+        trim_map(&h->d[d].trailers);
+        trim_buf(&h->d[d].held);
+        trim_buf(&h->d[d].out);
+    }
+    trim_buf(&h->lr_details);
+    trim_buf(&h->lr_body);
+    trim_map(&h->lr_headers);
     pw_http keep = *h;
     memset(h, 0, sizeof *h);
     for (int d = 0; d < 2; d++) {
@@ -51,6 +72,12 @@ void http_reset(pw_http *h) {
     hmap_clear(&h->lr_headers);
 }
 
+static int is_grpc(const pw_hmap *request) {
+    size_t n;
+    const uint8_t *ct = hmap_get(request, (const uint8_t *)"content-type", 12, &n);
+    return ct && n >= 16 && !memcmp(ct, "application/grpc", 16);
+}
+
 static pw_ctx *http_of(pw_vm *vm, uint32_t id) {
     pw_ctx *c = ctx_get(vm, id);
     return (c && c->kind == CTX_HTTP) ? c : NULL;
@@ -62,7 +89,8 @@ static int flags_of(const pw_http *h) {
     if (h->d[1].stop) f |= PW_S_RESP_STOPPED;
     if (h->local_reply) f |= PW_S_LOCAL_REPLY;
     if (h->reset) f |= PW_S_RESET;
-    if (h->failed) f |= PW_S_FAILED;
+    if (h->failed && !h->bypass) f |= PW_S_FAILED;
+    if (h->bypass) f |= PW_S_BYPASSED;
     if (h->done) f |= PW_S_DONE;
     if (h->d[0].end_out) f |= PW_S_REQ_ENDED;
     if (h->d[1].end_out) f |= PW_S_RESP_ENDED;
@@ -131,7 +159,7 @@ static void body_callback(pw_vm *vm, pw_ctx *c, int dir) {
     } else if (r > 0) {
         /* 1 (Pause) and 2 buffer; StopIterationNoBuffer leaves the chunk to the filter,
          * which for a Wasm filter means it is dropped, as in Envoy. */
-        if (r == R_STOP_NO_BUFFER) buf_clear(&D->held);
+        if (r >= R_STOP_NO_BUFFER) buf_clear(&D->held); /* > 3 too, as cpp-host clamps */
         D->stop = STOP_BODY;
     }
 }
@@ -214,7 +242,7 @@ static void respond_locally(pw_vm *vm, pw_ctx *c, int run_callbacks) {
     for (size_t i = 0; i < h->lr_headers.n; i++)
         hmap_add(&R->headers, hm_key(&h->lr_headers, i), h->lr_headers.e[i].kl,
                  hm_val(&h->lr_headers, i), h->lr_headers.e[i].vl);
-    if (h->lr_grpc >= 0 && h->lr_grpc <= 16) {
+    if (h->grpc && h->lr_grpc >= 0 && h->lr_grpc <= 16) { /* Envoy: gRPC requests only */
         sl = snprintf(status, sizeof status, "%d", h->lr_grpc);
         hmap_replace(&R->headers, (const uint8_t *)"grpc-status", 11, (const uint8_t *)status,
                      (size_t)sl);
@@ -248,12 +276,33 @@ void http_local_reply_apply(pw_vm *vm, pw_ctx *c) {
     respond_locally(vm, c, 1);
 }
 
-/* A trap while serving the stream: fail closed with Envoy's 503 wasm_fail_stream. */
+/* FAIL_OPEN: everything this direction holds goes on, and later input passes unfiltered. */
+static void bypass_dir(pw_hdir *D) {
+    if (!D->headers_in) return;
+    D->headers_out = 1;
+    D->hmode = D->tmode = MAP_NONE;
+    D->stop = STOP_NONE;
+    if (D->cut) return;
+    buf_move_append(&D->out, &D->held);
+    if (D->trailers_in) D->trailers_out = 1;
+    if (D->end_in) D->end_out = 1;
+}
+
+/* A trap while serving the stream (or a stream on a VM that failed earlier): the plugin's
+ * failure policy. FAIL_CLOSED answers Envoy's 503 wasm_fail_stream (grpc-status 14 only
+ * for a gRPC request); FAIL_OPEN lets the stream pass as if the filter were absent. */
 void http_fail(pw_vm *vm, pw_ctx *c) {
     pw_http *h = c->h;
     if (h->failed) return;
+    if (c->root && c->root->r->fail_open && !h->local_reply) {
+        h->failed = h->bypass = 1;
+        h->lr_pending = 0;
+        bypass_dir(&h->d[0]);
+        bypass_dir(&h->d[1]);
+        return;
+    }
     h->lr_status = 503;
-    h->lr_grpc = 14; /* Unavailable */
+    h->lr_grpc = 14; /* Unavailable; sent only to gRPC requests */
     buf_set(&h->lr_details, (const uint8_t *)"wasm_fail_stream", 16);
     buf_clear(&h->lr_body);
     hmap_clear(&h->lr_headers);
@@ -296,14 +345,15 @@ pw_buf *stream_buffer(pw_vm *vm, pw_ctx *c, uint32_t type, int *status) {
 
 /* ---- the API ------------------------------------------------------------------------ */
 #define ENTER(vm, id, c)                                  \
-    if (!vm_check_owner(vm)) return -PW_ERR_THREAD;       \
+    VM_ENTER_NEG(vm);       \
     pw_ctx *c = http_of(vm, id);                          \
     if (!c) return -PW_ERR_NO_CONTEXT;
 
 int pw_http_new(pw_vm *vm, uint32_t root, uint32_t *out_id) {
-    if (!vm_check_owner(vm)) return PW_ERR_THREAD;
+    VM_ENTER(vm);
     dispatcher_autorun(vm->disp);
-    if (vm->failed) return PW_ERR_FAILED;
+    /* On a failed VM the stream is still made: its first event answers with the plugin's
+     * failure policy (a 503, or passing without the filter) and calls no guest code. */
     pw_ctx *r = ctx_get(vm, root);
     if (!r || r->kind != CTX_ROOT || r->r->pending_done) return PW_ERR_NO_CONTEXT;
     pw_ctx *c = ctx_new(vm, CTX_HTTP, r);
@@ -348,9 +398,14 @@ int pw_http_headers(pw_vm *vm, uint32_t id, int dir, const uint8_t *pairs, size_
     if (dir == PW_DIR_RESPONSE && h->local_reply) return flags_of(h); /* upstream too late */
     if (parse_in(&D->headers, pairs, len, nflat)) return -PW_ERR;
     if (!h->start_ns) h->start_ns = vm_now_ns(vm, 0);
+    if (dir == PW_DIR_REQUEST) h->grpc = is_grpc(&D->headers);
     D->headers_in = 1;
     D->headers_eos = eos != 0;
     D->end_in = eos != 0;
+    if (h->bypass) {
+        bypass_dir(D);
+        return flags_of(h);
+    }
     if (closed_for(h, dir) || begin(vm, c)) return flags_of(h);
     headers_callback(vm, c, dir);
     vm_run_deferred(vm);
@@ -386,6 +441,11 @@ int pw_http_data(pw_vm *vm, uint32_t id, int dir, const uint8_t *data, size_t le
     if (!D->headers_in || D->end_in) return -PW_ERR_STATE;
     if (eos) D->end_in = 1;
     D->body_in += len;
+    if (h->bypass) {
+        if (buf_append(&D->out, data, len)) return -PW_ERR;
+        bypass_dir(D);
+        return flags_of(h);
+    }
     if (closed_for(h, dir)) return flags_of(h);
     if (buf_append(&D->held, data, len)) return -PW_ERR;
     if (D->stop != STOP_HEADERS) body_callback(vm, c, dir);
@@ -404,6 +464,10 @@ int pw_http_trailers(pw_vm *vm, uint32_t id, int dir, const uint8_t *pairs, size
     if (parse_in(&D->trailers, pairs, len, nflat)) return -PW_ERR;
     D->trailers_in = 1;
     D->end_in = 1;
+    if (h->bypass) {
+        bypass_dir(D);
+        return flags_of(h);
+    }
     if (closed_for(h, dir)) return flags_of(h);
     if (D->stop != STOP_HEADERS) trailers_callback(vm, c, dir);
     vm_run_deferred(vm);

@@ -95,6 +95,8 @@ typedef struct pw_root {
     int pending_done;
     uint32_t status_code; /* proxy_get_status: the last outbound call's outcome */
     pw_buf status_msg;
+    uint32_t deadline_ms; /* per top-level callback of this root and its streams; 0: none */
+    int fail_open;        /* a failed VM lets this plugin's streams pass (FAIL_OPEN) */
 } pw_root;
 
 typedef struct pw_hdir {
@@ -118,6 +120,8 @@ typedef struct pw_http {
     pw_buf lr_details, lr_body;
     pw_hmap lr_headers;
     int reset, failed, done;
+    int grpc;          /* the request's content-type is application/grpc* */
+    int bypass;        /* FAIL_OPEN: the VM failed, the stream passes without the filter */
     uint64_t start_ns; /* wall clock at the first event: request.time */
 } pw_http;
 
@@ -229,12 +233,14 @@ struct pw_dispatcher {
     _Atomic int signaled; /* the eventfd was written since the owner last ran */
     _Atomic int closed;
     _Atomic int named;    /* a queue owner refers to it: it can be posted to from anywhere */
+    _Atomic int active;   /* posters and wakers inside their bracket (dispatcher.c) */
+    _Atomic uint64_t posted; /* notices ever posted; `consumed` is the owner's count */
+    uint64_t consumed;
     int autorun;          /* no loop waits on it: run it when a stream starts (owner only) */
     mpsc inbox;           /* notice_node: queue notifications from any thread */
     pthread_t owner;
     pw_vm **vms;          /* the owner thread's VMs; owner thread only */
     size_t n_vms, cap_vms;
-    struct pw_dispatcher *next_all;
 };
 
 struct pw_engine {
@@ -313,6 +319,8 @@ struct pw_vm {
     int local_reply_in_call; /* a local reply was queued during this call */
 
     int failed;
+    int closed;    /* pw_vm_close ran: the struct lives on for stale handles, nothing else */
+    int mem_ready; /* the memory export is known (not yet while a start function runs) */
     char error[768];
     int exited, exit_code;
 
@@ -325,6 +333,14 @@ struct pw_vm {
     pw_buf call_data;         /* FOREIGN_FUNCTION_ARGUMENTS */
     pw_foreign *foreign;
     pw_prop *host_props; /* properties the embedding provides for every context */
+
+    pw_limits limits;
+    /* Deadlines (epoch.c): set by the owner thread at each top-level call, read by the
+     * epoch callback on the same thread; interrupt is set from any thread. */
+    uint64_t call_deadline_ns; /* monotonic; 0: none */
+    uint64_t call_deadline_ms;
+    uint64_t paused_ns;        /* time spent in Python callbacks during this call */
+    _Atomic int interrupt;     /* pw_vm_interrupt: trap at the next epoch check */
 
     uint64_t clock_ns; /* virtual clock; 0 = real clocks */
     size_t buffer_limit; /* bytes a stream may hold per direction (http.c) */
@@ -340,6 +356,7 @@ struct pw_vm {
     pw_dispatcher *disp; /* the owner thread's dispatcher */
     struct pw_space *space; /* this vm_id's shared data (shared.c) */
     uint64_t vm_key;     /* process-unique: queue owners name their VM by it */
+    uint32_t queues_created; /* against PW_QUEUES_PER_VM */
 };
 
 /* ---- cross-file internal API -------------------------------------------------------- */
@@ -355,9 +372,35 @@ int vm_defer(pw_vm *vm, int kind, uint32_t ctx, uint32_t arg);
 void vm_fail(pw_vm *vm, const char *what, wasm_trap_t *trap, wasmtime_error_t *err);
 uint64_t vm_now_ns(pw_vm *vm, int monotonic);
 void vm_log(pw_vm *vm, pw_ctx *ctx, int level, const char *msg, size_t len);
-int vm_check_owner(pw_vm *vm);
+int vm_enter(pw_vm *vm); /* PW_OK, or why the VM takes no call now */
+uint64_t vm_tick_after(uint64_t t, uint32_t period_ms);
+/* The prologue of every pw_* call on a VM: a status, or a negated one (pw.h). */
+#define VM_ENTER(vm)                 \
+    do {                             \
+        int e_ = vm_enter(vm);       \
+        if (e_) return e_;           \
+    } while (0)
+#define VM_ENTER_NEG(vm)             \
+    do {                             \
+        int e_ = vm_enter(vm);       \
+        if (e_) return -e_;          \
+    } while (0)
 int vm_queue_ready(pw_vm *vm, uint32_t root, uint32_t queue); /* 1 if delivered */
 int vm_run_ticks(pw_vm *vm);
+
+/* epoch.c: deadlines, interrupts, the wasm stack's room on the thread stack */
+#define PW_WASM_STACK (256u << 10) /* wasmtime's max_wasm_stack */
+#define PW_STACK_MARGIN (128u << 10) /* host frames below the deepest wasm frame */
+void epoch_configure(wasm_config_t *cfg);
+void epoch_engine_start(wasm_engine_t *e);
+void epoch_engine_stop(wasm_engine_t *e);
+void epoch_vm_attach(pw_vm *vm);
+void epoch_vm_detach(pw_vm *vm);
+/* At a top-level guest call: arms the deadline; -1 (and why) when the thread's stack has
+ * no room for the wasm stack. */
+int epoch_call_begin(pw_vm *vm, uint32_t deadline_ms, char *why, size_t whylen);
+uint64_t epoch_now_ns(void);
+int epoch_stack_room(size_t *have);
 
 /* dispatcher.c */
 int dispatcher_post(pw_dispatcher *d, uint64_t vm_key, uint32_t root, uint32_t queue);
@@ -440,8 +483,10 @@ typedef struct pw_space pw_space; /* one vm_id's shared data */
 pw_space *shared_space(const uint8_t *vm_id, size_t vl, int create);
 int shared_get(pw_space *s, const uint8_t *k, size_t kl, pw_buf *out, uint32_t *cas);
 int shared_set(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_t n, uint32_t cas);
+#define PW_QUEUES_PER_VM 1024 /* queues one VM may create (it may join any number) */
 uint32_t queue_register(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl,
-                        pw_dispatcher *d, uint64_t vm_key, uint32_t root);
+                        pw_dispatcher *d, uint64_t vm_key, uint32_t root, int may_create,
+                        int *created);
 int queue_resolve(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl, uint32_t *id);
 #define QUEUE_MAX_ITEMS (1 << 20) /* per queue; see queue.c */
 int queue_enqueue(uint32_t id, const uint8_t *d, size_t n);

@@ -191,7 +191,7 @@ int props_set(pw_vm *vm, pw_ctx *c, const uint8_t *path, size_t pl, const uint8_
 /* ---- the API ------------------------------------------------------------------------- */
 int pw_set_host_property(pw_vm *vm, uint32_t ctx, const uint8_t *path, size_t path_len,
                          const uint8_t *value, size_t value_len) {
-    if (!vm_check_owner(vm)) return PW_ERR_THREAD;
+    VM_ENTER(vm);
     if (path_len && path[path_len - 1] == 0) path_len--;
     pw_prop **list = &vm->host_props;
     if (ctx) {
@@ -204,7 +204,7 @@ int pw_set_host_property(pw_vm *vm, uint32_t ctx, const uint8_t *path, size_t pa
 
 int pw_get_property(pw_vm *vm, uint32_t ctx, const uint8_t *path, size_t path_len,
                     const uint8_t **out, size_t *out_len) {
-    if (!vm_check_owner(vm)) return -PW_ERR_THREAD;
+    VM_ENTER_NEG(vm);
     pw_ctx *c = ctx ? ctx_get(vm, ctx) : NULL;
     if (ctx && !c) return -PW_ERR_NO_CONTEXT;
     int st = props_get(vm, c, path, path_len, &vm->scratch);

@@ -29,6 +29,11 @@ typedef struct pw_dispatcher pw_dispatcher;
 #define PW_ERR_REJECTED 6   /* on_configure returned false */
 #define PW_ERR_STATE 7      /* event out of order for this stream */
 #define PW_ERR_VM_REJECTED 8 /* on_vm_start returned false */
+#define PW_ERR_CLOSED 9     /* the VM was closed (its host closed); the handle is stale */
+#define PW_ERR_REENTRANT 10 /* called from inside one of the VM's own callbacks */
+#define PW_ERR_STACK 11     /* the thread's stack has no room for the wasm stack */
+/* The one convention: calls that answer a status return PW_OK or a PW_ERR_* code; calls
+ * that answer a non-negative value (flags, counts, 0/1) return -PW_ERR_* on error. */
 
 /* ABI versions. */
 #define PW_ABI_0_1_0 0
@@ -54,6 +59,7 @@ typedef struct pw_dispatcher pw_dispatcher;
 #define PW_S_RESP_HEADERS_OUT 512 /* response headers were forwarded */
 #define PW_S_REQ_TRAILERS_OUT 1024
 #define PW_S_RESP_TRAILERS_OUT 2048
+#define PW_S_BYPASSED 4096  /* FAIL_OPEN: the VM failed; the stream passes without the filter */
 
 /* What pw_http_read / pw_tcp_read can return. */
 #define PW_R_REQ_HEADERS 0
@@ -168,19 +174,42 @@ void pw_dispatcher_track_changes(pw_dispatcher *d, int on); /* off by default */
 int pw_dispatcher_changed(pw_dispatcher *d, uint8_t *out, size_t cap, size_t *len);
 /* Owner thread, after its VMs are freed: later posts are dropped. */
 void pw_dispatcher_close(pw_dispatcher *d);
+/* When nothing can call it any more (Python's object is gone): frees it unless a queue
+ * owner names it. */
+void pw_dispatcher_free(pw_dispatcher *d);
 
 /* A VM: one instance of a module, owned by the calling thread (whose dispatcher is d).
  * Runs the WASI start-up (_initialize + main, or _start). vm_id and vm_config are kept for
  * the VM's roots; environ is "K=V\0K=V\0" for WASI environ_get. */
-pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm_id_len,
+/* Caps on what one VM's guest can make the host hold or spend (defaults in Python's
+ * pyproxywasm.limits.Limits); 0 means no cap for each. */
+typedef struct pw_limits {
+    uint64_t memory_bytes; /* linear memory (store limiter): memory.grow past it fails */
+    uint64_t body_bytes;   /* a body buffer set_buffer_bytes may build */
+    uint32_t deadline_ms;  /* default per top-level guest call (roots copy it when made) */
+    uint32_t log_bytes;    /* longest log message / WASI output line; longer ones are cut */
+} pw_limits;
+
+pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const pw_limits *limits,
+                 const uint8_t *vm_id, size_t vm_id_len,
                  const uint8_t *vm_config, size_t vm_config_len, const uint8_t *environ,
                  size_t environ_len, void *log_handle, char *err, size_t errlen);
+/* Owner thread, outside the VM's callbacks: frees the store and contexts; the handle stays
+ * valid (every later call answers PW_ERR_CLOSED) until pw_vm_free. */
+int pw_vm_close(pw_vm *vm);
 void pw_vm_free(pw_vm *vm);
+/* Any thread: the running (or next) guest call traps at its next epoch check. */
+void pw_vm_interrupt(pw_vm *vm);
+/* The deadline roots created from now on get (ms; 0: none). */
+void pw_vm_set_deadline(pw_vm *vm, uint32_t ms);
+/* FAIL_OPEN (1) or FAIL_CLOSED (0) for this root's streams when the VM fails. */
+void pw_root_set_fail_open(pw_vm *vm, uint32_t root, int fail_open);
 /* How much body a stream may hold per direction while the plugin pauses (Envoy's buffer
  * limit, 1 MiB by default); past it the stream ends with 413 / 500. */
 #define PW_DEFAULT_BUFFER_LIMIT 1048576
 void pw_vm_set_buffer_limit(pw_vm *vm, size_t bytes);
-int pw_vm_failed(pw_vm *vm);
+int pw_vm_failed(pw_vm *vm); /* 1 once failed (or closed) */
+int pw_vm_closed(pw_vm *vm);
 const char *pw_vm_error(pw_vm *vm);
 /* Virtual clock (ns since the Unix epoch); 0 goes back to the real clocks. */
 void pw_vm_set_clock(pw_vm *vm, uint64_t now_ns);
@@ -260,6 +289,11 @@ int pw_queue_enqueue(uint32_t id, const uint8_t *data, size_t len);
 /* How many items may wait in one queue (0: the default, 1 << 20); past it, producers get
  * INTERNAL_FAILURE. */
 void pw_queue_set_max_items(uint32_t n);
+/* Bytes that may wait in one queue (0: no cap); past it, INTERNAL_FAILURE. */
+void pw_queue_set_max_bytes(uint64_t n);
+/* Bytes (keys + values) one vm_id's shared data may hold (0: no cap); past it a set
+ * answers INTERNAL_FAILURE and changes nothing. */
+void pw_shared_set_max_bytes(uint64_t n);
 
 /* Metrics (process-wide, by name). kind: 0 counter, 1 gauge, 2 histogram. For a
  * histogram, value is the sample count and sum is the sum of samples. */

@@ -8,14 +8,16 @@
  *
  * Bound: at most max_items (default QUEUE_MAX_ITEMS, pw_queue_set_max_items) wait in one
  * queue; an enqueue past that answers INTERNAL_FAILURE and stores nothing (the producer
- * decides what to do; nothing is lost silently). */
+ * decides what to do; nothing is lost silently). Names are found through a hash index,
+ * and one VM may create at most PW_QUEUES_PER_VM queues (hostcalls.c), so no guest can
+ * make registration slow or use up the process's table. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
 
 #define QUEUE_SEG 256
-#define QUEUE_SEGS 256 /* up to 65536 queues */
+#define QUEUE_SEGS 4096 /* up to 1,048,576 queues in the process */
 
 typedef struct qitem {
     mpsc_node node;
@@ -36,6 +38,7 @@ typedef struct queue {
     _Atomic(owner *) owner;
     mpsc items;
     _Atomic int64_t depth;
+    _Atomic int64_t bytes;
     pthread_mutex_t consumer;
 } queue;
 
@@ -49,6 +52,11 @@ static _Atomic(seg *) segs[QUEUE_SEGS];
 static _Atomic uint32_t nqueues;
 static pthread_rwlock_t names = PTHREAD_RWLOCK_INITIALIZER;
 static _Atomic int64_t max_items = QUEUE_MAX_ITEMS;
+static _Atomic int64_t max_bytes = 64 << 20; /* per queue; pw_queue_set_max_bytes */
+
+void pw_queue_set_max_bytes(uint64_t n) {
+    atomic_store(&max_bytes, n && n < INT64_MAX ? (int64_t)n : INT64_MAX);
+}
 
 void pw_queue_set_max_items(uint32_t n) { atomic_store(&max_items, n ? (int64_t)n : QUEUE_MAX_ITEMS); }
 
@@ -63,24 +71,65 @@ static int same(const pw_buf *b, const uint8_t *p, size_t n) {
     return b->len == n && (n == 0 || !memcmp(b->p, p, n));
 }
 
+/* The name index: open addressing over queue ids by hash of (vm_id, name); written under
+ * `names` held for writing, read under it held for reading. */
+static uint32_t *index_ids;
+static size_t index_cap, index_n;
+
+static uint64_t name_hash(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < vl; i++) h = (h ^ vm_id[i]) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull; /* separates ("ab","c") from ("a","bc") */
+    for (size_t i = 0; i < nl; i++) h = (h ^ name[i]) * 1099511628211ull;
+    return h ^ (h >> 31);
+}
+
 /* Under `names`. */
 static uint32_t find(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl) {
-    uint32_t n = atomic_load_explicit(&nqueues, memory_order_acquire);
-    for (uint32_t id = 1; id <= n; id++) {
-        queue *q = by_id(id);
-        if (q && same(&q->vm_id, vm_id, vl) && same(&q->name, name, nl)) return id;
+    if (!index_cap) return 0;
+    size_t mask = index_cap - 1;
+    for (size_t i = name_hash(vm_id, vl, name, nl) & mask; index_ids[i]; i = (i + 1) & mask) {
+        queue *q = by_id(index_ids[i]);
+        if (q && same(&q->vm_id, vm_id, vl) && same(&q->name, name, nl)) return index_ids[i];
     }
     return 0;
 }
 
+/* Under `names` held for writing. */
+static int index_add(uint32_t id, const queue *q) {
+    if ((index_n + 1) * 2 > index_cap) {
+        size_t nc = index_cap ? index_cap * 2 : 256;
+        uint32_t *ns = calloc(nc, sizeof *ns);
+        if (!ns) return -1;
+        for (size_t j = 0; j < index_cap; j++) {
+            uint32_t old = index_ids[j];
+            if (!old) continue;
+            queue *oq = by_id(old);
+            size_t k = name_hash(oq->vm_id.p, oq->vm_id.len, oq->name.p, oq->name.len) & (nc - 1);
+            while (ns[k]) k = (k + 1) & (nc - 1);
+            ns[k] = old;
+        }
+        free(index_ids);
+        index_ids = ns;
+        index_cap = nc;
+    }
+    size_t k = name_hash(q->vm_id.p, q->vm_id.len, q->name.p, q->name.len) & (index_cap - 1);
+    while (index_ids[k]) k = (k + 1) & (index_cap - 1);
+    index_ids[k] = id;
+    index_n++;
+    return 0;
+}
+
 uint32_t queue_register(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl,
-                        pw_dispatcher *d, uint64_t vm_key, uint32_t root) {
+                        pw_dispatcher *d, uint64_t vm_key, uint32_t root, int may_create,
+                        int *created) {
+    *created = 0;
     owner *o = malloc(sizeof *o);
     if (!o) return 0;
     *o = (owner){d, vm_key, root};
     pthread_rwlock_wrlock(&names);
     uint32_t id = find(vm_id, vl, name, nl);
-    if (!id) {
+    if (!id && may_create) {
         uint32_t i = atomic_load_explicit(&nqueues, memory_order_relaxed);
         seg *s = i < QUEUE_SEG * QUEUE_SEGS ? atomic_load(&segs[i / QUEUE_SEG]) : NULL;
         if (i < QUEUE_SEG * QUEUE_SEGS && !s && (s = calloc(1, sizeof *s)))
@@ -92,6 +141,8 @@ uint32_t queue_register(const uint8_t *vm_id, size_t vl, const uint8_t *name, si
             atomic_store_explicit(&s->q[i % QUEUE_SEG], q, memory_order_release);
             atomic_store_explicit(&nqueues, i + 1, memory_order_release);
             id = i + 1;
+            *created = 1;
+            if (index_add(id, q)) id = 0; /* unfindable by name: refused (its slot stays) */
         } else if (q) {
             buf_free(&q->vm_id);
             buf_free(&q->name);
@@ -123,8 +174,14 @@ int queue_enqueue(uint32_t id, const uint8_t *d, size_t n) {
         atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
         return ST_INTERNAL_FAILURE;
     }
+    if (atomic_fetch_add(&q->bytes, (int64_t)n) + (int64_t)n > atomic_load(&max_bytes)) {
+        atomic_fetch_sub(&q->bytes, (int64_t)n);
+        atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
+        return ST_INTERNAL_FAILURE;
+    }
     qitem *it = malloc(sizeof *it + n);
     if (!it) {
+        atomic_fetch_sub(&q->bytes, (int64_t)n);
         atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
         return ST_INTERNAL_FAILURE;
     }
@@ -144,6 +201,7 @@ int queue_dequeue(uint32_t id, pw_buf *out) {
     pthread_mutex_unlock(&q->consumer);
     if (!it) return ST_EMPTY;
     atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
+    atomic_fetch_sub(&q->bytes, (int64_t)it->len);
     int st = buf_set(out, it->data, it->len) ? ST_INTERNAL_FAILURE : ST_OK;
     free(it);
     return st;

@@ -29,6 +29,7 @@ typedef struct shard {
 
 struct pw_space {
     pw_buf vm_id;
+    _Atomic int64_t bytes; /* keys and values held, against max_bytes */
     shard shards[SHARDS];
     struct pw_space *next;
 };
@@ -37,6 +38,25 @@ struct pw_space {
 static pthread_mutex_t spaces_lock = PTHREAD_MUTEX_INITIALIZER;
 static pw_space *spaces;
 static _Atomic uint32_t cas_counter;
+/* Bytes (keys + values) one vm_id may hold; set by any thread, read by all. */
+static _Atomic int64_t max_bytes = 64 << 20;
+
+void pw_shared_set_max_bytes(uint64_t n) {
+    atomic_store(&max_bytes, n && n < INT64_MAX ? (int64_t)n : INT64_MAX);
+}
+
+/* Takes delta bytes from the vm_id's budget (returns them when negative); 0 if refused. */
+static int charge(pw_space *s, int64_t delta) {
+    if (delta <= 0) {
+        atomic_fetch_add(&s->bytes, delta);
+        return 1;
+    }
+    if (atomic_fetch_add(&s->bytes, delta) + delta > atomic_load(&max_bytes)) {
+        atomic_fetch_sub(&s->bytes, delta);
+        return 0;
+    }
+    return 1;
+}
 
 /* Benchmark baseline only (pw_shared_single_lock): every shard takes one process lock. */
 static _Atomic int single_lock_mode;
@@ -141,12 +161,16 @@ int shared_set(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_
         /* cas 0 writes unconditionally; a stale cas is a mismatch (Envoy). */
         if (cas && cas != e->cas) {
             st = ST_CAS_MISMATCH;
+        } else if (!charge(s, (int64_t)n - (int64_t)e->value.len)) {
+            st = ST_INTERNAL_FAILURE; /* past the vm_id's shared-data cap */
         } else {
             pw_buf old = e->value;
             e->value = fresh;
             fresh = old;
             e->cas = next_cas();
         }
+    } else if (!charge(s, (int64_t)(kl + n))) {
+        st = ST_INTERNAL_FAILURE;
     } else if ((created = calloc(1, sizeof *created)) && !buf_set(&created->key, k, kl)) {
         /* A missing key never mismatches (Envoy). */
         created->value = fresh;
@@ -156,6 +180,7 @@ int shared_set(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_
         if (++sh->n > sh->nbuckets) grow(sh);
         created = NULL;
     } else {
+        charge(s, -(int64_t)(kl + n));
         st = ST_INTERNAL_FAILURE;
     }
     pthread_mutex_unlock(l);

@@ -54,7 +54,7 @@ void tcp_resume(pw_vm *vm, pw_ctx *c) {
 }
 
 int pw_tcp_new(pw_vm *vm, uint32_t root, uint32_t *out_id) {
-    if (!vm_check_owner(vm)) return PW_ERR_THREAD;
+    VM_ENTER(vm);
     dispatcher_autorun(vm->disp);
     if (vm->failed) return PW_ERR_FAILED;
     pw_ctx *r = ctx_get(vm, root);
@@ -75,7 +75,7 @@ int pw_tcp_new(pw_vm *vm, uint32_t root, uint32_t *out_id) {
 }
 
 int pw_tcp_data(pw_vm *vm, uint32_t id, int dir, const uint8_t *data, size_t len, int eos) {
-    if (!vm_check_owner(vm)) return -PW_ERR_THREAD;
+    VM_ENTER_NEG(vm);
     pw_ctx *c = tcp_of(vm, id);
     if (!c) return -PW_ERR_NO_CONTEXT;
     if (dir < 0 || dir > 1) return -PW_ERR;
@@ -108,7 +108,7 @@ static void teardown(pw_vm *vm, pw_ctx *c) {
 }
 
 int pw_tcp_close(pw_vm *vm, uint32_t id, int dir, int peer) {
-    if (!vm_check_owner(vm)) return -PW_ERR_THREAD;
+    VM_ENTER_NEG(vm);
     pw_ctx *c = tcp_of(vm, id);
     if (!c) return -PW_ERR_NO_CONTEXT;
     if (dir < 0 || dir > 1) return -PW_ERR;
@@ -129,13 +129,13 @@ int pw_tcp_close(pw_vm *vm, uint32_t id, int dir, int peer) {
 }
 
 int pw_tcp_flags(pw_vm *vm, uint32_t id) {
-    if (!vm_check_owner(vm)) return -PW_ERR_THREAD;
+    VM_ENTER_NEG(vm);
     pw_ctx *c = tcp_of(vm, id);
     return c ? flags_of(c->t) : -PW_ERR_NO_CONTEXT;
 }
 
 int pw_tcp_finish(pw_vm *vm, uint32_t id) {
-    if (!vm_check_owner(vm)) return -PW_ERR_THREAD;
+    VM_ENTER_NEG(vm);
     pw_ctx *c = tcp_of(vm, id);
     if (!c) return -PW_ERR_NO_CONTEXT;
     int f = flags_of(c->t);
@@ -144,7 +144,7 @@ int pw_tcp_finish(pw_vm *vm, uint32_t id) {
 }
 
 int pw_tcp_read(pw_vm *vm, uint32_t id, int what, const uint8_t **out, size_t *len) {
-    if (!vm_check_owner(vm)) return -PW_ERR_THREAD;
+    VM_ENTER_NEG(vm);
     pw_ctx *c = tcp_of(vm, id);
     if (!c) return -PW_ERR_NO_CONTEXT;
     pw_buf *b;

@@ -23,12 +23,39 @@ void pw_set_callbacks(pw_log_fn log, pw_foreign_fn foreign) {
 static _Atomic uint64_t next_vm_key = 1;
 
 /* ---- errors ------------------------------------------------------------------------ */
+/* The cause first ("wasm trap: call stack exhausted", "deadline exceeded: ..."), then as
+ * much of wasmtime's backtrace as fits: a deep backtrace never hides why it failed. */
 static void copy_msg(char *dst, size_t dl, const char *prefix, wasm_byte_vec_t *msg) {
     int n = snprintf(dst, dl, "%s", prefix);
     if (n < 0 || (size_t)n >= dl) return;
-    size_t room = dl - (size_t)n - 1, m = msg->size < room ? msg->size : room;
-    memcpy(dst + n, msg->data, m);
-    dst[n + m] = 0;
+    size_t used = (size_t)n;
+    const char *text = (const char *)msg->data;
+    size_t len = msg->size, head = len;
+    static const char marker[] = "Caused by:";
+    for (size_t i = 0; i + sizeof marker - 1 <= len; i++)
+        if (!memcmp(text + i, marker, sizeof marker - 1)) {
+            head = i;
+            break;
+        }
+    if (head < len) { /* the cause, without its indentation and trailing newlines */
+        size_t c = head + sizeof marker - 1, e = len;
+        while (c < e && (text[c] == ' ' || text[c] == '\n')) c++;
+        while (e > c && (text[e - 1] == ' ' || text[e - 1] == '\n')) e--;
+        size_t room = dl - used - 1, m = e - c < room ? e - c : room;
+        memcpy(dst + used, text + c, m);
+        used += m;
+        while (head && (text[head - 1] == ' ' || text[head - 1] == '\n')) head--;
+        if (used + 2 < dl) {
+            dst[used++] = ';';
+            dst[used++] = ' ';
+        }
+    }
+    size_t room = dl - used - 1, m = head < room ? head : room;
+    memcpy(dst + used, text, m);
+    used += m;
+    while (used > (size_t)n && (dst[used - 1] == '\n' || dst[used - 1] == ' ' || dst[used - 1] == ';'))
+        used--;
+    dst[used] = 0;
 }
 
 static void describe(char *dst, size_t dl, const char *what, wasm_trap_t *trap,
@@ -72,7 +99,9 @@ pw_engine *pw_engine_new(char *err, size_t errlen) {
      * (faulthandler, which pytest enables, among others) and would turn every wasm trap
      * into a crash of the host; without signals nothing can. */
     WT.config_signals_based_traps_set(cfg, false);
+    epoch_configure(cfg); /* deadlines and the wasm stack bound (epoch.c) */
     e->engine = WT.engine_new_with_config(cfg);
+    epoch_engine_start(e->engine);
     for (int as = 0; as < 2; as++) {
         e->linker[as] = WT.linker_new(e->engine);
         if (hostcalls_define(e->linker[as], as, err, errlen) ||
@@ -88,7 +117,10 @@ void pw_engine_free(pw_engine *e) {
     if (!e) return;
     for (int as = 0; as < 2; as++)
         if (e->linker[as]) WT.linker_delete(e->linker[as]);
-    if (e->engine) WT.engine_delete(e->engine);
+    if (e->engine) {
+        epoch_engine_stop(e->engine);
+        WT.engine_delete(e->engine);
+    }
     free(e);
 }
 
@@ -197,20 +229,53 @@ static const char *const fn_names[FN_COUNT] = {
     [FN_MAIN_VOID] = "__main_void",
 };
 
-static int get_func(pw_vm *vm, const char *name, wasmtime_func_t *out) {
+/* What each export must be: i32 parameters and i32 results (header callbacks take the
+ * module's header arity). Checked against wasmtime's own types before any unchecked call:
+ * a wrong type is refused here even if something skipped the Python loader. */
+static const uint8_t fn_arity[FN_COUNT][2] = {
+    [FN_ON_CONTEXT_CREATE] = {2, 0}, [FN_ON_VM_START] = {2, 1},   [FN_ON_CONFIGURE] = {2, 1},
+    [FN_ON_TICK] = {1, 0},           [FN_ON_QUEUE_READY] = {2, 0}, [FN_ON_FOREIGN_FUNCTION] = {3, 0},
+    [FN_ON_NEW_CONNECTION] = {1, 1}, [FN_ON_DOWNSTREAM_DATA] = {3, 1},
+    [FN_ON_UPSTREAM_DATA] = {3, 1},  [FN_ON_DOWNSTREAM_CLOSE] = {2, 0},
+    [FN_ON_UPSTREAM_CLOSE] = {2, 0}, [FN_ON_REQUEST_HEADERS] = {3, 1},
+    [FN_ON_REQUEST_BODY] = {3, 1},   [FN_ON_REQUEST_TRAILERS] = {2, 1},
+    [FN_ON_RESPONSE_HEADERS] = {3, 1}, [FN_ON_RESPONSE_BODY] = {3, 1},
+    [FN_ON_RESPONSE_TRAILERS] = {2, 1}, [FN_ON_HTTP_CALL_RESPONSE] = {5, 0},
+    [FN_ON_GRPC_INITIAL] = {3, 0},   [FN_ON_GRPC_RECEIVE] = {3, 0},
+    [FN_ON_GRPC_TRAILING] = {3, 0},  [FN_ON_GRPC_CLOSE] = {3, 0}, [FN_ON_DONE] = {1, 1}, [FN_ON_LOG] = {1, 0},
+    [FN_ON_DELETE] = {1, 0},         [FN_ALLOC] = {1, 1},         [FN_INITIALIZE] = {0, 0},
+    [FN_START] = {0, 0},             [FN_MAIN] = {2, 1},          [FN_MAIN_VOID] = {0, 1},
+};
+
+static int all_i32(const wasm_valtype_vec_t *v, size_t n) {
+    if (!v || v->size != n) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (WT.valtype_kind(v->data[i]) != WASM_I32) return 0;
+    return 1;
+}
+
+/* 1 found, 0 absent, -1 present with the wrong type. */
+static int get_func(pw_vm *vm, int fn, const char *name, wasmtime_func_t *out) {
     wasmtime_extern_t ex;
     if (!WT.instance_export_get(vm->cx, &vm->inst, name, strlen(name), &ex)) return 0;
     if (ex.kind != WASMTIME_EXTERN_FUNC) {
         WT.extern_delete(&ex);
         return 0;
     }
+    size_t np = fn_arity[fn][0], nr = fn_arity[fn][1];
+    if (fn == FN_ON_REQUEST_HEADERS || fn == FN_ON_RESPONSE_HEADERS) np = (size_t)vm->header_arity;
+    wasm_functype_t *ft = WT.func_type(vm->cx, &ex.of.func);
+    int ok = ft && all_i32(WT.functype_params(ft), np) && all_i32(WT.functype_results(ft), nr);
+    if (ft) WT.functype_delete(ft);
+    if (!ok) return -1;
     *out = ex.of.func;
     return 1;
 }
 
 static int vm_start_wasi(pw_vm *vm);
 
-pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm_id_len,
+pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const pw_limits *limits,
+                 const uint8_t *vm_id, size_t vm_id_len,
                  const uint8_t *vm_config, size_t vm_config_len, const uint8_t *environ,
                  size_t environ_len, void *log_handle, char *err, size_t errlen) {
     if (!pthread_equal(d->owner, pthread_self())) {
@@ -226,6 +291,7 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm
     vm->disp = d; /* before any guest code: start-up may already register a queue */
     vm->buffer_limit = PW_DEFAULT_BUFFER_LIMIT;
     vm->max_calls = PW_DEFAULT_MAX_CALLS;
+    if (limits) vm->limits = *limits;
     vm->mod = m;
     vm->abi = m->abi;
     vm->header_arity = m->header_arity;
@@ -242,8 +308,21 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm
     }
     vm->store = WT.store_new(m->engine->engine, vm, NULL);
     vm->cx = WT.store_context(vm->store);
+    if (vm->limits.memory_bytes)
+        WT.store_limiter(vm->store, vm->limits.memory_bytes > INT64_MAX ? INT64_MAX
+                                                                        : (int64_t)vm->limits.memory_bytes,
+                         -1, -1, -1, -1);
+    epoch_vm_attach(vm);
+    /* A start function runs inside instantiation: under the deadline too, and with no
+     * memory known yet (its hostcalls see an empty memory: INVALID_MEMORY_ACCESS). */
+    if (epoch_call_begin(vm, vm->limits.deadline_ms, err, errlen)) {
+        pw_vm_free(vm);
+        return NULL;
+    }
     wasm_trap_t *trap = NULL;
+    vm->depth++;
     wasmtime_error_t *we = WT.instance_pre_instantiate(m->pre, vm->cx, &vm->inst, &trap);
+    vm->depth--;
     if (we || trap) {
         describe(err, errlen, "cannot instantiate the module", trap, we);
         pw_vm_free(vm);
@@ -257,13 +336,24 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const uint8_t *vm_id, size_t vm
         return NULL;
     }
     vm->mem = ex.of.memory;
-    for (int i = 0; i < FN_COUNT; i++) vm->has[i] = (uint8_t)get_func(vm, fn_names[i], &vm->fn[i]);
-    /* The AssemblyScript SDK exports the pre-spec name of this callback. */
-    if (!vm->has[FN_ON_GRPC_TRAILING])
-        vm->has[FN_ON_GRPC_TRAILING] =
-            (uint8_t)get_func(vm, "proxy_on_grpc_trailing_metadata", &vm->fn[FN_ON_GRPC_TRAILING]);
-    /* The spec's allocator first; malloc only as the fallback (ABI.md §1). */
-    if (!vm->has[FN_ALLOC]) vm->has[FN_ALLOC] = (uint8_t)get_func(vm, "malloc", &vm->fn[FN_ALLOC]);
+    vm->mem_ready = 1;
+    for (int i = 0; i < FN_COUNT; i++) {
+        int got = get_func(vm, i, fn_names[i], &vm->fn[i]);
+        /* The spec's allocator first; malloc only as the fallback (ABI.md §1). */
+        if (i == FN_ALLOC && got == 0) got = get_func(vm, i, "malloc", &vm->fn[i]);
+        /* The AssemblyScript SDK exports the pre-spec name of this callback. */
+        if (i == FN_ON_GRPC_TRAILING && got == 0)
+            got = get_func(vm, i, "proxy_on_grpc_trailing_metadata", &vm->fn[i]);
+        if (got < 0) {
+            snprintf(err, errlen, "export %s has the wrong type (expected %u i32 parameters "
+                     "and %u i32 results)", i == FN_ALLOC && !vm->has[i] ? "proxy_on_memory_allocate/malloc" : fn_names[i],
+                     i == FN_ON_REQUEST_HEADERS || i == FN_ON_RESPONSE_HEADERS ? (unsigned)vm->header_arity : fn_arity[i][0],
+                     fn_arity[i][1]);
+            pw_vm_free(vm);
+            return NULL;
+        }
+        vm->has[i] = (uint8_t)got;
+    }
     if (!vm->has[FN_ALLOC]) {
         snprintf(err, errlen,
                  "the module exports neither proxy_on_memory_allocate nor malloc");
@@ -299,12 +389,31 @@ static int vm_start_wasi(pw_vm *vm) {
     return 0;
 }
 
-void pw_vm_free(pw_vm *vm) {
-    if (!vm) return;
+int pw_vm_close(pw_vm *vm) {
+    if (!vm || vm->closed) return PW_OK;
+    if (!pthread_equal(vm->owner, pthread_self())) return PW_ERR_THREAD;
+    if (vm->depth) return PW_ERR_REENTRANT; /* a log handler closing its own VM */
+    vm->closed = 1;
     if (vm->disp) dispatcher_remove_vm(vm->disp, vm);
+    vm->disp = NULL;
     callout_free(vm);
     ctx_table_free(vm);
-    if (vm->store) WT.store_delete(vm->store);
+    if (vm->store) {
+        epoch_vm_detach(vm);
+        WT.store_delete(vm->store);
+        vm->store = NULL;
+        vm->cx = NULL;
+    }
+    return PW_OK;
+}
+
+void pw_vm_free(pw_vm *vm) {
+    if (!vm) return;
+    if (!vm->closed) { /* never started, or freed without a close: same thread by contract */
+        vm->depth = 0;
+        vm->owner = pthread_self();
+        pw_vm_close(vm);
+    }
     buf_free(&vm->vm_id);
     buf_free(&vm->vm_config);
     buf_free(&vm->environ);
@@ -325,15 +434,24 @@ void pw_vm_free(pw_vm *vm) {
     free(vm);
 }
 
-int pw_vm_failed(pw_vm *vm) { return vm->failed; }
+int pw_vm_failed(pw_vm *vm) { return vm->failed || vm->closed; }
+int pw_vm_closed(pw_vm *vm) { return vm->closed; }
+void pw_vm_set_deadline(pw_vm *vm, uint32_t ms) { vm->limits.deadline_ms = ms; }
 void pw_vm_set_buffer_limit(pw_vm *vm, size_t bytes) { vm->buffer_limit = bytes; }
 const char *pw_vm_error(pw_vm *vm) { return vm->error; }
 
-/* A VM takes calls only from its owner thread, and never from inside one of its own
- * callbacks (a Python log handler or foreign function calling back into it). */
-int vm_check_owner(pw_vm *vm) { return !vm->depth && pthread_equal(vm->owner, pthread_self()); }
+/* A VM takes calls only while open, from its owner thread, and never from inside one of
+ * its own callbacks (a Python log handler or foreign function calling back into it). */
+int vm_enter(pw_vm *vm) {
+    if (vm->closed) return PW_ERR_CLOSED;
+    if (!pthread_equal(vm->owner, pthread_self())) return PW_ERR_THREAD;
+    if (vm->depth) return PW_ERR_REENTRANT;
+    return PW_OK;
+}
 
 int pw_vm_register_foreign(pw_vm *vm, const char *name, size_t name_len, void *handle) {
+    int e = vm_enter(vm);
+    if (e) return e;
     pw_foreign *f = calloc(1, sizeof *f);
     if (!f || buf_set(&f->name, (const uint8_t *)name, name_len)) {
         free(f);
@@ -360,6 +478,18 @@ int vm_call(pw_vm *vm, int fn, pw_ctx *ctx, int phase, int nargs, const uint32_t
     vm->eff = ctx; /* the effective context never outlives one call */
     vm->phase = phase;
     vm->local_reply_in_call = 0;
+    if (!vm->depth) {
+        char why[256];
+        uint32_t dl = (ctx && ctx->root) ? ctx->root->r->deadline_ms : vm->limits.deadline_ms;
+        if (epoch_call_begin(vm, dl, why, sizeof why)) {
+            vm_fail(vm, why, NULL, NULL);
+            vm->cur = saved_cur;
+            vm->eff = saved_eff;
+            vm->phase = saved_phase;
+            vm->local_reply_in_call = saved_lr;
+            return -1;
+        }
+    }
     vm->depth++;
     wasm_trap_t *trap = NULL;
     wasmtime_error_t *err = WT.func_call_unchecked(vm->cx, &vm->fn[fn], raw, 8, &trap);
@@ -436,6 +566,12 @@ void vm_run_deferred(pw_vm *vm) {
 }
 
 /* ---- clocks, ticks and queue notifications ----------------------------------------- */
+/* A tick deadline that saturates at the end of the clock instead of wrapping to "due". */
+uint64_t vm_tick_after(uint64_t t, uint32_t period_ms) {
+    uint64_t p = (uint64_t)period_ms * 1000000u;
+    return t > UINT64_MAX - p ? UINT64_MAX : t + p;
+}
+
 uint64_t vm_now_ns(pw_vm *vm, int monotonic) {
     if (vm->clock_ns) return vm->clock_ns;
     struct timespec ts;
@@ -452,7 +588,7 @@ void pw_vm_set_clock(pw_vm *vm, uint64_t now_ns) {
     for (size_t i = 0; i < vm->ctxs.cap; i++) {
         pw_ctx *c = vm->ctxs.slots[i];
         if (c && c->kind == CTX_ROOT && c->r->tick_period_ms)
-            c->r->next_tick_ns = now + (uint64_t)c->r->tick_period_ms * 1000000u;
+            c->r->next_tick_ns = vm_tick_after(now, c->r->tick_period_ms);
     }
 }
 
@@ -469,6 +605,7 @@ static pw_ctx *next_due_root(pw_vm *vm, uint64_t now) {
 
 uint64_t pw_vm_next_tick_in(pw_vm *vm) {
     uint64_t now = vm_now_ns(vm, 1), best = UINT64_MAX;
+    if (vm->failed || vm->closed) return best; /* a failed VM runs no more ticks */
     for (size_t i = 0; i < vm->ctxs.cap; i++) {
         pw_ctx *c = vm->ctxs.slots[i];
         if (!c || c->kind != CTX_ROOT || !c->r->tick_period_ms) continue;
@@ -500,7 +637,7 @@ int vm_run_ticks(pw_vm *vm) {
         calls++;
         root = ctx_get(vm, id); /* the tick may have deleted it (proxy_done) */
         if (root && root->r->tick_period_ms && root->r->next_tick_ns <= due)
-            root->r->next_tick_ns = due + (uint64_t)root->r->tick_period_ms * 1000000u;
+            root->r->next_tick_ns = vm_tick_after(due, root->r->tick_period_ms);
     }
     return calls;
 }
@@ -511,5 +648,9 @@ void vm_log(pw_vm *vm, pw_ctx *ctx, int level, const char *msg, size_t len) {
     pw_root *r = (ctx && ctx->root) ? ctx->root->r : NULL;
     void *handle = r ? r->log_handle : vm->log_handle;
     if (r && level < r->log_level) return;
+    if (vm->limits.log_bytes && len > vm->limits.log_bytes) len = vm->limits.log_bytes;
+    /* Time in Python does not count against the guest's deadline. */
+    uint64_t t0 = vm->depth ? epoch_now_ns() : 0;
     pw_log_cb(handle, level, msg, len);
+    if (t0) vm->paused_ns += epoch_now_ns() - t0;
 }

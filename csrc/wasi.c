@@ -70,8 +70,11 @@ WASI(fd_write) {
     if ((uint64_t)n * 8u > UINT32_MAX || !gmem(vm, iovs, n * 8u) || !gmem(vm, U(3), 4))
         RET(E_FAULT);
     pw_buf *line = &vm->stdio[fd - 1];
+    /* At most `cap` bytes are taken per call (a short write, which callers retry): each
+     * iovec may name the whole memory, and the output becomes log lines the host holds. */
+    size_t cap = vm->limits.log_bytes ? vm->limits.log_bytes : 65536;
     uint32_t total = 0;
-    for (uint32_t i = 0; i < n; i++) {
+    for (uint32_t i = 0; i < n && total < cap; i++) {
         const uint8_t *iov = gmem(vm, iovs + 8 * i, 8);
         uint32_t p = (uint32_t)iov[0] | (uint32_t)iov[1] << 8 | (uint32_t)iov[2] << 16 |
                      (uint32_t)iov[3] << 24;
@@ -79,11 +82,12 @@ WASI(fd_write) {
                      (uint32_t)iov[7] << 24;
         const uint8_t *d = gmem(vm, p, l);
         if (!d) RET(E_FAULT);
+        if (l > cap - total) l = (uint32_t)(cap - total);
         if (buf_append(line, d, l)) RET(E_FAULT);
         total += l;
+        /* A runaway line is logged in pieces rather than held without bound. */
+        emit_lines(vm, fd - 1, line->len >= cap);
     }
-    /* A runaway line is logged in pieces rather than held without bound. */
-    emit_lines(vm, fd - 1, line->len > 65536);
     gput_u32(vm, U(3), total);
     RET(E_SUCCESS);
 }

@@ -92,6 +92,12 @@ typedef union wasmtime_val_raw {
     void *funcref;
 } wasmtime_val_raw_t;
 
+typedef uint8_t wasmtime_update_deadline_kind_t;
+#define WASMTIME_UPDATE_DEADLINE_CONTINUE 0
+typedef wasmtime_error_t *(*wasmtime_epoch_deadline_callback_t)(
+    wasmtime_context_t *context, void *data, uint64_t *epoch_deadline_delta,
+    wasmtime_update_deadline_kind_t *update_kind);
+
 typedef wasm_trap_t *(*wasmtime_func_unchecked_callback_t)(void *env, wasmtime_caller_t *caller,
                                                           wasmtime_val_raw_t *args_and_results,
                                                           size_t num_args_and_results);
@@ -101,6 +107,9 @@ struct pw_wt {
     wasm_config_t *(*config_new)(void);
     void (*config_parallel_compilation_set)(wasm_config_t *, bool);
     void (*config_signals_based_traps_set)(wasm_config_t *, bool);
+    void (*config_epoch_interruption_set)(wasm_config_t *, bool);
+    void (*config_max_wasm_stack_set)(wasm_config_t *, size_t);
+    void (*engine_increment_epoch)(wasm_engine_t *);
     wasm_engine_t *(*engine_new_with_config)(wasm_config_t *);
     void (*engine_delete)(wasm_engine_t *);
 
@@ -114,6 +123,11 @@ struct pw_wt {
     wasmtime_context_t *(*store_context)(wasmtime_store_t *);
     void (*store_delete)(wasmtime_store_t *);
     void *(*context_get_data)(const wasmtime_context_t *);
+    void (*store_limiter)(wasmtime_store_t *, int64_t memory_size, int64_t table_elements,
+                          int64_t instances, int64_t tables, int64_t memories);
+    void (*context_set_epoch_deadline)(wasmtime_context_t *, uint64_t ticks_beyond_current);
+    void (*store_epoch_deadline_callback)(wasmtime_store_t *, wasmtime_epoch_deadline_callback_t,
+                                          void *data, void (*finalizer)(void *));
 
     wasmtime_linker_t *(*linker_new)(wasm_engine_t *);
     void (*linker_delete)(wasmtime_linker_t *);
@@ -134,6 +148,10 @@ struct pw_wt {
     wasmtime_error_t *(*func_call_unchecked)(wasmtime_context_t *, const wasmtime_func_t *,
                                              wasmtime_val_raw_t *, size_t, wasm_trap_t **);
     wasmtime_context_t *(*caller_context)(wasmtime_caller_t *);
+    wasm_functype_t *(*func_type)(const wasmtime_context_t *, const wasmtime_func_t *);
+    const wasm_valtype_vec_t *(*functype_params)(const wasm_functype_t *);
+    const wasm_valtype_vec_t *(*functype_results)(const wasm_functype_t *);
+    wasm_valkind_t (*valtype_kind)(const wasm_valtype_t *);
 
     uint8_t *(*memory_data)(const wasmtime_context_t *, const wasmtime_memory_t *);
     size_t (*memory_data_size)(const wasmtime_context_t *, const wasmtime_memory_t *);
@@ -149,6 +167,7 @@ struct pw_wt {
     void (*trap_delete)(wasm_trap_t *);
     void (*error_message)(const wasmtime_error_t *, wasm_name_t *);
     void (*error_delete)(wasmtime_error_t *);
+    wasmtime_error_t *(*error_new)(const char *);
     void (*byte_vec_delete)(wasm_byte_vec_t *);
 };
 

@@ -11,7 +11,8 @@ from typing import Callable
 
 from . import _wasmtime  # noqa: F401  (binds the C core to wasmtime's library first)
 from ._core import ffi, lib
-from .errors import ProxyWasmError, VmFailedError, WrongThreadError
+from .errors import (HostClosedError, ProxyWasmError, ReentrantCallError, StreamClosedError,
+                     StreamStateError, ThreadStackError, VmFailedError, WrongThreadError)
 
 # Proxy-Wasm log levels (TRACE..CRITICAL) as Python logging levels.
 PY_LEVELS = (5, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
@@ -64,21 +65,26 @@ def pw_py_log(handle, level, msg, length):  # pragma: no cover - exercised throu
     target.logger.log(PY_LEVELS[level] if 0 <= level < 6 else logging.CRITICAL, "%s", text)
 
 
-@ffi.def_extern()
+@ffi.def_extern(error=ST_INTERNAL_FAILURE)  # anything escaping: a failure, never OK
 def pw_py_foreign(handle, args, length, result):
     ff: ForeignFunction = ffi.from_handle(handle)
     try:
         out = ff.fn(ffi.unpack(ffi.cast("char *", args), length))
-    except ForeignFunctionStatus as e:
-        return e.status
-    except Exception:
-        _log.exception("foreign function %r raised", ff.name)
-        return ST_INTERNAL_FAILURE
-    if out:
+        if out is None:
+            return ST_OK
+        if not isinstance(out, (bytes, bytearray, memoryview)):
+            # bytes(5) would be five NUL bytes and a str has no one encoding: refuse both.
+            raise TypeError(f"foreign function {ff.name!r} returned {type(out).__name__}; "
+                            "it must return bytes (or None)")
         out = bytes(out)
-        if lib.pw_result_set(result, out, len(out)) != 0:
+        if out and lib.pw_result_set(result, out, len(out)) != 0:
             return ST_INTERNAL_FAILURE
-    return ST_OK
+        return ST_OK
+    except ForeignFunctionStatus as e:
+        return e.status if 0 <= e.status <= 0xFFFF else ST_INTERNAL_FAILURE
+    except Exception:
+        _log.exception("foreign function %r failed", ff.name)
+        return ST_INTERNAL_FAILURE
 
 
 @ffi.def_extern()
@@ -103,23 +109,44 @@ def pw_py_callop(handle, token, op, data, length, end_stream):
 
 ERRORS = {
     lib.PW_ERR_FAILED: "the VM failed earlier and runs no more callbacks",
-    lib.PW_ERR_THREAD: "this VM belongs to another thread (or is running one of its own "
-                       "callbacks, which must not call back into it)",
-    lib.PW_ERR_NO_CONTEXT: "no such context (already finished?)",
+    lib.PW_ERR_THREAD: "this VM belongs to another thread",
+    lib.PW_ERR_REENTRANT: "a VM cannot be called from inside one of its own callbacks "
+                          "(a log handler or foreign function)",
+    lib.PW_ERR_NO_CONTEXT: "no such stream or context (already finished?)",
     lib.PW_ERR_STATE: "event out of order for this stream",
+    lib.PW_ERR_CLOSED: "the host was closed: this object can no longer be used",
+    lib.PW_ERR_STACK: "this thread's stack has no room for a guest call",
     lib.PW_ERR: "the C core could not complete the call",
 }
 
+_CLASSES: dict[int, type[ProxyWasmError]] = {
+    lib.PW_ERR_THREAD: WrongThreadError,
+    lib.PW_ERR_REENTRANT: ReentrantCallError,
+    lib.PW_ERR_NO_CONTEXT: StreamClosedError,
+    lib.PW_ERR_STATE: StreamStateError,
+    lib.PW_ERR_CLOSED: HostClosedError,
+    lib.PW_ERR_STACK: ThreadStackError,
+    lib.PW_ERR_FAILED: VmFailedError,
+    lib.PW_ERR_TRAP: VmFailedError,
+}
+
+
+def error_for(code: int, vm=None) -> ProxyWasmError:
+    """The one mapping from a pw_* result code (either sign) to an exception."""
+    code = abs(code)
+    cls = _CLASSES.get(code, ProxyWasmError)
+    if cls is VmFailedError and vm is not None:
+        try:
+            message = vm.error
+        except Exception:  # noqa: BLE001 - the VM may be gone; the generic text will do
+            message = ""
+        return VmFailedError(message or ERRORS[lib.PW_ERR_FAILED])
+    return cls(ERRORS.get(code, f"C core error {code}"))
+
 
 def raise_for(code: int, vm=None) -> None:
-    """Turns a negative/non-zero pw_* result into the matching exception."""
-    code = abs(code)
-    if code == lib.PW_ERR_THREAD:
-        raise WrongThreadError(ERRORS[code])
-    if code in (lib.PW_ERR_FAILED, lib.PW_ERR_TRAP) and vm is not None:
-        raise VmFailedError(vm.error or ERRORS[lib.PW_ERR_FAILED])
-    raise ProxyWasmError(ERRORS.get(code, f"C core error {code}"))
-
+    """Raises the exception for a non-zero pw_* result."""
+    raise error_for(code, vm)
 
 
 class _Core:

@@ -18,6 +18,7 @@ _SOURCES = [
     "callout.c",
     "context.c",
     "dispatcher.c",
+    "epoch.c",
     "hmap.c",
     "hostcalls.c",
     "http.c",

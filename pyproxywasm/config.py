@@ -13,6 +13,9 @@ from typing import Mapping, Union
 
 from .errors import ConfigError
 from .module import read_code
+from .policy import FailurePolicy, ReloadPolicy
+
+DEFAULT_DEADLINE_MS = 100
 
 Bytes = Union[bytes, str]
 
@@ -27,7 +30,12 @@ RUNTIMES = (
 
 
 def as_bytes(value: Bytes) -> bytes:
-    return value.encode() if isinstance(value, str) else bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    # bytes(5) would be five NUL bytes: a configuration is text or bytes, nothing else.
+    raise ConfigError(f"a configuration must be str or bytes, not {type(value).__name__}")
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,7 @@ class VmConfig:
     environment_variables: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        as_bytes(self.configuration)  # refuses anything but str / bytes now, not at start
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"unknown runtime {self.runtime!r}; expected one of {', '.join(RUNTIMES)}")
         for k, v in self.environment_variables.items():
@@ -67,7 +76,10 @@ class PluginConfig:
     singleton: a Wasm service (Envoy's `singleton: true`): one instance, on the host's main
     dispatcher thread, instead of one per thread that runs streams.
     allow_any_host: beyond Envoy, off by default: an outbound call to "host:port" that
-    names no cluster goes to that address directly (plain HTTP)."""
+    names no cluster goes to that address directly (plain HTTP).
+    deadline_ms: how long one callback of this plugin (with the guest calls it makes) may
+    run before it traps (None or 0: no deadline); the VM then fails and failure_policy
+    decides what streams see (see pyproxywasm.policy). reload: FAIL_RELOAD's backoff."""
 
     vm_config: VmConfig
     name: str = ""
@@ -75,6 +87,23 @@ class PluginConfig:
     configuration: Bytes = b""
     singleton: bool = False
     allow_any_host: bool = False
+    deadline_ms: int | None = DEFAULT_DEADLINE_MS
+    failure_policy: FailurePolicy = FailurePolicy.FAIL_CLOSED
+    reload: ReloadPolicy = field(default_factory=ReloadPolicy)
+
+    def __post_init__(self) -> None:
+        as_bytes(self.configuration)
+        if self.deadline_ms is not None and (
+                not isinstance(self.deadline_ms, int) or isinstance(self.deadline_ms, bool)
+                or not 0 <= self.deadline_ms < 2**32):
+            raise ConfigError(f"deadline_ms must be an int of milliseconds or None, not {self.deadline_ms!r}")
+        if isinstance(self.failure_policy, str):
+            try:
+                object.__setattr__(self, "failure_policy", FailurePolicy(self.failure_policy))
+            except ValueError:
+                raise ConfigError(f"unknown failure_policy {self.failure_policy!r}") from None
+        if not isinstance(self.failure_policy, FailurePolicy):
+            raise ConfigError(f"unknown failure_policy {self.failure_policy!r}")
 
     @property
     def display_name(self) -> str:

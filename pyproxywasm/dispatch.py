@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable
 
 from ._binding import ffi, lib, raise_for
-from .errors import ProxyWasmError
+from .errors import HostClosedError, ProxyWasmError
 
 _NO_TICK = 2**64 - 1
 _CHANGED = struct.Struct("<QI")  # (vm_key, context id) records of pw_dispatcher_changed
@@ -35,7 +35,10 @@ class Dispatcher:
         ptr = lib.pw_dispatcher_new()
         if ptr == ffi.NULL:
             raise ProxyWasmError("cannot create a dispatcher (out of file descriptors?)")
-        self.ptr = ptr
+        # Freed with this object (never while a thread can still wake it); close() only
+        # closes it, after which wake() is a no-op and run() raises HostClosedError.
+        self.ptr = ffi.gc(ptr, lib.pw_dispatcher_free)
+        self.closed = False
         self.thread = threading.get_ident()
         lib.pw_dispatcher_set_autorun(ptr, autorun)
         self._watchers: dict[tuple[int, int], Callable[[], None]] = {}
@@ -130,9 +133,9 @@ class Dispatcher:
         return detach
 
     def close(self) -> None:
-        if self.ptr is not None:
+        if not self.closed:
+            self.closed = True
             lib.pw_dispatcher_close(self.ptr)
-            self.ptr = None
 
 
 class Worker:
@@ -143,8 +146,10 @@ class Worker:
         self.name = name
         self._setup, self._teardown = setup, teardown
         self._jobs: collections.deque = collections.deque()
+        self._jobs_lock = threading.Lock()  # call() vs the end of the thread
+        self._ended = False
         self._stopping = False
-        self._stop_timeout = 5.0
+        self._stop_by = float("inf")
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.dispatcher: Dispatcher | None = None
@@ -164,10 +169,11 @@ class Worker:
 
     def call(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
         """Runs fn(*args) on this worker's thread; the result comes back as a Future."""
-        if self._stopping:
-            raise ProxyWasmError(f"{self.name} is stopping")
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._jobs.append((fn, args, fut))
+        with self._jobs_lock:
+            if self._stopping or self._ended:
+                raise HostClosedError(f"{self.name} is stopping")
+            self._jobs.append((fn, args, fut))
         self.dispatcher.wake()
         return fut
 
@@ -194,15 +200,38 @@ class Worker:
             select.select([fd], [], [], d.next_timeout())
             d.run()
             self._run_jobs()
-        d.run()
-        self._teardown(d, self._stop_timeout)
-        d.close()
+        try:
+            d.run()
+        except ProxyWasmError:
+            pass
+        try:
+            self._teardown(d, max(0.0, self._stop_by - time.monotonic()))
+        finally:
+            d.close()
+            with self._jobs_lock:
+                self._ended = True
+                left = list(self._jobs)
+                self._jobs.clear()
+            for _fn, _args, fut in left:  # no Future is left unresolved
+                if fut.set_running_or_notify_cancel():
+                    fut.set_exception(HostClosedError(f"{self.name} stopped before running the job"))
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Finishes queued jobs and events, shuts the plugins down, and ends the thread."""
+    def stop(self, timeout: float = 5.0,
+             interrupt: Callable[[int | None], None] | None = None) -> None:
+        """Finishes queued jobs and events, shuts the plugins down, and ends the thread,
+        within `timeout` seconds: past it, interrupt(thread ident) is called (it makes a
+        running guest trap) and the thread gets a short grace; a thread that still runs is
+        left behind (it is a daemon). From the worker's own thread (a job closing the
+        host), it only asks the thread to end once the job returns."""
         if not self.thread.is_alive():
             return
-        self._stop_timeout = timeout
-        self._stopping = True
+        self._stop_by = time.monotonic() + timeout
+        with self._jobs_lock:
+            self._stopping = True
         self.dispatcher.wake()
-        self.thread.join()
+        if threading.get_ident() == self.thread.ident:
+            return
+        self.thread.join(timeout)
+        if self.thread.is_alive() and interrupt is not None:
+            interrupt(self.thread.ident)
+            self.thread.join(0.05)

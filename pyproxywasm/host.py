@@ -13,6 +13,7 @@ context. A store is only ever touched by its own thread; the C core refuses anyt
 """
 from __future__ import annotations
 
+import collections
 import logging
 import sys
 import threading
@@ -21,10 +22,12 @@ import weakref
 from typing import Any, Callable, Iterable, Mapping
 
 from . import properties as props
-from ._binding import ERRORS, ForeignFunction, LogTarget, ffi, lib, proxy_level, raise_for
+from ._binding import ERRORS, ForeignFunction, LogTarget, error_for, ffi, lib, proxy_level, raise_for
 from .config import PluginConfig, VmConfig, as_bytes
 from .dispatch import Dispatcher, Worker
-from .errors import PluginStartError, ProxyWasmError
+from .errors import ConfigError, HostClosedError, PluginStartError, ProxyWasmError
+from .limits import Limits
+from .policy import FailurePolicy, ReloadState
 from .http import HttpStream
 from .module import CompiledModule, compile_module
 from .net.cluster import Cluster
@@ -36,7 +39,8 @@ class Vm:
     """One instance of a module, owned by the thread that created it."""
 
     def __init__(self, compiled: CompiledModule, vm_config: VmConfig, dispatcher: Dispatcher,
-                 host_properties, clock_ns: int = 0, buffer_limit: int | None = None) -> None:
+                 host_properties, clock_ns: int = 0, buffer_limit: int | None = None,
+                 limits: Limits | None = None, deadline_ms: int = 0) -> None:
         self.compiled = compiled
         self.vm_config = vm_config
         self.abi_version = compiled.spec.abi_version
@@ -46,15 +50,26 @@ class Vm:
         cfg = as_bytes(vm_config.configuration)
         env = vm_config.environ()
         err = ffi.new("char[1024]")
+        lim = limits or Limits()
+        c_limits = ffi.new("pw_limits *", {
+            "memory_bytes": lim.memory_bytes, "body_bytes": lim.body_bytes,
+            "deadline_ms": deadline_ms, "log_bytes": lim.log_bytes})
         start = time.perf_counter()
-        ptr = lib.pw_vm_new(compiled.ptr, dispatcher.ptr, vm_id, len(vm_id), cfg, len(cfg), env,
-                            len(env), self._log.handle, err, 1024)
+        ptr = lib.pw_vm_new(compiled.ptr, dispatcher.ptr, c_limits, vm_id, len(vm_id), cfg,
+                            len(cfg), env, len(env), self._log.handle, err, 1024)
         self.start_seconds = time.perf_counter() - start
         if ptr == ffi.NULL:
             raise PluginStartError("cannot start the VM: " + ffi.string(err).decode(errors="replace"))
-        self.ptr = ptr
+        # The C struct outlives close(): a stale stream or root then gets HostClosedError
+        # instead of reading freed memory. It is freed when the last Python handle goes.
+        self.ptr = ffi.gc(ptr, lib.pw_vm_free)
         self.dispatcher = dispatcher
         self.calls: VmCalls | None = None  # its outbound calls, when the host routes any
+        self.failure_recorded = False  # FAIL_RELOAD counted this VM's failure
+        self.generation = 0  # how many VMs FAIL_RELOAD replaced before this one
+        # Ids of streams dropped on another thread without finish(): ended by the owner.
+        self.dropped: collections.deque[int] = collections.deque()
+
         # Out-parameters reused by every call on this VM (all from its owner thread).
         self.u32 = ffi.new("uint32_t *")
         self.out = ffi.new("const uint8_t **")
@@ -87,10 +102,24 @@ class Vm:
         n = lib.pw_vm_next_tick_in(self.ptr)
         return None if n == 2**64 - 1 else n
 
+    def finish_dropped(self) -> None:
+        """Owner thread: ends the streams other threads dropped without finish()."""
+        while self.dropped:
+            lib.pw_http_finish(self.ptr, self.dropped.popleft())
+
+    @property
+    def closed(self) -> bool:
+        return bool(lib.pw_vm_closed(self.ptr))
+
+    def interrupt(self) -> None:
+        """From any thread: the running (or next) guest call traps at once."""
+        lib.pw_vm_interrupt(self.ptr)
+
     def close(self) -> None:
-        if self.ptr is not None:
-            lib.pw_vm_free(self.ptr)
-            self.ptr = None
+        """Frees the store and contexts (owner thread, outside the VM's callbacks)."""
+        rc = lib.pw_vm_close(self.ptr)
+        if rc != lib.PW_OK:
+            raise error_for(rc)
 
 
 class RootContext:
@@ -104,11 +133,16 @@ class RootContext:
         self._log = LogTarget(self.logger)
         name, root_id = config.name.encode(), config.root_id.encode()
         cfg = as_bytes(config.configuration)
+        lib.pw_vm_set_deadline(vm.ptr, config.deadline_ms or 0)
         rc = lib.pw_root_new(vm.ptr, name, len(name), root_id, len(root_id), cfg, len(cfg),
                              self._log.handle, proxy_level(self.logger), vm.u32)
         self.context_id = vm.u32[0]
         self._sync_marker()
         self.closing = self.closed = False
+        if config.failure_policy is FailurePolicy.FAIL_OPEN:
+            lib.pw_root_set_fail_open(vm.ptr, self.context_id, 1)
+        if rc in (lib.PW_ERR_THREAD, lib.PW_ERR_REENTRANT, lib.PW_ERR_CLOSED):
+            raise_for(rc, vm)
         if rc != lib.PW_OK:
             what = {
                 lib.PW_ERR_VM_REJECTED: "proxy_on_vm_start returned false",
@@ -183,6 +217,7 @@ class _ThreadState:
         self.owns_dispatcher = owns_dispatcher
         self.vms: dict[tuple, Vm] = {}
         self.roots: dict[int, RootContext] = {}
+        self.reload: dict[tuple, ReloadState] = {}  # FAIL_RELOAD bookkeeping per VM key
 
 
 class _Releaser:
@@ -211,6 +246,7 @@ class Plugin:
         self.host = host
         self.config = config
         self.index = index
+        self._reload = config.failure_policy is FailurePolicy.FAIL_RELOAD
 
     def instance(self) -> RootContext:
         return self.host._instance(self)
@@ -238,12 +274,19 @@ class Plugin:
         root = st.roots.get(self.index) if st is not None else None
         if root is None:
             root = self.instance()
+        if self._reload and lib.pw_vm_failed(root.vm.ptr):
+            root = self.host._reload_vm(self, root)
+        if root.vm.dropped:
+            root.vm.finish_dropped()
         if not root.logger._cache:
             root.sync_log_level()
         return HttpStream(root, properties)
 
     def tcp_stream(self, properties: Mapping[Any, Any] | None = None) -> TcpStream:
-        return self.instance().tcp_stream(properties)
+        root = self.instance()
+        if self._reload and lib.pw_vm_failed(root.vm.ptr):
+            root = self.host._reload_vm(self, root)
+        return root.tcp_stream(properties)
 
     def tick(self) -> None:
         self.instance().tick()
@@ -279,6 +322,7 @@ class Host:
         max_calls_in_flight: int = lib.PW_DEFAULT_MAX_CALLS,
         io_loop: Any = None,
         call_recorder: Recorder | None = None,
+        limits: Limits | None = None,
     ) -> None:
         """concurrency: worker threads to start (0: streams run on the callers' threads).
         clock_ns: a virtual clock for every VM (0: real time). cache_dir: where compiled
@@ -291,7 +335,18 @@ class Host:
         that is none of them is an unknown cluster, as in Envoy. max_calls_in_flight: per
         VM; past it a call answers INTERNAL_FAILURE. io_loop: the pyproxywasm.net.IoLoop
         the calls run on (default: the process's, started on first use). call_recorder:
-        where calls to clusters that are not real go (the testing harness)."""
+        where calls to clusters that are not real go (the testing harness).
+        limits: caps on what a plugin can make the host hold (pyproxywasm.limits.Limits)."""
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 0:
+            raise ConfigError(f"concurrency must be an int >= 0, not {concurrency!r}")
+        if not isinstance(buffer_limit, int) or buffer_limit < 0:
+            raise ConfigError(f"buffer_limit must be an int >= 0, not {buffer_limit!r}")
+        self._limits = limits or Limits()
+        lib.pw_queue_set_max_bytes(self._limits.queue_bytes)
+        lib.pw_shared_set_max_bytes(self._limits.shared_data_bytes)
+        self._log = logging.getLogger("pyproxywasm.host")
+        # FAIL_RELOAD and failure counters per plugin name: vm_failures, vm_reloads.
+        self.failure_stats: dict[str, dict[str, int]] = {}
         self.outbound = Outbound(clusters, recorder=call_recorder, io=io_loop)
         self._max_calls = max_calls_in_flight
         self._buffer_limit = buffer_limit
@@ -334,9 +389,11 @@ class Host:
         st = getattr(self._local, "state", None)
         if st is None:
             if self._closed:
-                raise ProxyWasmError("the host is closed")
+                raise HostClosedError("the host is closed")
             owns = dispatcher is None
             if owns:
+                if self._closed:
+                    raise HostClosedError("the host is closed")
                 dispatcher = Dispatcher(autorun=not self._manual)
             st = self._local.state = _ThreadState(dispatcher, owns)
             if owns:  # a thread of the caller's: its VMs go when it ends, if not before
@@ -371,15 +428,19 @@ class Host:
         vm = st.vms.get(key)
         if vm is None:
             compiled = compile_module(code, self._cache_dir)
-            vm = Vm(compiled, vm_config, st.dispatcher, self._host_properties, self._clock_ns,
-                    self._buffer_limit)
-            for ff in self._foreign:
-                vm.register_foreign(ff)
-            if self.outbound.clusters or self.outbound.recorder is not None or self._any_host():
-                vm.calls = VmCalls(self.outbound, vm.ptr, st.dispatcher,
-                                   lambda root, st=st: self._allows_any_host(st, root))
-                lib.pw_vm_set_callouts(vm.ptr, vm.calls.handle, self._max_calls)
+            vm = self._new_vm(compiled, vm_config, st)
             st.vms[key] = vm
+        return vm
+
+    def _new_vm(self, compiled: CompiledModule, vm_config: VmConfig, st: _ThreadState) -> Vm:
+        vm = Vm(compiled, vm_config, st.dispatcher, self._host_properties, self._clock_ns,
+                self._buffer_limit, self._limits)
+        for ff in self._foreign:
+            vm.register_foreign(ff)
+        if self.outbound.clusters or self.outbound.recorder is not None or self._any_host():
+            vm.calls = VmCalls(self.outbound, vm.ptr, st.dispatcher,
+                               lambda root, st=st: self._allows_any_host(st, root))
+            lib.pw_vm_set_callouts(vm.ptr, vm.calls.handle, self._max_calls)
         return vm
 
     def _any_host(self) -> bool:
@@ -389,9 +450,60 @@ class Host:
     def _allows_any_host(st: _ThreadState, root_id: int) -> bool:
         return any(r.context_id == root_id and r.config.allow_any_host for r in st.roots.values())
 
+    def _reload_vm(self, plugin: Plugin, root: RootContext) -> RootContext:
+        """FAIL_RELOAD, on the calling thread: once per failed VM, count and log the
+        failure and choose the backoff; once the backoff has passed (and the budget
+        allows), replace the VM with a new one from the compiled module and start every
+        root it had. Until then the failed VM answers (503 wasm_fail_stream)."""
+        st = self._state()
+        old = root.vm
+        key = next((k for k, v in st.vms.items() if v is old), None)
+        if key is None:
+            return root
+        state = st.reload.get(key)
+        if state is None:
+            state = st.reload[key] = ReloadState(plugin.config.reload)
+        name = plugin.config.display_name
+        stats = self.failure_stats.setdefault(name, {"vm_failures": 0, "vm_reloads": 0})
+        if not old.failure_recorded:
+            old.failure_recorded = True
+            backoff = state.record_failure()
+            stats["vm_failures"] += 1
+            self._log.warning("plugin %r: VM failed (%s); FAIL_RELOAD in %.3f s (failure %d "
+                              "in a row, %d reloads so far)", name, old.error, backoff,
+                              state.failures, state.reloads)
+        if not state.may_reload():
+            return root
+        state.reloaded()
+        try:
+            new = self._new_vm(old.compiled, old.vm_config, st)
+            new.generation = old.generation + 1
+        except ProxyWasmError as e:
+            state.record_failure()
+            self._log.warning("plugin %r: FAIL_RELOAD could not start a new VM: %s", name, e)
+            return root
+        roots: dict[int, RootContext] = {}
+        try:
+            for i, r in st.roots.items():
+                if r.vm is old:
+                    roots[i] = RootContext(self.plugins[i].config, new)
+        except ProxyWasmError as e:
+            new.close()
+            state.record_failure()
+            self._log.warning("plugin %r: FAIL_RELOAD could not start the plugins: %s", name, e)
+            return root
+        st.roots.update(roots)
+        st.vms[key] = new
+        stats["vm_reloads"] += 1
+        self._log.warning("plugin %r: reloaded its VM (reload %d)", name, state.reloads)
+        old.close()
+        return st.roots[plugin.index]
+
     def _instance(self, plugin: Plugin) -> RootContext:
         st = self._state()
         root = st.roots.get(plugin.index)
+        if root is None and plugin in self.plugins and self._runs_here(plugin):
+            root = self._start(plugin, st)  # added after this thread's VMs started
         if root is None:
             if plugin.config.singleton:
                 raise ProxyWasmError(f"plugin {plugin.config.display_name!r} is a singleton "
@@ -403,7 +515,13 @@ class Host:
         """On the owner thread: on_done for every root (waiting up to `timeout` for those
         that defer with proxy_done, while their ticks and notifications still run), then
         the VMs go."""
-        pending = [r for r in st.roots.values() if not r.vm.failed and not r.close()]
+        pending = []
+        for r in st.roots.values():
+            try:
+                if not r.vm.failed and not r.close():
+                    pending.append(r)
+            except ProxyWasmError:
+                pass  # a root whose VM fails in on_done is done
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
             wait = st.dispatcher.next_timeout()
@@ -412,6 +530,8 @@ class Host:
             pending = [r for r in pending if not r.close()]
         for vm in st.vms.values():
             vm.close()
+        for r in st.roots.values():  # VMs replaced by FAIL_RELOAD are closed already
+            r.vm.close()
         st.vms.clear()
         st.roots.clear()
         if st.owns_dispatcher:
@@ -433,14 +553,41 @@ class Host:
         return plugin
 
     def add_plugin(self, config: PluginConfig) -> Plugin:
-        """Adds a plugin and starts it on every thread that has VMs of this host."""
+        """Adds a plugin: started now on the workers, the main thread and the calling
+        thread, and on first use on any other thread that has VMs of this host. If it
+        fails to start anywhere now, it is removed again (and the error raised), so no
+        later thread trips over it."""
+        if self._closed:
+            raise HostClosedError("the host is closed")
         plugin = self._add(config)
-        for w in ([self._main] if self._main else []) + self.workers:
-            w.call(self._start_here, plugin).result()
-        st = getattr(self._local, "state", None)
-        if st is not None:
-            self._start(plugin, st)
+        started: list[Worker | None] = []
+        try:
+            for w in ([self._main] if self._main else []) + self.workers:
+                w.call(self._start_here, plugin).result()
+                started.append(w)
+            st = getattr(self._local, "state", None)
+            if st is not None:
+                self._start(plugin, st)
+                started.append(None)
+        except BaseException:
+            with self._lock:
+                self.plugins.remove(plugin)
+            for w in started:
+                try:
+                    if w is None:
+                        self._stop_here(plugin)
+                    else:
+                        w.call(self._stop_here, plugin).result()
+                except Exception:  # noqa: BLE001 - the start error is the one to raise
+                    pass
+            raise
         return plugin
+
+    def _stop_here(self, plugin: Plugin) -> None:
+        st = getattr(self._local, "state", None)
+        root = st.roots.pop(plugin.index, None) if st is not None else None
+        if root is not None and not root.vm.failed:
+            root.close()
 
     def _start_here(self, plugin: Plugin) -> None:
         self._start(plugin, self._state())
@@ -489,16 +636,26 @@ class Host:
 
     def close(self, timeout: float = 5.0) -> None:
         """Stops the workers (they finish their jobs and events, then shut their plugins
-        down), then the main thread's services, then this thread's VMs."""
+        down), then the main thread's services, then this thread's VMs — all within
+        `timeout` seconds: a guest still running then is interrupted (it traps), and a
+        thread that still does not end is left behind (daemon) rather than waited for.
+        Called from inside a worker job, that worker ends once the job returns."""
         if self._closed:
             return
-        for w in self.workers:
-            w.stop(timeout)
-        if self._main is not None:
-            self._main.stop(timeout)
-        self.release_thread(timeout)
-        self.outbound.close(min(max(timeout, 1.0), 5.0))
         self._closed = True
+        end = time.monotonic() + max(0.0, timeout)
+        for w in self.workers + ([self._main] if self._main is not None else []):
+            w.stop(max(0.0, end - time.monotonic()), self._interrupt_thread)
+        self.release_thread(max(0.0, end - time.monotonic()))
+        self.outbound.close(min(max(end - time.monotonic(), 1.0), 5.0))
+
+    def _interrupt_thread(self, ident: int | None) -> None:
+        """Interrupts every VM of one thread (from any thread)."""
+        with self._lock:
+            states = [s for t, s in self._states if t == ident]
+        for s in states:
+            for vm in list(s.vms.values()) + [r.vm for r in list(s.roots.values())]:
+                vm.interrupt()
 
     def __enter__(self) -> "Host":
         return self

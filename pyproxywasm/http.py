@@ -8,12 +8,14 @@ plugin continues (proxy_continue_stream), as in Envoy.
 from __future__ import annotations
 
 import enum
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import properties as props
 from ._binding import ffi, lib, raise_for
 from .pairs import HeaderItems, Headers, decode_pairs, encode_headers
+from .policy import FailureOutcome
 
 if TYPE_CHECKING:
     from .host import RootContext
@@ -123,13 +125,36 @@ class HttpStream:
         return self._done(_trailers(self._vm, self.context_id, _RESP, data, len(data), n), 1)
 
     def finish(self) -> None:
-        """Ends the stream: proxy_on_log, proxy_on_done, proxy_on_delete (Envoy's order)."""
+        """Ends the stream: proxy_on_log, proxy_on_done, proxy_on_delete (Envoy's order).
+        Idempotent; after its VM was closed (the host closed, or FAIL_RELOAD replaced the
+        VM) there is nothing left to end and it does nothing."""
         if self.flags & _DONE:
             return
-        f = _finish(self._vm, self._id or self.context_id)
-        if f < 0:
+        if not self._id:  # made now (a thread without a loop delivers what is pending)
+            vm = self._vmobj
+            rc = _new(self._vm, self.plugin.context_id, vm.u32)
+            if rc == lib.PW_ERR_CLOSED:
+                self.flags |= _DONE
+                return
+            if rc:
+                raise_for(rc, vm)
+            self._id = vm.u32[0]
+        f = _finish(self._vm, self._id)
+        if f < 0 and f != -lib.PW_ERR_CLOSED:
             raise_for(f, self._vmobj)
         self.flags |= _DONE
+
+    def __del__(self) -> None:
+        # Dropped without finish(): end it as Envoy ends a destroyed stream, on the VM's
+        # own thread (now, or at that thread's next stream), so its context never leaks.
+        if self._id and not self.flags & _DONE:
+            try:
+                if threading.get_ident() == self.plugin.thread:
+                    self.finish()
+                else:
+                    self._vmobj.dropped.append(self._id)
+            except Exception:  # noqa: BLE001 - a finalizer must not raise
+                pass
 
     def refresh(self) -> int:
         """Re-reads the stream's state (after the plugin resumed it from a tick, say)."""
@@ -246,5 +271,19 @@ class HttpStream:
 
     @property
     def failed(self) -> bool:
-        """The VM trapped while serving this stream (it got a 503 wasm_fail_stream)."""
-        return bool(self.flags & lib.PW_S_FAILED)
+        """The VM failed while serving this stream, or before it (its failure policy
+        answered: a 503 wasm_fail_stream, or FAIL_OPEN's pass-through)."""
+        return bool(self.flags & (lib.PW_S_FAILED | lib.PW_S_BYPASSED))
+
+    @property
+    def failure_outcome(self) -> FailureOutcome | None:
+        """What the plugin's failure policy did for this stream: FAILED_CLOSED (503),
+        FAILED_OPEN (passed without the filter), RELOADED (served by a VM that FAIL_RELOAD
+        made after a failure), or None (no failure involved)."""
+        if self.flags & lib.PW_S_BYPASSED:
+            return FailureOutcome.FAILED_OPEN
+        if self.flags & lib.PW_S_FAILED:
+            return FailureOutcome.FAILED_CLOSED
+        if self._vmobj.generation:
+            return FailureOutcome.RELOADED
+        return None

@@ -7,8 +7,11 @@ error that names it, never reach the core.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
+import stat
 import threading
+import weakref
 from dataclasses import dataclass
 
 from . import wasmbin
@@ -143,17 +146,24 @@ def inspect(wasm: bytes) -> ModuleSpec:
 
 
 class CompiledModule:
-    """A compiled, linked module: what every VM of this code is instantiated from."""
+    """A compiled, linked module: what every VM of this code is instantiated from. Freed
+    (pw_module_free) when no Vm and no cache entry holds it any more."""
 
     def __init__(self, spec: ModuleSpec, ptr) -> None:
         self.spec = spec
-        self.ptr = ptr  # pw_module *, alive for the process
+        self.ptr = ffi.gc(ptr, lib.pw_module_free)
 
 
-# Compiled modules by code digest, shared by every host and thread of the process. Guarded
-# by _cache_lock; modules live as long as the process (their VMs may be on any thread).
-_cache: dict[str, CompiledModule] = {}
+# Compiled modules by code digest, shared by every host and thread of the process, held
+# weakly: a module lives while a Vm (on any thread) holds it. Guarded by _cache_lock.
+_cache: "weakref.WeakValueDictionary[str, CompiledModule]" = weakref.WeakValueDictionary()
 _cache_lock = threading.Lock()
+
+# The disk cache: at most this many bytes of compiled modules (least recently used go
+# first); PYPROXYWASM_CACHE_MAX_BYTES changes it.
+DEFAULT_DISK_CACHE_BYTES = 256 << 20
+_MAGIC = b"PYPWCWASM1\n"
+_KEY_FILE = "cache.key"
 
 
 def default_cache_dir() -> str | None:
@@ -165,36 +175,141 @@ def default_cache_dir() -> str | None:
     return os.path.join(base, "pyproxywasm")
 
 
+def _private_dir(cache_dir: str) -> bool:
+    try:
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        st = os.lstat(cache_dir)
+    except OSError:
+        return False
+    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+            and not st.st_mode & 0o022)
+
+
 def _cache_path(cache_dir: str, spec: ModuleSpec) -> str | None:
     """The cache file for a module, in a directory only this user can write: a compiled
     module is native code, so a file someone else could have planted is never loaded."""
-    try:
-        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-        st = os.stat(cache_dir)
-    except OSError:
+    if not _private_dir(cache_dir):
         return None
-    if st.st_uid != os.getuid() or st.st_mode & 0o022:
-        return None
-    name = (f"{spec.digest}-wasmtime-{WASMTIME_VERSION}-nosignals-abi{spec.abi_version}"
+    name = (f"{spec.digest}-wasmtime-{WASMTIME_VERSION}-nosignals-epoch-abi{spec.abi_version}"
             f"-{spec.header_arity}.cwasm")
     return os.path.join(cache_dir, name)
 
 
+def _open_private(path: str, flags: int) -> int:
+    """Opens a regular file of ours without following a symlink (OSError otherwise)."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        os.close(fd)
+        raise OSError(f"{path} is not a private regular file")
+    return fd
+
+
+def _key(cache_dir: str) -> bytes | None:
+    """This cache's secret: compiled files carry an HMAC under it, so a corrupt, truncated
+    or foreign file is never handed to the deserializer."""
+    path = os.path.join(cache_dir, _KEY_FILE)
+    try:
+        fd = _open_private(path, os.O_RDONLY)
+        with os.fdopen(fd, "rb") as f:
+            key = f.read()
+        if len(key) == 32:
+            return key
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
+    key = os.urandom(32)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        os.link(tmp, path)  # the first writer wins; others read its key
+    except FileExistsError:
+        os.unlink(tmp)
+        return _key(cache_dir) if os.path.exists(path) else None
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return None
+    os.unlink(tmp)
+    return key
+
+
 def _load_cached(path: str | None, spec: ModuleSpec):
-    if path is None or not os.path.exists(path):
+    if path is None:
+        return ffi.NULL
+    key = _key(os.path.dirname(path))
+    if key is None:
         return ffi.NULL
     try:
-        with open(path, "rb") as f:
+        fd = _open_private(path, os.O_RDONLY)
+        with os.fdopen(fd, "rb") as f:
             data = f.read()
     except OSError:
         return ffi.NULL
+    head = len(_MAGIC) + 32
+    payload = data[head:]
+    tag = hmac.new(key, payload, hashlib.sha256).digest()
+    if data[:len(_MAGIC)] != _MAGIC or not hmac.compare_digest(data[len(_MAGIC):head], tag):
+        try:  # corrupt or not ours: never deserialized, and replaced by a fresh compile
+            os.unlink(path)
+        except OSError:
+            pass
+        return ffi.NULL
     err = ffi.new("char[512]")
-    return lib.pw_module_deserialize(core.engine, data, len(data), ABI_IDS[spec.abi_version],
-                                     spec.header_arity, spec.flags, err, 512)
+    ptr = lib.pw_module_deserialize(core.engine, payload, len(payload), ABI_IDS[spec.abi_version],
+                                    spec.header_arity, spec.flags, err, 512)
+    if ptr != ffi.NULL:
+        try:
+            os.utime(path)  # recently used: evicted last
+        except OSError:
+            pass
+    return ptr
+
+
+def _disk_cache_bytes() -> int:
+    try:
+        return int(os.environ.get("PYPROXYWASM_CACHE_MAX_BYTES", DEFAULT_DISK_CACHE_BYTES))
+    except ValueError:
+        return DEFAULT_DISK_CACHE_BYTES
+
+
+def evict(cache_dir: str, max_bytes: int | None = None) -> int:
+    """Removes the least recently used compiled modules until the directory holds at most
+    max_bytes of them; returns how many files went."""
+    limit = _disk_cache_bytes() if max_bytes is None else max_bytes
+    files = []
+    try:
+        with os.scandir(cache_dir) as it:
+            for e in it:
+                if e.name.endswith(".cwasm") and e.is_file(follow_symlinks=False):
+                    st = e.stat(follow_symlinks=False)
+                    files.append((st.st_mtime, st.st_size, e.path))
+    except OSError:
+        return 0
+    total = sum(f[1] for f in files)
+    removed = 0
+    for _mtime, size, path in sorted(files):
+        if total <= limit:
+            break
+        try:
+            os.unlink(path)
+            total -= size
+            removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 def _store_cached(path: str | None, ptr) -> None:
     if path is None:
+        return
+    key = _key(os.path.dirname(path))
+    if key is None:
         return
     out, n = ffi.new("uint8_t **"), ffi.new("size_t *")
     if lib.pw_module_serialize(ptr, out, n) != lib.PW_OK:
@@ -203,21 +318,32 @@ def _store_cached(path: str | None, ptr) -> None:
         data = ffi.buffer(out[0], n[0])[:]
     finally:
         lib.pw_bytes_free(out[0])
+    if len(data) > _disk_cache_bytes():
+        return
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(_MAGIC + hmac.new(key, data, hashlib.sha256).digest() + data)
         os.replace(tmp, path)  # readers see the whole file or none
     except OSError:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        return
+    evict(os.path.dirname(path))
 
 
 def compile_module(wasm: bytes, cache_dir: str | None = "default") -> CompiledModule:
     """Validates and compiles `wasm`, or returns the process's earlier compile of it; with
-    a cache directory, a compile from an earlier process is loaded instead of compiling."""
+    a cache directory, a compile from an earlier process is loaded instead of compiling.
+    The module is parsed once: a compile already in the process is found by digest."""
+    digest = hashlib.sha256(wasm).hexdigest()
+    with _cache_lock:
+        hit = _cache.get(digest)
+        if hit is not None:
+            return hit
     spec = inspect(wasm)
     with _cache_lock:
         hit = _cache.get(spec.digest)

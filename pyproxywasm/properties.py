@@ -44,5 +44,6 @@ def flatten(properties: Mapping[Path, Any]) -> Iterator[tuple[bytes, bytes]]:
         base = encode_path(path)
         yield base, encode_value(value)
         if isinstance(value, Mapping):
-            for sub_path, sub_value in flatten({k: v for k, v in value.items()}):
+            # A nested key is one segment: "envoy.filters.http.wasm" is not four.
+            for sub_path, sub_value in flatten({(k,): v for k, v in value.items()}):
                 yield base + b"\0" + sub_path, sub_value

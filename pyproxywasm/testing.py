@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from ._binding import PY_LEVELS, ffi, lib
-from .config import PluginConfig, VmConfig
+from .config import DEFAULT_DEADLINE_MS, PluginConfig, VmConfig
 from .host import Host, Plugin
+from .limits import Limits
+from .policy import FailurePolicy, ReloadPolicy
 from .http import HttpStream
 from .net.cluster import Cluster
 from .net.recorded import CallRecorder, RecordedCall, RecordedGrpcCall, RecordedHttpCall
@@ -81,12 +83,21 @@ class PluginHarness:
         buffer_limit: int | None = None,
         clusters: Iterable[Cluster | str] | None = None,
         allow_any_host: bool = False,
+        failure_policy: FailurePolicy | str = FailurePolicy.FAIL_CLOSED,
+        deadline_ms: int | None = DEFAULT_DEADLINE_MS,
+        reload: ReloadPolicy | None = None,
+        limits: Limits | None = None,
     ) -> None:
         """clusters: what the plugin's outbound calls reach. None (the default): every
         cluster name is accepted and calls are recorded for the test to answer
         (`http_calls`, `grpc_calls`), with their timeouts on the virtual clock. Otherwise
         a list of names (recorded) and `Cluster` objects (real upstreams, real time);
-        any other name is an unknown cluster, as in Envoy."""
+        any other name is an unknown cluster, as in Envoy.
+        failure_policy, deadline_ms, reload: the plugin's (PluginConfig); limits: the
+        host's caps (pyproxywasm.limits). What a policy did shows on each stream
+        (HttpStream.failure_outcome) and in failure_stats."""
+        self._policy = dict(failure_policy=failure_policy, deadline_ms=deadline_ms,
+                            reload=reload or ReloadPolicy())
         self.now_ns = start_time_ns
         self.capture = LogCapture()
         self._logger = logging.getLogger("pyproxywasm")
@@ -95,14 +106,14 @@ class PluginHarness:
         self._logger.addHandler(self.capture)
         self.vm_config = VmConfig(code=code, vm_id=vm_id, configuration=vm_configuration,
                                   environment_variables=dict(environment_variables or {}))
-        limits = {} if buffer_limit is None else {"buffer_limit": buffer_limit}
+        caps: dict[str, Any] = {} if buffer_limit is None else {"buffer_limit": buffer_limit}
         real = [c for c in clusters or () if isinstance(c, Cluster)]
         names = None if clusters is None else [c for c in clusters if isinstance(c, str)]
         self.recorder = CallRecorder(names, lambda: self.now_ns)
         self._allow_any_host = allow_any_host
         self.host = Host(properties=properties, foreign_functions=foreign_functions,
                          clock_ns=start_time_ns, manual_dispatch=True, clusters=real,
-                         call_recorder=self.recorder, **limits)
+                         call_recorder=self.recorder, limits=limits, **caps)
         try:
             self.plugin = self.add_plugin(configuration=configuration, root_id=root_id, name=name)
         except BaseException:
@@ -114,8 +125,14 @@ class PluginHarness:
                    vm_config: VmConfig | None = None) -> Plugin:
         """Another plugin; with the same vm_config it shares the VM (its own root context)."""
         cfg = PluginConfig(vm_config or self.vm_config, name=name, root_id=root_id,
-                           configuration=configuration, allow_any_host=self._allow_any_host)
+                           configuration=configuration, allow_any_host=self._allow_any_host,
+                           **self._policy)
         return self.host.add_plugin(cfg)
+
+    @property
+    def failure_stats(self) -> dict[str, dict[str, int]]:
+        """Per plugin: how often its VM failed and how often FAIL_RELOAD replaced it."""
+        return self.host.failure_stats
 
     def http(self, plugin: Plugin | None = None, properties: Mapping[Any, Any] | None = None) -> HttpStream:
         return (plugin or self.plugin).http_stream(properties)

@@ -6,6 +6,8 @@ import struct
 
 import pytest
 
+from pyproxywasm.errors import InvalidHeaderError
+
 from pyproxywasm import ProxyWasmError
 from pyproxywasm.pairs import decode_pairs, encode_headers, encode_pairs
 from pyproxywasm.testing import PluginHarness
@@ -32,9 +34,14 @@ def test_flat_form_and_its_fallbacks():
     assert encode_headers({"a": b"1"}) == (b"a\x001", 1)
     assert encode_headers([]) == (b"", 0)
     assert encode_headers(EXAMPLE_1) == (EXAMPLE_1, -1)  # bytes are the wire format
-    # a NUL inside a value cannot ride in the flat form: the pairs format carries it
-    data, n = encode_headers([("a", "x\0y")])
-    assert n == -1 and decode_pairs(data) == [("a", "x\0y")]
+    # no HTTP field holds NUL, CR or LF, or has an empty name: refused, not smuggled
+    for bad in ([("a", "x\0y")], [("a", "x\r\ny")], [("", "v")], [("a\nb", "v")]):
+        with pytest.raises(InvalidHeaderError):
+            encode_headers(bad)
+    # a list of strings is not a list of headers (it used to become "a: b", "c: d")
+    with pytest.raises(InvalidHeaderError):
+        encode_headers(["ab", "cd"])
+    assert encode_headers([("a", "")]) == (b"a\x00", 1)  # an empty value is fine
     with pytest.raises(ValueError):
         encode_headers([("just-a-name",)])
 

@@ -116,8 +116,12 @@ def test_a_trap_fails_the_vm_and_later_use_is_refused():
         assert any("trapped" in m for m in h.logs("critical"))
         # a stream already in flight keeps its data but the plugin is not called again
         assert ok.send_response_headers([(":status", "200")]) in (Action.CONTINUE, Action.PAUSE)
+        # a new stream on the failed VM: FAIL_CLOSED's 503, and no guest code runs
+        later = h.http()
+        assert later.send_request_headers(REQUEST) is Action.PAUSE
+        assert later.local_response.status == 503 and "grpc-status" not in later.response_headers
         with pytest.raises(VmFailedError):
-            h.http().send_request_headers(REQUEST)
+            h.plugin.tick()
         ok.finish()
         bad.finish()
 

@@ -80,7 +80,7 @@ static uint8_t *read_file(const char *dir, const char *name, size_t *len) {
 
 static pw_vm *new_vm(pw_module *m, pw_dispatcher *d, const char *vm_id) {
     char err[512];
-    pw_vm *vm = pw_vm_new(m, d, (const uint8_t *)vm_id, strlen(vm_id), NULL, 0, NULL, 0, NULL,
+    pw_vm *vm = pw_vm_new(m, d, NULL, (const uint8_t *)vm_id, strlen(vm_id), NULL, 0, NULL, 0, NULL,
                           err, sizeof err);
     if (!vm) fprintf(stderr, "vm: %s\n", err);
     return vm;
@@ -125,7 +125,7 @@ static void *cas_thread(void *arg) {
         request(vm, root, own, own_len, 3);
     }
     pw_vm_free(vm);
-    pw_dispatcher_close(d);
+    pw_dispatcher_free(d);
     return NULL;
 }
 
@@ -175,7 +175,7 @@ static void *consumer(void *arg) {
     atomic_store(&consumer_up, 1);
     while (atomic_load(&consumed_count) < THREADS * ITEMS) pw_dispatcher_run(d);
     pw_vm_free(vm);
-    pw_dispatcher_close(d);
+    pw_dispatcher_free(d);
     return NULL;
 }
 
@@ -189,7 +189,7 @@ static void *producer(void *arg) {
     snprintf(hdrs, sizeof hdrs, ":path|/|x-n|%d|x-p|%d", ITEMS, me);
     request(vm, root, hdrs, flat(hdrs), 3);
     pw_vm_free(vm);
-    pw_dispatcher_close(d);
+    pw_dispatcher_free(d);
     return NULL;
 }
 

@@ -44,6 +44,7 @@ static void *ticker(void *arg) {
         struct timespec ts = {0, EPOCH_TICK_NS};
         while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
         }
+        pw_signals_verify(); /* a handler installed since the last tick goes behind ours */
         pthread_mutex_lock(&tick_lock);
         if (tick_engine) WT.engine_increment_epoch(tick_engine); /* any thread may */
     }
@@ -106,6 +107,7 @@ static wasmtime_error_t *epoch_callback(wasmtime_context_t *cx, void *data, uint
 }
 
 void epoch_vm_attach(pw_vm *vm) {
+    pw_signals_verify(); /* a new VM is rare next to its calls: check the handlers now */
     WT.store_epoch_deadline_callback(vm->store, epoch_callback, vm, NULL);
     pthread_mutex_lock(&tick_lock);
     tick_users++;

@@ -402,6 +402,11 @@ int epoch_call_begin(pw_vm *vm, uint32_t deadline_ms, char *why, size_t whylen);
 uint64_t epoch_now_ns(void);
 int epoch_stack_room(size_t *have);
 
+/* signals.c: signal-based traps kept in front of later handlers */
+int sig_enabled(void);
+void sig_capture(void); /* right after an engine with signals-based traps is made */
+extern __attribute__((tls_model("initial-exec"))) _Thread_local int sig_in_guest;
+
 /* dispatcher.c */
 int dispatcher_post(pw_dispatcher *d, uint64_t vm_key, uint32_t root, uint32_t queue);
 /* Before a new stream on a thread with no loop: deliver what is pending (owner only). */

@@ -26,6 +26,7 @@ _SOURCES = [
     "props.c",
     "queue.c",
     "shared.c",
+    "signals.c",
     "tcp.c",
     "vm.c",
     "wasi.c",

@@ -52,6 +52,7 @@ typedef struct pw_hmap {
     size_t n, cap;
     pw_buf bytes;
     size_t garbage;
+    int loose; /* 0: entries in order without gaps, serialized with one copy (hmap.c) */
 } pw_hmap;
 
 #define PAIRS_MAX_COUNT 8192u

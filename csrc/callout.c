@@ -91,7 +91,11 @@ static uint32_t next_token(pw_vm *vm, int kind) {
 
 /* The embedding forgets a call: no more events will be delivered for it. */
 static void cancel(pw_vm *vm, uint32_t token) {
-    if (callop_cb && vm->callout_handle) callop_cb(vm->callout_handle, token, PW_OP_CANCEL, NULL, 0, 0);
+    if (callop_cb && vm->callout_handle) {
+        uint64_t t0 = epoch_now_ns();
+        callop_cb(vm->callout_handle, token, PW_OP_CANCEL, NULL, 0, 0);
+        vm_paused(vm, t0);
+    }
 }
 
 void callout_cancel_root(pw_vm *vm, uint32_t root) {
@@ -145,7 +149,9 @@ static int launch(pw_vm *vm, pw_callout *call, uint32_t token_ptr) {
     if (call_reserve(&vm->calls)) return ST_INTERNAL_FAILURE;
     call->root = root->id;
     call->token = next_token(vm, call->kind);
+    uint64_t t0 = epoch_now_ns();
     int st = callout_cb(vm->callout_handle, call);
+    vm_paused(vm, t0); /* Python's time, not the guest's */
     if (st != ST_OK) return st;
     pw_calls *t = &vm->calls;
     t->slots[call_slot(t, call->token)] = (pw_call){call->token, root->id, (uint8_t)call->kind, 0};
@@ -209,13 +215,17 @@ int callout_grpc_op(pw_vm *vm, uint32_t token, int op, const uint8_t *msg, size_
         if (c->half_closed) return ST_BAD_ARGUMENT; /* nothing may follow end_stream */
         if (len > vm->buffer_limit) return ST_BAD_ARGUMENT;
         if (end) c->half_closed = 1;
+        uint64_t t0 = epoch_now_ns();
         callop_cb(vm->callout_handle, token, PW_OP_SEND, msg, len, end);
+        vm_paused(vm, t0);
         return ST_OK;
     case PW_OP_CLOSE:
         if (kind == PW_CALL_GRPC_STREAM) { /* local half-close; kept until the remote closes */
             if (!c->half_closed) {
                 c->half_closed = 1;
+                uint64_t t0 = epoch_now_ns();
                 callop_cb(vm->callout_handle, token, PW_OP_CLOSE, NULL, 0, 1);
+                vm_paused(vm, t0);
             }
             return ST_OK;
         }

@@ -7,8 +7,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sched.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -29,6 +29,33 @@ typedef struct notice_node {
  * posters and wakers announce themselves in `active` and check `closed` inside that
  * bracket, and close waits for the bracket to empty, so no write can reach a closed (or
  * reused) descriptor. A dispatcher no queue names is freed by pw_dispatcher_free. */
+static int enter(pw_dispatcher *d) {
+    atomic_fetch_add(&d->active, 1);
+    if (atomic_load(&d->closed)) {
+        atomic_fetch_sub(&d->active, 1);
+        return 0;
+    }
+    return 1;
+}
+
+static void leave(pw_dispatcher *d) { atomic_fetch_sub(&d->active, 1); }
+
+/* Inside the active bracket (seq_cst against close's closed-then-wait). */
+static void wake_locked(pw_dispatcher *d) {
+    if (!atomic_exchange_explicit(&d->signaled, 1, memory_order_acq_rel)) {
+        uint64_t one = 1;
+        ssize_t r;
+        do r = write(d->efd, &one, sizeof one);
+        while (r < 0 && errno == EINTR);
+    }
+}
+
+/* Inside the active bracket; counted, so a run takes only what was posted before it. */
+static void push(pw_dispatcher *d, notice_node *n) {
+    atomic_fetch_add_explicit(&d->posted, 1, memory_order_relaxed);
+    mpsc_push(&d->inbox, &n->node);
+    wake_locked(d); /* after the push is complete, so no wake-up is lost */
+}
 
 pw_dispatcher *pw_dispatcher_new(void) {
     pw_dispatcher *d = calloc(1, sizeof *d);
@@ -45,39 +72,10 @@ pw_dispatcher *pw_dispatcher_new(void) {
 
 int pw_dispatcher_fd(pw_dispatcher *d) { return atomic_load(&d->closed) ? -1 : d->efd; }
 
-/* Inside the active bracket (seq_cst against close's closed-then-wait). */
-static void wake_locked(pw_dispatcher *d) {
-    if (!atomic_exchange_explicit(&d->signaled, 1, memory_order_acq_rel)) {
-        uint64_t one = 1;
-        ssize_t r;
-        do r = write(d->efd, &one, sizeof one);
-        while (r < 0 && errno == EINTR);
-    }
-}
-
-static int enter(pw_dispatcher *d) {
-    atomic_fetch_add(&d->active, 1);
-    if (atomic_load(&d->closed)) {
-        atomic_fetch_sub(&d->active, 1);
-        return 0;
-    }
-    return 1;
-}
-
-static void leave(pw_dispatcher *d) { atomic_fetch_sub(&d->active, 1); }
-
 void pw_dispatcher_wake(pw_dispatcher *d) {
     if (!enter(d)) return;
     wake_locked(d);
     leave(d);
-}
-
-/* Inside the bracket: counts the notice, publishes it, then wakes the owner (after the
- * push is complete, so no wake-up is lost). */
-static void push_locked(pw_dispatcher *d, notice_node *n) {
-    atomic_fetch_add_explicit(&d->posted, 1, memory_order_relaxed);
-    mpsc_push(&d->inbox, &n->node);
-    wake_locked(d);
 }
 
 void pw_dispatcher_set_autorun(pw_dispatcher *d, int on) { d->autorun = on != 0; }
@@ -98,7 +96,7 @@ int dispatcher_post(pw_dispatcher *d, uint64_t vm_key, uint32_t root, uint32_t q
     n->kind = NOTICE_QUEUE;
     n->root = root;
     n->queue = queue;
-    push_locked(d, n);
+    push(d, n);
     leave(d);
     return 0;
 }
@@ -127,7 +125,7 @@ int pw_dispatcher_post_call(pw_dispatcher *d, uint64_t vm_key, uint32_t token, i
                             .body = p + headers_len, .body_len = body_len,
                             .trailers = p + headers_len + body_len,
                             .trailers_len = trailers_len, .ntrailers = ntrailers};
-    push_locked(d, n);
+    push(d, n);
     leave(d);
     return 0;
 }

@@ -4,9 +4,10 @@
  * The engine is built with epoch interruption: compiled code checks the engine's epoch at
  * function entries and loop back-edges. One ticker thread advances the epoch every
  * EPOCH_TICK_NS while any VM exists. Each top-level guest call arms a deadline one tick
- * ahead; when it is reached, wasmtime calls epoch_callback on the guest's own thread, which
- * traps the call if the VM was interrupted or its deadline (minus the time spent in Python
- * callbacks) has passed, and otherwise waits one more tick. A runaway guest is therefore
+ * ahead; each time it is reached, wasmtime calls epoch_callback on the guest's own thread,
+ * which traps the call if the VM was interrupted or the call has run longer than its
+ * deadline (less the time spent in Python callbacks), and otherwise waits one more tick:
+ * a call is stopped at most one tick (plus scheduling delay) after its deadline. A runaway guest is therefore
  * stopped within one tick of its deadline, and a guest with no deadline can still be
  * stopped by pw_vm_interrupt (Host.close with a timeout). */
 #include <errno.h>
@@ -34,6 +35,12 @@ uint64_t epoch_now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+static uint64_t thread_cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + 1; /* never 0 */
+}
+
 static void *ticker(void *arg) {
     (void)arg;
     pthread_mutex_lock(&tick_lock);
@@ -44,6 +51,8 @@ static void *ticker(void *arg) {
         struct timespec ts = {0, EPOCH_TICK_NS};
         while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
         }
+        /* nanosleep may oversleep on a busy machine; the deadline check reads the clock,
+         * so a late tick only delays it. */
         pw_signals_verify(); /* a handler installed since the last tick goes behind ours */
         pthread_mutex_lock(&tick_lock);
         if (tick_engine) WT.engine_increment_epoch(tick_engine); /* any thread may */
@@ -93,11 +102,22 @@ static wasmtime_error_t *epoch_callback(wasmtime_context_t *cx, void *data, uint
     *delta = 1;
     if (atomic_load_explicit(&vm->interrupt, memory_order_acquire))
         return WT.error_new("interrupted: the host is shutting down");
-    /* Time in Python callbacks (log handlers, foreign functions) is not the guest's, up
-     * to one more deadline's worth: a guest that logs without end is still stopped. */
-    uint64_t grace = vm->paused_ns < vm->call_deadline_ms * 1000000u ? vm->paused_ns
-                                                                     : vm->call_deadline_ms * 1000000u;
-    if (vm->call_deadline_ns && epoch_now_ns() > vm->call_deadline_ns + grace) {
+    if (!vm->call_deadline_ms) return NULL;
+    /* A CPU deadline: wall time by the clock (cheap, read per call) says when to look;
+     * this thread's CPU time, counted from the call's first tick (a syscall, made only
+     * by calls that last that long), says whether the guest really ran that long or was
+     * only descheduled. Time in Python callbacks (log handlers, foreign functions) is not
+     * the guest's, up to one more deadline's worth: a guest that logs without end is
+     * still stopped. A late ticker on a busy machine only delays the check. */
+    if (!vm->call_cpu0_ns) {
+        vm->call_cpu0_ns = thread_cpu_ns();
+        vm->call_wall0_ns = epoch_now_ns();
+    }
+    uint64_t limit = vm->call_deadline_ms * 1000000u;
+    uint64_t grace = vm->paused_ns < limit ? vm->paused_ns : limit;
+    if (epoch_now_ns() - vm->call_start_ns <= limit + grace) return NULL;
+    uint64_t before_first_tick = vm->call_wall0_ns - vm->call_start_ns;
+    if (thread_cpu_ns() - vm->call_cpu0_ns + before_first_tick > limit + grace) {
         char msg[96];
         snprintf(msg, sizeof msg, "deadline exceeded: the call ran longer than %llu ms",
                  (unsigned long long)vm->call_deadline_ms);
@@ -125,41 +145,27 @@ void epoch_vm_detach(pw_vm *vm) {
     pthread_mutex_unlock(&tick_lock);
 }
 
-/* This thread's lowest usable stack address, found once (thread-local: each thread reads
- * and writes only its own). */
-static _Thread_local uintptr_t stack_lo;
-
-int epoch_stack_room(size_t *have) {
-    char here;
-    if (!stack_lo) {
-        pthread_attr_t attr;
-        void *addr = NULL;
-        size_t size = 0;
-        if (pthread_getattr_np(pthread_self(), &attr) == 0) {
-            pthread_attr_getstack(&attr, &addr, &size);
-            pthread_attr_destroy(&attr);
-        }
-        stack_lo = addr ? (uintptr_t)addr : 1;
+/* The calling thread's lowest usable stack address (its owner thread's, for a VM). */
+uintptr_t epoch_stack_low(void) {
+    pthread_attr_t attr;
+    void *addr = NULL;
+    size_t size = 0;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+        pthread_attr_getstack(&attr, &addr, &size);
+        pthread_attr_destroy(&attr);
     }
-    uintptr_t sp = (uintptr_t)&here;
-    *have = sp > stack_lo ? sp - stack_lo : 0;
-    return *have >= (size_t)PW_WASM_STACK + PW_STACK_MARGIN;
+    return (uintptr_t)addr;
 }
 
-int epoch_call_begin(pw_vm *vm, uint32_t deadline_ms, char *why, size_t whylen) {
-    size_t have;
-    if (!epoch_stack_room(&have)) {
-        snprintf(why, whylen,
-                 "this thread's stack has %zu KiB left; a guest call needs %u KiB (the wasm "
-                 "stack and the host frames below it): give the thread a bigger stack",
-                 have >> 10, (PW_WASM_STACK + PW_STACK_MARGIN) >> 10);
-        return -1;
-    }
-    vm->paused_ns = 0;
-    vm->call_deadline_ms = deadline_ms;
-    vm->call_deadline_ns = deadline_ms ? epoch_now_ns() + (uint64_t)deadline_ms * 1000000u : 0;
-    WT.context_set_epoch_deadline(vm->cx, 1);
-    return 0;
+int epoch_stack_fail(pw_vm *vm, char *why, size_t whylen) {
+    char here;
+    uintptr_t sp = (uintptr_t)&here;
+    size_t have = sp > vm->stack_lo ? sp - vm->stack_lo : 0;
+    snprintf(why, whylen,
+             "this thread's stack has %zu KiB left; a guest call needs %u KiB (the wasm "
+             "stack and the host frames below it): give the thread a bigger stack",
+             have >> 10, (PW_WASM_STACK + PW_STACK_MARGIN) >> 10);
+    return -1;
 }
 
 void pw_vm_interrupt(pw_vm *vm) { atomic_store_explicit(&vm->interrupt, 1, memory_order_release); }

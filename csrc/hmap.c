@@ -174,6 +174,44 @@ void hmap_clear(pw_hmap *m) {
     m->loose = 0;
 }
 
+/* Bytes equal to zero in w: 0x80 in each such byte, exactly. */
+static inline uint64_t zero_bytes(uint64_t w) {
+    const uint64_t low7 = 0x7f7f7f7f7f7f7f7full;
+    return ~(((w & low7) + low7) | w | low7);
+}
+
+int hmap_fields_ok(const pw_hmap *m) {
+    for (size_t i = 0; i < m->n; i++)
+        if (!m->e[i].kl) return 0;
+    if (m->loose || m->garbage) { /* not as parsed: look at each field */
+        for (size_t i = 0; i < m->n; i++) {
+            const uint8_t *k = hm_key(m, i), *v = hm_val(m, i);
+            size_t kl = m->e[i].kl, vl = m->e[i].vl;
+            if (memchr(k, 0, kl) || memchr(k, '\r', kl) || memchr(k, '\n', kl) ||
+                memchr(v, 0, vl) || memchr(v, '\r', vl) || memchr(v, '\n', vl))
+                return 0;
+        }
+        return 1;
+    }
+    /* As parsed: every field is followed by its NUL, so exactly 2n NULs, and no CR or LF
+     * anywhere; one pass, eight bytes at a time. */
+    const uint64_t ones = 0x0101010101010101ull;
+    const uint8_t *p = m->bytes.p;
+    size_t n = m->bytes.len, i = 0, nuls = 0;
+    uint64_t crlf = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        nuls += (size_t)__builtin_popcountll(zero_bytes(w));
+        crlf |= zero_bytes(w ^ (ones * '\r')) | zero_bytes(w ^ (ones * '\n'));
+    }
+    for (; i < n; i++) {
+        nuls += p[i] == 0;
+        crlf |= p[i] == '\r' || p[i] == '\n';
+    }
+    return !crlf && nuls == 2 * m->n;
+}
+
 void hmap_free(pw_hmap *m) {
     free(m->e);
     buf_free(&m->bytes);

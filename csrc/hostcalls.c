@@ -612,7 +612,7 @@ HOSTCALL(call_foreign_function) {
     /* The guest is suspended, so `args` stays put while Python runs. */
     uint64_t t0 = epoch_now_ns();
     int st = pw_foreign_cb(f->handle, args, U(3), &vm->hc);
-    vm->paused_ns += epoch_now_ns() - t0; /* Python's time, not the guest's */
+    vm_paused(vm, t0); /* Python's time, not the guest's */
     if (st != ST_OK || !U(4)) RET(st);
     RET(greturn(vm, cx, vm->hc.p, vm->hc.len, U(4), U(5), &trap));
 }

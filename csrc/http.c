@@ -376,8 +376,16 @@ static int begin(pw_vm *vm, pw_ctx *c) {
     return 0;
 }
 
+/* Headers from the embedding: what no HTTP field can hold (an empty name; NUL, CR or LF)
+ * is refused here, in one pass, instead of reaching the guest (hmap_fields_ok). */
 static int parse_in(pw_hmap *m, const uint8_t *p, size_t len, int nflat) {
-    return nflat < 0 ? hmap_parse(m, p, len) : hmap_parse_flat(m, p, len, (uint32_t)nflat);
+    int r = nflat < 0 ? hmap_parse(m, p, len) : hmap_parse_flat(m, p, len, (uint32_t)nflat);
+    if (r) return -PW_ERR;
+    if (!hmap_fields_ok(m)) {
+        hmap_clear(m);
+        return -PW_ERR_BAD_HEADERS;
+    }
+    return 0;
 }
 
 int pw_http_start(pw_vm *vm, uint32_t root, const uint8_t *headers, size_t len, int nflat,
@@ -396,7 +404,10 @@ int pw_http_headers(pw_vm *vm, uint32_t id, int dir, const uint8_t *pairs, size_
     pw_hdir *D = &h->d[dir];
     if (D->headers_in && !(dir == PW_DIR_RESPONSE && h->local_reply)) return -PW_ERR_STATE;
     if (dir == PW_DIR_RESPONSE && h->local_reply) return flags_of(h); /* upstream too late */
-    if (parse_in(&D->headers, pairs, len, nflat)) return -PW_ERR;
+    {
+        int pr = parse_in(&D->headers, pairs, len, nflat);
+        if (pr) return pr;
+    }
     if (!h->start_ns) h->start_ns = vm_now_ns(vm, 0);
     if (dir == PW_DIR_REQUEST) h->grpc = is_grpc(&D->headers);
     D->headers_in = 1;
@@ -461,7 +472,10 @@ int pw_http_trailers(pw_vm *vm, uint32_t id, int dir, const uint8_t *pairs, size
     pw_hdir *D = &h->d[dir];
     if ((dir == PW_DIR_RESPONSE && h->local_reply) || D->cut) return flags_of(h);
     if (!D->headers_in || D->end_in) return -PW_ERR_STATE;
-    if (parse_in(&D->trailers, pairs, len, nflat)) return -PW_ERR;
+    {
+        int pr = parse_in(&D->trailers, pairs, len, nflat);
+        if (pr) return pr;
+    }
     D->trailers_in = 1;
     D->end_in = 1;
     if (h->bypass) {

@@ -71,6 +71,9 @@ int hmap_add(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size_t v
 int hmap_replace(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl);
 void hmap_remove(pw_hmap *m, const uint8_t *k, size_t kl);
 void hmap_clear(pw_hmap *m);
+/* A map just parsed from the embedding: 0 if a name is empty or a name or value holds
+ * NUL, CR or LF (what no HTTP field can hold). */
+int hmap_fields_ok(const pw_hmap *m);
 void hmap_free(pw_hmap *m);
 /* Value of the first entry for key, or NULL. */
 const uint8_t *hmap_get(const pw_hmap *m, const uint8_t *k, size_t kl, size_t *vl);
@@ -94,10 +97,10 @@ typedef struct pw_root {
     uint32_t tick_period_ms;
     uint64_t next_tick_ns;
     int pending_done;
-    uint32_t status_code; /* proxy_get_status: the last outbound call's outcome */
-    pw_buf status_msg;
     uint32_t deadline_ms; /* per top-level callback of this root and its streams; 0: none */
     int fail_open;        /* a failed VM lets this plugin's streams pass (FAIL_OPEN) */
+    uint32_t status_code; /* proxy_get_status: the last outbound call's outcome */
+    pw_buf status_msg;
 } pw_root;
 
 typedef struct pw_hdir {
@@ -134,6 +137,7 @@ typedef struct pw_tdir {
 typedef struct pw_tcp {
     pw_tdir d[2];
     int close_requested, failed, done, opened;
+    int bypass; /* FAIL_OPEN: the VM failed; data passes without the filter */
 } pw_tcp;
 
 typedef struct pw_ctx {
@@ -338,8 +342,10 @@ struct pw_vm {
     pw_limits limits;
     /* Deadlines (epoch.c): set by the owner thread at each top-level call, read by the
      * epoch callback on the same thread; interrupt is set from any thread. */
-    uint64_t call_deadline_ns; /* monotonic; 0: none */
-    uint64_t call_deadline_ms;
+    uintptr_t stack_lo;        /* the owner thread's lowest stack address */
+    uint64_t call_start_ns;    /* monotonic start of the running top-level call */
+    uint64_t call_cpu0_ns, call_wall0_ns; /* thread CPU and wall time at its first tick */
+    uint64_t call_deadline_ms; /* its deadline; 0: none */
     uint64_t paused_ns;        /* time spent in Python callbacks during this call */
     _Atomic int interrupt;     /* pw_vm_interrupt: trap at the next epoch check */
 
@@ -397,11 +403,11 @@ void epoch_engine_start(wasm_engine_t *e);
 void epoch_engine_stop(wasm_engine_t *e);
 void epoch_vm_attach(pw_vm *vm);
 void epoch_vm_detach(pw_vm *vm);
-/* At a top-level guest call: arms the deadline; -1 (and why) when the thread's stack has
- * no room for the wasm stack. */
-int epoch_call_begin(pw_vm *vm, uint32_t deadline_ms, char *why, size_t whylen);
 uint64_t epoch_now_ns(void);
-int epoch_stack_room(size_t *have);
+/* After a call into Python that began at t0 (epoch_now_ns): its time is not the guest's. */
+static inline void vm_paused(pw_vm *vm, uint64_t t0) { vm->paused_ns += epoch_now_ns() - t0; }
+uintptr_t epoch_stack_low(void);
+int epoch_stack_fail(pw_vm *vm, char *why, size_t whylen);
 
 /* signals.c: signal-based traps kept in front of later handlers */
 int sig_enabled(void);
@@ -501,5 +507,22 @@ int metric_define(pw_vm *vm, uint32_t kind, const uint8_t *name, size_t nl, uint
 int metric_increment(pw_vm *vm, uint32_t id, int64_t off);
 int metric_record(pw_vm *vm, uint32_t id, uint64_t v);
 int metric_get(pw_vm *vm, uint32_t id, uint64_t *v);
+
+/* At a top-level guest call (epoch.c's scheme): checks the owner thread's stack has room
+ * for the wasm stack, then arms the deadline; -1 (and why) when there is no room. */
+static inline int epoch_call_begin(pw_vm *vm, uint32_t deadline_ms, char *why, size_t whylen) {
+    char here;
+    if ((uintptr_t)&here - vm->stack_lo < (uintptr_t)PW_WASM_STACK + PW_STACK_MARGIN ||
+        (uintptr_t)&here < vm->stack_lo)
+        return epoch_stack_fail(vm, why, whylen);
+    vm->paused_ns = 0;
+    vm->call_deadline_ms = deadline_ms;
+    if (deadline_ms) {
+        vm->call_start_ns = epoch_now_ns();
+        vm->call_cpu0_ns = 0;
+    }
+    WT.context_set_epoch_deadline(vm->cx, 1);
+    return 0;
+}
 
 #endif

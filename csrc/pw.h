@@ -32,6 +32,7 @@ typedef struct pw_dispatcher pw_dispatcher;
 #define PW_ERR_CLOSED 9     /* the VM was closed (its host closed); the handle is stale */
 #define PW_ERR_REENTRANT 10 /* called from inside one of the VM's own callbacks */
 #define PW_ERR_STACK 11     /* the thread's stack has no room for the wasm stack */
+#define PW_ERR_BAD_HEADERS 12 /* headers with an empty name, or NUL, CR or LF */
 /* The one convention: calls that answer a status return PW_OK or a PW_ERR_* code; calls
  * that answer a non-negative value (flags, counts, 0/1) return -PW_ERR_* on error. */
 

@@ -22,7 +22,8 @@ static int flags_of(const pw_tcp *t) {
     if (t->d[0].stop) f |= PW_S_REQ_STOPPED;
     if (t->d[1].stop) f |= PW_S_RESP_STOPPED;
     if (t->close_requested) f |= PW_S_RESET;
-    if (t->failed) f |= PW_S_FAILED;
+    if (t->failed && !t->bypass) f |= PW_S_FAILED;
+    if (t->bypass) f |= PW_S_BYPASSED;
     if (t->done) f |= PW_S_DONE;
     if (t->d[0].end_out) f |= PW_S_REQ_ENDED;
     if (t->d[1].end_out) f |= PW_S_RESP_ENDED;
@@ -35,14 +36,28 @@ static void release(pw_tdir *T) {
     if (T->end_in) T->end_out = 1;
 }
 
-/* Calls a network callback: 1 = continue, 0 = stop, -1 = failed (the connection closes). */
+/* The VM failed (now, or before the connection): FAIL_OPEN lets the connection pass as
+ * if the filter were absent; otherwise it closes (Envoy's fail closed). */
+static void tcp_fail(pw_ctx *c) {
+    pw_tcp *t = c->t;
+    t->failed = 1;
+    if (c->root && c->root->r->fail_open) {
+        t->bypass = 1;
+        release(&t->d[0]);
+        release(&t->d[1]);
+    } else {
+        t->close_requested = 1;
+    }
+}
+
+/* Calls a network callback: 1 = continue, 0 = stop, -1 = failed (the connection closes,
+ * or passes under FAIL_OPEN: then 1). */
 static int net_call(pw_vm *vm, pw_ctx *c, int fn, int phase, int nargs, const uint32_t *a) {
     uint32_t r = 0;
     int rc = vm_call(vm, fn, c, phase, nargs, a, &r);
     if (rc < 0) {
-        c->t->failed = 1;
-        c->t->close_requested = 1;
-        return -1;
+        tcp_fail(c);
+        return c->t->bypass ? 1 : -1;
     }
     return (rc == 1 || r == 0) ? 1 : 0;
 }
@@ -56,15 +71,16 @@ void tcp_resume(pw_vm *vm, pw_ctx *c) {
 int pw_tcp_new(pw_vm *vm, uint32_t root, uint32_t *out_id) {
     VM_ENTER(vm);
     dispatcher_autorun(vm->disp);
-    if (vm->failed) return PW_ERR_FAILED;
     pw_ctx *r = ctx_get(vm, root);
     if (!r || r->kind != CTX_ROOT || r->r->pending_done) return PW_ERR_NO_CONTEXT;
     pw_ctx *c = ctx_new(vm, CTX_TCP, r);
     if (!c) return PW_ERR;
     *out_id = c->id;
+    /* On a failed VM too: the connection gets the plugin's failure policy. */
     if (ctx_ensure_created(vm, c)) {
-        c->t->failed = c->t->close_requested = 1;
-        return PW_ERR_TRAP;
+        tcp_fail(c);
+        c->t->opened = 1;
+        return c->t->bypass ? PW_OK : PW_ERR_TRAP;
     }
     uint32_t id = c->id;
     if (net_call(vm, c, FN_ON_NEW_CONNECTION, PH_OTHER, 1, &id) == 0)
@@ -83,6 +99,11 @@ int pw_tcp_data(pw_vm *vm, uint32_t id, int dir, const uint8_t *data, size_t len
     pw_tdir *T = &t->d[dir];
     if (T->end_in || T->closed) return -PW_ERR_STATE;
     if (eos) T->end_in = 1;
+    if (t->bypass) {
+        if (buf_append(&T->held, data, len)) return -PW_ERR;
+        release(T);
+        return flags_of(t);
+    }
     if (t->failed || t->close_requested) return flags_of(t);
     if (buf_append(&T->held, data, len)) return -PW_ERR;
     uint32_t a[3] = {id, (uint32_t)T->held.len, (uint32_t)(eos != 0)};

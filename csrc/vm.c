@@ -242,8 +242,8 @@ static const uint8_t fn_arity[FN_COUNT][2] = {
     [FN_ON_REQUEST_BODY] = {3, 1},   [FN_ON_REQUEST_TRAILERS] = {2, 1},
     [FN_ON_RESPONSE_HEADERS] = {3, 1}, [FN_ON_RESPONSE_BODY] = {3, 1},
     [FN_ON_RESPONSE_TRAILERS] = {2, 1}, [FN_ON_HTTP_CALL_RESPONSE] = {5, 0},
-    [FN_ON_GRPC_INITIAL] = {3, 0},   [FN_ON_GRPC_RECEIVE] = {3, 0},
-    [FN_ON_GRPC_TRAILING] = {3, 0},  [FN_ON_GRPC_CLOSE] = {3, 0}, [FN_ON_DONE] = {1, 1}, [FN_ON_LOG] = {1, 0},
+    [FN_ON_GRPC_INITIAL] = {3, 0},   [FN_ON_GRPC_RECEIVE] = {3, 0}, [FN_ON_GRPC_TRAILING] = {3, 0},
+    [FN_ON_GRPC_CLOSE] = {3, 0},     [FN_ON_DONE] = {1, 1},       [FN_ON_LOG] = {1, 0},
     [FN_ON_DELETE] = {1, 0},         [FN_ALLOC] = {1, 1},         [FN_INITIALIZE] = {0, 0},
     [FN_START] = {0, 0},             [FN_MAIN] = {2, 1},          [FN_MAIN_VOID] = {0, 1},
 };
@@ -291,13 +291,14 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const pw_limits *limits,
     vm->vm_key = atomic_fetch_add(&next_vm_key, 1);
     vm->disp = d; /* before any guest code: start-up may already register a queue */
     vm->buffer_limit = PW_DEFAULT_BUFFER_LIMIT;
-    vm->max_calls = PW_DEFAULT_MAX_CALLS;
     if (limits) vm->limits = *limits;
+    vm->max_calls = PW_DEFAULT_MAX_CALLS;
     vm->mod = m;
     vm->abi = m->abi;
     vm->header_arity = m->header_arity;
     vm->legacy_maps = (m->flags & PW_MOD_AS_MAPS) != 0;
     vm->owner = pthread_self();
+    vm->stack_lo = epoch_stack_low();
     vm->log_handle = log_handle;
     vm->next_id = 1;
     if (buf_set(&vm->vm_id, vm_id, vm_id_len) || buf_set(&vm->vm_config, vm_config, vm_config_len) ||
@@ -342,16 +343,17 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const pw_limits *limits,
     vm->mem_ready = 1;
     for (int i = 0; i < FN_COUNT; i++) {
         int got = get_func(vm, i, fn_names[i], &vm->fn[i]);
-        /* The spec's allocator first; malloc only as the fallback (ABI.md §1). */
-        if (i == FN_ALLOC && got == 0) got = get_func(vm, i, "malloc", &vm->fn[i]);
         /* The AssemblyScript SDK exports the pre-spec name of this callback. */
         if (i == FN_ON_GRPC_TRAILING && got == 0)
             got = get_func(vm, i, "proxy_on_grpc_trailing_metadata", &vm->fn[i]);
+        /* The spec's allocator first; malloc only as the fallback (ABI.md §1). */
+        if (i == FN_ALLOC && got == 0) got = get_func(vm, i, "malloc", &vm->fn[i]);
         if (got < 0) {
-            snprintf(err, errlen, "export %s has the wrong type (expected %u i32 parameters "
-                     "and %u i32 results)", i == FN_ALLOC && !vm->has[i] ? "proxy_on_memory_allocate/malloc" : fn_names[i],
-                     i == FN_ON_REQUEST_HEADERS || i == FN_ON_RESPONSE_HEADERS ? (unsigned)vm->header_arity : fn_arity[i][0],
-                     fn_arity[i][1]);
+            unsigned np = i == FN_ON_REQUEST_HEADERS || i == FN_ON_RESPONSE_HEADERS
+                              ? (unsigned)vm->header_arity : fn_arity[i][0];
+            snprintf(err, errlen, "export %s (or its alternative name) has the wrong type "
+                     "(expected %u i32 parameters and %u i32 results)", fn_names[i], np,
+                     (unsigned)fn_arity[i][1]);
             pw_vm_free(vm);
             return NULL;
         }
@@ -415,6 +417,7 @@ void pw_vm_free(pw_vm *vm) {
     if (!vm->closed) { /* never started, or freed without a close: same thread by contract */
         vm->depth = 0;
         vm->owner = pthread_self();
+        vm->stack_lo = epoch_stack_low();
         pw_vm_close(vm);
     }
     buf_free(&vm->vm_id);
@@ -657,5 +660,5 @@ void vm_log(pw_vm *vm, pw_ctx *ctx, int level, const char *msg, size_t len) {
     /* Time in Python does not count against the guest's deadline. */
     uint64_t t0 = vm->depth ? epoch_now_ns() : 0;
     pw_log_cb(handle, level, msg, len);
-    if (t0) vm->paused_ns += epoch_now_ns() - t0;
+    if (t0) vm_paused(vm, t0);
 }

@@ -5,15 +5,20 @@ on a C core over wasmtime. Start with `Host` and `PluginConfig`, or with
 `pyproxywasm.testing.PluginHarness` to test a plugin under pytest.
 """
 from .config import PluginConfig, VmConfig
-from .errors import (ConfigError, ModuleError, PluginStartError, ProxyWasmError,
-                     VmFailedError, WrongThreadError)
+from .errors import (ConfigError, HostClosedError, InvalidHeaderError, ModuleError,
+                     PluginStartError, ProxyWasmError, ReentrantCallError, StreamClosedError,
+                     StreamStateError, ThreadStackError, VmFailedError, WrongThreadError)
 from .host import Host, Plugin, Vm
 from .http import Action, HttpStream, LocalResponse
+from .limits import Limits
 from .pairs import Headers
+from .policy import FailureOutcome, FailurePolicy, ReloadPolicy
 from .tcp import PeerType, TcpStream
 
 __all__ = [
-    "Action", "ConfigError", "Headers", "Host", "HttpStream", "LocalResponse", "ModuleError",
-    "PeerType", "Plugin", "PluginConfig", "PluginStartError", "ProxyWasmError", "TcpStream",
-    "Vm", "VmConfig", "VmFailedError", "WrongThreadError",
+    "Action", "ConfigError", "FailureOutcome", "FailurePolicy", "Headers", "Host",
+    "HostClosedError", "HttpStream", "InvalidHeaderError", "Limits", "LocalResponse",
+    "ModuleError", "PeerType", "Plugin", "PluginConfig", "PluginStartError", "ProxyWasmError",
+    "ReentrantCallError", "ReloadPolicy", "StreamClosedError", "StreamStateError", "TcpStream",
+    "ThreadStackError", "Vm", "VmConfig", "VmFailedError", "WrongThreadError",
 ]

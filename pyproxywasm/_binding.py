@@ -11,7 +11,7 @@ from typing import Callable
 
 from . import _wasmtime  # noqa: F401  (binds the C core to wasmtime's library first)
 from ._core import ffi, lib
-from .errors import (HostClosedError, ProxyWasmError, ReentrantCallError, StreamClosedError,
+from .errors import (HostClosedError, InvalidHeaderError, ProxyWasmError, ReentrantCallError, StreamClosedError,
                      StreamStateError, ThreadStackError, VmFailedError, WrongThreadError)
 
 # Proxy-Wasm log levels (TRACE..CRITICAL) as Python logging levels.
@@ -116,6 +116,7 @@ ERRORS = {
     lib.PW_ERR_STATE: "event out of order for this stream",
     lib.PW_ERR_CLOSED: "the host was closed: this object can no longer be used",
     lib.PW_ERR_STACK: "this thread's stack has no room for a guest call",
+    lib.PW_ERR_BAD_HEADERS: "malformed headers: an empty name, or NUL, CR or LF in a name or value",
     lib.PW_ERR: "the C core could not complete the call",
 }
 
@@ -126,6 +127,7 @@ _CLASSES: dict[int, type[ProxyWasmError]] = {
     lib.PW_ERR_STATE: StreamStateError,
     lib.PW_ERR_CLOSED: HostClosedError,
     lib.PW_ERR_STACK: ThreadStackError,
+    lib.PW_ERR_BAD_HEADERS: InvalidHeaderError,
     lib.PW_ERR_FAILED: VmFailedError,
     lib.PW_ERR_TRAP: VmFailedError,
 }

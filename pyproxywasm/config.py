@@ -15,7 +15,16 @@ from .errors import ConfigError
 from .module import read_code
 from .policy import FailurePolicy, ReloadPolicy
 
-DEFAULT_DEADLINE_MS = 100
+def _default_deadline() -> int:
+    """100 ms of guest CPU per callback; PYPROXYWASM_DEADLINE_MS changes the default (a
+    sanitizer build runs guests and hostcalls many times slower)."""
+    try:
+        return int(os.environ.get("PYPROXYWASM_DEADLINE_MS", "100"))
+    except ValueError:
+        return 100
+
+
+DEFAULT_DEADLINE_MS = _default_deadline()
 
 Bytes = Union[bytes, str]
 
@@ -75,11 +84,11 @@ class PluginConfig:
 
     singleton: a Wasm service (Envoy's `singleton: true`): one instance, on the host's main
     dispatcher thread, instead of one per thread that runs streams.
-    allow_any_host: beyond Envoy, off by default: an outbound call to "host:port" that
-    names no cluster goes to that address directly (plain HTTP).
     deadline_ms: how long one callback of this plugin (with the guest calls it makes) may
     run before it traps (None or 0: no deadline); the VM then fails and failure_policy
-    decides what streams see (see pyproxywasm.policy). reload: FAIL_RELOAD's backoff."""
+    decides what streams see (see pyproxywasm.policy). reload: FAIL_RELOAD's backoff.
+    allow_any_host: beyond Envoy, off by default: an outbound call to "host:port" that
+    names no cluster goes to that address directly (plain HTTP)."""
 
     vm_config: VmConfig
     name: str = ""

@@ -40,7 +40,7 @@ class Vm:
 
     def __init__(self, compiled: CompiledModule, vm_config: VmConfig, dispatcher: Dispatcher,
                  host_properties, clock_ns: int = 0, buffer_limit: int | None = None,
-                 limits: Limits | None = None, deadline_ms: int = 0) -> None:
+                 limits: Limits | None = None) -> None:
         self.compiled = compiled
         self.vm_config = vm_config
         self.abi_version = compiled.spec.abi_version
@@ -53,7 +53,7 @@ class Vm:
         lim = limits or Limits()
         c_limits = ffi.new("pw_limits *", {
             "memory_bytes": lim.memory_bytes, "body_bytes": lim.body_bytes,
-            "deadline_ms": deadline_ms, "log_bytes": lim.log_bytes})
+            "deadline_ms": lim.startup_ms, "log_bytes": lim.log_bytes})
         start = time.perf_counter()
         ptr = lib.pw_vm_new(compiled.ptr, dispatcher.ptr, c_limits, vm_id, len(vm_id), cfg,
                             len(cfg), env, len(env), self._log.handle, err, 1024)
@@ -63,13 +63,14 @@ class Vm:
         # The C struct outlives close(): a stale stream or root then gets HostClosedError
         # instead of reading freed memory. It is freed when the last Python handle goes.
         self.ptr = ffi.gc(ptr, lib.pw_vm_free)
-        self.dispatcher = dispatcher
-        self.calls: VmCalls | None = None  # its outbound calls, when the host routes any
         self.failure_recorded = False  # FAIL_RELOAD counted this VM's failure
         self.generation = 0  # how many VMs FAIL_RELOAD replaced before this one
+        self.streams = 0  # streams started on it (counted for FAIL_RELOAD plugins only)
         # Ids of streams dropped on another thread without finish(): ended by the owner.
         self.dropped: collections.deque[int] = collections.deque()
 
+        self.dispatcher = dispatcher
+        self.calls: VmCalls | None = None  # its outbound calls, when the host routes any
         # Out-parameters reused by every call on this VM (all from its owner thread).
         self.u32 = ffi.new("uint32_t *")
         self.out = ffi.new("const uint8_t **")
@@ -274,8 +275,10 @@ class Plugin:
         root = st.roots.get(self.index) if st is not None else None
         if root is None:
             root = self.instance()
-        if self._reload and lib.pw_vm_failed(root.vm.ptr):
-            root = self.host._reload_vm(self, root)
+        if self._reload:
+            if lib.pw_vm_failed(root.vm.ptr):
+                root = self.host._reload_vm(self, root)
+            root.vm.streams += 1
         if root.vm.dropped:
             root.vm.finish_dropped()
         if not root.logger._cache:
@@ -284,8 +287,10 @@ class Plugin:
 
     def tcp_stream(self, properties: Mapping[Any, Any] | None = None) -> TcpStream:
         root = self.instance()
-        if self._reload and lib.pw_vm_failed(root.vm.ptr):
-            root = self.host._reload_vm(self, root)
+        if self._reload:
+            if lib.pw_vm_failed(root.vm.ptr):
+                root = self.host._reload_vm(self, root)
+            root.vm.streams += 1
         return root.tcp_stream(properties)
 
     def tick(self) -> None:
@@ -443,13 +448,6 @@ class Host:
             lib.pw_vm_set_callouts(vm.ptr, vm.calls.handle, self._max_calls)
         return vm
 
-    def _any_host(self) -> bool:
-        return any(p.config.allow_any_host for p in self.plugins)
-
-    @staticmethod
-    def _allows_any_host(st: _ThreadState, root_id: int) -> bool:
-        return any(r.context_id == root_id and r.config.allow_any_host for r in st.roots.values())
-
     def _reload_vm(self, plugin: Plugin, root: RootContext) -> RootContext:
         """FAIL_RELOAD, on the calling thread: once per failed VM, count and log the
         failure and choose the backoff; once the backoff has passed (and the budget
@@ -467,7 +465,7 @@ class Host:
         stats = self.failure_stats.setdefault(name, {"vm_failures": 0, "vm_reloads": 0})
         if not old.failure_recorded:
             old.failure_recorded = True
-            backoff = state.record_failure()
+            backoff = state.record_failure(old.streams)
             stats["vm_failures"] += 1
             self._log.warning("plugin %r: VM failed (%s); FAIL_RELOAD in %.3f s (failure %d "
                               "in a row, %d reloads so far)", name, old.error, backoff,
@@ -498,6 +496,13 @@ class Host:
         self._log.warning("plugin %r: reloaded its VM (reload %d)", name, state.reloads)
         old.close()
         return st.roots[plugin.index]
+
+    def _any_host(self) -> bool:
+        return any(p.config.allow_any_host for p in self.plugins)
+
+    @staticmethod
+    def _allows_any_host(st: _ThreadState, root_id: int) -> bool:
+        return any(r.context_id == root_id and r.config.allow_any_host for r in st.roots.values())
 
     def _instance(self, plugin: Plugin) -> RootContext:
         st = self._state()
@@ -647,7 +652,8 @@ class Host:
         for w in self.workers + ([self._main] if self._main is not None else []):
             w.stop(max(0.0, end - time.monotonic()), self._interrupt_thread)
         self.release_thread(max(0.0, end - time.monotonic()))
-        self.outbound.close(min(max(end - time.monotonic(), 1.0), 5.0))
+        # Outbound clients: what is left of the timeout (their calls are cancelled).
+        self.outbound.close(min(max(end - time.monotonic(), 0.0), 5.0))
 
     def _interrupt_thread(self, ident: int | None) -> None:
         """Interrupts every VM of one thread (from any thread)."""

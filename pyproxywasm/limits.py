@@ -30,6 +30,8 @@ class Limits:
         the last host created sets it). Default 64 MiB.
     shared_data_bytes: keys and values in one vm_id's shared data (INTERNAL_FAILURE past
         it; process-wide as above). Default 64 MiB.
+    startup_ms: the deadline of a VM's start-up (a start function, _initialize, main):
+        past it the VM fails to start. Default 5,000 ms (the Go runtime starts in ~1 ms).
     """
 
     memory_bytes: int = 512 * MiB
@@ -37,11 +39,13 @@ class Limits:
     log_bytes: int = 64 * 1024
     queue_bytes: int = 64 * MiB
     shared_data_bytes: int = 64 * MiB
+    startup_ms: int = 5000
 
     def __post_init__(self) -> None:
-        for name in ("memory_bytes", "body_bytes", "log_bytes", "queue_bytes", "shared_data_bytes"):
+        for name in ("memory_bytes", "body_bytes", "log_bytes", "queue_bytes", "shared_data_bytes",
+                     "startup_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"Limits.{name} must be a non-negative int, not {value!r}")
-        if self.log_bytes > 2**32 - 1:
-            raise ConfigError("Limits.log_bytes must fit in 32 bits")
+        if self.log_bytes > 2**32 - 1 or self.startup_ms > 2**32 - 1:
+            raise ConfigError("Limits.log_bytes and startup_ms must fit in 32 bits")

@@ -37,7 +37,8 @@ class FailureOutcome(enum.Enum):
 @dataclass(frozen=True)
 class ReloadPolicy:
     """FAIL_RELOAD's backoff: base * 2**(n-1) after the n-th failure in a row, capped at
-    max_backoff; a reloaded VM that serves for max_backoff without failing resets n.
+    max_backoff. Failures are "in a row" while each reloaded VM fails on the first stream
+    it is given (a query of death); one that served another stream first resets n.
     budget: reloads allowed per thread and VM (0: none, None: no limit)."""
 
     base_backoff: float = 1.0
@@ -62,11 +63,12 @@ class ReloadState:
         self.started_at = time.monotonic()
         self.backoffs: list[float] = []  # every backoff chosen, in order (for tests, logs)
 
-    def record_failure(self) -> float:
-        """Called once per failed VM: returns the backoff before the next reload."""
+    def record_failure(self, streams: int = 1) -> float:
+        """Called once per failed VM, with how many streams it was given: returns the
+        backoff before the next reload."""
         now = time.monotonic()
-        if now - self.started_at >= self.policy.max_backoff:
-            self.failures = 0  # the last VM served long enough: start over
+        if streams > 1:
+            self.failures = 0  # the VM served before it failed: not a query of death
         self.failures += 1
         backoff = min(self.policy.base_backoff * 2 ** (self.failures - 1), self.policy.max_backoff)
         self.next_reload_at = now + backoff

@@ -5,6 +5,7 @@ import enum
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import properties as props
+from .policy import FailureOutcome
 from ._binding import ffi, lib, raise_for
 from .http import Action
 
@@ -76,6 +77,9 @@ class TcpStream:
         """Tears the connection's context down now (on_done, on_log, on_delete)."""
         if self.flags & lib.PW_S_DONE:
             return
+        if lib.pw_vm_closed(self._vm):  # the host closed (or FAIL_RELOAD replaced the VM)
+            self.flags |= lib.PW_S_DONE
+            return
         f = lib.pw_tcp_finish(self._vm, self.context_id)
         if f < 0:
             raise_for(f, self._vmobj)
@@ -116,7 +120,18 @@ class TcpStream:
 
     @property
     def failed(self) -> bool:
-        return bool(self.flags & lib.PW_S_FAILED)
+        """The VM failed while serving this connection, or before it (the plugin's failure
+        policy answered: the connection closed, or FAIL_OPEN let it pass)."""
+        return bool(self.flags & (lib.PW_S_FAILED | lib.PW_S_BYPASSED))
+
+    @property
+    def failure_outcome(self) -> "FailureOutcome | None":
+        """FAILED_CLOSED (closed), FAILED_OPEN (passes without the filter), or None."""
+        if self.flags & lib.PW_S_BYPASSED:
+            return FailureOutcome.FAILED_OPEN
+        if self.flags & lib.PW_S_FAILED:
+            return FailureOutcome.FAILED_CLOSED
+        return None
 
     @property
     def done(self) -> bool:

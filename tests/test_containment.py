@@ -351,7 +351,7 @@ def test_worker_call_after_stop_raises_and_no_future_is_left_pending():
 
 # ---- 9-12: memory -----------------------------------------------------------------------
 def test_fd_write_takes_a_bounded_amount_per_call():
-    with PluginHarness(wat("hostile")) as h:
+    with PluginHarness(wat("hostile"), deadline_ms=None) as h:
         s = h.http()
         s.send_request_headers(hostile("x-fd-bomb"), end_stream=True)
         logged = sum(len(m) for m in h.logs())
@@ -360,7 +360,7 @@ def test_fd_write_takes_a_bounded_amount_per_call():
 
 
 def test_header_replace_churn_keeps_the_map_small():
-    with PluginHarness(wat("hostile")) as h:
+    with PluginHarness(wat("hostile"), deadline_ms=None) as h:
         before = rss_bytes()
         s = h.http()
         s.send_request_headers(hostile("x-hdr-churn"), end_stream=True)
@@ -372,7 +372,7 @@ def test_header_replace_churn_keeps_the_map_small():
 
 
 def test_linear_memory_is_capped_per_vm():
-    with PluginHarness(wat("hostile"), limits=Limits(memory_bytes=4 << 20)) as h:
+    with PluginHarness(wat("hostile"), limits=Limits(memory_bytes=4 << 20), deadline_ms=None) as h:
         s = h.http()
         s.send_request_headers(hostile("x-grow"), end_stream=True)
         pages = int.from_bytes(h.shared_data("pages")[0], "little")
@@ -382,7 +382,7 @@ def test_linear_memory_is_capped_per_vm():
 
 
 def test_body_a_guest_builds_is_capped():
-    with PluginHarness(wat("hostile"), limits=Limits(body_bytes=1 << 20)) as h:
+    with PluginHarness(wat("hostile"), limits=Limits(body_bytes=1 << 20), deadline_ms=None) as h:
         s = h.http()
         s.send_request_headers(hostile("x-body-bomb"))
         s.send_request_body(b"start", end_stream=True)
@@ -554,9 +554,19 @@ def test_fail_reload_keeps_serving_with_exponential_backoff(caplog):
         # one log line per failure, with the trap message and the backoff chosen
         lines = [r.getMessage() for r in caplog.records if "FAIL_RELOAD in" in r.getMessage()]
         assert len(lines) == stats["vm_failures"] and all("unreachable" in x for x in lines)
+
+
+def test_fail_reload_backs_off_exponentially_on_a_query_of_death():
+    reload = ReloadPolicy(base_backoff=0.001, max_backoff=0.016, budget=None)
+    with PluginHarness(wat("trap"), failure_policy="FAIL_RELOAD", reload=reload) as h:
+        deadline = time.monotonic() + 5
+        while h.failure_stats.get("plugin", {}).get("vm_failures", 0) < 7 and time.monotonic() < deadline:
+            s = h.http()
+            s.send_request_headers(REQUEST + [("x-trap", "1")])  # every request traps
+            s.finish()
+            time.sleep(0.0005)
         (state,) = h.host._state().reload.values()
-        n = len(state.backoffs)
-        assert state.backoffs == [0.001 * 2 ** i for i in range(n)]  # exponential, in a row
+        assert state.backoffs[:7] == [0.001, 0.002, 0.004, 0.008, 0.016, 0.016, 0.016]
 
 
 def test_reload_budget_and_backoff_hold_a_query_of_death():
@@ -571,7 +581,7 @@ def test_reload_budget_and_backoff_hold_a_query_of_death():
 
 
 def test_queue_registration_is_indexed_and_bounded_per_vm():
-    with PluginHarness(wat("queue_flood"), vm_id="flood") as h:
+    with PluginHarness(wat("queue_flood"), vm_id="flood", deadline_ms=None) as h:
         s = h.http()
         t0 = time.monotonic()
         s.send_request_headers(REQUEST, end_stream=True)
@@ -602,3 +612,48 @@ def test_export_types_are_checked_in_c_too():
     finally:
         lib.pw_dispatcher_free(d)
         lib.pw_module_free(mod)
+
+
+def test_a_start_function_that_never_returns_fails_the_vm_start():
+    with pytest.raises(PluginStartError, match="deadline"):
+        PluginHarness(wat("start_loop"), limits=Limits(startup_ms=50))
+
+
+def test_body_statuses_past_3_do_not_buffer():
+    # proxy-wasm-cpp-host clamps them to StopIterationNoBuffer: the chunk is not kept.
+    with PluginHarness(wat("body_status")) as h:
+        s = h.http()
+        s.send_request_headers(REQUEST)
+        assert s.send_request_body(b"abc") is Action.PAUSE
+        assert s.send_request_body(b"def") is Action.PAUSE
+        assert s.held_request_body == b""  # not "abcdef": nothing was buffered
+        s.finish()
+
+
+def test_tcp_stream_finish_after_close_is_a_no_op():
+    h = PluginHarness(wat("trap"))
+    t = h.tcp()
+    t.send_downstream(b"x")
+    h.close()
+    t.finish()  # nothing left to end
+    with pytest.raises(HostClosedError):
+        t.send_downstream(b"y")
+
+
+@pytest.mark.parametrize("policy", ["FAIL_OPEN", "FAIL_CLOSED"])
+def test_network_filter_failure_policy(policy):
+    with PluginHarness(wat("tcp_trap"), failure_policy=policy) as h:
+        t = h.tcp()
+        assert t.send_downstream(b"hello") is Action.CONTINUE
+        action = t.send_downstream(b"!boom")
+        later = h.tcp()  # a new connection on the failed VM
+        if policy == "FAIL_OPEN":
+            assert action is Action.CONTINUE and t.failure_outcome is FailureOutcome.FAILED_OPEN
+            assert t.take_downstream_data() == b"hello!boom"  # nothing held back
+            assert later.send_downstream(b"more") is Action.CONTINUE
+            assert later.failure_outcome is FailureOutcome.FAILED_OPEN
+        else:
+            assert t.failure_outcome is FailureOutcome.FAILED_CLOSED and t.flags & lib.PW_S_RESET
+            assert later.failure_outcome is FailureOutcome.FAILED_CLOSED
+        t.finish()
+        later.finish()

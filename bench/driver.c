@@ -119,7 +119,29 @@ int main(int argc, char **argv) {
         fprintf(stderr, "cannot read %s\n", argv[2]);
         return 1;
     }
-    pw_module *m = pw_module_new(e, wasm, wlen, atoi(argv[3]), 3, 0, err, sizeof err);
+    /* PW_BENCH_CACHE=FILE: the compiled module is kept there (callgrind runs skip the
+     * compile, which valgrind makes slow). */
+    const char *cache = getenv("PW_BENCH_CACHE");
+    pw_module *m = NULL;
+    size_t clen;
+    uint8_t *cbytes = cache ? read_file(cache, &clen) : NULL;
+    if (cbytes) {
+        m = pw_module_deserialize(e, cbytes, clen, atoi(argv[3]), 3, 0, err, sizeof err);
+        free(cbytes);
+    }
+    if (!m) {
+        m = pw_module_new(e, wasm, wlen, atoi(argv[3]), 3, 0, err, sizeof err);
+        uint8_t *ser;
+        size_t slen;
+        FILE *f;
+        if (m && cache && !pw_module_serialize(m, &ser, &slen)) {
+            if ((f = fopen(cache, "wb"))) {
+                fwrite(ser, 1, slen, f);
+                fclose(f);
+            }
+            pw_bytes_free(ser);
+        }
+    }
     if (!m) {
         fprintf(stderr, "module: %s\n", err);
         return 1;

@@ -18,24 +18,25 @@ static inline void wr32(uint8_t *p, uint32_t v) {
 
 static inline uint8_t lower(uint8_t c) { return (c >= 'A' && c <= 'Z') ? (uint8_t)(c + 32) : c; }
 
-/* Lowercases ASCII in place, eight bytes at a time (header names are short and mostly
- * lowercase already: this is a few instructions per word, never a call). */
+/* Lowercases ASCII in place, eight bytes at a time. The last word may reach up to seven
+ * bytes past the name: every caller has reserved LOWER_SLACK bytes of room after the data,
+ * and those bytes are written back unchanged. */
+#define LOWER_SLACK 8
 static void lower_in_place(uint8_t *p, size_t n) {
     const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
+    for (size_t i = 0; i < n; i += 8) {
         uint64_t w;
         memcpy(&w, p + i, 8);
-        uint64_t x = w & ~high;                     /* each byte's low 7 bits */
-        uint64_t ge_a = x + ones * (0x80 - 'A');    /* high bit: byte >= 'A' */
+        uint64_t x = w & ~high;                      /* each byte's low 7 bits */
+        uint64_t ge_a = x + ones * (0x80 - 'A');     /* high bit: byte >= 'A' */
         uint64_t gt_z = x + ones * (0x80 - 'Z' - 1); /* high bit: byte > 'Z' */
-        uint64_t upper = (ge_a ^ gt_z) & ~w & high; /* 'A'..'Z', ASCII only */
+        uint64_t upper = (ge_a ^ gt_z) & ~w & high;  /* 'A'..'Z', ASCII only */
+        if (n - i < 8) upper &= ~0ull >> (8 * (8 - (n - i))); /* only this name's bytes */
         if (upper) {
             w |= upper >> 2; /* + 0x20 */
             memcpy(p + i, &w, 8);
         }
     }
-    for (; i < n; i++) p[i] = lower(p[i]);
 }
 
 static int key_eq(const uint8_t *stored, const uint8_t *k, size_t kl) {
@@ -96,7 +97,8 @@ static int push(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size_
     if (kl > UINT32_MAX || vl > UINT32_MAX || !fits(m, kl + vl, 1)) return -1;
     if (grow_entries(m, m->n + 1)) return -1;
     size_t ko = m->bytes.len;
-    if (ko + kl + vl + 2 > UINT32_MAX || buf_reserve(&m->bytes, ko + kl + vl + 2)) return -1;
+    if (ko + kl + vl + 2 > UINT32_MAX || buf_reserve(&m->bytes, ko + kl + vl + 2 + LOWER_SLACK))
+        return -1;
     uint8_t *d = m->bytes.p + ko;
     if (kl) memcpy(d, k, kl);
     lower_in_place(d, kl);
@@ -172,12 +174,7 @@ void hmap_clear(pw_hmap *m) {
     m->bytes.len = 0;
     m->garbage = 0;
     m->loose = 0;
-}
-
-/* Bytes equal to zero in w: 0x80 in each such byte, exactly. */
-static inline uint64_t zero_bytes(uint64_t w) {
-    const uint64_t low7 = 0x7f7f7f7f7f7f7f7full;
-    return ~(((w & low7) + low7) | w | low7);
+    m->nul_free = 0;
 }
 
 int hmap_fields_ok(const pw_hmap *m) {
@@ -193,23 +190,18 @@ int hmap_fields_ok(const pw_hmap *m) {
         }
         return 1;
     }
-    /* As parsed: every field is followed by its NUL, so exactly 2n NULs, and no CR or LF
-     * anywhere; one pass, eight bytes at a time. */
-    const uint64_t ones = 0x0101010101010101ull;
+    /* As parsed: no CR or LF anywhere in the stored form, and (unless the flat form,
+     * which cannot carry one, was parsed) no NUL inside a field: each field then ends
+     * exactly at its own terminator. */
     const uint8_t *p = m->bytes.p;
-    size_t n = m->bytes.len, i = 0, nuls = 0;
-    uint64_t crlf = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, p + i, 8);
-        nuls += (size_t)__builtin_popcountll(zero_bytes(w));
-        crlf |= zero_bytes(w ^ (ones * '\r')) | zero_bytes(w ^ (ones * '\n'));
-    }
-    for (; i < n; i++) {
-        nuls += p[i] == 0;
-        crlf |= p[i] == '\r' || p[i] == '\n';
-    }
-    return !crlf && nuls == 2 * m->n;
+    size_t n = m->bytes.len;
+    if (n && (memchr(p, '\r', n) || memchr(p, '\n', n))) return 0;
+    if (!m->nul_free)
+        for (size_t i = 0; i < m->n; i++)
+            if (strlen((const char *)hm_key(m, i)) != m->e[i].kl ||
+                strlen((const char *)hm_val(m, i)) != m->e[i].vl)
+                return 0;
+    return 1;
 }
 
 void hmap_free(pw_hmap *m) {
@@ -244,7 +236,7 @@ int hmap_parse(pw_hmap *m, const uint8_t *p, size_t n) {
      * out of memory can fail from here on (the map is then empty). */
     hmap_clear(m);
     size_t head = 4 + (size_t)count * 8, data = n - head;
-    if (grow_entries(m, count) || buf_reserve(&m->bytes, data)) return -1;
+    if (grow_entries(m, count) || buf_reserve(&m->bytes, data + LOWER_SLACK)) return -1;
     memcpy(m->bytes.p, p + head, data);
     m->bytes.len = data;
     uint32_t o = 0;
@@ -271,7 +263,7 @@ int hmap_parse_flat(pw_hmap *m, const uint8_t *p, size_t n, uint32_t count) {
     if (seps != 2 * (size_t)count - 1) return -1;
     /* Stored as given plus the last value's NUL: one copy, then the entries. */
     hmap_clear(m);
-    if (grow_entries(m, count) || buf_reserve(&m->bytes, n + 1)) return -1;
+    if (grow_entries(m, count) || buf_reserve(&m->bytes, n + 1 + LOWER_SLACK)) return -1;
     memcpy(m->bytes.p, p, n);
     m->bytes.p[n] = 0;
     m->bytes.len = n + 1;
@@ -285,6 +277,7 @@ int hmap_parse_flat(pw_hmap *m, const uint8_t *p, size_t n, uint32_t count) {
         q = ve + 1;
     }
     m->n = count;
+    m->nul_free = 1; /* the separators were counted: no field holds a NUL */
     return 0;
 }
 

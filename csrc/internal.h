@@ -53,6 +53,7 @@ typedef struct pw_hmap {
     pw_buf bytes;
     size_t garbage;
     int loose; /* 0: entries in order without gaps, serialized with one copy (hmap.c) */
+    int nul_free; /* parsed from the flat form: no field can hold a NUL */
 } pw_hmap;
 
 #define PAIRS_MAX_COUNT 8192u

@@ -43,6 +43,29 @@ class Action(enum.IntEnum):
 _CONTINUE, _PAUSE = Action.CONTINUE, Action.PAUSE  # enum attribute lookups are not free
 
 
+def _load_fast():
+    """The per-event path in C (pyproxywasm/_fast.c): headers encoded from the caller's
+    list in C, one call per event. Optional: without it (a build that skipped it, a
+    sanitizer's scratch copy of the package) every event takes the cffi path below."""
+    try:
+        from . import _fast
+    except ImportError:
+        return None
+    _fast.init(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+                 for name in ("pw_http_start", "pw_http_headers", "pw_http_data", "pw_http_finish")))
+    return _fast
+
+
+_fast = _load_fast()
+_f_start = _fast.start if _fast else None
+_f_headers = _fast.headers if _fast else None
+_f_data = _fast.data if _fast else None
+_f_finish = _fast.finish if _fast else None
+_MALFORMED = -lib.PW_ERR  # the flat form refused (a NUL in a field): retried as pairs
+_CLOSED = -lib.PW_ERR_CLOSED
+_NOTIMPL = NotImplemented
+
+
 @dataclass(frozen=True)
 class LocalResponse:
     """The response a plugin sent with proxy_send_local_response (or the host's 503 when
@@ -58,12 +81,13 @@ class LocalResponse:
 class HttpStream:
     """One HTTP request/response through one plugin (an HTTP stream context)."""
 
-    __slots__ = ("plugin", "_id", "flags", "_vm", "_vmobj")
+    __slots__ = ("plugin", "_id", "flags", "_vm", "_vmobj", "_vma")
 
     def __init__(self, plugin: "RootContext", properties: Mapping[Any, Any] | None = None) -> None:
         self.plugin = plugin
         vm = self._vmobj = plugin.vm
         self._vm = vm.ptr
+        self._vma = vm.addr
         self.flags = 0
         self._id = 0  # the context is made with the first event (or when asked for)
         if properties:
@@ -90,6 +114,18 @@ class HttpStream:
         return _PAUSE if f & _STOPPED[direction] else _CONTINUE
 
     def send_request_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
+        if _f_start is not None:
+            if self._id:
+                f = _f_headers(self._vma, self._id, _REQ, headers, end_stream)
+            else:
+                f = _f_start(self._vma, self.plugin.context_id, headers, end_stream)
+                if f is not _NOTIMPL:
+                    f, self._id = f
+            if f is not _NOTIMPL and f != _MALFORMED:
+                if f < 0:
+                    raise_for(f, self._vmobj)
+                self.flags = f
+                return _PAUSE if f & _REQ_STOPPED else _CONTINUE
         data, n = (headers, -1) if headers.__class__ is bytes else encode_headers(headers)
         if self._id:
             f = _headers(self._vm, self._id, _REQ, data, len(data), n, end_stream)
@@ -103,6 +139,13 @@ class HttpStream:
         return _PAUSE if f & _REQ_STOPPED else _CONTINUE
 
     def send_request_body(self, data: bytes, end_stream: bool = False) -> Action:
+        if _f_data is not None and self._id:
+            f = _f_data(self._vma, self._id, _REQ, data, end_stream)
+            if f is not _NOTIMPL:
+                if f < 0:
+                    raise_for(f, self._vmobj)
+                self.flags = f
+                return _PAUSE if f & _REQ_STOPPED else _CONTINUE
         return self._done(_data(self._vm, self._id or self.context_id, _REQ, data, len(data), end_stream), 0)
 
     def send_request_trailers(self, trailers: HeaderItems) -> Action:
@@ -110,6 +153,13 @@ class HttpStream:
         return self._done(_trailers(self._vm, self.context_id, _REQ, data, len(data), n), 0)
 
     def send_response_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
+        if _f_headers is not None and self._id:
+            f = _f_headers(self._vma, self._id, _RESP, headers, end_stream)
+            if f is not _NOTIMPL and f != _MALFORMED:
+                if f < 0:
+                    raise_for(f, self._vmobj)
+                self.flags = f
+                return _PAUSE if f & _RESP_STOPPED else _CONTINUE
         data, n = (headers, -1) if headers.__class__ is bytes else encode_headers(headers)
         f = _headers(self._vm, self._id or self.context_id, _RESP, data, len(data), n, end_stream)
         if f < 0:
@@ -118,6 +168,13 @@ class HttpStream:
         return _PAUSE if f & _RESP_STOPPED else _CONTINUE
 
     def send_response_body(self, data: bytes, end_stream: bool = False) -> Action:
+        if _f_data is not None and self._id:
+            f = _f_data(self._vma, self._id, _RESP, data, end_stream)
+            if f is not _NOTIMPL:
+                if f < 0:
+                    raise_for(f, self._vmobj)
+                self.flags = f
+                return _PAUSE if f & _RESP_STOPPED else _CONTINUE
         return self._done(_data(self._vm, self._id or self.context_id, _RESP, data, len(data), end_stream), 1)
 
     def send_response_trailers(self, trailers: HeaderItems) -> Action:
@@ -139,8 +196,8 @@ class HttpStream:
             if rc:
                 raise_for(rc, vm)
             self._id = vm.u32[0]
-        f = _finish(self._vm, self._id)
-        if f < 0 and f != -lib.PW_ERR_CLOSED:
+        f = _f_finish(self._vma, self._id) if _f_finish is not None else _finish(self._vm, self._id)
+        if f < 0 and f != _CLOSED:
             raise_for(f, self._vmobj)
         self.flags |= _DONE
 

@@ -1,0 +1,225 @@
+/* The per-event hot path of HttpStream, as a small CPython extension: one call per event
+ * that takes the caller's header list as it is (str or bytes pairs), writes the flat form
+ * "k\0v\0k\0v" straight from the objects' own buffers into one C buffer (no per-item Python
+ * objects), releases the GIL and calls the C core.
+ *
+ * The core itself is reached through function pointers that pyproxywasm.http hands over
+ * once (from the cffi module, so this file links against nothing). Anything this path does
+ * not take — a Mapping, bytearray or memoryview items, something that is not a pair, a str
+ * with lone surrogates — answers NotImplemented and the caller uses the general encoder;
+ * a field holding a NUL makes the core refuse the flat form (its separator count), and the
+ * caller retries with the pairs format, which says exactly what was meant. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int (*start_fn)(void *vm, uint32_t root, const uint8_t *h, size_t len, int nflat, int eos,
+                        uint32_t *out_id);
+typedef int (*headers_fn)(void *vm, uint32_t id, int dir, const uint8_t *h, size_t len, int nflat,
+                          int eos);
+typedef int (*data_fn)(void *vm, uint32_t id, int dir, const uint8_t *d, size_t len, int eos);
+typedef int (*finish_fn)(void *vm, uint32_t id);
+
+/* Set once by init() at import (under the GIL), read-only afterwards. */
+static start_fn core_start;
+static headers_fn core_headers;
+static data_fn core_data;
+static finish_fn core_finish;
+
+#define STACK_BYTES 2048
+
+/* One field's bytes, borrowed from the object (valid while the caller holds it). */
+static int field(PyObject *o, const char **p, Py_ssize_t *n) {
+    if (PyUnicode_CheckExact(o)) {
+        *p = PyUnicode_AsUTF8AndSize(o, n); /* ASCII: the object's own data, no copy */
+        if (!*p) {
+            PyErr_Clear(); /* lone surrogates: the general encoder escapes them */
+            return -1;
+        }
+        return 0;
+    }
+    if (PyBytes_CheckExact(o)) {
+        *p = PyBytes_AS_STRING(o);
+        *n = PyBytes_GET_SIZE(o);
+        return 0;
+    }
+    return -1;
+}
+
+/* Encodes the header sequence into *out (the stack buffer, or a malloc'd one when it does
+ * not fit); 1 done, 0 not this path's input, -1 out of memory (exception set). */
+static int encode(PyObject *items, char *stack, char **out, size_t *len, int *count) {
+    if (!PyList_CheckExact(items) && !PyTuple_CheckExact(items)) return 0;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
+    PyObject **it = PySequence_Fast_ITEMS(items);
+    const char *ptr[2 * 64];
+    Py_ssize_t lens[2 * 64];
+    if (n > 64) return 0; /* a long list: the general encoder */
+    size_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = it[i];
+        if (PyTuple_CheckExact(pair)) {
+            if (PyTuple_GET_SIZE(pair) != 2) return 0;
+        } else if (PyList_CheckExact(pair)) {
+            if (PyList_GET_SIZE(pair) != 2) return 0;
+        } else {
+            return 0;
+        }
+        PyObject **kv = PySequence_Fast_ITEMS(pair);
+        if (field(kv[0], &ptr[2 * i], &lens[2 * i]) || field(kv[1], &ptr[2 * i + 1], &lens[2 * i + 1]))
+            return 0;
+        total += (size_t)lens[2 * i] + (size_t)lens[2 * i + 1] + 2;
+    }
+    char *buf = stack;
+    if (total > STACK_BYTES) {
+        buf = malloc(total);
+        if (!buf) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    char *d = buf;
+    for (Py_ssize_t i = 0; i < 2 * n; i++) {
+        memcpy(d, ptr[i], (size_t)lens[i]);
+        d += lens[i];
+        *d++ = 0;
+    }
+    *out = buf;
+    *len = total ? total - 1 : 0; /* no NUL after the last value */
+    *count = (int)n;
+    return 1;
+}
+
+static void *vm_of(PyObject *o) { return PyLong_AsVoidPtr(o); }
+
+/* start(vm, root, headers, eos) -> (flags, id) | NotImplemented */
+static PyObject *start(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "start(vm, root, headers, eos)");
+        return NULL;
+    }
+    void *vm = vm_of(args[0]);
+    unsigned long root = PyLong_AsUnsignedLong(args[1]);
+    int eos = PyObject_IsTrue(args[3]);
+    if (PyErr_Occurred() || eos < 0) return NULL;
+    char stack[STACK_BYTES], *buf;
+    size_t len;
+    int count, rc = encode(args[2], stack, &buf, &len, &count);
+    if (rc <= 0) {
+        if (rc < 0) return NULL;
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    uint32_t id = 0;
+    int f;
+    Py_BEGIN_ALLOW_THREADS
+    f = core_start(vm, (uint32_t)root, (const uint8_t *)buf, len, count, eos, &id);
+    Py_END_ALLOW_THREADS
+    if (buf != stack) free(buf);
+    return Py_BuildValue("(iI)", f, (unsigned)id);
+}
+
+/* headers(vm, id, dir, headers, eos) -> flags | NotImplemented */
+static PyObject *headers(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "headers(vm, id, dir, headers, eos)");
+        return NULL;
+    }
+    void *vm = vm_of(args[0]);
+    unsigned long id = PyLong_AsUnsignedLong(args[1]);
+    long dir = PyLong_AsLong(args[2]);
+    int eos = PyObject_IsTrue(args[4]);
+    if (PyErr_Occurred() || eos < 0) return NULL;
+    char stack[STACK_BYTES], *buf;
+    size_t len;
+    int count, rc = encode(args[3], stack, &buf, &len, &count);
+    if (rc <= 0) {
+        if (rc < 0) return NULL;
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    int f;
+    Py_BEGIN_ALLOW_THREADS
+    f = core_headers(vm, (uint32_t)id, (int)dir, (const uint8_t *)buf, len, count, eos);
+    Py_END_ALLOW_THREADS
+    if (buf != stack) free(buf);
+    return PyLong_FromLong(f);
+}
+
+/* data(vm, id, dir, bytes, eos) -> flags | NotImplemented (not bytes) */
+static PyObject *data(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "data(vm, id, dir, data, eos)");
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(args[3])) Py_RETURN_NOTIMPLEMENTED;
+    void *vm = vm_of(args[0]);
+    unsigned long id = PyLong_AsUnsignedLong(args[1]);
+    long dir = PyLong_AsLong(args[2]);
+    int eos = PyObject_IsTrue(args[4]);
+    if (PyErr_Occurred() || eos < 0) return NULL;
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(args[3]);
+    size_t n = (size_t)PyBytes_GET_SIZE(args[3]);
+    int f;
+    Py_BEGIN_ALLOW_THREADS
+    f = core_data(vm, (uint32_t)id, (int)dir, p, n, eos);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(f);
+}
+
+/* finish(vm, id) -> flags */
+static PyObject *finish(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "finish(vm, id)");
+        return NULL;
+    }
+    void *vm = vm_of(args[0]);
+    unsigned long id = PyLong_AsUnsignedLong(args[1]);
+    if (PyErr_Occurred()) return NULL;
+    int f;
+    Py_BEGIN_ALLOW_THREADS
+    f = core_finish(vm, (uint32_t)id);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(f);
+}
+
+/* init(start, headers, data, finish): the core's function addresses, as ints. */
+static PyObject *init(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "init(start, headers, data, finish)");
+        return NULL;
+    }
+    void *p[4];
+    for (int i = 0; i < 4; i++) {
+        p[i] = PyLong_AsVoidPtr(args[i]);
+        if (!p[i]) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "null function");
+            return NULL;
+        }
+    }
+    core_start = (start_fn)p[0];
+    core_headers = (headers_fn)p[1];
+    core_data = (data_fn)p[2];
+    core_finish = (finish_fn)p[3];
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"init", (PyCFunction)(void (*)(void))init, METH_FASTCALL, NULL},
+    {"start", (PyCFunction)(void (*)(void))start, METH_FASTCALL, NULL},
+    {"headers", (PyCFunction)(void (*)(void))headers, METH_FASTCALL, NULL},
+    {"data", (PyCFunction)(void (*)(void))data, METH_FASTCALL, NULL},
+    {"finish", (PyCFunction)(void (*)(void))finish, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "pyproxywasm._fast",
+                                    "HttpStream's per-event path (see _fast.c).", -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__fast(void) { return PyModule_Create(&module); }

@@ -209,12 +209,221 @@ static PyObject *init(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_RETURN_NONE;
 }
 
+/* ---- StreamBase: HttpStream's events as C methods --------------------------------------
+ * pyproxywasm.http.HttpStream subclasses this type: its hot methods (the five events)
+ * run here with no Python frame; everything else, and every case this path does not take,
+ * is the subclass's Python (_general_headers, _general_data, _general_finish, _raise,
+ * _dropped). */
+#include <structmember.h>
+
+typedef struct {
+    PyObject_HEAD
+    unsigned long long vma; /* the pw_vm's address (_vma) */
+    unsigned int id;        /* the stream's context id, 0 until the first event (_id) */
+    unsigned int root;      /* its root context id (_root) */
+    int flags;              /* the core's PW_S_* flags after the last event */
+    PyObject *plugin, *vm, *vmobj;
+} Stream;
+
+/* Set once by set_constants() at import, read-only afterwards. */
+static PyObject *action_continue, *action_pause;
+static int stopped_mask[2], done_flag, malformed, closed_code;
+
+static PyObject *set_constants(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "set_constants(continue, pause, req_stop, resp_stop, done, malformed, closed)");
+        return NULL;
+    }
+    Py_INCREF(args[0]);
+    Py_INCREF(args[1]);
+    action_continue = args[0];
+    action_pause = args[1];
+    stopped_mask[0] = (int)PyLong_AsLong(args[2]);
+    stopped_mask[1] = (int)PyLong_AsLong(args[3]);
+    done_flag = (int)PyLong_AsLong(args[4]);
+    malformed = (int)PyLong_AsLong(args[5]);
+    closed_code = (int)PyLong_AsLong(args[6]);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* (x[, end_stream]) with end_stream also by keyword. */
+static int event_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **x,
+                      int *eos) {
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *e = NULL;
+    if (nargs < 1 || nargs > 2 || (nkw && nargs + nkw > 2)) goto bad;
+    *x = args[0];
+    if (nargs == 2) e = args[1];
+    if (nkw) {
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0)) ||
+            PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "end_stream"))
+            goto bad;
+        e = args[nargs];
+    }
+    *eos = e ? PyObject_IsTrue(e) : 0;
+    return *eos < 0 ? -1 : 0;
+bad:
+    PyErr_SetString(PyExc_TypeError, "expected (value, end_stream=False)");
+    return -1;
+}
+
+static PyObject *done(Stream *s, int f, int dir) {
+    if (f < 0) return PyObject_CallMethod((PyObject *)s, "_raise", "i", f);
+    s->flags = f;
+    PyObject *a = (f & stopped_mask[dir]) ? action_pause : action_continue;
+    Py_INCREF(a);
+    return a;
+}
+
+static PyObject *headers_event(Stream *s, int dir, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames) {
+    PyObject *h;
+    int eos;
+    if (event_args(args, nargs, kwnames, &h, &eos)) return NULL;
+    char stack[STACK_BYTES], *buf;
+    size_t len;
+    int count, rc = (dir == 0 || s->id) ? encode(h, stack, &buf, &len, &count) : 0;
+    if (rc < 0) return NULL;
+    if (rc > 0) {
+        int f;
+        uint32_t id = s->id;
+        void *vm = (void *)(uintptr_t)s->vma;
+        Py_BEGIN_ALLOW_THREADS
+        if (id)
+            f = core_headers(vm, id, dir, (const uint8_t *)buf, len, count, eos);
+        else
+            f = core_start(vm, s->root, (const uint8_t *)buf, len, count, eos, &id);
+        Py_END_ALLOW_THREADS
+        if (buf != stack) free(buf);
+        s->id = id;
+        if (f != malformed) return done(s, f, dir);
+    }
+    return PyObject_CallMethod((PyObject *)s, "_general_headers", "iOO", dir, h, eos ? Py_True : Py_False);
+}
+
+static PyObject *data_event(Stream *s, int dir, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames) {
+    PyObject *d;
+    int eos;
+    if (event_args(args, nargs, kwnames, &d, &eos)) return NULL;
+    if (!s->id || !PyBytes_CheckExact(d))
+        return PyObject_CallMethod((PyObject *)s, "_general_data", "iOO", dir, d, eos ? Py_True : Py_False);
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(d);
+    size_t n = (size_t)PyBytes_GET_SIZE(d);
+    void *vm = (void *)(uintptr_t)s->vma;
+    int f;
+    Py_BEGIN_ALLOW_THREADS
+    f = core_data(vm, s->id, dir, p, n, eos);
+    Py_END_ALLOW_THREADS
+    return done(s, f, dir);
+}
+
+static PyObject *s_req_headers(PyObject *s, PyObject *const *a, Py_ssize_t n, PyObject *kw) {
+    return headers_event((Stream *)s, 0, a, n, kw);
+}
+static PyObject *s_resp_headers(PyObject *s, PyObject *const *a, Py_ssize_t n, PyObject *kw) {
+    return headers_event((Stream *)s, 1, a, n, kw);
+}
+static PyObject *s_req_body(PyObject *s, PyObject *const *a, Py_ssize_t n, PyObject *kw) {
+    return data_event((Stream *)s, 0, a, n, kw);
+}
+static PyObject *s_resp_body(PyObject *s, PyObject *const *a, Py_ssize_t n, PyObject *kw) {
+    return data_event((Stream *)s, 1, a, n, kw);
+}
+
+static PyObject *s_finish(PyObject *self, PyObject *unused) {
+    (void)unused;
+    Stream *s = (Stream *)self;
+    if (s->flags & done_flag) Py_RETURN_NONE;
+    if (!s->id) return PyObject_CallMethod(self, "_general_finish", NULL);
+    void *vm = (void *)(uintptr_t)s->vma;
+    int f;
+    Py_BEGIN_ALLOW_THREADS
+    f = core_finish(vm, s->id);
+    Py_END_ALLOW_THREADS
+    if (f < 0 && f != closed_code) return PyObject_CallMethod(self, "_raise", "i", f);
+    s->flags |= done_flag;
+    Py_RETURN_NONE;
+}
+
+/* Dropped without finish(): the subclass ends it as Envoy ends a destroyed stream. */
+static void s_finalize(PyObject *self) {
+    Stream *s = (Stream *)self;
+    if (!s->id || (s->flags & done_flag)) return;
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyObject *r = PyObject_CallMethod(self, "_dropped", NULL);
+    if (!r) PyErr_WriteUnraisable(self);
+    Py_XDECREF(r);
+    PyErr_Restore(et, ev, tb);
+}
+
+static int s_traverse(PyObject *self, visitproc visit, void *arg) {
+    Stream *s = (Stream *)self;
+    Py_VISIT(s->plugin);
+    Py_VISIT(s->vm);
+    Py_VISIT(s->vmobj);
+    return 0;
+}
+
+static int s_clear(PyObject *self) {
+    Stream *s = (Stream *)self;
+    Py_CLEAR(s->plugin);
+    Py_CLEAR(s->vm);
+    Py_CLEAR(s->vmobj);
+    return 0;
+}
+
+static void s_dealloc(PyObject *self) {
+    if (PyObject_CallFinalizerFromDealloc(self) < 0) return; /* resurrected */
+    PyObject_GC_UnTrack(self);
+    s_clear(self);
+    Py_TYPE(self)->tp_free(self); /* a subclass's type reference is subtype_dealloc's */
+}
+
+static PyMemberDef s_members[] = {
+    {"_vma", T_ULONGLONG, offsetof(Stream, vma), 0, NULL},
+    {"_id", T_UINT, offsetof(Stream, id), 0, NULL},
+    {"_root", T_UINT, offsetof(Stream, root), 0, NULL},
+    {"flags", T_INT, offsetof(Stream, flags), 0, NULL},
+    {"plugin", T_OBJECT, offsetof(Stream, plugin), 0, NULL},
+    {"_vm", T_OBJECT, offsetof(Stream, vm), 0, NULL},
+    {"_vmobj", T_OBJECT, offsetof(Stream, vmobj), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
+static PyMethodDef s_methods[] = {
+    {"send_request_headers", (PyCFunction)(void (*)(void))s_req_headers, FASTKW, NULL},
+    {"send_response_headers", (PyCFunction)(void (*)(void))s_resp_headers, FASTKW, NULL},
+    {"send_request_body", (PyCFunction)(void (*)(void))s_req_body, FASTKW, NULL},
+    {"send_response_body", (PyCFunction)(void (*)(void))s_resp_body, FASTKW, NULL},
+    {"finish", s_finish, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject StreamType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pyproxywasm._fast.StreamBase",
+    .tp_basicsize = sizeof(Stream),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = s_dealloc,
+    .tp_finalize = s_finalize,
+    .tp_traverse = s_traverse,
+    .tp_clear = s_clear,
+    .tp_members = s_members,
+    .tp_methods = s_methods,
+};
+
 static PyMethodDef methods[] = {
     {"init", (PyCFunction)(void (*)(void))init, METH_FASTCALL, NULL},
     {"start", (PyCFunction)(void (*)(void))start, METH_FASTCALL, NULL},
     {"headers", (PyCFunction)(void (*)(void))headers, METH_FASTCALL, NULL},
     {"data", (PyCFunction)(void (*)(void))data, METH_FASTCALL, NULL},
     {"finish", (PyCFunction)(void (*)(void))finish, METH_FASTCALL, NULL},
+    {"set_constants", (PyCFunction)(void (*)(void))set_constants, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -222,4 +431,15 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "pyproxywasm._fast",
                                     "HttpStream's per-event path (see _fast.c).", -1, methods,
                                     NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__fast(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fast(void) {
+    if (PyType_Ready(&StreamType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&StreamType);
+    if (PyModule_AddObject(m, "StreamBase", (PyObject *)&StreamType) < 0) {
+        Py_DECREF(&StreamType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -57,13 +57,11 @@ def _load_fast():
 
 
 _fast = _load_fast()
-_f_start = _fast.start if _fast else None
-_f_headers = _fast.headers if _fast else None
-_f_data = _fast.data if _fast else None
-_f_finish = _fast.finish if _fast else None
 _MALFORMED = -lib.PW_ERR  # the flat form refused (a NUL in a field): retried as pairs
 _CLOSED = -lib.PW_ERR_CLOSED
-_NOTIMPL = NotImplemented
+if _fast is not None:
+    _fast.set_constants(_CONTINUE, _PAUSE, _REQ_STOPPED, _RESP_STOPPED, _DONE, _MALFORMED, _CLOSED)
+_Base: Any = _fast.StreamBase if _fast is not None else object
 
 
 @dataclass(frozen=True)
@@ -78,16 +76,22 @@ class LocalResponse:
     grpc_status: int | None
 
 
-class HttpStream:
-    """One HTTP request/response through one plugin (an HTTP stream context)."""
+class HttpStream(_Base):
+    """One HTTP request/response through one plugin (an HTTP stream context).
 
-    __slots__ = ("plugin", "_id", "flags", "_vm", "_vmobj", "_vma")
+    The five hot events (send_request_headers/_body, send_response_headers/_body, finish)
+    are C methods of pyproxywasm._fast.StreamBase when it is built: header lists of str or
+    bytes pairs go to the core without per-item Python work. Anything else they meet, and
+    every event without the extension, takes the general methods below."""
+
+    __slots__ = () if _fast is not None else ("plugin", "_id", "flags", "_vm", "_vmobj", "_vma", "_root")
 
     def __init__(self, plugin: "RootContext", properties: Mapping[Any, Any] | None = None) -> None:
         self.plugin = plugin
         vm = self._vmobj = plugin.vm
         self._vm = vm.ptr
         self._vma = vm.addr
+        self._root = plugin.context_id
         self.flags = 0
         self._id = 0  # the context is made with the first event (or when asked for)
         if properties:
@@ -100,7 +104,7 @@ class HttpStream:
         """The stream's context id (allocated now if no event was sent yet)."""
         if not self._id:
             vm = self._vmobj
-            rc = _new(self._vm, self.plugin.context_id, vm.u32)
+            rc = _new(self._vm, self._root, vm.u32)
             if rc:
                 raise_for(rc, vm)
             self._id = vm.u32[0]
@@ -113,105 +117,83 @@ class HttpStream:
         self.flags = f
         return _PAUSE if f & _STOPPED[direction] else _CONTINUE
 
-    def send_request_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
-        if _f_start is not None:
-            if self._id:
-                f = _f_headers(self._vma, self._id, _REQ, headers, end_stream)
-            else:
-                f = _f_start(self._vma, self.plugin.context_id, headers, end_stream)
-                if f is not _NOTIMPL:
-                    f, self._id = f
-            if f is not _NOTIMPL and f != _MALFORMED:
-                if f < 0:
-                    raise_for(f, self._vmobj)
-                self.flags = f
-                return _PAUSE if f & _REQ_STOPPED else _CONTINUE
+    def _raise(self, f: int) -> None:
+        raise_for(f, self._vmobj)
+
+    def _general_headers(self, direction: int, headers: HeaderItems, end_stream: bool) -> Action:
+        """Headers in any form (bytes in the pairs format, a Mapping, any iterable of
+        pairs), through the cffi binding."""
         data, n = (headers, -1) if headers.__class__ is bytes else encode_headers(headers)
-        if self._id:
-            f = _headers(self._vm, self._id, _REQ, data, len(data), n, end_stream)
-        else:  # create and deliver in one call: the common case
+        if direction == _REQ and not self._id:  # create and deliver in one call
             vm = self._vmobj
-            f = _start(self._vm, self.plugin.context_id, data, len(data), n, end_stream, vm.u32)
+            f = _start(self._vm, self._root, data, len(data), n, end_stream, vm.u32)
             self._id = vm.u32[0]
-        if f < 0:
-            raise_for(f, self._vmobj)
-        self.flags = f
-        return _PAUSE if f & _REQ_STOPPED else _CONTINUE
+        else:
+            f = _headers(self._vm, self._id or self.context_id, direction, data, len(data), n, end_stream)
+        return self._done(f, direction)
 
-    def send_request_body(self, data: bytes, end_stream: bool = False) -> Action:
-        if _f_data is not None and self._id:
-            f = _f_data(self._vma, self._id, _REQ, data, end_stream)
-            if f is not _NOTIMPL:
-                if f < 0:
-                    raise_for(f, self._vmobj)
-                self.flags = f
-                return _PAUSE if f & _REQ_STOPPED else _CONTINUE
-        return self._done(_data(self._vm, self._id or self.context_id, _REQ, data, len(data), end_stream), 0)
+    def _general_data(self, direction: int, data: bytes, end_stream: bool) -> Action:
+        return self._done(_data(self._vm, self._id or self.context_id, direction, data, len(data),
+                                end_stream), direction)
 
-    def send_request_trailers(self, trailers: HeaderItems) -> Action:
-        data, n = encode_headers(trailers)
-        return self._done(_trailers(self._vm, self.context_id, _REQ, data, len(data), n), 0)
-
-    def send_response_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
-        if _f_headers is not None and self._id:
-            f = _f_headers(self._vma, self._id, _RESP, headers, end_stream)
-            if f is not _NOTIMPL and f != _MALFORMED:
-                if f < 0:
-                    raise_for(f, self._vmobj)
-                self.flags = f
-                return _PAUSE if f & _RESP_STOPPED else _CONTINUE
-        data, n = (headers, -1) if headers.__class__ is bytes else encode_headers(headers)
-        f = _headers(self._vm, self._id or self.context_id, _RESP, data, len(data), n, end_stream)
-        if f < 0:
-            raise_for(f, self._vmobj)
-        self.flags = f
-        return _PAUSE if f & _RESP_STOPPED else _CONTINUE
-
-    def send_response_body(self, data: bytes, end_stream: bool = False) -> Action:
-        if _f_data is not None and self._id:
-            f = _f_data(self._vma, self._id, _RESP, data, end_stream)
-            if f is not _NOTIMPL:
-                if f < 0:
-                    raise_for(f, self._vmobj)
-                self.flags = f
-                return _PAUSE if f & _RESP_STOPPED else _CONTINUE
-        return self._done(_data(self._vm, self._id or self.context_id, _RESP, data, len(data), end_stream), 1)
-
-    def send_response_trailers(self, trailers: HeaderItems) -> Action:
-        data, n = encode_headers(trailers)
-        return self._done(_trailers(self._vm, self.context_id, _RESP, data, len(data), n), 1)
-
-    def finish(self) -> None:
-        """Ends the stream: proxy_on_log, proxy_on_done, proxy_on_delete (Envoy's order).
-        Idempotent; after its VM was closed (the host closed, or FAIL_RELOAD replaced the
-        VM) there is nothing left to end and it does nothing."""
+    def _general_finish(self) -> None:
         if self.flags & _DONE:
             return
         if not self._id:  # made now (a thread without a loop delivers what is pending)
             vm = self._vmobj
-            rc = _new(self._vm, self.plugin.context_id, vm.u32)
+            rc = _new(self._vm, self._root, vm.u32)
             if rc == lib.PW_ERR_CLOSED:
                 self.flags |= _DONE
                 return
             if rc:
                 raise_for(rc, vm)
             self._id = vm.u32[0]
-        f = _f_finish(self._vma, self._id) if _f_finish is not None else _finish(self._vm, self._id)
+        f = _finish(self._vm, self._id)
         if f < 0 and f != _CLOSED:
             raise_for(f, self._vmobj)
         self.flags |= _DONE
 
-    def __del__(self) -> None:
+    def _dropped(self) -> None:
         # Dropped without finish(): end it as Envoy ends a destroyed stream, on the VM's
         # own thread (now, or at that thread's next stream), so its context never leaks.
-        if self._id and not self.flags & _DONE:
-            try:
-                if threading.get_ident() == self.plugin.thread:
-                    self.finish()
-                else:
-                    self._vmobj.dropped.append(self._id)
-            except Exception:  # noqa: BLE001 - a finalizer must not raise
-                pass
+        try:
+            if threading.get_ident() == self.plugin.thread:
+                self.finish()
+            else:
+                self._vmobj.dropped.append(self._id)
+        except Exception:  # noqa: BLE001 - a finalizer must not raise
+            pass
+
+    if _fast is None:
+        def send_request_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
+            return self._general_headers(_REQ, headers, end_stream)
+
+        def send_request_body(self, data: bytes, end_stream: bool = False) -> Action:
+            return self._general_data(_REQ, data, end_stream)
+
+        def send_response_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
+            return self._general_headers(_RESP, headers, end_stream)
+
+        def send_response_body(self, data: bytes, end_stream: bool = False) -> Action:
+            return self._general_data(_RESP, data, end_stream)
+
+        def finish(self) -> None:
+            """Ends the stream: proxy_on_log, proxy_on_done, proxy_on_delete (Envoy's
+            order). Idempotent; after its VM was closed (the host closed, or FAIL_RELOAD
+            replaced the VM) there is nothing left to end and it does nothing."""
+            self._general_finish()
+
+        def __del__(self) -> None:
+            if self._id and not self.flags & _DONE:
+                self._dropped()
+
+    def send_request_trailers(self, trailers: HeaderItems) -> Action:
+        data, n = encode_headers(trailers)
+        return self._done(_trailers(self._vm, self.context_id, _REQ, data, len(data), n), 0)
+
+    def send_response_trailers(self, trailers: HeaderItems) -> Action:
+        data, n = encode_headers(trailers)
+        return self._done(_trailers(self._vm, self.context_id, _RESP, data, len(data), n), 1)
 
     def refresh(self) -> int:
         """Re-reads the stream's state (after the plugin resumed it from a tick, say)."""

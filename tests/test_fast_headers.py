@@ -44,12 +44,34 @@ def _roundtrip(plugin, headers):
     return out
 
 
+class _General(http_mod.HttpStream):
+    """The same stream with the C events routed to the general (cffi) methods."""
+
+    __slots__ = ()
+
+    def send_request_headers(self, headers, end_stream=False):
+        return self._general_headers(0, headers, end_stream)
+
+    def send_response_headers(self, headers, end_stream=False):
+        return self._general_headers(1, headers, end_stream)
+
+    def send_request_body(self, data, end_stream=False):
+        return self._general_data(0, data, end_stream)
+
+    def send_response_body(self, data, end_stream=False):
+        return self._general_data(1, data, end_stream)
+
+    def finish(self):
+        return self._general_finish()
+
+
 @pytest.fixture
 def general_path(monkeypatch):
-    """Turns the C per-event path off: every event takes the cffi path."""
+    """Turns the C per-event path off: streams take the general (cffi) methods."""
     def off():
-        for name in ("_f_start", "_f_headers", "_f_data", "_f_finish"):
-            monkeypatch.setattr(http_mod, name, None)
+        monkeypatch.setattr(http_mod, "HttpStream", _General)
+        import pyproxywasm.host as host_mod
+        monkeypatch.setattr(host_mod, "HttpStream", _General)
     return off
 
 

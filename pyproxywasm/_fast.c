@@ -383,6 +383,56 @@ static void s_dealloc(PyObject *self) {
     Py_TYPE(self)->tp_free(self); /* a subclass's type reference is subtype_dealloc's */
 }
 
+/* HttpStream(plugin, properties=None): the plugin's VM and root context read once; the
+ * properties (rare) go to the subclass's _set_properties. */
+static PyObject *str_vm, *str_ptr, *str_addr, *str_context_id, *str_properties;
+
+static int s_init(PyObject *self, PyObject *args, PyObject *kw) {
+    Stream *s = (Stream *)self;
+    PyObject *plugin = NULL, *props = NULL;
+    if (!PyArg_UnpackTuple(args, "HttpStream", 1, 2, &plugin, &props)) return -1;
+    if (kw && PyDict_GET_SIZE(kw)) {
+        PyObject *p = PyDict_GetItemWithError(kw, str_properties);
+        if ((!p && PyErr_Occurred()) || PyDict_GET_SIZE(kw) != 1 || !p || props) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "HttpStream(plugin, properties=None)");
+            return -1;
+        }
+        props = p;
+    }
+    PyObject *vmobj = PyObject_GetAttr(plugin, str_vm);
+    if (!vmobj) return -1;
+    PyObject *ptr = PyObject_GetAttr(vmobj, str_ptr);
+    PyObject *addr = ptr ? PyObject_GetAttr(vmobj, str_addr) : NULL;
+    PyObject *root = addr ? PyObject_GetAttr(plugin, str_context_id) : NULL;
+    if (!root) {
+        Py_DECREF(vmobj);
+        Py_XDECREF(ptr);
+        Py_XDECREF(addr);
+        return -1;
+    }
+    s->vma = PyLong_AsUnsignedLongLong(addr);
+    s->root = (unsigned int)PyLong_AsUnsignedLong(root);
+    Py_DECREF(addr);
+    Py_DECREF(root);
+    s->id = 0;
+    s->flags = 0;
+    Py_INCREF(plugin);
+    Py_XSETREF(s->plugin, plugin);
+    Py_XSETREF(s->vmobj, vmobj);
+    Py_XSETREF(s->vm, ptr);
+    if (PyErr_Occurred()) return -1;
+    if (props && props != Py_None) {
+        int t = PyObject_IsTrue(props);
+        if (t < 0) return -1;
+        if (t) {
+            PyObject *r = PyObject_CallMethod(self, "_set_properties", "O", props);
+            if (!r) return -1;
+            Py_DECREF(r);
+        }
+    }
+    return 0;
+}
+
 static PyMemberDef s_members[] = {
     {"_vma", T_ULONGLONG, offsetof(Stream, vma), 0, NULL},
     {"_id", T_UINT, offsetof(Stream, id), 0, NULL},
@@ -409,6 +459,7 @@ static PyTypeObject StreamType = {
     .tp_basicsize = sizeof(Stream),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,
+    .tp_init = s_init,
     .tp_dealloc = s_dealloc,
     .tp_finalize = s_finalize,
     .tp_traverse = s_traverse,
@@ -432,6 +483,11 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "pyproxywasm._fast",
                                     NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__fast(void) {
+    if (!(str_vm = PyUnicode_InternFromString("vm")) || !(str_ptr = PyUnicode_InternFromString("ptr")) ||
+        !(str_addr = PyUnicode_InternFromString("addr")) ||
+        !(str_context_id = PyUnicode_InternFromString("context_id")) ||
+        !(str_properties = PyUnicode_InternFromString("properties")))
+        return NULL;
     if (PyType_Ready(&StreamType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;

@@ -8,6 +8,7 @@ plugin continues (proxy_continue_stream), as in Envoy.
 from __future__ import annotations
 
 import enum
+import os
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
@@ -46,7 +47,10 @@ _CONTINUE, _PAUSE = Action.CONTINUE, Action.PAUSE  # enum attribute lookups are 
 def _load_fast():
     """The per-event path in C (pyproxywasm/_fast.c): headers encoded from the caller's
     list in C, one call per event. Optional: without it (a build that skipped it, a
-    sanitizer's scratch copy of the package) every event takes the cffi path below."""
+    sanitizer's scratch copy of the package, PYPROXYWASM_FAST=0) every event takes the
+    cffi path below."""
+    if os.environ.get("PYPROXYWASM_FAST") == "0":
+        return None
     try:
         from . import _fast
     except ImportError:
@@ -86,18 +90,23 @@ class HttpStream(_Base):
 
     __slots__ = () if _fast is not None else ("plugin", "_id", "flags", "_vm", "_vmobj", "_vma", "_root")
 
-    def __init__(self, plugin: "RootContext", properties: Mapping[Any, Any] | None = None) -> None:
-        self.plugin = plugin
-        vm = self._vmobj = plugin.vm
-        self._vm = vm.ptr
-        self._vma = vm.addr
-        self._root = plugin.context_id
-        self.flags = 0
-        self._id = 0  # the context is made with the first event (or when asked for)
-        if properties:
-            cid = self.context_id
-            for path, value in props.flatten(properties):
-                _set_prop(self._vm, cid, path, len(path), value, len(value))
+    if _fast is None:  # (StreamBase's __init__ does the same in C)
+        def __init__(self, plugin: "RootContext", properties: Mapping[Any, Any] | None = None) -> None:
+            self.plugin = plugin
+            vm = self._vmobj = plugin.vm
+            self._vm = vm.ptr
+            self._vma = vm.addr
+            self._root = plugin.context_id
+            self.flags = 0
+            self._id = 0  # the context is made with the first event (or when asked for)
+            if properties:
+                self._set_properties(properties)
+
+    def _set_properties(self, properties: Mapping[Any, Any]) -> None:
+        """Per-stream host properties (set before the first event)."""
+        cid = self.context_id
+        for path, value in props.flatten(properties):
+            _set_prop(self._vm, cid, path, len(path), value, len(value))
 
     @property
     def context_id(self) -> int:

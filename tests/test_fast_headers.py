@@ -3,6 +3,8 @@ whatever the form of the headers, the plugin sees exactly what the general (cffi
 gives it, names lowercased, values untouched; what no HTTP field can hold is refused."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from conftest import WAT
@@ -75,6 +77,7 @@ def general_path(monkeypatch):
     return off
 
 
+@pytest.mark.skipif(os.environ.get("PYPROXYWASM_FAST") == "0", reason="turned off on purpose")
 def test_the_fast_path_is_built():
     assert http_mod._fast is not None
 

@@ -1,12 +1,12 @@
-/* The per-event hot path of HttpStream, as a small CPython extension: one call per event
- * that takes the caller's header list as it is (str or bytes pairs), writes the flat form
+/* The per-event hot path of HttpStream, as a small CPython extension: StreamBase, whose C
+ * methods take the caller's header list as it is (str or bytes pairs), write the flat form
  * "k\0v\0k\0v" straight from the objects' own buffers into one C buffer (no per-item Python
- * objects), releases the GIL and calls the C core.
+ * objects), release the GIL and call the C core: one call per event, no Python frame.
  *
  * The core itself is reached through function pointers that pyproxywasm.http hands over
  * once (from the cffi module, so this file links against nothing). Anything this path does
  * not take — a Mapping, bytearray or memoryview items, something that is not a pair, a str
- * with lone surrogates — answers NotImplemented and the caller uses the general encoder;
+ * with lone surrogates — goes to the subclass's general (cffi) methods;
  * a field holding a NUL makes the core refuse the flat form (its separator count), and the
  * caller retries with the pairs format, which says exactly what was meant. */
 #define PY_SSIZE_T_CLEAN
@@ -90,101 +90,6 @@ static int encode(PyObject *items, char *stack, char **out, size_t *len, int *co
     *len = total ? total - 1 : 0; /* no NUL after the last value */
     *count = (int)n;
     return 1;
-}
-
-static void *vm_of(PyObject *o) { return PyLong_AsVoidPtr(o); }
-
-/* start(vm, root, headers, eos) -> (flags, id) | NotImplemented */
-static PyObject *start(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "start(vm, root, headers, eos)");
-        return NULL;
-    }
-    void *vm = vm_of(args[0]);
-    unsigned long root = PyLong_AsUnsignedLong(args[1]);
-    int eos = PyObject_IsTrue(args[3]);
-    if (PyErr_Occurred() || eos < 0) return NULL;
-    char stack[STACK_BYTES], *buf;
-    size_t len;
-    int count, rc = encode(args[2], stack, &buf, &len, &count);
-    if (rc <= 0) {
-        if (rc < 0) return NULL;
-        Py_RETURN_NOTIMPLEMENTED;
-    }
-    uint32_t id = 0;
-    int f;
-    Py_BEGIN_ALLOW_THREADS
-    f = core_start(vm, (uint32_t)root, (const uint8_t *)buf, len, count, eos, &id);
-    Py_END_ALLOW_THREADS
-    if (buf != stack) free(buf);
-    return Py_BuildValue("(iI)", f, (unsigned)id);
-}
-
-/* headers(vm, id, dir, headers, eos) -> flags | NotImplemented */
-static PyObject *headers(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "headers(vm, id, dir, headers, eos)");
-        return NULL;
-    }
-    void *vm = vm_of(args[0]);
-    unsigned long id = PyLong_AsUnsignedLong(args[1]);
-    long dir = PyLong_AsLong(args[2]);
-    int eos = PyObject_IsTrue(args[4]);
-    if (PyErr_Occurred() || eos < 0) return NULL;
-    char stack[STACK_BYTES], *buf;
-    size_t len;
-    int count, rc = encode(args[3], stack, &buf, &len, &count);
-    if (rc <= 0) {
-        if (rc < 0) return NULL;
-        Py_RETURN_NOTIMPLEMENTED;
-    }
-    int f;
-    Py_BEGIN_ALLOW_THREADS
-    f = core_headers(vm, (uint32_t)id, (int)dir, (const uint8_t *)buf, len, count, eos);
-    Py_END_ALLOW_THREADS
-    if (buf != stack) free(buf);
-    return PyLong_FromLong(f);
-}
-
-/* data(vm, id, dir, bytes, eos) -> flags | NotImplemented (not bytes) */
-static PyObject *data(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "data(vm, id, dir, data, eos)");
-        return NULL;
-    }
-    if (!PyBytes_CheckExact(args[3])) Py_RETURN_NOTIMPLEMENTED;
-    void *vm = vm_of(args[0]);
-    unsigned long id = PyLong_AsUnsignedLong(args[1]);
-    long dir = PyLong_AsLong(args[2]);
-    int eos = PyObject_IsTrue(args[4]);
-    if (PyErr_Occurred() || eos < 0) return NULL;
-    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(args[3]);
-    size_t n = (size_t)PyBytes_GET_SIZE(args[3]);
-    int f;
-    Py_BEGIN_ALLOW_THREADS
-    f = core_data(vm, (uint32_t)id, (int)dir, p, n, eos);
-    Py_END_ALLOW_THREADS
-    return PyLong_FromLong(f);
-}
-
-/* finish(vm, id) -> flags */
-static PyObject *finish(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "finish(vm, id)");
-        return NULL;
-    }
-    void *vm = vm_of(args[0]);
-    unsigned long id = PyLong_AsUnsignedLong(args[1]);
-    if (PyErr_Occurred()) return NULL;
-    int f;
-    Py_BEGIN_ALLOW_THREADS
-    f = core_finish(vm, (uint32_t)id);
-    Py_END_ALLOW_THREADS
-    return PyLong_FromLong(f);
 }
 
 /* init(start, headers, data, finish): the core's function addresses, as ints. */
@@ -470,10 +375,6 @@ static PyTypeObject StreamType = {
 
 static PyMethodDef methods[] = {
     {"init", (PyCFunction)(void (*)(void))init, METH_FASTCALL, NULL},
-    {"start", (PyCFunction)(void (*)(void))start, METH_FASTCALL, NULL},
-    {"headers", (PyCFunction)(void (*)(void))headers, METH_FASTCALL, NULL},
-    {"data", (PyCFunction)(void (*)(void))data, METH_FASTCALL, NULL},
-    {"finish", (PyCFunction)(void (*)(void))finish, METH_FASTCALL, NULL},
     {"set_constants", (PyCFunction)(void (*)(void))set_constants, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };

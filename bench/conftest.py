@@ -68,6 +68,7 @@ def pytest_terminal_summary(terminalreporter):
     if "go_lifecycle" in r:
         tw.line(f"Go SDK filter ('headers'), lifecycle:     {r['go_lifecycle'] * 1e6:8.2f} us")
     _lifecycle_summary(tw, r)
+    _client_summary(tw, r)
 
 
 def _lifecycle_summary(tw, r) -> None:
@@ -82,3 +83,28 @@ def _lifecycle_summary(tw, r) -> None:
             if py:
                 ratio = f"  = {py / c:.2f}x the core" if c else ""
                 tw.line(f"{what}, Python API, {form} headers: {py * 1e6:8.2f} us{ratio}")
+
+
+def _client_summary(tw, r) -> None:
+    """Outbound clients (bench/test_client_bench.py): per round trip, and ratios."""
+    names = [("cl_h1_ours", "HTTP/1.1, HttpClient (aiohttp)"), ("cl_h1_aiohttp", "HTTP/1.1, bare aiohttp"),
+             ("cl_h1_httpx", "HTTP/1.1, bare httpx"),
+             ("cl_h1_cross_thread", "HTTP/1.1, HttpClient, each call from another thread"),
+             ("cl_h2_ours", "HTTP/2, HttpClient (h2)"), ("cl_h2_httpx", "HTTP/2, bare httpx"),
+             ("cl_h1_ours_asyncio", "HTTP/1.1, HttpClient on asyncio"),
+             ("cl_h1_ours_uvloop", "HTTP/1.1, HttpClient on uvloop"),
+             ("cl_grpc", "gRPC unary, GrpcClient on asyncio"), ("cl_grpc_uvloop", "gRPC unary, GrpcClient on uvloop")]
+    for key, label in names:
+        if key in r:
+            cpu = f"  ({r[key + '_cpu'] * 1e6:6.1f} us client user CPU)" if key + "_cpu" in r else ""
+            tw.line(f"{label + ':':54s} {r[key] * 1e6:8.1f} us/round trip{cpu}")
+    for a, b, label in (("cl_h1_httpx", "cl_h1_aiohttp", "httpx / aiohttp, HTTP/1.1"),
+                        ("cl_h1_ours", "cl_h1_aiohttp", "HttpClient / bare aiohttp"),
+                        ("cl_h1_cross_thread", "cl_h1_ours", "from another thread / on the loop"),
+                        ("cl_h2_httpx", "cl_h2_ours", "httpx / HttpClient, HTTP/2"),
+                        ("cl_h1_ours_asyncio", "cl_h1_ours_uvloop", "asyncio / uvloop, HTTP/1.1"),
+                        ("cl_grpc", "cl_grpc_uvloop", "asyncio / uvloop, gRPC")):
+        if a in r and b in r:
+            cpu = (f"  (client user CPU {r[a + '_cpu'] / r[b + '_cpu']:.2f}x)"
+                   if a + "_cpu" in r and b + "_cpu" in r else "")
+            tw.line(f"{label + ':':54s} {r[a] / r[b]:8.2f}x{cpu}")

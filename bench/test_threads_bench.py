@@ -92,7 +92,7 @@ def test_queue_throughput(benchmark, record):
         from pyproxywasm._binding import ffi
 
         out = ffi.new("uint32_t *")
-        assert qid(b"queue-bench", 11, b"items", 5, out) == 0
+        assert qid(b"", 0, b"queue-bench", 11, b"items", 5, out) == 0
         producer = host.plugin("p")
         req = encode_pairs([(":path", "/"), ("x-n", str(n)), ("x-p", "0")])
 

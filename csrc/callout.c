@@ -112,10 +112,20 @@ void callout_cancel_root(pw_vm *vm, uint32_t root) {
     }
 }
 
-void callout_free(pw_vm *vm) {
+void callout_cancel_all(pw_vm *vm) {
     pw_calls *t = &vm->calls;
     for (size_t i = 0; i < t->cap; i++)
-        if (t->slots[i].token) cancel(vm, t->slots[i].token);
+        if (t->slots[i].token) {
+            uint32_t token = t->slots[i].token;
+            t->slots[i].token = 0;
+            cancel(vm, token);
+        }
+    t->n = 0;
+}
+
+void callout_free(pw_vm *vm) {
+    pw_calls *t = &vm->calls;
+    callout_cancel_all(vm);
     free(t->slots);
     memset(t, 0, sizeof *t);
     hmap_free(&vm->cr.a);
@@ -148,11 +158,15 @@ static int launch(pw_vm *vm, pw_callout *call, uint32_t token_ptr) {
     if (vm->calls.n >= vm->max_calls) return ST_INTERNAL_FAILURE; /* documented bound */
     if (call_reserve(&vm->calls)) return ST_INTERNAL_FAILURE;
     call->root = root->id;
+    uint32_t seq = vm->calls.seq;
     call->token = next_token(vm, call->kind);
     uint64_t t0 = epoch_now_ns();
     int st = callout_cb(vm->callout_handle, call);
     vm_paused(vm, t0); /* Python's time, not the guest's */
-    if (st != ST_OK) return st;
+    if (st != ST_OK) {
+        vm->calls.seq = seq; /* a refused call uses no token, as in Envoy */
+        return st;
+    }
     pw_calls *t = &vm->calls;
     t->slots[call_slot(t, call->token)] = (pw_call){call->token, root->id, (uint8_t)call->kind, 0};
     t->n++;
@@ -168,6 +182,8 @@ int callout_http(pw_vm *vm, const uint8_t *up, size_t upl, const uint8_t *hp, si
                  const uint8_t *body, size_t bl, const uint8_t *tp, size_t tl, uint32_t timeout_ms,
                  uint32_t token_ptr) {
     pw_callres *cr = &vm->cr;
+    /* Envoy reads the timeout as a signed int and refuses a negative one. */
+    if (timeout_ms > INT32_MAX) return ST_BAD_ARGUMENT;
     if (normalize(&cr->req_headers, &cr->req_ser[0], hp, hl) ||
         normalize(&cr->req_trailers, &cr->req_ser[1], tp, tl))
         return ST_BAD_ARGUMENT;

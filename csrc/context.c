@@ -284,3 +284,12 @@ int pw_root_foreign_call(pw_vm *vm, uint32_t root, uint32_t function_id, const u
     vm_run_deferred(vm);
     return r < 0 ? PW_ERR_TRAP : PW_OK;
 }
+
+uint32_t pw_vm_current_context(pw_vm *vm, int *kind) {
+    *kind = -1;
+    if (!pthread_equal(vm->owner, pthread_self())) return 0;
+    pw_ctx *c = ctx_effective(vm);
+    if (!c) return 0;
+    *kind = c->kind == CTX_ROOT ? PW_CTX_ROOT : c->kind == CTX_HTTP ? PW_CTX_HTTP : PW_CTX_TCP;
+    return c->id;
+}

@@ -103,21 +103,26 @@ static wasmtime_error_t *epoch_callback(wasmtime_context_t *cx, void *data, uint
     if (atomic_load_explicit(&vm->interrupt, memory_order_acquire))
         return WT.error_new("interrupted: the host is shutting down");
     if (!vm->call_deadline_ms) return NULL;
-    /* A CPU deadline: wall time by the clock (cheap, read per call) says when to look;
-     * this thread's CPU time, counted from the call's first tick (a syscall, made only
-     * by calls that last that long), says whether the guest really ran that long or was
-     * only descheduled. Time in Python callbacks (log handlers, foreign functions) is not
-     * the guest's, up to one more deadline's worth: a guest that logs without end is
-     * still stopped. A late ticker on a busy machine only delays the check. */
+    /* A CPU deadline. The wall clock (cheap, read per call) says when to look; this
+     * thread's CPU time, counted from the call's first tick (a syscall, made only by calls
+     * that last that long), says whether the guest really ran that long or was only
+     * descheduled, or waiting for the GIL in a Python callback. Python's own CPU time in
+     * callbacks (log handlers, foreign functions, outbound calls) is not the guest's, up
+     * to one more deadline's worth: a guest that logs without end is still stopped. */
+    uint64_t now = epoch_now_ns();
     if (!vm->call_cpu0_ns) {
+        uint64_t wall = now - vm->call_start_ns;
         vm->call_cpu0_ns = thread_cpu_ns();
-        vm->call_wall0_ns = epoch_now_ns();
+        vm->call_pre_ns = wall > vm->paused_ns ? wall - vm->paused_ns : 0;
+        vm->call_paused0_ns = vm->paused_ns;
     }
     uint64_t limit = vm->call_deadline_ms * 1000000u;
-    uint64_t grace = vm->paused_ns < limit ? vm->paused_ns : limit;
-    if (epoch_now_ns() - vm->call_start_ns <= limit + grace) return NULL;
-    uint64_t before_first_tick = vm->call_wall0_ns - vm->call_start_ns;
-    if (thread_cpu_ns() - vm->call_cpu0_ns + before_first_tick > limit + grace) {
+    if (now - vm->call_start_ns <= limit) return NULL;
+    uint64_t cpu = thread_cpu_ns() - vm->call_cpu0_ns;
+    uint64_t py = vm->paused_ns - vm->call_paused0_ns;
+    if (py > cpu) py = cpu;
+    uint64_t guest = vm->call_pre_ns + cpu - py;
+    if (guest > limit || guest + py > 2 * limit) {
         char msg[96];
         snprintf(msg, sizeof msg, "deadline exceeded: the call ran longer than %llu ms",
                  (unsigned long long)vm->call_deadline_ms);

@@ -92,16 +92,18 @@ int greturn(pw_vm *vm, wasmtime_context_t *cx, const uint8_t *d, size_t n, uint3
     (void)trap;                                                                           \
     wasmtime_context_t *cx = WT.caller_context(caller);                                   \
     pw_vm *vm = WT.context_get_data(cx);                                                  \
-    mem_refresh(vm, cx);
+    mem_refresh(vm, cx);                                                                  \
+    if (vm->trace) trace_enter(vm, a, nargs_);
 /* Calls that may touch host state are refused while the guest allocator runs. */
 #define BEGIN_RESTRICTED \
     BEGIN;               \
     if (vm->in_alloc) RET(ST_INTERNAL_FAILURE);
 #define U(i) ((uint32_t)a[i].i32)
-#define RET(v)                     \
-    do {                           \
-        a[0].i32 = (int32_t)(v);   \
-        return trap;               \
+#define RET(v)                                             \
+    do {                                                   \
+        a[0].i32 = (int32_t)(v);                           \
+        if (vm->trace) trace_hostcall(vm, __func__ + 3, a[0].i32); \
+        return trap;                                       \
     } while (0)
 #define MEM(var, ptr, len)                                    \
     const uint8_t *var = gmem(vm, (ptr), (len));          \
@@ -499,7 +501,7 @@ HOSTCALL(register_shared_queue) {
     if (!gmem(vm, U(2), 4)) RET(ST_INVALID_MEMORY_ACCESS);
     pw_ctx *root = root_of_eff(vm);
     int created;
-    uint32_t id = queue_register(vm->vm_id.p, vm->vm_id.len, name, U(1), vm->disp, vm->vm_key,
+    uint32_t id = queue_register(vm->scope.p, vm->scope.len, name, U(1), vm->disp, vm->vm_key,
                                  root ? root->id : 0, vm->queues_created < PW_QUEUES_PER_VM,
                                  &created);
     vm->queues_created += (uint32_t)created;
@@ -514,8 +516,15 @@ HOSTCALL(resolve_shared_queue) {
     MEM(name, U(2), U(3));
     if (!gmem(vm, U(4), 4)) RET(ST_INVALID_MEMORY_ACCESS);
     uint32_t id = 0;
-    int st = U(1) ? queue_resolve(vid, U(1), name, U(3), &id)
-                  : queue_resolve(vm->vm_id.p, vm->vm_id.len, name, U(3), &id);
+    int st = ST_OK;
+    if (U(1)) { /* another vm_id, in this VM's namespace */
+        pw_buf scope = {0};
+        st = scope_make(&scope, vm->ns.p, vm->ns.len, vid, U(1)) ? ST_INTERNAL_FAILURE
+             : queue_resolve(scope.p, scope.len, name, U(3), &id);
+        buf_free(&scope);
+    } else {
+        st = queue_resolve(vm->scope.p, vm->scope.len, name, U(3), &id);
+    }
     if (st == ST_OK) gput_u32(vm, U(4), id);
     RET(st);
 }
@@ -741,4 +750,32 @@ int hostcalls_define(wasmtime_linker_t *linker, int as_grpc, char *err, size_t e
             return -1;
     }
     return as_grpc ? define_imports(linker, "env", as_grpc_imports, n_as, err, errlen) : 0;
+}
+
+/* The import table as the linker defines it (as_grpc: the AssemblyScript shapes), for
+ * load errors that name what differs: "name params results\n" lines, params and results
+ * in the "iI" letters above ("-" when empty). Free with pw_bytes_free. */
+int pw_host_imports(int as_grpc, uint8_t **out, size_t *len) {
+    pw_buf b = {0};
+    int ok = 1;
+    const size_t n = sizeof proxy_imports / sizeof proxy_imports[0];
+    const size_t n_as = sizeof as_grpc_imports / sizeof as_grpc_imports[0];
+    for (size_t i = 0; i < n + n_as && ok; i++) {
+        const import_def *d = i < n ? &proxy_imports[i] : &as_grpc_imports[i - n];
+        int replaced = 0;
+        for (size_t j = 0; i < n && j < n_as; j++)
+            replaced |= !strcmp(d->name, as_grpc_imports[j].name);
+        if ((i < n && as_grpc && replaced) || (i >= n && !as_grpc)) continue;
+        char line[160];
+        int k = snprintf(line, sizeof line, "%s %s %s\n", d->name, *d->params ? d->params : "-",
+                         *d->results ? d->results : "-");
+        ok = k > 0 && (size_t)k < sizeof line && !buf_append(&b, (const uint8_t *)line, (size_t)k);
+    }
+    if (!ok || (!b.p && buf_reserve(&b, 1))) {
+        buf_free(&b);
+        return PW_ERR;
+    }
+    *out = b.p;
+    *len = b.len;
+    return PW_OK;
 }

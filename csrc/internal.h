@@ -345,7 +345,9 @@ struct pw_vm {
      * epoch callback on the same thread; interrupt is set from any thread. */
     uintptr_t stack_lo;        /* the owner thread's lowest stack address */
     uint64_t call_start_ns;    /* monotonic start of the running top-level call */
-    uint64_t call_cpu0_ns, call_wall0_ns; /* thread CPU and wall time at its first tick */
+    uint64_t call_cpu0_ns;     /* thread CPU time at its first tick (0: none yet) */
+    uint64_t call_pre_ns;      /* guest time before that tick (wall less Python's) */
+    uint64_t call_paused0_ns;  /* paused_ns at that tick */
     uint64_t call_deadline_ms; /* its deadline; 0: none */
     uint64_t paused_ns;        /* time spent in Python callbacks during this call */
     _Atomic int interrupt;     /* pw_vm_interrupt: trap at the next epoch check */
@@ -362,7 +364,9 @@ struct pw_vm {
     uint32_t max_calls;
 
     pw_dispatcher *disp; /* the owner thread's dispatcher */
-    struct pw_space *space; /* this vm_id's shared data (shared.c) */
+    struct pw_space *space; /* this scope's shared data (shared.c) */
+    pw_buf ns, scope;       /* the host's namespace; (namespace, vm_id) as one key (namespace.c) */
+    struct pw_trace *trace; /* the ABI call trace (trace.c); NULL: off */
     uint64_t vm_key;     /* process-unique: queue owners name their VM by it */
     uint32_t queues_created; /* against PW_QUEUES_PER_VM */
 };
@@ -481,7 +485,8 @@ pw_hmap *callout_map(pw_vm *vm, uint32_t type, int write, int *st);
 pw_buf *callout_buffer(pw_vm *vm, uint32_t type, int write, int *st);
 int callout_deliver(pw_vm *vm, const pw_call_event *ev); /* 1 if a callback was made */
 void callout_cancel_root(pw_vm *vm, uint32_t root);
-void callout_free(pw_vm *vm); /* cancels every call in flight */
+void callout_cancel_all(pw_vm *vm); /* a failed VM's calls: no answer can be delivered */
+void callout_free(pw_vm *vm);       /* cancels every call in flight */
 
 /* wasi.c */
 int wasi_define(wasmtime_linker_t *linker, char *err, size_t errlen);
@@ -491,7 +496,22 @@ void wasi_flush(pw_vm *vm); /* logs partial stdout/stderr lines */
 int props_get(pw_vm *vm, pw_ctx *ctx, const uint8_t *path, size_t pl, pw_buf *out);
 int props_set(pw_vm *vm, pw_ctx *ctx, const uint8_t *path, size_t pl, const uint8_t *v, size_t vl);
 
-/* shared.c, queue.c, metrics.c */
+/* trace.c: hooks called only when vm->trace is set */
+#define TRACE_MAX_ARGS 12
+typedef struct pw_trace pw_trace;
+void trace_free(pw_vm *vm);
+int trace_depth(pw_vm *vm);
+void trace_set_depth(pw_vm *vm, int depth);
+void trace_enter(pw_vm *vm, const wasmtime_val_raw_t *a, size_t nargs);
+void trace_hostcall(pw_vm *vm, const char *name, int64_t status);
+void trace_callback(pw_vm *vm, int kind, const char *name, uint32_t ctx, int nargs,
+                    const uint32_t *args, int64_t result);
+
+/* namespace.c */
+int scope_make(pw_buf *out, const uint8_t *ns, size_t nsl, const uint8_t *vm_id, size_t vl);
+int vm_namespace_apply(pw_vm *vm, const uint8_t *ns, size_t nsl); /* sets ns, scope, space */
+
+/* shared.c, queue.c (keyed by scope), metrics.c (by namespace) */
 typedef struct pw_space pw_space; /* one vm_id's shared data */
 pw_space *shared_space(const uint8_t *vm_id, size_t vl, int create);
 int shared_get(pw_space *s, const uint8_t *k, size_t kl, pw_buf *out, uint32_t *cas);

@@ -1,5 +1,7 @@
-/* Metrics (ABI.md §5.10): process-wide stats by (kind, name) with atomic values; each VM
- * hands out its own ids, with the kind in the low two bits as Envoy does. */
+/* Metrics (ABI.md §5.10): stats by (namespace, kind, name) with atomic values; each VM
+ * hands out its own ids, with the kind in the low two bits as Envoy does. A histogram also
+ * counts its samples in fixed buckets with Envoy's default bounds (its Prometheus
+ * exposition). */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,9 +10,17 @@
 
 enum { M_COUNTER = 0, M_GAUGE = 1, M_HISTOGRAM = 2 };
 
+/* Envoy's default histogram bucket bounds (HistogramSettingsImpl::defaultBuckets). */
+static const double bounds[PW_HIST_BUCKETS - 1] = {
+    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000,
+    600000, 1800000, 3600000};
+
+void pw_hist_bounds(double out[PW_HIST_BUCKETS - 1]) { memcpy(out, bounds, sizeof bounds); }
+
 struct metric {
     int kind;
-    pw_buf name;
+    pw_buf ns, name;
+    _Atomic uint64_t *buckets; /* histogram: PW_HIST_BUCKETS counters, else NULL */
     _Atomic int64_t value; /* counter, gauge; sample count for a histogram */
     _Atomic uint64_t sum;  /* histogram: sum of samples */
     struct metric *next;
@@ -20,18 +30,28 @@ struct metric {
 static pthread_mutex_t metrics_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct metric *metrics;
 
-static struct metric *find_locked(int kind, const uint8_t *name, size_t nl) {
+static int eq(const pw_buf *b, const uint8_t *p, size_t n) {
+    return b->len == n && (!n || !memcmp(b->p, p, n));
+}
+
+static struct metric *find_locked(const uint8_t *ns, size_t nsl, int kind, const uint8_t *name,
+                                  size_t nl) {
     for (struct metric *m = metrics; m; m = m->next)
-        if ((kind < 0 || m->kind == kind) && m->name.len == nl && (!nl || !memcmp(m->name.p, name, nl)))
+        if ((kind < 0 || m->kind == kind) && eq(&m->name, name, nl) && eq(&m->ns, ns, nsl))
             return m;
     return NULL;
 }
 
 int metric_define(pw_vm *vm, uint32_t kind, const uint8_t *name, size_t nl, uint32_t *id) {
     pthread_mutex_lock(&metrics_lock);
-    struct metric *m = find_locked((int)kind, name, nl);
+    struct metric *m = find_locked(vm->ns.p, vm->ns.len, (int)kind, name, nl);
     if (!m && (m = calloc(1, sizeof *m))) {
-        if (buf_set(&m->name, name, nl)) {
+        if ((kind == M_HISTOGRAM &&
+             !(m->buckets = calloc(PW_HIST_BUCKETS, sizeof(_Atomic uint64_t)))) ||
+            buf_set(&m->name, name, nl) || buf_set(&m->ns, vm->ns.p, vm->ns.len)) {
+            free((void *)m->buckets);
+            buf_free(&m->name);
+            buf_free(&m->ns);
             free(m);
             m = NULL;
         } else {
@@ -77,9 +97,13 @@ int metric_record(pw_vm *vm, uint32_t id, uint64_t v) {
     switch (m->kind) {
     case M_COUNTER: atomic_fetch_add(&m->value, (int64_t)v); break; /* adds, as Envoy */
     case M_GAUGE: atomic_store(&m->value, (int64_t)v); break;
-    default:
+    default: {
+        size_t b = 0;
+        while (b < PW_HIST_BUCKETS - 1 && (double)v > bounds[b]) b++;
+        atomic_fetch_add(&m->buckets[b], 1);
         atomic_fetch_add(&m->value, 1);
         atomic_fetch_add(&m->sum, v);
+    }
     }
     return ST_OK;
 }
@@ -92,9 +116,10 @@ int metric_get(pw_vm *vm, uint32_t id, uint64_t *v) {
     return ST_OK;
 }
 
-int pw_metric_get(const uint8_t *name, size_t name_len, int *kind, int64_t *value, uint64_t *sum) {
+int pw_metric_get(const uint8_t *ns, size_t ns_len, const uint8_t *name, size_t name_len,
+                  int *kind, int64_t *value, uint64_t *sum) {
     pthread_mutex_lock(&metrics_lock);
-    struct metric *m = find_locked(-1, name, name_len);
+    struct metric *m = find_locked(ns, ns_len, -1, name, name_len);
     if (m) {
         *kind = m->kind;
         *value = atomic_load(&m->value);
@@ -104,11 +129,12 @@ int pw_metric_get(const uint8_t *name, size_t name_len, int *kind, int64_t *valu
     return m ? ST_OK : ST_NOT_FOUND;
 }
 
-int pw_metrics_dump(uint8_t **out, size_t *len) {
+int pw_metrics_dump(const uint8_t *ns, size_t ns_len, uint8_t **out, size_t *len) {
     pw_buf b = {0};
     int ok = 1;
     pthread_mutex_lock(&metrics_lock);
     for (struct metric *m = metrics; m && ok; m = m->next) {
+        if (!eq(&m->ns, ns, ns_len)) continue;
         /* kind u8, name length u32, value i64, sum u64 (little-endian), then the name */
         uint8_t rec[21];
         uint32_t nl = (uint32_t)m->name.len;
@@ -119,6 +145,12 @@ int pw_metrics_dump(uint8_t **out, size_t *len) {
         for (int i = 0; i < 8; i++) rec[5 + i] = (uint8_t)((uint64_t)v >> (8 * i));
         for (int i = 0; i < 8; i++) rec[13 + i] = (uint8_t)(sum >> (8 * i));
         ok = !buf_append(&b, rec, sizeof rec) && !buf_append(&b, m->name.p, m->name.len);
+        for (int i = 0; ok && m->buckets && i < PW_HIST_BUCKETS; i++) {
+            uint64_t c = atomic_load(&m->buckets[i]);
+            uint8_t le[8];
+            for (int j = 0; j < 8; j++) le[j] = (uint8_t)(c >> (8 * j));
+            ok = !buf_append(&b, le, 8);
+        }
     }
     pthread_mutex_unlock(&metrics_lock);
     if (!ok || (!b.p && buf_reserve(&b, 1))) {

@@ -189,9 +189,12 @@ int props_set(pw_vm *vm, pw_ctx *c, const uint8_t *path, size_t pl, const uint8_
 }
 
 /* ---- the API ------------------------------------------------------------------------- */
+/* Both may also run while the VM waits in a foreign function (the embedding's built-ins
+ * read and set the calling stream's properties): they never call into the guest. */
 int pw_set_host_property(pw_vm *vm, uint32_t ctx, const uint8_t *path, size_t path_len,
                          const uint8_t *value, size_t value_len) {
-    VM_ENTER(vm);
+    if (vm->closed) return PW_ERR_CLOSED;
+    if (!pthread_equal(vm->owner, pthread_self())) return PW_ERR_THREAD;
     if (path_len && path[path_len - 1] == 0) path_len--;
     pw_prop **list = &vm->host_props;
     if (ctx) {
@@ -204,7 +207,8 @@ int pw_set_host_property(pw_vm *vm, uint32_t ctx, const uint8_t *path, size_t pa
 
 int pw_get_property(pw_vm *vm, uint32_t ctx, const uint8_t *path, size_t path_len,
                     const uint8_t **out, size_t *out_len) {
-    VM_ENTER_NEG(vm);
+    if (vm->closed) return -PW_ERR_CLOSED;
+    if (!pthread_equal(vm->owner, pthread_self())) return -PW_ERR_THREAD;
     pw_ctx *c = ctx ? ctx_get(vm, ctx) : NULL;
     if (ctx && !c) return -PW_ERR_NO_CONTEXT;
     int st = props_get(vm, c, path, path_len, &vm->scratch);

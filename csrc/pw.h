@@ -13,6 +13,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The API is all the core exports when it is built with -fvisibility=hidden (the Makefile's
+ * libpwcore.so; the Python extension exports only its init function). */
+#pragma GCC visibility push(default)
 /* cdef-begin */
 typedef struct pw_engine pw_engine;
 typedef struct pw_module pw_module;
@@ -145,6 +148,9 @@ pw_module *pw_module_new(pw_engine *e, const uint8_t *wasm, size_t len, int abi,
 pw_module *pw_module_deserialize(pw_engine *e, const uint8_t *bytes, size_t len, int abi,
                                  int header_arity, int flags, char *err, size_t errlen);
 int pw_module_serialize(pw_module *m, uint8_t **out, size_t *len);
+/* The Proxy-Wasm imports ("env" module) the host defines, for load errors: lines of
+ * "name params results", each a string of i (i32) / I (i64), "-" when empty. */
+int pw_host_imports(int as_grpc, uint8_t **out, size_t *len);
 void pw_bytes_free(uint8_t *p);
 void pw_module_free(pw_module *m);
 
@@ -187,7 +193,8 @@ void pw_dispatcher_free(pw_dispatcher *d);
 
 /* A VM: one instance of a module, owned by the calling thread (whose dispatcher is d).
  * Runs the WASI start-up (_initialize + main, or _start). vm_id and vm_config are kept for
- * the VM's roots; environ is "K=V\0K=V\0" for WASI environ_get. */
+ * the VM's roots; environ is "K=V\0K=V\0" for WASI environ_get. ns is the host's namespace
+ * (below: where the VM's shared data, queues and metrics live). */
 /* Caps on what one VM's guest can make the host hold or spend (defaults in Python's
  * pyproxywasm.limits.Limits); 0 means no cap for each. */
 typedef struct pw_limits {
@@ -198,6 +205,7 @@ typedef struct pw_limits {
 } pw_limits;
 
 pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const pw_limits *limits,
+                 const uint8_t *ns, size_t ns_len,
                  const uint8_t *vm_id, size_t vm_id_len,
                  const uint8_t *vm_config, size_t vm_config_len, const uint8_t *environ,
                  size_t environ_len, void *log_handle, char *err, size_t errlen);
@@ -240,6 +248,12 @@ int pw_root_new(pw_vm *vm, const uint8_t *name, size_t name_len, const uint8_t *
 void pw_root_set_log_level(pw_vm *vm, uint32_t root, int level);
 uint32_t pw_root_tick_period(pw_vm *vm, uint32_t root);
 int pw_root_tick(pw_vm *vm, uint32_t root);
+/* The context the VM is running a callback for (0: none, kind -1) and its kind, for the
+ * log and foreign function callbacks to tell which stream called; owner thread only. */
+#define PW_CTX_ROOT 0
+#define PW_CTX_HTTP 1
+#define PW_CTX_TCP 2
+uint32_t pw_vm_current_context(pw_vm *vm, int *kind);
 /* 1 while the context exists (a root pending proxy_done still exists). */
 int pw_context_alive(pw_vm *vm, uint32_t ctx);
 /* Calls on_done; returns 1 when the root was deleted, 0 when it is pending proxy_done. */
@@ -248,7 +262,8 @@ int pw_root_foreign_call(pw_vm *vm, uint32_t root, uint32_t function_id,
                          const uint8_t *args, size_t len);
 
 /* Properties the host provides for a context (0 = every context of the VM): the path is
- * NUL-separated segments, the value already encoded as Envoy encodes it. */
+ * NUL-separated segments, the value already encoded as Envoy encodes it. These two may be
+ * called from a foreign function callback too (the guest waits; nothing calls into it). */
 int pw_set_host_property(pw_vm *vm, uint32_t ctx, const uint8_t *path, size_t path_len,
                          const uint8_t *value, size_t value_len);
 /* Reads a property as the guest would; *out is valid until the next call on the VM. */
@@ -281,16 +296,34 @@ int pw_tcp_flags(pw_vm *vm, uint32_t ctx);
 int pw_tcp_finish(pw_vm *vm, uint32_t ctx);
 int pw_tcp_read(pw_vm *vm, uint32_t ctx, int what, const uint8_t **out, size_t *len);
 
-/* Shared data (per vm_id, process-wide) as the guests see it. */
-int pw_shared_get(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *key, size_t key_len,
-                  uint8_t **out, size_t *out_len, uint32_t *cas);
-int pw_shared_set(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *key, size_t key_len,
-                  const uint8_t *value, size_t value_len, uint32_t cas);
+/* The ABI call trace of a VM: the last `capacity` hostcalls (arguments, status) and
+ * callbacks (arguments, then the return value; -1 for a trap, -2 when the host does not
+ * use one) in a ring; 0 turns it off
+ * (the default, and then it costs nothing). pw_vm_trace_read: records of kind (u8),
+ * argument count (u8), name length (u16), context id (u32), result (i64), the arguments
+ * (u64 each), the name; little-endian; *dropped: older records the ring overwrote. Free
+ * with pw_bytes_free. Owner thread only. */
+#define PW_TRACE_HOSTCALL 0
+#define PW_TRACE_CALLBACK 1
+#define PW_TRACE_RETURN 2
+int pw_vm_trace(pw_vm *vm, uint32_t capacity);
+int pw_vm_trace_read(pw_vm *vm, uint8_t **out, size_t *len, uint64_t *dropped);
+
+/* Namespaces (pw_vm_new's ns): a host's VMs keep shared data and queues by (namespace,
+ * vm_id) and metrics by (namespace, name), so hosts in one process see each other's state
+ * only when they share a namespace. The default is "" (process-wide, as in Envoy). */
+/* Shared data (per namespace and vm_id) as the guests see it. */
+int pw_shared_get(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
+                  const uint8_t *key, size_t key_len, uint8_t **out, size_t *out_len,
+                  uint32_t *cas);
+int pw_shared_set(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
+                  const uint8_t *key, size_t key_len, const uint8_t *value, size_t value_len,
+                  uint32_t cas);
 /* Benchmark baseline only: 1 makes every shard of every store take one process lock. */
 void pw_shared_single_lock(int on);
 /* Shared queues: resolve a queue id and read its depth. */
-int pw_queue_resolve(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *name,
-                     size_t name_len, uint32_t *out_id);
+int pw_queue_resolve(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
+                     const uint8_t *name, size_t name_len, uint32_t *out_id);
 int pw_queue_size(uint32_t id);
 int pw_queue_enqueue(uint32_t id, const uint8_t *data, size_t len);
 /* How many items may wait in one queue (0: the default, 1 << 20); past it, producers get
@@ -302,12 +335,19 @@ void pw_queue_set_max_bytes(uint64_t n);
  * answers INTERNAL_FAILURE and changes nothing. */
 void pw_shared_set_max_bytes(uint64_t n);
 
-/* Metrics (process-wide, by name). kind: 0 counter, 1 gauge, 2 histogram. For a
- * histogram, value is the sample count and sum is the sum of samples. */
-int pw_metric_get(const uint8_t *name, size_t name_len, int *kind, int64_t *value, uint64_t *sum);
-/* Snapshot of all metrics: records of kind (u8), name length (u32), value (i64), sum
- * (u64), little-endian, then the name; free with pw_bytes_free. */
-int pw_metrics_dump(uint8_t **out, size_t *len);
+/* Metrics (by namespace and name). kind: 0 counter, 1 gauge, 2 histogram. For a
+ * histogram, value is the sample count and sum is the sum of samples; each histogram also
+ * counts its samples in PW_HIST_BUCKETS buckets (Envoy's default bounds, below: a sample
+ * v falls in the first bucket whose bound b has v <= b; the last bucket is +Inf). */
+#define PW_HIST_BUCKETS 20
+void pw_hist_bounds(double out[19]);
+int pw_metric_get(const uint8_t *ns, size_t ns_len, const uint8_t *name, size_t name_len,
+                  int *kind, int64_t *value, uint64_t *sum);
+/* Snapshot of a namespace's metrics: records of kind (u8), name length (u32), value (i64),
+ * sum (u64), little-endian, then the name, then for a histogram PW_HIST_BUCKETS bucket
+ * counts (u64 each, not cumulative); free with pw_bytes_free. */
+int pw_metrics_dump(const uint8_t *ns, size_t ns_len, uint8_t **out, size_t *len);
 /* cdef-end */
+#pragma GCC visibility pop
 
 #endif

@@ -1,4 +1,4 @@
-/* Shared queues (ABI.md §9.2): keyed by (vm_id, name), ids from 1, process-wide.
+/* Shared queues (ABI.md §9.2): keyed by (scope, name), a scope being (namespace, vm_id), ids from 1, process-wide.
  *
  * Producers never take a lock: finding a queue by id reads a published slot, and an item
  * goes in with one lock-free MPSC push. Any VM may dequeue, so dequeuers take the queue's
@@ -207,9 +207,14 @@ int queue_dequeue(uint32_t id, pw_buf *out) {
     return st;
 }
 
-int pw_queue_resolve(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *name,
-                     size_t name_len, uint32_t *out_id) {
-    return queue_resolve(vm_id, vm_id_len, name, name_len, out_id);
+int pw_queue_resolve(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
+                     const uint8_t *name, size_t name_len, uint32_t *out_id) {
+    pw_buf scope = {0};
+    int st = scope_make(&scope, ns, ns_len, vm_id, vm_id_len)
+                 ? ST_INTERNAL_FAILURE
+                 : queue_resolve(scope.p, scope.len, name, name_len, out_id);
+    buf_free(&scope);
+    return st;
 }
 
 int pw_queue_size(uint32_t id) {

@@ -1,5 +1,5 @@
-/* Shared data (ABI.md §9.1): one key/value store per vm_id, shared by every VM in the
- * process; CAS values from one process-wide counter that starts at 1 and skips 0.
+/* Shared data (ABI.md §9.1): one key/value store per scope, (host namespace, vm_id), shared
+ * by every VM of that namespace in the process; CAS values from one process-wide counter that starts at 1 and skips 0.
  *
  * No global lock: each vm_id's store is split into SHARDS by key hash, each with its own
  * lock, so threads working on different keys do not wait for each other. Every operation
@@ -189,10 +189,17 @@ int shared_set(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_
     return st;
 }
 
-int pw_shared_get(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *key, size_t key_len,
-                  uint8_t **out, size_t *out_len, uint32_t *cas) {
-    pw_buf b = {0};
-    int st = shared_get(shared_space(vm_id, vm_id_len, 0), key, key_len, &b, cas);
+/* The embedding's view: a (namespace, vm_id) store, made into its scope (namespace.c). */
+int pw_shared_get(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
+                  const uint8_t *key, size_t key_len, uint8_t **out, size_t *out_len,
+                  uint32_t *cas) {
+    pw_buf b = {0}, scope = {0};
+    if (scope_make(&scope, ns, ns_len, vm_id, vm_id_len)) {
+        buf_free(&scope);
+        return ST_INTERNAL_FAILURE;
+    }
+    int st = shared_get(shared_space(scope.p, scope.len, 0), key, key_len, &b, cas);
+    buf_free(&scope);
     if (st != ST_OK) {
         buf_free(&b);
         return st;
@@ -203,7 +210,14 @@ int pw_shared_get(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *key, si
     return b.p ? ST_OK : ST_INTERNAL_FAILURE;
 }
 
-int pw_shared_set(const uint8_t *vm_id, size_t vm_id_len, const uint8_t *key, size_t key_len,
-                  const uint8_t *value, size_t value_len, uint32_t cas) {
-    return shared_set(shared_space(vm_id, vm_id_len, 1), key, key_len, value, value_len, cas);
+int pw_shared_set(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
+                  const uint8_t *key, size_t key_len, const uint8_t *value, size_t value_len,
+                  uint32_t cas) {
+    pw_buf scope = {0};
+    int st = scope_make(&scope, ns, ns_len, vm_id, vm_id_len)
+                 ? ST_INTERNAL_FAILURE
+                 : shared_set(shared_space(scope.p, scope.len, 1), key, key_len, value,
+                              value_len, cas);
+    buf_free(&scope);
+    return st;
 }

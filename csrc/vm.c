@@ -61,7 +61,7 @@ static void copy_msg(char *dst, size_t dl, const char *prefix, wasm_byte_vec_t *
 static void describe(char *dst, size_t dl, const char *what, wasm_trap_t *trap,
                      wasmtime_error_t *err) {
     char prefix[160];
-    snprintf(prefix, sizeof prefix, "%s: ", what);
+    snprintf(prefix, sizeof prefix, "%.150s: ", what); /* what may be 255 long */
     wasm_byte_vec_t msg = {0, NULL};
     if (trap) {
         WT.trap_message(trap, &msg);
@@ -83,6 +83,7 @@ void vm_fail(pw_vm *vm, const char *what, wasm_trap_t *trap, wasmtime_error_t *e
         describe(vm->error, sizeof vm->error, what, trap, err);
         vm->failed = 1;
         vm_log(vm, vm->cur, LOG_CRITICAL, vm->error, strlen(vm->error));
+        callout_cancel_all(vm); /* it runs no more callbacks: its answers have nowhere to go */
     } else {
         if (trap) WT.trap_delete(trap);
         if (err) WT.error_delete(err);
@@ -276,6 +277,7 @@ static int get_func(pw_vm *vm, int fn, const char *name, wasmtime_func_t *out) {
 static int vm_start_wasi(pw_vm *vm);
 
 pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const pw_limits *limits,
+                 const uint8_t *ns, size_t ns_len,
                  const uint8_t *vm_id, size_t vm_id_len,
                  const uint8_t *vm_config, size_t vm_config_len, const uint8_t *environ,
                  size_t environ_len, void *log_handle, char *err, size_t errlen) {
@@ -303,7 +305,7 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const pw_limits *limits,
     vm->next_id = 1;
     if (buf_set(&vm->vm_id, vm_id, vm_id_len) || buf_set(&vm->vm_config, vm_config, vm_config_len) ||
         buf_set(&vm->environ, environ, environ_len) ||
-        !(vm->space = shared_space(vm_id, vm_id_len, 1))) {
+        vm_namespace_apply(vm, ns, ns_len)) {
         snprintf(err, errlen, "out of memory");
         pw_vm_free(vm);
         return NULL;
@@ -421,6 +423,9 @@ void pw_vm_free(pw_vm *vm) {
         pw_vm_close(vm);
     }
     buf_free(&vm->vm_id);
+    buf_free(&vm->ns);
+    buf_free(&vm->scope);
+    trace_free(vm);
     buf_free(&vm->vm_config);
     buf_free(&vm->environ);
     buf_free(&vm->scratch);
@@ -496,12 +501,19 @@ int vm_call(pw_vm *vm, int fn, pw_ctx *ctx, int phase, int nargs, const uint32_t
             return -1;
         }
     }
+    int tdepth = trace_depth(vm);
+    if (vm->trace) trace_callback(vm, PW_TRACE_CALLBACK, fn_names[fn], ctx ? ctx->id : 0, nargs, args, 0);
     vm->depth++;
     sig_in_guest++;
     wasm_trap_t *trap = NULL;
     wasmtime_error_t *err = WT.func_call_unchecked(vm->cx, &vm->fn[fn], raw, 8, &trap);
     sig_in_guest--;
     vm->depth--;
+    if (vm->trace) {
+        trace_set_depth(vm, tdepth); /* a hostcall that trapped never returned */
+        trace_callback(vm, PW_TRACE_RETURN, fn_names[fn], ctx ? ctx->id : 0, 0, NULL,
+                       trap || err ? -1 : ret ? (int64_t)(uint32_t)raw[0].i32 : -2);
+    }
     if (!vm->depth) wasi_flush(vm);
     int lr = vm->local_reply_in_call;
     vm->cur = saved_cur;

@@ -7,10 +7,19 @@ plugin log line at an enabled level, and a foreign function call.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Any, Callable, NoReturn
 
 from . import _wasmtime  # noqa: F401  (binds the C core to wasmtime's library first)
-from ._core import ffi, lib
+try:
+    from ._core import ffi, lib
+except ImportError as e:  # pragma: no cover - a checkout whose core was never built
+    raise ImportError(
+        "pyproxywasm's C core (pyproxywasm._core) is not built here: install the package "
+        "(pip install .), or, to work on a checkout, pip install -e '.[test]' (it builds the "
+        "core in place; after C changes: python setup.py build_ext --inplace)") from e
+
+__all__ = ["ffi", "lib", "core", "PY_LEVELS", "ERRORS", "LogTarget", "ForeignFunction",
+           "ForeignFunctionStatus", "proxy_level", "raise_for", "error_for"]
 from .errors import (HostClosedError, InvalidHeaderError, ProxyWasmError, ReentrantCallError, StreamClosedError,
                      StreamStateError, ThreadStackError, VmFailedError, WrongThreadError)
 
@@ -34,10 +43,17 @@ def proxy_level(logger: logging.Logger) -> int:
 
 
 class LogTarget:
-    """Where one plugin's (or one VM's) log lines go; held alive by its owner."""
+    """Where one plugin's (or one VM's) log lines go; held alive by its owner. Records get
+    Envoy's prefix as `extra` fields: proxywasm_plugin, proxywasm_root_id, proxywasm_vm_id
+    (Envoy writes "wasm log <plugin> <root_id> <vm_id>: ") and proxywasm_context_id, the
+    context (stream, or root) whose callback logged."""
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: logging.Logger, plugin: str = "", root_id: str = "",
+                 vm_id: str = "") -> None:
         self.logger = logger
+        self.extra = {"proxywasm_plugin": plugin, "proxywasm_root_id": root_id,
+                      "proxywasm_vm_id": vm_id}
+        self.vm: Any = None  # the pw_vm, once it exists (for the context id)
         self.handle = ffi.new_handle(self)
 
 
@@ -58,15 +74,20 @@ class ForeignFunctionStatus(Exception):
         self.status = status
 
 
-@ffi.def_extern()
-def pw_py_log(handle, level, msg, length):  # pragma: no cover - exercised through plugins
+_kind = ffi.new("int *")  # out-parameter of pw_vm_current_context (GIL-guarded)
+
+
+@ffi.def_extern()  # type: ignore[untyped-decorator]
+def pw_py_log(handle: Any, level: int, msg: Any, length: int) -> None:  # pragma: no cover - exercised through plugins
     target: LogTarget = ffi.from_handle(handle)
     text = ffi.unpack(msg, length).decode("utf-8", errors="replace")
-    target.logger.log(PY_LEVELS[level] if 0 <= level < 6 else logging.CRITICAL, "%s", text)
+    ctx = lib.pw_vm_current_context(target.vm, _kind) if target.vm is not None else 0
+    target.logger.log(PY_LEVELS[level] if 0 <= level < 6 else logging.CRITICAL, "%s", text,
+                      extra={**target.extra, "proxywasm_context_id": ctx})
 
 
-@ffi.def_extern(error=ST_INTERNAL_FAILURE)  # anything escaping: a failure, never OK
-def pw_py_foreign(handle, args, length, result):
+@ffi.def_extern(error=ST_INTERNAL_FAILURE)  # type: ignore[untyped-decorator]  # anything escaping: a failure
+def pw_py_foreign(handle: Any, args: Any, length: int, result: Any) -> int:
     ff: ForeignFunction = ffi.from_handle(handle)
     try:
         out = ff.fn(ffi.unpack(ffi.cast("char *", args), length))
@@ -87,18 +108,18 @@ def pw_py_foreign(handle, args, length, result):
         return ST_INTERNAL_FAILURE
 
 
-@ffi.def_extern()
-def pw_py_callout(handle, call):
+@ffi.def_extern()  # type: ignore[untyped-decorator]
+def pw_py_callout(handle: Any, call: Any) -> int:
     """A guest's outbound call (net/outbound.py VmCalls.start): OK or an ABI status."""
     try:
-        return ffi.from_handle(handle).start(call)
+        return int(ffi.from_handle(handle).start(call))
     except Exception:
         _log.exception("starting an outbound call failed")
         return ST_INTERNAL_FAILURE
 
 
-@ffi.def_extern()
-def pw_py_callop(handle, token, op, data, length, end_stream):
+@ffi.def_extern()  # type: ignore[untyped-decorator]
+def pw_py_callop(handle: Any, token: int, op: int, data: Any, length: int, end_stream: int) -> None:
     """A gRPC message, half-close or cancellation for a call in flight."""
     try:
         payload = ffi.buffer(data, length)[:] if length else b""
@@ -133,7 +154,7 @@ _CLASSES: dict[int, type[ProxyWasmError]] = {
 }
 
 
-def error_for(code: int, vm=None) -> ProxyWasmError:
+def error_for(code: int, vm: Any = None) -> ProxyWasmError:
     """The one mapping from a pw_* result code (either sign) to an exception."""
     code = abs(code)
     cls = _CLASSES.get(code, ProxyWasmError)
@@ -146,7 +167,7 @@ def error_for(code: int, vm=None) -> ProxyWasmError:
     return cls(ERRORS.get(code, f"C core error {code}"))
 
 
-def raise_for(code: int, vm=None) -> None:
+def raise_for(code: int, vm: Any = None) -> NoReturn:
     """Raises the exception for a non-zero pw_* result."""
     raise error_for(code, vm)
 

@@ -5,6 +5,7 @@ source of truth for the API Python sees.
 """
 from __future__ import annotations
 
+import os
 import pathlib
 
 from cffi import FFI
@@ -23,11 +24,13 @@ _SOURCES = [
     "hostcalls.c",
     "http.c",
     "metrics.c",
+    "namespace.c",
     "props.c",
     "queue.c",
     "shared.c",
     "signals.c",
     "tcp.c",
+    "trace.c",
     "vm.c",
     "wasi.c",
     "wt.c",
@@ -56,17 +59,24 @@ ffibuilder.set_source(
     sources=[f"{_CSRC}/{name}" for name in _SOURCES],
     include_dirs=[_CSRC],
     libraries=["dl", "pthread"],
+    # Only the module's init function is exported: the C core's pw_* API is called by the
+    # cffi glue inside this one shared object, never from outside.
     extra_compile_args=[
         "-std=c11",
         "-D_GNU_SOURCE",
         "-O2",
+        "-fvisibility=hidden",
         "-Wall",
         "-Wextra",
-        "-Werror",
         # cffi's generated glue has unused parameters; ours must not (checked by
         # `make -C csrc check`, which builds the core alone with the full warning set).
         "-Wno-unused-parameter",
-    ],
+    ]
+    # Warnings are errors in development and CI builds only (PYPROXYWASM_WERROR=1, set by
+    # .ci/run and `make -C csrc`), never in a user's `pip install` with another compiler.
+    + (["-Werror"] if os.environ.get("PYPROXYWASM_WERROR") == "1" else []),
+    # The core uses only the limited API through cffi: one abi3 wheel for every CPython.
+    py_limited_api=True,
 )
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
  * a field holding a NUL makes the core refuse the flat form (its separator count), and the
  * caller retries with the pairs format, which says exactly what was meant. */
 #define PY_SSIZE_T_CLEAN
+#define Py_LIMITED_API 0x030A0000 /* the stable ABI of 3.10: one abi3 wheel, like _core */
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -41,34 +42,39 @@ static int field(PyObject *o, const char **p, Py_ssize_t *n) {
         return 0;
     }
     if (PyBytes_CheckExact(o)) {
-        *p = PyBytes_AS_STRING(o);
-        *n = PyBytes_GET_SIZE(o);
+        char *b;
+        if (PyBytes_AsStringAndSize(o, &b, n)) {
+            PyErr_Clear();
+            return -1;
+        }
+        *p = b;
         return 0;
     }
     return -1;
 }
 
+/* Item i of an exact list or tuple (borrowed). */
+static inline PyObject *item(PyObject *seq, int is_list, Py_ssize_t i) {
+    return is_list ? PyList_GetItem(seq, i) : PyTuple_GetItem(seq, i);
+}
+
 /* Encodes the header sequence into *out (the stack buffer, or a malloc'd one when it does
  * not fit); 1 done, 0 not this path's input, -1 out of memory (exception set). */
 static int encode(PyObject *items, char *stack, char **out, size_t *len, int *count) {
-    if (!PyList_CheckExact(items) && !PyTuple_CheckExact(items)) return 0;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
-    PyObject **it = PySequence_Fast_ITEMS(items);
+    int is_list = PyList_CheckExact(items);
+    if (!is_list && !PyTuple_CheckExact(items)) return 0;
+    Py_ssize_t n = is_list ? PyList_Size(items) : PyTuple_Size(items);
     const char *ptr[2 * 64];
     Py_ssize_t lens[2 * 64];
     if (n > 64) return 0; /* a long list: the general encoder */
     size_t total = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *pair = it[i];
-        if (PyTuple_CheckExact(pair)) {
-            if (PyTuple_GET_SIZE(pair) != 2) return 0;
-        } else if (PyList_CheckExact(pair)) {
-            if (PyList_GET_SIZE(pair) != 2) return 0;
-        } else {
-            return 0;
-        }
-        PyObject **kv = PySequence_Fast_ITEMS(pair);
-        if (field(kv[0], &ptr[2 * i], &lens[2 * i]) || field(kv[1], &ptr[2 * i + 1], &lens[2 * i + 1]))
+        PyObject *pair = item(items, is_list, i);
+        int pl = PyList_CheckExact(pair);
+        if (!pl && !PyTuple_CheckExact(pair)) return 0;
+        if ((pl ? PyList_Size(pair) : PyTuple_Size(pair)) != 2) return 0;
+        if (field(item(pair, pl, 0), &ptr[2 * i], &lens[2 * i]) ||
+            field(item(pair, pl, 1), &ptr[2 * i + 1], &lens[2 * i + 1]))
             return 0;
         total += (size_t)lens[2 * i] + (size_t)lens[2 * i + 1] + 2;
     }
@@ -118,7 +124,7 @@ static PyObject *init(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
  * pyproxywasm.http.HttpStream subclasses this type: its hot methods (the five events)
  * run here with no Python frame; everything else, and every case this path does not take,
  * is the subclass's Python (_general_headers, _general_data, _general_finish, _raise,
- * _dropped). */
+ * _abandoned). */
 #include <structmember.h>
 
 typedef struct {
@@ -131,24 +137,28 @@ typedef struct {
 } Stream;
 
 /* Set once by set_constants() at import, read-only afterwards. */
-static PyObject *action_continue, *action_pause;
-static int stopped_mask[2], done_flag, malformed, closed_code;
+static PyObject *action_continue, *action_pause, *action_dropped;
+static int stopped_mask[2], done_flag, local_flag, malformed, closed_code;
 
 static PyObject *set_constants(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "set_constants(continue, pause, req_stop, resp_stop, done, malformed, closed)");
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "set_constants(continue, pause, dropped, req_stop, "
+                                         "resp_stop, done, local, malformed, closed)");
         return NULL;
     }
     Py_INCREF(args[0]);
     Py_INCREF(args[1]);
+    Py_INCREF(args[2]);
     action_continue = args[0];
     action_pause = args[1];
-    stopped_mask[0] = (int)PyLong_AsLong(args[2]);
-    stopped_mask[1] = (int)PyLong_AsLong(args[3]);
-    done_flag = (int)PyLong_AsLong(args[4]);
-    malformed = (int)PyLong_AsLong(args[5]);
-    closed_code = (int)PyLong_AsLong(args[6]);
+    action_dropped = args[2];
+    stopped_mask[0] = (int)PyLong_AsLong(args[3]);
+    stopped_mask[1] = (int)PyLong_AsLong(args[4]);
+    done_flag = (int)PyLong_AsLong(args[5]);
+    local_flag = (int)PyLong_AsLong(args[6]);
+    malformed = (int)PyLong_AsLong(args[7]);
+    closed_code = (int)PyLong_AsLong(args[8]);
     if (PyErr_Occurred()) return NULL;
     Py_RETURN_NONE;
 }
@@ -156,14 +166,14 @@ static PyObject *set_constants(PyObject *self, PyObject *const *args, Py_ssize_t
 /* (x[, end_stream]) with end_stream also by keyword. */
 static int event_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **x,
                       int *eos) {
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    Py_ssize_t nkw = kwnames ? PyTuple_Size(kwnames) : 0;
     PyObject *e = NULL;
     if (nargs < 1 || nargs > 2 || (nkw && nargs + nkw > 2)) goto bad;
     *x = args[0];
     if (nargs == 2) e = args[1];
     if (nkw) {
-        if (!PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0)) ||
-            PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "end_stream"))
+        PyObject *k = PyTuple_GetItem(kwnames, 0);
+        if (!k || !PyUnicode_Check(k) || PyUnicode_CompareWithASCIIString(k, "end_stream"))
             goto bad;
         e = args[nargs];
     }
@@ -174,10 +184,12 @@ bad:
     return -1;
 }
 
-static PyObject *done(Stream *s, int f, int dir) {
+/* An event's outcome; `dropped`: a response event after the plugin's local response
+ * (Envoy drops it: Action.DROPPED). */
+static PyObject *done(Stream *s, int f, int dir, int dropped) {
     if (f < 0) return PyObject_CallMethod((PyObject *)s, "_raise", "i", f);
     s->flags = f;
-    PyObject *a = (f & stopped_mask[dir]) ? action_pause : action_continue;
+    PyObject *a = dropped ? action_dropped : (f & stopped_mask[dir]) ? action_pause : action_continue;
     Py_INCREF(a);
     return a;
 }
@@ -192,7 +204,7 @@ static PyObject *headers_event(Stream *s, int dir, PyObject *const *args, Py_ssi
     int count, rc = (dir == 0 || s->id) ? encode(h, stack, &buf, &len, &count) : 0;
     if (rc < 0) return NULL;
     if (rc > 0) {
-        int f;
+        int f, dropped = dir == 1 && (s->flags & local_flag);
         uint32_t id = s->id;
         void *vm = (void *)(uintptr_t)s->vma;
         Py_BEGIN_ALLOW_THREADS
@@ -203,7 +215,7 @@ static PyObject *headers_event(Stream *s, int dir, PyObject *const *args, Py_ssi
         Py_END_ALLOW_THREADS
         if (buf != stack) free(buf);
         s->id = id;
-        if (f != malformed) return done(s, f, dir);
+        if (f != malformed) return done(s, f, dir, dropped);
     }
     return PyObject_CallMethod((PyObject *)s, "_general_headers", "iOO", dir, h, eos ? Py_True : Py_False);
 }
@@ -213,16 +225,18 @@ static PyObject *data_event(Stream *s, int dir, PyObject *const *args, Py_ssize_
     PyObject *d;
     int eos;
     if (event_args(args, nargs, kwnames, &d, &eos)) return NULL;
-    if (!s->id || !PyBytes_CheckExact(d))
+    char *b;
+    Py_ssize_t bn;
+    if (!s->id || !PyBytes_CheckExact(d) || PyBytes_AsStringAndSize(d, &b, &bn))
         return PyObject_CallMethod((PyObject *)s, "_general_data", "iOO", dir, d, eos ? Py_True : Py_False);
-    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(d);
-    size_t n = (size_t)PyBytes_GET_SIZE(d);
+    const uint8_t *p = (const uint8_t *)b;
+    size_t n = (size_t)bn;
     void *vm = (void *)(uintptr_t)s->vma;
-    int f;
+    int f, dropped = dir == 1 && (s->flags & local_flag);
     Py_BEGIN_ALLOW_THREADS
     f = core_data(vm, s->id, dir, p, n, eos);
     Py_END_ALLOW_THREADS
-    return done(s, f, dir);
+    return done(s, f, dir, dropped);
 }
 
 static PyObject *s_req_headers(PyObject *s, PyObject *const *a, Py_ssize_t n, PyObject *kw) {
@@ -259,7 +273,7 @@ static void s_finalize(PyObject *self) {
     if (!s->id || (s->flags & done_flag)) return;
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
-    PyObject *r = PyObject_CallMethod(self, "_dropped", NULL);
+    PyObject *r = PyObject_CallMethod(self, "_abandoned", NULL);
     if (!r) PyErr_WriteUnraisable(self);
     Py_XDECREF(r);
     PyErr_Restore(et, ev, tb);
@@ -281,11 +295,13 @@ static int s_clear(PyObject *self) {
     return 0;
 }
 
+/* Instances are HttpStream's (a Python subclass): its subtype_dealloc has run the
+ * finalizer and drops the type's reference; this frees what the base holds. */
 static void s_dealloc(PyObject *self) {
-    if (PyObject_CallFinalizerFromDealloc(self) < 0) return; /* resurrected */
     PyObject_GC_UnTrack(self);
     s_clear(self);
-    Py_TYPE(self)->tp_free(self); /* a subclass's type reference is subtype_dealloc's */
+    freefunc f = (freefunc)PyType_GetSlot(Py_TYPE(self), Py_tp_free);
+    f(self);
 }
 
 /* HttpStream(plugin, properties=None): the plugin's VM and root context read once; the
@@ -296,9 +312,9 @@ static int s_init(PyObject *self, PyObject *args, PyObject *kw) {
     Stream *s = (Stream *)self;
     PyObject *plugin = NULL, *props = NULL;
     if (!PyArg_UnpackTuple(args, "HttpStream", 1, 2, &plugin, &props)) return -1;
-    if (kw && PyDict_GET_SIZE(kw)) {
+    if (kw && PyDict_Size(kw)) {
         PyObject *p = PyDict_GetItemWithError(kw, str_properties);
-        if ((!p && PyErr_Occurred()) || PyDict_GET_SIZE(kw) != 1 || !p || props) {
+        if ((!p && PyErr_Occurred()) || PyDict_Size(kw) != 1 || !p || props) {
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "HttpStream(plugin, properties=None)");
             return -1;
         }
@@ -321,10 +337,12 @@ static int s_init(PyObject *self, PyObject *args, PyObject *kw) {
     Py_DECREF(root);
     s->id = 0;
     s->flags = 0;
+    PyObject *old[3] = {s->plugin, s->vmobj, s->vm};
     Py_INCREF(plugin);
-    Py_XSETREF(s->plugin, plugin);
-    Py_XSETREF(s->vmobj, vmobj);
-    Py_XSETREF(s->vm, ptr);
+    s->plugin = plugin;
+    s->vmobj = vmobj;
+    s->vm = ptr;
+    for (int i = 0; i < 3; i++) Py_XDECREF(old[i]);
     if (PyErr_Occurred()) return -1;
     if (props && props != Py_None) {
         int t = PyObject_IsTrue(props);
@@ -359,19 +377,20 @@ static PyMethodDef s_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject StreamType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pyproxywasm._fast.StreamBase",
-    .tp_basicsize = sizeof(Stream),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
-    .tp_init = s_init,
-    .tp_dealloc = s_dealloc,
-    .tp_finalize = s_finalize,
-    .tp_traverse = s_traverse,
-    .tp_clear = s_clear,
-    .tp_members = s_members,
-    .tp_methods = s_methods,
+static PyType_Slot s_slots[] = {
+    {Py_tp_new, (void *)PyType_GenericNew},
+    {Py_tp_init, (void *)s_init},
+    {Py_tp_dealloc, (void *)s_dealloc},
+    {Py_tp_finalize, (void *)s_finalize},
+    {Py_tp_traverse, (void *)s_traverse},
+    {Py_tp_clear, (void *)s_clear},
+    {Py_tp_members, s_members},
+    {Py_tp_methods, s_methods},
+    {0, NULL},
 };
+
+static PyType_Spec s_spec = {"pyproxywasm._fast.StreamBase", sizeof(Stream), 0,
+                             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, s_slots};
 
 static PyMethodDef methods[] = {
     {"init", (PyCFunction)(void (*)(void))init, METH_FASTCALL, NULL},
@@ -389,12 +408,11 @@ PyMODINIT_FUNC PyInit__fast(void) {
         !(str_context_id = PyUnicode_InternFromString("context_id")) ||
         !(str_properties = PyUnicode_InternFromString("properties")))
         return NULL;
-    if (PyType_Ready(&StreamType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
-    Py_INCREF(&StreamType);
-    if (PyModule_AddObject(m, "StreamBase", (PyObject *)&StreamType) < 0) {
-        Py_DECREF(&StreamType);
+    PyObject *t = PyType_FromSpec(&s_spec);
+    if (!t || PyModule_AddObject(m, "StreamBase", t) < 0) {
+        Py_XDECREF(t);
         Py_DECREF(m);
         return NULL;
     }

@@ -39,13 +39,14 @@ def _text_or_file(value: str) -> str:
 def _diff(before: Sequence[tuple[str, str]], after: Headers) -> list[str]:
     lines: list[str] = []
     old = Headers((k.lower(), v) for k, v in before)
+    old_names, after_names = {k for k, _ in old}, {k for k, _ in after}
     for k, v in after:
-        if k not in old:
+        if k not in old_names:
             lines.append(f"  + {k}: {v}")
         elif old.get_all(k) != after.get_all(k) and f"  ~ {k}" not in [l.split(":")[0] for l in lines]:
             lines.append(f"  ~ {k}: {', '.join(old.get_all(k))} -> {', '.join(after.get_all(k))}")
     for k, _ in old:
-        if k not in after and f"  - {k}" not in lines:
+        if k not in after_names and f"  - {k}" not in lines:
             lines.append(f"  - {k}")
     return lines or ["  (unchanged)"]
 
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return int(args.func(args))
     except (ProxyWasmError, OSError) as e:
         print(f"pyproxywasm: error: {e}", file=sys.stderr)
         return 2

@@ -68,7 +68,7 @@ class VmConfig:
     def code_bytes(self) -> bytes:
         return read_code(self.code)
 
-    def key(self, code: bytes) -> tuple:
+    def key(self, code: bytes) -> tuple[object, ...]:
         """The identity Envoy shares VMs by: everything in vm_config, with the code hashed."""
         env = tuple(sorted(self.environment_variables.items()))
         return (self.vm_id, self.runtime, as_bytes(self.configuration),
@@ -116,4 +116,6 @@ class PluginConfig:
 
     @property
     def display_name(self) -> str:
-        return self.name or self.root_id or "plugin"
+        """Names the plugin in logs (logger pyproxywasm.plugin.<this>): its name, else its
+        root_id, else its vm_id, else "plugin"."""
+        return self.name or self.root_id or self.vm_config.vm_id or "plugin"

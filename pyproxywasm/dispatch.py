@@ -47,7 +47,7 @@ class Dispatcher:
 
     def fileno(self) -> int:
         """Readable when there is something to run (for select/poll or add_reader)."""
-        return lib.pw_dispatcher_fd(self.ptr)
+        return int(lib.pw_dispatcher_fd(self.ptr))
 
     def wake(self) -> None:
         """From any thread: makes the fd readable."""
@@ -61,7 +61,7 @@ class Dispatcher:
             raise_for(n)
         if self._watchers and n:
             self._notify()
-        return n
+        return int(n)
 
     def watch(self, vm_key: int, context_id: int, callback: Callable[[], None]) -> None:
         """Calls callback once, on this thread after a run, when an event (a tick, a queue
@@ -110,7 +110,7 @@ class Dispatcher:
         ns = lib.pw_dispatcher_next_tick_in(self.ptr)
         return None if ns == _NO_TICK else ns / 1e9
 
-    def attach(self, loop) -> Callable[[], None]:
+    def attach(self, loop: Any) -> Callable[[], None]:
         """Serves this dispatcher from an asyncio loop running on its owner thread: a
         reader on the fd for posted events, a timer for the next tick. Returns detach()."""
         timer = None
@@ -145,7 +145,7 @@ class Worker:
                  teardown: Callable[[Dispatcher, float], None]) -> None:
         self.name = name
         self._setup, self._teardown = setup, teardown
-        self._jobs: collections.deque = collections.deque()
+        self._jobs: collections.deque[tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]]] = collections.deque()
         self._jobs_lock = threading.Lock()  # call() vs the end of the thread
         self._ended = False
         self._stopping = False
@@ -167,13 +167,14 @@ class Worker:
     def ident(self) -> int | None:
         return self.thread.ident
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+    def call(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
         """Runs fn(*args) on this worker's thread; the result comes back as a Future."""
-        fut: concurrent.futures.Future = concurrent.futures.Future()
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._jobs_lock:
             if self._stopping or self._ended:
                 raise HostClosedError(f"{self.name} is stopping")
             self._jobs.append((fn, args, fut))
+        assert self.dispatcher is not None  # set before start() returns
         self.dispatcher.wake()
         return fut
 
@@ -228,6 +229,7 @@ class Worker:
         self._stop_by = time.monotonic() + timeout
         with self._jobs_lock:
             self._stopping = True
+        assert self.dispatcher is not None  # the thread is alive
         self.dispatcher.wake()
         if threading.get_ident() == self.thread.ident:
             return

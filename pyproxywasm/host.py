@@ -14,6 +14,7 @@ context. A store is only ever touched by its own thread; the C core refuses anyt
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import sys
 import threading
@@ -32,6 +33,9 @@ from .http import HttpStream
 from .module import CompiledModule, compile_module
 from .net.cluster import Cluster
 from .net.outbound import Outbound, Recorder, VmCalls
+from .builtins import Builtins
+from .envoy_properties import with_defaults
+from .state import SharedState
 from .tcp import TcpStream
 
 
@@ -39,12 +43,14 @@ class Vm:
     """One instance of a module, owned by the thread that created it."""
 
     def __init__(self, compiled: CompiledModule, vm_config: VmConfig, dispatcher: Dispatcher,
-                 host_properties, clock_ns: int = 0, buffer_limit: int | None = None,
-                 limits: Limits | None = None) -> None:
+                 host_properties: Iterable[tuple[bytes, bytes]], clock_ns: int = 0,
+                 buffer_limit: int | None = None, limits: Limits | None = None,
+                 namespace: str = "") -> None:
         self.compiled = compiled
         self.vm_config = vm_config
         self.abi_version = compiled.spec.abi_version
-        self._log = LogTarget(logging.getLogger(f"pyproxywasm.vm.{vm_config.vm_id or 'default'}"))
+        self._log = LogTarget(logging.getLogger(f"pyproxywasm.vm.{vm_config.vm_id or 'default'}"),
+                              vm_id=vm_config.vm_id)
         self._foreign: list[ForeignFunction] = []
         vm_id = vm_config.vm_id.encode()
         cfg = as_bytes(vm_config.configuration)
@@ -55,8 +61,9 @@ class Vm:
             "memory_bytes": lim.memory_bytes, "body_bytes": lim.body_bytes,
             "deadline_ms": lim.startup_ms, "log_bytes": lim.log_bytes})
         start = time.perf_counter()
-        ptr = lib.pw_vm_new(compiled.ptr, dispatcher.ptr, c_limits, vm_id, len(vm_id), cfg,
-                            len(cfg), env, len(env), self._log.handle, err, 1024)
+        ns = namespace.encode()
+        ptr = lib.pw_vm_new(compiled.ptr, dispatcher.ptr, c_limits, ns, len(ns), vm_id, len(vm_id),
+                            cfg, len(cfg), env, len(env), self._log.handle, err, 1024)
         self.start_seconds = time.perf_counter() - start
         if ptr == ffi.NULL:
             raise PluginStartError("cannot start the VM: " + ffi.string(err).decode(errors="replace"))
@@ -64,6 +71,7 @@ class Vm:
         # instead of reading freed memory. It is freed when the last Python handle goes.
         self.ptr = ffi.gc(ptr, lib.pw_vm_free)
         self.addr = int(ffi.cast("uintptr_t", ptr))  # for pyproxywasm._fast (lives as long)
+        self._log.vm = ptr
         self.failure_recorded = False  # FAIL_RELOAD counted this VM's failure
         self.generation = 0  # how many VMs FAIL_RELOAD replaced before this one
         self.streams = 0  # streams started on it (counted for FAIL_RELOAD plugins only)
@@ -89,7 +97,7 @@ class Vm:
 
     @property
     def error(self) -> str:
-        return ffi.string(lib.pw_vm_error(self.ptr)).decode(errors="replace")
+        return str(ffi.string(lib.pw_vm_error(self.ptr)).decode(errors="replace"))
 
     def register_foreign(self, ff: ForeignFunction) -> None:
         name = ff.name.encode()
@@ -132,13 +140,14 @@ class RootContext:
         self.vm = vm
         self.thread = threading.get_ident()
         self.logger = logging.getLogger(f"pyproxywasm.plugin.{config.display_name}")
-        self._log = LogTarget(self.logger)
+        self._log = LogTarget(self.logger, config.name, config.root_id, config.vm_config.vm_id)
+        self._log.vm = vm.ptr
         name, root_id = config.name.encode(), config.root_id.encode()
         cfg = as_bytes(config.configuration)
         lib.pw_vm_set_deadline(vm.ptr, config.deadline_ms or 0)
         rc = lib.pw_root_new(vm.ptr, name, len(name), root_id, len(root_id), cfg, len(cfg),
                              self._log.handle, proxy_level(self.logger), vm.u32)
-        self.context_id = vm.u32[0]
+        self.context_id: int = int(vm.u32[0])
         self._sync_marker()
         self.closing = self.closed = False
         if config.failure_policy is FailurePolicy.FAIL_OPEN:
@@ -159,13 +168,13 @@ class RootContext:
 
     def sync_log_level(self) -> None:
         """Hands the logger's current level to the C core if logging was reconfigured."""
-        if not self.logger._cache:
+        if not self.logger._cache:  # type: ignore[attr-defined]  # the level cache
             lib.pw_root_set_log_level(self.vm.ptr, self.context_id, proxy_level(self.logger))
             self._sync_marker()
 
     @property
     def tick_period_ms(self) -> int:
-        return lib.pw_root_tick_period(self.vm.ptr, self.context_id)
+        return int(lib.pw_root_tick_period(self.vm.ptr, self.context_id))
 
     def tick(self) -> None:
         """Calls proxy_on_tick now, whatever the period."""
@@ -180,7 +189,7 @@ class RootContext:
             raise_for(rc, self.vm)
 
     def http_stream(self, properties: Mapping[Any, Any] | None = None) -> HttpStream:
-        if not self.logger._cache:
+        if not self.logger._cache:  # type: ignore[attr-defined]  # the level cache
             self.sync_log_level()
         return HttpStream(self, properties)
 
@@ -217,9 +226,9 @@ class _ThreadState:
     def __init__(self, dispatcher: Dispatcher, owns_dispatcher: bool) -> None:
         self.dispatcher = dispatcher
         self.owns_dispatcher = owns_dispatcher
-        self.vms: dict[tuple, Vm] = {}
+        self.vms: dict[tuple[object, ...], Vm] = {}
         self.roots: dict[int, RootContext] = {}
-        self.reload: dict[tuple, ReloadState] = {}  # FAIL_RELOAD bookkeeping per VM key
+        self.reload: dict[tuple[object, ...], ReloadState] = {}  # FAIL_RELOAD bookkeeping per VM key
 
 
 class _Releaser:
@@ -273,7 +282,7 @@ class Plugin:
     def http_stream(self, properties: Mapping[Any, Any] | None = None) -> HttpStream:
         # The hot path of a host: find this thread's root context with two lookups.
         st = getattr(self.host._local, "state", None)
-        root = st.roots.get(self.index) if st is not None else None
+        root: RootContext | None = st.roots.get(self.index) if st is not None else None
         if root is None:
             root = self.instance()
         if self._reload:
@@ -282,7 +291,7 @@ class Plugin:
             root.vm.streams += 1
         if root.vm.dropped:
             root.vm.finish_dropped()
-        if not root.logger._cache:
+        if not root.logger._cache:  # type: ignore[attr-defined]  # the level cache
             root.sync_log_level()
         return HttpStream(root, properties)
 
@@ -329,6 +338,9 @@ class Host:
         io_loop: Any = None,
         call_recorder: Recorder | None = None,
         limits: Limits | None = None,
+        namespace: str = "",
+        filter_state_keys: Iterable[str] = (),
+        on_vm: Callable[["Vm"], None] | None = None,
     ) -> None:
         """concurrency: worker threads to start (0: streams run on the callers' threads).
         clock_ns: a virtual clock for every VM (0: real time). cache_dir: where compiled
@@ -342,7 +354,17 @@ class Host:
         VM; past it a call answers INTERNAL_FAILURE. io_loop: the pyproxywasm.net.IoLoop
         the calls run on (default: the process's, started on first use). call_recorder:
         where calls to clusters that are not real go (the testing harness).
-        limits: caps on what a plugin can make the host hold (pyproxywasm.limits.Limits)."""
+        limits: caps on what a plugin can make the host hold (pyproxywasm.limits.Limits).
+        namespace: whose shared data, shared queues and metrics the VMs use. Hosts with
+        the same namespace share them; the default "" is the process-wide one (as in
+        Envoy, where every VM of a process shares them). `host.state` reads them.
+        properties: what plugins read with proxy_get_property, over Envoy's defaults
+        (pyproxywasm.envoy_properties). filter_state_keys: keys set_envoy_filter_state
+        accepts beyond Envoy's own (pyproxywasm.builtins). on_vm: called with each new
+        VM, on its thread, before any plugin starts in it (to turn its trace on, say)."""
+        self._on_vm = on_vm
+        self.namespace = namespace
+        self.state = SharedState(namespace)
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 0:
             raise ConfigError(f"concurrency must be an int >= 0, not {concurrency!r}")
         if not isinstance(buffer_limit, int) or buffer_limit < 0:
@@ -359,7 +381,8 @@ class Host:
         self._clock_ns = clock_ns
         self._cache_dir = cache_dir
         self._manual = manual_dispatch
-        self._host_properties = list(props.flatten(properties or {}))
+        self._host_properties = list(props.flatten(with_defaults(properties)))
+        self.builtins = Builtins(filter_state_keys)
         self._foreign = [ForeignFunction(n, f) for n, f in (foreign_functions or {}).items()]
         self._local = threading.local()
         self._states: list[tuple[int, _ThreadState]] = []
@@ -377,7 +400,7 @@ class Host:
                 self._main = Worker("pyproxywasm-main", self._setup_main, self._teardown)
                 self._main.start()
                 for i in range(concurrency):
-                    w = Worker(f"pyproxywasm-worker-{i}", self._state, self._teardown)
+                    w = Worker(f"pyproxywasm-worker-{i}", self._setup_worker, self._teardown)
                     w.start()
                     self.workers.append(w)
             else:
@@ -397,7 +420,7 @@ class Host:
             if self._closed:
                 raise HostClosedError("the host is closed")
             owns = dispatcher is None
-            if owns:
+            if dispatcher is None:
                 if self._closed:
                     raise HostClosedError("the host is closed")
                 dispatcher = Dispatcher(autorun=not self._manual)
@@ -413,6 +436,9 @@ class Host:
                 self._teardown_state(st, 0.0)
                 raise
         return st
+
+    def _setup_worker(self, dispatcher: Dispatcher) -> None:
+        self._state(dispatcher)
 
     def _setup_main(self, dispatcher: Dispatcher) -> None:
         self._main_thread = threading.get_ident()
@@ -440,12 +466,14 @@ class Host:
 
     def _new_vm(self, compiled: CompiledModule, vm_config: VmConfig, st: _ThreadState) -> Vm:
         vm = Vm(compiled, vm_config, st.dispatcher, self._host_properties, self._clock_ns,
-                self._buffer_limit, self._limits)
-        for ff in self._foreign:
+                self._buffer_limit, self._limits, self.namespace)
+        for ff in self.builtins.for_vm(vm) + self._foreign:  # the host's own win
             vm.register_foreign(ff)
+        if self._on_vm is not None:
+            self._on_vm(vm)
         if self.outbound.clusters or self.outbound.recorder is not None or self._any_host():
             vm.calls = VmCalls(self.outbound, vm.ptr, st.dispatcher,
-                               lambda root, st=st: self._allows_any_host(st, root))
+                               functools.partial(self._allows_any_host, st))
             lib.pw_vm_set_callouts(vm.ptr, vm.calls.handle, self._max_calls)
         return vm
 
@@ -535,6 +563,8 @@ class Host:
             st.dispatcher.run()
             pending = [r for r in pending if not r.close()]
         for vm in st.vms.values():
+            if vm.ptr is not None:
+                self.builtins.forget_vm(lib.pw_vm_key(vm.ptr))
             vm.close()
         for r in st.roots.values():  # VMs replaced by FAIL_RELOAD are closed already
             r.vm.close()
@@ -578,12 +608,12 @@ class Host:
         except BaseException:
             with self._lock:
                 self.plugins.remove(plugin)
-            for w in started:
+            for started_on in started:
                 try:
-                    if w is None:
+                    if started_on is None:
                         self._stop_here(plugin)
                     else:
-                        w.call(self._stop_here, plugin).result()
+                        started_on.call(self._stop_here, plugin).result()
                 except Exception:  # noqa: BLE001 - the start error is the one to raise
                     pass
             raise
@@ -667,5 +697,5 @@ class Host:
     def __enter__(self) -> "Host":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

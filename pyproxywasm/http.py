@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from . import properties as props
 from ._binding import ffi, lib, raise_for
+from .abi import StreamFlags
 from .pairs import HeaderItems, Headers, decode_pairs, encode_headers
 from .policy import FailureOutcome
 
@@ -35,13 +36,17 @@ _STOPPED = (_REQ_STOPPED, _RESP_STOPPED)
 
 class Action(enum.IntEnum):
     """What a send_* did: CONTINUE when the data went on past the filter, PAUSE when it
-    was held (paused, or the stream ended by a local response, reset or failure)."""
+    was held (paused, or the stream ended by a local response, reset or failure), DROPPED
+    when an upstream response event came after the plugin's local response: Envoy drops
+    it (the local response replaced it), the plugin never sees it."""
 
     CONTINUE = 0
     PAUSE = 1
+    DROPPED = 2
 
 
 _CONTINUE, _PAUSE = Action.CONTINUE, Action.PAUSE  # enum attribute lookups are not free
+_LOCAL = lib.PW_S_LOCAL_REPLY
 
 
 def _load_fast():
@@ -64,7 +69,8 @@ _fast = _load_fast()
 _MALFORMED = -lib.PW_ERR  # the flat form refused (a NUL in a field): retried as pairs
 _CLOSED = -lib.PW_ERR_CLOSED
 if _fast is not None:
-    _fast.set_constants(_CONTINUE, _PAUSE, _REQ_STOPPED, _RESP_STOPPED, _DONE, _MALFORMED, _CLOSED)
+    _fast.set_constants(_CONTINUE, _PAUSE, Action.DROPPED, _REQ_STOPPED, _RESP_STOPPED, _DONE,
+                        _LOCAL, _MALFORMED, _CLOSED)
 _Base: Any = _fast.StreamBase if _fast is not None else object
 
 
@@ -126,6 +132,17 @@ class HttpStream(_Base):
         self.flags = f
         return _PAUSE if f & _STOPPED[direction] else _CONTINUE
 
+    def _dropped(self, f: int) -> Action:
+        if f < 0:
+            raise_for(f, self._vmobj)
+        self.flags = f
+        return Action.DROPPED
+
+    @property
+    def stream_flags(self) -> StreamFlags:
+        """The stream's state as named flags (the same bits as `flags`)."""
+        return StreamFlags(self.flags)
+
     def _raise(self, f: int) -> None:
         raise_for(f, self._vmobj)
 
@@ -133,6 +150,9 @@ class HttpStream(_Base):
         """Headers in any form (bytes in the pairs format, a Mapping, any iterable of
         pairs), through the cffi binding."""
         data, n = (headers, -1) if headers.__class__ is bytes else encode_headers(headers)
+        if direction == _RESP and self.flags & _LOCAL:  # after a local response: dropped
+            return self._dropped(_headers(self._vm, self._id or self.context_id, _RESP, data,
+                                          len(data), n, end_stream))
         if direction == _REQ and not self._id:  # create and deliver in one call
             vm = self._vmobj
             f = _start(self._vm, self._root, data, len(data), n, end_stream, vm.u32)
@@ -142,6 +162,9 @@ class HttpStream(_Base):
         return self._done(f, direction)
 
     def _general_data(self, direction: int, data: bytes, end_stream: bool) -> Action:
+        if direction == _RESP and self.flags & _LOCAL:
+            return self._dropped(_data(self._vm, self._id or self.context_id, _RESP, data,
+                                       len(data), end_stream))
         return self._done(_data(self._vm, self._id or self.context_id, direction, data, len(data),
                                 end_stream), direction)
 
@@ -162,7 +185,7 @@ class HttpStream(_Base):
             raise_for(f, self._vmobj)
         self.flags |= _DONE
 
-    def _dropped(self) -> None:
+    def _abandoned(self) -> None:
         # Dropped without finish(): end it as Envoy ends a destroyed stream, on the VM's
         # own thread (now, or at that thread's next stream), so its context never leaks.
         try:
@@ -194,7 +217,7 @@ class HttpStream(_Base):
 
         def __del__(self) -> None:
             if self._id and not self.flags & _DONE:
-                self._dropped()
+                self._abandoned()
 
     def send_request_trailers(self, trailers: HeaderItems) -> Action:
         data, n = encode_headers(trailers)
@@ -202,6 +225,8 @@ class HttpStream(_Base):
 
     def send_response_trailers(self, trailers: HeaderItems) -> Action:
         data, n = encode_headers(trailers)
+        if self.flags & _LOCAL:
+            return self._dropped(_trailers(self._vm, self.context_id, _RESP, data, len(data), n))
         return self._done(_trailers(self._vm, self.context_id, _RESP, data, len(data), n), 1)
 
     def refresh(self) -> int:
@@ -225,7 +250,7 @@ class HttpStream(_Base):
     def __enter__(self) -> "HttpStream":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.finish()
 
     # ---- what the filter did --------------------------------------------------------------

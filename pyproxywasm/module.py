@@ -11,10 +11,11 @@ import hmac
 import os
 import stat
 import threading
+from typing import Any
 import weakref
 from dataclasses import dataclass
 
-from . import wasmbin
+from . import diagnose, wasmbin
 from ._binding import core, ffi, lib
 from ._wasmtime import WASMTIME_VERSION
 from .errors import ModuleError
@@ -102,12 +103,18 @@ def read_code(code: bytes | str | os.PathLike[str]) -> bytes:
 
 def inspect(wasm: bytes) -> ModuleSpec:
     """Parses and validates a module as a Proxy-Wasm plugin; raises ModuleError."""
+    what = diagnose.not_wasm(wasm)
+    if what is not None:
+        raise ModuleError(f"not a Proxy-Wasm plugin: {what}")
     try:
         info = wasmbin.parse(wasm)
     except wasmbin.WasmFormatError as e:
         raise ModuleError(f"not a valid WebAssembly module: {e}") from e
     abi = info.abi_version
     if abi is None:
+        what = diagnose.kind_of(info)
+        if what is not None:
+            raise ModuleError(f"not a Proxy-Wasm plugin: {what}")
         raise ModuleError(
             "missing or unknown Proxy-Wasm ABI version: the module exports none of "
             + ", ".join(wasmbin.ABI_MARKERS)
@@ -117,25 +124,25 @@ def inspect(wasm: bytes) -> ModuleSpec:
         raise ModuleError('the module does not export its memory as "memory"')
     if info.export("proxy_on_memory_allocate") is None and info.export("malloc") is None:
         raise ModuleError("the module exports neither proxy_on_memory_allocate nor malloc")
-    for e in info.exports:
-        expected = _EXPORT_TYPES.get(e.name)
-        if expected is None or e.kind != "func":
+    for ex in info.exports:
+        expected = _EXPORT_TYPES.get(ex.name)
+        if expected is None or ex.kind != "func":
             continue
-        if e.type is None or (e.type.params, e.type.results) != expected:
+        if ex.type is None or (ex.type.params, ex.type.results) != expected:
             want = wasmbin.FuncType(*expected)
-            raise ModuleError(f"export {e.name} has type {e.type}, expected {want}")
+            raise ModuleError(f"export {ex.name} has type {ex.type}, expected {want}")
     # Header callbacks: 3 parameters from 0.2.0 on; old 0.1.0 builds have 2 (or 3).
-    arities = set()
+    arities: set[int] = set()
     for name in _HEADER_CALLBACKS:
-        e = info.export(name)
-        if e is None or e.kind != "func":
+        cb = info.export(name)
+        if cb is None or cb.kind != "func":
             continue
-        params = e.type.params if e.type else ()
-        ok = e.type is not None and e.type.results == (_I,) and set(params) <= {_I}
+        params = cb.type.params if cb.type else ()
+        ok = cb.type is not None and cb.type.results == (_I,) and set(params) <= {_I}
         allowed = (2, 3) if abi == "0.1.0" else (3,)
         if not ok or len(params) not in allowed:
             raise ModuleError(
-                f"export {name} has type {e.type}, expected "
+                f"export {name} has type {cb.type}, expected "
                 + " or ".join(f"({', '.join([_I] * n)}) -> (i32)" for n in allowed)
             )
         arities.add(len(params))
@@ -149,7 +156,7 @@ class CompiledModule:
     """A compiled, linked module: what every VM of this code is instantiated from. Freed
     (pw_module_free) when no Vm and no cache entry holds it any more."""
 
-    def __init__(self, spec: ModuleSpec, ptr) -> None:
+    def __init__(self, spec: ModuleSpec, ptr: Any) -> None:
         self.spec = spec
         self.ptr = ffi.gc(ptr, lib.pw_module_free)
 
@@ -239,7 +246,7 @@ def _key(cache_dir: str) -> bytes | None:
     return key
 
 
-def _load_cached(path: str | None, spec: ModuleSpec):
+def _load_cached(path: str | None, spec: ModuleSpec) -> Any:
     if path is None:
         return ffi.NULL
     key = _key(os.path.dirname(path))
@@ -305,7 +312,7 @@ def evict(cache_dir: str, max_bytes: int | None = None) -> int:
     return removed
 
 
-def _store_cached(path: str | None, ptr) -> None:
+def _store_cached(path: str | None, ptr: Any) -> None:
     if path is None:
         return
     key = _key(os.path.dirname(path))
@@ -359,7 +366,9 @@ def compile_module(wasm: bytes, cache_dir: str | None = "default") -> CompiledMo
             if ptr == ffi.NULL:
                 message = ffi.string(err).decode(errors="replace")
                 if "unknown import" in message or "incompatible import" in message:
-                    message = "the plugin imports something this host does not provide: " + message
+                    problems = diagnose.import_mismatches(spec.info, bool(spec.flags & lib.PW_MOD_AS_GRPC))
+                    message = ("the plugin " + "; ".join(problems) if problems else
+                               "the plugin imports something this host does not provide: " + message)
                 raise ModuleError(message)
             _store_cached(path, ptr)
         compiled = CompiledModule(spec, ptr)

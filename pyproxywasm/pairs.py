@@ -14,7 +14,8 @@ from typing import Iterable, Tuple, Union
 from .errors import InvalidHeaderError
 
 HeaderValue = Union[str, bytes]
-HeaderItems = Union[Iterable[Tuple[HeaderValue, HeaderValue]], Mapping[HeaderValue, HeaderValue]]
+# bytes: an already encoded pairs buffer, passed through as is
+HeaderItems = Union[bytes, Iterable[Tuple[HeaderValue, HeaderValue]], Mapping[HeaderValue, HeaderValue]]
 
 _u32 = struct.Struct("<I")
 _chain = chain.from_iterable
@@ -33,15 +34,15 @@ def encode_headers(items: HeaderItems) -> tuple[bytes, int]:
         if isinstance(items, (bytes, bytearray, memoryview)):
             return bytes(items), -1
         items = list(items.items() if isinstance(items, Mapping) else items)
-    n = len(items)
+    n = len(items)  # type: ignore[arg-type]  # a list or tuple by now
     if not n:
         return b"", 0
     if not all(x.__class__ in _PAIR_CLASSES for x in items):  # ["ab", "cd"] is not two headers
         return encode_pairs(items), -1
     try:
-        data = "\0".join(_chain(items)).encode()
+        data = "\0".join(_chain(items)).encode()  # type: ignore[arg-type]
     except (TypeError, UnicodeEncodeError):  # bytes among them, or surrogate escapes
-        flat = [_b(s) for pair in items for s in pair]
+        flat = [_b(s) for pair in items for s in pair]  # type: ignore[arg-type, union-attr]
         data = b"\0".join(flat)
     # One separator fewer than names and values: otherwise an item was not a pair, or a
     # name/value holds a NUL; the pairs format says exactly what was meant (or raises).
@@ -117,7 +118,7 @@ def decode_pairs(data: bytes) -> "Headers":
     return out
 
 
-class Headers(list):
+class Headers(list[tuple[str, str]]):
     """A header list in order, duplicates kept; lookups are by lowercase name."""
 
     def get(self, name: str, default: str | None = None) -> str | None:

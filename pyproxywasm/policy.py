@@ -70,7 +70,7 @@ class ReloadState:
         if streams > 1:
             self.failures = 0  # the VM served before it failed: not a query of death
         self.failures += 1
-        backoff = min(self.policy.base_backoff * 2 ** (self.failures - 1), self.policy.max_backoff)
+        backoff = float(min(self.policy.base_backoff * 2 ** (self.failures - 1), self.policy.max_backoff))
         self.next_reload_at = now + backoff
         self.backoffs.append(backoff)
         return backoff

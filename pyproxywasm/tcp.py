@@ -5,6 +5,7 @@ import enum
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import properties as props
+from .abi import StreamFlags
 from .policy import FailureOutcome
 from ._binding import ffi, lib, raise_for
 from .http import Action
@@ -91,7 +92,7 @@ class TcpStream:
             if f < 0:
                 raise_for(f, self._vmobj)
             self.flags = f
-        return self.flags
+        return int(self.flags)
 
     def _read(self, what: int) -> bytes:
         vm = self._vmobj
@@ -136,3 +137,15 @@ class TcpStream:
     @property
     def done(self) -> bool:
         return bool(self.flags & lib.PW_S_DONE)
+
+    @property
+    def stream_flags(self) -> StreamFlags:
+        """The connection's state as named flags (the same bits as `flags`)."""
+        return StreamFlags(self.flags)
+
+    def __enter__(self) -> "TcpStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Ends the connection (finish: on_log, on_done, on_delete) if it is not done."""
+        self.finish()

@@ -17,55 +17,44 @@ notifications (delivered by dispatch() or advance(), never inside the enqueue).
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ._binding import PY_LEVELS, ffi, lib
+from ._binding import lib
 from .config import DEFAULT_DEADLINE_MS, PluginConfig, VmConfig
-from .host import Host, Plugin
+from .host import Host, Plugin, Vm
 from .limits import Limits
 from .policy import FailurePolicy, ReloadPolicy
 from .http import HttpStream
+from .logs import LEVEL_NAMES, LogCapture, LogRecord, level_name
+from .metrics import Metric, StatsTag
 from .net.cluster import Cluster
 from .net.recorded import CallRecorder, RecordedCall, RecordedGrpcCall, RecordedHttpCall
+from .abi import Status
+from .state import Histogram, SharedValue
 from .tcp import TcpStream
+from .trace import DEFAULT_CAPACITY, TraceRecord, format_records
+from .trace import enable as enable_trace
+from .trace import read as read_trace
 
-LEVEL_NAMES = ("trace", "debug", "info", "warn", "error", "critical")
-_PY_TO_NAME = dict(zip(PY_LEVELS, LEVEL_NAMES))
-_KINDS = ("counter", "gauge", "histogram")
+__all__ = ["PluginHarness", "LogRecord", "LogCapture", "Histogram", "SharedValue", "Status",
+           "LEVEL_NAMES", "DEFAULT_START_NS"]
 
 DEFAULT_START_NS = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
 
-
-@dataclass(frozen=True)
-class LogRecord:
-    logger: str
-    level: str
-    message: str
-
-
-class LogCapture(logging.Handler):
-    """Keeps every record of the pyproxywasm loggers, at every level."""
-
-    def __init__(self) -> None:
-        super().__init__(level=1)
-        self.records: list[LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level = _PY_TO_NAME.get(record.levelno, record.levelname.lower())
-        self.records.append(LogRecord(record.name, level, record.getMessage()))
-
-
-@dataclass(frozen=True)
-class Histogram:
-    count: int
-    sum: int
+_harness_ids = itertools.count(1)  # numbers each harness's own namespace (any thread)
 
 
 class PluginHarness:
-    """A Host with one plugin (more can be added), a virtual clock and captured logs."""
+    """A Host with one plugin (more can be added), a virtual clock and captured logs.
+
+    Each harness is isolated: its shared data, shared queues and metrics live in a
+    namespace of its own ("harness-<n>"), so tests that run one after another in a process
+    never see each other's state. To share, give harnesses the same `namespace` (e.g.
+    `PluginHarness(code, namespace=other.namespace)`); namespace="" is the process-wide
+    one a plain Host uses."""
 
     def __init__(
         self,
@@ -87,17 +76,33 @@ class PluginHarness:
         deadline_ms: int | None = DEFAULT_DEADLINE_MS,
         reload: ReloadPolicy | None = None,
         limits: Limits | None = None,
+        namespace: str | None = None,
+        singleton: bool = False,
+        runtime: str = "envoy.wasm.runtime.wasmtime",
+        plugins: Sequence[Mapping[str, Any]] | None = None,
+        filter_state_keys: Iterable[str] = (),
+        trace: bool | int = False,
     ) -> None:
         """clusters: what the plugin's outbound calls reach. None (the default): every
         cluster name is accepted and calls are recorded for the test to answer
         (`http_calls`, `grpc_calls`), with their timeouts on the virtual clock. Otherwise
         a list of names (recorded) and `Cluster` objects (real upstreams, real time);
         any other name is an unknown cluster, as in Envoy.
+        namespace: where shared data, queues and metrics live (None: the harness's own).
+        singleton: the plugin is a Wasm service (Envoy's singleton). runtime: Envoy's
+        runtime name (all run on wasmtime; it is part of the VM's identity).
+        plugins: several plugins in the one VM, each a mapping of name, root_id,
+        configuration, singleton (instead of the name/root_id/configuration arguments);
+        `h.plugins` holds them, `h.plugin` is the first.
+        filter_state_keys: keys set_envoy_filter_state accepts beyond Envoy's own.
+        trace: record the ABI call trace of the harness's VMs (True: the last 4096
+        records per VM; an int: that many); `h.trace()`, `h.format_trace()`. It starts
+        after the VM's start-up (WASI _start/_initialize), before the first root.
         failure_policy, deadline_ms, reload: the plugin's (PluginConfig); limits: the
         host's caps (pyproxywasm.limits). What a policy did shows on each stream
         (HttpStream.failure_outcome) and in failure_stats."""
-        self._policy = dict(failure_policy=failure_policy, deadline_ms=deadline_ms,
-                            reload=reload or ReloadPolicy())
+        self._policy: dict[str, Any] = dict(failure_policy=failure_policy, deadline_ms=deadline_ms,
+                                            reload=reload or ReloadPolicy())
         self.now_ns = start_time_ns
         self.capture = LogCapture()
         self._logger = logging.getLogger("pyproxywasm")
@@ -105,27 +110,39 @@ class PluginHarness:
         self._logger.setLevel(1)
         self._logger.addHandler(self.capture)
         self.vm_config = VmConfig(code=code, vm_id=vm_id, configuration=vm_configuration,
+                                  runtime=runtime,
                                   environment_variables=dict(environment_variables or {}))
+        self.namespace = f"harness-{next(_harness_ids)}" if namespace is None else namespace
+        self._singleton = singleton
         caps: dict[str, Any] = {} if buffer_limit is None else {"buffer_limit": buffer_limit}
         real = [c for c in clusters or () if isinstance(c, Cluster)]
         names = None if clusters is None else [c for c in clusters if isinstance(c, str)]
         self.recorder = CallRecorder(names, lambda: self.now_ns)
         self._allow_any_host = allow_any_host
+        self._trace = DEFAULT_CAPACITY if trace is True else int(trace)
         self.host = Host(properties=properties, foreign_functions=foreign_functions,
                          clock_ns=start_time_ns, manual_dispatch=True, clusters=real,
-                         call_recorder=self.recorder, limits=limits, **caps)
+                         call_recorder=self.recorder, namespace=self.namespace,
+                         filter_state_keys=filter_state_keys,
+                         on_vm=self._on_vm if self._trace else None, limits=limits,
+                         **caps)
+        self.state = self.host.state
+        self.plugins: list[Plugin] = []
         try:
-            self.plugin = self.add_plugin(configuration=configuration, root_id=root_id, name=name)
+            for spec in plugins or [dict(configuration=configuration, root_id=root_id, name=name)]:
+                self.plugins.append(self.add_plugin(**spec))
+            self.plugin = self.plugins[0]
         except BaseException:
             self.close()
             raise
 
     # ---- plugins and streams -------------------------------------------------------------
     def add_plugin(self, *, configuration: bytes | str = b"", root_id: str = "", name: str = "",
-                   vm_config: VmConfig | None = None) -> Plugin:
+                   vm_config: VmConfig | None = None, singleton: bool | None = None) -> Plugin:
         """Another plugin; with the same vm_config it shares the VM (its own root context)."""
         cfg = PluginConfig(vm_config or self.vm_config, name=name, root_id=root_id,
                            configuration=configuration, allow_any_host=self._allow_any_host,
+                           singleton=self._singleton if singleton is None else singleton,
                            **self._policy)
         return self.host.add_plugin(cfg)
 
@@ -134,11 +151,18 @@ class PluginHarness:
         """Per plugin: how often its VM failed and how often FAIL_RELOAD replaced it."""
         return self.host.failure_stats
 
-    def http(self, plugin: Plugin | None = None, properties: Mapping[Any, Any] | None = None) -> HttpStream:
+    def http_stream(self, plugin: Plugin | None = None,
+                    properties: Mapping[Any, Any] | None = None) -> HttpStream:
+        """A new HTTP stream through a plugin (the first by default): the host's verb."""
         return (plugin or self.plugin).http_stream(properties)
 
-    def tcp(self, plugin: Plugin | None = None, properties: Mapping[Any, Any] | None = None) -> TcpStream:
+    def tcp_stream(self, plugin: Plugin | None = None,
+                   properties: Mapping[Any, Any] | None = None) -> TcpStream:
+        """A new TCP connection through a plugin (the first by default)."""
         return (plugin or self.plugin).tcp_stream(properties)
+
+    http = http_stream  # the short names
+    tcp = tcp_stream
 
     # ---- time and asynchronous events --------------------------------------------------------
     def dispatch(self) -> int:
@@ -190,58 +214,99 @@ class PluginHarness:
     def settle(self, timeout: float = 5.0) -> bool:
         """Waits, in real time, until every call to a real cluster has been answered and
         delivered (recorded calls wait for the test). False on timeout."""
-        recorded = lambda: sum(1 for c in self.recorder.pending())  # noqa: E731
-        return self.host.dispatcher.wait(lambda: self.calls_in_flight() <= recorded(), timeout)
+        def settled() -> bool:
+            return self.calls_in_flight() <= len(self.recorder.pending())
 
-    # ---- what the plugin did -------------------------------------------------------------------
-    def logs(self, level: str | None = None) -> list[str]:
-        """Messages the plugins logged, optionally only those at one level."""
-        return [r.message for r in self.capture.records if level is None or r.level == level]
+        return bool(self.host.dispatcher.wait(settled, timeout))
+
+    # ---- what the plugin did -------------------------------------------------------------
+    def log_records(self, level: str | None = None, *, stream: HttpStream | TcpStream | int | None = None,
+                    plugin: Plugin | str | None = None) -> list[LogRecord]:
+        """The records the plugins logged since the start (or the last clear_logs), filtered
+        by level ("warn" is "warning"), by stream (a stream object or context id: what its
+        callbacks logged) and by plugin (a Plugin, or its name / root_id)."""
+        want = level_name(level) if level is not None else None
+        cid = stream if isinstance(stream, int) or stream is None else stream.context_id
+        if isinstance(plugin, Plugin):
+            plugin = plugin.config.name or plugin.config.root_id
+        return [r for r in self.capture.records
+                if (want is None or r.level == want) and (cid is None or r.context_id == cid)
+                and (plugin is None or plugin in (r.plugin, r.root_id))]
+
+    def logs(self, level: str | None = None, *, stream: HttpStream | TcpStream | int | None = None,
+             plugin: Plugin | str | None = None) -> list[str]:
+        """The messages of log_records(...)."""
+        return [r.message for r in self.log_records(level, stream=stream, plugin=plugin)]
+
+    def clear_logs(self) -> None:
+        """Forgets the records captured so far (logs() then shows only what comes next)."""
+        self.capture.clear()
+
+    def _stream_key(self, stream: HttpStream | TcpStream) -> tuple[int, int]:
+        return int(lib.pw_vm_key(stream.plugin.vm.ptr)), stream.context_id
+
+    def filter_state(self, stream: HttpStream | TcpStream) -> dict[str, bytes]:
+        """What the stream's plugin set with the set_envoy_filter_state built-in."""
+        return dict(self.host.builtins.filter_state.get(self._stream_key(stream), {}))
+
+    def route_cache_clears(self, stream: HttpStream | TcpStream) -> int:
+        """How often the stream's plugin called the clear_route_cache built-in."""
+        return self.host.builtins.route_cache_clears.get(self._stream_key(stream), 0)
 
     def metric(self, name: str) -> int | Histogram | None:
         """A metric the plugins defined: the value of a counter or gauge, or a Histogram."""
-        raw = name.encode()
-        kind, value, total = ffi.new("int *"), ffi.new("int64_t *"), ffi.new("uint64_t *")
-        if lib.pw_metric_get(raw, len(raw), kind, value, total) != 0:
-            return None
-        if _KINDS[kind[0]] == "histogram":
-            return Histogram(value[0], total[0])
-        return value[0]
+        return self.state.metric(name)
 
-    def shared_data(self, key: str | bytes, vm_id: str | None = None) -> tuple[bytes, int] | None:
-        """(value, cas) of a shared-data key in a vm_id's namespace, or None."""
-        vid = (self.vm_config.vm_id if vm_id is None else vm_id).encode()
-        k = key.encode() if isinstance(key, str) else key
-        out, n, cas = ffi.new("uint8_t **"), ffi.new("size_t *"), ffi.new("uint32_t *")
-        if lib.pw_shared_get(vid, len(vid), k, len(k), out, n, cas) != 0:
-            return None
-        try:
-            return ffi.buffer(out[0], n[0])[:], cas[0]
-        finally:
-            lib.pw_bytes_free(out[0])
+    def metrics(self) -> list[Metric]:
+        return self.state.metrics()
+
+    def prometheus(self, stats_tags: Sequence[StatsTag] = ()) -> str:
+        """The harness's metrics as Envoy's /stats/prometheus writes them."""
+        return self.state.prometheus(list(stats_tags))
+
+    def _vid(self, vm_id: str | None) -> str:
+        return self.vm_config.vm_id if vm_id is None else vm_id
+
+    def shared_data(self, key: str | bytes, vm_id: str | None = None) -> SharedValue | None:
+        """A shared-data key of a vm_id (the plugin's by default), or None."""
+        return self.state.shared_data(key, self._vid(vm_id))
 
     def set_shared_data(self, key: str | bytes, value: bytes, cas: int = 0,
-                        vm_id: str | None = None) -> int:
-        """Writes shared data as a plugin would; returns the ABI status (0 OK, 8 mismatch)."""
-        vid = (self.vm_config.vm_id if vm_id is None else vm_id).encode()
-        k = key.encode() if isinstance(key, str) else key
-        return lib.pw_shared_set(vid, len(vid), k, len(k), value, len(value), cas)
+                        vm_id: str | None = None) -> Status:
+        """Writes shared data as a plugin would: Status.OK, or CAS_MISMATCH."""
+        return self.state.set_shared_data(key, value, cas, self._vid(vm_id))
 
     def queue_id(self, name: str, vm_id: str | None = None) -> int | None:
-        vid = (self.vm_config.vm_id if vm_id is None else vm_id).encode()
-        raw, out = name.encode(), ffi.new("uint32_t *")
-        return out[0] if lib.pw_queue_resolve(vid, len(vid), raw, len(raw), out) == 0 else None
+        return self.state.queue_id(name, self._vid(vm_id))
 
     def queue_size(self, name: str, vm_id: str | None = None) -> int | None:
-        qid = self.queue_id(name, vm_id)
-        return None if qid is None else lib.pw_queue_size(qid)
+        return self.state.queue_size(name, self._vid(vm_id))
 
-    def enqueue(self, name: str, data: bytes, vm_id: str | None = None) -> None:
+    def enqueue(self, name: str, data: bytes, vm_id: str | None = None) -> Status:
         """Enqueues on a plugin's queue as another VM would; the owner is notified later."""
-        qid = self.queue_id(name, vm_id)
-        if qid is None:
-            raise KeyError(f"no queue {name!r} registered")
-        lib.pw_queue_enqueue(qid, data, len(data))
+        return self.state.enqueue(name, data, self._vid(vm_id))
+
+    # ---- the ABI call trace ---------------------------------------------------------------------
+    def _on_vm(self, vm: Vm) -> None:
+        enable_trace(vm, self._trace)
+
+    @property
+    def tracing(self) -> bool:
+        """Whether the ABI call trace is recorded (PluginHarness(trace=...))."""
+        return bool(self._trace)
+
+    def trace(self) -> list[TraceRecord]:
+        """Every traced hostcall and callback of this thread's VMs (PluginHarness(trace=True)),
+        VM by VM, oldest first."""
+        return [r for vm in self.host.vms for r in read_trace(vm)[0]]
+
+    def format_trace(self) -> str:
+        """The trace as text, one line per record, for a failing test to print."""
+        parts = []
+        for vm in self.host.vms:
+            records, dropped = read_trace(vm)
+            parts.append(f"VM {vm.vm_config.vm_id!r}:\n" + format_records(records, dropped))
+        return "\n".join(parts)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -255,5 +320,5 @@ class PluginHarness:
     def __enter__(self) -> "PluginHarness":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

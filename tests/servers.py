@@ -1,24 +1,30 @@
 """Real upstream servers for tests, on 127.0.0.1 free ports, each on its own thread.
 
-Import the fixtures into a test module (`from servers import *` or by name; tests/ is on
-sys.path under pytest's rootdir conftest) and use them as arguments.
+Import the fixtures into a test module (`from servers import *` or by name: pytest puts
+tests/ on sys.path, as it has no __init__.py) and use them as arguments.
 
 Fixtures (all function-scoped unless said; each yields a `Server` with `.host`, `.port`,
 `.endpoint` ("127.0.0.1:PORT"), `.connections` (TCP connections accepted so far),
-`.requests` (requests seen), `.sent` (response body bytes written so far)):
+`.requests` (requests seen), `.sent` (response body bytes written so far),
+`.drop_connections()` (closes every open connection, as a server does to idle ones)):
 
 - `http1_server`: HTTP/1.1 (h11 on asyncio), keep-alive.
 - `http2_server`: HTTP/2 cleartext with prior knowledge (h2 on asyncio).
 - `http1_tls_server`, `http2_tls_server` (ALPN h2): the same over TLS with a certificate for
   "localhost" and "127.0.0.1" from the test CA.
-- `http1_mtls_server`: HTTP/1.1 over TLS that requires a client certificate from the test CA.
+- `http1_mtls_server`: HTTP/1.1 over TLS that requires a client certificate from the test CA
+  (asyncio's TLS drops its alert when the handshake fails: the client sees a close).
+- `tls_alert_server`: a `BlockingTlsServer`, the same requirement on blocking sockets, which
+  does send the alert (as production servers do); answers 200 `mtls ok`.
 - `start_http1(ssl_context=None)`, `start_http2(ssl_context=None)`: functions, one more
   server (the caller calls `.stop()`).
 - `refused_endpoint()`: a function, "127.0.0.1:PORT" where nothing listens.
 - `tls_ca` (session-scoped): a `TestPki` with `.ca_file` (PEM to trust), `.other_ca_file`
   (an unrelated CA), `.client_cert_file` / `.client_key_file` (a client certificate the
   test CA signed) and `.server_context()` to make more TLS servers.
-- `grpc_server`, `grpc_tls_server`: grpcio servers (see GRPC_SERVICE below).
+- `grpc_server`, `grpc_tls_server`, `grpc_mtls_server` (requires a client certificate from
+  the test CA): `GrpcServer`s (grpcio, thread pool) serving `test.Echo`
+  below, `.endpoint`, `.calls`, `.cancelled` (an Event set when a BidiEcho's client left).
 
 HTTP endpoints (both protocols):
 
@@ -29,12 +35,15 @@ HTTP endpoints (both protocols):
 - `/status/<n>`: status n, body `status <n>`.
 - `/slow/<ms>`: waits ms milliseconds, then 200 `slow`.
 - `/big/<n>`: n bytes of `x` in 64 KiB chunks, with content-length; `/big/<n>?chunked`
-  without it (HTTP/1.1 chunked). Writing waits on the client (TCP or HTTP/2 flow control),
+  without it (HTTP/1.1: chunked; HTTP/2: no content-length). Writing waits on the client (TCP or HTTP/2 flow control),
   so `.sent` shows how much a client really pulled.
 - `/reset`: reads the request, then resets (HTTP/1.1: TCP RST; HTTP/2: RST_STREAM).
 - `/hang`: reads the request and never answers.
 - `/trailers`: 200, body `with trailers`, then trailers `x-checksum: 42`, `x-more: yes`
   (HTTP/1.1 chunked trailer section; HTTP/2 trailing HEADERS).
+- HTTP/2 only, once per server (then like `/echo`): `/refuse-once` resets the stream with
+  REFUSED_STREAM; `/goaway-once` sends GOAWAY with a last stream id below the request's
+  (the server did not process it) and ends the connection.
 
 gRPC service `test.Echo` (generic handlers, raw bytes, no protobuf):
 
@@ -43,7 +52,8 @@ gRPC service `test.Echo` (generic handlers, raw bytes, no protobuf):
 - `Fail`: request `b"<code>:<message>"` -> aborts with that status code and message.
 - `Slow`: request `b"<seconds>"` -> sleeps, then answers `b"late"`.
 - `ServerStream`: request `b"<n>"` -> n messages `b"msg-0"` ... then OK.
-- `BidiEcho`: echoes every message as it comes; trailing metadata `x-count: <n>`.
+- `BidiEcho`: initial metadata echoes the caller's `x-*` keys; echoes every message as it
+  comes; trailing metadata `x-count: <n>`.
 """
 from __future__ import annotations
 
@@ -63,7 +73,8 @@ import pytest
 Header = tuple[bytes, bytes]
 
 __all__ = ["Server", "TestPki", "tls_ca", "http1_server", "http1_tls_server",
-           "http1_mtls_server", "http2_server", "http2_tls_server", "free_port",
+           "http1_mtls_server", "http2_server", "http2_tls_server", "grpc_server", "grpc_tls_server", "grpc_mtls_server", "tls_alert_server",
+           "GrpcServer", "GRPC_SERVICE", "free_port",
            "refused_endpoint", "start_http1", "start_http2"]
 
 
@@ -150,6 +161,7 @@ class Server:
         self.connections = 0
         self.requests = 0
         self.sent = 0
+        self.refused = False  # HTTP/2 /refuse-once and /goaway-once: done once
         self._handler = handler
         self._ssl = ssl_context
         self._loop = asyncio.new_event_loop()
@@ -179,7 +191,7 @@ class Server:
                 pass  # connection ends however the client leaves it
             finally:
                 self._tasks.discard(task)
-                writer.transport.abort() if writer.transport.is_closing() else writer.close()
+                writer.transport.abort()
 
         async def start():
             self._server = await asyncio.start_server(serve, self.host, 0, ssl=self._ssl,
@@ -192,12 +204,23 @@ class Server:
         self._loop.run_until_complete(self._loop.shutdown_asyncgens())
         self._loop.close()
 
+    def drop_connections(self) -> None:
+        """Close every open connection (as a server does to idle keep-alive ones)."""
+        async def drop():
+            tasks = list(self._tasks)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        asyncio.run_coroutine_threadsafe(drop(), self._loop).result(10)
+
     def stop(self) -> None:
         async def shutdown():
             self._server.close()
-            for t in list(self._tasks):
+            tasks = list(self._tasks)
+            for t in tasks:
                 t.cancel()
-            await asyncio.sleep(0)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.sleep(0.01)  # let the transports' connection_lost run
         fut = asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
         fut.result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -323,6 +346,16 @@ async def _h2_connection(server: Server, reader: asyncio.StreamReader,
         req = Request(pseudo[b":method"], pseudo[b":path"],
                       [(n, v) for n, v in headers if not n.startswith(b":")], bytes(body),
                       trailers, peer, "2", pseudo.get(b":authority", ""))
+        if req.path == "/refuse-once" and not server.refused:
+            server.refused = True
+            conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            flush()
+            return
+        if req.path == "/goaway-once" and not server.refused:
+            server.refused = True
+            conn.close_connection(last_stream_id=max(sid - 2, 0))  # "not processed"
+            flush()
+            return
         reply = await route(req)
         if reply.action == "reset":
             conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
@@ -385,6 +418,81 @@ async def _h2_connection(server: Server, reader: asyncio.StreamReader,
     finally:
         for t in list(tasks.values()):
             t.cancel()
+
+
+# --- gRPC --------------------------------------------------------------------------------
+
+GRPC_SERVICE = "test.Echo"
+
+
+class GrpcServer:
+    """A grpcio server (thread pool) with the generic `test.Echo` handlers."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, credentials=None) -> None:
+        import concurrent.futures
+        import grpc
+
+        self.calls = 0
+        self.cancelled = threading.Event()  # set when a BidiEcho saw its client go away
+        self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=8))
+        self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+            GRPC_SERVICE, {
+                "Unary": grpc.unary_unary_rpc_method_handler(self._unary),
+                "Fail": grpc.unary_unary_rpc_method_handler(self._fail),
+                "Slow": grpc.unary_unary_rpc_method_handler(self._slow),
+                "ServerStream": grpc.unary_stream_rpc_method_handler(self._server_stream),
+                "BidiEcho": grpc.stream_stream_rpc_method_handler(self._bidi),
+            })])
+        addr = f"{self.host}:0"
+        if credentials is None:
+            self.port = self.server.add_insecure_port(addr)
+        else:
+            self.port = self.server.add_secure_port(addr, credentials)
+        self.server.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self.server.stop(grace=None).wait(10)
+
+    def _unary(self, request: bytes, context) -> bytes:
+        self.calls += 1
+        context.send_initial_metadata([("x-initial", "1")])
+        context.set_trailing_metadata([(k, v) for k, v in context.invocation_metadata()
+                                       if k.startswith("x-")])
+        return request
+
+    def _fail(self, request: bytes, context) -> bytes:
+        import grpc
+        self.calls += 1
+        code, _, message = request.decode().partition(":")
+        status = next(c for c in grpc.StatusCode if c.value[0] == int(code))
+        context.abort(status, message)
+
+    def _slow(self, request: bytes, context) -> bytes:
+        self.calls += 1
+        time.sleep(float(request))
+        return b"late"
+
+    def _server_stream(self, request: bytes, context):
+        self.calls += 1
+        for i in range(int(request)):
+            yield f"msg-{i}".encode()
+
+    def _bidi(self, requests, context):
+        self.calls += 1
+        context.add_callback(self.cancelled.set)
+        context.send_initial_metadata([(k, v) for k, v in context.invocation_metadata()
+                                       if k.startswith("x-")])
+        n = 0
+        for msg in requests:
+            n += 1
+            yield msg
+        context.set_trailing_metadata([("x-count", str(n))])
 
 
 # --- TLS material ------------------------------------------------------------------------
@@ -473,5 +581,100 @@ def http1_tls_server(tls_ca):
 @pytest.fixture
 def http1_mtls_server(tls_ca):
     s = Server(_h1_connection, tls_ca.server_context(["http/1.1"], require_client_cert=True))
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def grpc_server():
+    s = GrpcServer()
+    yield s
+    s.stop()
+
+
+class BlockingTlsServer:
+    """HTTP/1.1 over TLS with a client certificate required, on plain blocking sockets (a
+    thread per connection): unlike asyncio's TLS, OpenSSL here writes its alert to the
+    socket when the handshake fails, as production servers do. Answers every request
+    with 200 `mtls ok` and closes."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, ctx) -> None:
+        self._ctx = ctx
+        self._sock = socket.create_server((self.host, 0))
+        self.port = self._sock.getsockname()[1]
+        self.handshake_failures = 0
+        self._thread = threading.Thread(target=self._accept, daemon=True, name="test-tls-server")
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        import ssl
+        conn.settimeout(5)
+        tls = self._ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        with tls:
+            try:
+                tls.do_handshake()
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = tls.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                tls.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\nmtls ok")
+                tls.close()
+            except ssl.SSLError:
+                self.handshake_failures += 1
+                # lingering close: closing with the client's request unread would send a
+                # TCP RST, which can destroy the alert before the client reads it
+                try:
+                    tls.shutdown(socket.SHUT_WR)  # drops TLS: plain socket calls from here
+                    tls.settimeout(1)
+                    while tls.recv(4096):
+                        pass
+                except OSError:
+                    pass
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self._sock.close()
+
+
+@pytest.fixture
+def tls_alert_server(tls_ca):
+    s = BlockingTlsServer(tls_ca.server_context(["http/1.1"], require_client_cert=True))
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def grpc_mtls_server(tls_ca):
+    import grpc
+    creds = grpc.ssl_server_credentials([(tls_ca.server_key_pem, tls_ca.server_cert_pem)],
+                                        root_certificates=tls_ca.ca.cert_pem.bytes(),
+                                        require_client_auth=True)
+    s = GrpcServer(creds)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def grpc_tls_server(tls_ca):
+    import grpc
+    creds = grpc.ssl_server_credentials([(tls_ca.server_key_pem, tls_ca.server_cert_pem)])
+    s = GrpcServer(creds)
     yield s
     s.stop()

@@ -227,3 +227,11 @@ def test_watchers_hear_of_resumed_streams():
         d.watch(lib.pw_vm_key(s._vm), s.context_id, lambda: seen.append(s.context_id))
         rec.pending()[0].respond(200)  # posted; delivered by this thread's run
         assert seen == [s.context_id]
+
+
+def test_refused_calls_use_no_token():
+    with PluginHarness(wat("callout"), clusters=["svc"]) as h:
+        h.http().send_request_headers(REQUEST + [("x-call", "n")], end_stream=True)  # refused
+        h.http().send_request_headers(CALL, end_stream=True)
+        assert [c.token for c in h.http_calls] == [4]  # Envoy's first HTTP call token
+

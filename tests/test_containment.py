@@ -375,7 +375,7 @@ def test_linear_memory_is_capped_per_vm():
     with PluginHarness(wat("hostile"), limits=Limits(memory_bytes=4 << 20), deadline_ms=None) as h:
         s = h.http()
         s.send_request_headers(hostile("x-grow"), end_stream=True)
-        pages = int.from_bytes(h.shared_data("pages")[0], "little")
+        pages = int.from_bytes(h.shared_data("pages").value, "little")
         assert pages * 65536 <= 4 << 20  # memory.grow was refused at the cap
         assert not h.plugin.vm.failed  # a refused grow is a status, not a trap
         s.finish()
@@ -582,6 +582,7 @@ def test_reload_budget_and_backoff_hold_a_query_of_death():
 
 def test_queue_registration_is_indexed_and_bounded_per_vm():
     with PluginHarness(wat("queue_flood"), vm_id="flood", deadline_ms=None) as h:
+        flood_ns = h.namespace  # the second harness looks into this one's queues
         s = h.http()
         t0 = time.monotonic()
         s.send_request_headers(REQUEST, end_stream=True)
@@ -591,7 +592,8 @@ def test_queue_registration_is_indexed_and_bounded_per_vm():
         assert took < 2.0  # a hash lookup per registration, not a scan of every queue
         s.finish()
     # Other VMs (and the flooder's own names) are unaffected.
-    with PluginHarness(wat("queue_pc"), configuration="C", vm_id="after-flood") as h:
+    with PluginHarness(wat("queue_pc"), configuration="C", vm_id="after-flood",
+                       namespace=flood_ns) as h:
         assert h.queue_id("items", vm_id="after-flood") is not None
         assert h.queue_id("q\x00\x00\x00", vm_id="flood") is not None
 
@@ -606,7 +608,7 @@ def test_export_types_are_checked_in_c_too():
     assert mod != ffi.NULL
     d = lib.pw_dispatcher_new()
     try:
-        vm = lib.pw_vm_new(mod, d, ffi.NULL, b"", 0, b"", 0, b"", 0, ffi.NULL, err, 1024)
+        vm = lib.pw_vm_new(mod, d, ffi.NULL, b"", 0, b"", 0, b"", 0, b"", 0, ffi.NULL, err, 1024)
         assert vm == ffi.NULL
         assert "wrong type" in ffi.string(err).decode()
     finally:

@@ -207,7 +207,8 @@ def test_shared_data_cas_increments():
             s.send_request_headers(REQUEST, end_stream=True)
             assert s.request_headers.get("x-count") == str(expected)
             s.finish()
-        value, cas = h.shared_data("counter")
+        sv = h.shared_data("counter")
+        value, cas = sv.value, sv.cas
         assert value == b"5" and cas > 0
         # a stale cas is refused, cas 0 always writes
         assert h.set_shared_data("counter", b"9", cas=cas + 1000) == 8
@@ -230,7 +231,7 @@ def test_shared_queue_notifications_are_asynchronous():
         assert h.dispatch() == 3  # one on_queue_ready per enqueue
         assert [m for m in h.logs("info") if m.startswith("dequeued")] == [
             "dequeued /a", "dequeued /b", "dequeued /c"]
-        assert h.shared_data("dequeued")[0] == b"/a,/b,/c"
+        assert h.shared_data("dequeued").value == b"/a,/b,/c"
         assert h.queue_size("events") == 0
 
 
@@ -390,21 +391,27 @@ def test_computed_stream_attributes():
 
 
 def test_metrics_snapshot_and_prometheus_text():
-    from pyproxywasm.metrics import prometheus_text, snapshot
+    from pyproxywasm.metrics import snapshot
 
     with harness("metrics") as h:
-        s = h.http()
-        s.send_request_headers(REQUEST)
-        s.send_response_headers(RESPONSE)
-        s.send_response_body(b"abc", end_stream=True)
-        s.finish()
-        by_name = {m.name: m for m in snapshot()}
-        assert by_name["requests_total"].kind == "counter" and by_name["requests_total"].value >= 1
-        assert by_name["body_size"].kind == "histogram" and by_name["body_size"].sum >= 3
-        text = prometheus_text()
-        assert "# TYPE requests_total counter" in text
-        assert f"requests_total {by_name['requests_total'].value}" in text
-        assert "# TYPE body_size summary" in text and "body_size_count" in text
+        for body in (b"abc", b"x" * 700):
+            s = h.http()
+            s.send_request_headers(REQUEST)
+            s.send_response_headers(RESPONSE)
+            s.send_response_body(body, end_stream=True)
+            s.finish()
+        by_name = {m.name: m for m in snapshot(h.namespace)}
+        assert by_name["requests_total"].kind == "counter" and by_name["requests_total"].value == 2
+        assert by_name["body_size"].kind == "histogram" and by_name["body_size"].sum == 703
+        cumulative = [0, 0, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
+        bounds = ["0.5", "1", "5", "10", "25", "50", "100", "250", "500", "1000", "2500",
+                  "5000", "10000", "30000", "60000", "300000", "600000", "1800000", "3600000"]
+        assert h.prometheus() == (
+            "# TYPE requests_total counter\nrequests_total{} 2\n\n"
+            "# TYPE inflight gauge\ninflight{} 0\n\n"
+            "# TYPE body_size histogram\n"
+            + "".join(f'body_size_bucket{{le="{b}"}} {n}\n' for b, n in zip(bounds, cumulative))
+            + 'body_size_bucket{le="+Inf"} 2\nbody_size_sum{} 703\nbody_size_count{} 2\n\n')
 
 
 def test_buffer_limit_ends_the_request_with_413():

@@ -63,7 +63,7 @@ def test_cas_increments_across_threads_are_exact():
     with Host([cfg], concurrency=workers) as host:
         zero = b"\0" * 8
         for key in [b"shared"] + [f"own-{i}".encode() for i in range(workers)]:
-            lib.pw_shared_set(b"cas-stress", 10, key, len(key), zero, 8, 0)
+            lib.pw_shared_set(b"", 0, b"cas-stress", 10, key, len(key), zero, 8, 0)
 
         def job(i: int) -> None:
             for _ in range(requests):
@@ -75,9 +75,7 @@ def test_cas_increments_across_threads_are_exact():
 
         for f in [w.call(job, i) for i, w in enumerate(host.workers)]:
             f.result(60)
-        h = PluginHarness.__new__(PluginHarness)  # only to read shared data
-        h.vm_config = CAS
-        value = lambda k: struct.unpack("<Q", h.shared_data(k)[0])[0]  # noqa: E731
+        value = lambda k: struct.unpack("<Q", host.state.shared_data(k, CAS.vm_id).value)[0]  # noqa: E731
         assert value("shared") == workers * requests * per_request
         for i in range(workers):
             assert value(f"own-{i}") == requests * per_request
@@ -135,11 +133,11 @@ def test_shared_data_values_big_and_empty():
     with PluginHarness(WAT / "cas_loop.wasm", vm_id="values") as h:
         big = bytes(range(256)) * 4096 + b"!"  # 1 MiB + 1
         assert h.set_shared_data("big", big) == 0
-        value, cas = h.shared_data("big")
+        value, cas = h.shared_data("big").value, h.shared_data("big").cas
         assert value == big and cas > 0
         assert h.shared_data("missing") is None
         assert h.set_shared_data("empty", b"") == 0
-        assert h.shared_data("empty")[0] == b""  # present and empty, not missing
+        assert h.shared_data("empty").value == b""  # present and empty, not missing
 
 
 def test_plain_threads_get_vms_and_autorun_delivery():

@@ -80,7 +80,7 @@ static uint8_t *read_file(const char *dir, const char *name, size_t *len) {
 
 static pw_vm *new_vm(pw_module *m, pw_dispatcher *d, const char *vm_id) {
     char err[512];
-    pw_vm *vm = pw_vm_new(m, d, NULL, (const uint8_t *)vm_id, strlen(vm_id), NULL, 0, NULL, 0, NULL,
+    pw_vm *vm = pw_vm_new(m, d, NULL, NULL, 0, (const uint8_t *)vm_id, strlen(vm_id), NULL, 0, NULL, 0, NULL,
                           err, sizeof err);
     if (!vm) fprintf(stderr, "vm: %s\n", err);
     return vm;
@@ -134,7 +134,7 @@ static uint64_t counter(const char *key) {
     size_t n = 0;
     uint32_t cas = 0;
     uint64_t out = 0;
-    if (pw_shared_get((const uint8_t *)"stress-cas", 10, (const uint8_t *)key, strlen(key), &v, &n,
+    if (pw_shared_get((const uint8_t *)"", 0, (const uint8_t *)"stress-cas", 10, (const uint8_t *)key, strlen(key), &v, &n,
                       &cas) == 0 && n == 8)
         memcpy(&out, v, 8);
     pw_bytes_free(v);
@@ -144,10 +144,10 @@ static uint64_t counter(const char *key) {
 static void test_cas(void) {
     uint8_t zero[8] = {0};
     char key[32];
-    pw_shared_set((const uint8_t *)"stress-cas", 10, (const uint8_t *)"shared", 6, zero, 8, 0);
+    pw_shared_set((const uint8_t *)"", 0, (const uint8_t *)"stress-cas", 10, (const uint8_t *)"shared", 6, zero, 8, 0);
     for (int i = 0; i < THREADS; i++) {
         int n = snprintf(key, sizeof key, "own-%d", i);
-        pw_shared_set((const uint8_t *)"stress-cas", 10, (const uint8_t *)key, (size_t)n, zero, 8, 0);
+        pw_shared_set((const uint8_t *)"", 0, (const uint8_t *)"stress-cas", 10, (const uint8_t *)key, (size_t)n, zero, 8, 0);
     }
     pthread_t t[THREADS];
     for (int i = 0; i < THREADS; i++) pthread_create(&t[i], NULL, cas_thread, (void *)(intptr_t)i);

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-from typing import AsyncIterable, AsyncIterator
+from typing import Any, AsyncIterable, AsyncIterator
 
 import h2.config
 import h2.connection
@@ -31,7 +31,7 @@ import h2.settings
 
 from .cluster import Cluster
 from .http_client import (CalloutError, Header, HttpResponse, RequestHead, StreamingResponse,
-                          classify, ssl_context)
+                          bounded, classify, ssl_context)
 
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 4 * 1024 * 1024
@@ -82,11 +82,16 @@ class _Stream:
             await self.wake.wait()
 
     def cancel(self) -> None:
-        """Stop the exchange (RST_STREAM CANCEL) unless it already ended."""
+        """Stop the exchange (RST_STREAM CANCEL) unless it already ended, and hand back the
+        connection window that data received but never read still holds."""
         if self.error is None and not (self.ended and self.local_done):
             if not self.ended:
                 self.error = CalloutError("cancelled")
             self.conn.reset(self.id)
+        if not self.auto_ack and self.chunks:
+            unread = sum(flow for _, flow in self.chunks)
+            self.chunks.clear()
+            self.conn.ack(self.id, unread)  # the stream is closed: the connection's share
         self.conn.streams.pop(self.id, None)
         self.conn.pool_changed()
 
@@ -147,6 +152,8 @@ class H2Connection:
         self.flush()
 
     def start(self, headers: list[Header], end_stream: bool) -> _Stream:
+        if self.closed:
+            raise CalloutError("connection reset", "the connection closed before the request")
         try:
             sid = self.h2.get_next_available_stream_id()
             self.h2.send_headers(sid, headers, end_stream=end_stream)
@@ -253,7 +260,9 @@ class H2Connection:
                     code = h2.errors.ErrorCodes(ev.error_code).name
                 except ValueError:
                     code = str(ev.error_code)
-                stream.fail(CalloutError("connection reset", f"stream reset by the server ({code})"))
+                refused = ev.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                stream.fail(CalloutError("connection reset", f"stream reset by the server ({code})",
+                                         unprocessed=refused))
                 self.streams.pop(ev.stream_id, None)
                 self.pool_changed()
         elif isinstance(ev, h2.events.WindowUpdated):
@@ -267,18 +276,22 @@ class H2Connection:
             last = ev.last_stream_id or 0
             for sid, s in list(self.streams.items()):
                 if sid > last:
-                    s.fail(CalloutError("connection reset", "GOAWAY before the stream was processed"))
+                    s.fail(CalloutError("connection reset", "GOAWAY before the stream was processed",
+                                        unprocessed=True))
                     self.streams.pop(sid, None)
             self.pool_changed()
 
-    def _shutdown(self, err: CalloutError) -> None:
+    def _shutdown(self, err: CalloutError, graceful: bool = False) -> None:
         if self.closed:
             return
         self.closed = True
         for s in list(self.streams.values()):
             s.fail(err)
         self.streams.clear()
-        self.writer.transport.abort()
+        if graceful:
+            self.writer.transport.close()  # after writing what is buffered (our GOAWAY)
+        else:
+            self.writer.transport.abort()
         self.pool.forget(self)
 
     async def close(self) -> None:
@@ -288,12 +301,17 @@ class H2Connection:
                 self.flush()
             except h2.exceptions.ProtocolError:
                 pass
+        self._shutdown(CalloutError("client closed"), graceful=True)
         self.task.cancel()
         try:
             await self.task
         except asyncio.CancelledError:
             pass
-        self._shutdown(CalloutError("client closed"))
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class H2Pool:
@@ -316,19 +334,19 @@ class H2Pool:
 
     async def _connect(self, addr: tuple[str, int]) -> H2Connection:
         host, port = addr
-        kw = {}
+        kw: dict[str, Any] = {}
         if self._ctx is not None:
             tls = self.cluster.tls
             kw = {"ssl": self._ctx, "server_hostname": (tls.sni if tls and tls.sni else host)}
         try:
-            reader, writer = await asyncio.wait_for(
+            reader, writer = await bounded(
                 asyncio.open_connection(host, port, limit=READ_SIZE * 2, **kw),
                 self.cluster.connect_timeout)
         except asyncio.TimeoutError:
             raise CalloutError("connect timeout",
                                f"{host}:{port} not connected within {self.cluster.connect_timeout} s") from None
         except OSError as e:
-            raise classify(e) from e
+            raise classify(e, tls_connect=self._ctx is not None) from e
         if self._ctx is not None:
             proto = writer.get_extra_info("ssl_object").selected_alpn_protocol()
             if proto != "h2":
@@ -337,10 +355,10 @@ class H2Pool:
         return H2Connection(self, reader, writer)
 
     async def _connection(self) -> H2Connection:
-        if self.closed:
-            raise CalloutError("client closed")
         addr = next(self._next)
         while True:
+            if self.closed:
+                raise CalloutError("client closed")
             conns = self._conns[addr]
             for c in conns:
                 if c.has_room():
@@ -380,22 +398,44 @@ class H2Pool:
         return out
 
     async def _begin(self, head: RequestHead, body: bytes | AsyncIterable[bytes],
-                     trailers: list[Header]) -> tuple[_Stream, asyncio.Task | None]:
+                     trailers: list[Header]) -> tuple[_Stream, asyncio.Task[None] | None]:
         conn = await self._connection()
         whole = isinstance(body, (bytes, bytearray))
         empty = whole and not body and not trailers
-        stream = conn.start(self._headers(head, self.cluster.scheme, len(body) if whole else None),
+        stream = conn.start(self._headers(head, self.cluster.scheme, len(body) if isinstance(body, (bytes, bytearray)) else None),
                             end_stream=empty)
         sender = None
         if not empty:
             sender = conn.loop.create_task(conn.send_body(stream, body, trailers))
+            sender.add_done_callback(_retrieve)  # its failure shows on the response side
         return stream, sender
+
+    async def _exchange(self, head: RequestHead, body: bytes | AsyncIterable[bytes],
+                        trailers: list[Header], auto_ack: bool
+                        ) -> tuple[_Stream, asyncio.Task[None] | None, list[Header]]:
+        """Send the request and wait for the response headers. A request the server says it
+        did not process (REFUSED_STREAM, or cut off by a GOAWAY, as when it closes an idle
+        connection just as the request goes out) is sent once more, on another connection,
+        when its body can be sent again."""
+        for attempt in (1, 2):
+            stream, sender = await self._begin(head, body, trailers)
+            stream.auto_ack = auto_ack
+            try:
+                return stream, sender, await stream.headers
+            except BaseException as e:
+                stream.cancel()
+                if sender is not None and not sender.done():
+                    sender.cancel()
+                if (attempt == 1 and isinstance(e, CalloutError) and e.unprocessed
+                        and isinstance(body, (bytes, bytearray))):
+                    continue
+                raise
+        raise AssertionError("unreachable")
 
     async def request(self, head: RequestHead, body: bytes, trailers: list[Header],
                       limit: int) -> HttpResponse:
-        stream, sender = await self._begin(head, body, trailers)
+        stream, sender, headers = await self._exchange(head, body, trailers, auto_ack=True)
         try:
-            headers = await stream.headers
             cl = next((v for n, v in headers if n == b"content-length"), None)
             if cl is not None and cl.isdigit() and int(cl) > limit:
                 raise CalloutError("response too large", f"content-length {int(cl)} > limit {limit}")
@@ -410,34 +450,24 @@ class H2Pool:
             return HttpResponse(headers, b"".join(parts), stream.trailers)
         finally:
             stream.cancel()
-            if sender is not None:
-                if not sender.done():
-                    sender.cancel()
-                else:
-                    sender.exception() if not sender.cancelled() else None
+            if sender is not None and not sender.done():
+                sender.cancel()
 
     async def open(self, head: RequestHead, body: bytes | AsyncIterable[bytes],
                    deadline: float | None) -> StreamingResponse:
-        stream, sender = await self._begin(head, body, [])
-        stream.auto_ack = False
-        try:
-            headers = await stream.headers
-        except BaseException:
-            stream.cancel()
-            if sender is not None:
-                sender.cancel()
-            raise
+        stream, sender, headers = await self._exchange(head, body, [], auto_ack=False)
         return _H2Streaming(stream, sender, headers, deadline)
 
     async def close(self) -> None:
         self.closed = True
+        self.room.set()  # callers waiting for room see the pool closed
         conns = [c for cs in self._conns.values() for c in cs]
         for c in conns:
             await c.close()
 
 
 class _H2Streaming(StreamingResponse):
-    def __init__(self, stream: _Stream, sender: asyncio.Task | None, headers: list[Header],
+    def __init__(self, stream: _Stream, sender: asyncio.Task[None] | None, headers: list[Header],
                  deadline: float | None) -> None:
         super().__init__(int(headers[0][1]), headers)
         self._stream = stream
@@ -454,7 +484,7 @@ class _H2Streaming(StreamingResponse):
                 elif left <= 0:
                     raise asyncio.TimeoutError
                 else:
-                    chunk = await asyncio.wait_for(self._stream.next_chunk(), left)
+                    chunk = await bounded(self._stream.next_chunk(), left)
             except asyncio.TimeoutError:
                 await self.release()
                 raise CalloutError("timeout", "response body not complete in time") from None

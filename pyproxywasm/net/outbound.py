@@ -62,6 +62,10 @@ class Outbound:
         self._http: Any = None
         self._grpc: Any = None
         self._direct: dict[str, Cluster] = {}
+        if self.clusters:
+            # Import the clients now, on the host's thread: importing aiohttp and grpcio
+            # takes a good part of a second, which the first call would otherwise wait.
+            from . import grpc_client, http_client  # noqa: F401
 
     # ---- clients, made on first use so a host without clusters starts no thread -----------
     @property
@@ -124,7 +128,7 @@ class _Call:
     __slots__ = ("task", "stream", "cancelled", "record")
 
     def __init__(self) -> None:
-        self.task: asyncio.Future | None = None
+        self.task: asyncio.Future[Any] | None = None
         self.stream: Any = None
         self.cancelled = False
         self.record: Any = None  # the harness's record, for calls to recorded clusters
@@ -177,8 +181,8 @@ class VmCalls:
             self.outbound.io.call_soon(_stream_close, c)
 
     # ---- starting calls ------------------------------------------------------------------------
-    def _start_http(self, token: int, root: int, name: str, headers: list, body: bytes,
-                    trailers: list, timeout_ms: int) -> int:
+    def _start_http(self, token: int, root: int, name: str, headers: list[Any], body: bytes,
+                    trailers: list[Any], timeout_ms: int) -> int:
         out = self.outbound
         cluster = out.resolve(name, self._allow_any_host(root))
         if cluster is None:
@@ -194,7 +198,7 @@ class VmCalls:
         return ST_OK
 
     def _start_grpc(self, token: int, root: int, stream: bool, name: str, service: str,
-                    method: str, metadata: list, message: bytes, timeout_ms: int) -> int:
+                    method: str, metadata: list[Any], message: bytes, timeout_ms: int) -> int:
         out = self.outbound
         cluster = out.resolve(name, self._allow_any_host(root))
         if cluster is None:
@@ -219,7 +223,7 @@ class VmCalls:
         if not c.cancelled:
             c.task = asyncio.ensure_future(make())
 
-    async def _http(self, token: int, cluster: Cluster, headers: list, body: bytes, trailers: list,
+    async def _http(self, token: int, cluster: Cluster, headers: list[Any], body: bytes, trailers: list[Any],
                     timeout: float | None) -> None:
         from .http_client import CalloutError
         try:
@@ -234,7 +238,7 @@ class VmCalls:
         else:
             self.respond_http(token, r.headers, r.body, r.trailers)
 
-    async def _unary(self, token: int, cluster: Cluster, service: str, method: str, metadata: list,
+    async def _unary(self, token: int, cluster: Cluster, service: str, method: str, metadata: list[Any],
                      message: bytes, timeout: float | None) -> None:
         from .grpc_client import GrpcCallError
         try:
@@ -250,7 +254,7 @@ class VmCalls:
             self.grpc_message(token, answer, final=True)
 
     def _open_stream(self, c: _Call, token: int, cluster: Cluster, service: str, method: str,
-                     metadata: list, timeout: float | None) -> None:
+                     metadata: list[Any], timeout: float | None) -> None:
         if c.cancelled:
             return
 

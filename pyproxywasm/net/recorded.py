@@ -8,7 +8,7 @@ thread's dispatcher and delivered there as proxy_on_http_call_response / proxy_o
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
 
 from .._binding import lib
 from ..pairs import HeaderItems, Headers
@@ -25,7 +25,12 @@ def _headers(items: Iterable[tuple[bytes, bytes]]) -> Headers:
 
 
 def _pairs(items: HeaderItems) -> list[tuple[Any, Any]]:
-    return list(items.items()) if isinstance(items, dict) else list(items)
+    if isinstance(items, bytes):
+        from ..pairs import decode_pairs
+        return list(decode_pairs(items))
+    if isinstance(items, Mapping):
+        return list(items.items())
+    return list(items)
 
 
 class RecordedCall:
@@ -172,6 +177,8 @@ class RecordedGrpcCall(RecordedCall):
         return f"<RecordedGrpcCall {self.token} {kind} {self.cluster} /{self.service}/{self.method}>"
 
 
+_C = TypeVar("_C", bound="RecordedCall")
+
 class CallRecorder:
     """Records calls to clusters that are not real. names: the cluster names it answers for
     (None: every name, so no call fails as an unknown cluster)."""
@@ -185,17 +192,17 @@ class CallRecorder:
     def knows(self, name: str) -> bool:
         return self.names is None or name in self.names
 
-    def http(self, calls: "VmCalls", token: int, cluster: str, headers: list, body: bytes,
-             trailers: list, timeout_ms: int) -> RecordedHttpCall:
+    def http(self, calls: "VmCalls", token: int, cluster: str, headers: list[Any], body: bytes,
+             trailers: list[Any], timeout_ms: int) -> RecordedHttpCall:
         return self._add(RecordedHttpCall(self, calls, token, cluster, headers, body, trailers,
                                           timeout_ms))
 
     def grpc(self, calls: "VmCalls", token: int, stream: bool, cluster: str, service: str,
-             method: str, metadata: list, message: bytes, timeout_ms: int) -> RecordedGrpcCall:
+             method: str, metadata: list[Any], message: bytes, timeout_ms: int) -> RecordedGrpcCall:
         return self._add(RecordedGrpcCall(self, calls, token, stream, cluster, service, method,
                                           metadata, message, timeout_ms))
 
-    def _add(self, call: RecordedCall) -> Any:
+    def _add(self, call: _C) -> _C:
         with self._lock:
             self.calls.append(call)
         return call

@@ -147,7 +147,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     pw_dispatcher *d = pw_dispatcher_new();
-    pw_vm *vm = pw_vm_new(m, d, NULL, (const uint8_t *)"bench", 5, NULL, 0, NULL, 0, NULL, err,
+    pw_vm *vm = pw_vm_new(m, d, NULL, NULL, 0, (const uint8_t *)"bench", 5, NULL, 0, NULL, 0, NULL, err,
                           sizeof err);
     if (!vm) {
         fprintf(stderr, "vm: %s\n", err);

@@ -10,8 +10,9 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 case "$kind" in
   asan) flags="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
         runtime="$(gcc -print-file-name=libasan.so)"
-        # wasmtime turns guest faults into traps with its own SIGSEGV handler.
-        export ASAN_OPTIONS="detect_leaks=0:handle_segv=0:allow_user_segv_handler=1:handle_sigbus=0:handle_sigfpe=0"
+        # wasmtime turns guest faults into traps with its own SIGSEGV handler. A small
+        # quarantine keeps the RSS-bound tests meaningful (freed memory is reused sooner).
+        export ASAN_OPTIONS="detect_leaks=0:quarantine_size_mb=32:handle_segv=0:allow_user_segv_handler=1:handle_sigbus=0:handle_sigfpe=0"
         export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" ;;
   tsan) flags="-fsanitize=thread"
         runtime="$(gcc -print-file-name=libtsan.so)"

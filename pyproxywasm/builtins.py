@@ -38,6 +38,7 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from . import protobuf
 from ._binding import ForeignFunction, ForeignFunctionStatus, ffi, lib
 from .abi import Status
 from .pairs import decode_pairs
@@ -70,44 +71,7 @@ LIFE_SPANS = ("filter_chain", "downstream_request", "downstream_connection")
 def parse_protobuf(data: bytes) -> dict[int, int | bytes]:
     """The fields of a flat protobuf message (varint and length-delimited; the last
     occurrence wins). ValueError if it does not parse."""
-    fields: dict[int, int | bytes] = {}
-    i = 0
-
-    def varint() -> int:
-        nonlocal i
-        shift = value = 0
-        while True:
-            if i >= len(data) or shift > 63:
-                raise ValueError("truncated varint")
-            b = data[i]
-            i += 1
-            value |= (b & 0x7F) << shift
-            if not b & 0x80:
-                return value
-            shift += 7
-
-    while i < len(data):
-        key = varint()
-        num, wire = key >> 3, key & 7
-        if num == 0:
-            raise ValueError("field number 0")
-        if wire == 0:
-            fields[num] = varint()
-        elif wire == 2:
-            n = varint()
-            if i + n > len(data):
-                raise ValueError("truncated field")
-            fields[num] = data[i:i + n]
-            i += n
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        if i > len(data):
-            raise ValueError("truncated field")
-    return fields
+    return protobuf.last_fields(data)
 
 
 @dataclass(frozen=True)

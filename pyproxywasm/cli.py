@@ -1,5 +1,7 @@
-"""Command line: `pyproxywasm run` pushes one request/response through a plugin and shows
-what it changed and logged; `pyproxywasm inspect` shows a module's ABI, imports, exports."""
+"""Command line: `pyproxywasm serve [CONFIG]` runs a proxy from an Envoy bootstrap (the
+bundled example without one); `pyproxywasm run` pushes one request/response through a
+plugin and shows what it changed and logged; `pyproxywasm inspect` shows a module's ABI,
+imports, exports."""
 from __future__ import annotations
 
 import argparse
@@ -117,9 +119,48 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from . import serve
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="[%(asctime)s][%(threadName)s][%(levelname)s][%(name)s] %(message)s")
+    path = args.config or serve.DEFAULT_CONFIG
+    bootstrap = serve.load(path)
+    server = serve.Server(bootstrap, concurrency=args.concurrency)
+
+    def announce(s: "serve.Server") -> None:
+        print(f"pyproxywasm serve: {path} ({args.concurrency} worker{'s' if args.concurrency > 1 else ''})")
+        for lst in bootstrap.listeners:
+            name = lst.name or "listener"
+            port = s.ports.get(name, lst.port)
+            kind = "tcp" if isinstance(lst, serve.config.TcpListener) else "http"
+            print(f"  {name}: {kind}://{lst.host}:{port}")
+        if s.admin_port is not None and bootstrap.admin is not None:
+            print(f"  admin: http://{bootstrap.admin[0]}:{s.admin_port}/stats/prometheus")
+        first = next((lst for lst in bootstrap.listeners if isinstance(lst, serve.config.HttpListener)), None)
+        if first is not None:
+            host = "127.0.0.1" if first.host in ("0.0.0.0", "::") else first.host
+            print(f"try: curl -i http://{host}:{s.ports.get(first.name or 'listener', first.port)}/")
+        print("Ctrl-C to stop", flush=True)
+
+    server.run(announce)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pyproxywasm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+
+    srv = sub.add_parser("serve", help="run a proxy from an Envoy bootstrap (YAML/JSON)")
+    srv.add_argument("config", nargs="?", help="Envoy bootstrap file (default: the bundled example: "
+                     "header_rewrite on 127.0.0.1:10000)")
+    srv.add_argument("--concurrency", type=int, default=1, metavar="N",
+                     help="worker threads, each with its own event loop, listeners and VMs (default 1)")
+    srv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                     help="log level of the proxy and its plugins (default info, as Envoy)")
+    srv.set_defaults(func=cmd_serve)
 
     run = sub.add_parser("run", help="push one request/response through a plugin")
     run.add_argument("plugin", nargs="?", help="a .wasm plugin (default: the bundled header_rewrite example)")

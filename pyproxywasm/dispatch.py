@@ -4,7 +4,7 @@ Every thread that owns VMs has one Dispatcher (C: an eventfd plus a lock-free in
 threads post to it — a queue notification, a job — and the owner runs it: pending
 on_queue_ready calls and due ticks are delivered there, never inside another callback.
 
-- A Worker is a thread that does nothing else: it sleeps in select() on the dispatcher's
+- A Worker is a thread that does nothing else: it sleeps in poll() on the dispatcher's
   fd (with the next tick as timeout) and runs jobs handed to it with call().
 - An asyncio loop thread can do the same with loop.add_reader(dispatcher.fileno(), ...).
 - A thread with no loop (a WSGI server thread) gets a dispatcher in autorun mode: what is
@@ -28,6 +28,14 @@ _CHANGED = struct.Struct("<QI")  # (vm_key, context id) records of pw_dispatcher
 _CHANGED_BATCH = 256
 
 
+def wait_readable(fd: int, timeout: float | None) -> None:
+    """Sleeps until fd is readable or timeout (seconds; None: no limit) passes. poll(),
+    not select(): a busy process has descriptors past select()'s limit of 1,024."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    p.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
+
+
 class Dispatcher:
     """The dispatcher of the thread that creates it."""
 
@@ -40,6 +48,7 @@ class Dispatcher:
         self.ptr = ffi.gc(ptr, lib.pw_dispatcher_free)
         self.closed = False
         self.thread = threading.get_ident()
+        self.autorun = autorun
         lib.pw_dispatcher_set_autorun(ptr, autorun)
         self._watchers: dict[tuple[int, int], Callable[[], None]] = {}
         self._changed = ffi.new("uint8_t[]", _CHANGED.size * _CHANGED_BATCH)
@@ -101,7 +110,7 @@ class Dispatcher:
                 if left <= 0:
                     return False
                 wait = left if wait is None else min(wait, left)
-            select.select([fd], [], [], wait)
+            wait_readable(fd, wait)
             self.run()
         return True
 
@@ -110,14 +119,20 @@ class Dispatcher:
         ns = lib.pw_dispatcher_next_tick_in(self.ptr)
         return None if ns == _NO_TICK else ns / 1e9
 
-    def attach(self, loop: Any) -> Callable[[], None]:
+    def attach(self, loop: Any, after: Callable[[], None] | None = None) -> Callable[[], None]:
         """Serves this dispatcher from an asyncio loop running on its owner thread: a
-        reader on the fd for posted events, a timer for the next tick. Returns detach()."""
+        reader on the fd for posted events, a timer for the next tick. Returns detach().
+        after(), if given, is called after every run: a plugin may have resumed streams
+        there, which the embedding then re-checks. While attached the loop alone runs the
+        dispatcher (no autorun inside a stream's start)."""
         timer = None
+        lib.pw_dispatcher_set_autorun(self.ptr, False)
 
         def run() -> None:
             nonlocal timer
             self.run()
+            if after is not None:
+                after()
             if timer is not None:
                 timer.cancel()
             wait = self.next_timeout()
@@ -127,6 +142,7 @@ class Dispatcher:
             loop.remove_reader(self.fileno())
             if timer is not None:
                 timer.cancel()
+            lib.pw_dispatcher_set_autorun(self.ptr, self.autorun)
 
         loop.add_reader(self.fileno(), run)
         run()
@@ -198,7 +214,7 @@ class Worker:
         self._ready.set()
         d, fd = self.dispatcher, self.dispatcher.fileno()
         while not (self._stopping and not self._jobs):
-            select.select([fd], [], [], d.next_timeout())
+            wait_readable(fd, d.next_timeout())
             d.run()
             self._run_jobs()
         try:

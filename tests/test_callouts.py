@@ -235,3 +235,12 @@ def test_refused_calls_use_no_token():
         h.http().send_request_headers(CALL, end_stream=True)
         assert [c.token for c in h.http_calls] == [4]  # Envoy's first HTTP call token
 
+
+
+def test_grpc_upstream_may_be_a_grpc_service_message():
+    from pyproxywasm.net.outbound import grpc_service
+    inner = b"\x0a\x02c1"  # EnvoyGrpc{cluster_name: "c1"}
+    msg = b"\x0a" + bytes([len(inner)]) + inner + b"\x2a\x06\x0a\x01K\x12\x01v"  # + metadata K=v
+    assert grpc_service(msg, "ignored") == ("c1", [(b"k", b"v")])
+    assert grpc_service(b"plain_cluster", "plain_cluster") == ("plain_cluster", [])
+    assert grpc_service(b"\x0a\x05\x0a\x09", "garbage") == ("garbage", [])  # truncated

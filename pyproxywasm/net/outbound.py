@@ -15,6 +15,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
+from .. import protobuf
 from .._binding import ffi, lib
 from ..pairs import decode_pairs_bytes, encode_pairs
 from .cluster import Cluster, ClusterError
@@ -341,42 +342,9 @@ def _text(ptr: Any, n: int) -> str:
 
 
 # ---- Envoy's GrpcService, which plugins may send instead of a cluster name ------------------
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(data: bytes) -> list[tuple[int, bytes]]:
-    """The length-delimited fields of a protobuf message; raises on anything malformed."""
-    out, pos = [], 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        field, wire = key >> 3, key & 7
-        if field == 0:
-            raise ValueError("field 0")
-        if wire == 0:
-            _, pos = _varint(data, pos)
-        elif wire == 2:
-            n, pos = _varint(data, pos)
-            if pos + n > len(data):
-                raise ValueError("truncated field")
-            out.append((field, data[pos:pos + n]))
-            pos += n
-        elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-            if pos > len(data):
-                raise ValueError("truncated field")
-        else:
-            raise ValueError("unsupported wire type")
-    return out
+def _messages(data: bytes) -> list[tuple[int, bytes]]:
+    """The length-delimited fields of a message (its sub-messages and strings)."""
+    return [(f, v) for f, v in protobuf.fields(data) if isinstance(v, bytes)]
 
 
 def grpc_service(raw: bytes, name: str) -> tuple[str, list[tuple[bytes, bytes]]]:
@@ -385,17 +353,17 @@ def grpc_service(raw: bytes, name: str) -> tuple[str, list[tuple[bytes, bytes]]]
     as one (envoy_grpc.cluster_name = field 1.1, initial_metadata = field 5), else as a
     cluster name."""
     try:
-        fields = _fields(raw)
+        fields = _messages(raw)
         envoy = [v for f, v in fields if f == 1]
         if not envoy:
             return name, []
-        cluster = [v for f, v in _fields(envoy[-1]) if f == 1]
+        cluster = [v for f, v in _messages(envoy[-1]) if f == 1]
         if not cluster or not cluster[-1]:
             return name, []
         metadata = []
         for f, v in fields:
             if f == 5:
-                kv = dict(_fields(v))
+                kv = dict(_messages(v))
                 metadata.append((kv.get(1, b"").lower(), kv.get(2, b"")))
         return cluster[-1].decode("utf-8", "replace"), metadata
     except (ValueError, UnicodeDecodeError):

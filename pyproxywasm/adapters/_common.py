@@ -1,0 +1,168 @@
+"""What the ASGI and WSGI adapters share: the Host they run, request headers in Envoy's
+form, the properties of a stream, and the response-side content-length fix-up."""
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any, Iterable, Mapping, Sequence
+
+from .. import properties as props
+from .. import wasmbin
+from .._binding import lib
+from ..config import PluginConfig
+from ..host import Host, Plugin
+
+
+class HostHolder:
+    """The Host of a middleware: one it was given, or one it makes from plugin configs on
+    the first thread that needs it (an event loop's thread, so that thread is the host's
+    main thread and runs the singleton services) and closes at shutdown."""
+
+    def __init__(self, plugins: Sequence[PluginConfig], host: Host | None,
+                 host_options: Mapping[str, Any] | None) -> None:
+        if host is None and not plugins:
+            raise ValueError("give plugins=[PluginConfig(...)] or host=Host(...)")
+        self._configs = list(plugins)
+        self._options = dict(host_options or {})
+        self.host = host
+        self.owned = host is None
+        self._lock = threading.Lock()
+        self._plugins: list[Plugin] | None = None if host is None else list(host.plugins)
+        self._reads: list[bool] | None = None
+
+    def get(self) -> Host:
+        h = self.host
+        if h is None:
+            with self._lock:
+                if self.host is None:
+                    self.host = Host(self._configs, **self._options)
+                    self._plugins = list(self.host.plugins)
+                h = self.host
+        return h
+
+    @property
+    def plugins(self) -> list[Plugin]:
+        if self._plugins is None:
+            self.get()
+        return self._plugins  # type: ignore[return-value]
+
+    @property
+    def reads_properties(self) -> list[bool]:
+        """Per plugin: does its module import proxy_get_property? Streams of one that
+        does not are given no per-stream properties (it cannot read them): three C calls
+        fewer per request."""
+        r = self._reads
+        if r is None or len(r) != len(self.plugins):
+            r = self._reads = [_imports_get_property(p.config.vm_config.code_bytes())
+                               for p in self.plugins]
+        return r
+
+    def close(self) -> None:
+        if self.owned and self.host is not None:
+            h, self.host, self._plugins = self.host, None, None
+            h.close()
+
+
+def _imports_get_property(code: bytes) -> bool:
+    try:
+        info = wasmbin.parse(code)
+    except Exception:  # noqa: BLE001 - unreadable here means: assume it reads them
+        return True
+    return any(i.name == "proxy_get_property" for i in info.imports)
+
+
+def request_headers(method: bytes, path: bytes, authority: bytes | None, scheme: bytes,
+                    headers: Sequence[tuple[bytes, bytes]], http2: bool
+                    ) -> tuple[bytes, int, bool, bool]:
+    """Envoy's request headers in the C core's flat form, from an ASGI/WSGI request:
+    (data, pairs, end_stream, is_grpc). HTTP/1's Host becomes :authority (Envoy does the
+    same); end_stream when HTTP/1 framing says there is no body (no content-length, or 0,
+    and no transfer-encoding); HTTP/2 always announces a body (ended later, maybe empty)."""
+    flat = [b":method", method, b":path", path, b":authority", authority or b"", b":scheme", scheme]
+    has_body = http2
+    grpc = False
+    for k, v in headers:
+        if k == b"host":
+            if authority is None:
+                flat[5] = v
+            continue
+        if k == b"content-length":
+            if v.strip() != b"0":
+                has_body = True
+        elif k == b"transfer-encoding":
+            has_body = True
+        elif k == b"content-type" and v.startswith(b"application/grpc"):
+            grpc = True
+        flat.append(k)
+        flat.append(v)
+    data = b"\0".join(flat)
+    n = len(flat) >> 1
+    if data.count(b"\0") != 2 * n - 1:
+        from ..pairs import encode_pairs
+        return encode_pairs(list(zip(flat[::2], flat[1::2]))), -1, not has_body, grpc
+    return data, n, not has_body, grpc
+
+
+def _enc(path: str, value: Any) -> tuple[bytes, bytes]:
+    return next(iter(props.flatten({path: value})))
+
+
+class StreamProperties:
+    """Envoy's source.*, destination.*, request.protocol and connection.* attributes for
+    the streams of one thread. What a listener shares (destination, protocol, mtls) is set
+    once on the thread's VMs; what a connection has (source, connection.id) is encoded once
+    per connection and set per stream (three C calls)."""
+
+    def __init__(self) -> None:
+        self._server: tuple | None = None
+        self._protocol = ""
+        self._cache: dict[tuple, list[tuple[bytes, bytes]]] = {}
+        self._ids = itertools.count(1)
+
+    def _listener(self, server: tuple | None, protocol: str) -> list[tuple[bytes, bytes]]:
+        p = [_enc("request.protocol", protocol), _enc("connection.mtls", False)]
+        if server:
+            if server[1] is not None:
+                p.append(_enc("destination.address", f"{server[0]}:{server[1]}"))
+                p.append(_enc("destination.port", int(server[1])))
+            else:
+                p.append(_enc("destination.address", str(server[0])))
+        return p
+
+    def for_stream(self, vms: Iterable[Any], client: tuple | None, server: tuple | None,
+                   protocol: str) -> list[tuple[bytes, bytes]]:
+        if self._server is None:
+            self._server, self._protocol = server or (), protocol
+            for vm in vms:
+                for path, value in self._listener(server, protocol):
+                    lib.pw_set_host_property(vm.ptr, 0, path, len(path), value, len(value))
+        key = (client, server, protocol)
+        p = self._cache.get(key)
+        if p is None:
+            if len(self._cache) >= 4096:
+                self._cache.clear()
+            p = [_enc("connection.id", next(self._ids))]
+            if client:
+                p.append(_enc("source.address", f"{client[0]}:{client[1]}"))
+                p.append(_enc("source.port", int(client[1] or 0)))
+            if (server or ()) != self._server or protocol != self._protocol:
+                p.extend(self._listener(server, protocol))
+            self._cache[key] = p
+        return p
+
+
+_NO_BODY_STATUS = (b"204", b"304")
+
+
+def fix_content_length(headers: list[tuple[bytes, bytes]], body_len: int | None, head: bool
+                       ) -> list[tuple[bytes, bytes]]:
+    """Response headers with content-length made true: the exact length when the whole body
+    is known (body_len), none when it is not and may have changed (None); HEAD, 204 and 304
+    keep theirs (no body is sent for them)."""
+    status = headers[0][1] if headers and headers[0][0] == b":status" else b""
+    if head or status in _NO_BODY_STATUS or status.startswith(b"1"):
+        return headers
+    out = [(k, v) for k, v in headers if k != b"content-length"]
+    if body_len is not None:
+        out.append((b"content-length", str(body_len).encode()))
+    return out

@@ -1,0 +1,489 @@
+"""ASGI middleware: Envoy HTTP filters (Proxy-Wasm plugins) in front of any ASGI 3 app.
+
+    app = ProxyWasmMiddleware(app, plugins=[PluginConfig(VmConfig("filter.wasm"), ...)])
+
+Every `http` request becomes one stream through the plugins in order (Envoy's
+http_filters), and its response goes back through them in reverse. The event loop's thread
+owns its VMs (the per-thread model of host.py) and their dispatcher is attached to the
+loop, so ticks, queue notifications and callout answers run there, between requests; a
+stream a plugin holds waits without blocking the loop, and goes on when the plugin
+continues it. Wasm runs with the GIL released.
+
+- The request body streams to the app as the plugins let it through; held bodies are
+  limited as in Envoy (413 past the buffer limit). A local reply answers without calling
+  the app.
+- The response streams back chunk by chunk when no plugin holds it; `content-length` is
+  made exact when a plugin changed a body that is complete, and dropped (chunked) when a
+  streamed body's length changed. Trailers pass when the server supports
+  `http.response.trailers`.
+- `lifespan` starts the Host at startup (on the loop's thread) and closes it at shutdown.
+- `websocket` (and any other scope) passes through untouched: Envoy's HTTP filters see only
+  a websocket's upgrade request, and this middleware does not filter it.
+- A trap or a failed VM follows the plugin's failure policy (chain.failure_policy): fail
+  closed is a 503, with grpc-status only for gRPC requests.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any, Awaitable, Callable, Mapping, MutableMapping, Sequence
+from urllib.parse import quote, unquote
+
+from .._binding import lib
+from ..config import PluginConfig
+from ..host import Host
+from ._common import HostHolder, StreamProperties, request_headers
+from .chain import FilterChain, decode_raw, headers_of, take_body, trailers_of, _raw, _R_REQ_HDR
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("pyproxywasm.adapters.asgi")
+
+_REQ_HDR_OUT, _REQ_ENDED = lib.PW_S_REQ_HEADERS_OUT, lib.PW_S_REQ_ENDED
+_RESP_HDR_OUT, _RESP_ENDED, _RESP_TR_OUT = (lib.PW_S_RESP_HEADERS_OUT, lib.PW_S_RESP_ENDED,
+                                            lib.PW_S_RESP_TRAILERS_OUT)
+_RESET, _LOCAL, _FAILED = lib.PW_S_RESET, lib.PW_S_LOCAL_REPLY, lib.PW_S_FAILED
+_DRAIN_SECONDS, _DRAIN_BYTES = 2.0, 16 << 20
+_POLL = 0.25  # a held stream is also re-checked this often (a resume made from another
+# stream's callback is not an event of the dispatcher's)
+
+
+class StreamReset(Exception):
+    """A plugin reset the stream (proxy_close_stream, or a local reply after the response
+    started): the server closes the connection, as Envoy resets the downstream stream."""
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _LoopState:
+    """One event loop's share: its thread's dispatcher attached to it. An exchange a plugin
+    holds asks the dispatcher to tell it (Dispatcher.watch) when an event it delivers (a
+    tick, a queue notification, a call's answer) continues, answers or resets one of its
+    streams."""
+
+    def __init__(self, host: Host, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.host = host
+        self.props = StreamProperties()
+        self.dispatcher = host.dispatcher
+        self.detach = self.dispatcher.attach(loop)
+
+    @staticmethod
+    def vm_key(s) -> int:
+        return lib.pw_vm_key(s._vm)  # the slow path only: a held stream
+
+
+class ProxyWasmMiddleware:
+    """Runs Proxy-Wasm HTTP filters in front of an ASGI 3 app.
+
+    plugins: the filter chain, in Envoy's http_filters order. host: run on an existing Host
+    instead (its plugins, in order); it is then not closed here. host_options: keyword
+    arguments for the Host made from `plugins` (buffer_limit, properties, ...).
+    properties: extra per-stream properties (Envoy's attributes) for every request."""
+
+    def __init__(self, app: ASGIApp, plugins: Sequence[PluginConfig] = (), *,
+                 host: Host | None = None, host_options: Mapping[str, Any] | None = None) -> None:
+        self.app = app
+        self._holder = HostHolder(plugins, host, host_options)
+        self._loops: dict[int, _LoopState] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def host(self) -> Host:
+        return self._holder.get()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        t = scope["type"]
+        if t == "http":
+            await self._http(scope, receive, send)
+        elif t == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:  # websocket and anything else: untouched
+            await self.app(scope, receive, send)
+
+    # ---- lifespan -----------------------------------------------------------------------
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def wrapped_receive() -> Message:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                self._loop_state()  # the Host starts here, on the loop's thread
+            return msg
+
+        async def wrapped_send(msg: Message) -> None:
+            if msg["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                self.close()
+            await send(msg)
+
+        await self.app(scope, wrapped_receive, wrapped_send)
+
+    def close(self) -> None:
+        """Detaches from the loops and closes the Host if this middleware made it (on the
+        thread that runs the loop: the VMs are that thread's)."""
+        with self._lock:
+            states, self._loops = list(self._loops.values()), {}
+        for ls in states:
+            ls.detach()
+        self._holder.close()
+
+    def _loop_state(self) -> _LoopState:
+        tid = threading.get_ident()
+        ls = self._loops.get(tid)
+        if ls is None:
+            host = self._holder.get()
+            ls = _LoopState(host, asyncio.get_running_loop())
+            with self._lock:
+                self._loops[tid] = ls
+        return ls
+
+    # ---- http ---------------------------------------------------------------------------
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ls = self._loops.get(threading.get_ident()) or self._loop_state()
+        plugins = self._holder.plugins
+        qs = scope.get("query_string") or b""
+        raw = scope.get("raw_path") or quote(scope["path"]).encode()
+        path = raw + b"?" + qs if qs else raw
+        server = scope.get("server")
+        authority = None
+        if server and server[1] is not None:
+            authority = f"{server[0]}:{server[1]}".encode()
+        version = scope.get("http_version", "1.1")
+        data, nflat, eos, grpc = request_headers(
+            scope["method"].encode(), path, authority, scope.get("scheme", "http").encode(),
+            scope["headers"], version not in ("1.0", "1.1"))
+        props = ls.props.for_stream(ls.host.vms if ls.props._server is None else (),
+                                    scope.get("client"), server, "HTTP/" + version)
+        chain = FilterChain(plugins, props, grpc, self._holder.reads_properties)
+        if chain.empty:
+            await self.app(scope, receive, send)
+            return
+        ex = _Exchange(self.app, ls, chain, scope, receive, send, eos, path)
+        try:
+            chain.push_request_headers(data, nflat, eos)
+            await ex.run()
+        except _ClientGone:
+            pass
+        finally:
+            if ex.recv_task is not None:
+                ex.recv_task.cancel()
+            chain.finish()
+
+
+class _Exchange:
+    """One request through the chain and the app, and its response back."""
+
+    __slots__ = ("app", "ls", "chain", "scope", "receive", "send", "event", "recv_task",
+                 "down_ended", "gone", "req_end_given", "resp_started", "resp_done",
+                 "start_msg", "trailers_declared", "head", "path", "resp_in", "resp_out",
+                 "pending", "hdr_pushed", "end_pushed")
+
+    def __init__(self, app: ASGIApp, ls: _LoopState, chain: FilterChain, scope: Scope,
+                 receive: Receive, send: Send, eos: bool, path: bytes) -> None:
+        self.app, self.ls, self.chain, self.scope = app, ls, chain, scope
+        self.receive, self.send = receive, send
+        self.event: asyncio.Event | None = None
+        self.recv_task: asyncio.Future | None = None
+        self.down_ended = eos      # the client's request is all read
+        self.gone = False           # the client disconnected
+        self.req_end_given = False  # the app got the request's last message
+        self.resp_started = self.resp_done = False
+        self.start_msg: Message | None = None
+        self.trailers_declared = False
+        self.head = scope["method"] == "HEAD"
+        self.path = path
+        self.resp_in = self.resp_out = 0
+        self.pending = b""          # request body taken for the app's scope, not yet read
+        self.hdr_pushed = False     # the app's response headers went into the chain
+        self.end_pushed = False     # ... and its end
+
+    # ---- waiting ------------------------------------------------------------------------
+    def wake(self) -> None:
+        if self.event is not None:
+            self.event.set()
+
+    async def _wait(self) -> None:
+        """Until a plugin continues the stream, or the client's next message (which goes
+        into the chain), or a short poll."""
+        ev = self.event
+        if ev is None:
+            ev = self.event = asyncio.Event()
+        ev.clear()
+        d, ls = self.ls.dispatcher, self.ls
+        watched = [(ls.vm_key(s), s._id) for s in self.chain.streams if s._id]
+        for key in watched:
+            d.watch(key[0], key[1], self.wake)
+        try:
+            if not self.gone:
+                # Keep reading the client meanwhile: more body goes into the chain (held,
+                # as Envoy buffers), and a disconnect is noticed.
+                if self.recv_task is None:
+                    self.recv_task = asyncio.ensure_future(self.receive())
+                waiter = asyncio.ensure_future(ev.wait())
+                try:
+                    await asyncio.wait((self.recv_task, waiter), timeout=_POLL,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                if self.recv_task.done():
+                    t, self.recv_task = self.recv_task, None
+                    self._on_message(t.result())
+            else:
+                try:
+                    await asyncio.wait_for(ev.wait(), _POLL)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            for key in watched:
+                d.unwatch(key[0], key[1])
+        self.chain.refresh()
+        self.chain.pump()
+
+    async def _read(self) -> None:
+        """One message from the client into the chain."""
+        if self.recv_task is not None:
+            t, self.recv_task = self.recv_task, None
+            msg = await t
+        else:
+            msg = await self.receive()
+        self._on_message(msg)
+
+    def _on_message(self, msg: Message) -> None:
+        t = msg["type"]
+        if t == "http.request":
+            more = msg.get("more_body", False)
+            body = msg.get("body", b"")
+            if not self.down_ended and (body or not more):
+                self.chain.push_request_body(body, not more)
+            if not more:
+                self.down_ended = True
+        elif t == "http.disconnect":
+            self.gone = self.down_ended = True
+
+    # ---- the exchange -------------------------------------------------------------------
+    async def run(self) -> None:
+        chain = self.chain
+        last = chain.request_out()
+        # The request headers through every filter (or an answer from one of them).
+        while not chain.answered and not (last.flags & _REQ_HDR_OUT):
+            if self.gone:
+                raise _ClientGone
+            await self._wait()
+        if not chain.answered:
+            try:
+                await self.app(self._app_scope(last), self._app_receive, self._app_send)
+            except Exception:
+                if self.resp_started or not chain.answered:
+                    raise
+        # Whatever the filters still hold goes out when they let it.
+        await self._flush()
+        while not self.resp_done:
+            if self.gone:
+                raise _ClientGone
+            if not chain.answered and not self.end_pushed:
+                return  # the app left its response unfinished: the server deals with that
+            await self._wait()
+            await self._flush()
+        if chain.answered and not self.down_ended:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """After a local reply sent while the client was still sending its body: read (and
+        drop) the rest for a while, so the client gets to read the reply instead of a
+        reset, as Envoy does; bounded in time and bytes."""
+        loop = asyncio.get_running_loop()
+        deadline, left = loop.time() + _DRAIN_SECONDS, _DRAIN_BYTES
+        while not self.down_ended and left > 0:
+            wait = deadline - loop.time()
+            if wait <= 0:
+                return
+            if self.recv_task is None:
+                self.recv_task = asyncio.ensure_future(self.receive())
+            done, _ = await asyncio.wait((self.recv_task,), timeout=wait)
+            if not done:
+                return
+            t, self.recv_task = self.recv_task, None
+            msg = t.result()
+            if msg["type"] != "http.request":
+                return
+            left -= len(msg.get("body", b""))
+            if not msg.get("more_body", False):
+                return
+
+    def _app_scope(self, last) -> Scope:
+        hdrs = decode_raw(_raw(last, _R_REQ_HDR))
+        scope = dict(self.scope)
+        regular: list[tuple[bytes, bytes]] = []
+        method = path = authority = scheme = None
+        for k, v in hdrs:
+            if k[:1] == b":":
+                if k == b":method":
+                    method = v
+                elif k == b":path":
+                    path = v
+                elif k == b":authority":
+                    authority = v
+                elif k == b":scheme":
+                    scheme = v
+            else:
+                regular.append((k, v))
+        if authority:
+            regular.insert(0, (b"host", authority))
+        if method is not None and method.decode() != scope["method"]:
+            scope["method"] = method.decode()
+        if path is not None and path != self.path:
+            raw, _, qs = path.partition(b"?")
+            scope["raw_path"] = raw
+            scope["path"] = unquote(raw.decode("latin-1"))
+            scope["query_string"] = qs
+        if scheme is not None and scheme.decode() != scope.get("scheme"):
+            scope["scheme"] = scheme.decode()
+        if last.flags & _REQ_ENDED:
+            # The whole body the app will read is known: say its true length.
+            body = self.pending = take_body(last, False)
+            if body or any(k == b"content-length" for k, _ in regular):
+                regular = [(k, v) for k, v in regular if k != b"content-length"]
+                regular.append((b"content-length", str(len(body)).encode()))
+        scope["headers"] = regular
+        return scope
+
+    async def _app_receive(self) -> Message:
+        chain = self.chain
+        while True:
+            if self.gone or chain.answered:
+                return {"type": "http.disconnect"}
+            if self.req_end_given:
+                # Nothing more to read: what is left is the client going away.
+                await self._read()
+                continue
+            last = chain.streams[-1]
+            body = take_body(last, False)
+            if self.pending:
+                body, self.pending = self.pending + body, b""
+            ended = bool(last.flags & _REQ_ENDED)
+            if body or ended:
+                self.req_end_given = ended
+                return {"type": "http.request", "body": body, "more_body": not ended}
+            if not self.down_ended:
+                await self._read()
+            else:
+                await self._wait()
+
+    async def _app_send(self, msg: Message) -> None:
+        t = msg["type"]
+        chain = self.chain
+        if t == "http.response.start":
+            if self.start_msg is not None:
+                raise RuntimeError("http.response.start sent twice")
+            self.start_msg = msg
+            self.trailers_declared = bool(msg.get("trailers"))
+            return
+        if chain.answered:
+            return  # a plugin answered: the app's response goes nowhere
+        if t == "http.response.body":
+            body = msg.get("body", b"")
+            more = msg.get("more_body", False)
+            end = not more and not self.trailers_declared
+            if self.start_msg is None:
+                raise RuntimeError("http.response.body before http.response.start")
+            if not self.hdr_pushed:
+                self._push_start(end and not body)
+                if end and not body:
+                    await self._flush()
+                    return
+            self.resp_in += len(body)
+            if body or end:
+                self.end_pushed = end
+                chain.push_response_body(body, end)
+            await self._flush()
+        elif t == "http.response.trailers":
+            if not self.hdr_pushed:
+                self._push_start(False)
+            if not msg.get("more_trailers", False):
+                self.end_pushed = True
+                chain.push_response_trailers(list(msg.get("headers", [])))
+            await self._flush()
+        else:
+            raise RuntimeError(f"unexpected ASGI message {t!r}")
+
+    def _push_start(self, end: bool) -> None:
+        msg = self.start_msg
+        self.hdr_pushed = True
+        self.end_pushed = end
+        hdrs = [(b":status", str(msg["status"]).encode())]
+        hdrs.extend(msg.get("headers", ()))
+        self.chain.push_response_headers(hdrs, end)
+
+    async def _flush(self) -> None:
+        """Sends the client what the first filter let through."""
+        if self.resp_done:
+            return
+        chain = self.chain
+        if chain.synthetic is not None:  # filter 0 could not serve the stream: its 503
+            await self._start(chain.synthetic, b"", True, None)
+            return
+        s0 = chain.streams[0]
+        f = s0.flags
+        if chain.reset:
+            self.resp_done = True
+            raise StreamReset("a plugin reset the stream")
+        if not self.resp_started:
+            if not f & _RESP_HDR_OUT:
+                return
+            body = take_body(s0, True)
+            ended = bool(f & _RESP_ENDED)
+            if not body and not ended:
+                return  # headers wait for the body, so content-length can be made true
+            trailers = trailers_of(s0, True) if f & _RESP_TR_OUT else None
+            await self._start(headers_of(s0, True), body, ended, trailers)
+            return
+        body = take_body(s0, True)
+        ended = bool(f & _RESP_ENDED)
+        if body or ended:
+            trailers = trailers_of(s0, True) if ended and f & _RESP_TR_OUT else None
+            await self._body(body, ended, trailers)
+
+    async def _start(self, hdrs: list[tuple[bytes, bytes]], body: bytes, ended: bool,
+                     trailers: list[tuple[bytes, bytes]] | None) -> None:
+        chain = self.chain
+        answered = chain.answered
+        drop_grpc = answered and chain.failed and not chain.is_grpc
+        status = int(hdrs[0][1]) if hdrs and hdrs[0][0] == b":status" else 200
+        # content-length made true: exact when the whole body is known, none when a
+        # streamed body may have changed; HEAD, 1xx, 204 and 304 keep theirs.
+        fix = (ended or self.resp_in != len(body) or answered) and not (
+            self.head or status < 200 or status in (204, 304))
+        out = []
+        for kv in hdrs:
+            k = kv[0]
+            if k[:1] == b":" or (fix and k == b"content-length") or (drop_grpc and k == b"grpc-status"):
+                continue
+            out.append(kv)
+        if fix and ended:
+            out.append((b"content-length", str(len(body)).encode()))
+        if answered and not self.down_ended and self.scope.get("http_version") in ("1.0", "1.1"):
+            # Answered before the request was all read: the connection cannot be reused
+            # (Envoy closes it too), and saying so keeps the client from trying.
+            out.append((b"connection", b"close"))
+        ext = self.scope.get("extensions")
+        self.trailers_declared = bool(ext and "http.response.trailers" in ext) and (
+            self.trailers_declared or bool(trailers))
+        self.resp_started = True
+        await self.send({"type": "http.response.start", "status": status, "headers": out,
+                         "trailers": self.trailers_declared})
+        await self._body(body, ended, trailers)
+
+    async def _body(self, body: bytes, ended: bool, trailers) -> None:
+        trail = ended and self.trailers_declared
+        self.resp_out += len(body)
+        await self.send({"type": "http.response.body", "body": body, "more_body": not ended})
+        if trail:
+            await self.send({"type": "http.response.trailers", "headers": trailers or [],
+                             "more_trailers": False})
+        if ended:
+            self.resp_done = True

@@ -1,0 +1,402 @@
+"""WSGI middleware: Envoy HTTP filters (Proxy-Wasm plugins) in front of a WSGI app.
+
+    app.wsgi_app = ProxyWasmWSGIMiddleware(app.wsgi_app, plugins=[PluginConfig(...)])
+
+The same contract as the ASGI middleware, for a threaded WSGI server (waitress, cheroot,
+gunicorn's gthread, Django's runserver): each server thread gets its own VMs on first use
+(the per-thread model of host.py). A request a plugin holds blocks only its own thread,
+which meanwhile runs its dispatcher (ticks, queue notifications, callout answers for its
+VMs): it waits on the dispatcher's fd with the next tick as timeout, runs it, and re-checks
+the stream. The request body streams to the app through `wsgi.input` as the plugins let it
+through, and the response through the returned iterable, chunk by chunk.
+
+WSGI gives no notice of a client that goes away while a request is held: the request goes
+on when the plugin continues it, and on_log/on_done run when the server closes the response
+(as it does for a dead client). Singleton plugins (Envoy's Wasm services) need a Host with
+a main thread of its own: pass host=Host(plugins, concurrency=1).
+"""
+from __future__ import annotations
+
+import select
+import threading
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from urllib.parse import quote, unquote_to_bytes
+
+from .._binding import lib
+from ..config import PluginConfig
+from ..host import Host
+from ._common import HostHolder, StreamProperties, fix_content_length, request_headers
+from .asgi import StreamReset
+from .chain import FilterChain, _R_REQ_HDR, _raw, decode_raw, headers_of, take_body
+
+_REQ_HDR_OUT, _REQ_ENDED = lib.PW_S_REQ_HEADERS_OUT, lib.PW_S_REQ_ENDED
+_RESP_HDR_OUT, _RESP_ENDED, _FAILED = lib.PW_S_RESP_HEADERS_OUT, lib.PW_S_RESP_ENDED, lib.PW_S_FAILED
+_POLL = 0.25
+_CHUNK = 65536
+_REASONS = {200: "OK", 403: "Forbidden", 413: "Payload Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable"}
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} {_REASONS.get(status, 'Unknown')}"
+
+
+class ProxyWasmWSGIMiddleware:
+    """Runs Proxy-Wasm HTTP filters in front of a WSGI app (plugins in Envoy's
+    http_filters order; or host= an existing Host, then its plugins)."""
+
+    def __init__(self, app: Callable, plugins: Sequence[PluginConfig] = (), *,
+                 host: Host | None = None, host_options: Mapping[str, Any] | None = None) -> None:
+        self.app = app
+        self._holder = HostHolder(plugins, host, host_options)
+        self._local = threading.local()  # per server thread: its StreamProperties
+
+    @property
+    def host(self) -> Host:
+        return self._holder.get()
+
+    def close(self) -> None:
+        """Closes the Host if this middleware made it (each server thread's VMs also go
+        when that thread ends)."""
+        self._holder.close()
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        host = self._holder.get()
+        plugins = self._holder.plugins
+        method = environ["REQUEST_METHOD"]
+        uri = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+        if not uri:
+            raw = quote((environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1"),
+                        safe="/;=,:@!$&'()*+~")
+            qs = environ.get("QUERY_STRING", "")
+            uri = raw + "?" + qs if qs else raw
+        path = uri.encode("latin-1")
+        headers: list[tuple[bytes, bytes]] = []
+        for k, v in environ.items():
+            if k.startswith("HTTP_"):
+                headers.append((k[5:].lower().replace("_", "-").encode("latin-1"), v.encode("latin-1")))
+            elif k in ("CONTENT_TYPE", "CONTENT_LENGTH") and v:
+                headers.append((k.lower().replace("_", "-").encode("latin-1"), v.encode("latin-1")))
+        authority = None if "HTTP_HOST" in environ else \
+            f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}".encode("latin-1")
+        scheme = environ.get("wsgi.url_scheme", "http")
+        protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
+        data, nflat, eos, grpc = request_headers(method.encode("latin-1"), path, authority,
+                                                 scheme.encode(), headers, protocol.startswith("HTTP/2"))
+        client = (environ["REMOTE_ADDR"], int(environ.get("REMOTE_PORT") or 0)) if environ.get("REMOTE_ADDR") else None
+        server = (environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0))
+        sp = getattr(self._local, "props", None)
+        if sp is None:
+            sp = self._local.props = StreamProperties()
+        props = sp.for_stream(host.vms if sp._server is None else (), client, server, protocol)
+        chain = FilterChain(plugins, props, grpc, self._holder.reads_properties)
+        if chain.empty:
+            return self.app(environ, start_response)
+        ex = _Exchange(self.app, host, chain, environ, start_response, eos, path)
+        try:
+            chain.push_request_headers(data, nflat, eos)
+            return ex.run()
+        except BaseException:
+            chain.finish()
+            raise
+
+
+class _Exchange:
+    """One request through the chain and the app on one server thread."""
+
+    def __init__(self, app: Callable, host: Host, chain: FilterChain, environ: dict,
+                 start_response: Callable, eos: bool, path: bytes) -> None:
+        self.app, self.chain, self.environ = app, chain, environ
+        self.dispatcher = host.dispatcher
+        self.start_response = start_response
+        self.input = environ.get("wsgi.input")
+        try:
+            self.remaining = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            self.remaining = 0
+        self.unbounded = environ.get("wsgi.input_terminated", False) and not self.remaining
+        self.down_ended = eos
+        self.path = path
+        self.head = environ["REQUEST_METHOD"] == "HEAD"
+        self.pending = b""
+        self.resp_started = self.resp_done = False
+        self.resp_in = 0
+        self.status: str | None = None
+        self.app_headers: list[tuple[str, str]] | None = None
+        self.hdr_pushed = self.end_pushed = False
+        self.server_write: Callable | None = None
+
+    # ---- waiting and reading ------------------------------------------------------------
+    def wait(self) -> None:
+        """Runs this thread's dispatcher until something may have changed, then re-checks."""
+        d = self.dispatcher
+        t = d.next_timeout()
+        p = select.poll()  # not select(): a busy server's fds pass 1024
+        p.register(d.fileno(), select.POLLIN)
+        p.poll(1000 * (_POLL if t is None else min(t, _POLL)))
+        d.run()
+        self.chain.refresh()
+        self.chain.pump()
+
+    def read_client(self) -> None:
+        """One chunk of the client's body into the chain."""
+        if self.down_ended:
+            return
+        n = _CHUNK if self.unbounded else min(_CHUNK, self.remaining)
+        data = self.input.read(n) if n > 0 and self.input is not None else b""
+        self.remaining -= len(data)
+        end = not data or (not self.unbounded and self.remaining <= 0)
+        if end:
+            self.down_ended = True
+        self.chain.push_request_body(data, end)
+
+    # ---- the exchange -------------------------------------------------------------------
+    def run(self) -> Iterable[bytes]:
+        chain = self.chain
+        last = chain.request_out()
+        while not chain.answered and not (last.flags & _REQ_HDR_OUT):
+            if not self.down_ended:
+                self.read_client()  # held as Envoy buffers, up to the buffer limit
+            else:
+                self.wait()
+        if chain.answered:
+            return self._respond(iter(()))
+        app_iter = self.app(self._app_environ(last), self._start_response)
+        return self._respond(app_iter)
+
+    def _app_environ(self, last) -> dict:
+        env = {k: v for k, v in self.environ.items()
+               if not k.startswith("HTTP_") and k not in ("CONTENT_TYPE", "CONTENT_LENGTH")}
+        for k, v in decode_raw(_raw(last, _R_REQ_HDR)):
+            if k[:1] == b":":
+                if k == b":method":
+                    env["REQUEST_METHOD"] = v.decode("latin-1")
+                elif k == b":authority":
+                    env["HTTP_HOST"] = v.decode("latin-1")
+                elif k == b":scheme":
+                    env["wsgi.url_scheme"] = v.decode("latin-1")
+                elif k == b":path" and v != self.path:
+                    raw, _, qs = v.partition(b"?")
+                    p = unquote_to_bytes(raw).decode("latin-1")
+                    script = env.get("SCRIPT_NAME", "")
+                    env["PATH_INFO"] = p[len(script):] if script and p.startswith(script) else p
+                    env["QUERY_STRING"] = qs.decode("latin-1")
+                    env["REQUEST_URI"] = v.decode("latin-1")
+                continue
+            name = k.decode("latin-1").upper().replace("-", "_")
+            value = v.decode("latin-1")
+            if name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                env[name] = value
+            else:
+                key = "HTTP_" + name
+                env[key] = env[key] + "," + value if key in env else value
+        if last.flags & _REQ_ENDED:
+            self.pending = take_body(last, False)
+            if self.pending or "CONTENT_LENGTH" in env:
+                env["CONTENT_LENGTH"] = str(len(self.pending))
+        else:
+            # The body's length is known only at its end: read to EOF (PEP 3333's
+            # wsgi.input_terminated, which Werkzeug and Django honour).
+            env.pop("CONTENT_LENGTH", None)
+            env["wsgi.input_terminated"] = True
+        env["wsgi.input"] = _ChainInput(self)
+        return env
+
+    def next_request_chunk(self) -> bytes:
+        """The next body bytes the plugins let through for the app (b"" at the end)."""
+        chain = self.chain
+        while True:
+            if chain.answered:
+                return b""
+            last = chain.streams[-1]
+            body = take_body(last, False)
+            if self.pending:
+                body, self.pending = self.pending + body, b""
+            if body:
+                return body
+            if last.flags & _REQ_ENDED:
+                return b""
+            if not self.down_ended:
+                self.read_client()
+            else:
+                self.wait()
+
+    # ---- response -----------------------------------------------------------------------
+    def _start_response(self, status: str, headers: list, exc_info=None) -> Callable[[bytes], None]:
+        if exc_info is not None and self.resp_started:
+            raise exc_info[1].with_traceback(exc_info[2])
+        self.status, self.app_headers = status, headers
+        return self._write
+
+    def _push_start(self, end: bool) -> None:
+        self.hdr_pushed = True
+        self.end_pushed = end
+        hdrs = [(b":status", self.status.split(" ", 1)[0].encode("latin-1"))]
+        hdrs.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.app_headers)
+        self.chain.push_response_headers(hdrs, end)
+
+    def _push(self, data: bytes, end: bool) -> None:
+        if self.chain.answered or self.end_pushed:
+            return
+        if not self.hdr_pushed:
+            self._push_start(end and not data)
+            if end and not data:
+                return
+        self.resp_in += len(data)
+        if data or end:
+            self.end_pushed = end
+            self.chain.push_response_body(data, end)
+
+    def _write(self, data: bytes) -> None:
+        """PEP 3333's write() callable, for apps that use it."""
+        self._push(data, False)
+        for out in self._outputs():
+            if out:
+                self.server_write(out)  # type: ignore[misc]
+
+    def _respond(self, app_iter: Iterable[bytes]) -> Iterator[bytes]:
+        try:
+            if isinstance(app_iter, (list, tuple)):
+                # The whole body is known: the last chunk carries the end (one call fewer).
+                chunks = [c for c in app_iter if c]
+                for i, chunk in enumerate(chunks):
+                    self._push(chunk, i == len(chunks) - 1)
+                    yield from self._outputs()
+                if self.status is not None and not chunks:
+                    self._push(b"", True)
+            else:
+                for chunk in app_iter:
+                    if chunk:
+                        self._push(chunk, False)
+                        yield from self._outputs()
+                if self.status is not None:
+                    self._push(b"", True)
+            yield from self._outputs()
+            while not self.resp_done and (self.chain.answered or self.end_pushed):
+                self.wait()
+                yield from self._outputs()
+        finally:
+            close = getattr(app_iter, "close", None)
+            try:
+                if close is not None:
+                    close()
+            finally:
+                self.chain.finish()
+
+    def _outputs(self) -> Iterator[bytes]:
+        """What the first filter let through, for the server (starting the response)."""
+        if self.resp_done:
+            return
+        chain = self.chain
+        if chain.synthetic is not None:
+            self._server_start(chain.synthetic, b"", True)
+            yield b""
+            return
+        if chain.reset:
+            self.resp_done = True
+            raise StreamReset("a plugin reset the stream")
+        s0 = chain.streams[0]
+        f = s0.flags
+        if not self.resp_started:
+            if not f & _RESP_HDR_OUT:
+                return
+            body = take_body(s0, True)
+            ended = bool(f & _RESP_ENDED)
+            if not body and not ended:
+                return
+            self._server_start(headers_of(s0, True), body, ended)
+            yield body
+            return
+        body = take_body(s0, True)
+        if f & _RESP_ENDED:
+            self.resp_done = True
+        if body:
+            yield body
+
+    def _server_start(self, hdrs: list[tuple[bytes, bytes]], body: bytes, ended: bool) -> None:
+        chain = self.chain
+        failed = chain.failed
+        if ended:
+            hdrs = fix_content_length(hdrs, len(body), self.head)
+        elif self.resp_in != len(body) or chain.answered:
+            hdrs = fix_content_length(hdrs, None, self.head)
+        status = 200
+        out = []
+        for k, v in hdrs:
+            if k[:1] == b":":
+                if k == b":status":
+                    status = int(v)
+            elif failed and k == b"grpc-status" and not chain.is_grpc:
+                continue
+            else:
+                out.append((k.decode("latin-1"), v.decode("latin-1")))
+        app_status = self.status if (self.status and not chain.answered and
+                                     self.status.split(" ", 1)[0] == str(status)) else None
+        self.resp_started = True
+        self.resp_done = ended
+        self.server_write = self.start_response(app_status or _reason(status), out)
+
+
+class _ChainInput:
+    """wsgi.input for the app: the body as the plugins let it through."""
+
+    def __init__(self, ex: _Exchange) -> None:
+        self._ex = ex
+        self._buf = b""
+        self._eof = False
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        chunk = self._ex.next_request_chunk()
+        if not chunk:
+            self._eof = True
+            return False
+        self._buf += chunk
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            out, self._buf = self._buf, b""
+            return out
+        while len(self._buf) < size and self._fill():
+            pass
+        out, self._buf = self._buf[:size], self._buf[size:]
+        return out
+
+    def readline(self, size: int | None = -1) -> bytes:
+        while b"\n" not in self._buf and (size is None or size < 0 or len(self._buf) < size) and self._fill():
+            pass
+        i = self._buf.find(b"\n")
+        end = len(self._buf) if i < 0 else i + 1
+        if size is not None and size >= 0:
+            end = min(end, size)
+        out, self._buf = self._buf[:end], self._buf[end:]
+        return out
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines = []
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+    def close(self) -> None:
+        pass
+
+
+__all__ = ["ProxyWasmWSGIMiddleware"]

@@ -1,0 +1,21 @@
+"""`pyproxywasm serve`: a proxy from an Envoy bootstrap.
+
+- config.py (+ node.py): the bootstrap YAML/JSON into listeners, routes, PluginConfig and
+  net.Cluster objects; anything unsupported is one error naming its YAML path.
+- router.py, proxy.py: route matching and the forwarding ASGI app.
+- filters.py: the listener's Wasm HTTP filters as ASGI layers around the router.
+- tcp_proxy.py: network filters then tcp_proxy on a TCP listener.
+- admin.py: /ready, /stats, /stats/prometheus.
+- server.py: the main thread and `concurrency` workers, each with its loop and VMs.
+"""
+from __future__ import annotations
+
+import pathlib
+
+from .config import Bootstrap, load, loads
+from .node import BootstrapError
+from .server import Server
+
+DEFAULT_CONFIG = pathlib.Path(__file__).parent / "default.yaml"
+
+__all__ = ["Bootstrap", "BootstrapError", "DEFAULT_CONFIG", "Server", "load", "loads"]

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -39,8 +40,10 @@ def run(host, vm_id, header):
 
 def _run(body: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     code = PRELUDE + textwrap.dedent(body)
+    # run from elsewhere, so the installed package is the one imported
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, **(env or {})},
+                          cwd=tempfile.gettempdir())
 
 
 def _alive(p: subprocess.CompletedProcess) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from .. import properties as props
 from .. import wasmbin
@@ -107,6 +107,12 @@ def _enc(path: str, value: Any) -> tuple[bytes, bytes]:
     return next(iter(props.flatten({path: value})))
 
 
+# A socket address as ASGI's scope and the WSGI environ give it: (host, port); a Unix
+# socket's has no port.
+Address = Tuple[str, Optional[int]]
+_Listener = Union[Address, Tuple[()]]
+
+
 class StreamProperties:
     """Envoy's source.*, destination.*, request.protocol and connection.* attributes for
     the streams of one thread. What a listener shares (destination, protocol, mtls) is set
@@ -114,12 +120,12 @@ class StreamProperties:
     per connection and set per stream (three C calls)."""
 
     def __init__(self) -> None:
-        self._server: tuple | None = None
+        self._server: _Listener | None = None
         self._protocol = ""
-        self._cache: dict[tuple, list[tuple[bytes, bytes]]] = {}
+        self._cache: dict[tuple[Address | None, Address | None, str], list[tuple[bytes, bytes]]] = {}
         self._ids = itertools.count(1)
 
-    def _listener(self, server: tuple | None, protocol: str) -> list[tuple[bytes, bytes]]:
+    def _listener(self, server: Address | None, protocol: str) -> list[tuple[bytes, bytes]]:
         p = [_enc("request.protocol", protocol), _enc("connection.mtls", False)]
         if server:
             if server[1] is not None:
@@ -129,7 +135,7 @@ class StreamProperties:
                 p.append(_enc("destination.address", str(server[0])))
         return p
 
-    def for_stream(self, vms: Iterable[Any], client: tuple | None, server: tuple | None,
+    def for_stream(self, vms: Iterable[Any], client: Address | None, server: Address | None,
                    protocol: str) -> list[tuple[bytes, bytes]]:
         if self._server is None:
             self._server, self._protocol = server or (), protocol

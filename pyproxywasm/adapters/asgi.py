@@ -33,6 +33,7 @@ from urllib.parse import quote, unquote
 from .._binding import lib
 from ..config import PluginConfig
 from ..host import Host
+from ..http import HttpStream
 from ._common import HostHolder, StreamProperties, request_headers
 from .chain import FilterChain, decode_raw, headers_of, take_body, trailers_of, _raw, _R_REQ_HDR
 
@@ -76,8 +77,9 @@ class _LoopState:
         self.detach = self.dispatcher.attach(loop)
 
     @staticmethod
-    def vm_key(s) -> int:
-        return lib.pw_vm_key(s._vm)  # the slow path only: a held stream
+    def vm_key(s: HttpStream) -> int:
+        key: int = lib.pw_vm_key(s._vm)  # the slow path only: a held stream
+        return key
 
 
 class ProxyWasmMiddleware:
@@ -188,7 +190,7 @@ class _Exchange:
         self.app, self.ls, self.chain, self.scope = app, ls, chain, scope
         self.receive, self.send = receive, send
         self.event: asyncio.Event | None = None
-        self.recv_task: asyncio.Future | None = None
+        self.recv_task: asyncio.Future[Message] | None = None
         self.down_ended = eos      # the client's request is all read
         self.gone = False           # the client disconnected
         self.req_end_given = False  # the app got the request's last message
@@ -270,11 +272,12 @@ class _Exchange:
         chain = self.chain
         last = chain.request_out()
         # The request headers through every filter (or an answer from one of them).
-        while not chain.answered and not (last.flags & _REQ_HDR_OUT):
+        # (No last filter means one could not serve the stream: the chain has answered.)
+        while last is not None and not chain.answered and not (last.flags & _REQ_HDR_OUT):
             if self.gone:
                 raise _ClientGone
             await self._wait()
-        if not chain.answered:
+        if last is not None and not chain.answered:
             try:
                 await self.app(self._app_scope(last), self._app_receive, self._app_send)
             except Exception:
@@ -315,7 +318,7 @@ class _Exchange:
             if not msg.get("more_body", False):
                 return
 
-    def _app_scope(self, last) -> Scope:
+    def _app_scope(self, last: HttpStream) -> Scope:
         hdrs = decode_raw(_raw(last, _R_REQ_HDR))
         scope = dict(self.scope)
         regular: list[tuple[bytes, bytes]] = []
@@ -413,6 +416,8 @@ class _Exchange:
 
     def _push_start(self, end: bool) -> None:
         msg = self.start_msg
+        if msg is None:
+            raise RuntimeError("response body before http.response.start")
         self.hdr_pushed = True
         self.end_pushed = end
         hdrs = [(b":status", str(msg["status"]).encode())]
@@ -458,7 +463,7 @@ class _Exchange:
         # streamed body may have changed; HEAD, 1xx, 204 and 304 keep theirs.
         fix = (ended or self.resp_in != len(body) or answered) and not (
             self.head or status < 200 or status in (204, 304))
-        out = []
+        out: list[tuple[bytes, bytes]] = []
         for kv in hdrs:
             k = kv[0]
             if k[:1] == b":" or (fix and k == b"content-length") or (drop_grpc and k == b"grpc-status"):
@@ -478,7 +483,7 @@ class _Exchange:
                          "trailers": self.trailers_declared})
         await self._body(body, ended, trailers)
 
-    async def _body(self, body: bytes, ended: bool, trailers) -> None:
+    async def _body(self, body: bytes, ended: bool, trailers: list[tuple[bytes, bytes]] | None) -> None:
         trail = ended and self.trailers_declared
         self.resp_out += len(body)
         await self.send({"type": "http.response.body", "body": body, "more_body": not ended})

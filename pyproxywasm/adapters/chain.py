@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Sequence
+from typing import Any, Callable, Sequence, Union
 
 from .._binding import ffi, lib, raise_for
 from ..errors import ProxyWasmError
@@ -60,6 +60,9 @@ def fail_closed_response(is_grpc: bool) -> list[tuple[bytes, bytes]]:
 
 _lens: dict[int, struct.Struct] = {}
 
+# Headers as a list of (name, value), or already in the pairs wire format (read from a filter).
+Headers = Union[list[tuple[bytes, bytes]], bytes]
+
 
 def decode_raw(data: bytes) -> list[tuple[bytes, bytes]]:
     """The pairs wire format as a list of (name, value) bytes, ASGI's header form."""
@@ -75,7 +78,7 @@ def decode_raw(data: bytes) -> list[tuple[bytes, bytes]]:
     if st is None:
         st = _lens[n] = struct.Struct(f"<{2 * n}I")
     lens = st.unpack_from(data, 4)
-    out = []
+    out: list[tuple[bytes, bytes]] = []
     off = 4 + 8 * n
     for i in range(0, 2 * n, 2):
         kl = lens[i]
@@ -130,7 +133,7 @@ class FilterChain:
         else:
             self._send_resp(i - 1, hdrs, None, True)
 
-    def _call(self, i: int, fn, *args) -> None:
+    def _call(self, i: int, fn: Callable[..., object], *args: Any) -> None:
         try:
             fn(*args)
         except ProxyWasmError as e:
@@ -217,7 +220,7 @@ class FilterChain:
                 self._call(i, self.streams[i].send_response_trailers, trailers)
         self.pump()
 
-    def _send_resp(self, i: int, headers, body: bytes | None, end: bool) -> None:
+    def _send_resp(self, i: int, headers: Headers | None, body: bytes | None, end: bool) -> None:
         s, fed = self.streams[i], self._fed_resp[i]
         if fed & _END:
             return
@@ -341,8 +344,8 @@ def encode_flat(items: list[tuple[bytes, bytes]]) -> tuple[bytes, int]:
     return data, n
 
 
-def _resp_headers(s: HttpStream, headers, eos: bool) -> None:
-    if headers.__class__ is bytes:
+def _resp_headers(s: HttpStream, headers: Headers, eos: bool) -> None:
+    if isinstance(headers, bytes):
         s.send_response_headers(headers, eos)
         return
     data, n = encode_flat(headers)

@@ -30,9 +30,10 @@ import threading
 from typing import Any, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from urllib.parse import quote, unquote
 
+from .. import properties as props_mod
 from .._binding import lib
 from ..config import PluginConfig
-from ..host import Host
+from ..host import Host, Plugin
 from ..http import HttpStream
 from ._common import HostHolder, StreamProperties, request_headers
 from .chain import FilterChain, decode_raw, headers_of, take_body, trailers_of, _raw, _R_REQ_HDR
@@ -69,17 +70,27 @@ class _LoopState:
     tick, a queue notification, a call's answer) continues, answers or resets one of its
     streams."""
 
-    def __init__(self, host: Host, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, host: Host, loop: asyncio.AbstractEventLoop, attach: bool,
+                 vm_wide: bool) -> None:
         self.loop = loop
         self.host = host
-        self.props = StreamProperties()
+        self.props = StreamProperties(vm_wide)
         self.dispatcher = host.dispatcher
-        self.detach = self.dispatcher.attach(loop)
+        # Not attached here when the embedding serves the dispatcher from this loop itself
+        # (one fd has one reader): its runs tell the watchers all the same.
+        self.detach: Callable[[], None] = self.dispatcher.attach(loop) if attach else _nothing
 
     @staticmethod
     def vm_key(s: HttpStream) -> int:
         key: int = lib.pw_vm_key(s._vm)  # the slow path only: a held stream
         return key
+
+
+def _nothing() -> None:
+    pass
+
+
+RouteProperties = Callable[[Scope], Mapping[Any, Any]]  # property path -> value
 
 
 class ProxyWasmMiddleware:
@@ -88,12 +99,26 @@ class ProxyWasmMiddleware:
     plugins: the filter chain, in Envoy's http_filters order. host: run on an existing Host
     instead (its plugins, in order); it is then not closed here. host_options: keyword
     arguments for the Host made from `plugins` (buffer_limit, properties, ...).
-    properties: extra per-stream properties (Envoy's attributes) for every request."""
+    properties: extra per-stream properties (Envoy's attributes) for every request.
+
+    For an embedding that runs one Host behind several of these (serve: one per listener):
+    filters: the host's plugins this one runs, in order (default: all of them); their
+    streams then get the listener's attributes per stream, as the VMs are shared.
+    route_properties(scope): per-request attributes (Envoy's route_name, route_metadata,
+    cluster_name, cluster_metadata), set on every filter's stream. attached=True: the
+    embedding already serves the host's dispatcher from each loop (the middleware then
+    only watches it)."""
 
     def __init__(self, app: ASGIApp, plugins: Sequence[PluginConfig] = (), *,
-                 host: Host | None = None, host_options: Mapping[str, Any] | None = None) -> None:
+                 host: Host | None = None, host_options: Mapping[str, Any] | None = None,
+                 filters: Sequence[Plugin] | None = None,
+                 route_properties: RouteProperties | None = None,
+                 attached: bool = False) -> None:
         self.app = app
-        self._holder = HostHolder(plugins, host, host_options)
+        self._holder = HostHolder(plugins, host, host_options, filters)
+        self._vm_wide = filters is None
+        self._route_properties = route_properties
+        self._attach = not attached
         self._loops: dict[int, _LoopState] = {}
         self._lock = threading.Lock()
 
@@ -139,7 +164,7 @@ class ProxyWasmMiddleware:
         ls = self._loops.get(tid)
         if ls is None:
             host = self._holder.get()
-            ls = _LoopState(host, asyncio.get_running_loop())
+            ls = _LoopState(host, asyncio.get_running_loop(), self._attach, self._vm_wide)
             with self._lock:
                 self._loops[tid] = ls
         return ls
@@ -161,7 +186,9 @@ class ProxyWasmMiddleware:
             scope["headers"], version not in ("1.0", "1.1"))
         props = ls.props.for_stream(ls.host.vms if ls.props._server is None else (),
                                     scope.get("client"), server, "HTTP/" + version)
-        chain = FilterChain(plugins, props, grpc, self._holder.reads_properties)
+        rp = self._route_properties
+        extra = list(props_mod.flatten(rp(scope))) if rp is not None else ()
+        chain = FilterChain(plugins, props, grpc, self._holder.reads_properties, extra)
         if chain.empty:
             await self.app(scope, receive, send)
             return
@@ -346,13 +373,20 @@ class _Exchange:
             scope["query_string"] = qs
         if scheme is not None and scheme.decode() != scope.get("scheme"):
             scope["scheme"] = scheme.decode()
-        if last.flags & _REQ_ENDED:
+        ended = bool(last.flags & _REQ_ENDED)
+        body = b""
+        if ended:
             # The whole body the app will read is known: say its true length.
             body = self.pending = take_body(last, False)
             if body or any(k == b"content-length" for k, _ in regular):
                 regular = [(k, v) for k, v in regular if k != b"content-length"]
                 regular.append((b"content-length", str(len(body)).encode()))
         scope["headers"] = regular
+        # Whether a body follows is the stream's, not the headers' (a filter may drop
+        # content-length from a request that still has one): said for apps that forward
+        # the request (serve's proxy).
+        scope["extensions"] = {**(scope.get("extensions") or {}),
+                               "pyproxywasm": {"end_stream": ended and not body}}
         return scope
 
     async def _app_receive(self) -> Message:

@@ -95,7 +95,12 @@ class FilterChain:
                  "_closed")
 
     def __init__(self, plugins: Sequence[Plugin], properties: Sequence[tuple[bytes, bytes]] = (),
-                 is_grpc: bool = False, reads_properties: Sequence[bool] | None = None) -> None:
+                 is_grpc: bool = False, reads_properties: Sequence[bool] | None = None,
+                 extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        """plugins: the filters, in order (any of a Host's plugins). properties: the
+        stream's encoded (path, value) properties (connection attributes), extra: more of
+        them for this request only (its route's and cluster's metadata); both are set on
+        every filter whose module can read properties (reads_properties[i])."""
         self.is_grpc = is_grpc
         self.streams: list[HttpStream] = []
         self.dead = -1          # a filter whose VM could not serve the stream at all
@@ -107,9 +112,11 @@ class FilterChain:
         for i, p in enumerate(plugins):
             try:
                 s = p.http_stream()
-                if properties and (reads_properties is None or reads_properties[i]):
+                if (properties or extra) and (reads_properties is None or reads_properties[i]):
                     vm, cid = s._vm, s.context_id
                     for path, value in properties:
+                        set_prop(vm, cid, path, len(path), value, len(value))
+                    for path, value in extra:
                         set_prop(vm, cid, path, len(path), value, len(value))
             except ProxyWasmError as e:  # the VM failed earlier (or cannot make a context)
                 failed_at, failure = len(self.streams), e

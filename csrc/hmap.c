@@ -63,7 +63,9 @@ static int push(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size_
     }
     if (m->bytes.len + kl + vl > UINT32_MAX) return -1;
     size_t ko = m->bytes.len;
-    if (buf_reserve(&m->bytes, ko + kl + vl)) return -1;
+    /* One spare byte: the store is never NULL once it holds an entry, even an empty one
+     * (hm_key / hm_val would offset a NULL pointer). */
+    if (buf_reserve(&m->bytes, ko + kl + vl + 1)) return -1;
     for (size_t i = 0; i < kl; i++) m->bytes.p[ko + i] = lower(k[i]);
     if (vl) memcpy(m->bytes.p + ko + kl, v, vl);
     m->bytes.len = ko + kl + vl;

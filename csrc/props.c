@@ -103,7 +103,7 @@ static int request_attr(pw_http *h, const uint8_t *s, size_t sl, const uint8_t *
     if (seg_eq(s, sl, "url_path") || seg_eq(s, sl, "query")) {
         int st = header_value(m, ":path", out);
         if (st != ST_OK) return st;
-        uint8_t *q = memchr(out->p, '?', out->len);
+        uint8_t *q = out->len ? memchr(out->p, '?', out->len) : NULL; /* p may be NULL */
         if (seg_eq(s, sl, "url_path")) {
             if (q) out->len = (size_t)(q - out->p);
             return ST_OK;

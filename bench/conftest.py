@@ -67,7 +67,22 @@ def pytest_terminal_summary(terminalreporter):
         tw.line(f"callouts/s, 2 workers, 1,000 in flight:  {r['callouts_per_s']:8.0f}")
     if "go_lifecycle" in r:
         tw.line(f"Go SDK filter ('headers'), lifecycle:     {r['go_lifecycle'] * 1e6:8.2f} us")
+    _lifecycle_summary(tw, r)
     _client_summary(tw, r)
+
+
+def _lifecycle_summary(tw, r) -> None:
+    """bench/test_lifecycle_bench.py: the issue-11 lifecycle, Python API against the core
+    driven from C (bench/driver.c), same run."""
+    for key, what in (("wat", "minimal WAT filter"), ("go", "Go SDK header_rewrite")):
+        c = r.get(f"c_{key}")
+        if c:
+            tw.line(f"{what}, core driven from C:   {c * 1e6:8.2f} us")
+        for form in ("tuple", "bytes"):
+            py = r.get(f"py_{key}_{form}")
+            if py:
+                ratio = f"  = {py / c:.2f}x the core" if c else ""
+                tw.line(f"{what}, Python API, {form} headers: {py * 1e6:8.2f} us{ratio}")
 
 
 def _client_summary(tw, r) -> None:

@@ -53,6 +53,7 @@ static void *ticker(void *arg) {
         }
         /* nanosleep may oversleep on a busy machine; the deadline check reads the clock,
          * so a late tick only delays it. */
+        pw_signals_verify(); /* a handler installed since the last tick goes behind ours */
         pthread_mutex_lock(&tick_lock);
         if (tick_engine) WT.engine_increment_epoch(tick_engine); /* any thread may */
     }
@@ -131,6 +132,7 @@ static wasmtime_error_t *epoch_callback(wasmtime_context_t *cx, void *data, uint
 }
 
 void epoch_vm_attach(pw_vm *vm) {
+    pw_signals_verify(); /* a new VM is rare next to its calls: check the handlers now */
     WT.store_epoch_deadline_callback(vm->store, epoch_callback, vm, NULL);
     pthread_mutex_lock(&tick_lock);
     tick_users++;

@@ -18,12 +18,37 @@ static inline void wr32(uint8_t *p, uint32_t v) {
 
 static inline uint8_t lower(uint8_t c) { return (c >= 'A' && c <= 'Z') ? (uint8_t)(c + 32) : c; }
 
+/* Lowercases ASCII in place, eight bytes at a time. The last word may reach up to seven
+ * bytes past the name: every caller has reserved LOWER_SLACK bytes of room after the data,
+ * and those bytes are written back unchanged. */
+#define LOWER_SLACK 8
+static void lower_in_place(uint8_t *p, size_t n) {
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    for (size_t i = 0; i < n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        uint64_t x = w & ~high;                      /* each byte's low 7 bits */
+        uint64_t ge_a = x + ones * (0x80 - 'A');     /* high bit: byte >= 'A' */
+        uint64_t gt_z = x + ones * (0x80 - 'Z' - 1); /* high bit: byte > 'Z' */
+        uint64_t upper = (ge_a ^ gt_z) & ~w & high;  /* 'A'..'Z', ASCII only */
+        if (n - i < 8) upper &= ~0ull >> (8 * (8 - (n - i))); /* only this name's bytes */
+        if (upper) {
+            w |= upper >> 2; /* + 0x20 */
+            memcpy(p + i, &w, 8);
+        }
+    }
+}
+
 static int key_eq(const uint8_t *stored, const uint8_t *k, size_t kl) {
+    if (!memcmp(stored, k, kl)) return 1; /* the usual case: asked for in lowercase */
     for (size_t i = 0; i < kl; i++)
         if (stored[i] != lower(k[i])) return 0;
     return 1;
 }
 
+/* Storage: every entry is "key\0value\0" in `bytes`, so that a map whose entries lie in
+ * order without gaps (not `loose`: just parsed, or only appended to) serializes with one copy.
+ * The NULs are not counted as live bytes; replaced or removed entries become garbage. */
 static void compact(pw_hmap *m) {
     pw_buf nb = {0};
     if (buf_reserve(&nb, m->bytes.len - m->garbage + 1)) return; /* keep the garbage */
@@ -31,45 +56,57 @@ static void compact(pw_hmap *m) {
         hm_entry *e = &m->e[i];
         uint32_t ko = (uint32_t)nb.len;
         memcpy(nb.p + ko, m->bytes.p + e->ko, e->kl);
-        nb.len += e->kl;
-        uint32_t vo = (uint32_t)nb.len;
+        nb.p[ko + e->kl] = 0;
+        uint32_t vo = ko + e->kl + 1;
         memcpy(nb.p + vo, m->bytes.p + e->vo, e->vl);
-        nb.len += e->vl;
+        nb.p[vo + e->vl] = 0;
+        nb.len = vo + e->vl + 1;
         e->ko = ko;
         e->vo = vo;
     }
     buf_free(&m->bytes);
     m->bytes = nb;
     m->garbage = 0;
+    m->loose = 0;
 }
+
+/* Live bytes as the caps count them: names and values, without the NULs. */
+static size_t live(const pw_hmap *m) { return m->bytes.len - m->garbage - 2 * m->n; }
 
 /* A map holds at most PAIRS_MAX_COUNT entries and PAIRS_MAX_BYTES live bytes, whatever a
  * guest adds; replaced values become garbage, compacted away once they are most of it. */
 static int fits(pw_hmap *m, size_t add, int new_entry) {
     if (new_entry && m->n >= PAIRS_MAX_COUNT) return 0;
-    if (m->bytes.len - m->garbage + add > PAIRS_MAX_BYTES) return 0;
+    if (live(m) + add > PAIRS_MAX_BYTES) return 0;
     if (m->garbage > 4096 && m->garbage > m->bytes.len / 2) compact(m);
     return 1;
 }
 
+static int grow_entries(pw_hmap *m, size_t need) {
+    if (need <= m->cap) return 0;
+    size_t nc = m->cap ? m->cap : 16;
+    while (nc < need) nc *= 2;
+    hm_entry *ne = realloc(m->e, nc * sizeof *ne);
+    if (!ne) return -1;
+    m->e = ne;
+    m->cap = nc;
+    return 0;
+}
+
 static int push(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl) {
     if (kl > UINT32_MAX || vl > UINT32_MAX || !fits(m, kl + vl, 1)) return -1;
-    if (m->n == m->cap) {
-        size_t nc = m->cap ? m->cap * 2 : 16;
-        hm_entry *ne = realloc(m->e, nc * sizeof *ne);
-        if (!ne) return -1;
-        m->e = ne;
-        m->cap = nc;
-    }
-    if (m->bytes.len + kl + vl > UINT32_MAX) return -1;
+    if (grow_entries(m, m->n + 1)) return -1;
     size_t ko = m->bytes.len;
-    /* One spare byte: the store is never NULL once it holds an entry, even an empty one
-     * (hm_key / hm_val would offset a NULL pointer). */
-    if (buf_reserve(&m->bytes, ko + kl + vl + 1)) return -1;
-    for (size_t i = 0; i < kl; i++) m->bytes.p[ko + i] = lower(k[i]);
-    if (vl) memcpy(m->bytes.p + ko + kl, v, vl);
-    m->bytes.len = ko + kl + vl;
-    m->e[m->n++] = (hm_entry){(uint32_t)ko, (uint32_t)kl, (uint32_t)(ko + kl), (uint32_t)vl};
+    if (ko + kl + vl + 2 > UINT32_MAX || buf_reserve(&m->bytes, ko + kl + vl + 2 + LOWER_SLACK))
+        return -1;
+    uint8_t *d = m->bytes.p + ko;
+    if (kl) memcpy(d, k, kl);
+    lower_in_place(d, kl);
+    d[kl] = 0;
+    if (vl) memcpy(d + kl + 1, v, vl);
+    d[kl + 1 + vl] = 0;
+    m->bytes.len = ko + kl + vl + 2;
+    m->e[m->n++] = (hm_entry){(uint32_t)ko, (uint32_t)kl, (uint32_t)(ko + kl + 1), (uint32_t)vl};
     return 0;
 }
 
@@ -91,7 +128,8 @@ int hmap_add(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size_t v
 }
 
 static void remove_at(pw_hmap *m, size_t i) {
-    m->garbage += m->e[i].kl + m->e[i].vl;
+    m->garbage += m->e[i].kl + m->e[i].vl + 2;
+    m->loose = 1;
     memmove(&m->e[i], &m->e[i + 1], (m->n - i - 1) * sizeof m->e[0]);
     m->n--;
 }
@@ -110,17 +148,22 @@ int hmap_replace(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size
         if (m->e[i].kl == kl && key_eq(hm_key(m, i), k, kl)) remove_at(m, i);
     hm_entry *e = &m->e[first];
     if (vl > e->vl && !fits(m, vl - e->vl, 0)) return -1;
+    e = &m->e[first]; /* compaction may have moved the bytes, never the entries */
     if (vl <= e->vl) {
         if (vl) memmove(m->bytes.p + e->vo, v, vl);
+        m->bytes.p[e->vo + vl] = 0;
+        if (vl != e->vl) m->loose = 1;
         m->garbage += e->vl - vl;
         e->vl = (uint32_t)vl;
         return 0;
     }
-    if (m->bytes.len + vl > UINT32_MAX || buf_reserve(&m->bytes, m->bytes.len + vl)) return -1;
+    if (m->bytes.len + vl + 1 > UINT32_MAX || buf_reserve(&m->bytes, m->bytes.len + vl + 1)) return -1;
     uint32_t vo = (uint32_t)m->bytes.len;
     memcpy(m->bytes.p + vo, v, vl);
-    m->bytes.len += vl;
-    m->garbage += e->vl;
+    m->bytes.p[vo + vl] = 0;
+    m->bytes.len += vl + 1;
+    m->garbage += e->vl + 1;
+    m->loose = 1;
     e->vo = vo;
     e->vl = (uint32_t)vl;
     return 0;
@@ -130,6 +173,35 @@ void hmap_clear(pw_hmap *m) {
     m->n = 0;
     m->bytes.len = 0;
     m->garbage = 0;
+    m->loose = 0;
+    m->nul_free = 0;
+}
+
+int hmap_fields_ok(const pw_hmap *m) {
+    for (size_t i = 0; i < m->n; i++)
+        if (!m->e[i].kl) return 0;
+    if (m->loose || m->garbage) { /* not as parsed: look at each field */
+        for (size_t i = 0; i < m->n; i++) {
+            const uint8_t *k = hm_key(m, i), *v = hm_val(m, i);
+            size_t kl = m->e[i].kl, vl = m->e[i].vl;
+            if (memchr(k, 0, kl) || memchr(k, '\r', kl) || memchr(k, '\n', kl) ||
+                memchr(v, 0, vl) || memchr(v, '\r', vl) || memchr(v, '\n', vl))
+                return 0;
+        }
+        return 1;
+    }
+    /* As parsed: no CR or LF anywhere in the stored form, and (unless the flat form,
+     * which cannot carry one, was parsed) no NUL inside a field: each field then ends
+     * exactly at its own terminator. */
+    const uint8_t *p = m->bytes.p;
+    size_t n = m->bytes.len;
+    if (n && (memchr(p, '\r', n) || memchr(p, '\n', n))) return 0;
+    if (!m->nul_free)
+        for (size_t i = 0; i < m->n; i++)
+            if (strlen((const char *)hm_key(m, i)) != m->e[i].kl ||
+                strlen((const char *)hm_val(m, i)) != m->e[i].vl)
+                return 0;
+    return 1;
 }
 
 void hmap_free(pw_hmap *m) {
@@ -159,15 +231,22 @@ int hmap_parse(pw_hmap *m, const uint8_t *p, size_t n) {
         off += rd32(p + 8 + 8 * i);
         if (p[off++] != 0) return -1;
     }
-    /* Well-formed: refill the map in place, reusing its storage. Only running out of
-     * memory can fail from here on. */
+    /* Well-formed: the names and values are already laid out as this map stores them
+     * ("k\0v\0..."): one copy, then the entries and the names' lowercasing. Only running
+     * out of memory can fail from here on (the map is then empty). */
     hmap_clear(m);
-    off = 4 + (size_t)count * 8;
+    size_t head = 4 + (size_t)count * 8, data = n - head;
+    if (grow_entries(m, count) || buf_reserve(&m->bytes, data + LOWER_SLACK)) return -1;
+    memcpy(m->bytes.p, p + head, data);
+    m->bytes.len = data;
+    uint32_t o = 0;
     for (uint32_t i = 0; i < count; i++) {
         uint32_t kl = rd32(p + 4 + 8 * i), vl = rd32(p + 8 + 8 * i);
-        if (push(m, p + off, kl, p + off + kl + 1, vl)) return -1;
-        off += (size_t)kl + vl + 2;
+        m->e[i] = (hm_entry){o, kl, o + kl + 1, vl};
+        lower_in_place(m->bytes.p + o, kl);
+        o += kl + vl + 2;
     }
+    m->n = count;
     return 0;
 }
 
@@ -182,15 +261,23 @@ int hmap_parse_flat(pw_hmap *m, const uint8_t *p, size_t n, uint32_t count) {
     size_t seps = 0;
     for (const uint8_t *q = p, *end = p + n; (q = memchr(q, 0, (size_t)(end - q))); q++) seps++;
     if (seps != 2 * (size_t)count - 1) return -1;
+    /* Stored as given plus the last value's NUL: one copy, then the entries. */
     hmap_clear(m);
-    const uint8_t *q = p, *end = p + n;
+    if (grow_entries(m, count) || buf_reserve(&m->bytes, n + 1 + LOWER_SLACK)) return -1;
+    memcpy(m->bytes.p, p, n);
+    m->bytes.p[n] = 0;
+    m->bytes.len = n + 1;
+    const uint8_t *base = m->bytes.p, *q = base, *end = base + n + 1;
     for (uint32_t i = 0; i < count; i++) {
-        const uint8_t *k = q, *ke = memchr(k, 0, (size_t)(end - k));
+        const uint8_t *ke = memchr(q, 0, (size_t)(end - q));
         const uint8_t *v = ke + 1, *ve = memchr(v, 0, (size_t)(end - v));
-        if (!ve) ve = end;
-        if (push(m, k, (size_t)(ke - k), v, (size_t)(ve - v))) return -1;
+        uint32_t ko = (uint32_t)(q - base), kl = (uint32_t)(ke - q);
+        m->e[i] = (hm_entry){ko, kl, ko + kl + 1, (uint32_t)(ve - v)};
+        lower_in_place(m->bytes.p + ko, kl);
         q = ve + 1;
     }
+    m->n = count;
+    m->nul_free = 1; /* the separators were counted: no field holds a NUL */
     return 0;
 }
 
@@ -203,6 +290,14 @@ size_t hmap_serialized_size(const pw_hmap *m) {
 void hmap_serialize_to(const pw_hmap *m, uint8_t *out) {
     wr32(out, (uint32_t)m->n);
     uint8_t *lens = out + 4, *d = out + 4 + 8 * m->n;
+    if (!m->loose && m->garbage == 0) { /* stored exactly as the format lays them out */
+        for (size_t i = 0; i < m->n; i++) {
+            wr32(lens + 8 * i, m->e[i].kl);
+            wr32(lens + 8 * i + 4, m->e[i].vl);
+        }
+        if (m->bytes.len) memcpy(d, m->bytes.p, m->bytes.len);
+        return;
+    }
     for (size_t i = 0; i < m->n; i++) {
         const hm_entry *e = &m->e[i];
         wr32(lens + 8 * i, e->kl);

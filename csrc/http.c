@@ -377,20 +377,11 @@ static int begin(pw_vm *vm, pw_ctx *c) {
 }
 
 /* Headers from the embedding: what no HTTP field can hold (an empty name; NUL, CR or LF)
- * is refused here, in one pass, instead of reaching the guest. */
-static int fields_ok(const pw_hmap *m) {
-    for (size_t i = 0; i < m->n; i++)
-        if (!m->e[i].kl) return 0;
-    /* Names and values lie back to back in m->bytes, with no separators between them. */
-    const uint8_t *p = m->bytes.p;
-    size_t n = m->bytes.len;
-    return !n || (!memchr(p, 0, n) && !memchr(p, '\r', n) && !memchr(p, '\n', n));
-}
-
+ * is refused here, in one pass, instead of reaching the guest (hmap_fields_ok). */
 static int parse_in(pw_hmap *m, const uint8_t *p, size_t len, int nflat) {
     int r = nflat < 0 ? hmap_parse(m, p, len) : hmap_parse_flat(m, p, len, (uint32_t)nflat);
     if (r) return -PW_ERR;
-    if (!fields_ok(m)) {
+    if (!hmap_fields_ok(m)) {
         hmap_clear(m);
         return -PW_ERR_BAD_HEADERS;
     }

@@ -52,6 +52,8 @@ typedef struct pw_hmap {
     size_t n, cap;
     pw_buf bytes;
     size_t garbage;
+    int loose; /* 0: entries in order without gaps, serialized with one copy (hmap.c) */
+    int nul_free; /* parsed from the flat form: no field can hold a NUL */
 } pw_hmap;
 
 #define PAIRS_MAX_COUNT 8192u
@@ -70,6 +72,9 @@ int hmap_add(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size_t v
 int hmap_replace(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl);
 void hmap_remove(pw_hmap *m, const uint8_t *k, size_t kl);
 void hmap_clear(pw_hmap *m);
+/* A map just parsed from the embedding: 0 if a name is empty or a name or value holds
+ * NUL, CR or LF (what no HTTP field can hold). */
+int hmap_fields_ok(const pw_hmap *m);
 void hmap_free(pw_hmap *m);
 /* Value of the first entry for key, or NULL. */
 const uint8_t *hmap_get(const pw_hmap *m, const uint8_t *k, size_t kl, size_t *vl);
@@ -408,6 +413,11 @@ uint64_t epoch_now_ns(void);
 static inline void vm_paused(pw_vm *vm, uint64_t t0) { vm->paused_ns += epoch_now_ns() - t0; }
 uintptr_t epoch_stack_low(void);
 int epoch_stack_fail(pw_vm *vm, char *why, size_t whylen);
+
+/* signals.c: signal-based traps kept in front of later handlers */
+int sig_enabled(void);
+void sig_capture(void); /* right after an engine with signals-based traps is made */
+extern __attribute__((tls_model("initial-exec"))) _Thread_local int sig_in_guest;
 
 /* dispatcher.c */
 int dispatcher_post(pw_dispatcher *d, uint64_t vm_key, uint32_t root, uint32_t queue);

@@ -128,6 +128,12 @@ int pw_wt_bind(const char *libpath, char *err, size_t errlen);
 void pw_wt_struct_sizes(size_t out[6]);
 
 pw_engine *pw_engine_new(char *err, size_t errlen);
+/* Signal-based traps (csrc/signals.c): puts the core's fault handler back in front of any
+ * handler installed since (returns how many signals needed it); how often that happened;
+ * whether the engine uses signals at all (PYPROXYWASM_SIGNALS=0: explicit checks). */
+int pw_signals_verify(void);
+uint64_t pw_signals_repairs(void);
+int pw_signals_enabled(void);
 void pw_engine_free(pw_engine *e);
 
 /* Compile (or deserialize a cached compile of) a module. The exports it calls were

@@ -28,6 +28,7 @@ _SOURCES = [
     "props.c",
     "queue.c",
     "shared.c",
+    "signals.c",
     "tcp.c",
     "trace.c",
     "vm.c",

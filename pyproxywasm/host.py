@@ -70,6 +70,7 @@ class Vm:
         # The C struct outlives close(): a stale stream or root then gets HostClosedError
         # instead of reading freed memory. It is freed when the last Python handle goes.
         self.ptr = ffi.gc(ptr, lib.pw_vm_free)
+        self.addr = int(ffi.cast("uintptr_t", ptr))  # for pyproxywasm._fast (lives as long)
         self._log.vm = ptr
         self.failure_recorded = False  # FAIL_RELOAD counted this VM's failure
         self.generation = 0  # how many VMs FAIL_RELOAD replaced before this one

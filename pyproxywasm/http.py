@@ -8,6 +8,7 @@ plugin continues (proxy_continue_stream), as in Envoy.
 from __future__ import annotations
 
 import enum
+import os
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
@@ -48,6 +49,31 @@ _CONTINUE, _PAUSE = Action.CONTINUE, Action.PAUSE  # enum attribute lookups are 
 _LOCAL = lib.PW_S_LOCAL_REPLY
 
 
+def _load_fast():
+    """The per-event path in C (pyproxywasm/_fast.c): headers encoded from the caller's
+    list in C, one call per event. Optional: without it (a build that skipped it, a
+    sanitizer's scratch copy of the package, PYPROXYWASM_FAST=0) every event takes the
+    cffi path below."""
+    if os.environ.get("PYPROXYWASM_FAST") == "0":
+        return None
+    try:
+        from . import _fast
+    except ImportError:
+        return None
+    _fast.init(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+                 for name in ("pw_http_start", "pw_http_headers", "pw_http_data", "pw_http_finish")))
+    return _fast
+
+
+_fast = _load_fast()
+_MALFORMED = -lib.PW_ERR  # the flat form refused (a NUL in a field): retried as pairs
+_CLOSED = -lib.PW_ERR_CLOSED
+if _fast is not None:
+    _fast.set_constants(_CONTINUE, _PAUSE, Action.DROPPED, _REQ_STOPPED, _RESP_STOPPED, _DONE,
+                        _LOCAL, _MALFORMED, _CLOSED)
+_Base: Any = _fast.StreamBase if _fast is not None else object
+
+
 @dataclass(frozen=True)
 class LocalResponse:
     """The response a plugin sent with proxy_send_local_response (or the host's 503 when
@@ -60,28 +86,40 @@ class LocalResponse:
     grpc_status: int | None
 
 
-class HttpStream:
-    """One HTTP request/response through one plugin (an HTTP stream context)."""
+class HttpStream(_Base):
+    """One HTTP request/response through one plugin (an HTTP stream context).
 
-    __slots__ = ("plugin", "_id", "flags", "_vm", "_vmobj")
+    The five hot events (send_request_headers/_body, send_response_headers/_body, finish)
+    are C methods of pyproxywasm._fast.StreamBase when it is built: header lists of str or
+    bytes pairs go to the core without per-item Python work. Anything else they meet, and
+    every event without the extension, takes the general methods below."""
 
-    def __init__(self, plugin: "RootContext", properties: Mapping[Any, Any] | None = None) -> None:
-        self.plugin = plugin
-        vm = self._vmobj = plugin.vm
-        self._vm = vm.ptr
-        self.flags = 0
-        self._id = 0  # the context is made with the first event (or when asked for)
-        if properties:
-            cid = self.context_id
-            for path, value in props.flatten(properties):
-                _set_prop(self._vm, cid, path, len(path), value, len(value))
+    __slots__ = () if _fast is not None else ("plugin", "_id", "flags", "_vm", "_vmobj", "_vma", "_root")
+
+    if _fast is None:  # (StreamBase's __init__ does the same in C)
+        def __init__(self, plugin: "RootContext", properties: Mapping[Any, Any] | None = None) -> None:
+            self.plugin = plugin
+            vm = self._vmobj = plugin.vm
+            self._vm = vm.ptr
+            self._vma = vm.addr
+            self._root = plugin.context_id
+            self.flags = 0
+            self._id = 0  # the context is made with the first event (or when asked for)
+            if properties:
+                self._set_properties(properties)
+
+    def _set_properties(self, properties: Mapping[Any, Any]) -> None:
+        """Per-stream host properties (set before the first event)."""
+        cid = self.context_id
+        for path, value in props.flatten(properties):
+            _set_prop(self._vm, cid, path, len(path), value, len(value))
 
     @property
     def context_id(self) -> int:
         """The stream's context id (allocated now if no event was sent yet)."""
         if not self._id:
             vm = self._vmobj
-            rc = _new(self._vm, self.plugin.context_id, vm.u32)
+            rc = _new(self._vm, self._root, vm.u32)
             if rc:
                 raise_for(rc, vm)
             self._id = vm.u32[0]
@@ -105,58 +143,37 @@ class HttpStream:
         """The stream's state as named flags (the same bits as `flags`)."""
         return StreamFlags(self.flags)
 
-    def send_request_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
+    def _raise(self, f: int) -> None:
+        raise_for(f, self._vmobj)
+
+    def _general_headers(self, direction: int, headers: HeaderItems, end_stream: bool) -> Action:
+        """Headers in any form (bytes in the pairs format, a Mapping, any iterable of
+        pairs), through the cffi binding."""
         data, n = (headers, -1) if headers.__class__ is bytes else encode_headers(headers)
-        if self._id:
-            f = _headers(self._vm, self._id, _REQ, data, len(data), n, end_stream)
-        else:  # create and deliver in one call: the common case
-            vm = self._vmobj
-            f = _start(self._vm, self.plugin.context_id, data, len(data), n, end_stream, vm.u32)
-            self._id = vm.u32[0]
-        if f < 0:
-            raise_for(f, self._vmobj)
-        self.flags = f
-        return _PAUSE if f & _REQ_STOPPED else _CONTINUE
-
-    def send_request_body(self, data: bytes, end_stream: bool = False) -> Action:
-        return self._done(_data(self._vm, self._id or self.context_id, _REQ, data, len(data), end_stream), 0)
-
-    def send_request_trailers(self, trailers: HeaderItems) -> Action:
-        data, n = encode_headers(trailers)
-        return self._done(_trailers(self._vm, self.context_id, _REQ, data, len(data), n), 0)
-
-    def send_response_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
-        data, n = (headers, -1) if headers.__class__ is bytes else encode_headers(headers)
-        if self.flags & _LOCAL:
+        if direction == _RESP and self.flags & _LOCAL:  # after a local response: dropped
             return self._dropped(_headers(self._vm, self._id or self.context_id, _RESP, data,
                                           len(data), n, end_stream))
-        f = _headers(self._vm, self._id or self.context_id, _RESP, data, len(data), n, end_stream)
-        if f < 0:
-            raise_for(f, self._vmobj)
-        self.flags = f
-        return _PAUSE if f & _RESP_STOPPED else _CONTINUE
+        if direction == _REQ and not self._id:  # create and deliver in one call
+            vm = self._vmobj
+            f = _start(self._vm, self._root, data, len(data), n, end_stream, vm.u32)
+            self._id = vm.u32[0]
+        else:
+            f = _headers(self._vm, self._id or self.context_id, direction, data, len(data), n, end_stream)
+        return self._done(f, direction)
 
-    def send_response_body(self, data: bytes, end_stream: bool = False) -> Action:
-        if self.flags & _LOCAL:
+    def _general_data(self, direction: int, data: bytes, end_stream: bool) -> Action:
+        if direction == _RESP and self.flags & _LOCAL:
             return self._dropped(_data(self._vm, self._id or self.context_id, _RESP, data,
                                        len(data), end_stream))
-        return self._done(_data(self._vm, self._id or self.context_id, _RESP, data, len(data), end_stream), 1)
+        return self._done(_data(self._vm, self._id or self.context_id, direction, data, len(data),
+                                end_stream), direction)
 
-    def send_response_trailers(self, trailers: HeaderItems) -> Action:
-        data, n = encode_headers(trailers)
-        if self.flags & _LOCAL:
-            return self._dropped(_trailers(self._vm, self.context_id, _RESP, data, len(data), n))
-        return self._done(_trailers(self._vm, self.context_id, _RESP, data, len(data), n), 1)
-
-    def finish(self) -> None:
-        """Ends the stream: proxy_on_log, proxy_on_done, proxy_on_delete (Envoy's order).
-        Idempotent; after its VM was closed (the host closed, or FAIL_RELOAD replaced the
-        VM) there is nothing left to end and it does nothing."""
+    def _general_finish(self) -> None:
         if self.flags & _DONE:
             return
         if not self._id:  # made now (a thread without a loop delivers what is pending)
             vm = self._vmobj
-            rc = _new(self._vm, self.plugin.context_id, vm.u32)
+            rc = _new(self._vm, self._root, vm.u32)
             if rc == lib.PW_ERR_CLOSED:
                 self.flags |= _DONE
                 return
@@ -164,21 +181,53 @@ class HttpStream:
                 raise_for(rc, vm)
             self._id = vm.u32[0]
         f = _finish(self._vm, self._id)
-        if f < 0 and f != -lib.PW_ERR_CLOSED:
+        if f < 0 and f != _CLOSED:
             raise_for(f, self._vmobj)
         self.flags |= _DONE
 
-    def __del__(self) -> None:
+    def _abandoned(self) -> None:
         # Dropped without finish(): end it as Envoy ends a destroyed stream, on the VM's
         # own thread (now, or at that thread's next stream), so its context never leaks.
-        if self._id and not self.flags & _DONE:
-            try:
-                if threading.get_ident() == self.plugin.thread:
-                    self.finish()
-                else:
-                    self._vmobj.dropped.append(self._id)
-            except Exception:  # noqa: BLE001 - a finalizer must not raise
-                pass
+        try:
+            if threading.get_ident() == self.plugin.thread:
+                self.finish()
+            else:
+                self._vmobj.dropped.append(self._id)
+        except Exception:  # noqa: BLE001 - a finalizer must not raise
+            pass
+
+    if _fast is None:
+        def send_request_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
+            return self._general_headers(_REQ, headers, end_stream)
+
+        def send_request_body(self, data: bytes, end_stream: bool = False) -> Action:
+            return self._general_data(_REQ, data, end_stream)
+
+        def send_response_headers(self, headers: HeaderItems, end_stream: bool = False) -> Action:
+            return self._general_headers(_RESP, headers, end_stream)
+
+        def send_response_body(self, data: bytes, end_stream: bool = False) -> Action:
+            return self._general_data(_RESP, data, end_stream)
+
+        def finish(self) -> None:
+            """Ends the stream: proxy_on_log, proxy_on_done, proxy_on_delete (Envoy's
+            order). Idempotent; after its VM was closed (the host closed, or FAIL_RELOAD
+            replaced the VM) there is nothing left to end and it does nothing."""
+            self._general_finish()
+
+        def __del__(self) -> None:
+            if self._id and not self.flags & _DONE:
+                self._abandoned()
+
+    def send_request_trailers(self, trailers: HeaderItems) -> Action:
+        data, n = encode_headers(trailers)
+        return self._done(_trailers(self._vm, self.context_id, _REQ, data, len(data), n), 0)
+
+    def send_response_trailers(self, trailers: HeaderItems) -> Action:
+        data, n = encode_headers(trailers)
+        if self.flags & _LOCAL:
+            return self._dropped(_trailers(self._vm, self.context_id, _RESP, data, len(data), n))
+        return self._done(_trailers(self._vm, self.context_id, _RESP, data, len(data), n), 1)
 
     def refresh(self) -> int:
         """Re-reads the stream's state (after the plugin resumed it from a tick, say)."""

@@ -37,7 +37,7 @@ def encode_headers(items: HeaderItems) -> tuple[bytes, int]:
     n = len(items)  # type: ignore[arg-type]  # a list or tuple by now
     if not n:
         return b"", 0
-    if items[0].__class__ in _NOT_PAIRS:  # type: ignore[index, operator]  # ["ab", "cd"] is not two headers
+    if not all(x.__class__ in _PAIR_CLASSES for x in items):  # ["ab", "cd"] is not two headers
         return encode_pairs(items), -1
     try:
         data = "\0".join(_chain(items)).encode()  # type: ignore[arg-type]
@@ -51,7 +51,7 @@ def encode_headers(items: HeaderItems) -> tuple[bytes, int]:
     return data, n  # empty names, CR and LF are refused by the C core (InvalidHeaderError)
 
 
-_NOT_PAIRS = frozenset((str, bytes, bytearray, memoryview))
+_PAIR_CLASSES = frozenset((tuple, list))  # (the usual forms take pyproxywasm._fast instead)
 
 
 def encode_pairs(items: HeaderItems) -> bytes:

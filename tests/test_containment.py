@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -103,7 +104,9 @@ t.start()
 t.join()
 print(out[0] if out else "started")
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    # run from elsewhere, so the installed package is the one imported
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=tempfile.gettempdir())
     assert r.returncode == 0, r.stderr
     assert "stack" in r.stdout and "give the thread a bigger stack" in r.stdout
 

@@ -657,7 +657,8 @@ def test_cli_serves_the_bundled_config(tmp_path):
     text = text.replace("../examples/header_rewrite.wasm", str(wasm_path))
     cfg = tmp_path / "default.yaml"
     cfg.write_text(text)
-    p = subprocess.Popen([sys.executable, "-m", "pyproxywasm", "serve", str(cfg)], stdout=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-m", "pyproxywasm", "serve", str(cfg)], cwd=tmp_path,
+                         stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
         lines = []
@@ -687,7 +688,8 @@ def test_cli_serves_the_bundled_config(tmp_path):
 def test_cli_reports_config_errors_with_their_path(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("static_resources:\n  clusters:\n  - name: c\n    type: EDS\n")
-    p = subprocess.run([sys.executable, "-m", "pyproxywasm", "serve", str(cfg)], capture_output=True, text=True, timeout=30)
+    p = subprocess.run([sys.executable, "-m", "pyproxywasm", "serve", str(cfg)], capture_output=True,
+                       text=True, timeout=30, cwd=tmp_path)
     assert p.returncode == 2
     assert "static_resources.clusters[0].type: unsupported value 'EDS'" in p.stderr
 
@@ -696,6 +698,7 @@ def test_cli_reports_a_plugin_that_fails_to_start(tmp_path):
     vhosts = [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]
     cfg = tmp_path / "fail.json"
     cfg.write_text(json.dumps(bootstrap([http_listener(vhosts, [wasm(GO_HTTP, "fail")])], [])))
-    p = subprocess.run([sys.executable, "-m", "pyproxywasm", "serve", str(cfg)], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, "-m", "pyproxywasm", "serve", str(cfg)], capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
     assert p.returncode == 2
     assert "failed to start: proxy_on_configure returned false" in p.stderr

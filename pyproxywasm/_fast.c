@@ -1,0 +1,420 @@
+/* The per-event hot path of HttpStream, as a small CPython extension: StreamBase, whose C
+ * methods take the caller's header list as it is (str or bytes pairs), write the flat form
+ * "k\0v\0k\0v" straight from the objects' own buffers into one C buffer (no per-item Python
+ * objects), release the GIL and call the C core: one call per event, no Python frame.
+ *
+ * The core itself is reached through function pointers that pyproxywasm.http hands over
+ * once (from the cffi module, so this file links against nothing). Anything this path does
+ * not take — a Mapping, bytearray or memoryview items, something that is not a pair, a str
+ * with lone surrogates — goes to the subclass's general (cffi) methods;
+ * a field holding a NUL makes the core refuse the flat form (its separator count), and the
+ * caller retries with the pairs format, which says exactly what was meant. */
+#define PY_SSIZE_T_CLEAN
+#define Py_LIMITED_API 0x030A0000 /* the stable ABI of 3.10: one abi3 wheel, like _core */
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int (*start_fn)(void *vm, uint32_t root, const uint8_t *h, size_t len, int nflat, int eos,
+                        uint32_t *out_id);
+typedef int (*headers_fn)(void *vm, uint32_t id, int dir, const uint8_t *h, size_t len, int nflat,
+                          int eos);
+typedef int (*data_fn)(void *vm, uint32_t id, int dir, const uint8_t *d, size_t len, int eos);
+typedef int (*finish_fn)(void *vm, uint32_t id);
+
+/* Set once by init() at import (under the GIL), read-only afterwards. */
+static start_fn core_start;
+static headers_fn core_headers;
+static data_fn core_data;
+static finish_fn core_finish;
+
+#define STACK_BYTES 2048
+
+/* One field's bytes, borrowed from the object (valid while the caller holds it). */
+static int field(PyObject *o, const char **p, Py_ssize_t *n) {
+    if (PyUnicode_CheckExact(o)) {
+        *p = PyUnicode_AsUTF8AndSize(o, n); /* ASCII: the object's own data, no copy */
+        if (!*p) {
+            PyErr_Clear(); /* lone surrogates: the general encoder escapes them */
+            return -1;
+        }
+        return 0;
+    }
+    if (PyBytes_CheckExact(o)) {
+        char *b;
+        if (PyBytes_AsStringAndSize(o, &b, n)) {
+            PyErr_Clear();
+            return -1;
+        }
+        *p = b;
+        return 0;
+    }
+    return -1;
+}
+
+/* Item i of an exact list or tuple (borrowed). */
+static inline PyObject *item(PyObject *seq, int is_list, Py_ssize_t i) {
+    return is_list ? PyList_GetItem(seq, i) : PyTuple_GetItem(seq, i);
+}
+
+/* Encodes the header sequence into *out (the stack buffer, or a malloc'd one when it does
+ * not fit); 1 done, 0 not this path's input, -1 out of memory (exception set). */
+static int encode(PyObject *items, char *stack, char **out, size_t *len, int *count) {
+    int is_list = PyList_CheckExact(items);
+    if (!is_list && !PyTuple_CheckExact(items)) return 0;
+    Py_ssize_t n = is_list ? PyList_Size(items) : PyTuple_Size(items);
+    const char *ptr[2 * 64];
+    Py_ssize_t lens[2 * 64];
+    if (n > 64) return 0; /* a long list: the general encoder */
+    size_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = item(items, is_list, i);
+        int pl = PyList_CheckExact(pair);
+        if (!pl && !PyTuple_CheckExact(pair)) return 0;
+        if ((pl ? PyList_Size(pair) : PyTuple_Size(pair)) != 2) return 0;
+        if (field(item(pair, pl, 0), &ptr[2 * i], &lens[2 * i]) ||
+            field(item(pair, pl, 1), &ptr[2 * i + 1], &lens[2 * i + 1]))
+            return 0;
+        total += (size_t)lens[2 * i] + (size_t)lens[2 * i + 1] + 2;
+    }
+    char *buf = stack;
+    if (total > STACK_BYTES) {
+        buf = malloc(total);
+        if (!buf) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    char *d = buf;
+    for (Py_ssize_t i = 0; i < 2 * n; i++) {
+        memcpy(d, ptr[i], (size_t)lens[i]);
+        d += lens[i];
+        *d++ = 0;
+    }
+    *out = buf;
+    *len = total ? total - 1 : 0; /* no NUL after the last value */
+    *count = (int)n;
+    return 1;
+}
+
+/* init(start, headers, data, finish): the core's function addresses, as ints. */
+static PyObject *init(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "init(start, headers, data, finish)");
+        return NULL;
+    }
+    void *p[4];
+    for (int i = 0; i < 4; i++) {
+        p[i] = PyLong_AsVoidPtr(args[i]);
+        if (!p[i]) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "null function");
+            return NULL;
+        }
+    }
+    core_start = (start_fn)p[0];
+    core_headers = (headers_fn)p[1];
+    core_data = (data_fn)p[2];
+    core_finish = (finish_fn)p[3];
+    Py_RETURN_NONE;
+}
+
+/* ---- StreamBase: HttpStream's events as C methods --------------------------------------
+ * pyproxywasm.http.HttpStream subclasses this type: its hot methods (the five events)
+ * run here with no Python frame; everything else, and every case this path does not take,
+ * is the subclass's Python (_general_headers, _general_data, _general_finish, _raise,
+ * _abandoned). */
+#include <structmember.h>
+
+typedef struct {
+    PyObject_HEAD
+    unsigned long long vma; /* the pw_vm's address (_vma) */
+    unsigned int id;        /* the stream's context id, 0 until the first event (_id) */
+    unsigned int root;      /* its root context id (_root) */
+    int flags;              /* the core's PW_S_* flags after the last event */
+    PyObject *plugin, *vm, *vmobj;
+} Stream;
+
+/* Set once by set_constants() at import, read-only afterwards. */
+static PyObject *action_continue, *action_pause, *action_dropped;
+static int stopped_mask[2], done_flag, local_flag, malformed, closed_code;
+
+static PyObject *set_constants(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "set_constants(continue, pause, dropped, req_stop, "
+                                         "resp_stop, done, local, malformed, closed)");
+        return NULL;
+    }
+    Py_INCREF(args[0]);
+    Py_INCREF(args[1]);
+    Py_INCREF(args[2]);
+    action_continue = args[0];
+    action_pause = args[1];
+    action_dropped = args[2];
+    stopped_mask[0] = (int)PyLong_AsLong(args[3]);
+    stopped_mask[1] = (int)PyLong_AsLong(args[4]);
+    done_flag = (int)PyLong_AsLong(args[5]);
+    local_flag = (int)PyLong_AsLong(args[6]);
+    malformed = (int)PyLong_AsLong(args[7]);
+    closed_code = (int)PyLong_AsLong(args[8]);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* (x[, end_stream]) with end_stream also by keyword. */
+static int event_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **x,
+                      int *eos) {
+    Py_ssize_t nkw = kwnames ? PyTuple_Size(kwnames) : 0;
+    PyObject *e = NULL;
+    if (nargs < 1 || nargs > 2 || (nkw && nargs + nkw > 2)) goto bad;
+    *x = args[0];
+    if (nargs == 2) e = args[1];
+    if (nkw) {
+        PyObject *k = PyTuple_GetItem(kwnames, 0);
+        if (!k || !PyUnicode_Check(k) || PyUnicode_CompareWithASCIIString(k, "end_stream"))
+            goto bad;
+        e = args[nargs];
+    }
+    *eos = e ? PyObject_IsTrue(e) : 0;
+    return *eos < 0 ? -1 : 0;
+bad:
+    PyErr_SetString(PyExc_TypeError, "expected (value, end_stream=False)");
+    return -1;
+}
+
+/* An event's outcome; `dropped`: a response event after the plugin's local response
+ * (Envoy drops it: Action.DROPPED). */
+static PyObject *done(Stream *s, int f, int dir, int dropped) {
+    if (f < 0) return PyObject_CallMethod((PyObject *)s, "_raise", "i", f);
+    s->flags = f;
+    PyObject *a = dropped ? action_dropped : (f & stopped_mask[dir]) ? action_pause : action_continue;
+    Py_INCREF(a);
+    return a;
+}
+
+static PyObject *headers_event(Stream *s, int dir, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames) {
+    PyObject *h;
+    int eos;
+    if (event_args(args, nargs, kwnames, &h, &eos)) return NULL;
+    char stack[STACK_BYTES], *buf;
+    size_t len;
+    int count, rc = (dir == 0 || s->id) ? encode(h, stack, &buf, &len, &count) : 0;
+    if (rc < 0) return NULL;
+    if (rc > 0) {
+        int f, dropped = dir == 1 && (s->flags & local_flag);
+        uint32_t id = s->id;
+        void *vm = (void *)(uintptr_t)s->vma;
+        Py_BEGIN_ALLOW_THREADS
+        if (id)
+            f = core_headers(vm, id, dir, (const uint8_t *)buf, len, count, eos);
+        else
+            f = core_start(vm, s->root, (const uint8_t *)buf, len, count, eos, &id);
+        Py_END_ALLOW_THREADS
+        if (buf != stack) free(buf);
+        s->id = id;
+        if (f != malformed) return done(s, f, dir, dropped);
+    }
+    return PyObject_CallMethod((PyObject *)s, "_general_headers", "iOO", dir, h, eos ? Py_True : Py_False);
+}
+
+static PyObject *data_event(Stream *s, int dir, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames) {
+    PyObject *d;
+    int eos;
+    if (event_args(args, nargs, kwnames, &d, &eos)) return NULL;
+    char *b;
+    Py_ssize_t bn;
+    if (!s->id || !PyBytes_CheckExact(d) || PyBytes_AsStringAndSize(d, &b, &bn))
+        return PyObject_CallMethod((PyObject *)s, "_general_data", "iOO", dir, d, eos ? Py_True : Py_False);
+    const uint8_t *p = (const uint8_t *)b;
+    size_t n = (size_t)bn;
+    void *vm = (void *)(uintptr_t)s->vma;
+    int f, dropped = dir == 1 && (s->flags & local_flag);
+    Py_BEGIN_ALLOW_THREADS
+    f = core_data(vm, s->id, dir, p, n, eos);
+    Py_END_ALLOW_THREADS
+    return done(s, f, dir, dropped);
+}
+
+static PyObject *s_req_headers(PyObject *s, PyObject *const *a, Py_ssize_t n, PyObject *kw) {
+    return headers_event((Stream *)s, 0, a, n, kw);
+}
+static PyObject *s_resp_headers(PyObject *s, PyObject *const *a, Py_ssize_t n, PyObject *kw) {
+    return headers_event((Stream *)s, 1, a, n, kw);
+}
+static PyObject *s_req_body(PyObject *s, PyObject *const *a, Py_ssize_t n, PyObject *kw) {
+    return data_event((Stream *)s, 0, a, n, kw);
+}
+static PyObject *s_resp_body(PyObject *s, PyObject *const *a, Py_ssize_t n, PyObject *kw) {
+    return data_event((Stream *)s, 1, a, n, kw);
+}
+
+static PyObject *s_finish(PyObject *self, PyObject *unused) {
+    (void)unused;
+    Stream *s = (Stream *)self;
+    if (s->flags & done_flag) Py_RETURN_NONE;
+    if (!s->id) return PyObject_CallMethod(self, "_general_finish", NULL);
+    void *vm = (void *)(uintptr_t)s->vma;
+    int f;
+    Py_BEGIN_ALLOW_THREADS
+    f = core_finish(vm, s->id);
+    Py_END_ALLOW_THREADS
+    if (f < 0 && f != closed_code) return PyObject_CallMethod(self, "_raise", "i", f);
+    s->flags |= done_flag;
+    Py_RETURN_NONE;
+}
+
+/* Dropped without finish(): the subclass ends it as Envoy ends a destroyed stream. */
+static void s_finalize(PyObject *self) {
+    Stream *s = (Stream *)self;
+    if (!s->id || (s->flags & done_flag)) return;
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyObject *r = PyObject_CallMethod(self, "_abandoned", NULL);
+    if (!r) PyErr_WriteUnraisable(self);
+    Py_XDECREF(r);
+    PyErr_Restore(et, ev, tb);
+}
+
+static int s_traverse(PyObject *self, visitproc visit, void *arg) {
+    Stream *s = (Stream *)self;
+    Py_VISIT(s->plugin);
+    Py_VISIT(s->vm);
+    Py_VISIT(s->vmobj);
+    return 0;
+}
+
+static int s_clear(PyObject *self) {
+    Stream *s = (Stream *)self;
+    Py_CLEAR(s->plugin);
+    Py_CLEAR(s->vm);
+    Py_CLEAR(s->vmobj);
+    return 0;
+}
+
+/* Instances are HttpStream's (a Python subclass): its subtype_dealloc has run the
+ * finalizer and drops the type's reference; this frees what the base holds. */
+static void s_dealloc(PyObject *self) {
+    PyObject_GC_UnTrack(self);
+    s_clear(self);
+    freefunc f = (freefunc)PyType_GetSlot(Py_TYPE(self), Py_tp_free);
+    f(self);
+}
+
+/* HttpStream(plugin, properties=None): the plugin's VM and root context read once; the
+ * properties (rare) go to the subclass's _set_properties. */
+static PyObject *str_vm, *str_ptr, *str_addr, *str_context_id, *str_properties;
+
+static int s_init(PyObject *self, PyObject *args, PyObject *kw) {
+    Stream *s = (Stream *)self;
+    PyObject *plugin = NULL, *props = NULL;
+    if (!PyArg_UnpackTuple(args, "HttpStream", 1, 2, &plugin, &props)) return -1;
+    if (kw && PyDict_Size(kw)) {
+        PyObject *p = PyDict_GetItemWithError(kw, str_properties);
+        if ((!p && PyErr_Occurred()) || PyDict_Size(kw) != 1 || !p || props) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "HttpStream(plugin, properties=None)");
+            return -1;
+        }
+        props = p;
+    }
+    PyObject *vmobj = PyObject_GetAttr(plugin, str_vm);
+    if (!vmobj) return -1;
+    PyObject *ptr = PyObject_GetAttr(vmobj, str_ptr);
+    PyObject *addr = ptr ? PyObject_GetAttr(vmobj, str_addr) : NULL;
+    PyObject *root = addr ? PyObject_GetAttr(plugin, str_context_id) : NULL;
+    if (!root) {
+        Py_DECREF(vmobj);
+        Py_XDECREF(ptr);
+        Py_XDECREF(addr);
+        return -1;
+    }
+    s->vma = PyLong_AsUnsignedLongLong(addr);
+    s->root = (unsigned int)PyLong_AsUnsignedLong(root);
+    Py_DECREF(addr);
+    Py_DECREF(root);
+    s->id = 0;
+    s->flags = 0;
+    PyObject *old[3] = {s->plugin, s->vmobj, s->vm};
+    Py_INCREF(plugin);
+    s->plugin = plugin;
+    s->vmobj = vmobj;
+    s->vm = ptr;
+    for (int i = 0; i < 3; i++) Py_XDECREF(old[i]);
+    if (PyErr_Occurred()) return -1;
+    if (props && props != Py_None) {
+        int t = PyObject_IsTrue(props);
+        if (t < 0) return -1;
+        if (t) {
+            PyObject *r = PyObject_CallMethod(self, "_set_properties", "O", props);
+            if (!r) return -1;
+            Py_DECREF(r);
+        }
+    }
+    return 0;
+}
+
+static PyMemberDef s_members[] = {
+    {"_vma", T_ULONGLONG, offsetof(Stream, vma), 0, NULL},
+    {"_id", T_UINT, offsetof(Stream, id), 0, NULL},
+    {"_root", T_UINT, offsetof(Stream, root), 0, NULL},
+    {"flags", T_INT, offsetof(Stream, flags), 0, NULL},
+    {"plugin", T_OBJECT, offsetof(Stream, plugin), 0, NULL},
+    {"_vm", T_OBJECT, offsetof(Stream, vm), 0, NULL},
+    {"_vmobj", T_OBJECT, offsetof(Stream, vmobj), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
+static PyMethodDef s_methods[] = {
+    {"send_request_headers", (PyCFunction)(void (*)(void))s_req_headers, FASTKW, NULL},
+    {"send_response_headers", (PyCFunction)(void (*)(void))s_resp_headers, FASTKW, NULL},
+    {"send_request_body", (PyCFunction)(void (*)(void))s_req_body, FASTKW, NULL},
+    {"send_response_body", (PyCFunction)(void (*)(void))s_resp_body, FASTKW, NULL},
+    {"finish", s_finish, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot s_slots[] = {
+    {Py_tp_new, (void *)PyType_GenericNew},
+    {Py_tp_init, (void *)s_init},
+    {Py_tp_dealloc, (void *)s_dealloc},
+    {Py_tp_finalize, (void *)s_finalize},
+    {Py_tp_traverse, (void *)s_traverse},
+    {Py_tp_clear, (void *)s_clear},
+    {Py_tp_members, s_members},
+    {Py_tp_methods, s_methods},
+    {0, NULL},
+};
+
+static PyType_Spec s_spec = {"pyproxywasm._fast.StreamBase", sizeof(Stream), 0,
+                             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, s_slots};
+
+static PyMethodDef methods[] = {
+    {"init", (PyCFunction)(void (*)(void))init, METH_FASTCALL, NULL},
+    {"set_constants", (PyCFunction)(void (*)(void))set_constants, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "pyproxywasm._fast",
+                                    "HttpStream's per-event path (see _fast.c).", -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__fast(void) {
+    if (!(str_vm = PyUnicode_InternFromString("vm")) || !(str_ptr = PyUnicode_InternFromString("ptr")) ||
+        !(str_addr = PyUnicode_InternFromString("addr")) ||
+        !(str_context_id = PyUnicode_InternFromString("context_id")) ||
+        !(str_properties = PyUnicode_InternFromString("properties")))
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    PyObject *t = PyType_FromSpec(&s_spec);
+    if (!t || PyModule_AddObject(m, "StreamBase", t) < 0) {
+        Py_XDECREF(t);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

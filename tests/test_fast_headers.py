@@ -1,0 +1,121 @@
+"""HttpStream's per-event path in C (pyproxywasm/_fast.c) and the header maps in the core:
+whatever the form of the headers, the plugin sees exactly what the general (cffi) path
+gives it, names lowercased, values untouched; what no HTTP field can hold is refused."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import WAT
+from pyproxywasm import Host, PluginConfig, VmConfig
+from pyproxywasm import http as http_mod
+from pyproxywasm.errors import InvalidHeaderError
+
+FORMS = {
+    "str tuples": [(":method", "GET"), (":path", "/a"), ("X-Mixed-Case-Long-Name", "Value Kept")],
+    "bytes tuples (ASGI)": [(b":method", b"GET"), (b":path", b"/a"), (b"X-UPPER", b"V")],
+    "lists": [[":method", "GET"], [":path", "/b"]],
+    "mixed": [(":method", b"GET"), (b":path", "/c"), ("a", b"")],
+    "non-ASCII": [(":path", "/\u00e9t\u00e9"), ("x-\u00c9T\u00c9", "\u00c9")],
+    "lone surrogate": [(":path", "/x"), ("x-raw", "\udcff\udcfe")],
+    "tuple of tuples": ((":path", "/t"), ("Accept", "*/*")),
+    "dict": {":path": "/d", "Accept": "*/*"},
+    "many": [(":path", "/m")] + [(f"X-H{i}", "v" * i) for i in range(80)],
+    "big values": [(":path", "/big"), ("x-big", "v" * 5000), ("X-BIG-NAME-" + "N" * 300, "w")],
+    "empty value": [(":path", "/e"), ("x-empty", "")],
+}
+
+
+@pytest.fixture(scope="module")
+def plugin():
+    host = Host([PluginConfig(VmConfig(WAT / "bench_filter.wasm"), root_id="bench")])
+    yield host.plugins[0]
+    host.close()
+
+
+def _roundtrip(plugin, headers):
+    s = plugin.http_stream()
+    s.send_request_headers(headers)
+    s.send_request_body(b"body", True)
+    s.send_response_headers([(":status", "200"), ("Server", "Up")])
+    s.send_response_body(b"resp", True)
+    out = (list(s.request_headers), list(s.response_headers), s.take_request_body(),
+           s.take_response_body())
+    s.finish()
+    return out
+
+
+class _General(http_mod.HttpStream):
+    """The same stream with the C events routed to the general (cffi) methods."""
+
+    __slots__ = ()
+
+    def send_request_headers(self, headers, end_stream=False):
+        return self._general_headers(0, headers, end_stream)
+
+    def send_response_headers(self, headers, end_stream=False):
+        return self._general_headers(1, headers, end_stream)
+
+    def send_request_body(self, data, end_stream=False):
+        return self._general_data(0, data, end_stream)
+
+    def send_response_body(self, data, end_stream=False):
+        return self._general_data(1, data, end_stream)
+
+    def finish(self):
+        return self._general_finish()
+
+
+@pytest.fixture
+def general_path(monkeypatch):
+    """Turns the C per-event path off: streams take the general (cffi) methods."""
+    def off():
+        monkeypatch.setattr(http_mod, "HttpStream", _General)
+        import pyproxywasm.host as host_mod
+        monkeypatch.setattr(host_mod, "HttpStream", _General)
+    return off
+
+
+@pytest.mark.skipif(os.environ.get("PYPROXYWASM_FAST") == "0", reason="turned off on purpose")
+def test_the_fast_path_is_built():
+    assert http_mod._fast is not None
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_every_form_gives_what_the_general_path_gives(plugin, general_path, form):
+    fast = _roundtrip(plugin, FORMS[form])
+    general_path()
+    assert _roundtrip(plugin, FORMS[form]) == fast
+    req = fast[0]
+    ascii_lower = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+    assert all(k == k.translate(ascii_lower) for k, _ in req)  # names lowercased (ASCII only)
+    assert ("x-wasm-filter", "1") in req and fast[2] == b"body" and fast[3] == b"resp"
+
+
+def test_names_are_lowercased_and_values_kept(plugin):
+    req = _roundtrip(plugin, FORMS["str tuples"] + [("ABCDEFGHIJKLMNOPQRSTUVWXYZ-0123456789", "MiXeD")])[0]
+    assert ("abcdefghijklmnopqrstuvwxyz-0123456789", "MiXeD") in req
+    assert ("x-mixed-case-long-name", "Value Kept") in req
+    req = _roundtrip(plugin, FORMS["non-ASCII"])[0]
+    assert ("x-\u00c9t\u00c9", "\u00c9") in req  # only ASCII letters change
+    req = _roundtrip(plugin, FORMS["lone surrogate"])[0]
+    assert ("x-raw", "\udcff\udcfe") in req  # bytes 0xff 0xfe survive
+
+
+@pytest.mark.parametrize("bad", [
+    [(":path", "/"), ("x-nul", "a\0b")],
+    [(":path", "/"), ("x-cr", "a\rb")],
+    [(":path", "/"), ("x-lf", "a\nb")],
+    [(":path", "/"), ("", "empty name")],
+    [(":path", "/"), (b"x-nul", b"a\0b")],
+    [(":path", "/"), ("a", "b", "c")],
+    [(":path", "/"), "ab"],
+], ids=["nul", "cr", "lf", "empty-name", "bytes-nul", "triple", "not-a-pair"])
+def test_what_no_field_can_hold_is_refused_on_both_paths(plugin, general_path, bad):
+    for _ in range(2):
+        s = plugin.http_stream()
+        with pytest.raises(InvalidHeaderError):
+            s.send_request_headers(bad)
+        s.finish()
+        general_path()

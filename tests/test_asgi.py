@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 
 from conftest import GO_HTTP, WAT
-from pyproxywasm import PluginConfig, VmConfig, metrics
+from pyproxywasm import Host, PluginConfig, VmConfig, metrics
 from pyproxywasm.adapters import ProxyWasmMiddleware
 from _servers import asgi_server, uvicorn_server
 
@@ -408,6 +408,29 @@ def test_filter_chain_of_two_plugins_in_envoy_order(server):
         r = c.get("/chain")
         assert hdr(r.json(), "x-wasm-req") == ["a", "b"]  # request: a, then b
         assert r.headers.get_list("x-wasm-resp") == ["b", "a"]  # response: b, then a
+
+
+def test_some_of_a_hosts_plugins_in_their_own_order_with_per_request_properties():
+    """serve's use of the middleware: one Host, a listener runs some of its plugins in its
+    own order (filters=), and each request gets its route's attributes (route_properties=),
+    which the plugin reads back."""
+    calls = Calls()
+    host = Host([go("headers", root_id="a"), go("headers props", root_id="b"), go("headers", root_id="c")])
+    try:
+        a, b, c = host.plugins
+        mw = ProxyWasmMiddleware(starlette_app(calls), host=host, filters=[c, b],
+                                 route_properties=lambda scope: {"source.address": "route" + scope["path"]})
+        with uvicorn_server(mw) as url, httpx.Client(base_url=url) as cl:
+            for path in ("/one", "/two"):
+                r = cl.get(path)
+                assert hdr(r.json(), "x-wasm-req") == ["c", "b"]  # not a; c first
+                assert hdr(r.json(), "x-source") == ["route" + path]
+                assert r.headers.get_list("x-wasm-resp") == ["b", "c"]
+        with pytest.raises(ValueError):
+            ProxyWasmMiddleware(starlette_app(calls), plugins=[go("headers")], filters=[a])
+    finally:
+        host.close()
+    assert calls.n == 2
 
 
 def test_local_reply_from_the_second_filter_goes_back_through_the_first():

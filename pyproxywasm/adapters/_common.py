@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from .. import properties as props
 from .. import wasmbin
@@ -16,18 +16,30 @@ from ..host import Host, Plugin
 class HostHolder:
     """The Host of a middleware: one it was given, or one it makes from plugin configs on
     the first thread that needs it (an event loop's thread, so that thread is the host's
-    main thread and runs the singleton services) and closes at shutdown."""
+    main thread and runs the singleton services) and closes at shutdown.
+
+    filters: with a given host, the ones of its plugins this middleware runs, in this order
+    (one listener's http_filters, when one Host serves several listeners); all of them in
+    the host's order when None."""
 
     def __init__(self, plugins: Sequence[PluginConfig], host: Host | None,
-                 host_options: Mapping[str, Any] | None) -> None:
+                 host_options: Mapping[str, Any] | None,
+                 filters: Sequence[Plugin] | None = None) -> None:
         if host is None and not plugins:
             raise ValueError("give plugins=[PluginConfig(...)] or host=Host(...)")
+        if filters is not None:
+            if host is None:
+                raise ValueError("filters= picks plugins of a given host=Host(...)")
+            foreign = [p for p in filters if p not in host.plugins]
+            if foreign:
+                raise ValueError(f"filters= holds plugins of another host: {foreign!r}")
         self._configs = list(plugins)
         self._options = dict(host_options or {})
         self.host = host
         self.owned = host is None
         self._lock = threading.Lock()
-        self._plugins: list[Plugin] | None = None if host is None else list(host.plugins)
+        self._plugins: list[Plugin] | None = None if host is None else \
+            list(host.plugins if filters is None else filters)
         self._reads: list[bool] | None = None
 
     def get(self) -> Host:
@@ -107,19 +119,29 @@ def _enc(path: str, value: Any) -> tuple[bytes, bytes]:
     return next(iter(props.flatten({path: value})))
 
 
+# A socket address as ASGI's scope and the WSGI environ give it: (host, port); a Unix
+# socket's has no port.
+Address = Tuple[str, Optional[int]]
+_Listener = Union[Address, Tuple[()]]
+
+
 class StreamProperties:
     """Envoy's source.*, destination.*, request.protocol and connection.* attributes for
     the streams of one thread. What a listener shares (destination, protocol, mtls) is set
     once on the thread's VMs; what a connection has (source, connection.id) is encoded once
-    per connection and set per stream (three C calls)."""
+    per connection and set per stream (three C calls).
 
-    def __init__(self) -> None:
-        self._server: tuple | None = None
+    vm_wide=False keeps the listener's share per stream too: for VMs that serve other
+    listeners as well (serve's listeners share one Host), which would overwrite it."""
+
+    def __init__(self, vm_wide: bool = True) -> None:
+        self._vm_wide = vm_wide
+        self._server: _Listener | None = None
         self._protocol = ""
-        self._cache: dict[tuple, list[tuple[bytes, bytes]]] = {}
+        self._cache: dict[tuple[Address | None, Address | None, str], list[tuple[bytes, bytes]]] = {}
         self._ids = itertools.count(1)
 
-    def _listener(self, server: tuple | None, protocol: str) -> list[tuple[bytes, bytes]]:
+    def _listener(self, server: Address | None, protocol: str) -> list[tuple[bytes, bytes]]:
         p = [_enc("request.protocol", protocol), _enc("connection.mtls", False)]
         if server:
             if server[1] is not None:
@@ -129,11 +151,11 @@ class StreamProperties:
                 p.append(_enc("destination.address", str(server[0])))
         return p
 
-    def for_stream(self, vms: Iterable[Any], client: tuple | None, server: tuple | None,
+    def for_stream(self, vms: Iterable[Any], client: Address | None, server: Address | None,
                    protocol: str) -> list[tuple[bytes, bytes]]:
         if self._server is None:
             self._server, self._protocol = server or (), protocol
-            for vm in vms:
+            for vm in vms if self._vm_wide else ():
                 for path, value in self._listener(server, protocol):
                     lib.pw_set_host_property(vm.ptr, 0, path, len(path), value, len(value))
         key = (client, server, protocol)
@@ -145,7 +167,7 @@ class StreamProperties:
             if client:
                 p.append(_enc("source.address", f"{client[0]}:{client[1]}"))
                 p.append(_enc("source.port", int(client[1] or 0)))
-            if (server or ()) != self._server or protocol != self._protocol:
+            if not self._vm_wide or (server or ()) != self._server or protocol != self._protocol:
                 p.extend(self._listener(server, protocol))
             self._cache[key] = p
         return p

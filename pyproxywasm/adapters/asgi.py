@@ -30,9 +30,11 @@ import threading
 from typing import Any, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from urllib.parse import quote, unquote
 
+from .. import properties as props_mod
 from .._binding import lib
 from ..config import PluginConfig
-from ..host import Host
+from ..host import Host, Plugin
+from ..http import HttpStream
 from ._common import HostHolder, StreamProperties, request_headers
 from .chain import FilterChain, decode_raw, headers_of, take_body, trailers_of, _raw, _R_REQ_HDR
 
@@ -68,16 +70,27 @@ class _LoopState:
     tick, a queue notification, a call's answer) continues, answers or resets one of its
     streams."""
 
-    def __init__(self, host: Host, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, host: Host, loop: asyncio.AbstractEventLoop, attach: bool,
+                 vm_wide: bool) -> None:
         self.loop = loop
         self.host = host
-        self.props = StreamProperties()
+        self.props = StreamProperties(vm_wide)
         self.dispatcher = host.dispatcher
-        self.detach = self.dispatcher.attach(loop)
+        # Not attached here when the embedding serves the dispatcher from this loop itself
+        # (one fd has one reader): its runs tell the watchers all the same.
+        self.detach: Callable[[], None] = self.dispatcher.attach(loop) if attach else _nothing
 
     @staticmethod
-    def vm_key(s) -> int:
-        return lib.pw_vm_key(s._vm)  # the slow path only: a held stream
+    def vm_key(s: HttpStream) -> int:
+        key: int = lib.pw_vm_key(s._vm)  # the slow path only: a held stream
+        return key
+
+
+def _nothing() -> None:
+    pass
+
+
+RouteProperties = Callable[[Scope], Mapping[Any, Any]]  # property path -> value
 
 
 class ProxyWasmMiddleware:
@@ -86,12 +99,26 @@ class ProxyWasmMiddleware:
     plugins: the filter chain, in Envoy's http_filters order. host: run on an existing Host
     instead (its plugins, in order); it is then not closed here. host_options: keyword
     arguments for the Host made from `plugins` (buffer_limit, properties, ...).
-    properties: extra per-stream properties (Envoy's attributes) for every request."""
+    properties: extra per-stream properties (Envoy's attributes) for every request.
+
+    For an embedding that runs one Host behind several of these (serve: one per listener):
+    filters: the host's plugins this one runs, in order (default: all of them); their
+    streams then get the listener's attributes per stream, as the VMs are shared.
+    route_properties(scope): per-request attributes (Envoy's route_name, route_metadata,
+    cluster_name, cluster_metadata), set on every filter's stream. attached=True: the
+    embedding already serves the host's dispatcher from each loop (the middleware then
+    only watches it)."""
 
     def __init__(self, app: ASGIApp, plugins: Sequence[PluginConfig] = (), *,
-                 host: Host | None = None, host_options: Mapping[str, Any] | None = None) -> None:
+                 host: Host | None = None, host_options: Mapping[str, Any] | None = None,
+                 filters: Sequence[Plugin] | None = None,
+                 route_properties: RouteProperties | None = None,
+                 attached: bool = False) -> None:
         self.app = app
-        self._holder = HostHolder(plugins, host, host_options)
+        self._holder = HostHolder(plugins, host, host_options, filters)
+        self._vm_wide = filters is None
+        self._route_properties = route_properties
+        self._attach = not attached
         self._loops: dict[int, _LoopState] = {}
         self._lock = threading.Lock()
 
@@ -137,7 +164,7 @@ class ProxyWasmMiddleware:
         ls = self._loops.get(tid)
         if ls is None:
             host = self._holder.get()
-            ls = _LoopState(host, asyncio.get_running_loop())
+            ls = _LoopState(host, asyncio.get_running_loop(), self._attach, self._vm_wide)
             with self._lock:
                 self._loops[tid] = ls
         return ls
@@ -159,7 +186,9 @@ class ProxyWasmMiddleware:
             scope["headers"], version not in ("1.0", "1.1"))
         props = ls.props.for_stream(ls.host.vms if ls.props._server is None else (),
                                     scope.get("client"), server, "HTTP/" + version)
-        chain = FilterChain(plugins, props, grpc, self._holder.reads_properties)
+        rp = self._route_properties
+        extra = list(props_mod.flatten(rp(scope))) if rp is not None else ()
+        chain = FilterChain(plugins, props, grpc, self._holder.reads_properties, extra)
         if chain.empty:
             await self.app(scope, receive, send)
             return
@@ -188,7 +217,7 @@ class _Exchange:
         self.app, self.ls, self.chain, self.scope = app, ls, chain, scope
         self.receive, self.send = receive, send
         self.event: asyncio.Event | None = None
-        self.recv_task: asyncio.Future | None = None
+        self.recv_task: asyncio.Future[Message] | None = None
         self.down_ended = eos      # the client's request is all read
         self.gone = False           # the client disconnected
         self.req_end_given = False  # the app got the request's last message
@@ -270,11 +299,12 @@ class _Exchange:
         chain = self.chain
         last = chain.request_out()
         # The request headers through every filter (or an answer from one of them).
-        while not chain.answered and not (last.flags & _REQ_HDR_OUT):
+        # (No last filter means one could not serve the stream: the chain has answered.)
+        while last is not None and not chain.answered and not (last.flags & _REQ_HDR_OUT):
             if self.gone:
                 raise _ClientGone
             await self._wait()
-        if not chain.answered:
+        if last is not None and not chain.answered:
             try:
                 await self.app(self._app_scope(last), self._app_receive, self._app_send)
             except Exception:
@@ -315,7 +345,7 @@ class _Exchange:
             if not msg.get("more_body", False):
                 return
 
-    def _app_scope(self, last) -> Scope:
+    def _app_scope(self, last: HttpStream) -> Scope:
         hdrs = decode_raw(_raw(last, _R_REQ_HDR))
         scope = dict(self.scope)
         regular: list[tuple[bytes, bytes]] = []
@@ -343,13 +373,20 @@ class _Exchange:
             scope["query_string"] = qs
         if scheme is not None and scheme.decode() != scope.get("scheme"):
             scope["scheme"] = scheme.decode()
-        if last.flags & _REQ_ENDED:
+        ended = bool(last.flags & _REQ_ENDED)
+        body = b""
+        if ended:
             # The whole body the app will read is known: say its true length.
             body = self.pending = take_body(last, False)
             if body or any(k == b"content-length" for k, _ in regular):
                 regular = [(k, v) for k, v in regular if k != b"content-length"]
                 regular.append((b"content-length", str(len(body)).encode()))
         scope["headers"] = regular
+        # Whether a body follows is the stream's, not the headers' (a filter may drop
+        # content-length from a request that still has one): said for apps that forward
+        # the request (serve's proxy).
+        scope["extensions"] = {**(scope.get("extensions") or {}),
+                               "pyproxywasm": {"end_stream": ended and not body}}
         return scope
 
     async def _app_receive(self) -> Message:
@@ -413,6 +450,8 @@ class _Exchange:
 
     def _push_start(self, end: bool) -> None:
         msg = self.start_msg
+        if msg is None:
+            raise RuntimeError("response body before http.response.start")
         self.hdr_pushed = True
         self.end_pushed = end
         hdrs = [(b":status", str(msg["status"]).encode())]
@@ -458,7 +497,7 @@ class _Exchange:
         # streamed body may have changed; HEAD, 1xx, 204 and 304 keep theirs.
         fix = (ended or self.resp_in != len(body) or answered) and not (
             self.head or status < 200 or status in (204, 304))
-        out = []
+        out: list[tuple[bytes, bytes]] = []
         for kv in hdrs:
             k = kv[0]
             if k[:1] == b":" or (fix and k == b"content-length") or (drop_grpc and k == b"grpc-status"):
@@ -478,7 +517,7 @@ class _Exchange:
                          "trailers": self.trailers_declared})
         await self._body(body, ended, trailers)
 
-    async def _body(self, body: bytes, ended: bool, trailers) -> None:
+    async def _body(self, body: bytes, ended: bool, trailers: list[tuple[bytes, bytes]] | None) -> None:
         trail = ended and self.trailers_declared
         self.resp_out += len(body)
         await self.send({"type": "http.response.body", "body": body, "more_body": not ended})

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Sequence
+from typing import Any, Callable, Sequence, Union
 
 from .._binding import ffi, lib, raise_for
 from ..errors import ProxyWasmError
@@ -60,6 +60,9 @@ def fail_closed_response(is_grpc: bool) -> list[tuple[bytes, bytes]]:
 
 _lens: dict[int, struct.Struct] = {}
 
+# Headers as a list of (name, value), or already in the pairs wire format (read from a filter).
+Headers = Union[list[tuple[bytes, bytes]], bytes]
+
 
 def decode_raw(data: bytes) -> list[tuple[bytes, bytes]]:
     """The pairs wire format as a list of (name, value) bytes, ASGI's header form."""
@@ -75,7 +78,7 @@ def decode_raw(data: bytes) -> list[tuple[bytes, bytes]]:
     if st is None:
         st = _lens[n] = struct.Struct(f"<{2 * n}I")
     lens = st.unpack_from(data, 4)
-    out = []
+    out: list[tuple[bytes, bytes]] = []
     off = 4 + 8 * n
     for i in range(0, 2 * n, 2):
         kl = lens[i]
@@ -92,7 +95,12 @@ class FilterChain:
                  "_closed")
 
     def __init__(self, plugins: Sequence[Plugin], properties: Sequence[tuple[bytes, bytes]] = (),
-                 is_grpc: bool = False, reads_properties: Sequence[bool] | None = None) -> None:
+                 is_grpc: bool = False, reads_properties: Sequence[bool] | None = None,
+                 extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        """plugins: the filters, in order (any of a Host's plugins). properties: the
+        stream's encoded (path, value) properties (connection attributes), extra: more of
+        them for this request only (its route's and cluster's metadata); both are set on
+        every filter whose module can read properties (reads_properties[i])."""
         self.is_grpc = is_grpc
         self.streams: list[HttpStream] = []
         self.dead = -1          # a filter whose VM could not serve the stream at all
@@ -104,9 +112,11 @@ class FilterChain:
         for i, p in enumerate(plugins):
             try:
                 s = p.http_stream()
-                if properties and (reads_properties is None or reads_properties[i]):
+                if (properties or extra) and (reads_properties is None or reads_properties[i]):
                     vm, cid = s._vm, s.context_id
                     for path, value in properties:
+                        set_prop(vm, cid, path, len(path), value, len(value))
+                    for path, value in extra:
                         set_prop(vm, cid, path, len(path), value, len(value))
             except ProxyWasmError as e:  # the VM failed earlier (or cannot make a context)
                 failed_at, failure = len(self.streams), e
@@ -130,7 +140,7 @@ class FilterChain:
         else:
             self._send_resp(i - 1, hdrs, None, True)
 
-    def _call(self, i: int, fn, *args) -> None:
+    def _call(self, i: int, fn: Callable[..., object], *args: Any) -> None:
         try:
             fn(*args)
         except ProxyWasmError as e:
@@ -217,7 +227,7 @@ class FilterChain:
                 self._call(i, self.streams[i].send_response_trailers, trailers)
         self.pump()
 
-    def _send_resp(self, i: int, headers, body: bytes | None, end: bool) -> None:
+    def _send_resp(self, i: int, headers: Headers | None, body: bytes | None, end: bool) -> None:
         s, fed = self.streams[i], self._fed_resp[i]
         if fed & _END:
             return
@@ -341,8 +351,8 @@ def encode_flat(items: list[tuple[bytes, bytes]]) -> tuple[bytes, int]:
     return data, n
 
 
-def _resp_headers(s: HttpStream, headers, eos: bool) -> None:
-    if headers.__class__ is bytes:
+def _resp_headers(s: HttpStream, headers: Headers, eos: bool) -> None:
+    if isinstance(headers, bytes):
         s.send_response_headers(headers, eos)
         return
     data, n = encode_flat(headers)

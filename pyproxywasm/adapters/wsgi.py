@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import select
 import threading
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Type
 from urllib.parse import quote, unquote_to_bytes
 
 from .._binding import lib
 from ..config import PluginConfig
 from ..host import Host
+from ..http import HttpStream
 from ._common import HostHolder, StreamProperties, fix_content_length, request_headers
 from .asgi import StreamReset
 from .chain import FilterChain, _R_REQ_HDR, _raw, decode_raw, headers_of, take_body
@@ -32,6 +34,11 @@ from .chain import FilterChain, _R_REQ_HDR, _raw, decode_raw, headers_of, take_b
 _REQ_HDR_OUT, _REQ_ENDED = lib.PW_S_REQ_HEADERS_OUT, lib.PW_S_REQ_ENDED
 _RESP_HDR_OUT, _RESP_ENDED, _FAILED = lib.PW_S_RESP_HEADERS_OUT, lib.PW_S_RESP_ENDED, lib.PW_S_FAILED
 _POLL = 0.25
+Environ = dict[str, Any]
+ExcInfo = Tuple[Type[BaseException], BaseException, Optional[TracebackType]]
+Write = Callable[[bytes], object]
+StartResponse = Callable[..., Write]  # (status, headers[, exc_info]) -> write
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 _CHUNK = 65536
 _REASONS = {200: "OK", 403: "Forbidden", 413: "Payload Too Large", 500: "Internal Server Error",
             503: "Service Unavailable"}
@@ -49,7 +56,7 @@ class ProxyWasmWSGIMiddleware:
     """Runs Proxy-Wasm HTTP filters in front of a WSGI app (plugins in Envoy's
     http_filters order; or host= an existing Host, then its plugins)."""
 
-    def __init__(self, app: Callable, plugins: Sequence[PluginConfig] = (), *,
+    def __init__(self, app: WSGIApp, plugins: Sequence[PluginConfig] = (), *,
                  host: Host | None = None, host_options: Mapping[str, Any] | None = None) -> None:
         self.app = app
         self._holder = HostHolder(plugins, host, host_options)
@@ -64,7 +71,7 @@ class ProxyWasmWSGIMiddleware:
         when that thread ends)."""
         self._holder.close()
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         host = self._holder.get()
         plugins = self._holder.plugins
         method = environ["REQUEST_METHOD"]
@@ -108,8 +115,8 @@ class ProxyWasmWSGIMiddleware:
 class _Exchange:
     """One request through the chain and the app on one server thread."""
 
-    def __init__(self, app: Callable, host: Host, chain: FilterChain, environ: dict,
-                 start_response: Callable, eos: bool, path: bytes) -> None:
+    def __init__(self, app: WSGIApp, host: Host, chain: FilterChain, environ: Environ,
+                 start_response: StartResponse, eos: bool, path: bytes) -> None:
         self.app, self.chain, self.environ = app, chain, environ
         self.dispatcher = host.dispatcher
         self.start_response = start_response
@@ -128,7 +135,7 @@ class _Exchange:
         self.status: str | None = None
         self.app_headers: list[tuple[str, str]] | None = None
         self.hdr_pushed = self.end_pushed = False
-        self.server_write: Callable | None = None
+        self.server_write: Write | None = None
 
     # ---- waiting and reading ------------------------------------------------------------
     def wait(self) -> None:
@@ -158,17 +165,18 @@ class _Exchange:
     def run(self) -> Iterable[bytes]:
         chain = self.chain
         last = chain.request_out()
-        while not chain.answered and not (last.flags & _REQ_HDR_OUT):
+        # (No last filter means one could not serve the stream: the chain has answered.)
+        while last is not None and not chain.answered and not (last.flags & _REQ_HDR_OUT):
             if not self.down_ended:
                 self.read_client()  # held as Envoy buffers, up to the buffer limit
             else:
                 self.wait()
-        if chain.answered:
+        if last is None or chain.answered:
             return self._respond(iter(()))
         app_iter = self.app(self._app_environ(last), self._start_response)
         return self._respond(app_iter)
 
-    def _app_environ(self, last) -> dict:
+    def _app_environ(self, last: HttpStream) -> Environ:
         env = {k: v for k, v in self.environ.items()
                if not k.startswith("HTTP_") and k not in ("CONTENT_TYPE", "CONTENT_LENGTH")}
         for k, v in decode_raw(_raw(last, _R_REQ_HDR)):
@@ -226,13 +234,16 @@ class _Exchange:
                 self.wait()
 
     # ---- response -----------------------------------------------------------------------
-    def _start_response(self, status: str, headers: list, exc_info=None) -> Callable[[bytes], None]:
+    def _start_response(self, status: str, headers: list[tuple[str, str]],
+                        exc_info: ExcInfo | None = None) -> Write:
         if exc_info is not None and self.resp_started:
             raise exc_info[1].with_traceback(exc_info[2])
         self.status, self.app_headers = status, headers
         return self._write
 
     def _push_start(self, end: bool) -> None:
+        if self.status is None or self.app_headers is None:
+            raise RuntimeError("response body before start_response")
         self.hdr_pushed = True
         self.end_pushed = end
         hdrs = [(b":status", self.status.split(" ", 1)[0].encode("latin-1"))]
@@ -255,8 +266,8 @@ class _Exchange:
         """PEP 3333's write() callable, for apps that use it."""
         self._push(data, False)
         for out in self._outputs():
-            if out:
-                self.server_write(out)  # type: ignore[misc]
+            if out and self.server_write is not None:  # set by _outputs as it starts
+                self.server_write(out)
 
     def _respond(self, app_iter: Iterable[bytes]) -> Iterator[bytes]:
         try:
@@ -381,7 +392,7 @@ class _ChainInput:
         return out
 
     def readlines(self, hint: int = -1) -> list[bytes]:
-        lines = []
+        lines: list[bytes] = []
         while True:
             line = self.readline()
             if not line:

@@ -3,7 +3,7 @@
 - config.py (+ node.py): the bootstrap YAML/JSON into listeners, routes, PluginConfig and
   net.Cluster objects; anything unsupported is one error naming its YAML path.
 - router.py, proxy.py: route matching and the forwarding ASGI app.
-- filters.py: the listener's Wasm HTTP filters as ASGI layers around the router.
+- filters.py: the listener's Wasm HTTP filters: the adapters' ASGI middleware in front of the router.
 - tcp_proxy.py: network filters then tcp_proxy on a TCP listener.
 - admin.py: /ready, /stats, /stats/prometheus.
 - server.py: the main thread and `concurrency` workers, each with its loop and VMs.

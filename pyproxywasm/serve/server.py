@@ -245,7 +245,9 @@ class Server:
                 sock = socks[index]
                 if isinstance(lst, HttpListener):
                     proxy = ProxyApp(lst, self.bootstrap.clusters, upstream, self.bootstrap.cluster_metadata)
-                    app = wrap(proxy, filters, lambda: d, proxy.route_properties if proxy.has_metadata else None)
+                    # fail_open is the plugin's failure_policy, which the core applies per stream.
+                    app = wrap(proxy, [p for p, _ in filters],
+                               proxy.route_properties if proxy.has_metadata else None)
                     srv = _uvicorn(app)
                     servers.append(srv)
                     tasks.append(asyncio.ensure_future(srv.serve(sockets=[sock])))

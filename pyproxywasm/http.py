@@ -11,6 +11,7 @@ import enum
 import os
 import threading
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import properties as props
@@ -49,7 +50,7 @@ _CONTINUE, _PAUSE = Action.CONTINUE, Action.PAUSE  # enum attribute lookups are 
 _LOCAL = lib.PW_S_LOCAL_REPLY
 
 
-def _load_fast():
+def _load_fast() -> ModuleType | None:
     """The per-event path in C (pyproxywasm/_fast.c): headers encoded from the caller's
     list in C, one call per event. Optional: without it (a build that skipped it, a
     sanitizer's scratch copy of the package, PYPROXYWASM_FAST=0) every event takes the
@@ -71,7 +72,10 @@ _CLOSED = -lib.PW_ERR_CLOSED
 if _fast is not None:
     _fast.set_constants(_CONTINUE, _PAUSE, Action.DROPPED, _REQ_STOPPED, _RESP_STOPPED, _DONE,
                         _LOCAL, _MALFORMED, _CLOSED)
-_Base: Any = _fast.StreamBase if _fast is not None else object
+if TYPE_CHECKING:  # one static base for the type checker; at run time, the C one if built
+    _Base = object
+else:
+    _Base = _fast.StreamBase if _fast is not None else object
 
 
 @dataclass(frozen=True)

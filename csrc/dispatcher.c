@@ -133,7 +133,7 @@ int pw_dispatcher_post_call(pw_dispatcher *d, uint64_t vm_key, uint32_t token, i
 /* A stream changed by an event this dispatcher delivered (vm.c, after deferred actions). */
 void dispatcher_changed(pw_dispatcher *d, uint64_t vm_key, uint32_t ctx) {
     /* Changed by a call the embedding made (it knows), or nobody reads the list. */
-    if (!d->running || !d->track_changes) return;
+    if (!d || !d->running || !d->track_changes) return;
     uint8_t rec[12];
     for (int i = 0; i < 8; i++) rec[i] = (uint8_t)(vm_key >> (8 * i));
     for (int i = 0; i < 4; i++) rec[8 + i] = (uint8_t)(ctx >> (8 * i));
@@ -222,6 +222,9 @@ void pw_dispatcher_close(pw_dispatcher *d) {
     while ((n = mpsc_pop(&d->inbox))) free(n);
     close(d->efd);
     d->efd = -1;
+    /* VMs outliving their dispatcher (Python's collector frees garbage in any order) must
+     * not reach back into it. */
+    for (size_t i = 0; i < d->n_vms; i++) d->vms[i]->disp = NULL;
     free(d->vms);
     buf_free(&d->changed);
     d->vms = NULL;

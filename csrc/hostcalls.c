@@ -499,6 +499,7 @@ HOSTCALL(register_shared_queue) {
     BEGIN_RESTRICTED;
     MEM(name, U(0), U(1));
     if (!gmem(vm, U(2), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    if (!vm->disp) RET(ST_INTERNAL_FAILURE); /* its thread's dispatcher is gone */
     pw_ctx *root = root_of_eff(vm);
     int created;
     uint32_t id = queue_register(vm->scope.p, vm->scope.len, name, U(1), vm->disp, vm->vm_key,

@@ -423,7 +423,7 @@ extern __attribute__((tls_model("initial-exec"))) _Thread_local int sig_in_guest
 int dispatcher_post(pw_dispatcher *d, uint64_t vm_key, uint32_t root, uint32_t queue);
 /* Before a new stream on a thread with no loop: deliver what is pending (owner only). */
 static inline void dispatcher_autorun(pw_dispatcher *d) {
-    if (d->autorun && atomic_load_explicit(&d->signaled, memory_order_acquire))
+    if (d && d->autorun && atomic_load_explicit(&d->signaled, memory_order_acquire))
         pw_dispatcher_run(d);
 }
 int dispatcher_add_vm(pw_dispatcher *d, pw_vm *vm);

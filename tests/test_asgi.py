@@ -23,7 +23,8 @@ from pyproxywasm import Host, PluginConfig, VmConfig, metrics
 from pyproxywasm.adapters import ProxyWasmMiddleware
 from _servers import asgi_server, uvicorn_server
 
-EXAMPLE = __import__("pathlib").Path(__file__).parents[1] / "pyproxywasm" / "examples" / "header_rewrite.wasm"
+# The bundled example, from the installed package (CI also tests a wheel without the checkout).
+EXAMPLE = __import__("pathlib").Path(__import__("pyproxywasm").__file__).parent / "examples" / "header_rewrite.wasm"
 SERVERS = ["uvicorn", "hypercorn"]
 
 

@@ -84,9 +84,9 @@ class ProxyWasmWSGIMiddleware:
         path = uri.encode("latin-1")
         headers: list[tuple[bytes, bytes]] = []
         for k, v in environ.items():
-            if k.startswith("HTTP_"):
+            if k[0] == "H" and k.startswith("HTTP_"):
                 headers.append((k[5:].lower().replace("_", "-").encode("latin-1"), v.encode("latin-1")))
-            elif k in ("CONTENT_TYPE", "CONTENT_LENGTH") and v:
+            elif k[0] == "C" and k in ("CONTENT_TYPE", "CONTENT_LENGTH") and v:
                 headers.append((k.lower().replace("_", "-").encode("latin-1"), v.encode("latin-1")))
         authority = None if "HTTP_HOST" in environ else \
             f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}".encode("latin-1")
@@ -104,6 +104,8 @@ class ProxyWasmWSGIMiddleware:
         if chain.empty:
             return self.app(environ, start_response)
         ex = _Exchange(self.app, host, chain, environ, start_response, eos, path)
+        if nflat >= 0 and authority is None:
+            ex.sent = data
         try:
             chain.push_request_headers(data, nflat, eos)
             return ex.run()
@@ -136,6 +138,7 @@ class _Exchange:
         self.app_headers: list[tuple[str, str]] | None = None
         self.hdr_pushed = self.end_pushed = False
         self.server_write: Write | None = None
+        self.sent: bytes | None = None  # the request headers given to the chain (flat form)
 
     # ---- waiting and reading ------------------------------------------------------------
     def wait(self) -> None:
@@ -177,9 +180,21 @@ class _Exchange:
         return self._respond(app_iter)
 
     def _app_environ(self, last: HttpStream) -> Environ:
+        hdrs = decode_raw(_raw(last, _R_REQ_HDR))
+        sent = self.sent
+        if sent is not None:
+            parts = sent.split(b"\0")
+            if hdrs == list(zip(parts[0::2], parts[1::2])):
+                # No filter changed the request headers (the common case): the server's
+                # environ holds them already, with no per-header work in Python.
+                env = dict(self.environ)
+                for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                    if name in env and not env[name]:
+                        del env[name]  # empty ones are not headers (the general path drops them)
+                return self._app_body(env, last)
         env = {k: v for k, v in self.environ.items()
                if not k.startswith("HTTP_") and k not in ("CONTENT_TYPE", "CONTENT_LENGTH")}
-        for k, v in decode_raw(_raw(last, _R_REQ_HDR)):
+        for k, v in hdrs:
             if k[:1] == b":":
                 if k == b":method":
                     env["REQUEST_METHOD"] = v.decode("latin-1")
@@ -202,6 +217,10 @@ class _Exchange:
             else:
                 key = "HTTP_" + name
                 env[key] = env[key] + "," + value if key in env else value
+        return self._app_body(env, last)
+
+    def _app_body(self, env: Environ, last: HttpStream) -> Environ:
+        """The app's environ given the body: its true length when known, else read to EOF."""
         if last.flags & _REQ_ENDED:
             self.pending = take_body(last, False)
             if self.pending or "CONTENT_LENGTH" in env:

@@ -12,8 +12,11 @@ case "$kind" in
         runtime="$(gcc -print-file-name=libasan.so)"
         # wasmtime turns guest faults into traps with its own SIGSEGV handler. A small
         # quarantine keeps the RSS-bound tests meaningful (freed memory is reused sooner).
-        export ASAN_OPTIONS="detect_leaks=0:quarantine_size_mb=32:handle_segv=0:allow_user_segv_handler=1:handle_sigbus=0:handle_sigfpe=0"
-        export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" ;;
+        # SANITIZER_LOG=path also writes each report to path.<pid> (pytest's fd capture would
+        # otherwise swallow a report written by a process that aborts).
+        log="${SANITIZER_LOG:+:log_path=$SANITIZER_LOG}"
+        export ASAN_OPTIONS="detect_leaks=0:quarantine_size_mb=32:handle_segv=0:allow_user_segv_handler=1:handle_sigbus=0:handle_sigfpe=0$log"
+        export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1$log" ;;
   tsan) flags="-fsanitize=thread"
         runtime="$(gcc -print-file-name=libtsan.so)"
         export TSAN_OPTIONS="halt_on_error=1:report_signal_unsafe=0" ;;
@@ -21,6 +24,8 @@ case "$kind" in
 esac
 # Guests run many times slower under a sanitizer: a roomier default callback deadline.
 export PYPROXYWASM_DEADLINE_MS="${PYPROXYWASM_DEADLINE_MS:-2000}"
+# Tests that depend on the optional C fast path being built know it may be absent here.
+export PYPROXYWASM_SANITIZED="$kind"
 scratch="$(mktemp -d)"
 cp -r "$here/pyproxywasm" "$scratch/"
 rm -f "$scratch"/pyproxywasm/_core*.so

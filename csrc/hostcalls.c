@@ -673,6 +673,8 @@ static const import_def proxy_imports[] = {
     {"proxy_send_local_response", "iiiiiiii", "i", hc_send_local_response},
     {"proxy_get_status", "iii", "i", hc_get_status},
     {"proxy_http_call", "iiiiiiiiii", "i", hc_http_call},
+    /* The name some 0.1.0-era SDKs and hosts use for the same call. */
+    {"proxy_dispatch_http_call", "iiiiiiiiii", "i", hc_http_call},
     {"proxy_grpc_call", "iiiiiiiiiiii", "i", hc_grpc_call},
     {"proxy_grpc_stream", "iiiiiiiii", "i", hc_grpc_stream},
     {"proxy_grpc_send", "iiii", "i", hc_grpc_send},

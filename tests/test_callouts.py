@@ -244,3 +244,28 @@ def test_grpc_upstream_may_be_a_grpc_service_message():
     assert grpc_service(msg, "ignored") == ("c1", [(b"k", b"v")])
     assert grpc_service(b"plain_cluster", "plain_cluster") == ("plain_cluster", [])
     assert grpc_service(b"\x0a\x05\x0a\x09", "garbage") == ("garbage", [])  # truncated
+
+
+DISPATCH_HTTP_CALL = r"""
+(module
+  (import "env" "proxy_dispatch_http_call"
+    (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "svc")
+  (data (i32.const 200) "\03\00\00\00\07\00\00\00\03\00\00\00\05\00\00\00\01\00\00\00\0a\00\00\00\03\00\00\00:method\00GET\00:path\00/\00:authority\00svc\00")
+  (func (export "proxy_abi_version_0_1_0"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 4096))
+  (func (export "proxy_on_request_headers") (param i32 i32) (result i32)
+    (i32.eqz (call $call (i32.const 100) (i32.const 3) (i32.const 200) (i32.const 63)
+                         (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                         (i32.const 500) (i32.const 300)))))
+"""
+
+
+def test_the_0_1_0_name_proxy_dispatch_http_call():
+    import wasmtime
+    with PluginHarness(wasmtime.wat2wasm(DISPATCH_HTTP_CALL)) as h:
+        s = h.http()
+        assert s.send_request_headers(REQUEST, end_stream=True) == 1  # paused on its call
+        (call,) = h.http_calls
+        assert (call.cluster, call.path, call.timeout_ms) == ("svc", "/", 500)

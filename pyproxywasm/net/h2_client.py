@@ -114,6 +114,7 @@ class H2Connection:
         self.streams: dict[int, _Stream] = {}
         self.closed = False
         self.going_away = False
+        self.settled = False  # the server's first SETTINGS arrived
         self.flush()
         self.task = self.loop.create_task(self._read())
 
@@ -123,7 +124,13 @@ class H2Connection:
             return False
         if self.h2.highest_outbound_stream_id and self.h2.highest_outbound_stream_id > 2**31 - 100:
             return False
-        return self.h2.open_outbound_streams < self.h2.remote_settings.max_concurrent_streams
+        limit = self.h2.remote_settings.max_concurrent_streams
+        if not self.settled:
+            # Until the server's SETTINGS arrive its limit is unknown (h2 says unlimited):
+            # assume RFC 9113's recommended floor rather than open streams it would refuse
+            # or close the connection over.
+            limit = min(limit, 100)
+        return self.h2.open_outbound_streams < limit
 
     def pool_changed(self) -> None:
         self.pool.room.set()
@@ -270,6 +277,7 @@ class H2Connection:
             for s in targets:
                 s.window.set()
         elif isinstance(ev, h2.events.RemoteSettingsChanged):
+            self.settled = True
             self.pool_changed()
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self.going_away = True

@@ -269,3 +269,12 @@ def test_the_0_1_0_name_proxy_dispatch_http_call():
         assert s.send_request_headers(REQUEST, end_stream=True) == 1  # paused on its call
         (call,) = h.http_calls
         assert (call.cluster, call.path, call.timeout_ms) == ("svc", "/", 500)
+
+
+def test_allow_any_host_keeps_a_bounded_set_of_addresses():
+    from pyproxywasm.net import outbound
+    out = outbound.Outbound()
+    for i in range(outbound.MAX_DIRECT_HOSTS):
+        assert out.resolve(f"127.0.0.1:{1000 + i}", allow_any_host=True) is not None
+    assert out.resolve("127.0.0.1:1000", allow_any_host=True) is not None  # known: kept
+    assert out.resolve("127.0.0.1:60000", allow_any_host=True) is None     # a new one: refused

@@ -29,6 +29,9 @@ _log = logging.getLogger("pyproxywasm.outbound")
 ST_OK, ST_BAD_ARGUMENT, ST_PARSE_FAILURE, ST_INTERNAL_FAILURE = 0, 2, 4, 10
 ST_BROKEN_CONNECTION = 11  # what Envoy's proxy_get_status reports after a failed HTTP call
 GRPC_UNAVAILABLE, GRPC_CANCELLED = 14, 1
+# allow_any_host: distinct "host:port" upstreams a host keeps (each has a connection pool);
+# past it a new address is an unknown cluster.
+MAX_DIRECT_HOSTS = 256
 
 
 class Recorder(Protocol):
@@ -98,6 +101,8 @@ class Outbound:
             return cluster
         cluster = self._direct.get(name)
         if cluster is None:
+            if len(self._direct) >= MAX_DIRECT_HOSTS:
+                return None  # a guest naming endless addresses gets no endless pools
             try:
                 cluster = Cluster(name=name, endpoints=(name,))
             except ClusterError:

@@ -771,6 +771,9 @@ static int r_q_register(pw_backend *pb, const pw_buf *scope, const uint8_t *name
         if (v > 0) {
             *id = (uint32_t)v;
             *created = r->element[1]->type == REDIS_REPLY_INTEGER && r->element[1]->integer;
+            /* A dispatcher a queue owner names is never freed (closed, it drops posts),
+             * as for the in-process queues: the subscriber may post to it any time. */
+            atomic_store_explicit(&owner->d->named, 1, memory_order_release);
             owner_ent **e = owner_slot(b, *id);
             if (*e) {
                 (*e)->o = *owner;

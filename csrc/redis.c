@@ -84,23 +84,28 @@ uint64_t pw_redis_stat(pw_backend *b, int which) {
 #define BACKOFF_MIN_NS (25ull * 1000000)
 #define BACKOFF_MAX_NS (1000ull * 1000000)
 #define SUB_PING_NS (1000ull * 1000000)    /* the subscriber pings when idle this long */
+#define SUB_PONG_NS (5000ull * 1000000)    /* and reconnects when no answer came in this */
 #define OWNER_BUCKETS 256
 
 /* ---- scripts ------------------------------------------------------------------------ */
-/* Shared-data scripts share a preamble. KEYS[1] entry, [2] bytes, [3] expiry index, [4]
+/* Numbers given to redis.call go as decimal strings (N): the server would format a Lua
+ * number itself, and Redis 7.2+ writes the shortest form (4e+09), which INCRBY, PEXPIREAT
+ * and our cas parsing would not take.
+ * Shared-data scripts share a preamble. KEYS[1] entry, [2] bytes, [3] expiry index, [4]
  * sizes of expiring keys; the last ARGV is the entry prefix "P:d:H:" for reaping. */
 #define PRE                                                                               \
     "if redis.replicate_commands then redis.replicate_commands() end\n"                  \
     "local DP = ARGV[#ARGV]\n"                                                            \
+    "local function N(x) return string.format('%d', x) end\n"                            \
     "local now\n"                                                                         \
     "local function clock() if not now then local t = redis.call('TIME') "               \
     "now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) end return now end\n" \
     "local function drop(k) redis.call('DEL', DP .. k) "                                  \
-    "redis.call('DECRBY', KEYS[2], tonumber(redis.call('HGET', KEYS[4], k) or '0')) "     \
+    "redis.call('DECRBY', KEYS[2], N(tonumber(redis.call('HGET', KEYS[4], k) or '0'))) "     \
     "redis.call('HDEL', KEYS[4], k) redis.call('ZREM', KEYS[3], k) end\n"                 \
     "local function reap(limit) if redis.call('EXISTS', KEYS[3]) == 0 then return end "  \
     "for _, k in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', "                    \
-    "string.format('(%d', clock()), 'LIMIT', 0, limit)) do drop(k) end end\n"             \
+    "string.format('(%d', clock()), 'LIMIT', '0', N(limit))) do drop(k) end end\n"             \
     "local function settle(k) reap(" REAP_BATCH ") local s = redis.call('ZSCORE', KEYS[3], k) " \
     "if s and tonumber(s) < clock() then drop(k) end end\n"
 
@@ -123,16 +128,16 @@ static const char S_SET_TEXT[] =
     "end\n"
     "local c = redis.call('INCR', KEYS[5]) % 4294967296\n"
     "if c == 0 then c = redis.call('INCR', KEYS[5]) % 4294967296 end\n"
-    "redis.call('HSET', KEYS[1], 'v', val, 'c', c)\n"
-    "redis.call('INCRBY', KEYS[2], delta)\n"
+    "redis.call('HSET', KEYS[1], 'v', val, 'c', N(c))\n"
+    "redis.call('INCRBY', KEYS[2], N(delta))\n"
     "local ttl = tonumber(ARGV[5])\n"
     "if not cur and ttl > 0 then\n"
     "  local at = clock() + ttl\n"
-    "  redis.call('PEXPIREAT', KEYS[1], at)\n"
-    "  redis.call('ZADD', KEYS[3], at, key)\n"
-    "  redis.call('HSET', KEYS[4], key, size)\n"
+    "  redis.call('PEXPIREAT', KEYS[1], N(at))\n"
+    "  redis.call('ZADD', KEYS[3], N(at), key)\n"
+    "  redis.call('HSET', KEYS[4], key, N(size))\n"
     "elseif cur and redis.call('HEXISTS', KEYS[4], key) == 1 then\n"
-    "  redis.call('HSET', KEYS[4], key, size)\n"
+    "  redis.call('HSET', KEYS[4], key, N(size))\n"
     "end\n"
     "return c\n";
 
@@ -144,7 +149,7 @@ static const char S_DEL_TEXT[] =
     "local cur = redis.call('HGET', KEYS[1], 'c')\n"
     "if not cur then return -1 end\n"
     "if cas ~= 0 and tonumber(cur) ~= cas then return -8 end\n"
-    "redis.call('DECRBY', KEYS[2], #key + redis.call('HSTRLEN', KEYS[1], 'v'))\n"
+    "redis.call('DECRBY', KEYS[2], N(#key + redis.call('HSTRLEN', KEYS[1], 'v')))\n"
     "redis.call('DEL', KEYS[1])\n"
     "redis.call('ZREM', KEYS[3], key)\n"
     "redis.call('HDEL', KEYS[4], key)\n"
@@ -163,9 +168,9 @@ static const char S_EXPIRE_TEXT[] =
     "  return 0\n"
     "end\n"
     "local at = clock() + ttl\n"
-    "redis.call('PEXPIREAT', KEYS[1], at)\n"
-    "redis.call('ZADD', KEYS[3], at, key)\n"
-    "redis.call('HSET', KEYS[4], key, #key + redis.call('HSTRLEN', KEYS[1], 'v'))\n"
+    "redis.call('PEXPIREAT', KEYS[1], N(at))\n"
+    "redis.call('ZADD', KEYS[3], N(at), key)\n"
+    "redis.call('HSET', KEYS[4], key, N(#key + redis.call('HSTRLEN', KEYS[1], 'v')))\n"
     "return 0\n";
 
 /* register: KEYS names hash, id counter; ARGV name, may_create, owner, "P:qo:", max id.
@@ -177,8 +182,8 @@ static const char S_QREG_TEXT[] =
     "  if ARGV[2] == '0' then return {-10, 0} end\n"
     "  local n = redis.call('INCR', KEYS[2])\n"
     "  if n > tonumber(ARGV[5]) then return {-10, 0} end\n"
-    "  redis.call('HSET', KEYS[1], ARGV[1], n)\n"
-    "  id = tostring(n)\n"
+    "  id = string.format('%d', n)\n"
+    "  redis.call('HSET', KEYS[1], ARGV[1], id)\n"
     "  created = 1\n"
     "end\n"
     "redis.call('SET', ARGV[4] .. id, ARGV[3])\n"
@@ -192,7 +197,7 @@ static const char S_ENQ_TEXT[] =
     "local b = tonumber(redis.call('GET', KEYS[3]) or '0')\n"
     "if b + #ARGV[1] > tonumber(ARGV[3]) then return -10 end\n"
     "redis.call('RPUSH', KEYS[1], ARGV[1])\n"
-    "redis.call('INCRBY', KEYS[3], #ARGV[1])\n"
+    "redis.call('INCRBY', KEYS[3], string.format('%d', #ARGV[1]))\n"
     "if #o > 0 then redis.call('PUBLISH', ARGV[4] .. string.sub(o, 1, 16), ARGV[5]) end\n"
     "return 0\n";
 
@@ -203,7 +208,7 @@ static const char S_DEQ_TEXT[] =
     "  if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end\n"
     "  return -7\n"
     "end\n"
-    "redis.call('DECRBY', KEYS[3], #v)\n"
+    "redis.call('DECRBY', KEYS[3], string.format('%d', #v))\n"
     "return v\n";
 
 /* size: KEYS list, owner. Returns the length or -1. */
@@ -773,9 +778,11 @@ static int r_q_register(pw_backend *pb, const pw_buf *scope, const uint8_t *name
             *created = r->element[1]->type == REDIS_REPLY_INTEGER && r->element[1]->integer;
             /* A dispatcher a queue owner names is never freed (closed, it drops posts),
              * as for the in-process queues: the subscriber may post to it any time. */
-            atomic_store_explicit(&owner->d->named, 1, memory_order_release);
+            if (owner->d) atomic_store_explicit(&owner->d->named, 1, memory_order_release);
             owner_ent **e = owner_slot(b, *id);
-            if (*e) {
+            if (!owner->d) {
+                /* no dispatcher to notify (nothing can run on_queue_ready): no local owner */
+            } else if (*e) {
                 (*e)->o = *owner;
                 (*e)->reg = reg;
             } else {
@@ -1043,7 +1050,7 @@ static void *subscriber(void *arg_) {
         }
         if (io == IO_OK) {
             uint64_t now = now_ns();
-            uint64_t wait_until = ping_at ? ping_at + SUB_PING_NS + b->timeout_ns
+            uint64_t wait_until = ping_at ? ping_at + SUB_PONG_NS + b->timeout_ns
                                           : last_rx + SUB_PING_NS;
             if (now >= wait_until) {
                 if (ping_at) {

@@ -108,7 +108,8 @@ else:
     cfg = PluginConfig(VmConfig(wasm, vm_id="cas"), configuration="shared", deadline_ms=None)
 headers = [(":method", "GET"), (":path", "/"), (":authority", "x"), ("x-key", "n"),
            ("x-n", str(n))]
-with Host([cfg], concurrency=%(threads)d, shared_state=Redis(url, prefix=prefix, timeout=2.0)) as host:
+with Host([cfg], concurrency=%(threads)d, namespace="mp",
+          shared_state=Redis(url, prefix=prefix, timeout=2.0)) as host:
     def run():
         counts = []
         for _ in range(1 if mode == "wat" else n):
@@ -139,7 +140,9 @@ def _cas_processes(server: RedisServer, wasm, mode: str, n: int, prefix: str) ->
 def test_wat_cas_increments_from_4_processes_x_2_threads_are_exact(redis_server):
     n = 150
     # A missing key reads as cas 0, which writes unconditionally (Envoy): start at 0.
-    with Host([], shared_state=Redis(redis_server.url, prefix="watcas")) as host:
+    # The processes share the scope ("mp", "cas"): the same namespace and vm_id (a Host's
+    # namespace keeps it apart from other hosts of this process, whatever their backend).
+    with Host([], shared_state=Redis(redis_server.url, prefix="watcas"), namespace="mp") as host:
         assert host.state.set_shared_data("n", (0).to_bytes(8, "little"), vm_id="cas") is Status.OK
         results = _cas_processes(redis_server, WAT / "cas_loop.wasm", "wat", n, "watcas")
         assert all(r["unavailable"] == 0 for r in results)
@@ -149,7 +152,7 @@ def test_wat_cas_increments_from_4_processes_x_2_threads_are_exact(redis_server)
 
 def test_go_cas_increments_from_4_processes_x_2_threads_are_exact(redis_server):
     n = 40
-    with Host([], shared_state=Redis(redis_server.url, prefix="gocas")) as host:
+    with Host([], shared_state=Redis(redis_server.url, prefix="gocas"), namespace="mp") as host:
         assert host.state.set_shared_data("counter", b"0", vm_id="cas") is Status.OK
         results = _cas_processes(redis_server, GO_HTTP, "go", n, "gocas")
         assert all(r["unavailable"] == 0 for r in results)
@@ -166,7 +169,7 @@ from pyproxywasm import Host, PluginConfig, VmConfig
 from pyproxywasm.backends import Redis
 url, wasm, me, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 cfg = PluginConfig(VmConfig(wasm, vm_id="queue"), root_id="producer", configuration="p")
-with Host([cfg], shared_state=Redis(url, prefix="q", timeout=2.0)) as host:
+with Host([cfg], shared_state=Redis(url, prefix="q", timeout=2.0), namespace="pc") as host:
     s = host.plugins[0].http_stream()
     s.send_request_headers([(":path", "/"), ("x-n", n), ("x-p", me)], end_stream=True)
     s.finish()
@@ -186,7 +189,7 @@ def test_a_producer_per_process_and_one_consumer(redis_server):
     vm = VmConfig(WAT / "queue_pc.wasm", vm_id="queue")
     consumer = PluginConfig(vm, root_id="consumer", configuration="c", singleton=True)
     with Host([consumer], concurrency=1, shared_state=Redis(redis_server.url, prefix="q"),
-              foreign_functions={"consumed": consumed}) as host:
+              foreign_functions={"consumed": consumed}, namespace="pc") as host:
         main = host._main.ident
         procs = [subprocess.Popen([sys.executable, "-c", PRODUCER, redis_server.url,
                                    str(WAT / "queue_pc.wasm"), str(i), str(items)],
@@ -275,11 +278,14 @@ def test_outage_answers_within_the_timeout_is_counted_and_recovers(redis_server,
             counts.append(c)
             took.append(dt)
         assert counts and all(c is None for c in counts)  # the guest saw the failure
-        # no request waited much past the timeout (the Go guest makes one call per
-        # request that fails; scheduling noise on a busy machine gets 0.1 s)
-        assert max(took) < timeout + 0.1, max(took)
-        # most calls came during backoff and answered at once
-        assert sorted(took)[len(took) // 2] < timeout / 2
+        # Requests do not wait past the timeout (the Go guest makes one call per request,
+        # which fails): a hang would slow every request; a busy machine may stall one or
+        # two of them (they are timed from Python, around the whole request).
+        slow = [t for t in took if t > timeout + 0.1]
+        assert len(slow) <= 2, slow
+        # and almost all come during backoff and answer at once, not after the timeout
+        assert sorted(took)[len(took) * 9 // 10] < timeout / 2, sorted(took)[-20:]
+        assert len(took) > 50
         assert backend_stats(host)["unavailable"] >= len(counts)
         if how == "SIGSTOP":
             redis_server.resume()
@@ -300,7 +306,7 @@ from pyproxywasm import Host, PluginConfig, VmConfig
 from pyproxywasm.backends import Redis
 url, prefix, wasm = sys.argv[1], sys.argv[2], sys.argv[3]
 cfg = PluginConfig(VmConfig(wasm, vm_id="share"), configuration="shared")
-with Host([cfg], shared_state=Redis(url, prefix=prefix)) as host:
+with Host([cfg], shared_state=Redis(url, prefix=prefix), namespace="share") as host:
     s = host.plugins[0].http_stream()
     s.send_request_headers([(":method", "GET"), (":path", "/"), (":authority", "x")],
                            end_stream=True)
@@ -329,17 +335,17 @@ with Host([cfg], shared_state=Redis(url, prefix=prefix)) as host:
 ])
 def test_a_malformed_url_is_a_clear_error(url, message):
     with pytest.raises(ConfigError, match=message):
-        Host([], shared_state=Redis(url))
+        Host([], shared_state=Redis(url), namespace="bad")
 
 
 def test_an_unreachable_server_is_a_clear_error():
     url = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(ConfigError, match="cannot connect to Redis"):
-        Host([], shared_state=Redis(url))
+        Host([], shared_state=Redis(url), namespace="bad")
 
 
 @pytest.mark.parametrize("field, value", [("timeout", 0), ("timeout", -1.0), ("prefix", ""),
                                           ("url", 5)])
 def test_bad_options_are_clear_errors(field, value):
     with pytest.raises(ConfigError, match=field):
-        Host([], shared_state=Redis(**{field: value}))
+        Host([], shared_state=Redis(**{field: value}), namespace="bad")

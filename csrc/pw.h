@@ -391,7 +391,8 @@ int pw_metrics_dump(const uint8_t *ns, size_t ns_len, uint8_t **out, size_t *len
 int pw_redis_available(void);
 /* url: redis://[[user]:password@]host[:port][/db]; no operation blocks a thread longer
  * than timeout_us; max_bytes per scope (0: no cap); default_ttl_ms for new keys (0: none).
- * NULL with a message in err when the URL is malformed or the server cannot be reached. */
+ * NULL with a message in err when the URL is malformed or the server cannot be reached
+ * (opening itself may take up to max(timeout, 2 s)). */
 pw_backend *pw_redis_open(const char *url, uint64_t timeout_us, const uint8_t *prefix,
                           size_t prefix_len, uint64_t max_bytes, uint64_t default_ttl_ms,
                           char *err, size_t err_cap);

@@ -86,6 +86,7 @@ uint64_t pw_redis_stat(pw_backend *b, int which) {
 #define SUB_PING_NS (1000ull * 1000000)    /* the subscriber pings when idle this long */
 #define SUB_PONG_NS (5000ull * 1000000)    /* and reconnects when no answer came in this */
 #define OWNER_BUCKETS 256
+#define OPEN_TIMEOUT_NS (2000ull * 1000000) /* opening's own budget, at least */
 
 /* ---- scripts ------------------------------------------------------------------------ */
 /* Numbers given to redis.call go as decimal strings (N): the server would format a Lua
@@ -1299,12 +1300,15 @@ pw_backend *pw_redis_open(const char *url, uint64_t timeout_us, const uint8_t *p
     if (getrandom(&inst, sizeof inst, 0) != sizeof inst) inst = now_ns() ^ (uint64_t)getpid() << 32;
     snprintf(b->inst, sizeof b->inst, "%016llx", (unsigned long long)inst);
     /* One round trip now: a wrong address, password or database is an error here, not
-     * an outage later; and the scripts' SHA1s come from the server (SCRIPT LOAD). */
+     * an outage later; and the scripts' SHA1s come from the server (SCRIPT LOAD). Opening
+     * is not on a worker's path: it may take up to 2 s even with a shorter timeout. */
+    uint64_t op_timeout = b->timeout_ns;
+    if (b->timeout_ns < OPEN_TIMEOUT_NS) b->timeout_ns = OPEN_TIMEOUT_NS;
     uint64_t dl;
     tconn *t = begin(b, &dl);
     if (!t) {
         snprintf(err, err_cap, "cannot connect to Redis at %s:%d (db %d) within %.3f s", b->ip,
-                 b->port, b->db, (double)timeout_us / 1e6);
+                 b->port, b->db, (double)b->timeout_ns / 1e9);
         goto fail;
     }
     for (int i = 0; i < S_COUNT; i++) {
@@ -1312,7 +1316,7 @@ pw_backend *pw_redis_open(const char *url, uint64_t timeout_us, const uint8_t *p
         arg_str(t, "SCRIPT");
         arg_str(t, "LOAD");
         arg_str(t, script_text[i]);
-        redisReply *r = run(b, t, dl + 4 * b->timeout_ns);
+        redisReply *r = run(b, t, dl);
         if (!r || r->type != REDIS_REPLY_STRING || r->len != 40) {
             snprintf(err, err_cap, "Redis at %s:%d refused SCRIPT LOAD (Redis >= 5 with Lua "
                      "scripting is needed)", b->ip, b->port);
@@ -1323,6 +1327,7 @@ pw_backend *pw_redis_open(const char *url, uint64_t timeout_us, const uint8_t *p
         b->sha[i][40] = 0;
         freeReplyObject(r);
     }
+    b->timeout_ns = op_timeout;
     atomic_store(&b->head.unavailable, 0);
     b->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (b->stop_fd < 0 || pthread_create(&b->sub, NULL, subscriber, b)) {

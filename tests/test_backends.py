@@ -38,7 +38,8 @@ _redis: list[RedisServer] = []
 
 
 def _redis_backend(**kw: object) -> Backend:
-    return Redis(_redis[0].url, prefix=f"pwtest-{uuid.uuid4().hex[:12]}", **kw)  # type: ignore[arg-type]
+    # a timeout no busy machine (or sanitizer build) reaches: these check semantics
+    return Redis(_redis[0].url, prefix=f"pwtest-{uuid.uuid4().hex[:12]}", timeout=2.0, **kw)  # type: ignore[arg-type]
 
 
 if REDIS_SERVER is not None and lib.pw_redis_available():

@@ -45,7 +45,7 @@ def backend_stats(host: Host) -> dict[str, int]:
 
 # ---- one process: the backend under the SharedState API -------------------------------
 def test_shared_data_semantics_through_the_host(redis_server):
-    backend = Redis(redis_server.url, prefix="sem")
+    backend = Redis(redis_server.url, prefix="sem", timeout=2.0)
     with Host([], shared_state=backend, namespace="sem") as host:
         st = host.state
         assert st.shared_data("k", vm_id="v") is None
@@ -68,7 +68,7 @@ def test_shared_data_semantics_through_the_host(redis_server):
 
 def test_cas_values_wrap_past_2_32_skipping_0(redis_server):
     redis_server.command("SET", "wrap:cas", 4294967293)
-    with Host([], shared_state=Redis(redis_server.url, prefix="wrap"), namespace="wrap") as host:
+    with Host([], shared_state=Redis(redis_server.url, prefix="wrap", timeout=2.0), namespace="wrap") as host:
         st = host.state
         seen = []
         for i in range(4):
@@ -79,7 +79,7 @@ def test_cas_values_wrap_past_2_32_skipping_0(redis_server):
 
 
 def test_ttl_and_byte_cap_on_the_server(redis_server):
-    with Host([], shared_state=Redis(redis_server.url, prefix="cap", max_bytes=100),
+    with Host([], shared_state=Redis(redis_server.url, prefix="cap", max_bytes=100, timeout=2.0),
               namespace="cap") as host:
         st = host.state
         assert st.set_shared_data("a", b"x" * 59, vm_id="v") is Status.OK  # 60 bytes
@@ -142,7 +142,7 @@ def test_wat_cas_increments_from_4_processes_x_2_threads_are_exact(redis_server)
     # A missing key reads as cas 0, which writes unconditionally (Envoy): start at 0.
     # The processes share the scope ("mp", "cas"): the same namespace and vm_id (a Host's
     # namespace keeps it apart from other hosts of this process, whatever their backend).
-    with Host([], shared_state=Redis(redis_server.url, prefix="watcas"), namespace="mp") as host:
+    with Host([], shared_state=Redis(redis_server.url, prefix="watcas", timeout=2.0), namespace="mp") as host:
         assert host.state.set_shared_data("n", (0).to_bytes(8, "little"), vm_id="cas") is Status.OK
         results = _cas_processes(redis_server, WAT / "cas_loop.wasm", "wat", n, "watcas")
         assert all(r["unavailable"] == 0 for r in results)
@@ -152,7 +152,7 @@ def test_wat_cas_increments_from_4_processes_x_2_threads_are_exact(redis_server)
 
 def test_go_cas_increments_from_4_processes_x_2_threads_are_exact(redis_server):
     n = 40
-    with Host([], shared_state=Redis(redis_server.url, prefix="gocas"), namespace="mp") as host:
+    with Host([], shared_state=Redis(redis_server.url, prefix="gocas", timeout=2.0), namespace="mp") as host:
         assert host.state.set_shared_data("counter", b"0", vm_id="cas") is Status.OK
         results = _cas_processes(redis_server, GO_HTTP, "go", n, "gocas")
         assert all(r["unavailable"] == 0 for r in results)
@@ -188,7 +188,7 @@ def test_a_producer_per_process_and_one_consumer(redis_server):
 
     vm = VmConfig(WAT / "queue_pc.wasm", vm_id="queue")
     consumer = PluginConfig(vm, root_id="consumer", configuration="c", singleton=True)
-    with Host([consumer], concurrency=1, shared_state=Redis(redis_server.url, prefix="q"),
+    with Host([consumer], concurrency=1, shared_state=Redis(redis_server.url, prefix="q", timeout=2.0),
               foreign_functions={"consumed": consumed}, namespace="pc") as host:
         main = host._main.ident
         procs = [subprocess.Popen([sys.executable, "-c", PRODUCER, redis_server.url,
@@ -220,7 +220,7 @@ def test_notifications_lost_while_resubscribing_are_made_up(redis_server):
     received: list[bytes] = []
     vm = VmConfig(WAT / "queue_pc.wasm", vm_id="resub")
     consumer = PluginConfig(vm, root_id="consumer", configuration="c", singleton=True)
-    with Host([consumer], concurrency=1, shared_state=Redis(redis_server.url, prefix="rs"),
+    with Host([consumer], concurrency=1, shared_state=Redis(redis_server.url, prefix="rs", timeout=2.0),
               foreign_functions={"consumed": lambda item: received.append(item) or b""},
               namespace="rs") as host:
         wait_for(lambda: backend_stats(host)["subscribed"] >= 1)
@@ -306,7 +306,7 @@ from pyproxywasm import Host, PluginConfig, VmConfig
 from pyproxywasm.backends import Redis
 url, prefix, wasm = sys.argv[1], sys.argv[2], sys.argv[3]
 cfg = PluginConfig(VmConfig(wasm, vm_id="share"), configuration="shared")
-with Host([cfg], shared_state=Redis(url, prefix=prefix), namespace="share") as host:
+with Host([cfg], shared_state=Redis(url, prefix=prefix, timeout=2.0), namespace="share") as host:
     s = host.plugins[0].http_stream()
     s.send_request_headers([(":method", "GET"), (":path", "/"), (":authority", "x")],
                            end_stream=True)

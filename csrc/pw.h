@@ -151,6 +151,10 @@ int pw_module_serialize(pw_module *m, uint8_t **out, size_t *len);
 /* The Proxy-Wasm imports ("env" module) the host defines, for load errors: lines of
  * "name params results", each a string of i (i32) / I (i64), "-" when empty. */
 int pw_host_imports(int as_grpc, uint8_t **out, size_t *len);
+/* The exports the host calls or checks, with the types a module must give them, for the
+ * loader: lines of "name params results" as above (an export's alternative name gets its
+ * own line). The header callbacks are listed with 3 parameters (0.1.0 builds may have 2). */
+int pw_host_exports(uint8_t **out, size_t *len);
 void pw_bytes_free(uint8_t *p);
 void pw_module_free(pw_module *m);
 

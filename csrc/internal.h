@@ -89,6 +89,7 @@ enum stop_at { STOP_NONE = 0, STOP_HEADERS, STOP_BODY, STOP_TRAILERS };
 
 typedef struct pw_prop {
     pw_buf path, value;
+    int readonly; /* filter state of a property declared read-only: set once */
     struct pw_prop *next;
 } pw_prop;
 
@@ -103,6 +104,7 @@ typedef struct pw_root {
     int fail_open;        /* a failed VM lets this plugin's streams pass (FAIL_OPEN) */
     uint32_t status_code; /* proxy_get_status: the last outbound call's outcome */
     pw_buf status_msg;
+    pw_prop *readonly_props; /* names declared read-only (declare_property), no values */
 } pw_root;
 
 typedef struct pw_hdir {

@@ -265,6 +265,11 @@ int pw_root_done(pw_vm *vm, uint32_t root);
 int pw_root_foreign_call(pw_vm *vm, uint32_t root, uint32_t function_id,
                          const uint8_t *args, size_t len);
 
+/* Envoy's declare_property with readonly set, made from root context `root`: from then on
+ * each stream of that root may set the property once (proxy_set_property answers
+ * BAD_ARGUMENT after). Callable while the VM waits in a foreign function. */
+int pw_root_declare_readonly(pw_vm *vm, uint32_t root, const uint8_t *path, size_t path_len);
+
 /* Properties the host provides for a context (0 = every context of the VM): the path is
  * NUL-separated segments, the value already encoded as Envoy encodes it. These two may be
  * called from a foreign function callback too (the guest waits; nothing calls into it). */

@@ -117,8 +117,11 @@ typedef struct pw_callout {
 #define PW_OP_SEND 1   /* a gRPC stream message (end_stream: half-close after it) */
 #define PW_OP_CLOSE 2  /* a gRPC stream's local half-close */
 typedef int (*pw_callout_fn)(void *handle, const pw_callout *call);
-typedef void (*pw_callop_fn)(void *handle, uint32_t token, int op, const uint8_t *data,
-                             size_t len, int end_stream);
+/* Answers an ABI status for PW_OP_SEND: OK, or BAD_ARGUMENT when the stream already holds
+ * the buffer limit's worth of messages not yet written (nothing is sent then); the answer
+ * to other ops is ignored. */
+typedef int (*pw_callop_fn)(void *handle, uint32_t token, int op, const uint8_t *data,
+                            size_t len, int end_stream);
 void pw_set_callout_callbacks(pw_callout_fn start, pw_callop_fn op);
 
 /* Result sink for foreign functions: copies the bytes the Python side produced. */

@@ -478,7 +478,7 @@ class Host:
             self._on_vm(vm)
         if self.outbound.clusters or self.outbound.recorder is not None or self._any_host():
             vm.calls = VmCalls(self.outbound, vm.ptr, st.dispatcher,
-                               functools.partial(self._allows_any_host, st))
+                               functools.partial(self._allows_any_host, st), self._buffer_limit)
             lib.pw_vm_set_callouts(vm.ptr, vm.calls.handle, self._max_calls)
         return vm
 

@@ -128,6 +128,14 @@ def test_a_call_timeout_fires_on_the_virtual_clock_on_its_worker():
         s.finish()
 
 
+def test_the_trace_covers_every_worker():
+    with PluginHarness(GO_HTTP, configuration="tick=100", workers=2, trace=True) as h:
+        h.advance(100)
+        ticks = [r for r in h.trace() if r.kind == "callback" and r.name == "proxy_on_tick"]
+        assert len(ticks) == 2  # one root per worker, each traced on its own thread
+        assert h.format_trace().count("-> proxy_on_tick(") == 2
+
+
 def test_streams_are_refused_on_a_worker_that_does_not_exist():
     with PluginHarness(GO_HTTP, workers=1) as h:
         with pytest.raises(ValueError, match="no worker 1"):

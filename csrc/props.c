@@ -203,12 +203,15 @@ int props_set(pw_vm *vm, pw_ctx *c, const uint8_t *path, size_t pl, const uint8_
     return ST_OK;
 }
 
-int pw_root_declare_readonly(pw_vm *vm, uint32_t root, const uint8_t *path, size_t path_len) {
+/* Envoy records a declaration on the context the running callback was called for (not
+ * the effective one a plugin may have switched to), and only a root's declarations are
+ * consulted: from any other context this binds nothing. */
+int pw_vm_declare_readonly(pw_vm *vm, const uint8_t *path, size_t path_len) {
     if (vm->closed) return PW_ERR_CLOSED;
     if (!pthread_equal(vm->owner, pthread_self())) return PW_ERR_THREAD;
     if (path_len && path[path_len - 1] == 0) path_len--;
-    pw_ctx *c = ctx_get(vm, root);
-    if (!c || c->kind != CTX_ROOT) return PW_ERR_NO_CONTEXT;
+    pw_ctx *c = vm->cur;
+    if (!c || c->kind != CTX_ROOT) return PW_OK;
     if (prop_find(c->r->readonly_props, path, path_len)) return PW_OK;
     return prop_set(&c->r->readonly_props, path, path_len, NULL, 0) ? PW_ERR : PW_OK;
 }

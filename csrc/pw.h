@@ -268,10 +268,11 @@ int pw_root_done(pw_vm *vm, uint32_t root);
 int pw_root_foreign_call(pw_vm *vm, uint32_t root, uint32_t function_id,
                          const uint8_t *args, size_t len);
 
-/* Envoy's declare_property with readonly set, made from root context `root`: from then on
- * each stream of that root may set the property once (proxy_set_property answers
- * BAD_ARGUMENT after). Callable while the VM waits in a foreign function. */
-int pw_root_declare_readonly(pw_vm *vm, uint32_t root, const uint8_t *path, size_t path_len);
+/* Envoy's declare_property with readonly set, from inside the running callback: when that
+ * callback is a root context's, each stream of that root may from then on set the property
+ * once (proxy_set_property answers BAD_ARGUMENT after); from a stream's callback it binds
+ * nothing, as in Envoy. Callable while the VM waits in a foreign function. */
+int pw_vm_declare_readonly(pw_vm *vm, const uint8_t *path, size_t path_len);
 
 /* Properties the host provides for a context (0 = every context of the VM): the path is
  * NUL-separated segments, the value already encoded as Envoy encodes it. These two may be

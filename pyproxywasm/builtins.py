@@ -203,11 +203,11 @@ class Builtins:
             if d.name in seen:
                 raise ForeignFunctionStatus(Status.BAD_ARGUMENT)
             seen[d.name] = d
-            # Envoy keeps the declaration on the calling context, and proxy_set_property
+            # Envoy keeps the declaration on the called context, and proxy_set_property
             # consults the root's: a read-only one declared by a root binds its streams.
-            if d.readonly and kind[0] == lib.PW_CTX_ROOT:
+            if d.readonly:
                 name = d.name.encode()
-                if lib.pw_root_declare_readonly(vm.ptr, cid, name, len(name)) != lib.PW_OK:
+                if lib.pw_vm_declare_readonly(vm.ptr, name, len(name)) != lib.PW_OK:
                     raise ForeignFunctionStatus(Status.INTERNAL_FAILURE)
 
         def set_envoy_filter_state(args: bytes) -> None:

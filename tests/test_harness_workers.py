@@ -19,6 +19,7 @@ from pyproxywasm.testing import PluginHarness, WorkerStream
 
 GO_HTTP = PLUGINS / "go" / "httpfilter.wasm"
 GO_CALLOUTS = PLUGINS / "go" / "callouts.wasm"
+GO_TCP = PLUGINS / "go" / "tcpfilter.wasm"
 QUEUE_PC = PLUGINS / "wat" / "queue_pc.wasm"
 GET = [(":method", "GET"), (":path", "/"), (":authority", "a.example")]
 
@@ -126,6 +127,20 @@ def test_a_call_timeout_fires_on_the_virtual_clock_on_its_worker():
         s.refresh()
         assert s.local_response.status == 503
         s.finish()
+
+
+def test_a_paused_connection_on_a_worker_resumes_at_its_tick():
+    with PluginHarness(GO_TCP, configuration="resume tick=100", workers=2) as h:
+        with h.tcp(worker=1) as c:
+            assert c.send_downstream(b"please pause") == 1  # Action.PAUSE
+            h.advance(99)
+            c.refresh()
+            assert c.downstream_paused
+            h.advance(1)  # worker 1's root ticks and continues its connection
+            c.refresh()
+            assert not c.downstream_paused and c.take_downstream_data() == b"please pause"
+        assert h.logs("info")[-1] == "tcp done"
+        assert h.metric("tcp_bytes_total") == len(b"please pause")
 
 
 def test_the_trace_covers_every_worker():

@@ -106,10 +106,15 @@ class SharedMemory:
 
 @dataclass(frozen=True)
 class Redis:
-    """A Redis server shared by many machines. url: redis://host:port/db. timeout: seconds
-    an operation may wait for the server before the guest gets INTERNAL_FAILURE (counted
-    in `unavailable`). prefix: the start of every key this host writes. max_bytes and
-    default_ttl as InProcess, per scope."""
+    """A Redis server shared by many machines. url: redis://[[user]:password@]host[:port][/db]
+    (no TLS). timeout: seconds an operation may wait for the server before the guest gets
+    INTERNAL_FAILURE (counted in `unavailable`); during an outage later operations answer
+    at once until a backoff (25 ms doubling to 1 s) ends. prefix: the start of every key
+    this host writes; hosts with the same server and prefix share their scopes, whatever
+    process or machine they are in. max_bytes and default_ttl as InProcess, per scope (kept
+    on the server). Needs a build with hiredis (Debian: libhiredis-dev); making the host
+    fails with a clear error when the URL is malformed or the server does not answer.
+    Details: docs/ARCHITECTURE.md, "Shared state in Redis"."""
 
     url: str = "redis://127.0.0.1:6379/0"
     timeout: float = 0.05

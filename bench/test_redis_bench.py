@@ -19,10 +19,9 @@ from pyproxywasm.pairs import encode_pairs
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WAT = ROOT / "tests" / "plugins" / "wat"
 sys.path.insert(0, str(ROOT / "tests"))
-from redis_server import REDIS_SERVER, RedisServer  # noqa: E402
+from redis_server import MISSING, RedisServer  # noqa: E402
 
-pytestmark = pytest.mark.skipif(REDIS_SERVER is None or not lib.pw_redis_available(),
-                                reason="needs redis-server and a build with hiredis")
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 
 
 @pytest.fixture(scope="module")

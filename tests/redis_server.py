@@ -5,11 +5,12 @@
 `.pause()` / `.resume()` (SIGSTOP / SIGCONT: the server hangs, connections stay open),
 `.kill()` (SIGKILL: connections are reset, state is lost) and `.start()` (again on the same
 port). The server keeps nothing on disk (`--save '' --appendonly no`). When the binary is
-absent the tests that use it are skipped with the reason; CI installs Debian's
-redis-server, so there they run.
+absent (or the build has no Redis support) the tests that use it are skipped with the
+reason, unless PYPROXYWASM_REQUIRE_REDIS=1 (CI), which makes that a failure.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -19,10 +20,23 @@ from collections.abc import Iterator
 
 import pytest
 
+from pyproxywasm._binding import lib
+
 REDIS_SERVER = shutil.which("redis-server")
-needs_redis = pytest.mark.skipif(
-    REDIS_SERVER is None,
-    reason="redis-server is not installed (Debian: apt-get install redis-server)")
+#: Why the Redis tests cannot run here, or None. CI sets PYPROXYWASM_REQUIRE_REDIS=1: then
+#: a missing server or a build without hiredis fails them instead of skipping them.
+MISSING: str | None = (
+    "redis-server is not installed (Debian: apt-get install redis-server)"
+    if REDIS_SERVER is None else
+    "this build has no Redis support (Debian: apt-get install libhiredis-dev, then reinstall)"
+    if not lib.pw_redis_available() else None)
+REQUIRED = os.environ.get("PYPROXYWASM_REQUIRE_REDIS") == "1"
+needs_redis = pytest.mark.skipif(MISSING is not None and not REQUIRED, reason=MISSING or "")
+#: For tests that need Redis support in the build but no server.
+NO_SUPPORT = not lib.pw_redis_available()
+needs_redis_build = pytest.mark.skipif(
+    NO_SUPPORT and not REQUIRED,
+    reason="this build has no Redis support (Debian: apt-get install libhiredis-dev, then reinstall)")
 
 
 def free_port() -> int:
@@ -118,8 +132,10 @@ def _read(f) -> object:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    if MISSING is not None:
+        if REQUIRED:
+            pytest.fail(f"PYPROXYWASM_REQUIRE_REDIS=1 but {MISSING}")
+        pytest.skip(MISSING)
     server = RedisServer()
     server.start()
     try:

@@ -19,9 +19,11 @@ from pyproxywasm.backends import Redis
 from pyproxywasm.errors import ConfigError
 
 from conftest import GO_HTTP, REQUEST, WAT
-from redis_server import RedisServer, free_port, needs_redis, redis_server  # noqa: F401
+from redis_server import (NO_SUPPORT, RedisServer, free_port, needs_redis_build,  # noqa: F401
+                          redis_server)
 
-pytestmark = needs_redis
+# Tests taking the `redis_server` fixture skip (with the reason) without a server or without
+# Redis support in the build; the configuration tests below need only the build.
 
 PROCESSES = 4
 THREADS = 2
@@ -266,7 +268,11 @@ def _count(host: Host) -> tuple[str | None, float]:
 def test_outage_answers_within_the_timeout_is_counted_and_recovers(redis_server, how, caplog):
     timeout = 0.05
     with _go_counter_host(redis_server, timeout, f"out{how}") as host:
-        assert _count(host)[0] == "1"
+        first = None
+        for _ in range(50):  # a busy machine may miss the short timeout once or twice
+            if (first := _count(host)[0]) is not None:
+                break
+        assert first == "1"
         if how == "SIGSTOP":
             redis_server.pause()
         else:
@@ -286,6 +292,8 @@ def test_outage_answers_within_the_timeout_is_counted_and_recovers(redis_server,
         # and almost all come during backoff and answer at once, not after the timeout
         assert sorted(took)[len(took) * 9 // 10] < timeout / 2, sorted(took)[-20:]
         assert len(took) > 50
+        # every request reached the backend and was answered by it (a VM failed by a
+        # deadline would answer without asking): the wait is not the guest's time
         assert backend_stats(host)["unavailable"] >= len(counts)
         if how == "SIGSTOP":
             redis_server.resume()
@@ -293,7 +301,7 @@ def test_outage_answers_within_the_timeout_is_counted_and_recovers(redis_server,
         else:
             redis_server.start()
             expected = "1"  # no persistence: the restarted server starts empty
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while (c := _count(host)[0]) is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert c == expected
@@ -324,6 +332,14 @@ with Host([cfg], shared_state=Redis(url, prefix=prefix, timeout=2.0), namespace=
 
 
 # ---- configuration -----------------------------------------------------------------------
+@pytest.mark.skipif(not NO_SUPPORT, reason="this build has Redis support")
+def test_a_build_without_hiredis_says_so():
+    with pytest.raises(ConfigError, match="this build has no Redis support: install "
+                                          "libhiredis-dev and reinstall pyproxywasm"):
+        Host([], shared_state=Redis(), namespace="bad")
+
+
+@needs_redis_build
 @pytest.mark.parametrize("url, message", [
     ("http://127.0.0.1:6379", "expected redis://"),
     ("redis://", "no host"),
@@ -338,12 +354,14 @@ def test_a_malformed_url_is_a_clear_error(url, message):
         Host([], shared_state=Redis(url), namespace="bad")
 
 
+@needs_redis_build
 def test_an_unreachable_server_is_a_clear_error():
     url = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(ConfigError, match="cannot connect to Redis"):
         Host([], shared_state=Redis(url), namespace="bad")
 
 
+@needs_redis_build
 @pytest.mark.parametrize("field, value", [("timeout", 0), ("timeout", -1.0), ("prefix", ""),
                                           ("url", 5)])
 def test_bad_options_are_clear_errors(field, value):

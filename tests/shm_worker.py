@@ -82,10 +82,10 @@ def main() -> None:
     elif mode == "hammer":
         with Host([], namespace=ns, shared_state=backend) as host:
             print("running", flush=True)
-            i = 0
-            while True:
-                i += 1
-                host.state.set_shared_data("big", i.to_bytes(8, "little") * (1 << 17), vm_id="mp")
+            values = [i.to_bytes(8, "little") * (1 << 17) for i in range(1, 9)]
+            while True:  # most of the time goes to the 1 MiB copy, under the shard's lock
+                for v in values:
+                    host.state.set_shared_data("big", v, vm_id="mp")
     else:
         raise SystemExit(f"unknown mode {mode}")
 

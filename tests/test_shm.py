@@ -115,10 +115,10 @@ def test_dead_owner_loses_no_item(seg: str) -> None:
 def test_sigkill_mid_update_leaves_others_working(seg: str) -> None:
     with host(seg, "kill") as h:
         recovered = 0
-        for attempt in range(8):
+        for attempt in range(12):
             p = spawn("hammer", seg, "kill")
             expect_line(p, "running")
-            time.sleep(0.05 + 0.03 * attempt)
+            time.sleep(0.05 + 0.013 * attempt)
             p.send_signal(signal.SIGKILL)
             p.wait(10)
             # The others go on: reads, writes and CAS on the same key and shard.

@@ -79,6 +79,26 @@ def main() -> None:
             done.wait(60)
             time.sleep(0.2)  # nothing more may come
         print(json.dumps([[p, q, int(t == owner)] for p, q, t in got]), flush=True)
+    elif mode == "wsgi":
+        # The README's recipe: the middleware makes its Host in this process.
+        from wsgiref.util import setup_testing_defaults
+
+        from pyproxywasm.adapters import ProxyWasmWSGIMiddleware
+
+        def app(environ, start_response):  # type: ignore[no-untyped-def]
+            start_response("200 OK", [("content-type", "text/plain")])
+            return [b"ok"]
+
+        cfg = PluginConfig(VmConfig(wat / "cas_loop.wasm", vm_id="mp"), deadline_ms=None)
+        mw = ProxyWasmWSGIMiddleware(app, plugins=[cfg],
+                                     host_options={"shared_state": backend, "namespace": ns})
+        for _ in range(int(args[0])):
+            env: dict[str, object] = {"HTTP_X_N": "100", "HTTP_X_KEY": "ctr"}
+            setup_testing_defaults(env)
+            body = b"".join(mw(env, lambda status, headers, exc=None: None))
+            assert body == b"ok", body
+        mw.close()
+        print("done", flush=True)
     elif mode == "hammer":
         with Host([], namespace=ns, shared_state=backend) as host:
             print("running", flush=True)

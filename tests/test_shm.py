@@ -85,6 +85,15 @@ def test_cas_increments_from_4_processes_x_2_threads(seg: str) -> None:
         assert counter(h) == 4 * 2 * n  # exact: no lost update across processes
 
 
+def test_wsgi_middleware_workers_share_a_counter(seg: str) -> None:
+    # Two "workers", each with the WSGI middleware making its own Host on first use.
+    procs = [spawn("wsgi", seg, "wsgi", 20) for _ in range(2)]
+    for p in procs:
+        assert finish(p).split() == ["done"]
+    with host(seg, "wsgi") as h:
+        assert counter(h) == 2 * 20 * 100
+
+
 def test_producers_in_processes_one_consumer(seg: str) -> None:
     n, producers = 2000, 3
     consumer = spawn("consume", seg, "q", n * producers)

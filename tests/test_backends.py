@@ -216,6 +216,25 @@ def test_queue_items_and_notifications(backend: Backend) -> None:
         assert h.queue_id("nope") is None
 
 
+def test_one_on_queue_ready_per_item(backend: Backend) -> None:
+    with PluginHarness(wat("queue_pc"), configuration="C", vm_id="b", shared_state=backend,
+                       trace=True) as h:
+        for i in range(7):
+            assert h.enqueue("items", i.to_bytes(8, "little")) == Status.OK
+        deadline = time.monotonic() + 5
+        calls: list[object] = []
+        while len(calls) < 7 and time.monotonic() < deadline:
+            h.dispatch()
+            time.sleep(0.005)
+            calls = [r for r in h.trace() if r.kind == "callback"
+                     and r.name == "proxy_on_queue_ready"]
+        time.sleep(0.2)
+        h.dispatch()
+        calls = [r for r in h.trace() if r.kind == "callback" and r.name == "proxy_on_queue_ready"]
+        assert len(calls) == 7  # exactly one per item, none more
+        assert h.queue_size("items") == 0
+
+
 def test_producer_guest_reaches_consumer(backend: Backend) -> None:
     got: list[bytes] = []
     with PluginHarness(wat("queue_pc"), configuration="c", vm_id="b", shared_state=backend,

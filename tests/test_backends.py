@@ -253,15 +253,34 @@ def test_producer_guest_reaches_consumer(backend: Backend) -> None:
 
 # ---- configuration --------------------------------------------------------------------------------
 def test_one_scope_one_store() -> None:
-    other = _shm()
+    one, other = _shm(), _shm()
     try:
-        with PluginHarness(wat("shared_ff"), namespace="one-store") as h:
+        with PluginHarness(wat("shared_ff"), namespace="one-store", shared_state=one) as h:
             h.set_shared_data("k", b"v")
-            with pytest.raises(ConfigError):
+            with pytest.raises(ConfigError):  # a second choice for the same scope
                 PluginHarness(wat("shared_ff"), namespace="one-store", shared_state=other)
+            with pytest.raises(ConfigError):
+                PluginHarness(wat("shared_ff"), namespace="one-store", shared_state=InProcess())
+            # A host that chooses nothing joins the namespace's backend.
+            with PluginHarness(wat("shared_ff"), namespace="one-store") as h2:
+                assert h2.shared_data("k").value == b"v"  # type: ignore[union-attr]
+                assert h2.host.state.queue_id("x") is None
             assert h.shared_data("k").value == b"v"  # type: ignore[union-attr]
     finally:
+        _cleanup(one)
         _cleanup(other)
+
+
+def test_a_choice_after_hosts_that_chose_nothing() -> None:
+    seg = _shm()
+    try:
+        with PluginHarness(wat("shared_ff"), namespace="late-choice") as plain:
+            with PluginHarness(wat("shared_ff"), namespace="late-choice", shared_state=seg) as h:
+                h.set_shared_data("k", b"shm")
+                # The plain host's embedding view follows the namespace's choice too.
+                assert plain.shared_data("k").value == b"shm"  # type: ignore[union-attr]
+    finally:
+        _cleanup(seg)
 
 
 def test_bad_backend_options() -> None:

@@ -165,6 +165,15 @@ class BackendHandle:
         """Operations answered INTERNAL_FAILURE because the store was unreachable or full."""
         return int(lib.pw_backend_unavailable(self.ptr))
 
+    def segment_stats(self) -> dict[str, int] | None:
+        """A SharedMemory backend's counters, kept in the segment (every process's): writes
+        refused because it was full, bad links cut (another process corrupted it), locks
+        recovered from a process that died holding them. None for other backends."""
+        out = ffi.new("uint64_t[3]")
+        if lib.pw_shm_stats(self.ptr, out) != lib.PW_OK:
+            return None
+        return {"full": int(out[0]), "corrupt": int(out[1]), "recovered": int(out[2])}
+
     @property
     def kind(self) -> str:
         return str(ffi.string(lib.pw_backend_kind(self.ptr)).decode())

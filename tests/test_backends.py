@@ -149,6 +149,7 @@ def test_cap_per_scope_and_expired_bytes_return(make_backend: Callable[..., Back
         assert h.set_shared_data("a", b"x" * 600) == Status.OK
         assert h.set_shared_data("b", b"x" * 600) == Status.INTERNAL_FAILURE  # past the cap
         assert h.shared_data("b") is None  # nothing stored
+        assert h.host.backends.by_vm_id["*"].unavailable == 0  # a cap is no outage
         assert h.set_shared_data("b", b"x" * 600, vm_id="other") == Status.OK  # its own cap
         assert h.delete_shared_data("a") == Status.OK
         assert h.set_shared_data("b", b"x" * 600) == Status.OK  # bytes came back

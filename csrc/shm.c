@@ -30,9 +30,10 @@
  * it EOWNERDEAD to the next locker, which makes the structure consistent, then calls
  * pthread_mutex_consistent. Updates are designed so a half-done one is harmless or
  * detectable:
- *   - an entry is never changed in place: a write builds a whole new entry and publishes it
- *     with one 8-byte store (the bucket head or the predecessor's next), then frees the
- *     old one; a delete is one store. A death between the steps leaks one block at most.
+ *   - an entry is never changed in place (but its expiry: one 8-byte store); a write builds a
+ *     whole new entry and publishes it with one 8-byte store (the bucket head or the
+ *     predecessor's next), then frees the old one; a delete is one store. A death between
+ *     the steps leaks one block at most.
  *   - a queue's items are a list from head; a death mid-append or mid-pop can leave tail,
  *     depth or bytes stale, and the repair recomputes them by walking from head.
  *   - per-scope byte counts are updated next to the structure; after a death under a shard

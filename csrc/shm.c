@@ -360,7 +360,10 @@ static void recount(shm_backend *m);
 
 static void unlock(shm_backend *m, pthread_mutex_t *mu) {
     pthread_mutex_unlock(mu);
-    if (atomic_exchange(&m->need_recount, 0)) recount(m);
+    /* A load first: an exchange on every unlock would bounce the line between threads. */
+    if (atomic_load_explicit(&m->need_recount, memory_order_relaxed) &&
+        atomic_exchange(&m->need_recount, 0))
+        recount(m);
 }
 
 /* ---- scopes (the per-scope byte cap) ---------------------------------------------------------- */

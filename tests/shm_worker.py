@@ -3,8 +3,9 @@
 python shm_worker.py MODE SEGMENT SIZE NAMESPACE PLUGIN_DIR [ARGS...], run from outside the
 checkout. Every process uses vm_id "mp" in NAMESPACE, its state in SharedMemory(SEGMENT).
 Modes:
-  cas THREADS N        THREADS worker threads each make N guest CAS increments of "ctr"
-                       (cas_loop.wasm); prints "done".
+  cas THREADS N [AT]   THREADS worker threads each make N guest CAS increments of "ctr"
+                       (cas_loop.wasm), starting at time.time() AT if given; prints "done"
+                       (and the seconds it took on stderr).
   produce ID N         a guest producer enqueues N items (queue_pc.wasm, x-p = ID) on
                        ("mp", "items"); prints "done <refused>".
   consume TOTAL        registers the consumer of "items" (a singleton) and prints "ready";
@@ -44,9 +45,17 @@ def main() -> None:
                                        end_stream=True)
                 s.finish()
 
+            if len(args) > 2:  # a start time (time.time()) shared with other processes
+                late = time.time() - float(args[2])
+                if late > 0:
+                    raise SystemExit(f"started {late:.3f} s after the common start")
+                time.sleep(-late)
+            start = time.perf_counter()
             for f in [w.call(run) for w in host.workers]:
                 f.result(300)
+            took = time.perf_counter() - start
         print("done", flush=True)
+        print(f"took {took:.6f}", file=sys.stderr, flush=True)  # for bench/
     elif mode == "produce":
         pid, n = args[0], int(args[1])
         vm = VmConfig(wat / "queue_pc.wasm", vm_id="mp")

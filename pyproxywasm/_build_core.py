@@ -33,6 +33,7 @@ _SOURCES = [
     "queue.c",
     "redis.c",
     "shared.c",
+    "shm.c",
     "signals.c",
     "tcp.c",
     "trace.c",

@@ -1335,6 +1335,18 @@ pw_backend *pw_redis_open(const char *url, uint64_t timeout_us, const uint8_t *p
         goto fail;
     }
     b->sub_started = 1;
+    /* Subscribed before any queue can be registered: a notification published before the
+     * first subscription would be lost and made up by the flush, maybe twice over. */
+    uint64_t until = now_ns() + OPEN_TIMEOUT_NS;
+    while (!atomic_load(&b->st_subscribed) && now_ns() < until) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+    if (!atomic_load(&b->st_subscribed)) {
+        snprintf(err, err_cap, "Redis at %s:%d: cannot subscribe to the notification channel",
+                 b->ip, b->port);
+        goto fail;
+    }
     return &b->head;
 fail:
     if (!key_ok) {

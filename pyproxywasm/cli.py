@@ -161,7 +161,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"try: curl -i http://{host}:{s.ports.get(first.name or 'listener', first.port)}/")
         print("Ctrl-C to stop", flush=True)
 
-    runner.run(announce)
+    try:
+        runner.run(announce)
+    finally:
+        if args.processes == 1 and state is not None and state.kind == "shm":
+            shared_state.remove_segment(state.segment)  # (the supervisor removes its own)
     return 0
 
 

@@ -90,7 +90,7 @@ class MetricsDirectory:
     def collect(self) -> list[metrics.Metric]:
         """Every live process's metrics summed (this one's as of now)."""
         self.publish()
-        snaps: list[Iterable[metrics.Metric]] = []
+        snaps: list[list[metrics.Metric]] = []
         for f in self.path.glob(f"*{SUFFIX}"):
             try:
                 pid = int(f.name[:-len(SUFFIX)])

@@ -328,6 +328,36 @@ def test_memory_shared_state_is_per_process(serve, upstream):
     # each process counts its own requests from 1
     assert all(sorted(v) == list(range(1, len(v) + 1)) for v in by_worker.values())
     assert re.search(r"^requests_total: 40$", admin(s.admin, "/stats")[1], re.M)  # metrics are still summed
+
+
+def test_sighup_replaces_the_workers_one_at_a_time_without_a_failed_request(serve, upstream):
+    s = serve(config(upstream.port), "--processes", "2", "--shared-state", "memory")
+    old = wait_for(lambda: len(s.workers()) == 2 and s.workers())
+    statuses: list[int] = []
+    done = threading.Event()
+
+    def load() -> None:
+        while not done.is_set():
+            try:
+                statuses.append(get(s.port)[0])
+            except OSError as e:
+                statuses.append(-1)
+                print("request failed:", e)
+            time.sleep(0.01)
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        time.sleep(0.3)
+        os.kill(s.pid, signal.SIGHUP)
+        new = wait_for(lambda: (len(s.workers()) == 2 and not (s.workers() & old) and s.workers()) or None, 60)
+        assert new, s.stderr()
+        assert wait_for(lambda: admin(s.admin, "/ready")[0] == 200, 30)
+        time.sleep(0.3)
+    finally:
+        done.set()
+        t.join(10)
+    assert len(statuses) > 20 and set(statuses) == {200}, statuses
+    assert "SIGHUP: restarting the workers one at a time" in s.stderr()
     assert s.stop() == 0
 
 

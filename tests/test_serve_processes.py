@@ -389,3 +389,36 @@ def test_a_plugin_failing_in_the_workers_fails_serve_with_its_reason(tmp_path):
     assert "could not start" in p.stderr and "proxy_on_configure returned false" in p.stderr
     # and no worker is left running
     assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and str(cfg) in cmdline(int(pid))]
+
+
+def test_metric_records_cross_processes_merge_and_reject_garbage():
+    """The bytes a worker sends (metrics.dump) parse back to its snapshot; two processes'
+    snapshots add up kind by kind; a truncated message is a ValueError, never a crash."""
+    from pyproxywasm import metrics
+    from pyproxywasm.testing import PluginHarness
+    from conftest import REQUEST, RESPONSE
+
+    with PluginHarness(GO_HTTP, configuration="metrics") as h:
+        for body in (b"abc", b"x" * 700):
+            st = h.http()
+            st.send_request_headers(REQUEST)
+            st.send_response_headers(RESPONSE)
+            st.send_response_body(body, end_stream=True)
+            st.finish()
+        data = metrics.dump(h.namespace)
+        snap = metrics.parse(data)
+        assert snap == metrics.snapshot(h.namespace)
+        other = [metrics.Metric("requests_total", "counter", 5), metrics.Metric("only_there", "gauge", 7)]
+        merged = {m.name: m for m in metrics.merge([snap, snap, other])}
+        assert merged["requests_total"].value == 2 + 2 + 5
+        assert merged["only_there"].value == 7
+        body = merged["body_size"]
+        assert (body.value, body.sum) == (4, 1406)
+        assert body.buckets == tuple(2 * b for b in {m.name: m for m in snap}["body_size"].buckets)
+        for cut in (1, 10, len(data) - 1):
+            with pytest.raises(ValueError):
+                metrics.parse(data[:cut])
+        text = metrics.prometheus_text(h.namespace, labels={"pid": "42"})
+        assert 'requests_total{pid="42"} 2\n' in text
+        assert 'body_size_bucket{pid="42",le="+Inf"} 2\n' in text and 'body_size_count{pid="42"} 2\n' in text
+        assert metrics.process_labels() == {"pid": str(os.getpid())}

@@ -41,9 +41,8 @@
 
 #include "internal.h"
 
-#define PW_QUEUE_SLOT(id) ((id) >> 24)
-#define PW_QUEUE_LOCAL(id) ((id) & 0xffffffu)
-#define PW_BACKEND_SLOTS 256
+/* PW_QUEUE_SLOT(id), PW_QUEUE_LOCAL(id), PW_BACKEND_SLOTS: in internal.h (the hostcalls
+ * route queue ids by slot without including this header). */
 
 /* Who gets a queue's on_queue_ready: meaningful only in the process that registered. */
 typedef struct pw_queue_owner {
@@ -77,13 +76,22 @@ typedef struct pw_backend_ops {
     void (*destroy)(pw_backend *b);
 } pw_backend_ops;
 
-/* The common head of every backend; a backend's own struct starts with it. */
+/* The common head of every backend; a backend's own struct starts with it. A backend's
+ * constructor fills ops, max_bytes, default_ttl_ms and leaves the rest zero (calloc):
+ * slot and refs belong to backend.c. The constructor's caller owns one reference, given
+ * back with pw_backend_close; attachments and VMs hold their own, and `destroy` runs when
+ * the last one goes, after no operation through the slot is in flight. */
 struct pw_backend {
     const pw_backend_ops *ops;
     uint32_t slot;                   /* 1..PW_BACKEND_SLOTS-1 once attached; backend.c */
+    _Atomic int64_t refs;            /* holders beyond the creator's one (backend.c) */
     _Atomic uint64_t unavailable;    /* operations answered INTERNAL_FAILURE: store unreachable */
     uint64_t max_bytes;              /* per scope, keys + values; 0: no cap */
     uint64_t default_ttl_ms;         /* given to keys on first write; 0: none */
 };
+
+/* backend.c: taking and giving back a reference (the last one destroys the backend). */
+void backend_acquire(pw_backend *b);
+void backend_release(pw_backend *b);
 
 #endif

@@ -480,7 +480,7 @@ HOSTCALL(get_shared_data) {
     BEGIN_RESTRICTED;
     MEM(k, U(0), U(1));
     uint32_t cas = 0;
-    int st = shared_get(vm->space, k, U(1), &vm->hc, &cas);
+    int st = state_get(vm, k, U(1), &vm->hc, &cas);
     if (st != ST_OK) RET(st);
     if (!gmem(vm, U(4), 4)) RET(ST_INVALID_MEMORY_ACCESS);
     st = greturn(vm, cx, vm->hc.p, vm->hc.len, U(2), U(3), &trap);
@@ -492,7 +492,7 @@ HOSTCALL(set_shared_data) {
     BEGIN_RESTRICTED;
     MEM(k, U(0), U(1));
     MEM(v, U(2), U(3));
-    RET(shared_set(vm->space, k, U(1), v, U(3), U(4)));
+    RET(state_set(vm, k, U(1), v, U(3), U(4)));
 }
 
 HOSTCALL(register_shared_queue) {
@@ -502,11 +502,11 @@ HOSTCALL(register_shared_queue) {
     if (!vm->disp) RET(ST_INTERNAL_FAILURE); /* its thread's dispatcher is gone */
     pw_ctx *root = root_of_eff(vm);
     int created;
-    uint32_t id = queue_register(vm->scope.p, vm->scope.len, name, U(1), vm->disp, vm->vm_key,
-                                 root ? root->id : 0, vm->queues_created < PW_QUEUES_PER_VM,
-                                 &created);
+    uint32_t id;
+    int st = backend_q_register(vm, name, U(1), root ? root->id : 0,
+                                vm->queues_created < PW_QUEUES_PER_VM, &created, &id);
     vm->queues_created += (uint32_t)created;
-    if (!id) RET(ST_INTERNAL_FAILURE);
+    if (st != ST_OK) RET(st);
     gput_u32(vm, U(2), id);
     RET(ST_OK);
 }
@@ -517,15 +517,9 @@ HOSTCALL(resolve_shared_queue) {
     MEM(name, U(2), U(3));
     if (!gmem(vm, U(4), 4)) RET(ST_INVALID_MEMORY_ACCESS);
     uint32_t id = 0;
-    int st = ST_OK;
-    if (U(1)) { /* another vm_id, in this VM's namespace */
-        pw_buf scope = {0};
-        st = scope_make(&scope, vm->ns.p, vm->ns.len, vid, U(1)) ? ST_INTERNAL_FAILURE
-             : queue_resolve(scope.p, scope.len, name, U(3), &id);
-        buf_free(&scope);
-    } else {
-        st = queue_resolve(vm->scope.p, vm->scope.len, name, U(3), &id);
-    }
+    /* An empty vm_id is this VM's; another one is found in this VM's namespace, in
+     * whichever backend holds it. */
+    int st = backend_q_resolve(vm, vid, U(1), name, U(3), &id);
     if (st == ST_OK) gput_u32(vm, U(4), id);
     RET(st);
 }
@@ -533,13 +527,13 @@ HOSTCALL(resolve_shared_queue) {
 HOSTCALL(enqueue_shared_queue) {
     BEGIN_RESTRICTED;
     MEM(v, U(1), U(2));
-    RET(queue_enqueue(U(0), v, U(2)));
+    RET(state_enqueue(U(0), v, U(2)));
 }
 
 HOSTCALL(dequeue_shared_queue) {
     BEGIN_RESTRICTED;
     if (!gmem(vm, U(1), 4) || !gmem(vm, U(2), 4)) RET(ST_INVALID_MEMORY_ACCESS);
-    int st = queue_dequeue(U(0), &vm->hc);
+    int st = state_dequeue(U(0), &vm->hc);
     if (st != ST_OK) RET(st);
     RET(greturn(vm, cx, vm->hc.p, vm->hc.len, U(1), U(2), &trap));
 }
@@ -615,13 +609,14 @@ HOSTCALL(call_foreign_function) {
     pw_foreign *f = vm->foreign;
     while (f && (f->name.len != U(1) || (U(1) && memcmp(f->name.p, name, U(1)))))
         f = f->next;
-    if (!f || !pw_foreign_cb) RET(ST_NOT_FOUND);
+    if (!f || (!f->native && !pw_foreign_cb)) RET(ST_NOT_FOUND);
     if (U(4) && (!gmem(vm, U(4), 4) || !gmem(vm, U(5), 4)))
         RET(ST_INVALID_MEMORY_ACCESS);
     buf_clear(&vm->hc);
     /* The guest is suspended, so `args` stays put while Python runs. */
     uint64_t t0 = epoch_now_ns();
-    int st = pw_foreign_cb(f->handle, args, U(3), &vm->hc);
+    int st = f->native ? f->native(vm, args, U(3), &vm->hc)
+                       : pw_foreign_cb(f->handle, args, U(3), &vm->hc);
     vm_paused(vm, t0); /* Python's time, not the guest's */
     if (st != ST_OK || !U(4)) RET(st);
     RET(greturn(vm, cx, vm->hc.p, vm->hc.len, U(4), U(5), &trap));

@@ -338,6 +338,18 @@ int pw_backend_detach(pw_backend *b, const uint8_t *ns, size_t ns_len, const uin
 void pw_backend_close(pw_backend *b);
 uint64_t pw_backend_unavailable(pw_backend *b);
 const char *pw_backend_kind(pw_backend *b);
+/* The shared-memory backend (csrc/shm.c): opens (creating it if absent, with `size` bytes)
+ * the POSIX shared-memory segment /<name>; name: 1-200 of [A-Za-z0-9_.-]. An existing
+ * segment keeps its size. NULL and the reason in err on failure. max_bytes: keys + values
+ * per scope (0: no cap); default_ttl_ms: given to new keys (0: none). A process must open
+ * it itself (a handle inherited through fork names the parent as queue owner).
+ * pw_shm_unlink removes the name (processes attached keep their mapping).
+ * pw_shm_stats: writes refused because the segment was full, bad links cut, locks
+ * recovered from a dead holder (counted in the segment: every process's). */
+pw_backend *pw_shm_open(const uint8_t *name, size_t name_len, uint64_t size, uint64_t max_bytes,
+                        uint64_t default_ttl_ms, char *err, size_t errlen);
+int pw_shm_unlink(const uint8_t *name, size_t name_len);
+int pw_shm_stats(pw_backend *b, uint64_t out[3]);
 
 /* Shared data (per namespace and vm_id) as the guests see it. */
 int pw_shared_get(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,

@@ -29,6 +29,7 @@ _SOURCES = [
     "props.c",
     "queue.c",
     "shared.c",
+    "shm.c",
     "signals.c",
     "tcp.c",
     "trace.c",

@@ -30,6 +30,7 @@ BACKENDS: dict[str, Callable[..., Backend]] = {
 }
 if hasattr(lib, "pw_shm_open"):
     BACKENDS["shm"] = _shm
+#: The Redis backend adds itself here (with a skip when no server can be started).
 
 
 def _cleanup(b: Backend) -> None:
@@ -233,11 +234,15 @@ def test_producer_guest_reaches_consumer(backend: Backend) -> None:
 
 # ---- configuration --------------------------------------------------------------------------------
 def test_one_scope_one_store() -> None:
-    with PluginHarness(wat("shared_ff"), namespace="one-store") as h:
-        h.set_shared_data("k", b"v")
-        with pytest.raises(ConfigError):
-            PluginHarness(wat("shared_ff"), namespace="one-store", shared_state=_shm())
-        assert h.shared_data("k").value == b"v"  # type: ignore[union-attr]
+    other = _shm()
+    try:
+        with PluginHarness(wat("shared_ff"), namespace="one-store") as h:
+            h.set_shared_data("k", b"v")
+            with pytest.raises(ConfigError):
+                PluginHarness(wat("shared_ff"), namespace="one-store", shared_state=other)
+            assert h.shared_data("k").value == b"v"  # type: ignore[union-attr]
+    finally:
+        _cleanup(other)
 
 
 def test_bad_backend_options() -> None:

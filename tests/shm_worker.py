@@ -1,0 +1,94 @@
+"""One process of the shared-memory tests (tests/test_shm.py runs several at once).
+
+python shm_worker.py MODE SEGMENT SIZE NAMESPACE PLUGIN_DIR [ARGS...], run from outside the
+checkout. Every process uses vm_id "mp" in NAMESPACE, its state in SharedMemory(SEGMENT).
+Modes:
+  cas THREADS N        THREADS worker threads each make N guest CAS increments of "ctr"
+                       (cas_loop.wasm); prints "done".
+  produce ID N         a guest producer enqueues N items (queue_pc.wasm, x-p = ID) on
+                       ("mp", "items"); prints "done <refused>".
+  consume TOTAL        registers the consumer of "items" (a singleton) and prints "ready";
+                       prints one JSON line of what it received once TOTAL items came (or
+                       after 60 s): [[producer, seq, on_owner_thread], ...].
+  hang                 registers the consumer, prints "ready", then sleeps (to be killed).
+  hammer               writes 1 MiB values to "big" in a loop (prints "running" first).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import struct
+import sys
+import threading
+import time
+
+from pyproxywasm import Host, PluginConfig, VmConfig
+from pyproxywasm.backends import SharedMemory
+
+REQUEST = [(":method", "GET"), (":path", "/"), (":authority", "x"), (":scheme", "http")]
+
+
+def main() -> None:
+    mode, seg, size, ns, plugins = sys.argv[1:6]
+    args = sys.argv[6:]
+    backend = SharedMemory(seg, size=int(size))
+    wat = pathlib.Path(plugins)
+    if mode == "cas":
+        threads, n = int(args[0]), int(args[1])
+        vm = VmConfig(wat / "cas_loop.wasm", vm_id="mp")
+        with Host([PluginConfig(vm, deadline_ms=None)], concurrency=threads, namespace=ns,
+                  shared_state=backend) as host:
+            def run() -> None:
+                s = host.plugins[0].http_stream()
+                s.send_request_headers(REQUEST + [("x-n", str(n)), ("x-key", "ctr")],
+                                       end_stream=True)
+                s.finish()
+
+            for f in [w.call(run) for w in host.workers]:
+                f.result(300)
+        print("done", flush=True)
+    elif mode == "produce":
+        pid, n = args[0], int(args[1])
+        vm = VmConfig(wat / "queue_pc.wasm", vm_id="mp")
+        with Host([PluginConfig(vm, configuration="p", deadline_ms=None)], namespace=ns,
+                  shared_state=backend) as host:
+            s = host.plugins[0].http_stream()
+            s.send_request_headers(REQUEST + [("x-n", str(n)), ("x-p", pid)], end_stream=True)
+            s.finish()
+        print("done", flush=True)
+    elif mode in ("consume", "hang"):
+        total = int(args[0]) if args else 0
+        got: list[list[int]] = []
+        done = threading.Event()
+
+        def consumed(item: bytes) -> None:  # items may come while the Host is being made
+            producer, seq = struct.unpack("<II", item)
+            got.append([producer, seq, threading.get_ident()])
+            if len(got) >= total:
+                done.set()
+
+        vm = VmConfig(wat / "queue_pc.wasm", vm_id="mp")
+        with Host([PluginConfig(vm, configuration="c", singleton=True)], concurrency=1,
+                  namespace=ns, shared_state=backend,
+                  foreign_functions={"consumed": consumed}) as host:
+            assert host._main is not None
+            owner = host._main.ident
+            print("ready", flush=True)
+            if mode == "hang":
+                time.sleep(3600)
+            done.wait(60)
+            time.sleep(0.2)  # nothing more may come
+        print(json.dumps([[p, q, int(t == owner)] for p, q, t in got]), flush=True)
+    elif mode == "hammer":
+        with Host([], namespace=ns, shared_state=backend) as host:
+            print("running", flush=True)
+            i = 0
+            while True:
+                i += 1
+                host.state.set_shared_data("big", i.to_bytes(8, "little") * (1 << 17), vm_id="mp")
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()

@@ -89,10 +89,14 @@ def test_uvicorn_workers_share_one_counter_and_export_metrics_per_pid(tmp_path):
                 assert p.poll() is None, p.stderr.read()
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-        n = 60  # one request each on a new connection: uvicorn's workers take turns accepting them
-        answers = [json.loads(get(port)) for _ in range(n - 1)]
+        # one request each on a new connection: uvicorn's workers take turns accepting them
+        # (once both are up: the first answers may all come from the first one started)
+        answers = []
+        while len({a["pid"] for a in answers}) < 2 or len(answers) < 60:
+            answers.append(json.loads(get(port)))
+            assert time.monotonic() < deadline, answers
         pids = {a["pid"] for a in answers}
-        assert len(pids) == 2, answers
+        n = len(answers) + 1  # with the first request, the readiness probe
         # one counter for both processes: every request counted exactly once
         assert sorted(int(a["count"]) for a in answers) == list(range(2, n + 1))
         # each process exports its own metrics, told apart by pid; together they are all requests

@@ -270,9 +270,9 @@ def test_killed_worker_restarts_stuck_worker_left_out_and_sigterm_leaves_nothing
         assert get(s.port)[0] == 200
     victim, other = sorted(first)
     os.kill(victim, signal.SIGKILL)
-    assert wait_for(lambda: not alive(victim), 10)
     # not ready while a worker is missing (its restart waits 0.5 s, then starts a process)
-    assert admin(s.admin, "/ready")[0] == 503
+    assert wait_for(lambda: admin(s.admin, "/ready")[0] == 503, 10, step=0.01)
+    assert wait_for(lambda: not alive(victim), 10)
     # the survivor takes every connection meanwhile (the dead one's sockets left the group)
     for _ in range(20):
         assert get(s.port)[0] == 200

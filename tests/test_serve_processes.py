@@ -205,6 +205,10 @@ def serve(tmp_path):
         for w in workers:  # never leave a worker behind, whatever the test did
             if alive(w):
                 os.kill(w, signal.SIGKILL)
+        try:
+            os.unlink(segment(s.pid))  # nor its segment (a test that failed midway)
+        except FileNotFoundError:
+            pass
 
 
 def get(port: int, path: str = "/", timeout: float = 10) -> tuple[int, bytes]:

@@ -428,3 +428,20 @@ def test_metric_records_cross_processes_merge_and_reject_garbage():
         assert 'requests_total{pid="42"} 2\n' in text
         assert 'body_size_bucket{pid="42",le="+Inf"} 2\n' in text and 'body_size_count{pid="42"} 2\n' in text
         assert metrics.process_labels() == {"pid": str(os.getpid())}
+
+
+@pytest.mark.parametrize("mode, processes_running_it", [("per-process", 2), ("once", 1)])
+def test_singleton_services_run_in_every_process_or_once(serve, upstream, mode, processes_running_it):
+    doc = config(upstream.port)
+    doc["bootstrap_extensions"] = [{"name": "envoy.bootstrap.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService", "singleton": True,
+        "config": {"root_id": "svc", "configuration": {
+            "@type": "type.googleapis.com/google.protobuf.StringValue", "value": "service-marker"},
+            "vm_config": {"vm_id": "svc", "code": {"local": {"filename": str(GO_HTTP)}}}}}}]
+    s = serve(doc, "--processes", "2", "--singletons", mode)
+    workers = wait_for(lambda: len(s.workers()) == 2 and s.workers())
+    assert get(s.port)[0] == 200
+    pids = {int(m) for m in re.findall(r"^\[[^]]+\]\[(\d+)\]\[pyproxywasm-main\]\[INFO\]\[[^]]+\] configure svc: service-marker$",
+                                       s.stderr(), re.M)}
+    assert len(pids) == processes_running_it and pids <= workers, s.stderr()
+    assert s.stop() == 0

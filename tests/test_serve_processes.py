@@ -445,3 +445,15 @@ def test_singleton_services_run_in_every_process_or_once(serve, upstream, mode, 
                                        s.stderr(), re.M)}
     assert len(pids) == processes_running_it and pids <= workers, s.stderr()
     assert s.stop() == 0
+
+
+def test_one_process_on_shared_memory_removes_its_segment(serve, upstream):
+    s = serve(config(upstream.port), "--shared-state", "shm")
+    assert "(1 worker)" in s.lines[0] and f"shared memory pyproxywasm-serve-{s.pid}" in s.lines[1]
+    assert not s.workers()  # no supervisor: the one process serves
+    assert os.path.exists(segment(s.pid))
+    for _ in range(5):
+        assert get(s.port)[0] == 200
+    assert sorted(int(c) for c, _ in upstream.seen) == [1, 2, 3, 4, 5]
+    assert s.stop() == 0
+    assert not os.path.exists(segment(s.pid))

@@ -153,7 +153,7 @@ class Serve:
     """`python -m pyproxywasm serve CONFIG ARGS...` from tmp_path; ports from its announcement."""
 
     def __init__(self, tmp_path, doc: dict, *args: str) -> None:
-        cfg = tmp_path / "serve.json"
+        cfg = self.cfg = tmp_path / "serve.json"
         cfg.write_text(json.dumps(doc))
         self.err_path = tmp_path / "serve.err"
         self.err = open(self.err_path, "w")
@@ -364,6 +364,21 @@ def test_sighup_replaces_the_workers_one_at_a_time_without_a_failed_request(serv
         t.join(10)
     assert len(statuses) > 20 and set(statuses) == {200}, statuses
     assert "SIGHUP: restarting the workers one at a time" in s.stderr()
+    # a config whose plugin now fails to start: the first new worker fails, the running ones stay
+    cfg = s.cfg
+    good = cfg.read_text()
+    cfg.write_text(json.dumps(config(upstream.port, plugin="fail")))
+    os.kill(s.pid, signal.SIGHUP)
+    assert wait_for(lambda: "the running workers stay" in s.stderr(), 60), s.stderr()
+    assert "proxy_on_configure returned false" in s.stderr()
+    assert s.workers() == new and get(s.port)[0] == 200 and admin(s.admin, "/ready")[0] == 200
+    # listeners are the supervisor's: changing them needs a restart
+    doc = json.loads(good)
+    doc["static_resources"]["listeners"][0]["name"] = "renamed"
+    cfg.write_text(json.dumps(doc))
+    os.kill(s.pid, signal.SIGHUP)
+    assert wait_for(lambda: "its listeners or admin address changed" in s.stderr(), 30), s.stderr()
+    assert s.workers() == new
     assert s.stop() == 0
 
 

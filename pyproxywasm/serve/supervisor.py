@@ -44,7 +44,7 @@ from .. import metrics
 from ..errors import ProxyWasmError
 from . import control
 from .admin import AdminApp, Gathered
-from .config import Bootstrap
+from .config import Bootstrap, load
 from .server import _socket, _uvicorn
 from .shared_state import SharedStateSpec, remove_segment
 
@@ -113,6 +113,7 @@ class Supervisor:
         self._stop: asyncio.Event | None = None
         self._stopping = False
         self._reload = False
+        self._replacing: dict[int, _Slot] = {}  # SIGHUP: the worker a new one is replacing
 
     # ---- sockets -------------------------------------------------------------------------
     def _reserve(self) -> list[int]:
@@ -236,25 +237,52 @@ class Supervisor:
             except asyncio.TimeoutError:
                 pass
 
+    def _reload_check(self) -> str:
+        """Why a SIGHUP cannot restart the workers with the config as it is now ("" if it
+        can): the file must still load, and the listeners and admin (which the
+        supervisor holds) must be the same."""
+        try:
+            b = load(self.config_path)
+        except (ProxyWasmError, OSError) as e:
+            return str(e)
+        shape = [(type(x), x.name, x.host, x.port) for x in b.listeners]
+        if shape != [(type(x), x.name, x.host, x.port) for x in self.bootstrap.listeners] \
+                or b.admin != self.bootstrap.admin:
+            return "its listeners or admin address changed (restart serve for those)"
+        return ""
+
     async def _rolling_restart(self, ports: list[int]) -> None:
         """SIGHUP: one worker at a time, a new process (which reads the config again) up
-        on the ports before the old one drains."""
+        on the ports before the old one drains. A new worker that cannot start ends the
+        round: the running ones stay."""
+        why = self._reload_check()
+        if why:
+            log.error("SIGHUP: the workers keep running the config they have: %s", why)
+            return
         log.info("SIGHUP: restarting the workers one at a time")
-        for slot in self._slots:
+        for index, old in enumerate(self._slots):
             if self._stop is None or self._stop.is_set():
                 return
-            old = slot
             if old.proc is None:
                 continue
-            fresh = _Slot(slot.index, failures=slot.failures)
-            self._slots[slot.index] = fresh
-            self._spawn(fresh, ports)
-            await fresh.became_ready.wait()
-            if old.writer is not None:
-                old.writer.close()
-            await self._terminate([old])
-            if not fresh.ready:
-                log.warning("worker %d did not start after SIGHUP; the supervisor retries it", fresh.index)
+            fresh = _Slot(index, failures=old.failures)
+            self._replacing[index] = old
+            self._slots[index] = fresh
+            try:
+                self._spawn(fresh, ports)
+                await fresh.became_ready.wait()
+                if not fresh.ready:
+                    await self._terminate([fresh])
+                    self._slots[index] = old
+                    err = fresh.error.strip().splitlines()
+                    log.error("SIGHUP: a new worker %d could not start (%s); the running workers stay",
+                              index, err[-1] if err else "no reason given")
+                    return
+                if old.writer is not None:
+                    old.writer.close()
+                await self._terminate([old])
+            finally:
+                self._replacing.pop(index, None)
 
     async def _terminate(self, slots: list[_Slot]) -> None:
         procs = [s.proc for s in slots if s.proc is not None]
@@ -275,7 +303,11 @@ class Supervisor:
 
     # ---- admin ---------------------------------------------------------------------------
     def is_ready(self) -> bool:
-        return all(s.ready and s.proc is not None and s.proc.poll() is None for s in self._slots)
+        """Every slot has a worker up (during a SIGHUP round, the old one counts until the
+        new one is up)."""
+        def up(s: _Slot | None) -> bool:
+            return s is not None and s.ready and s.proc is not None and s.proc.poll() is None
+        return all(up(s) or up(self._replacing.get(s.index)) for s in self._slots)
 
     async def gather(self) -> Gathered:
         """Every worker's metrics summed; a worker that does not answer within
@@ -293,7 +325,7 @@ class Supervisor:
             finally:
                 slot.pending.pop(seq, None)
 
-        slots = list(self._slots)
+        slots = list(self._slots) + list(self._replacing.values())
         answers = await asyncio.gather(*(asyncio.wait_for(ask(s), self.metrics_timeout) for s in slots),
                                        return_exceptions=True)
         snaps: list[list[metrics.Metric]] = []

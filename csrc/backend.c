@@ -34,6 +34,7 @@ static uint32_t next_slot = 1; /* under attach_lock: slots are handed out round-
 typedef struct attachment {
     pw_buf ns, vm_id;
     int all;
+    int soft; /* a host's default options: used only where nothing was chosen */
     pw_backend *b;
     struct attachment *next; /* newest first */
 } attachment;
@@ -100,28 +101,43 @@ static int same(const pw_buf *b, const uint8_t *p, size_t n) {
     return b->len == n && (n == 0 || !memcmp(b->p, p, n));
 }
 
-/* Under attach_lock: the newest attachment for exactly this key. */
+/* Under attach_lock: the newest attachment for exactly this key (soft or chosen ones). */
 static attachment *find_exact(const uint8_t *ns, size_t nsl, const uint8_t *vm_id, size_t vl,
-                              int all) {
+                              int all, int soft) {
     for (attachment *a = attached; a; a = a->next)
-        if (a->all == !!all && same(&a->ns, ns, nsl) && (all || same(&a->vm_id, vm_id, vl)))
+        if (a->soft == soft && a->all == !!all && same(&a->ns, ns, nsl) &&
+            (all || same(&a->vm_id, vm_id, vl)))
             return a;
     return NULL;
 }
 
-/* The backend a scope uses, with a reference (NULL: the in-process store, defaults). */
+/* The backend a scope uses, with a reference (NULL: the in-process store, defaults): one
+ * chosen for its vm_id, else for its namespace, else a host's default options. */
 static pw_backend *lookup(const uint8_t *ns, size_t nsl, const uint8_t *vm_id, size_t vl) {
     pthread_mutex_lock(&attach_lock);
-    attachment *a = find_exact(ns, nsl, vm_id, vl, 0);
-    if (!a) a = find_exact(ns, nsl, NULL, 0, 1);
+    attachment *a = find_exact(ns, nsl, vm_id, vl, 0, 0);
+    if (!a) a = find_exact(ns, nsl, NULL, 0, 1, 0);
+    if (!a) a = find_exact(ns, nsl, NULL, 0, 1, 1);
     pw_backend *b = a ? a->b : NULL;
     if (b) backend_acquire(b);
     pthread_mutex_unlock(&attach_lock);
     return b;
 }
 
+static int attach(pw_backend *b, const uint8_t *ns, size_t nsl, const uint8_t *vm_id, size_t vl,
+                  int all_vm_ids, int soft);
+
 int pw_backend_attach(pw_backend *b, const uint8_t *ns, size_t nsl, const uint8_t *vm_id,
                       size_t vl, int all_vm_ids) {
+    return attach(b, ns, nsl, vm_id, vl, all_vm_ids, 0);
+}
+
+int pw_backend_attach_default(pw_backend *b, const uint8_t *ns, size_t nsl) {
+    return b && is_local(b) ? attach(b, ns, nsl, NULL, 0, 1, 1) : PW_ERR;
+}
+
+static int attach(pw_backend *b, const uint8_t *ns, size_t nsl, const uint8_t *vm_id, size_t vl,
+                  int all_vm_ids, int soft) {
     if (!b) return PW_ERR;
     attachment *n = calloc(1, sizeof *n);
     if (!n || buf_set(&n->ns, ns, nsl) || buf_set(&n->vm_id, all_vm_ids ? NULL : vm_id,
@@ -131,10 +147,11 @@ int pw_backend_attach(pw_backend *b, const uint8_t *ns, size_t nsl, const uint8_
         return PW_ERR;
     }
     n->all = !!all_vm_ids;
+    n->soft = soft;
     n->b = b;
     int rc = PW_OK;
     pthread_mutex_lock(&attach_lock);
-    attachment *cur = find_exact(ns, nsl, vm_id, vl, all_vm_ids);
+    attachment *cur = find_exact(ns, nsl, vm_id, vl, all_vm_ids, soft);
     /* One scope, one store: a second, different backend for the same key would split the
      * scope's state between VMs made before and after. In-process options may replace
      * in-process options (the latest wins). */

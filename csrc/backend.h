@@ -62,7 +62,9 @@ typedef struct pw_backend_ops {
     int (*del)(pw_backend *b, const pw_buf *scope, const uint8_t *k, size_t kl, uint32_t cas);
     int (*expire)(pw_backend *b, const pw_buf *scope, const uint8_t *k, size_t kl,
                   uint64_t ttl_ms);
-    /* *id is the backend-local id (below 2^24); backend.c adds the slot. */
+    /* *id is the backend-local id (below 2^24, never 0); backend.c adds the slot. The
+     * on_queue_ready a backend posts (dispatcher_post) carries the guest's id:
+     * (b->slot << 24) | local id. */
     int (*q_register)(pw_backend *b, const pw_buf *scope, const uint8_t *name, size_t nl,
                       const pw_queue_owner *owner, int may_create, int *created, uint32_t *id);
     int (*q_resolve)(pw_backend *b, const pw_buf *scope, const uint8_t *name, size_t nl,
@@ -71,7 +73,10 @@ typedef struct pw_backend_ops {
     int (*q_dequeue)(pw_backend *b, uint32_t id, pw_buf *out);
     int64_t (*q_size)(pw_backend *b, uint32_t id); /* -1: no such queue or unreachable */
     /* A dispatcher is about to be freed: forget it as an owner (no notification may reach
-     * it afterwards). */
+     * it afterwards). Not called today, and may be NULL: backend.c marks an owner's
+     * dispatcher `named` at registration, so it is kept (closed: posts answer -1) for the
+     * process's life and an owner's pointer stays valid. A post that answers -1 means that
+     * owner is gone: keep the item (and its notification) for the next registrant. */
     void (*owner_gone)(pw_backend *b, pw_dispatcher *d);
     void (*destroy)(pw_backend *b);
 } pw_backend_ops;

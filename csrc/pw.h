@@ -333,6 +333,10 @@ typedef struct pw_backend pw_backend;
 pw_backend *pw_backend_inprocess(uint64_t max_bytes, uint64_t default_ttl_ms);
 int pw_backend_attach(pw_backend *b, const uint8_t *ns, size_t ns_len, const uint8_t *vm_id,
                       size_t vm_id_len, int all_vm_ids);
+/* A host that chose no backend: in-process options for its namespace that apply only where
+ * no backend was attached (they never conflict; a backend attached before or after wins).
+ * Detach it with pw_backend_detach(b, ns, ns_len, NULL, 0, 1). */
+int pw_backend_attach_default(pw_backend *b, const uint8_t *ns, size_t ns_len);
 int pw_backend_detach(pw_backend *b, const uint8_t *ns, size_t ns_len, const uint8_t *vm_id,
                       size_t vm_id_len, int all_vm_ids);
 void pw_backend_close(pw_backend *b);

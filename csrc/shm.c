@@ -11,8 +11,8 @@
  *             pointer and the free lists of the allocator, counters, the queue table's lock
  *   shards    SHM_SHARDS × (robust mutex, bucket count); key → entry index, sharded by hash
  *   buckets   SHM_SHARDS × nbuckets offsets (0: empty), one chain of entries per bucket
- *   scopes    SHM_SCOPES × (scope hash, bytes held): the per-scope byte cap
- *   queues    SHM_QUEUES × queue records (robust mutex, scope + name, head/tail of a FIFO
+ *   scopes    nscopes × (scope hash, bytes held): the per-scope byte cap
+ *   queues    nqueues × queue records (robust mutex, scope + name, head/tail of a FIFO
  *             list of items, depth, owner, pending notifications)
  *   data      blocks of 64 << class bytes: an 8-byte header (magic, class), then the entry
  *             or queue item
@@ -30,9 +30,10 @@
  * it EOWNERDEAD to the next locker, which makes the structure consistent, then calls
  * pthread_mutex_consistent. Updates are designed so a half-done one is harmless or
  * detectable:
- *   - an entry is never changed in place: a write builds a whole new entry and publishes it
- *     with one 8-byte store (the bucket head or the predecessor's next), then frees the
- *     old one; a delete is one store. A death between the steps leaks one block at most.
+ *   - an entry is never changed in place (but its expiry: one 8-byte store); a write builds a
+ *     whole new entry and publishes it with one 8-byte store (the bucket head or the
+ *     predecessor's next), then frees the old one; a delete is one store. A death between
+ *     the steps leaks one block at most.
  *   - a queue's items are a list from head; a death mid-append or mid-pop can leave tail,
  *     depth or bytes stale, and the repair recomputes them by walking from head.
  *   - per-scope byte counts are updated next to the structure; after a death under a shard
@@ -73,8 +74,6 @@
 #define SHM_MAGIC 0x314d485357595050ull /* "PPYWSHM1" */
 #define SHM_VERSION 1u
 #define SHM_SHARDS 64
-#define SHM_SCOPES 1024
-#define SHM_QUEUES 256
 #define SHM_QNAME 256 /* scope + queue name, bytes */
 #define SHM_CLASSES 34 /* blocks of 64 B .. 512 GiB */
 #define BLK_MAGIC 0x4b4c4257u
@@ -135,6 +134,7 @@ typedef struct shm_item {
 /* Where things are, from the size: computed in each process, never read from the segment. */
 typedef struct layout {
     uint64_t shards, buckets, scopes, queues, data, nbuckets;
+    uint32_t nscopes, nqueues; /* 1,024 / 64 per MiB up to 16,384 / 4,096 */
 } layout;
 
 /* One local owner: registration number → who to notify in this process. */
@@ -174,11 +174,14 @@ static int compute_layout(uint64_t size, layout *L) {
     uint64_t nb = 64;
     while (nb < 65536 && nb * SHM_SHARDS * 512 < size) nb *= 2;
     L->nbuckets = nb;
+    uint64_t mib = size >> 20;
+    L->nscopes = (uint32_t)(mib * 1024 < 16384 ? mib * 1024 : 16384);
+    L->nqueues = (uint32_t)(mib * 64 < 4096 ? mib * 64 : 4096);
     L->shards = up(sizeof(shm_header), 64);
     L->buckets = up(L->shards + SHM_SHARDS * sizeof(shm_shard), 64);
     L->scopes = up(L->buckets + SHM_SHARDS * nb * 8, 64);
-    L->queues = up(L->scopes + SHM_SCOPES * sizeof(shm_scope), 64);
-    L->data = up(L->queues + SHM_QUEUES * sizeof(shm_queue), 4096);
+    L->queues = up(L->scopes + (uint64_t)L->nscopes * sizeof(shm_scope), 64);
+    L->data = up(L->queues + (uint64_t)L->nqueues * sizeof(shm_queue), 4096);
     return L->data + (64 << 10) <= size ? 0 : -1;
 }
 
@@ -357,13 +360,16 @@ static void recount(shm_backend *m);
 
 static void unlock(shm_backend *m, pthread_mutex_t *mu) {
     pthread_mutex_unlock(mu);
-    if (atomic_exchange(&m->need_recount, 0)) recount(m);
+    /* A load first: an exchange on every unlock would bounce the line between threads. */
+    if (atomic_load_explicit(&m->need_recount, memory_order_relaxed) &&
+        atomic_exchange(&m->need_recount, 0))
+        recount(m);
 }
 
 /* ---- scopes (the per-scope byte cap) ---------------------------------------------------------- */
 static shm_scope *scope_find(shm_backend *m, uint64_t sh, int create) {
-    for (uint32_t i = 0; i < SHM_SCOPES; i++) {
-        shm_scope *s = scope_at(m, (uint32_t)((sh + i) % SHM_SCOPES));
+    for (uint32_t i = 0; i < m->L.nscopes; i++) {
+        shm_scope *s = scope_at(m, (uint32_t)((sh + i) % m->L.nscopes));
         uint64_t cur = atomic_load(&s->hash);
         if (cur == sh) return s;
         if (!cur) {
@@ -483,7 +489,7 @@ static void recount(shm_backend *m) {
                                      (void *)(uintptr_t)held) == 0)
         held++;
     if (held == SHM_SHARDS) {
-        for (uint32_t i = 0; i < SHM_SCOPES; i++) atomic_store(&scope_at(m, i)->bytes, 0);
+        for (uint32_t i = 0; i < m->L.nscopes; i++) atomic_store(&scope_at(m, i)->bytes, 0);
         for (uint32_t s = 0; s < SHM_SHARDS; s++)
             for (uint64_t b = 0; b < m->L.nbuckets; b++) {
                 uint64_t off = atomic_load(bucket_at(m, s, b)), steps = max_chain(m);
@@ -631,7 +637,7 @@ static int shm_expire(pw_backend *b, const pw_buf *scope, const uint8_t *k, size
 
 /* ---- queues --------------------------------------------------------------------------------- */
 static shm_queue *queue_of(shm_backend *m, uint32_t id) {
-    if (!id || id > SHM_QUEUES) return NULL;
+    if (!id || id > m->L.nqueues) return NULL;
     shm_queue *q = queue_at(m, id - 1);
     return atomic_load_explicit(&q->used, memory_order_acquire) == 1 &&
                    q->name_len <= SHM_QNAME && q->scope_len <= q->name_len
@@ -646,7 +652,7 @@ static int queue_named(const shm_queue *q, const pw_buf *scope, const uint8_t *n
 
 static uint32_t queue_find(shm_backend *m, const pw_buf *scope, const uint8_t *name, size_t nl,
                            uint64_t h) {
-    for (uint32_t i = 1; i <= SHM_QUEUES; i++) {
+    for (uint32_t i = 1; i <= m->L.nqueues; i++) {
         shm_queue *q = queue_of(m, i);
         if (q && q->hash == h && queue_named(q, scope, name, nl)) return i;
     }
@@ -733,7 +739,7 @@ static int shm_q_register(pw_backend *b, const pw_buf *scope, const uint8_t *nam
     if (lock(m, &m->h->qtable, LK_QTABLE, NULL)) return ST_INTERNAL_FAILURE;
     uint32_t qid = queue_find(m, scope, name, nl, h);
     if (!qid && may_create) {
-        for (uint32_t i = 1; i <= SHM_QUEUES && !qid; i++) {
+        for (uint32_t i = 1; i <= m->L.nqueues && !qid; i++) {
             shm_queue *q = queue_at(m, i - 1);
             if (atomic_load(&q->used) == 1) continue;
             /* A record is written whole, then marked used (a death before that leaves it free). */
@@ -894,7 +900,7 @@ static void *rx_main(void *arg) {
         ssize_t r = recv(m->sock, &w, sizeof w, 0);
         if (atomic_load(&m->stopping)) break;
         (void)r; /* any message (or the timeout) means: look */
-        for (uint32_t i = 1; i <= SHM_QUEUES; i++) {
+        for (uint32_t i = 1; i <= m->L.nqueues; i++) {
             shm_queue *q = queue_of(m, i);
             if (q && atomic_load(&q->pending) &&
                 (atomic_load(&q->owner) & ~0xffffffull) == my_owner_bits(m))

@@ -15,7 +15,8 @@ SharedState.delete/expire, and to plugins through the foreign functions
 `delete_shared_data` and `expire_shared_data` (pyproxywasm.builtins).
 
 `Host(shared_state=...)` takes one backend (for every vm_id of the host's namespace) or a
-mapping vm_id → backend, "*" being the default for the other vm_ids. Each class's
+mapping vm_id → backend, "*" being the default for the other vm_ids. A host that chooses
+nothing uses what another host of the process chose for the namespace, else in-process. Each class's
 `_open(default_max_bytes)` returns the C core's handle; opened backends are shared by
 equal configurations in one process (two hosts with SharedMemory("x") use one mapping).
 """
@@ -164,6 +165,15 @@ class BackendHandle:
         """Operations answered INTERNAL_FAILURE because the store was unreachable or full."""
         return int(lib.pw_backend_unavailable(self.ptr))
 
+    def segment_stats(self) -> dict[str, int] | None:
+        """A SharedMemory backend's counters, kept in the segment (every process's): writes
+        refused because it was full, bad links cut (another process corrupted it), locks
+        recovered from a process that died holding them. None for other backends."""
+        out = ffi.new("uint64_t[3]")
+        if lib.pw_shm_stats(self.ptr, out) != lib.PW_OK:
+            return None
+        return {"full": int(out[0]), "corrupt": int(out[1]), "recovered": int(out[2])}
+
     @property
     def kind(self) -> str:
         return str(ffi.string(lib.pw_backend_kind(self.ptr)).decode())
@@ -177,12 +187,17 @@ class Attachments:
         self._done: list[tuple[BackendHandle, bytes, bool]] = []
         self.by_vm_id: dict[str, BackendHandle] = {}
 
-    def attach(self, backend: Backend, vm_id: str | None, default_max_bytes: int) -> None:
-        """vm_id None: every vm_id of the namespace (an exact attachment wins)."""
+    def attach(self, backend: Backend, vm_id: str | None, default_max_bytes: int,
+               default: bool = False) -> None:
+        """vm_id None: every vm_id of the namespace (an exact attachment wins). default:
+        the options of a host that chose nothing (in-process), used only where no other
+        host of the process chose a backend for the namespace."""
         h = BackendHandle.get(backend, default_max_bytes)
         vid = b"" if vm_id is None else vm_id.encode()
-        if lib.pw_backend_attach(h.ptr, self._ns, len(self._ns), vid, len(vid),
-                                 int(vm_id is None)) != lib.PW_OK:
+        rc = lib.pw_backend_attach_default(h.ptr, self._ns, len(self._ns)) if default else \
+            lib.pw_backend_attach(h.ptr, self._ns, len(self._ns), vid, len(vid),
+                                  int(vm_id is None))
+        if rc != lib.PW_OK:
             h.release()
             raise ConfigError(
                 f"namespace {self._ns.decode()!r}"
@@ -206,10 +221,11 @@ def attach_all(namespace: str, shared_state: Backend | Mapping[str, Backend] | N
     a = Attachments(namespace)
     try:
         if shared_state is None:
-            a.attach(InProcess(), None, default_max_bytes)
+            # No choice: the namespace's backend if another host chose one, else in-process.
+            a.attach(InProcess(), None, default_max_bytes, default=True)
         elif isinstance(shared_state, Mapping):
             if "*" not in shared_state:
-                a.attach(InProcess(), None, default_max_bytes)
+                a.attach(InProcess(), None, default_max_bytes, default=True)
             for vm_id, backend in shared_state.items():
                 if not isinstance(vm_id, str):
                     raise ConfigError(f"shared_state keys are vm_ids (str), not {vm_id!r}")

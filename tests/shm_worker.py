@@ -3,8 +3,9 @@
 python shm_worker.py MODE SEGMENT SIZE NAMESPACE PLUGIN_DIR [ARGS...], run from outside the
 checkout. Every process uses vm_id "mp" in NAMESPACE, its state in SharedMemory(SEGMENT).
 Modes:
-  cas THREADS N        THREADS worker threads each make N guest CAS increments of "ctr"
-                       (cas_loop.wasm); prints "done".
+  cas THREADS N [AT]   THREADS worker threads each make N guest CAS increments of "ctr"
+                       (cas_loop.wasm), starting at time.time() AT if given; prints "done"
+                       (and the seconds it took on stderr).
   produce ID N         a guest producer enqueues N items (queue_pc.wasm, x-p = ID) on
                        ("mp", "items"); prints "done <refused>".
   consume TOTAL        registers the consumer of "items" (a singleton) and prints "ready";
@@ -44,9 +45,17 @@ def main() -> None:
                                        end_stream=True)
                 s.finish()
 
+            if len(args) > 2:  # a start time (time.time()) shared with other processes
+                late = time.time() - float(args[2])
+                if late > 0:
+                    raise SystemExit(f"started {late:.3f} s after the common start")
+                time.sleep(-late)
+            start = time.perf_counter()
             for f in [w.call(run) for w in host.workers]:
                 f.result(300)
+            took = time.perf_counter() - start
         print("done", flush=True)
+        print(f"took {took:.6f}", file=sys.stderr, flush=True)  # for bench/
     elif mode == "produce":
         pid, n = args[0], int(args[1])
         vm = VmConfig(wat / "queue_pc.wasm", vm_id="mp")
@@ -79,13 +88,33 @@ def main() -> None:
             done.wait(60)
             time.sleep(0.2)  # nothing more may come
         print(json.dumps([[p, q, int(t == owner)] for p, q, t in got]), flush=True)
+    elif mode == "wsgi":
+        # The README's recipe: the middleware makes its Host in this process.
+        from wsgiref.util import setup_testing_defaults
+
+        from pyproxywasm.adapters import ProxyWasmWSGIMiddleware
+
+        def app(environ, start_response):  # type: ignore[no-untyped-def]
+            start_response("200 OK", [("content-type", "text/plain")])
+            return [b"ok"]
+
+        cfg = PluginConfig(VmConfig(wat / "cas_loop.wasm", vm_id="mp"), deadline_ms=None)
+        mw = ProxyWasmWSGIMiddleware(app, plugins=[cfg],
+                                     host_options={"shared_state": backend, "namespace": ns})
+        for _ in range(int(args[0])):
+            env: dict[str, object] = {"HTTP_X_N": "100", "HTTP_X_KEY": "ctr"}
+            setup_testing_defaults(env)
+            body = b"".join(mw(env, lambda status, headers, exc=None: None))
+            assert body == b"ok", body
+        mw.close()
+        print("done", flush=True)
     elif mode == "hammer":
         with Host([], namespace=ns, shared_state=backend) as host:
             print("running", flush=True)
-            i = 0
-            while True:
-                i += 1
-                host.state.set_shared_data("big", i.to_bytes(8, "little") * (1 << 17), vm_id="mp")
+            values = [i.to_bytes(8, "little") * (1 << 17) for i in range(1, 9)]
+            while True:  # most of the time goes to the 1 MiB copy, under the shard's lock
+                for v in values:
+                    host.state.set_shared_data("big", v, vm_id="mp")
     else:
         raise SystemExit(f"unknown mode {mode}")
 

@@ -149,6 +149,7 @@ def test_cap_per_scope_and_expired_bytes_return(make_backend: Callable[..., Back
         assert h.set_shared_data("a", b"x" * 600) == Status.OK
         assert h.set_shared_data("b", b"x" * 600) == Status.INTERNAL_FAILURE  # past the cap
         assert h.shared_data("b") is None  # nothing stored
+        assert h.host.backends.by_vm_id["*"].unavailable == 0  # a cap is no outage
         assert h.set_shared_data("b", b"x" * 600, vm_id="other") == Status.OK  # its own cap
         assert h.delete_shared_data("a") == Status.OK
         assert h.set_shared_data("b", b"x" * 600) == Status.OK  # bytes came back
@@ -216,6 +217,25 @@ def test_queue_items_and_notifications(backend: Backend) -> None:
         assert h.queue_id("nope") is None
 
 
+def test_one_on_queue_ready_per_item(backend: Backend) -> None:
+    with PluginHarness(wat("queue_pc"), configuration="C", vm_id="b", shared_state=backend,
+                       trace=True) as h:
+        for i in range(7):
+            assert h.enqueue("items", i.to_bytes(8, "little")) == Status.OK
+        deadline = time.monotonic() + 5
+        calls: list[object] = []
+        while len(calls) < 7 and time.monotonic() < deadline:
+            h.dispatch()
+            time.sleep(0.005)
+            calls = [r for r in h.trace() if r.kind == "callback"
+                     and r.name == "proxy_on_queue_ready"]
+        time.sleep(0.2)
+        h.dispatch()
+        calls = [r for r in h.trace() if r.kind == "callback" and r.name == "proxy_on_queue_ready"]
+        assert len(calls) == 7  # exactly one per item, none more
+        assert h.queue_size("items") == 0
+
+
 def test_producer_guest_reaches_consumer(backend: Backend) -> None:
     got: list[bytes] = []
     with PluginHarness(wat("queue_pc"), configuration="c", vm_id="b", shared_state=backend,
@@ -234,15 +254,34 @@ def test_producer_guest_reaches_consumer(backend: Backend) -> None:
 
 # ---- configuration --------------------------------------------------------------------------------
 def test_one_scope_one_store() -> None:
-    other = _shm()
+    one, other = _shm(), _shm()
     try:
-        with PluginHarness(wat("shared_ff"), namespace="one-store") as h:
+        with PluginHarness(wat("shared_ff"), namespace="one-store", shared_state=one) as h:
             h.set_shared_data("k", b"v")
-            with pytest.raises(ConfigError):
+            with pytest.raises(ConfigError):  # a second choice for the same scope
                 PluginHarness(wat("shared_ff"), namespace="one-store", shared_state=other)
+            with pytest.raises(ConfigError):
+                PluginHarness(wat("shared_ff"), namespace="one-store", shared_state=InProcess())
+            # A host that chooses nothing joins the namespace's backend.
+            with PluginHarness(wat("shared_ff"), namespace="one-store") as h2:
+                assert h2.shared_data("k").value == b"v"  # type: ignore[union-attr]
+                assert h2.host.state.queue_id("x") is None
             assert h.shared_data("k").value == b"v"  # type: ignore[union-attr]
     finally:
+        _cleanup(one)
         _cleanup(other)
+
+
+def test_a_choice_after_hosts_that_chose_nothing() -> None:
+    seg = _shm()
+    try:
+        with PluginHarness(wat("shared_ff"), namespace="late-choice") as plain:
+            with PluginHarness(wat("shared_ff"), namespace="late-choice", shared_state=seg) as h:
+                h.set_shared_data("k", b"shm")
+                # The plain host's embedding view follows the namespace's choice too.
+                assert plain.shared_data("k").value == b"shm"  # type: ignore[union-attr]
+    finally:
+        _cleanup(seg)
 
 
 def test_bad_backend_options() -> None:

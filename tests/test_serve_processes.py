@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -472,3 +473,34 @@ def test_one_process_on_shared_memory_removes_its_segment(serve, upstream):
     assert sorted(int(c) for c, _ in upstream.seen) == [1, 2, 3, 4, 5]
     assert s.stop() == 0
     assert not os.path.exists(segment(s.pid))
+
+
+def _redis_backend_built() -> bool:
+    from pyproxywasm._binding import lib
+    available = getattr(lib, "pw_redis_available", None)
+    return bool(available is not None and available())
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+@pytest.mark.skipif(not _redis_backend_built(), reason="this build has no Redis backend")
+def test_two_processes_on_redis_count_every_request_once(serve, upstream, tmp_path):
+    from _servers import free_port
+
+    rport = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--loglevel", "warning"], cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import socket
+        assert wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", rport)) == 0, 10)
+        s = serve(config(upstream.port), "--processes", "2", "--shared-state", f"redis://127.0.0.1:{rport}/0")
+        assert f"shared state: redis redis://127.0.0.1:{rport}/0" in s.lines[1]
+        upstream.workers = wait_for(lambda: len(s.workers()) == 2 and s.workers())
+        for _ in range(40):
+            assert get(s.port)[0] == 200
+        assert {pid for _, pid in upstream.seen} == upstream.workers
+        assert sorted(int(c) for c, _ in upstream.seen) == list(range(1, 41))
+        assert s.stop() == 0
+    finally:
+        redis.terminate()
+        redis.wait(10)

@@ -1,12 +1,14 @@
-"""The ASGI middleware under a real `uvicorn --workers 2`: shared data in one shared-memory
+"""The middleware under real worker processes. ASGI under `uvicorn --workers 2`: shared data in one shared-memory
 segment is one counter for both worker processes; metrics are each process's, exported
 with a pid label (metrics.process_labels) and adding up to the total, or summed by any
-worker through a MetricsDirectory."""
+worker through a MetricsDirectory. WSGI under gunicorn's forking sync workers with
+`--preload`: one counter too."""
 from __future__ import annotations
 
 import http.client
 import json
 import os
+import importlib.util
 import re
 import signal
 import subprocess
@@ -58,6 +60,10 @@ async def app(scope, receive, send):
         return await answer(send, spool.prometheus_text().encode())
     await filtered(scope, receive, send)
 '''
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def get(port: int, path: str = "/") -> bytes:
@@ -118,6 +124,61 @@ def test_uvicorn_workers_share_one_counter_and_export_metrics_per_pid(tmp_path):
         assert sorted(os.listdir(tmp_path / "metrics")) == sorted(f"{pid}.pwmetrics" for pid in pids)
     finally:
         p.send_signal(signal.SIGINT)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        try:
+            os.unlink(f"/dev/shm/{segment}")
+        except FileNotFoundError:
+            pass
+
+
+WSGI_APP = '''
+import json, os
+from pyproxywasm import PluginConfig, VmConfig
+from pyproxywasm.adapters import ProxyWasmWSGIMiddleware
+from pyproxywasm.backends import SharedMemory
+
+
+def inner(environ, start_response):
+    body = json.dumps({"pid": os.getpid(), "count": environ.get("HTTP_X_COUNT", "")}).encode()
+    start_response("200 OK", [("content-length", str(len(body)))])
+    return [body]
+
+
+plugin = PluginConfig(VmConfig(os.environ["PW_PLUGIN"]), configuration=b"shared")
+app = ProxyWasmWSGIMiddleware(inner, plugins=[plugin],
+                              host_options={"shared_state": SharedMemory(name=os.environ["PW_SEGMENT"])})
+'''
+
+
+@pytest.mark.skipif(not _has("gunicorn"), reason="gunicorn is not installed (it is in the test extra)")
+def test_gunicorn_preload_workers_share_one_counter(tmp_path):
+    """gunicorn's sync workers (fork), the app imported once in the master (--preload): the
+    WSGI middleware makes its Host in each worker, and they count in one segment."""
+    (tmp_path / "pwwsgi.py").write_text(WSGI_APP)
+    port = free_port()
+    segment = f"pyproxywasm-test-{os.getpid()}-{port}"
+    env = dict(os.environ, PW_PLUGIN=str(GO_HTTP), PW_SEGMENT=segment)
+    p = subprocess.Popen([sys.executable, "-m", "gunicorn", "pwwsgi:app", "-w", "2", "--preload",
+                          "-b", f"127.0.0.1:{port}", "--log-level", "warning", "--chdir", str(tmp_path)],
+                         cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        answers = []
+        while len({a["pid"] for a in answers}) < 2 or len(answers) < 40:
+            try:
+                answers.append(json.loads(get(port)))
+            except OSError:
+                assert p.poll() is None, p.stderr.read()
+                time.sleep(0.1)
+            assert time.monotonic() < deadline, answers
+        assert len({a["pid"] for a in answers}) == 2 and p.pid not in {a["pid"] for a in answers}
+        assert sorted(int(a["count"]) for a in answers) == list(range(1, len(answers) + 1))
+    finally:
+        p.send_signal(signal.SIGTERM)
         try:
             p.wait(30)
         except subprocess.TimeoutExpired:

@@ -1,8 +1,8 @@
-"""The middleware under real worker processes. ASGI under `uvicorn --workers 2`: shared data in one shared-memory
-segment is one counter for both worker processes; metrics are each process's, exported
-with a pid label (metrics.process_labels) and adding up to the total, or summed by any
-worker through a MetricsDirectory. WSGI under gunicorn's forking sync workers with
-`--preload`: one counter too."""
+"""The middleware under real worker processes. ASGI under `uvicorn --workers 2`: shared
+data in one shared-memory segment is one counter for both worker processes; metrics are
+each process's, exported with a pid label (metrics.process_labels) and adding up to the
+total, or summed by any worker through a MetricsDirectory. WSGI under gunicorn's forking
+sync workers with `--preload`: one counter too."""
 from __future__ import annotations
 
 import http.client

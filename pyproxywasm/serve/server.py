@@ -22,10 +22,11 @@ import socket
 import threading
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import uvicorn
 
+from ..backends import Backend
 from ..host import Host, Plugin
 from ..net.http_client import HttpClient
 from ..net.loop import IoLoop
@@ -142,7 +143,8 @@ class Server:
     both around SIGINT/SIGTERM."""
 
     def __init__(self, bootstrap: Bootstrap, concurrency: int = 1, cache_dir: str | None = "default",
-                 client: str = "auto", *, shared_state: Any = None, reuse_port: bool = False) -> None:
+                 client: str = "auto", *, shared_state: Backend | Mapping[str, Backend] | None = None,
+                 reuse_port: bool = False) -> None:
         """client: how the proxy reaches clusters. "net": pyproxywasm.net.HttpClient
         (HTTP/1.1 and HTTP/2, TLS) for all; "httptools": serve's own HTTP/1.1 client
         (upstream.py) for all; "auto": the httptools client for plain HTTP/1.1 clusters
@@ -212,9 +214,8 @@ class Server:
     async def _main_thread(self, t: _Thread) -> None:
         b = self.bootstrap
         # The clusters are also what plugins may call (proxy_http_call, proxy_grpc_*).
-        extra: dict[str, Any] = {} if self.shared_state is None else {"shared_state": self.shared_state}
         host = self.host = Host(b.plugins, cache_dir=self.cache_dir, clusters=b.clusters.values(),
-                                foreign_functions=BUILTIN_FOREIGN_FUNCTIONS, **extra)
+                                foreign_functions=BUILTIN_FOREIGN_FUNCTIONS, shared_state=self.shared_state)
         try:
             for lst in b.listeners:
                 self._filters.append([(next(p for p in host.plugins if p.config == f.plugin), f.fail_open)

@@ -16,8 +16,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any
-
+from ..backends import Backend, Redis, SharedMemory
 from ..errors import ConfigError
 
 KINDS = ("memory", "shm", "redis")
@@ -38,16 +37,14 @@ class SharedStateSpec:
             return f"shared memory {self.segment}"
         return f"redis {self.url}"
 
-    def backend(self) -> Any:
+    def backend(self) -> Backend | None:
         """The pyproxywasm.backends object a Host takes (shared_state=); None for
         `memory`, the Host's default in-process store."""
         if self.kind == "memory":
             return None
-        from .. import backends  # the shared-state backends
-
         if self.kind == "shm":
-            return backends.SharedMemory(name=self.segment)
-        return backends.Redis(url=self.url)
+            return SharedMemory(name=self.segment)
+        return Redis(url=self.url)
 
 
 def segment_name(supervisor_pid: int) -> str:

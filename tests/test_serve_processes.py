@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -161,7 +162,10 @@ class Serve:
         self.p = subprocess.Popen([sys.executable, "-m", "pyproxywasm", "serve", str(cfg), *args], cwd=tmp_path,
                                   stdout=subprocess.PIPE, stderr=self.err, text=True)
         self.lines: list[str] = []
+        deadline = time.monotonic() + 240  # generous: the sanitizer run compiles slowly
         while not self.lines or not self.lines[-1].startswith("Ctrl-C"):
+            ready, _, _ = select.select([self.p.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"serve did not start in time\n{self.stderr()}"
             line = self.p.stdout.readline()
             assert line, self.stderr()
             self.lines.append(line.strip())

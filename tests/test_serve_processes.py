@@ -7,8 +7,8 @@ import http.client
 import http.server
 import json
 import os
+import queue
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -162,13 +162,15 @@ class Serve:
         self.p = subprocess.Popen([sys.executable, "-m", "pyproxywasm", "serve", str(cfg), *args], cwd=tmp_path,
                                   stdout=subprocess.PIPE, stderr=self.err, text=True)
         self.lines: list[str] = []
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(x) for x in self.p.stdout] and None, daemon=True).start()
         deadline = time.monotonic() + 240  # generous: the sanitizer run compiles slowly
         while not self.lines or not self.lines[-1].startswith("Ctrl-C"):
-            ready, _, _ = select.select([self.p.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            assert ready, f"serve did not start in time\n{self.stderr()}"
-            line = self.p.stdout.readline()
-            assert line, self.stderr()
-            self.lines.append(line.strip())
+            assert self.p.poll() is None or not lines.empty(), self.stderr()
+            try:
+                self.lines.append(lines.get(timeout=0.5).strip())
+            except queue.Empty:
+                assert time.monotonic() < deadline, f"serve did not start in time\n{self.stderr()}"
         text = "\n".join(self.lines)
         self.port = int(re.search(r"main: http://127.0.0.1:(\d+)", text).group(1))
         self.admin = int(re.search(r"admin: http://127.0.0.1:(\d+)/", text).group(1))

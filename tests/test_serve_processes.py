@@ -119,6 +119,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pid = socket_owner(self.client_address[1], srv.port, srv.workers)
         with srv.lock:
             srv.seen.append((self.headers.get("x-count"), pid))
+        if self.path.startswith("/slow/"):
+            time.sleep(int(self.path.split("/")[2]) / 1000)
         body = json.dumps({"count": self.headers.get("x-count"), "pid": pid}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -510,3 +512,20 @@ def test_two_processes_on_redis_count_every_request_once(serve, upstream, tmp_pa
     finally:
         redis.terminate()
         redis.wait(10)
+
+
+def test_sigterm_drains_a_request_in_flight(serve, upstream):
+    s = serve(config(upstream.port), "--processes", "2", "--shared-state", "memory")
+    workers = wait_for(lambda: len(s.workers()) == 2 and s.workers())
+    out: dict = {}
+
+    def slow() -> None:
+        out["answer"] = get(s.port, "/slow/800")
+    t = threading.Thread(target=slow)
+    t.start()
+    assert wait_for(lambda: upstream.seen, 10)  # the request reached the upstream: in flight
+    s.p.send_signal(signal.SIGTERM)
+    t.join(20)
+    assert out["answer"][0] == 200  # answered, not cut: the worker drained before it exited
+    assert s.p.wait(30) == 0
+    assert not [w for w in workers if alive(w)]

@@ -76,9 +76,17 @@ def main() -> None:
             if len(got) >= total:
                 done.set()
 
+        from pyproxywasm import trace
+
+        vms = []
+
+        def on_vm(v: object) -> None:  # the ABI trace counts on_queue_ready callbacks
+            trace.enable(v, 1 << 20)  # type: ignore[arg-type]
+            vms.append(v)
+
         vm = VmConfig(wat / "queue_pc.wasm", vm_id="mp")
         with Host([PluginConfig(vm, configuration="c", singleton=True)], concurrency=1,
-                  namespace=ns, shared_state=backend,
+                  namespace=ns, shared_state=backend, on_vm=on_vm,
                   foreign_functions={"consumed": consumed}) as host:
             assert host._main is not None
             owner = host._main.ident
@@ -86,8 +94,15 @@ def main() -> None:
             if mode == "hang":
                 time.sleep(3600)
             done.wait(60)
-            time.sleep(0.2)  # nothing more may come
-        print(json.dumps([[p, q, int(t == owner)] for p, q, t in got]), flush=True)
+            time.sleep(0.3)  # nothing more may come
+
+            def count() -> int:
+                return sum(1 for v in vms for r in trace.read(v)[0]  # type: ignore[arg-type]
+                           if r.kind == "callback" and r.name == "proxy_on_queue_ready")
+
+            ready = host._main.call(count).result(10)
+        print(json.dumps({"items": [[p, q, int(t == owner)] for p, q, t in got],
+                          "on_queue_ready": ready}), flush=True)
     elif mode == "wsgi":
         # The README's recipe: the middleware makes its Host in this process.
         from wsgiref.util import setup_testing_defaults

@@ -101,11 +101,13 @@ def test_producers_in_processes_one_consumer(seg: str) -> None:
     procs = [spawn("produce", seg, "q", i, n) for i in range(producers)]
     for p in procs:
         assert "done" in finish(p)
-    got = json.loads(finish(consumer).strip().splitlines()[-1])
+    result = json.loads(finish(consumer).strip().splitlines()[-1])
+    got = result["items"]
     assert len(got) == n * producers  # every item once
     for i in range(producers):
         assert [seq for prod, seq, _ in got if prod == i] == list(range(n))  # in order
     assert all(on_owner for _, _, on_owner in got)  # on the owner VM's thread
+    assert result["on_queue_ready"] == n * producers  # one notification per item
 
 
 def test_dead_owner_loses_no_item(seg: str) -> None:
@@ -117,8 +119,9 @@ def test_dead_owner_loses_no_item(seg: str) -> None:
     with host(seg, "dead") as h:
         assert h.state.queue_size("items", vm_id="mp") == 50
     consumer = spawn("consume", seg, "dead", 50)  # the next registrant gets them all
-    got = json.loads(finish(consumer).strip().splitlines()[-1])
-    assert [seq for _, seq, _ in got] == list(range(50))
+    result = json.loads(finish(consumer).strip().splitlines()[-1])
+    assert [seq for _, seq, _ in result["items"]] == list(range(50))
+    assert result["on_queue_ready"] == 50
 
 
 def test_sigkill_mid_update_leaves_others_working(seg: str) -> None:

@@ -48,6 +48,7 @@ class MetricsDirectory:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._hooked = False
 
     @property
     def own_file(self) -> pathlib.Path:
@@ -61,12 +62,23 @@ class MetricsDirectory:
         os.replace(tmp, self.own_file)
 
     def start(self) -> "MetricsDirectory":
-        """Publishes every `interval` seconds from a daemon thread until stop() or exit."""
+        """Publishes every `interval` seconds from a daemon thread until stop() or exit.
+        A process forked after start() (gunicorn --preload imports the app in its master)
+        starts its own thread, for its own file."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="pyproxywasm-metrics-dir", daemon=True)
             self._thread.start()
-            atexit.register(self.stop)
+            if not self._hooked:
+                self._hooked = True
+                atexit.register(self.stop)
+                os.register_at_fork(after_in_child=self._forked)
         return self
+
+    def _forked(self) -> None:
+        if self._thread is not None and not self._stop.is_set():
+            self._stop = threading.Event()
+            self._thread = None
+            self.start()
 
     def _run(self) -> None:
         while True:

@@ -140,6 +140,7 @@ import json, os
 from pyproxywasm import PluginConfig, VmConfig
 from pyproxywasm.adapters import ProxyWasmWSGIMiddleware
 from pyproxywasm.backends import SharedMemory
+from pyproxywasm.metrics_dir import MetricsDirectory
 
 
 def inner(environ, start_response):
@@ -148,20 +149,31 @@ def inner(environ, start_response):
     return [body]
 
 
-plugin = PluginConfig(VmConfig(os.environ["PW_PLUGIN"]), configuration=b"shared")
-app = ProxyWasmWSGIMiddleware(inner, plugins=[plugin],
-                              host_options={"shared_state": SharedMemory(name=os.environ["PW_SEGMENT"])})
+plugin = PluginConfig(VmConfig(os.environ["PW_PLUGIN"]), configuration=b"shared metrics")
+filtered = ProxyWasmWSGIMiddleware(inner, plugins=[plugin],
+                                   host_options={"shared_state": SharedMemory(name=os.environ["PW_SEGMENT"])})
+# started here, in gunicorn's master (--preload): each forked worker publishes its own
+spool = MetricsDirectory(os.environ["PW_METRICS_DIR"], interval=0.2).start()
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/metrics/all":
+        body = spool.prometheus_text().encode()
+        start_response("200 OK", [("content-length", str(len(body)))])
+        return [body]
+    return filtered(environ, start_response)
 '''
 
 
 @pytest.mark.skipif(not _has("gunicorn"), reason="gunicorn is not installed (it is in the test extra)")
 def test_gunicorn_preload_workers_share_one_counter(tmp_path):
     """gunicorn's sync workers (fork), the app imported once in the master (--preload): the
-    WSGI middleware makes its Host in each worker, and they count in one segment."""
+    WSGI middleware makes its Host in each worker, and they count in one segment; a
+    MetricsDirectory started in the master publishes from each worker after the fork."""
     (tmp_path / "pwwsgi.py").write_text(WSGI_APP)
     port = free_port()
     segment = f"pyproxywasm-test-{os.getpid()}-{port}"
-    env = dict(os.environ, PW_PLUGIN=str(GO_HTTP), PW_SEGMENT=segment)
+    env = dict(os.environ, PW_PLUGIN=str(GO_HTTP), PW_SEGMENT=segment, PW_METRICS_DIR=str(tmp_path / "metrics"))
     p = subprocess.Popen([sys.executable, "-m", "gunicorn", "pwwsgi:app", "-w", "2", "--preload",
                           "-b", f"127.0.0.1:{port}", "--log-level", "warning", "--chdir", str(tmp_path)],
                          cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
@@ -177,6 +189,11 @@ def test_gunicorn_preload_workers_share_one_counter(tmp_path):
             assert time.monotonic() < deadline, answers
         assert len({a["pid"] for a in answers}) == 2 and p.pid not in {a["pid"] for a in answers}
         assert sorted(int(a["count"]) for a in answers) == list(range(1, len(answers) + 1))
+        # the metrics directory, started before the fork, has each worker's file: any sums all
+        time.sleep(0.6)
+        for _ in range(4):
+            text = get(port, "/metrics/all").decode()
+            assert re.search(rf"^requests_total\{{\}} {len(answers)}$", text, re.M), text
     finally:
         p.send_signal(signal.SIGTERM)
         try:

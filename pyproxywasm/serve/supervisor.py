@@ -111,7 +111,6 @@ class Supervisor:
         self._slots = [_Slot(i) for i in range(processes)]
         self._seq = itertools.count(1)
         self._stop: asyncio.Event | None = None
-        self._stopping = False
         self._reload = False
         self._replacing: dict[int, _Slot] = {}  # SIGHUP: the worker a new one is replacing
 
@@ -184,14 +183,14 @@ class Supervisor:
         except (OSError, ConnectionError):
             pass
         finally:
-            slot.ready = False
-            slot.became_ready.set()  # whoever waits for it learns it will not come
-            for fut in slot.pending.values():
-                if not fut.done():
-                    fut.set_exception(ConnectionError("the worker closed its control socket"))
-            slot.pending.clear()
             writer.close()
-            if slot.writer is writer:
+            if slot.reader_task is asyncio.current_task():  # (not a restarted worker's)
+                slot.ready = False
+                slot.became_ready.set()  # whoever waits for it learns it will not come
+                for fut in slot.pending.values():
+                    if not fut.done():
+                        fut.set_exception(ConnectionError("the worker closed its control socket"))
+                slot.pending.clear()
                 slot.writer = None
 
     def _exit_text(self, rc: int) -> str:
@@ -202,7 +201,7 @@ class Supervisor:
                 return f"killed by signal {-rc}"
         return f"exited with status {rc}"
 
-    def _reap(self, slot: _Slot, ports: list[int]) -> None:
+    def _reap(self, slot: _Slot) -> None:
         """A worker that ended: schedule its restart (outside of a stop)."""
         assert slot.proc is not None
         rc = slot.proc.returncode
@@ -226,7 +225,7 @@ class Supervisor:
                 if slot.proc is not None and slot.proc.poll() is not None:
                     if slot.reader_task is not None:
                         await asyncio.wait([slot.reader_task], timeout=1)  # its last words (ERROR)
-                    self._reap(slot, ports)
+                    self._reap(slot)
                 elif slot.proc is None and slot.restart_at is not None and now >= slot.restart_at:
                     self._spawn(slot, ports)
             if self._reload:
@@ -393,7 +392,6 @@ class Supervisor:
                 announce(self)
             await self._supervise(ports)
         finally:
-            self._stopping = True
             await self._terminate(self._slots)
             if admin is not None and admin_task is not None:
                 admin.should_exit = True

@@ -1023,8 +1023,16 @@ pw_backend *pw_shm_open(const uint8_t *name, size_t name_len, uint64_t size, uin
     }
     struct stat st;
     if (created) {
-        if (ftruncate(fd, (off_t)size)) {
-            snprintf(err, errlen, "ftruncate: %s", strerror(errno));
+        /* The pages are reserved now: a /dev/shm that cannot hold the segment is an error
+         * here, not a SIGBUS later when a write touches a page tmpfs has no room for. */
+        int fe = ftruncate(fd, (off_t)size) ? errno : 0;
+        if (!fe) {
+            fe = posix_fallocate(fd, 0, (off_t)size);
+            if (fe == EOPNOTSUPP || fe == EINVAL) fe = 0; /* a file system without it */
+        }
+        if (fe) {
+            snprintf(err, errlen, "cannot reserve %llu bytes for the segment: %s",
+                     (unsigned long long)size, strerror(fe));
             close(fd);
             shm_unlink(m->name);
             shm_destroy(&m->head);

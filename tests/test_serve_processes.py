@@ -163,6 +163,9 @@ class Serve:
         self.err = open(self.err_path, "w")
         self.p = subprocess.Popen([sys.executable, "-m", "pyproxywasm", "serve", str(cfg), *args], cwd=tmp_path,
                                   stdout=subprocess.PIPE, stderr=self.err, text=True)
+
+    def announced(self) -> "Serve":
+        """Waits for serve's announcement (where it listens)."""
         self.lines: list[str] = []
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(x) for x in self.p.stdout] and None, daemon=True).start()
@@ -176,6 +179,7 @@ class Serve:
         text = "\n".join(self.lines)
         self.port = int(re.search(r"main: http://127.0.0.1:(\d+)", text).group(1))
         self.admin = int(re.search(r"admin: http://127.0.0.1:(\d+)/", text).group(1))
+        return self
 
     @property
     def pid(self) -> int:
@@ -203,8 +207,8 @@ def serve(tmp_path):
 
     def start(doc: dict, *args: str) -> Serve:
         s = Serve(tmp_path, doc, *args)
-        made.append(s)
-        return s
+        made.append(s)  # (cleaned up below even if it never announces itself)
+        return s.announced()
     yield start
     for s in made:
         workers = s.workers()

@@ -149,6 +149,35 @@ def test_sigkill_mid_update_leaves_others_working(seg: str) -> None:
         assert counter(h) == 1000
 
 
+def test_a_wedged_lock_holder_costs_a_status_not_a_hang(seg: str) -> None:
+    # A process stopped (SIGSTOP) while it holds a shard's lock: the others get
+    # INTERNAL_FAILURE after the lock timeout (1 s), not a hang; once it runs again,
+    # everything works.
+    with host(seg, "wedge") as h:
+        for attempt in range(12):
+            p = spawn("hammer", seg, "wedge")
+            expect_line(p, "running")
+            time.sleep(0.05 + 0.013 * attempt)
+            p.send_signal(signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                st = h.state.set_shared_data("big", b"mine", vm_id="mp")
+                took = time.monotonic() - t0
+                if st == Status.INTERNAL_FAILURE:
+                    assert 0.9 < took < 5.0, took
+                    assert h.backends.by_vm_id["*"].unavailable >= 1
+                    break
+                assert st == Status.OK and took < 0.9  # it was between two writes
+            finally:
+                p.send_signal(signal.SIGCONT)
+                p.send_signal(signal.SIGKILL)
+                p.wait(10)
+        else:
+            pytest.fail("the hammering process was never stopped holding its lock")
+        assert h.state.set_shared_data("big", b"after", vm_id="mp") == Status.OK
+        assert h.state.shared_data("big", vm_id="mp").value == b"after"  # type: ignore[union-attr]
+
+
 def test_full_segment_answers_a_status_then_recovers(seg: str) -> None:
     with host(seg, "full", size=1 << 20, max_bytes=0) as h:
         st, i = Status.OK, 0

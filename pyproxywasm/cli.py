@@ -124,8 +124,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from . import serve
 
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="[%(asctime)s][%(threadName)s][%(levelname)s][%(name)s] %(message)s")
+    from .logs import EnvoyFormatter
+
+    # Plugin lines carry Envoy's "wasm log <plugin> <root_id> <vm_id>: " before the message.
+    handler = logging.StreamHandler()
+    handler.setFormatter(EnvoyFormatter(
+        "[%(asctime)s][%(threadName)s][%(levelname)s][%(name)s] %(envoy_prefix)s%(message)s"))
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler])
     path = args.config or serve.DEFAULT_CONFIG
     bootstrap = serve.load(path)
     server = serve.Server(bootstrap, concurrency=args.concurrency)

@@ -32,6 +32,7 @@ from ..net.loop import IoLoop
 from .admin import AdminApp
 from .config import Bootstrap, HttpListener, TcpListener
 from .filters import LoopDispatch, wrap
+from .hcm import response_headers
 from .proxy import ProxyApp
 from .tcp_proxy import TcpProxy
 from .upstream import ByCluster, Http1Client, Upstream
@@ -216,7 +217,7 @@ class Server:
             d = LoopDispatch(host.dispatcher, asyncio.get_running_loop())
             admin = None
             if self._admin_sock is not None:
-                admin = _uvicorn(AdminApp(b.stats_tags, lambda: self._ready))
+                admin = _uvicorn(AdminApp(b.stats_tags, lambda: self._ready, self._listener_addresses))
                 admin_task = asyncio.ensure_future(admin.serve(sockets=[self._admin_sock]))
                 while not admin.started and not admin_task.done():
                     await asyncio.sleep(0.005)
@@ -246,8 +247,9 @@ class Server:
                 if isinstance(lst, HttpListener):
                     proxy = ProxyApp(lst, self.bootstrap.clusters, upstream, self.bootstrap.cluster_metadata)
                     # fail_open is the plugin's failure_policy, which the core applies per stream.
-                    app = wrap(proxy, [p for p, _ in filters],
-                               proxy.route_properties if proxy.has_metadata else None)
+                    app = response_headers(wrap(proxy, [p for p, _ in filters],
+                                                proxy.route_properties if proxy.has_metadata else None),
+                                           lst.server_name, lst.server_header_transformation)
                     srv = _uvicorn(app)
                     servers.append(srv)
                     tasks.append(asyncio.ensure_future(srv.serve(sockets=[sock])))
@@ -279,6 +281,11 @@ class Server:
             await upstream.close()
             d.close()
             host.release_thread()
+
+    def _listener_addresses(self) -> list[tuple[str, str, int]]:
+        """(name, address, port) of each listener, port 0 resolved: the admin's /listeners."""
+        return [(lst.name or f"listener_{i}", lst.host, self.ports.get(lst.name or f"listener_{i}", lst.port))
+                for i, lst in enumerate(self.bootstrap.listeners)]
 
     def _upstream(self) -> Upstream:
         """This worker's client to the clusters, on its own loop."""

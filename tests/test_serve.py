@@ -470,13 +470,14 @@ def test_admin_ready_stats_and_prometheus_with_tags(serve, upstreams):
     total = int(re.search(r"^requests_total: (\d+)$", stats, re.M).group(1))
     assert total >= 3
     prom = get(s.admin_port, "/stats/prometheus")[2].decode()
-    assert f"requests_total {total}" in prom and "# TYPE requests_total counter" in prom
+    assert f"requests_total{{}} {total}" in prom and "# TYPE requests_total counter" in prom
     assert re.search(r'^body_count\{kind="size"\} \d+$', prom, re.M), prom  # name cut, tag as label
-    assert "# TYPE body summary" in prom
+    # Envoy's histogram: cumulative buckets with its default bounds, then sum and count
+    assert "# TYPE body histogram" in prom and 'body_bucket{kind="size",le="+Inf"}' in prom
     deadline = time.monotonic() + 5  # every stream was finished (on_done ran: inflight back to 0)
-    while "inflight 0" not in get(s.admin_port, "/stats/prometheus")[2].decode() and time.monotonic() < deadline:
+    while "inflight{} 0" not in get(s.admin_port, "/stats/prometheus")[2].decode() and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert "inflight 0" in get(s.admin_port, "/stats/prometheus")[2].decode()
+    assert "inflight{} 0" in get(s.admin_port, "/stats/prometheus")[2].decode()
     assert get(s.admin_port, "/nope")[0] == 404
 
 
@@ -570,6 +571,38 @@ def test_tcp_filter_closes_the_connection_and_connect_failure_closes_it(serve):
     finally:
         echo.shutdown()
         echo.server_close()
+
+
+def test_stopping_with_an_open_tcp_connection_ends_its_streams_cleanly(caplog):
+    """A worker stopping while a proxied connection is open: its pumps end before its
+    streams do (a pump used to run on into a finished stream: StreamClosedError in a task
+    nobody awaited, and the cancelled connection task logged by asyncio as an error)."""
+    echo = _TcpEcho()
+    lst = {"name": "tcp", "address": LOCAL, "filter_chains": [{"filters": [
+        {"name": "envoy.filters.network.wasm", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
+            "config": {"vm_config": {"code": {"local": {"filename": str(GO_TCP)}}}}}},
+        {"name": "envoy.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "tcp", "cluster": "echo"}}]}]}
+    caplog.set_level(logging.INFO)
+    s = Server(loads(json.dumps(bootstrap([lst], [cluster("echo", echo.server_address[1])]))))
+    s.start()
+    try:
+        c = socket.create_connection(("127.0.0.1", s.ports["tcp"]), timeout=5)
+        c.sendall(b"hello")
+        assert c.recv(100) == b"up:world"
+        # an upstream answer in flight while the worker stops
+        c.sendall(b"again")
+    finally:
+        s.stop()
+        echo.shutdown()
+        echo.server_close()
+    assert c.recv(100) in (b"", b"up:world")
+    c.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+    assert "tcp done" in caplog.text
 
 
 def test_strict_dns_cluster_by_name(serve, upstreams):

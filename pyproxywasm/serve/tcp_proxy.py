@@ -46,6 +46,8 @@ class TcpProxy:
         self.connections.add(task)
         try:
             await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            pass  # the worker is stopping: the connection ends here, its streams have ended
         except Exception:  # noqa: BLE001 - one connection must not take the listener down
             log.exception("tcp_proxy connection failed")
         finally:
@@ -123,12 +125,17 @@ class TcpProxy:
             tasks = [asyncio.ensure_future(pump(reader, up_writer, False)),
                      asyncio.ensure_future(pump(up_reader, writer, True))]
             stop = asyncio.ensure_future(closed.wait())
-            await asyncio.wait(tasks + [stop], return_when=asyncio.FIRST_COMPLETED)
-            while not stop.done() and not all(t.done() for t in tasks):
+            try:
                 await asyncio.wait(tasks + [stop], return_when=asyncio.FIRST_COMPLETED)
-            for t in tasks + [stop]:
-                t.cancel()
-            up_writer.close()
+                while not stop.done() and not all(t.done() for t in tasks):
+                    await asyncio.wait(tasks + [stop], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # Also when this connection is cancelled (the worker stops): no pump may
+                # touch the streams once they are finished below.
+                for t in tasks + [stop]:
+                    t.cancel()
+                await asyncio.gather(*tasks, stop, return_exceptions=True)
+                up_writer.close()
             up_first = first_eof[:1] == ["up"]
             for s in streams:
                 s.close_upstream(PeerType.REMOTE if up_first else PeerType.LOCAL)

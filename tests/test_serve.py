@@ -220,6 +220,22 @@ def test_routing_by_domain_path_regex_and_headers(serve, upstreams):
     assert who("/nothing", "other") == 404
 
 
+def test_routing_by_domain_behind_a_wasm_filter(serve, upstreams):
+    """The request's Host picks the virtual host (and is the plugin's :authority) when a
+    filter runs too: it used to be replaced by the listener's own address."""
+    u = upstreams("a")
+    vhosts = [{"name": "api", "domains": ["api.example.com"], "routes": [
+                  {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]},
+              {"name": "any", "domains": ["*"], "routes": [
+                  {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "any"}}}]}]
+    s = serve(bootstrap([http_listener(vhosts, [wasm(GO_HTTP, "headers props")])], [cluster("a", u.port)]))
+    status, _, body = get(s.ports["main"], "/x", headers={"Host": "api.example.com"})
+    assert status == 200 and json.loads(body)["server"] == "a"
+    seen = u.requests[-1]["headers"]
+    assert seen["host"] == "api.example.com" and seen["x-host"] == "api.example.com"  # request.host
+    assert get(s.ports["main"], "/x", headers={"Host": "other.example.com"})[2] == b"any"
+
+
 def test_rewrites_and_forwarded_headers(serve, upstreams):
     u = upstreams()
     vhosts = [{"name": "v", "domains": ["*"], "routes": [

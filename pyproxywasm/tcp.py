@@ -8,6 +8,7 @@ from . import properties as props
 from .abi import StreamFlags
 from .policy import FailureOutcome
 from ._binding import ffi, lib, raise_for
+from .errors import HostClosedError, StreamClosedError
 from .http import Action
 
 if TYPE_CHECKING:
@@ -94,6 +95,15 @@ class TcpStream:
             self.flags = f
         return int(self.flags)
 
+    def _current(self) -> int:
+        """The stream's flags as they are now: a tick, a queue notification or a call's
+        answer may have resumed (or answered) the stream since the last call on it. The
+        last known flags once the stream or its host is gone."""
+        try:
+            return self.refresh()
+        except (HostClosedError, StreamClosedError):
+            return int(self.flags)
+
     def _read(self, what: int) -> bytes:
         vm = self._vmobj
         rc = lib.pw_tcp_read(self._vm, self.context_id, what, vm.out, vm.out_len)
@@ -112,36 +122,36 @@ class TcpStream:
 
     @property
     def downstream_paused(self) -> bool:
-        return bool(self.flags & lib.PW_S_REQ_STOPPED)
+        return bool(self._current() & lib.PW_S_REQ_STOPPED)
 
     @property
     def close_requested(self) -> bool:
         """The plugin asked to close the connection (proxy_close_stream), or it failed."""
-        return bool(self.flags & lib.PW_S_RESET)
+        return bool(self._current() & lib.PW_S_RESET)
 
     @property
     def failed(self) -> bool:
         """The VM failed while serving this connection, or before it (the plugin's failure
         policy answered: the connection closed, or FAIL_OPEN let it pass)."""
-        return bool(self.flags & (lib.PW_S_FAILED | lib.PW_S_BYPASSED))
+        return bool(self._current() & (lib.PW_S_FAILED | lib.PW_S_BYPASSED))
 
     @property
     def failure_outcome(self) -> "FailureOutcome | None":
         """FAILED_CLOSED (closed), FAILED_OPEN (passes without the filter), or None."""
-        if self.flags & lib.PW_S_BYPASSED:
+        if self._current() & lib.PW_S_BYPASSED:
             return FailureOutcome.FAILED_OPEN
-        if self.flags & lib.PW_S_FAILED:
+        if self._current() & lib.PW_S_FAILED:
             return FailureOutcome.FAILED_CLOSED
         return None
 
     @property
     def done(self) -> bool:
-        return bool(self.flags & lib.PW_S_DONE)
+        return bool(self._current() & lib.PW_S_DONE)
 
     @property
     def stream_flags(self) -> StreamFlags:
         """The connection's state as named flags (the same bits as `flags`)."""
-        return StreamFlags(self.flags)
+        return StreamFlags(self._current())
 
     def __enter__(self) -> "TcpStream":
         return self

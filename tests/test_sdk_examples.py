@@ -19,184 +19,21 @@ example's README).
 from __future__ import annotations
 
 import http.client
-import http.server
-import json
-import os
 import pathlib
 import re
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
-import uuid
-from typing import Callable
+import zlib
 
 import pytest
 
+from _sdk_serve import HttpBin, contains_all, eventually, get_ok, request, serving
+
 EXAMPLES = pathlib.Path(__file__).parent / "plugins" / "go" / "sdk_examples"
-HTTPBIN_PORT = 80  # the port of httpbin.org in the examples' clusters
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def eventually(check: Callable[[], bool], timeout: float, interval: float, what: Callable[[], str]) -> None:
-    """The e2e test's require.Eventually: `check` true within `timeout`, tried every
-    `interval`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s; output:\n{what()}")
-        time.sleep(interval)
-
-
-def contains_all(text: str, expected: list[str]) -> bool:
-    """The e2e test's checkMessage."""
-    return all(e in text for e in expected)
-
-
-# ---- an httpbin.org stand-in ----------------------------------------------------------------
-class HttpBin(http.server.ThreadingHTTPServer):
-    """What the examples ask of httpbin.org: /uuid answers a fresh UUID as JSON (as
-    httpbin does), every other path a small HTML page; all with status 200."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, dict[str, str]]] = []
-        super().__init__(("127.0.0.1", 0), _HttpBinHandler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-    def close(self) -> None:
-        self.shutdown()
-        self.server_close()
-
-
-class _HttpBinHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: HttpBin
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def _answer(self) -> None:
-        n = int(self.headers.get("content-length") or 0)
-        if n:
-            self.rfile.read(n)
-        self.server.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
-        if self.path.split("?")[0] == "/uuid":
-            body, ctype = json.dumps({"uuid": str(uuid.uuid4())}).encode() + b"\n", "application/json"
-        else:
-            body, ctype = b"<!DOCTYPE html>\n<html><body>httpbin</body></html>\n", "text/html; charset=utf-8"
-        self.send_response(200)
-        self.send_header("content-type", ctype)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = _answer
-
-
-# ---- serve, as the e2e test's startEnvoy --------------------------------------------------------
-class Serve:
-    """`pyproxywasm serve` on one example's envoy.yaml (paths, ports, addresses substituted)."""
-
-    def __init__(self, name: str, workdir: pathlib.Path, httpbin: HttpBin | None = None) -> None:
-        self.name, self.workdir, self.httpbin = name, workdir, httpbin
-        self.config = workdir / "envoy.yaml"
-        self.stderr_path = workdir / "stderr.txt"
-        for _ in range(3):
-            self._start()
-            # startEnvoy: the admin's /listeners answers 200 (5 s there; compiling an
-            # example here can take longer on a loaded machine).
-            if self._wait_listening(120):
-                return
-            # A free port taken by another process between our probe and serve's bind.
-            self._err.close()
-        pytest.fail(f"serve did not start:\n{self.stderr()}")
-
-    def _start(self) -> None:
-        text = (EXAMPLES / self.name / "envoy.yaml").read_text()
-        self.ports: dict[int, int] = {}
-        if self.httpbin is not None:
-            self.ports[HTTPBIN_PORT] = self.httpbin.port
-
-        def port(m: re.Match[str]) -> str:
-            n = int(m.group(1))
-            if n not in self.ports:
-                self.ports[n] = free_port()
-            return f"port_value: {self.ports[n]}"
-        text = text.replace("./examples/", f"{EXAMPLES}/")
-        text = re.sub(r"port_value: (\d+)", port, text)
-        text = text.replace("address: 0.0.0.0", "address: 127.0.0.1")
-        text = text.replace("address: httpbin.org", "address: 127.0.0.1")
-        self.config.write_text(text)
-        self._err = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pyproxywasm", "serve", str(self.config), "--concurrency", "1"],
-            cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=self._err, text=True)
-        self.admin = self.ports[8001]
-
-    def _wait_listening(self, timeout: float) -> bool:
-        """True once /listeners answers 200; False if serve could not bind its ports."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                if "Address already in use" in self.stderr():
-                    return False
-                pytest.fail(f"serve exited with {self.proc.returncode}:\n{self.stderr()}")
-            try:
-                if request(self.admin, "/listeners", timeout=2)[0] == 200:
-                    return True
-            except OSError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"serve did not answer /listeners within {timeout}s:\n{self.stderr()}")
-
-    def port(self, n: int) -> int:
-        """The port the example's port `n` became."""
-        return self.ports[n]
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._err.close()
-        return self.stderr()
 
 
 @pytest.fixture
 def serve(tmp_path_factory):
-    """Starts serve on an example; on the way out stops it and checks it ended cleanly."""
-    started: list[Serve] = []
-
-    def start(name: str, httpbin: HttpBin | None = None) -> Serve:
-        s = Serve(name, tmp_path_factory.mktemp(name), httpbin)
-        started.append(s)
-        return s
-    yield start
-    for s in started:
-        err = s.stop()
-        assert s.proc.returncode == 0, err
-        assert "Traceback" not in err, err
+    yield from serving(tmp_path_factory, EXAMPLES)
 
 
 @pytest.fixture
@@ -204,29 +41,6 @@ def httpbin():
     h = HttpBin()
     yield h
     h.close()
-
-
-def request(port: int, path: str = "/", method: str = "GET", headers: dict[str, str] | None = None,
-            body: bytes | None = None, timeout: float = 10) -> tuple[int, http.client.HTTPMessage, bytes]:
-    """One request on its own connection, as Go's http.DefaultClient makes them (it sends
-    Host as the URL gives it: localhost:<port>)."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        h = {"Host": f"localhost:{port}", "User-Agent": "Go-http-client/1.1"}
-        h.update(headers or {})
-        c.request(method, path, body=body, headers=h)
-        r = c.getresponse()
-        return r.status, r.headers, r.read()
-    finally:
-        c.close()
-
-
-def get_ok(port: int, path: str = "/", **kw) -> tuple[int, http.client.HTTPMessage, bytes] | None:
-    """A request whose transport failure counts as "not yet" (the e2e loops' `err != nil`)."""
-    try:
-        return request(port, path, **kw)
-    except OSError:
-        return None
 
 
 # ---- the e2e tests ------------------------------------------------------------------------------
@@ -256,7 +70,6 @@ def test_foreign_call_on_tick(serve):
     # beyond e2e: the result is Envoy's compress, zlib's format
     m = re.search(r"foreign function \(compress\) called: 1, result: ([0-9a-f]+)", s.stderr())
     assert m is not None
-    import zlib
     assert zlib.decompress(bytes.fromhex(m.group(1))) == b"hello world!"
 
 

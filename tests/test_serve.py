@@ -236,6 +236,32 @@ def test_routing_by_domain_behind_a_wasm_filter(serve, upstreams):
     assert get(s.ports["main"], "/x", headers={"Host": "other.example.com"})[2] == b"any"
 
 
+def test_connection_manager_request_and_response_headers(serve, upstreams):
+    """As Envoy's http_connection_manager: x-forwarded-proto is the connection's scheme (a
+    client's is overwritten), x-request-id is generated unless the client sent one, both
+    before the filters; server (server_name, per server_header_transformation) and date
+    after them."""
+    u = upstreams("a")
+    vhosts = [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]
+    lst = http_listener(vhosts, [wasm(GO_HTTP, "headers props")])
+    second = http_listener(vhosts, [], name="second")
+    hcm = second["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm.update(server_name="edge", server_header_transformation="APPEND_IF_ABSENT", generate_request_id=False)
+    s = serve(bootstrap([lst, second], [cluster("a", u.port)]))
+    status, headers, _ = get(s.ports["main"], "/", headers={"x-forwarded-proto": "https", "x-forwarded-for": "10.9.8.7"})
+    seen = u.requests[-1]["headers"]
+    # neither was taken as the truth (uvicorn's proxy_headers would have: scheme, client)
+    assert seen["x-forwarded-proto"] == "http" and seen["x-source"].startswith("127.0.0.1:")
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}", seen["x-request-id"])
+    assert headers["server"] == "envoy" and headers["date"].endswith(" GMT")  # the upstream's server replaced
+    assert headers["x-wasm-resp"] == ""  # the filter ran on the response before them
+    get(s.ports["main"], "/", headers={"x-request-id": "mine"})
+    assert u.requests[-1]["headers"]["x-request-id"] == "mine"
+    _, headers, _ = get(s.ports["second"], "/")
+    assert "x-request-id" not in u.requests[-1]["headers"]
+    assert headers["server"].startswith("BaseHTTP")  # APPEND_IF_ABSENT keeps the upstream's
+
+
 def test_rewrites_and_forwarded_headers(serve, upstreams):
     u = upstreams()
     vhosts = [{"name": "v", "domains": ["*"], "routes": [

@@ -138,6 +138,7 @@ class HttpListener:
     stat_prefix: str = ""
     server_name: str = "envoy"  # the `server` response header (Envoy's default)
     server_header_transformation: str = "OVERWRITE"  # or APPEND_IF_ABSENT, PASS_THROUGH
+    generate_request_id: bool = True  # x-request-id for requests without one
 
 
 @dataclass(frozen=True)
@@ -326,13 +327,14 @@ class _Reader:
         tc = f.data.get("typed_config")
         return isinstance(tc, dict) and tc.get("@type") == TYPE_PREFIX + type_name
 
-    def hcm(self, n: Node) -> tuple[tuple[VirtualHost, ...], tuple[WasmFilter, ...], str, tuple[str, str]]:
+    def hcm(self, n: Node) -> tuple[tuple[VirtualHost, ...], tuple[WasmFilter, ...], str, tuple[str, str, bool]]:
         prefix = n.get("stat_prefix", "", str)
         n.enum("codec_type", ("AUTO", "HTTP1"), "AUTO")  # HTTP/1.1 downstream (uvicorn)
-        n.ignore("access_log", "use_remote_address", "generate_request_id")
+        n.ignore("access_log", "use_remote_address")
         server = (n.get("server_name", "envoy", str) or "envoy",
                   n.enum("server_header_transformation", ("OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH"),
-                         "OVERWRITE"))
+                         "OVERWRITE"),
+                  n.get("generate_request_id", True, bool))
         rc = n.node("route_config", required=True)
         rc.ignore("name", "validate_clusters")
         vhs = tuple(self.virtual_host(v) for v in rc.nodes("virtual_hosts"))

@@ -1,14 +1,21 @@
-"""What Envoy's http_connection_manager does to every response after the encoder filters:
-the `server` header (its `server_name`, "envoy" unless configured, per
-`server_header_transformation`) and a `date` header when none is there.
+"""What Envoy's http_connection_manager does around the filters.
 
-These run after the Wasm filters, as in Envoy, so a filter on one listener sees what the
-upstream sent (the Go SDK's http_headers example logs the `server: envoy` that the
-upstream listener's connection manager set), and the client sees the listener's own."""
+Before the decoder filters, to every request: `x-forwarded-proto` set to the downstream
+connection's scheme (Envoy overwrites a client's value when it trusts no hops, its
+default), and an `x-request-id` (a random UUID) when the request has none and
+`generate_request_id` is on (the default); plugins see both (the Rust SDK's http_headers
+example logs them).
+
+After the encoder filters, to every response: the `server` header (its `server_name`,
+"envoy" unless configured, per `server_header_transformation`) and a `date` header when
+none is there. A filter on one listener therefore sees what the upstream sent (the Go SDK's
+http_headers example logs the `server: envoy` that the upstream listener's connection
+manager set), and the client sees the listener's own."""
 from __future__ import annotations
 
 import email.utils
 import time
+import uuid
 from typing import Any
 
 from .filters import ASGIApp, Receive, Scope, Send
@@ -30,15 +37,33 @@ def http_date() -> bytes:
     return _date_cache[1]  # type: ignore[no-any-return]
 
 
-def response_headers(app: ASGIApp, server_name: str = "envoy",
-                     transformation: str = OVERWRITE) -> ASGIApp:
-    """`app` whose responses get the connection manager's `server` and `date` headers."""
+def connection_manager(app: ASGIApp, server_name: str = "envoy", transformation: str = OVERWRITE,
+                       generate_request_id: bool = True) -> ASGIApp:
+    """`app` (the listener's filters and router) with the connection manager's request
+    headers (x-forwarded-proto, x-request-id) and response headers (server, date)."""
     server = server_name.encode("latin-1")
 
     async def hcm(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
+        proto = scope.get("scheme", "http").encode()
+        headers = list(scope["headers"])
+        has_id = False
+        xfp = -1
+        for i, (k, _) in enumerate(headers):
+            if k == b"x-forwarded-proto":
+                xfp = i
+            elif k == b"x-request-id":
+                has_id = True
+        if xfp >= 0:
+            headers[xfp] = (b"x-forwarded-proto", proto)
+            headers = [h for i, h in enumerate(headers) if h[0] != b"x-forwarded-proto" or i == xfp]
+        else:
+            headers.append((b"x-forwarded-proto", proto))
+        if generate_request_id and not has_id:
+            headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
+        scope = {**scope, "headers": headers}
 
         async def send_with_headers(msg: dict[str, Any]) -> None:
             if msg["type"] == "http.response.start":

@@ -32,7 +32,7 @@ from ..net.loop import IoLoop
 from .admin import AdminApp
 from .config import Bootstrap, HttpListener, TcpListener
 from .filters import LoopDispatch, wrap
-from .hcm import response_headers
+from .hcm import connection_manager
 from .proxy import ProxyApp
 from .tcp_proxy import TcpProxy
 from .upstream import ByCluster, Http1Client, Upstream
@@ -75,9 +75,11 @@ def _socket(host: str, port: int, reuse_port: bool) -> socket.socket:
 
 
 def _uvicorn(app: Any) -> _Uvicorn:
+    # proxy_headers off: uvicorn would otherwise take the scheme and client address from a
+    # client's X-Forwarded-Proto / X-Forwarded-For (Envoy trusts no hops by default).
     cfg = uvicorn.Config(app, http="httptools", lifespan="off", access_log=False,
                          log_level="warning", server_header=False, date_header=False,
-                         timeout_graceful_shutdown=2)
+                         proxy_headers=False, timeout_graceful_shutdown=2)
     return _Uvicorn(cfg)
 
 
@@ -247,9 +249,10 @@ class Server:
                 if isinstance(lst, HttpListener):
                     proxy = ProxyApp(lst, self.bootstrap.clusters, upstream, self.bootstrap.cluster_metadata)
                     # fail_open is the plugin's failure_policy, which the core applies per stream.
-                    app = response_headers(wrap(proxy, [p for p, _ in filters],
-                                                proxy.route_properties if proxy.has_metadata else None),
-                                           lst.server_name, lst.server_header_transformation)
+                    app = connection_manager(wrap(proxy, [p for p, _ in filters],
+                                                  proxy.route_properties if proxy.has_metadata else None),
+                                             lst.server_name, lst.server_header_transformation,
+                                             lst.generate_request_id)
                     srv = _uvicorn(app)
                     servers.append(srv)
                     tasks.append(asyncio.ensure_future(srv.serve(sockets=[sock])))

@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any
 
-from .filters import ASGIApp, Receive, Scope, Send
+from ..adapters.asgi import ASGIApp, Message, Receive, Scope, Send
 
 OVERWRITE = "OVERWRITE"
 APPEND_IF_ABSENT = "APPEND_IF_ABSENT"
@@ -65,7 +65,7 @@ def connection_manager(app: ASGIApp, server_name: str = "envoy", transformation:
             headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
         scope = {**scope, "headers": headers}
 
-        async def send_with_headers(msg: dict[str, Any]) -> None:
+        async def send_with_headers(msg: Message) -> None:
             if msg["type"] == "http.response.start":
                 headers = list(msg.get("headers") or ())
                 has_server = has_date = False

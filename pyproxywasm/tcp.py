@@ -34,14 +34,19 @@ class TcpStream:
         self.plugin = plugin
         vm = plugin.vm
         self._vm, self._vmobj = vm.ptr, vm
-        rc = lib.pw_tcp_new(self._vm, plugin.context_id, vm.u32)
+        rc = lib.pw_tcp_alloc(self._vm, plugin.context_id, vm.u32)
+        if rc != lib.PW_OK:
+            raise_for(rc, vm)
         self.context_id = vm.u32[0]
+        # The connection's properties (source.address...) before on_new_connection, which
+        # reads them (as in Envoy, where the connection is there before the filter).
+        if properties:
+            for path, value in props.flatten(properties):
+                lib.pw_set_host_property(self._vm, self.context_id, path, len(path), value, len(value))
+        rc = lib.pw_tcp_open(self._vm, self.context_id)
         if rc not in (lib.PW_OK, lib.PW_ERR_TRAP):
             raise_for(rc, vm)
         self.flags = lib.pw_tcp_flags(self._vm, self.context_id) if rc == lib.PW_OK else lib.PW_S_FAILED | lib.PW_S_RESET
-        if properties and rc == lib.PW_OK:
-            for path, value in props.flatten(properties):
-                lib.pw_set_host_property(self._vm, self.context_id, path, len(path), value, len(value))
 
     def _done(self, f: int, direction: int) -> Action:
         if f < 0:

@@ -258,8 +258,8 @@ class Server:
                     tasks.append(asyncio.ensure_future(srv.serve(sockets=[sock])))
                 else:
                     assert isinstance(lst, TcpListener)
-                    handler = TcpProxy(filters, self.bootstrap.clusters[lst.cluster],
-                                       self.bootstrap.cluster_metadata.get(lst.cluster, {}), lambda: d)
+                    handler = TcpProxy(filters, lst.cluster, self.bootstrap.clusters,
+                                       self.bootstrap.cluster_metadata, lambda: d)
                     tcp_handlers.append(handler)
                     tcp_servers.append(await asyncio.start_server(handler, sock=sock))
             while not all(s.started for s in servers):

@@ -47,7 +47,8 @@ def contains_all(text: str, expected: list[str]) -> bool:
 # ---- an httpbin.org stand-in ----------------------------------------------------------------
 class HttpBin(http.server.ThreadingHTTPServer):
     """What the examples ask of httpbin.org, answered as httpbin does: /uuid a fresh UUID
-    as JSON, /bytes/<n> n random bytes, /headers the request's headers as JSON; every
+    as JSON, /bytes/<n> n random bytes, /headers the request's headers as JSON, /ip the
+    client's address; every
     other path a small HTML page; all with status 200."""
 
     daemon_threads = True
@@ -83,6 +84,8 @@ class _HttpBinHandler(http.server.BaseHTTPRequestHandler):
             body, ctype = json.dumps({"uuid": str(uuid.uuid4())}).encode() + b"\n", "application/json"
         elif path.startswith("/bytes/"):
             body, ctype = os.urandom(int(path[7:])), "application/octet-stream"
+        elif path == "/ip":
+            body, ctype = json.dumps({"origin": self.client_address[0]}, indent=2).encode() + b"\n", "application/json"
         elif path == "/headers":
             names = {k: "-".join(w.capitalize() for w in k.split("-")) for k in self.headers}  # as httpbin shows them
             body = json.dumps({"headers": {names[k]: v for k, v in self.headers.items()}}, indent=2).encode() + b"\n"
@@ -108,9 +111,14 @@ class Serve:
 
     def __init__(self, examples: pathlib.Path, name: str, workdir: pathlib.Path, httpbin: HttpBin | None = None,
                  code: tuple[str, str] = ("./examples/", "{examples}/"), upstream: tuple[str, int] = ("httpbin.org", 80),
-                 admin: int | None = 8001) -> None:
+                 admin: int | None = 8001, edit: Callable[[str], str] | None = None,
+                 ports: dict[int, int] | None = None) -> None:
+        """edit: a change to the yaml's text before the substitutions (a test that must tell
+        two clusters apart gives one its own port); ports: ports of the yaml that go to
+        servers the test started."""
         self.examples, self.name, self.workdir, self.httpbin = examples, name, workdir, httpbin
         self.code, self.upstream, self.admin_in_yaml = code, upstream, admin
+        self.edit, self.fixed_ports = edit, dict(ports or {})
         self.config = workdir / "envoy.yaml"
         self.stderr_path = workdir / "stderr.txt"
         for _ in range(3):
@@ -125,7 +133,9 @@ class Serve:
 
     def _start(self) -> None:
         text = (self.examples / self.name / "envoy.yaml").read_text()
-        self.ports: dict[int, int] = {}
+        if self.edit is not None:
+            text = self.edit(text)
+        self.ports: dict[int, int] = dict(self.fixed_ports)
         if self.httpbin is not None:
             self.ports[self.upstream[1]] = self.httpbin.port
 
@@ -144,7 +154,8 @@ class Serve:
             [sys.executable, "-m", "pyproxywasm", "serve", str(self.config), "--concurrency", "1"],
             cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=self._err, text=True)
         self.admin = self.ports[self.admin_in_yaml] if self.admin_in_yaml else None
-        self.first_port = next((p for n, p in self.ports.items() if n != self.upstream[1]), None)
+        self.first_port = next((p for n, p in self.ports.items()
+                                if n != self.upstream[1] and n not in self.fixed_ports), None)
 
     def _wait_listening(self, timeout: float) -> bool:
         """True once /listeners answers 200; False if serve could not bind its ports."""
@@ -191,8 +202,8 @@ def serving(tmp_path_factory, examples: pathlib.Path, **options):
     on the way out stops each and checks it ended cleanly (exit 0, no traceback)."""
     started: list[Serve] = []
 
-    def start(name: str, httpbin: HttpBin | None = None) -> Serve:
-        s = Serve(examples, name, tmp_path_factory.mktemp(name), httpbin, **options)
+    def start(name: str, httpbin: HttpBin | None = None, **more) -> Serve:
+        s = Serve(examples, name, tmp_path_factory.mktemp(name), httpbin, **{**options, **more})
         started.append(s)
         return s
     yield start

@@ -7,14 +7,15 @@ Substituted here, as for the Go SDK's (tests/_sdk_serve.py): the directory the c
 load the .wasm from (`/etc/envoy/proxy-wasm-plugins/`, a docker volume there), ports,
 `0.0.0.0`, and the docker-compose `httpbin` service (an httpbin stand-in started here).
 Left out: envoy_filter_metadata (its config runs Envoy's Lua filter, which serve refuses;
-the plugin itself runs under the harness below), grpc_auth_random and envoy_tcp_routing
-(not built here: they need a gRPC upstream and protoc)."""
+the plugin itself runs under the harness below) and grpc_auth_random (not built here: it
+needs a gRPC upstream)."""
 from __future__ import annotations
 
 import http.client
 import json
 import pathlib
 import re
+import socket
 
 import pytest
 
@@ -128,6 +129,49 @@ def test_http_headers(serve):
     assert re.search(rf"#{n} -> x-request-id: [0-9a-f-]{{36}}\n", text), text
     # any other path goes on to the direct response
     assert request(port, "/")[2] == b"Request /hello and be welcomed!\n"
+
+
+def test_envoy_tcp_routing(serve, httpbin):
+    """The plugin picks the TCP upstream cluster by the client address's last byte (even:
+    egress-router1, odd: egress-router2) with the set_envoy_filter_state built-in
+    (envoy.tcp_proxy.cluster); tcp_proxy connects there. The yaml's two clusters both name
+    httpbin:8080: here egress-router2 gets port 8081, a second stand-in, to tell them apart."""
+    second = HttpBin()
+    try:
+        def edit(text: str) -> str:
+            head, sep, tail = text.partition("- name: egress-router2")
+            return head + sep + tail.replace("port_value: 8080", "port_value: 8081")
+        s = serve("envoy_tcp_routing", httpbin, edit=edit, ports={8081: second.port})
+        port = s.port(10000)
+        answers = {}
+        for source in ("127.0.0.10", "127.0.0.11"):
+            c = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+            try:
+                c.sendall(b"GET /ip HTTP/1.1\r\nHost: httpbin.org\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := c.recv(65536):
+                    data += chunk
+            finally:
+                c.close()
+            answers[source] = data
+        assert all(a.startswith(b"HTTP/1.0 200") or a.startswith(b"HTTP/1.1 200") for a in answers.values()), answers
+        assert [p for _, p, _ in httpbin.requests] == ["/ip"] and [p for _, p, _ in second.requests] == ["/ip"]
+        text = s.stderr()
+        assert re.search(r"wasm log envoy_tcp_routing_filter envoy_tcp_routing_filter vm\.envoy_tcp_routing: "
+                         r"\[TCP WASM\] Routed source 127\.0\.0\.10:\d+ to egress-router1", text), text
+        assert re.search(r"Routed source 127\.0\.0\.11:\d+ to egress-router2", text), text
+    finally:
+        second.close()
+
+
+def test_envoy_tcp_routing_under_the_harness():
+    """The connection's source address is there when on_new_connection runs (it used to be
+    set after: the plugin logged "Missing source address property" and routed nothing)."""
+    with PluginHarness(wasm("envoy_tcp_routing"), configuration="standalone") as h:
+        for source, cluster in (("10.1.2.4:5000", b"egress-router1"), ("10.1.2.7:5000", b"egress-router2")):
+            with h.tcp(properties={"source.address": source}) as c:
+                assert h.filter_state(c) == {"envoy.tcp_proxy.cluster": cluster}
+        assert not h.logs("warning")
 
 
 def test_envoy_filter_metadata_config_is_refused_with_its_path(tmp_path):

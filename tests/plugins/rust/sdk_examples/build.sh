@@ -19,8 +19,10 @@ fi
 sdk="$(cd "$1" && pwd)"
 commit="$(git -C "$sdk" rev-parse HEAD 2>/dev/null || echo unknown)"
 cp "$sdk/LICENSE" "$here/LICENSE"
-# envoy_tcp_routing needs protoc and grpc_auth_random a gRPC upstream: not built here.
-for example in hello_world http_auth_random http_body http_config http_headers envoy_filter_metadata; do
+# grpc_auth_random needs a gRPC upstream: not built here. envoy_tcp_routing needs protoc
+# (Debian: protobuf-compiler) for its build.rs, which writes src/generated in the checkout.
+for example in hello_world http_auth_random http_body http_config http_headers envoy_filter_metadata \
+    envoy_tcp_routing; do
   (cd "$sdk/examples/$example" && cargo build --release --target=wasm32-wasip1 --quiet)
   crate="proxy_wasm_example_${example}"
   mkdir -p "$here/$example"

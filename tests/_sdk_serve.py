@@ -171,7 +171,10 @@ class Serve:
                 if self.admin is None:
                     socket.create_connection(("127.0.0.1", self.first_port), timeout=2).close()
                     return True
-                if request(self.admin, "/listeners", timeout=2)[0] == 200:
+                status, _, body = request(self.admin, "/listeners", timeout=2)
+                # ours, not another process's that got the port serve could not bind
+                if status == 200 and self.proc.poll() is None and (
+                        self.first_port is None or f":{self.first_port}\n".encode() in body):
                     return True
             except OSError:
                 pass

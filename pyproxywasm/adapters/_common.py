@@ -88,15 +88,14 @@ def request_headers(method: bytes, path: bytes, authority: bytes | None, scheme:
                     ) -> tuple[bytes, int, bool, bool]:
     """Envoy's request headers in the C core's flat form, from an ASGI/WSGI request:
     (data, pairs, end_stream, is_grpc). HTTP/1's Host becomes :authority (Envoy does the
-    same); end_stream when HTTP/1 framing says there is no body (no content-length, or 0,
+    same); `authority` (the server's address) stands in only when there is no Host; end_stream when HTTP/1 framing says there is no body (no content-length, or 0,
     and no transfer-encoding); HTTP/2 always announces a body (ended later, maybe empty)."""
     flat = [b":method", method, b":path", path, b":authority", authority or b"", b":scheme", scheme]
     has_body = http2
     grpc = False
     for k, v in headers:
         if k == b"host":
-            if authority is None:
-                flat[5] = v
+            flat[5] = v
             continue
         if k == b"content-length":
             if v.strip() != b"0":

@@ -52,6 +52,13 @@ def pytest_terminal_summary(terminalreporter):
         tw.line(f"guest CAS increments/s, 2 threads:       {r['cas_sharded'] / 1e6:8.2f} M/s  (target >= 5)")
     if "cas_one_mutex" in r:
         tw.line(f"  same with one global mutex:            {r['cas_one_mutex'] / 1e6:8.2f} M/s")
+    for t in (1, 2):
+        if f"redis_cas_redis_{t}" in r and f"redis_cas_inprocess_{t}" in r:
+            tw.line(f"guest CAS increments/s, {t} thread(s), Redis: {r[f'redis_cas_redis_{t}'] / 1e3:8.1f} k/s"
+                    f"  (in-process {r[f'redis_cas_inprocess_{t}'] / 1e6:.2f} M/s)")
+    if "redis_queue_redis" in r and "redis_queue_inprocess" in r:
+        tw.line(f"queue items/s, Redis:                    {r['redis_queue_redis'] / 1e3:8.1f} k/s"
+                f"  (in-process {r['redis_queue_inprocess'] / 1e6:.2f} M/s)")
     for kind in ("inprocess", "shm", "redis"):
         if f"backend_cas_{kind}" in r:
             tw.line(f"backend {kind:9}: guest CAS increments/s (2 threads) {r[f'backend_cas_{kind}'] / 1e6:8.3f} M/s")

@@ -13,7 +13,7 @@ import pytest
 
 from pyproxywasm import Host, PluginConfig, VmConfig
 from pyproxywasm._binding import lib
-from pyproxywasm.backends import Backend, InProcess, SharedMemory
+from pyproxywasm.backends import Backend, InProcess, Redis, SharedMemory
 from pyproxywasm.pairs import encode_pairs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -34,6 +34,38 @@ if hasattr(lib, "pw_shm_open"):
     BACKENDS["shm"] = (lambda: SharedMemory(f"pwbench-{uuid.uuid4().hex[:10]}", size=64 << 20),
                        _unlink)
 
+# Redis: a redis-server of this run on a free port (tests/redis_server.py), started when
+# first used and stopped at the end of the module; a prefix per store.
+import sys  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests"))
+from redis_server import MISSING, RedisServer  # noqa: E402
+
+_redis: list[RedisServer] = []
+
+
+def _redis_backend() -> Backend:
+    if not _redis:
+        _redis.append(RedisServer())
+        _redis[0].start()
+    return Redis(_redis[0].url, prefix=f"pwbench-{uuid.uuid4().hex[:10]}", timeout=1.0)
+
+
+if MISSING is None:
+    BACKENDS["redis"] = (_redis_backend, lambda b: None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_redis():
+    yield
+    for server in _redis:
+        server.stop()
+    _redis.clear()
+
+
+#: Every increment or item is a round trip on Redis: fewer of them.
+SCALE = {"redis": 40}
+
 
 def _cas_job(plugin, key: str, n: int) -> None:
     s = plugin.http_stream()
@@ -46,7 +78,7 @@ def test_backend_cas(benchmark, record, kind):
     """Two workers, each `cas_loop.wasm` doing n get + set-with-cas increments of its key."""
     make, cleanup = BACKENDS[kind]
     backend = make()
-    n = 100_000
+    n = 100_000 // SCALE.get(kind, 1)
     cfg = PluginConfig(VmConfig(WAT / "cas_loop.wasm", vm_id="cas-bench"), deadline_ms=None)
     try:
         with Host([cfg], concurrency=2, namespace=f"bench-{kind}", shared_state=backend) as host:
@@ -73,7 +105,7 @@ def test_backend_queue(benchmark, record, kind):
     drains them (one on_queue_ready per item)."""
     make, cleanup = BACKENDS[kind]
     backend = make()
-    n = 50_000
+    n = 50_000 // SCALE.get(kind, 1)
     vm = VmConfig(WAT / "queue_pc.wasm", vm_id="queue-bench")
     try:
         with Host([PluginConfig(vm, root_id="c", configuration="C", singleton=True),

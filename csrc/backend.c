@@ -285,22 +285,37 @@ void vm_namespace_release(pw_vm *vm) {
 }
 
 /* ---- the hostcalls' slow paths -------------------------------------------------------------- */
+/* Time a guest spends waiting on a backend (a Redis round trip, up to its timeout) is not
+ * the guest's: it counts as paused for the callback's deadline (epoch.c), as Python's
+ * time does. */
 int backend_get(pw_vm *vm, const uint8_t *k, size_t kl, pw_buf *out, uint32_t *cas) {
-    return vm->backend->ops->get(vm->backend, &vm->scope, k, kl, out, cas);
+    uint64_t t0 = epoch_now_ns();
+    int st = vm->backend->ops->get(vm->backend, &vm->scope, k, kl, out, cas);
+    vm_paused(vm, t0);
+    return st;
 }
 
 int backend_set(pw_vm *vm, const uint8_t *k, size_t kl, const uint8_t *v, size_t n, uint32_t cas) {
-    return vm->backend->ops->set(vm->backend, &vm->scope, k, kl, v, n, cas);
+    uint64_t t0 = epoch_now_ns();
+    int st = vm->backend->ops->set(vm->backend, &vm->scope, k, kl, v, n, cas);
+    vm_paused(vm, t0);
+    return st;
 }
 
 int backend_del(pw_vm *vm, const uint8_t *k, size_t kl, uint32_t cas) {
-    return vm->backend ? vm->backend->ops->del(vm->backend, &vm->scope, k, kl, cas)
-                       : shared_del(vm->space, k, kl, cas);
+    if (!vm->backend) return shared_del(vm->space, k, kl, cas);
+    uint64_t t0 = epoch_now_ns();
+    int st = vm->backend->ops->del(vm->backend, &vm->scope, k, kl, cas);
+    vm_paused(vm, t0);
+    return st;
 }
 
 int backend_expire(pw_vm *vm, const uint8_t *k, size_t kl, uint64_t ttl_ms) {
-    return vm->backend ? vm->backend->ops->expire(vm->backend, &vm->scope, k, kl, ttl_ms)
-                       : shared_expire(vm->space, k, kl, ttl_ms);
+    if (!vm->backend) return shared_expire(vm->space, k, kl, ttl_ms);
+    uint64_t t0 = epoch_now_ns();
+    int st = vm->backend->ops->expire(vm->backend, &vm->scope, k, kl, ttl_ms);
+    vm_paused(vm, t0);
+    return st;
 }
 
 int backend_q_register(pw_vm *vm, const uint8_t *name, size_t nl, uint32_t root, int may_create,
@@ -315,7 +330,9 @@ int backend_q_register(pw_vm *vm, const uint8_t *name, size_t nl, uint32_t root,
     pw_backend *b = vm->backend;
     pw_queue_owner o = {vm->disp, vm->vm_key, root};
     uint32_t local = 0;
+    uint64_t t0 = epoch_now_ns();
     int st = b->ops->q_register(b, &vm->scope, name, nl, &o, may_create, created, &local);
+    vm_paused(vm, t0);
     if (st == ST_OK && (!local || local > 0xffffffu)) st = ST_INTERNAL_FAILURE;
     if (st == ST_OK) {
         /* The owner may be posted to from the backend's threads: keep it alive (as
@@ -339,7 +356,12 @@ static int resolve_in(pw_backend *b, const pw_buf *scope, const uint8_t *name, s
 
 int backend_q_resolve(pw_vm *vm, const uint8_t *vm_id, size_t vl, const uint8_t *name,
                       size_t nl, uint32_t *id) {
-    if (!vl) return resolve_in(vm->backend, &vm->scope, name, nl, id);
+    if (!vl) {
+        uint64_t t0 = epoch_now_ns();
+        int st = resolve_in(vm->backend, &vm->scope, name, nl, id);
+        if (vm->backend) vm_paused(vm, t0);
+        return st;
+    }
     /* Another vm_id in this VM's namespace: its own backend. */
     pw_buf scope = {0};
     if (scope_make(&scope, vm->ns.p, vm->ns.len, vm_id, vl)) {
@@ -347,7 +369,9 @@ int backend_q_resolve(pw_vm *vm, const uint8_t *vm_id, size_t vl, const uint8_t 
         return ST_INTERNAL_FAILURE;
     }
     pw_backend *b = lookup(vm->ns.p, vm->ns.len, vm_id, vl);
+    uint64_t t0 = epoch_now_ns();
     int st = resolve_in(b, &scope, name, nl, id);
+    if (b) vm_paused(vm, t0);
     backend_release(b);
     buf_free(&scope);
     return st;

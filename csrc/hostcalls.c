@@ -562,13 +562,19 @@ HOSTCALL(resolve_shared_queue) {
 HOSTCALL(enqueue_shared_queue) {
     BEGIN_RESTRICTED;
     MEM(v, arg->value_data, arg->value_size);
-    RET(state_enqueue(arg->queue_id, v, arg->value_size));
+    /* A backend's wait is not the guest's time (backend.c) */
+    uint64_t t0 = PW_QUEUE_SLOT(arg->queue_id) ? epoch_now_ns() : 0;
+    int st = state_enqueue(arg->queue_id, v, arg->value_size);
+    if (t0) vm_paused(vm, t0);
+    RET(st);
 }
 
 HOSTCALL(dequeue_shared_queue) {
     BEGIN_RESTRICTED;
     if (!gmem(vm, arg->return_value_data, 4) || !gmem(vm, arg->return_value_size, 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    uint64_t t0 = PW_QUEUE_SLOT(arg->queue_id) ? epoch_now_ns() : 0;
     int st = state_dequeue(arg->queue_id, &vm->hc);
+    if (t0) vm_paused(vm, t0);
     if (st != ST_OK) RET(st);
     RET(greturn(vm, cx, vm->hc.p, vm->hc.len, arg->return_value_data, arg->return_value_size, &trap));
 }

@@ -418,6 +418,28 @@ int pw_metric_get(const uint8_t *ns, size_t ns_len, const uint8_t *name, size_t 
  * sum (u64), little-endian, then the name, then for a histogram PW_HIST_BUCKETS bucket
  * counts (u64 each, not cumulative); free with pw_bytes_free. */
 int pw_metrics_dump(const uint8_t *ns, size_t ns_len, uint8_t **out, size_t *len);
+/* The Redis backend (csrc/redis.c): every process using the same server and prefix shares
+ * shared data and queues. 1 when this build has Redis support (hiredis was found when the
+ * core was built). */
+int pw_redis_available(void);
+/* url: redis://[[user]:password@]host[:port][/db]; no operation blocks a thread longer
+ * than timeout_us; max_bytes per scope (0: no cap); default_ttl_ms for new keys (0: none).
+ * NULL with a message in err when the URL is malformed or the server cannot be reached
+ * (opening itself may take up to max(timeout, 2 s)). */
+pw_backend *pw_redis_open(const char *url, uint64_t timeout_us, const uint8_t *prefix,
+                          size_t prefix_len, uint64_t max_bytes, uint64_t default_ttl_ms,
+                          char *err, size_t err_cap);
+/* Counters: operations answered INTERNAL_FAILURE because the server could not be reached,
+ * on_queue_ready notifications posted, notifications with no local owner, subscriptions
+ * to the notification channel (1 once subscribed; more after reconnects), notifications posted for items waiting after one, and
+ * connections made. */
+#define PW_REDIS_UNAVAILABLE 0
+#define PW_REDIS_NOTIFIED 1
+#define PW_REDIS_DROPPED 2
+#define PW_REDIS_SUBSCRIBED 3
+#define PW_REDIS_FLUSHED 4
+#define PW_REDIS_CONNECTS 5
+uint64_t pw_redis_stat(pw_backend *b, int which);
 /* cdef-end */
 #pragma GCC visibility pop
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shlex
+import subprocess
+import sysconfig
 
 from cffi import FFI
 
@@ -28,6 +31,7 @@ _SOURCES = [
     "namespace.c",
     "props.c",
     "queue.c",
+    "redis.c",
     "shared.c",
     "shm.c",
     "signals.c",
@@ -37,6 +41,31 @@ _SOURCES = [
     "wasi.c",
     "wt.c",
 ]
+
+
+def _hiredis() -> tuple[list[str], list[str]]:
+    """Compiler flags and libraries for the Redis backend (csrc/redis.c) when hiredis is
+    installed (Debian: libhiredis-dev), else none: redis.c then builds as a stub whose
+    open says how to get Redis support. PYPROXYWASM_REDIS=0 builds without it."""
+    if os.environ.get("PYPROXYWASM_REDIS") == "0":
+        return [], []
+    try:
+        found = subprocess.run(["pkg-config", "--cflags", "--libs", "hiredis"],
+                               capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        found = []
+        cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
+        try:
+            subprocess.run(cc + ["-E", "-x", "c", "-"], input="#include <hiredis/hiredis.h>\n",
+                           capture_output=True, text=True, check=True)
+            found = ["-lhiredis"]
+        except (OSError, subprocess.CalledProcessError):
+            return [], []
+    cflags = ["-DPW_HAVE_HIREDIS"] + [f for f in found if not f.startswith("-l")]
+    return cflags, [f[2:] for f in found if f.startswith("-l")]
+
+
+_REDIS_CFLAGS, _REDIS_LIBS = _hiredis()
 
 
 def _cdef() -> str:
@@ -60,7 +89,7 @@ ffibuilder.set_source(
     '#include "pw.h"\n',
     sources=[f"{_CSRC}/{name}" for name in _SOURCES],
     include_dirs=[_CSRC],
-    libraries=["dl", "pthread", "rt"],
+    libraries=["dl", "pthread", "rt"] + _REDIS_LIBS,
     # Only the module's init function is exported: the C core's pw_* API is called by the
     # cffi glue inside this one shared object, never from outside.
     extra_compile_args=[
@@ -74,6 +103,7 @@ ffibuilder.set_source(
         # `make -C csrc check`, which builds the core alone with the full warning set).
         "-Wno-unused-parameter",
     ]
+    + _REDIS_CFLAGS
     # Warnings are errors in development and CI builds only (PYPROXYWASM_WERROR=1, set by
     # .ci/run and `make -C csrc`), never in a user's `pip install` with another compiler.
     + (["-Werror"] if os.environ.get("PYPROXYWASM_WERROR") == "1" else []),

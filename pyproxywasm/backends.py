@@ -107,10 +107,15 @@ class SharedMemory:
 
 @dataclass(frozen=True)
 class Redis:
-    """A Redis server shared by many machines. url: redis://host:port/db. timeout: seconds
-    an operation may wait for the server before the guest gets INTERNAL_FAILURE (counted
-    in `unavailable`). prefix: the start of every key this host writes. max_bytes and
-    default_ttl as InProcess, per scope."""
+    """A Redis server shared by many machines. url: redis://[[user]:password@]host[:port][/db]
+    (no TLS). timeout: seconds an operation may wait for the server before the guest gets
+    INTERNAL_FAILURE (counted in `unavailable`); during an outage later operations answer
+    at once until a backoff (25 ms doubling to 1 s) ends. prefix: the start of every key
+    this host writes; hosts with the same server and prefix share their scopes, whatever
+    process or machine they are in. max_bytes and default_ttl as InProcess, per scope (kept
+    on the server). Needs a build with hiredis (Debian: libhiredis-dev); making the host
+    fails with a clear error when the URL is malformed or the server does not answer.
+    Details: docs/ARCHITECTURE.md, "Shared state in Redis"."""
 
     url: str = "redis://127.0.0.1:6379/0"
     timeout: float = 0.05
@@ -119,7 +124,25 @@ class Redis:
     default_ttl: float | None = None
 
     def _open(self, default_max_bytes: int) -> Any:
-        raise ConfigError("this build of pyproxywasm has no Redis backend")
+        if not lib.pw_redis_available():
+            raise ConfigError("this build has no Redis support: install libhiredis-dev and "
+                              "reinstall pyproxywasm")
+        if not isinstance(self.url, str):
+            raise ConfigError(f"Redis.url must be a str, not {self.url!r}")
+        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) \
+                or not 0 < self.timeout <= 3600:
+            raise ConfigError(f"Redis.timeout must be seconds > 0 (at most 3600), "
+                              f"not {self.timeout!r}")
+        if not isinstance(self.prefix, str) or not self.prefix:
+            raise ConfigError(f"Redis.prefix must be a non-empty str, not {self.prefix!r}")
+        err = ffi.new("char[512]")
+        prefix = self.prefix.encode()
+        ptr = lib.pw_redis_open(self.url.encode(), max(1, round(self.timeout * 1e6)), prefix,
+                                len(prefix), _max_bytes(self.max_bytes, "Redis", default_max_bytes),
+                                _ttl_ms(self.default_ttl, "Redis"), err, len(err))
+        if ptr == ffi.NULL:
+            raise ConfigError(ffi.string(err).decode(errors="replace"))
+        return ptr
 
 
 Backend = Union[InProcess, SharedMemory, Redis]
@@ -177,6 +200,22 @@ class BackendHandle:
     @property
     def kind(self) -> str:
         return str(ffi.string(lib.pw_backend_kind(self.ptr)).decode())
+
+    def stats(self) -> dict[str, int]:
+        """Counters of the backend: `unavailable` for every kind; for Redis also
+        `notified` (on_queue_ready notifications posted in this process), `dropped` (those
+        whose owner was gone), `subscribed` (subscriptions to its notification channel: 1,
+        more after reconnects), `flushed` (notifications posted for items found waiting
+        after a resubscription) and `connects` (connections made)."""
+        out = {"unavailable": self.unavailable}
+        if self.kind == "redis":
+            for name, which in (("notified", lib.PW_REDIS_NOTIFIED),
+                                ("dropped", lib.PW_REDIS_DROPPED),
+                                ("subscribed", lib.PW_REDIS_SUBSCRIBED),
+                                ("flushed", lib.PW_REDIS_FLUSHED),
+                                ("connects", lib.PW_REDIS_CONNECTS)):
+                out[name] = int(lib.pw_redis_stat(self.ptr, which))
+        return out
 
 
 class Attachments:

@@ -13,11 +13,12 @@ import pytest
 
 from pyproxywasm._binding import lib
 from pyproxywasm.abi import Status
-from pyproxywasm.backends import Backend, InProcess, SharedMemory
+from pyproxywasm.backends import Backend, InProcess, Redis, SharedMemory
 from pyproxywasm.errors import ConfigError
 from pyproxywasm.testing import PluginHarness
 
 from conftest import REQUEST, wat
+from redis_server import MISSING, REQUIRED, RedisServer
 
 
 def _shm(**kw: object) -> Backend:
@@ -32,6 +33,31 @@ if hasattr(lib, "pw_shm_open"):
     BACKENDS["shm"] = _shm
 #: The Redis backend adds itself here (with a skip when no server can be started).
 
+#: One redis-server for this module's Redis runs (started on first use, stopped by the
+#: `_redis_server` fixture at the end of the session); each store gets its own prefix.
+_redis: list[RedisServer] = []
+
+
+def _redis_backend(**kw: object) -> Backend:
+    # a timeout no busy machine (or sanitizer build) reaches: these check semantics
+    return Redis(_redis[0].url, prefix=f"pwtest-{uuid.uuid4().hex[:12]}", timeout=2.0, **kw)  # type: ignore[arg-type]
+
+
+if MISSING is None or REQUIRED:  # CI (REQUIRED) fails the Redis runs rather than drop them
+    BACKENDS["redis"] = _redis_backend
+
+
+@pytest.fixture(scope="session")
+def _redis_server() -> Iterator[None]:
+    if MISSING is not None:
+        pytest.fail(f"PYPROXYWASM_REQUIRE_REDIS=1 but {MISSING}")
+    server = RedisServer()
+    server.start()
+    _redis.append(server)
+    yield
+    _redis.clear()
+    server.stop()
+
 
 def _cleanup(b: Backend) -> None:
     if isinstance(b, SharedMemory):
@@ -44,6 +70,8 @@ def _cleanup(b: Backend) -> None:
 @pytest.fixture(params=sorted(BACKENDS))
 def make_backend(request: pytest.FixtureRequest) -> Iterator[Callable[..., Backend]]:
     made: list[Backend] = []
+    if request.param == "redis":
+        request.getfixturevalue("_redis_server")
 
     def make(**kw: object) -> Backend:
         b = BACKENDS[request.param](**kw)

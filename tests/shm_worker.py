@@ -43,6 +43,11 @@ def main() -> None:
                 s = host.plugins[0].http_stream()
                 s.send_request_headers(REQUEST + [("x-n", str(n)), ("x-key", "ctr")],
                                        end_stream=True)
+                # A VM that failed (to start, or mid-loop) answers by its failure policy
+                # without raising: say so, or the test sees only a short count.
+                if s.failed or s.local_response is not None:
+                    raise SystemExit(f"the stream did not run through the plugin: failed="
+                                     f"{s.failed} local_response={s.local_response}")
                 s.finish()
 
             if len(args) > 2:  # a start time (time.time()) shared with other processes

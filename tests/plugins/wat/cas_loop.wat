@@ -1,6 +1,7 @@
 ;; Shared-data stress plugin. on_request_headers does N compare-and-swap increments of an
 ;; 8-byte little-endian counter: N from request header "x-n" (decimal), the key from
-;; "x-key". Each increment is get, +1, set with the cas, retried on CAS_MISMATCH. The
+;; "x-key". Each increment is get, +1, set with the cas, retried on CAS_MISMATCH (and on
+;; a get or set that fails for another reason: only NOT_FOUND means "no counter yet"). The
 ;; number of retries is logged as "retries <n>".
 (module
   (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
@@ -50,10 +51,16 @@
         (global.set $heap (i32.const 8192))
         (local.set $st (call $sget (local.get $key) (local.get $klen)
                                    (i32.const 1010) (i32.const 1014) (i32.const 1018)))
+        ;; OK: the value and its cas; NOT_FOUND (1): start from 0, unconditionally; any
+        ;; other status (a backend that cannot answer now): try again, counted as a retry.
         (if (i32.eqz (local.get $st))
           (then (local.set $v (i64.load (i32.load (i32.const 1010)))))
-          (else (local.set $v (i64.const 0))
-                (i32.store (i32.const 1018) (i32.const 0))))
+          (else
+            (if (i32.ne (local.get $st) (i32.const 1))
+              (then (local.set $retries (i32.add (local.get $retries) (i32.const 1)))
+                    (br $increment)))
+            (local.set $v (i64.const 0))
+            (i32.store (i32.const 1018) (i32.const 0))))
         (i64.store (i32.const 1024) (i64.add (local.get $v) (i64.const 1)))
         (local.set $st (call $sset (local.get $key) (local.get $klen) (i32.const 1024) (i32.const 8)
                                    (i32.load (i32.const 1018))))

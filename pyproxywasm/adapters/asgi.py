@@ -52,6 +52,7 @@ _RESP_HDR_OUT, _RESP_ENDED, _RESP_TR_OUT = (lib.PW_S_RESP_HEADERS_OUT, lib.PW_S_
                                             lib.PW_S_RESP_TRAILERS_OUT)
 _RESET, _LOCAL, _FAILED = lib.PW_S_RESET, lib.PW_S_LOCAL_REPLY, lib.PW_S_FAILED
 _OVER = _RESET | _LOCAL | _FAILED
+_REQ_CHANGED = lib.PW_S_REQ_HEADERS_CHANGED
 _NOT_OUT = (0, None, None, None, False)  # asgi_respond's answer when nothing is ready to send
 _DRAIN_SECONDS, _DRAIN_BYTES = 2.0, 16 << 20
 _POLL = 0.25  # a held stream is also re-checked this often (a resume made from another
@@ -194,7 +195,7 @@ class ProxyWasmMiddleware:
                 if r is not None:
                     chain = FilterChain.of_one(s, r[2])
                     chain.started(r[0], r[1])
-                    ex = _Exchange(self.app, ls, chain, scope, receive, send, r[1], b"", None, True)
+                    ex = _Exchange(self.app, ls, chain, scope, receive, send, r[1], b"", True)
                     try:
                         await ex.run()
                     except _ClientGone:
@@ -218,8 +219,7 @@ class ProxyWasmMiddleware:
         if chain.empty:
             await self.app(scope, receive, send)
             return
-        ex = _Exchange(self.app, ls, chain, scope, receive, send, eos, path,
-                       data if nflat >= 0 else None)
+        ex = _Exchange(self.app, ls, chain, scope, receive, send, eos, path)
         try:
             chain.push_request_headers(data, nflat, eos)
         except BaseException:
@@ -245,13 +245,12 @@ class _Exchange:
     __slots__ = ("app", "ls", "chain", "scope", "receive", "send", "event", "recv_task",
                  "down_ended", "gone", "req_end_given", "resp_started", "resp_done",
                  "start_msg", "trailers_declared", "head", "path", "resp_in", "resp_out",
-                 "pending", "hdr_pushed", "end_pushed", "sent", "fast")
+                 "pending", "hdr_pushed", "end_pushed", "fast")
 
     def __init__(self, app: ASGIApp, ls: _LoopState, chain: FilterChain, scope: Scope,
                  receive: Receive, send: Send, eos: bool, path: bytes,
-                 sent: bytes | None = None, fast: bool = False) -> None:
+                 fast: bool = False) -> None:
         self.app, self.ls, self.chain, self.scope = app, ls, chain, scope
-        self.sent = sent  # the request headers given to the chain, in the flat form
         self.fast = fast  # one filter, started by asgi_start: the exchange in C
         self.receive, self.send = receive, send
         self.event: asyncio.Event | None = None
@@ -396,24 +395,18 @@ class _Exchange:
             scope: Scope
             scope, self.pending = last.asgi_app_scope(self.scope, self.pending)
             return scope
-        hdrs = decode_raw(_raw(last, _R_REQ_HDR))
         scope = dict(self.scope)
         ended = bool(last.flags & _REQ_ENDED)
-        sent = self.sent
-        if sent is not None:
-            # The common case: no filter changed the request headers and there is no body.
-            # The app then gets the client's own header list (Host first, as the general
-            # path puts it), with no per-header work in Python.
-            orig = scope["headers"]
-            parts = sent.split(b"\0")
-            if (hdrs == list(zip(parts[0::2], parts[1::2])) and type(orig) is list and orig
-                    and len(orig) == len(hdrs) - 3 and orig[0] == (b"host", parts[5])):
-                body = self.pending = take_body(last, False) if ended else b""
-                if not body:
-                    ext = scope.get("extensions")
-                    scope["extensions"] = {**ext, "pyproxywasm": {"end_stream": ended}} if ext \
-                        else {"pyproxywasm": {"end_stream": ended}}
-                    return scope
+        if not any(f.flags & _REQ_CHANGED for f in self.chain.streams):
+            # No filter changed the request headers (the core's flags): the app gets the
+            # client's own header list, with no per-header work in Python.
+            body = self.pending = take_body(last, False) if ended else b""
+            if not body:
+                ext = scope.get("extensions")
+                scope["extensions"] = {**ext, "pyproxywasm": {"end_stream": ended}} if ext \
+                    else {"pyproxywasm": {"end_stream": ended}}
+                return scope
+        hdrs = decode_raw(_raw(last, _R_REQ_HDR))
         regular: list[tuple[bytes, bytes]] = []
         method = path = authority = scheme = None
         for k, v in hdrs:

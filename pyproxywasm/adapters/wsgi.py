@@ -35,6 +35,7 @@ from .chain import FilterChain, _R_REQ_HDR, _raw, decode_raw, headers_of, take_b
 
 _REQ_HDR_OUT, _REQ_ENDED = lib.PW_S_REQ_HEADERS_OUT, lib.PW_S_REQ_ENDED
 _RESP_HDR_OUT, _RESP_ENDED, _FAILED = lib.PW_S_RESP_HEADERS_OUT, lib.PW_S_RESP_ENDED, lib.PW_S_FAILED
+_REQ_CHANGED = lib.PW_S_REQ_HEADERS_CHANGED
 _POLL = 0.25
 Environ = dict[str, Any]
 ExcInfo = Tuple[Type[BaseException], BaseException, Optional[TracebackType]]
@@ -121,8 +122,6 @@ class ProxyWasmWSGIMiddleware:
         if chain.empty:
             return self.app(environ, start_response)
         ex = _Exchange(self.app, host, chain, environ, start_response, eos, path)
-        if nflat >= 0 and authority is None:
-            ex.sent = data
         try:
             chain.push_request_headers(data, nflat, eos)
             return ex.run()
@@ -167,7 +166,6 @@ class _Exchange:
         self.app_headers: list[tuple[str, str]] | None = None
         self.hdr_pushed = self.end_pushed = False
         self.server_write: Write | None = None
-        self.sent: bytes | None = None  # the request headers given to the chain (flat form)
         self.fast = False  # one filter, started by wsgi_start: the exchange in C
         self.ready: bytes | None = None  # the first body the C exchange made ready to send
 
@@ -217,18 +215,15 @@ class _Exchange:
             if env is not None:
                 return self._app_body(env, last)
             self.path = _request_uri(self.environ)
+        if "HTTP_HOST" in self.environ and not any(f.flags & _REQ_CHANGED for f in self.chain.streams):
+            # No filter changed the request headers (the core's flags): the server's
+            # environ holds them already, with no per-header work in Python.
+            env = dict(self.environ)
+            for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                if name in env and not env[name]:
+                    del env[name]  # empty ones are not headers (the general path drops them)
+            return self._app_body(env, last)
         hdrs = decode_raw(_raw(last, _R_REQ_HDR))
-        sent = self.sent
-        if sent is not None:
-            parts = sent.split(b"\0")
-            if hdrs == list(zip(parts[0::2], parts[1::2])):
-                # No filter changed the request headers (the common case): the server's
-                # environ holds them already, with no per-header work in Python.
-                env = dict(self.environ)
-                for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                    if name in env and not env[name]:
-                        del env[name]  # empty ones are not headers (the general path drops them)
-                return self._app_body(env, last)
         env = {k: v for k, v in self.environ.items()
                if not k.startswith("HTTP_") and k not in ("CONTENT_TYPE", "CONTENT_LENGTH")}
         for k, v in hdrs:

@@ -1092,36 +1092,6 @@ static int env_join(PyObject *env, PyObject *key, PyObject *value) {
     return rc;
 }
 
-/* One forwarded header into the app's environ (CGI names). */
-static int env_header(PyObject *env, const char *k, size_t kl, const char *v, size_t vl) {
-    char stack[128], *name = kl <= sizeof stack ? stack : malloc(kl);
-    if (!name) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (size_t i = 0; i < kl; i++) {
-        char c = k[i];
-        name[i] = c == '-' ? '_' : (c >= 'a' && c <= 'z') ? (char)(c - 32) : c;
-    }
-    PyObject *value = PyUnicode_DecodeLatin1(v, (Py_ssize_t)vl, NULL);
-    PyObject *n = value ? PyUnicode_DecodeLatin1(name, (Py_ssize_t)kl, NULL) : NULL;
-    int content = eq(name, kl, "CONTENT_TYPE", 12) || eq(name, kl, "CONTENT_LENGTH", 14);
-    if (name != stack) free(name);
-    int rc = -1;
-    if (n) {
-        if (content) {
-            rc = PyDict_SetItem(env, n, value);
-        } else {
-            PyObject *key = PyUnicode_Concat(s_http_prefix, n);
-            rc = key ? env_join(env, key, value) : -1;
-            Py_XDECREF(key);
-        }
-    }
-    Py_XDECREF(n);
-    Py_XDECREF(value);
-    return rc;
-}
-
 static int set_latin1(PyObject *d, PyObject *key, const char *v, size_t vl) {
     PyObject *o = PyUnicode_DecodeLatin1(v, (Py_ssize_t)vl, NULL);
     if (!o) return -1;
@@ -1130,15 +1100,106 @@ static int set_latin1(PyObject *d, PyObject *key, const char *v, size_t vl) {
     return rc;
 }
 
-/* wsgi_app_environ(environ) -> the app's environ, or None (a header name that is not
- * ASCII: the general path). The body's keys (CONTENT_LENGTH, wsgi.input) are the caller's. */
+static int wsgi_body_keys(Stream *s, PyObject *env, PyObject **body);
+
+/* The environ's header keys (HTTP_*, CONTENT_TYPE, CONTENT_LENGTH) and those the filter's
+ * map added: which the map has set (used), so that the others can go. */
+typedef struct {
+    const char *k; /* the key's text (owned by the key object) */
+    size_t kl;
+    PyObject *key; /* borrowed from the environ, or owned (new keys) */
+    int used, owned;
+} cgi_ent;
+
+typedef struct {
+    cgi_ent *e;
+    size_t n;
+} cgi_set;
+
+static void cgi_free(cgi_set *c) {
+    for (size_t i = 0; i < c->n; i++)
+        if (c->e[i].owned) Py_DECREF(c->e[i].key);
+    free(c->e);
+    c->e = NULL;
+    c->n = 0;
+}
+
+static int cgi_collect(cgi_set *c, PyObject *environ, uint32_t more) {
+    Py_ssize_t pos = 0, cap = PyDict_Size(environ) + (Py_ssize_t)more + 1;
+    PyObject *ek, *ev;
+    if (!(c->e = malloc((size_t)cap * sizeof *c->e))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    while (PyDict_Next(environ, &pos, &ek, &ev)) {
+        Py_ssize_t n;
+        const char *kp = str_of(ek, &n);
+        if (kp && ((n >= 5 && !memcmp(kp, "HTTP_", 5)) || eq(kp, (size_t)n, "CONTENT_TYPE", 12) ||
+                   eq(kp, (size_t)n, "CONTENT_LENGTH", 14)))
+            c->e[c->n++] = (cgi_ent){kp, (size_t)n, ek, 0, 0};
+    }
+    return 0;
+}
+
+/* environ[key] = value as the general path sets it: the first time the value (an equal
+ * one kept as it is), then (join) the values joined with ","; content-* keys are set. */
+static int cgi_put(cgi_set *c, PyObject *env, const char *key, size_t kl, int join,
+                   const char *v, size_t vl) {
+    cgi_ent *e = NULL;
+    for (size_t i = 0; i < c->n && !e; i++)
+        if (eq(c->e[i].k, c->e[i].kl, key, kl)) e = &c->e[i];
+    if (!e) {
+        PyObject *ko = PyUnicode_DecodeLatin1(key, (Py_ssize_t)kl, NULL);
+        Py_ssize_t n;
+        const char *kp = ko ? str_of(ko, &n) : NULL;
+        if (!kp) {
+            Py_XDECREF(ko);
+            return -1;
+        }
+        e = &c->e[c->n++]; /* room: one per map entry was reserved */
+        *e = (cgi_ent){kp, (size_t)n, ko, 0, 1};
+    }
+    if (e->used && join) {
+        PyObject *value = PyUnicode_DecodeLatin1(v, (Py_ssize_t)vl, NULL);
+        int rc = value ? env_join(env, e->key, value) : -1;
+        Py_XDECREF(value);
+        return rc;
+    }
+    e->used = 1;
+    Py_ssize_t cl;
+    const char *cur = str_of(PyDict_GetItemWithError(env, e->key), &cl);
+    PyErr_Clear();
+    if (cur && is_ascii(v, vl) && eq(cur, (size_t)cl, v, vl)) return 0; /* as it was */
+    return set_latin1(env, e->key, v, vl);
+}
+
+/* The environ's header keys the filter's map does not have go. */
+static int cgi_drop_unused(cgi_set *c, PyObject *env) {
+    for (size_t i = 0; i < c->n; i++)
+        if (!c->e[i].used && PyDict_DelItem(env, c->e[i].key)) return -1;
+    return 0;
+}
+
+/* d[key] = value (latin-1), unless it holds that already. */
+static int set_latin1_if(PyObject *d, PyObject *key, const char *v, size_t vl) {
+    Py_ssize_t cl;
+    const char *cur = str_of(PyDict_GetItemWithError(d, key), &cl);
+    PyErr_Clear();
+    if (cur && is_ascii(v, vl) && eq(cur, (size_t)cl, v, vl)) return 0;
+    return set_latin1(d, key, v, vl);
+}
+
+/* wsgi_app_environ(environ) -> (the app's environ, body), or None (a header name that is
+ * not ASCII: the general path). The body is what the app will read first: all of it when
+ * the request ended with the headers, and then CONTENT_LENGTH says its true length; else
+ * wsgi.input_terminated (PEP 3333: read to EOF). wsgi.input is the caller's. */
 PyObject *s_wsgi_app_environ(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Stream *s = (Stream *)self;
     if (nargs != 1 || !PyDict_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "wsgi_app_environ(environ: dict)");
         return NULL;
     }
-    PyObject *environ = args[0], *env;
+    PyObject *environ = args[0], *env = NULL, *body = NULL, *out;
     int has_host = PyDict_GetItemWithError(environ, k_http_host) != NULL;
     if (PyErr_Occurred()) return NULL;
     if (!(s->flags & PW_S_REQ_HEADERS_CHANGED) && has_host) {
@@ -1152,25 +1213,19 @@ PyObject *s_wsgi_app_environ(PyObject *self, PyObject *const *args, Py_ssize_t n
                 return NULL;
             }
         }
-        return env;
+        goto body;
     }
     pairs_it it, scan;
     const char *k, *v;
     size_t kl, vl;
     read_map(s, PW_R_REQ_HEADERS, &it);
     for (scan = it; pairs_next(&scan, &k, &kl, &v, &vl);)
-        if (!is_ascii(k, kl)) Py_RETURN_NONE; /* str.upper() beyond ASCII: the general path */
-    if (!(env = PyDict_New())) return NULL;
-    Py_ssize_t pos = 0;
-    PyObject *ek, *ev;
-    while (PyDict_Next(environ, &pos, &ek, &ev)) {
-        Py_ssize_t n;
-        const char *kp = str_of(ek, &n);
-        if (kp && ((n >= 5 && !memcmp(kp, "HTTP_", 5)) || eq(kp, (size_t)n, "CONTENT_TYPE", 12) ||
-                   eq(kp, (size_t)n, "CONTENT_LENGTH", 14)))
-            continue;
-        if (PyDict_SetItem(env, ek, ev)) goto fail;
-    }
+        if (!is_ascii(k, kl) || kl > 256) Py_RETURN_NONE; /* str.upper() beyond ASCII, or a
+                                                            * very long name: the general path */
+    /* The server's environ, with its header keys brought in line with the filter's map:
+     * equal values kept as they are, others set, repeats joined, the rest removed. */
+    cgi_set c = {0};
+    if (!(env = PyDict_Copy(environ)) || cgi_collect(&c, environ, it.n)) goto fail_c;
     wbuf uri;
     wb_init(&uri);
     int have_uri = wsgi_uri(environ, &uri) == 0;
@@ -1178,9 +1233,9 @@ PyObject *s_wsgi_app_environ(PyObject *self, PyObject *const *args, Py_ssize_t n
     while (pairs_next(&it, &k, &kl, &v, &vl)) {
         int rc = 0;
         if (kl && k[0] == ':') {
-            if (eq(k, kl, ":method", 7)) rc = set_latin1(env, k_request_method, v, vl);
-            else if (eq(k, kl, ":authority", 10)) rc = set_latin1(env, k_http_host, v, vl);
-            else if (eq(k, kl, ":scheme", 7)) rc = set_latin1(env, k_url_scheme, v, vl);
+            if (eq(k, kl, ":method", 7)) rc = set_latin1_if(env, k_request_method, v, vl);
+            else if (eq(k, kl, ":authority", 10)) rc = cgi_put(&c, env, "HTTP_HOST", 9, 1, v, vl);
+            else if (eq(k, kl, ":scheme", 7)) rc = set_latin1_if(env, k_url_scheme, v, vl);
             else if (eq(k, kl, ":path", 5) && !(have_uri && eq(v, vl, uri.p, uri.len - 1))) {
                 PyObject *po = PyBytes_FromStringAndSize(v, (Py_ssize_t)vl);
                 PyObject *r = po && wsgi_path_fn ? PyObject_CallFunctionObjArgs(wsgi_path_fn, env, po, NULL) : NULL;
@@ -1189,18 +1244,61 @@ PyObject *s_wsgi_app_environ(PyObject *self, PyObject *const *args, Py_ssize_t n
                 Py_XDECREF(po);
             }
         } else {
-            rc = env_header(env, k, kl, v, vl);
+            char key[8 + 256];
+            for (size_t i = 0; i < kl; i++) {
+                char ch = k[i];
+                key[5 + i] = ch == '-' ? '_' : (ch >= 'a' && ch <= 'z') ? (char)(ch - 32) : ch;
+            }
+            if (eq(key + 5, kl, "CONTENT_TYPE", 12) || eq(key + 5, kl, "CONTENT_LENGTH", 14)) {
+                rc = cgi_put(&c, env, key + 5, kl, 0, v, vl);
+            } else {
+                memcpy(key, "HTTP_", 5);
+                rc = cgi_put(&c, env, key, kl + 5, 1, v, vl);
+            }
         }
         if (rc) {
             wb_free(&uri);
-            goto fail;
+            goto fail_c;
         }
     }
     wb_free(&uri);
-    return env;
-fail:
+    if (cgi_drop_unused(&c, env)) goto fail_c;
+    cgi_free(&c);
+body:
+    if (wsgi_body_keys(s, env, &body)) goto fail;
+    out = PyTuple_Pack(2, env, body);
     Py_DECREF(env);
+    Py_DECREF(body);
+    return out;
+fail_c:
+    cgi_free(&c);
+fail:
+    Py_XDECREF(env);
+    Py_XDECREF(body);
     return NULL;
+}
+
+/* The app's environ given the body: its true length when it is all known, else read to
+ * EOF (wsgi.input_terminated, which Werkzeug and Django honour). */
+static int wsgi_body_keys(Stream *s, PyObject *env, PyObject **body) {
+    if (s->flags & PW_S_REQ_ENDED) {
+        if (!(*body = take_body(s, PW_R_REQ_BODY))) return -1;
+        Py_ssize_t n = PyBytes_Size(*body);
+        int has = PyDict_Contains(env, k_content_length);
+        if (has < 0) return -1;
+        if (n || has) {
+            char num[24];
+            PyObject *v = PyUnicode_FromStringAndSize(num, (Py_ssize_t)decimal(num, (unsigned long long)n));
+            int rc = v ? PyDict_SetItem(env, k_content_length, v) : -1;
+            Py_XDECREF(v);
+            return rc;
+        }
+        return 0;
+    }
+    if (!(*body = PyBytes_FromStringAndSize("", 0))) return -1;
+    int has = PyDict_Contains(env, k_content_length);
+    if (has < 0 || (has && PyDict_DelItem(env, k_content_length))) return -1;
+    return PyDict_SetItemString(env, "wsgi.input_terminated", Py_True);
 }
 
 /* wsgi_respond(status_line, headers, body, end, head, resp_in): see the top of this file. */

@@ -20,6 +20,10 @@ from pyproxywasm.adapters import _common, asgi as asgi_mod, wsgi as wsgi_mod
 
 EXAMPLE = __import__("pathlib").Path(__import__("pyproxywasm").__file__).parent / "examples" / "header_rewrite.wasm"
 NOOP = json.dumps({"request_headers": {}, "response_headers": {}})  # changes nothing
+EDIT = json.dumps({"request_headers": {"x-a": "set", "accept": "text/html"},  # replace, add,
+                   "remove_request_headers": ["user-agent", "x-b", "content-type"],  # remove
+                   "response_headers": {"x-a": "r", "content-type": "text/html"}})
+FILTERS = ["wat", "go", "go-noop", "go-edit"]
 
 needs_fast = pytest.mark.skipif(not _common.FAST, reason="the C exchange is not built (or turned off)")
 
@@ -29,6 +33,8 @@ def plugin(which: str) -> PluginConfig:
         return PluginConfig(VmConfig(str(WAT / "bench_filter.wasm")), name="w", root_id="w")
     if which == "go-noop":
         return PluginConfig(VmConfig(str(EXAMPLE)), name="g", root_id="g", configuration=NOOP)
+    if which == "go-edit":
+        return PluginConfig(VmConfig(str(EXAMPLE)), name="g", root_id="g", configuration=EDIT)
     return PluginConfig(VmConfig(str(EXAMPLE)), name="g", root_id="g")
 
 
@@ -44,6 +50,8 @@ REQUESTS = {
     "no query": {"query_string": b""},
     "no host header": {"headers": [(b"accept", b"*/*")]},
     "host not first": {"headers": [(b"accept", b"*/*"), (b"host", b"h.example")]},
+    "headers the filter edits": {"headers": [(b"host", b"h"), (b"x-a", b"1"), (b"x-b", b"2"),
+                                             (b"x-a", b"again"), (b"accept", b"text/html")]},
     "two hosts": {"headers": [(b"host", b"first"), (b"host", b"second")]},
     "unix socket": {"server": ("/tmp/sock", None), "headers": [(b"accept", b"*/*")]},
     "no server": {"server": None, "headers": [(b"accept", b"*/*")]},
@@ -112,7 +120,7 @@ def _comparable(seen: dict) -> dict:
 
 
 @needs_fast
-@pytest.mark.parametrize("which", ["wat", "go", "go-noop"])
+@pytest.mark.parametrize("which", FILTERS)
 @pytest.mark.parametrize("req", list(REQUESTS))
 def test_asgi_requests_the_same_on_both_paths(monkeypatch, which, req):
     scope = {**BASE, **REQUESTS[req]}
@@ -124,7 +132,7 @@ def test_asgi_requests_the_same_on_both_paths(monkeypatch, which, req):
 
 
 @needs_fast
-@pytest.mark.parametrize("which", ["wat", "go", "go-noop"])
+@pytest.mark.parametrize("which", FILTERS)
 @pytest.mark.parametrize("resp", list(RESPONSES))
 def test_asgi_responses_the_same_on_both_paths(monkeypatch, which, resp):
     fast = run_asgi(which, BASE, RESPONSES[resp], True, monkeypatch)
@@ -212,7 +220,8 @@ ENVIRONS = {
     "latin-1 path": {"PATH_INFO": "/\u00e9t\u00e9"},
     "no host": {"HTTP_HOST": None},
     "post": {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "5", "CONTENT_TYPE": "text/plain"},
-    "repeated-looking names": {"HTTP_X_A": "1", "HTTP_X_B": "2"},
+    "headers the filter edits": {"HTTP_X_A": "1", "HTTP_X_B": "2", "HTTP_ACCEPT": "text/html"},
+    "a header the filter adds again (joined)": {"HTTP_X_WASM_FILTER": "0"},
     "non-ASCII value (general path)": {"HTTP_X_N": "\u00e9"},
 }
 
@@ -249,7 +258,7 @@ def run_wsgi(which: str, env: dict, response, fast: bool, monkeypatch):
 
 
 @needs_fast
-@pytest.mark.parametrize("which", ["wat", "go", "go-noop"])
+@pytest.mark.parametrize("which", FILTERS)
 @pytest.mark.parametrize("env", list(ENVIRONS))
 def test_wsgi_requests_the_same_on_both_paths(monkeypatch, which, env):
     fast = run_wsgi(which, ENVIRONS[env], WSGI_RESPONSES["plain"], True, monkeypatch)
@@ -259,7 +268,7 @@ def test_wsgi_requests_the_same_on_both_paths(monkeypatch, which, env):
 
 
 @needs_fast
-@pytest.mark.parametrize("which", ["wat", "go", "go-noop"])
+@pytest.mark.parametrize("which", FILTERS)
 @pytest.mark.parametrize("resp", list(WSGI_RESPONSES))
 def test_wsgi_responses_the_same_on_both_paths(monkeypatch, which, resp):
     fast = run_wsgi(which, {}, WSGI_RESPONSES[resp], True, monkeypatch)
@@ -269,6 +278,13 @@ def test_wsgi_responses_the_same_on_both_paths(monkeypatch, which, resp):
         return [(s, [(k.lower(), v) for k, v in h]) for s, h in started]
     assert norm(fast[1]) == norm(general[1])
     assert fast[2] == general[2]
+
+
+def test_wsgi_repeated_header_is_joined(monkeypatch):
+    for fast in ([True, False] if _common.FAST else [False]):
+        seen, _, _ = run_wsgi("wat", {"HTTP_X_WASM_FILTER": "0"}, WSGI_RESPONSES["plain"], fast,
+                              monkeypatch)
+        assert seen["env"]["HTTP_X_WASM_FILTER"] == "0,1"
 
 
 def test_wsgi_host_header_is_the_authority(monkeypatch):

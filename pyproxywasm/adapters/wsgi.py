@@ -148,7 +148,7 @@ class _Exchange:
     def __init__(self, app: WSGIApp, host: Host, chain: FilterChain, environ: Environ,
                  start_response: StartResponse, eos: bool, path: bytes) -> None:
         self.app, self.chain, self.environ = app, chain, environ
-        self.dispatcher = host.dispatcher
+        self.host = host  # its dispatcher is run while a plugin holds the stream
         self.start_response = start_response
         self.input = environ.get("wsgi.input")
         try:
@@ -172,7 +172,7 @@ class _Exchange:
     # ---- waiting and reading ------------------------------------------------------------
     def wait(self) -> None:
         """Runs this thread's dispatcher until something may have changed, then re-checks."""
-        d = self.dispatcher
+        d = self.host.dispatcher
         t = d.next_timeout()
         p = select.poll()  # not select(): a busy server's fds pass 1024
         p.register(d.fileno(), select.POLLIN)
@@ -206,14 +206,26 @@ class _Exchange:
         if last is None or chain.answered:
             return self._respond(iter(()))
         app_iter = self.app(self._app_environ(last), self._start_response)
+        if self.fast and app_iter.__class__ is list and len(app_iter) == 1 and app_iter[0] \
+                and not self.hdr_pushed and self._fast_start(app_iter[0], True):
+            # The common case, a whole body in one chunk, through in one C call.
+            ready = self.ready
+            if ready is not None and self.resp_done:
+                self.ready = None
+                return _Sent(ready, self)
+            return self._respond(app_iter, True)
         return self._respond(app_iter)
 
     def _app_environ(self, last: HttpStream) -> Environ:
         if self.fast:
-            # In C: the server's environ when the filter left the headers alone.
-            env = last.wsgi_app_environ(self.environ)
-            if env is not None:
-                return self._app_body(env, last)
+            # In C: the server's environ when the filter left the headers alone, and the
+            # body's keys (CONTENT_LENGTH or wsgi.input_terminated).
+            r = last.wsgi_app_environ(self.environ)
+            if r is not None:
+                env: Environ
+                env, self.pending = r
+                env["wsgi.input"] = _ChainInput(self)
+                return env
             self.path = _request_uri(self.environ)
         if "HTTP_HOST" in self.environ and not any(f.flags & _REQ_CHANGED for f in self.chain.streams):
             # No filter changed the request headers (the core's flags): the server's
@@ -349,9 +361,13 @@ class _Exchange:
             if out and self.server_write is not None:  # set by _outputs as it starts
                 self.server_write(out)
 
-    def _respond(self, app_iter: Iterable[bytes]) -> Iterator[bytes]:
+    def _respond(self, app_iter: Iterable[bytes], pushed: bool = False) -> Iterator[bytes]:
+        """The response as the server iterates it; `pushed`: the app's whole body already
+        went into the chain (_fast_start)."""
         try:
-            if isinstance(app_iter, (list, tuple)):
+            if pushed:
+                pass
+            elif isinstance(app_iter, (list, tuple)):
                 # The whole body is known: the last chunk carries the end (one call fewer).
                 chunks = [c for c in app_iter if c]
                 for i, chunk in enumerate(chunks):
@@ -435,6 +451,20 @@ class _Exchange:
         self.resp_started = True
         self.resp_done = ended
         self.server_write = self.start_response(app_status or _reason(status), out)
+
+
+class _Sent(list):  # type: ignore[type-arg]
+    """A response the C exchange sent whole: its one body chunk, for the server to iterate
+    (a list, so servers that size a one-item list see one); close() ends the stream."""
+
+    __slots__ = ("_ex",)
+
+    def __init__(self, body: bytes, ex: _Exchange) -> None:
+        super().__init__((body,))
+        self._ex = ex
+
+    def close(self) -> None:
+        self._ex.chain.finish()
 
 
 class _ChainInput:

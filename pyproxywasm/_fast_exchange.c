@@ -491,6 +491,53 @@ static int eq_nocase(const char *a, size_t al, const char *lower, size_t bl) {
     return 1;
 }
 
+/* Reusing the caller's own pairs: the tuple at items[j] when it holds (k, v) (names
+ * compared exactly, or case-insensitively with nocase: the core lowercased the map's),
+ * advancing j past it (and past any Host entries first, when skip_host: the map has those
+ * as :authority); NULL when it is not that pair. Fields must be exact bytes (ASGI) or str
+ * (WSGI, as_str). */
+typedef struct {
+    PyObject *items;
+    int is_list, as_str, skip_host, nocase;
+    Py_ssize_t n, j;
+} reuse_it;
+
+static void reuse_init(reuse_it *r, PyObject *items, int as_str, int skip_host, int nocase) {
+    r->items = items;
+    r->is_list = items && PyList_CheckExact(items);
+    r->n = !items ? 0 : r->is_list ? PyList_Size(items) : PyTuple_CheckExact(items) ? PyTuple_Size(items) : 0;
+    r->as_str = as_str;
+    r->skip_host = skip_host;
+    r->nocase = nocase;
+    r->j = 0;
+}
+
+static const char *exact_field(PyObject *o, int as_str, Py_ssize_t *n) {
+    return as_str ? (o && PyUnicode_CheckExact(o) ? str_of(o, n) : NULL) : bytes_of(o, n);
+}
+
+static PyObject *reuse_pair(reuse_it *r, const char *k, size_t kl, const char *v, size_t vl) {
+    while (r->j < r->n) {
+        PyObject *t = seq_item(r->items, r->is_list, r->j);
+        if (!PyTuple_CheckExact(t) || PyTuple_Size(t) != 2) return NULL;
+        Py_ssize_t tkl, tvl;
+        const char *tk = exact_field(PyTuple_GetItem(t, 0), r->as_str, &tkl);
+        if (!tk) return NULL;
+        if (r->skip_host && eq_nocase(tk, (size_t)tkl, "host", 4)) {
+            r->j++;
+            continue;
+        }
+        const char *tv = exact_field(PyTuple_GetItem(t, 1), r->as_str, &tvl);
+        if (!tv || !(r->nocase ? eq_nocase(tk, (size_t)tkl, k, kl) : eq(tk, (size_t)tkl, k, kl)) ||
+            !eq(tv, (size_t)tvl, v, vl))
+            return NULL;
+        r->j++;
+        Py_INCREF(t);
+        return t;
+    }
+    return NULL;
+}
+
 /* {**ext, "pyproxywasm": {"end_stream": end}} into d["extensions"]. */
 static int set_extensions(PyObject *d, PyObject *scope, int end) {
     PyObject *ext = PyDict_GetItemWithError(scope, k_extensions);
@@ -602,6 +649,10 @@ PyObject *s_asgi_app_scope(PyObject *self, PyObject *const *args, Py_ssize_t nar
         size_t kl, vl, ml = 0, pl = 0, al = 0, sl = 0;
         PyObject *regular = PyList_New(0);
         if (!regular) goto fail;
+        /* The client's own pairs are reused where the filter left them as they were. */
+        PyObject *orig = PyDict_GetItemWithError(scope, k_headers);
+        reuse_it ru;
+        reuse_init(&ru, orig, 0, 1, 0);
         read_map(s, PW_R_REQ_HEADERS, &it);
         while (pairs_next(&it, &k, &kl, &v, &vl)) {
             if (kl && k[0] == ':') {
@@ -609,15 +660,23 @@ PyObject *s_asgi_app_scope(PyObject *self, PyObject *const *args, Py_ssize_t nar
                 else if (eq(k, kl, ":path", 5)) path = v, pl = vl;
                 else if (eq(k, kl, ":authority", 10)) auth = v, al = vl;
                 else if (eq(k, kl, ":scheme", 7)) scheme = v, sl = vl;
-            } else if (list_add(regular, bytes_pair(k, kl, v, vl))) {
+                continue;
+            }
+            PyObject *t = reuse_pair(&ru, k, kl, v, vl);
+            if (list_add(regular, t ? t : bytes_pair(k, kl, v, vl))) {
                 Py_DECREF(regular);
                 goto fail;
             }
         }
         int rc = 0;
         if (auth && al) {
-            PyObject *hv = PyBytes_FromStringAndSize(auth, (Py_ssize_t)al);
-            PyObject *t = hv ? PyTuple_Pack(2, b_host, hv) : NULL;
+            reuse_it rh;
+            reuse_init(&rh, orig, 0, 0, 0);
+            PyObject *t = reuse_pair(&rh, "host", 4, auth, al), *hv = NULL;
+            if (!t) {
+                hv = PyBytes_FromStringAndSize(auth, (Py_ssize_t)al);
+                t = hv ? PyTuple_Pack(2, b_host, hv) : NULL;
+            }
             Py_XDECREF(hv);
             rc = !t || PyList_Insert(regular, 0, t);
             Py_XDECREF(t);
@@ -750,11 +809,20 @@ static PyObject *response_out(Stream *s, const response_in *in, int changed, pai
     if (!out) return NULL;
     (void)s;
     if (changed) {
+        /* The app's own pairs are reused where the filter left them as they were. */
         const char *k, *v;
         size_t kl, vl;
+        reuse_it ru;
+        reuse_init(&ru, in->headers, in->wsgi, 0, 1);
         while (pairs_next(it, &k, &kl, &v, &vl)) {
-            if ((kl && k[0] == ':') || (fix && eq(k, kl, "content-length", 14))) continue;
-            if (list_add(out, in->wsgi ? latin1_pair(k, kl, v, vl) : bytes_pair(k, kl, v, vl))) goto fail;
+            if (kl && k[0] == ':') continue;
+            PyObject *t = reuse_pair(&ru, k, kl, v, vl);
+            if (fix && eq(k, kl, "content-length", 14)) {
+                Py_XDECREF(t);
+                continue;
+            }
+            if (!t) t = in->wsgi ? latin1_pair(k, kl, v, vl) : bytes_pair(k, kl, v, vl);
+            if (list_add(out, t)) goto fail;
         }
     } else {
         PyObject *items = in->headers;

@@ -139,7 +139,7 @@ def _request_uri(environ: Environ) -> bytes:
                     safe="/;=,:@!$&'()*+~")
         qs = environ.get("QUERY_STRING", "")
         uri = raw + "?" + qs if qs else raw
-    return uri.encode("latin-1")  # type: ignore[no-any-return]
+    return uri.encode("latin-1")
 
 
 class _Exchange:

@@ -230,10 +230,11 @@ int callout_grpc_op(pw_vm *vm, uint32_t token, int op, const uint8_t *msg, size_
     case PW_OP_SEND:
         if (c->half_closed) return ST_BAD_ARGUMENT; /* nothing may follow end_stream */
         if (len > vm->buffer_limit) return ST_BAD_ARGUMENT;
-        if (end) c->half_closed = 1;
         uint64_t t0 = epoch_now_ns();
-        callop_cb(vm->callout_handle, token, PW_OP_SEND, msg, len, end);
+        int st = callop_cb(vm->callout_handle, token, PW_OP_SEND, msg, len, end);
         vm_paused(vm, t0);
+        if (st != ST_OK) return st; /* the stream's send buffer is full: nothing was sent */
+        if (end) c->half_closed = 1;
         return ST_OK;
     case PW_OP_CLOSE:
         if (kind == PW_CALL_GRPC_STREAM) { /* local half-close; kept until the remote closes */

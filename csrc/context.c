@@ -151,6 +151,7 @@ static void ctx_free(pw_vm *vm, pw_ctx *c) {
         buf_free(&c->r->root_id);
         buf_free(&c->r->config);
         buf_free(&c->r->status_msg);
+        prop_free_all(&c->r->readonly_props);
         free(c->r);
     }
     if (c->h) {

@@ -82,28 +82,63 @@ int greturn(pw_vm *vm, wasmtime_context_t *cx, const uint8_t *d, size_t n, uint3
 }
 
 /* ---- prologue ------------------------------------------------------------------------ */
-#define HOSTCALL(name)                                                                    \
-    static wasm_trap_t *hc_##name(void *env_, wasmtime_caller_t *caller,                  \
-                                  wasmtime_val_raw_t *a, size_t nargs_)
+/* Every hostcall is declared once, in abi.h's HOSTCALLS list. From it come, per hostcall:
+ * struct hc_args_NAME (its parameters, named and typed), the wasmtime callback hc_NAME
+ * that hands the raw arguments to the body as that struct, traces, and answers the body's
+ * status, and the body's prototype, so a body that does not match its declaration does
+ * not compile. A body is written HOSTCALL(name) { BEGIN; ... RET(status); } and reads
+ * arg->parameter. The struct lays a named, typed view over wasmtime's argument slots (one
+ * 16-byte wasmtime_val_raw_t each, the value at its start as wasmtime writes it), so a body
+ * reads an argument where and when it uses it, as indexing the slots by hand did. */
+typedef struct hc_frame {
+    pw_vm *vm;
+    wasmtime_context_t *cx;
+    wasm_trap_t *trap; /* what the callback returns to wasmtime: NULL, or a trap */
+} hc_frame;
+
+#define HC_FIELD(i, p) PW_PP_CAT_(HC_FIELD_, p)
+#define HC_FIELD_ wasmtime_val_raw_t none_;
+#define HC_SLOT(type, n)                                                                  \
+    union {                                                                               \
+        type n;                                                                           \
+        wasmtime_val_raw_t n##_slot_;                                                     \
+    };
+#define HC_FIELD_I32(n) HC_SLOT(uint32_t, n)
+#define HC_FIELD_S32(n) HC_SLOT(int32_t, n)
+#define HC_FIELD_I64(n) HC_SLOT(int64_t, n)
+#define HC_FIELD_U64(n) HC_SLOT(uint64_t, n)
+
+#define HC_ARGS(c, imp, link, params, res)                                                \
+    struct hc_args_##c {                                                                  \
+        PW_PP_EACH(HC_FIELD, params)                                                      \
+    };                                                                                    \
+    _Static_assert(sizeof(struct hc_args_##c) ==                                          \
+                       sizeof(wasmtime_val_raw_t) *                                       \
+                           (PW_PARAM_COUNT(params) ? PW_PARAM_COUNT(params) : 1),         \
+                   "the arguments of " #c " lie over wasmtime's slots");
+#define HC_PROTO(c, imp, link, params, res) \
+    static inline int32_t hcb_##c(hc_frame *hc_, const struct hc_args_##c *arg);
+#define HC_NO_ALIAS(imp, c)
+HOSTCALLS(HC_ARGS, HC_NO_ALIAS)
+HOSTCALLS(HC_PROTO, HC_NO_ALIAS)
+
+/* A body: the hostcall's work on its typed arguments; answers its status (ignored for
+ * hostcalls declared VOID). */
+#define HOSTCALL(c) static inline int32_t hcb_##c(hc_frame *hc_, const struct hc_args_##c *arg)
 #define BEGIN                                                                             \
-    (void)env_;                                                                           \
-    (void)nargs_;                                                                         \
+    pw_vm *vm = hc_->vm;                                                                  \
+    wasmtime_context_t *cx = hc_->cx;                                                     \
     wasm_trap_t *trap = NULL;                                                             \
-    (void)trap;                                                                           \
-    wasmtime_context_t *cx = WT.caller_context(caller);                                   \
-    pw_vm *vm = WT.context_get_data(cx);                                                  \
-    mem_refresh(vm, cx);                                                                  \
-    if (vm->trace) trace_enter(vm, a, nargs_);
+    (void)vm, (void)cx, (void)trap, (void)arg
 /* Calls that may touch host state are refused while the guest allocator runs. */
 #define BEGIN_RESTRICTED \
     BEGIN;               \
     if (vm->in_alloc) RET(ST_INTERNAL_FAILURE);
-#define U(i) ((uint32_t)a[i].i32)
-#define RET(v)                                             \
-    do {                                                   \
-        a[0].i32 = (int32_t)(v);                           \
-        if (vm->trace) trace_hostcall(vm, __func__ + 3, a[0].i32); \
-        return trap;                                       \
+#define RET(v)                             \
+    do {                                   \
+        int32_t ret_ = (int32_t)(v);       \
+        hc_->trap = trap;                  \
+        return ret_;                       \
     } while (0)
 #define MEM(var, ptr, len)                                    \
     const uint8_t *var = gmem(vm, (ptr), (len));          \
@@ -117,9 +152,9 @@ static pw_ctx *root_of_eff(pw_vm *vm) {
 /* ---- logging, time, timers -------------------------------------------------------- */
 HOSTCALL(log) {
     BEGIN;
-    if (U(0) > LOG_CRITICAL) RET(ST_BAD_ARGUMENT);
-    MEM(msg, U(1), U(2));
-    vm_log(vm, ctx_effective(vm), (int)U(0), (const char *)msg, U(2));
+    if (arg->level > LOG_CRITICAL) RET(ST_BAD_ARGUMENT);
+    MEM(msg, arg->message_data, arg->message_size);
+    vm_log(vm, ctx_effective(vm), (int)arg->level, (const char *)msg, arg->message_size);
     RET(ST_OK);
 }
 
@@ -128,13 +163,13 @@ HOSTCALL(get_log_level) {
     pw_ctx *root = root_of_eff(vm);
     int level = root ? root->r->log_level : vm->log_level;
     if (level > LOG_CRITICAL) level = LOG_CRITICAL; /* "off" is not a LogLevel */
-    if (gput_u32(vm, U(0), (uint32_t)level)) RET(ST_INVALID_MEMORY_ACCESS);
+    if (gput_u32(vm, arg->return_level, (uint32_t)level)) RET(ST_INVALID_MEMORY_ACCESS);
     RET(ST_OK);
 }
 
 HOSTCALL(get_current_time_nanoseconds) {
     BEGIN;
-    if (gput_u64(vm, U(0), vm_now_ns(vm, 0))) RET(ST_INVALID_MEMORY_ACCESS);
+    if (gput_u64(vm, arg->return_time, vm_now_ns(vm, 0))) RET(ST_INVALID_MEMORY_ACCESS);
     RET(ST_OK);
 }
 
@@ -142,8 +177,8 @@ HOSTCALL(set_tick_period_milliseconds) {
     BEGIN_RESTRICTED;
     pw_ctx *root = root_of_eff(vm);
     if (!root) RET(ST_BAD_ARGUMENT);
-    root->r->tick_period_ms = U(0);
-    root->r->next_tick_ns = vm_tick_after(vm_now_ns(vm, 1), U(0));
+    root->r->tick_period_ms = arg->tick_period;
+    root->r->next_tick_ns = vm_tick_after(vm_now_ns(vm, 1), arg->tick_period);
     RET(ST_OK);
 }
 
@@ -152,7 +187,7 @@ HOSTCALL(get_configuration) { /* 0.1.0 */
     BEGIN_RESTRICTED;
     pw_ctx *root = root_of_eff(vm);
     const pw_buf *b = (vm->phase == PH_CONFIGURE && root) ? &root->r->config : &vm->vm_config;
-    RET(greturn(vm, cx, b->p, b->len, U(0), U(1), &trap));
+    RET(greturn(vm, cx, b->p, b->len, arg->return_data, arg->return_size, &trap));
 }
 
 /* Finds buffer `type` for the effective context; NULL with *st when unavailable. */
@@ -189,46 +224,46 @@ static pw_buf *find_buffer(pw_vm *vm, uint32_t type, int write, int *st) {
 HOSTCALL(get_buffer_bytes) {
     BEGIN_RESTRICTED;
     int st;
-    pw_buf *b = find_buffer(vm, U(0), 0, &st);
+    pw_buf *b = find_buffer(vm, arg->buffer_id, 0, &st);
     if (!b) RET(st);
-    uint64_t start = U(1), max = U(2);
+    uint64_t start = arg->start, max = arg->max_size;
     size_t n = start >= b->len ? 0 : (size_t)(b->len - start < max ? b->len - start : max);
-    RET(greturn(vm, cx, n ? b->p + start : NULL, n, U(3), U(4), &trap));
+    RET(greturn(vm, cx, n ? b->p + start : NULL, n, arg->return_data, arg->return_size, &trap));
 }
 
 HOSTCALL(get_buffer_status) {
     BEGIN_RESTRICTED;
     int st;
-    pw_buf *b = find_buffer(vm, U(0), 0, &st);
+    pw_buf *b = find_buffer(vm, arg->buffer_id, 0, &st);
     if (!b) RET(st);
-    if (b->len > UINT32_MAX || gput_u32(vm, U(1), (uint32_t)b->len) ||
-        gput_u32(vm, U(2), 0))
+    if (b->len > UINT32_MAX || gput_u32(vm, arg->return_size, (uint32_t)b->len) ||
+        gput_u32(vm, arg->return_flags, 0))
         RET(ST_INVALID_MEMORY_ACCESS);
     RET(ST_OK);
 }
 
 HOSTCALL(set_buffer_bytes) {
     BEGIN_RESTRICTED;
-    MEM(v, U(3), U(4));
+    MEM(v, arg->value_data, arg->value_size);
     int st;
-    pw_buf *b = find_buffer(vm, U(0), 1, &st);
+    pw_buf *b = find_buffer(vm, arg->buffer_id, 1, &st);
     if (!b) RET(st);
-    uint32_t start = U(1), size = U(2);
+    uint32_t start = arg->start, size = arg->size;
     /* Envoy's copyFrom: start 0 drains `size` bytes then prepends; start >= len appends;
      * a middle insert is not supported. */
     uint64_t cap = vm->limits.body_bytes;
     if (start == 0) { /* `v` is guest memory: reshaping our buffer cannot move it */
         size_t kept = size >= b->len ? 0 : b->len - size;
-        if (cap && (uint64_t)kept + U(4) > cap && (uint64_t)kept + U(4) > b->len)
+        if (cap && (uint64_t)kept + arg->value_size > cap && (uint64_t)kept + arg->value_size > b->len)
             RET(ST_INTERNAL_FAILURE); /* past Limits.body_bytes: nothing changes */
-        if (buf_reserve(b, kept + U(4))) RET(ST_INTERNAL_FAILURE); /* then nothing fails */
+        if (buf_reserve(b, kept + arg->value_size)) RET(ST_INTERNAL_FAILURE); /* then nothing fails */
         buf_drain_front(b, size);
-        buf_prepend(b, v, U(4));
+        buf_prepend(b, v, arg->value_size);
         RET(ST_OK);
     }
     if (start >= b->len) {
-        if (cap && (uint64_t)b->len + U(4) > cap && U(4)) RET(ST_INTERNAL_FAILURE);
-        RET(buf_append(b, v, U(4)) ? ST_INTERNAL_FAILURE : ST_OK);
+        if (cap && (uint64_t)b->len + arg->value_size > cap && arg->value_size) RET(ST_INTERNAL_FAILURE);
+        RET(buf_append(b, v, arg->value_size) ? ST_INTERNAL_FAILURE : ST_OK);
     }
     RET(ST_BAD_ARGUMENT);
 }
@@ -251,79 +286,79 @@ static pw_hmap *find_map(pw_vm *vm, uint32_t type, int write, int *st) {
 HOSTCALL(get_header_map_size) {
     BEGIN_RESTRICTED;
     int st;
-    pw_hmap *m = find_map(vm, U(0), 0, &st);
+    pw_hmap *m = find_map(vm, arg->map_id, 0, &st);
     if (!m) RET(st);
     /* The spec's meaning (serialized size), not Envoy's byteSize(): see docs. */
     size_t n = hmap_serialized_size(m);
-    if (n > UINT32_MAX || gput_u32(vm, U(1), (uint32_t)n)) RET(ST_INVALID_MEMORY_ACCESS);
+    if (n > UINT32_MAX || gput_u32(vm, arg->return_size, (uint32_t)n)) RET(ST_INVALID_MEMORY_ACCESS);
     RET(ST_OK);
 }
 
 HOSTCALL(get_header_map_pairs) {
     BEGIN_RESTRICTED;
     int st;
-    pw_hmap *m = find_map(vm, U(0), 0, &st);
-    if (!m && st == ST_BAD_ARGUMENT && U(0) > (vm->legacy_maps ? 8u : 7u)) RET(st);
-    if (!m || m->n == 0) RET(greturn(vm, cx, NULL, 0, U(1), U(2), &trap));
+    pw_hmap *m = find_map(vm, arg->map_id, 0, &st);
+    if (!m && st == ST_BAD_ARGUMENT && arg->map_id > (vm->legacy_maps ? 8u : 7u)) RET(st);
+    if (!m || m->n == 0) RET(greturn(vm, cx, NULL, 0, arg->return_data, arg->return_size, &trap));
     size_t n = hmap_serialized_size(m);
-    uint8_t *dst = galloc(vm, cx, n, U(1), U(2), &st, &trap);
+    uint8_t *dst = galloc(vm, cx, n, arg->return_data, arg->return_size, &st, &trap);
     if (dst) hmap_serialize_to(m, dst);
     RET(st);
 }
 
 HOSTCALL(set_header_map_pairs) {
     BEGIN_RESTRICTED;
-    MEM(p, U(1), U(2));
+    MEM(p, arg->map_data, arg->map_size);
     int st;
-    pw_hmap *m = find_map(vm, U(0), 1, &st);
+    pw_hmap *m = find_map(vm, arg->map_id, 1, &st);
     if (!m) RET(st);
-    RET(hmap_parse(m, p, U(2)) ? ST_BAD_ARGUMENT : ST_OK);
+    RET(hmap_parse(m, p, arg->map_size) ? ST_BAD_ARGUMENT : ST_OK);
 }
 
 HOSTCALL(get_header_map_value) {
     BEGIN_RESTRICTED;
-    MEM(k, U(1), U(2));
+    MEM(k, arg->key_data, arg->key_size);
     int st;
-    pw_hmap *m = find_map(vm, U(0), 0, &st);
+    pw_hmap *m = find_map(vm, arg->map_id, 0, &st);
     if (!m) {
-        if (U(0) <= 7 && vm->phase == PH_LOG)
-            RET(vm->abi == PW_ABI_0_1_0 ? greturn(vm, cx, NULL, 0, U(3), U(4), &trap)
+        if (arg->map_id <= 7 && vm->phase == PH_LOG)
+            RET(vm->abi == PW_ABI_0_1_0 ? greturn(vm, cx, NULL, 0, arg->return_data, arg->return_size, &trap)
                                         : ST_NOT_FOUND);
         RET(st);
     }
     size_t vl = 0;
-    const uint8_t *v = hmap_get(m, k, U(2), &vl);
+    const uint8_t *v = hmap_get(m, k, arg->key_size, &vl);
     if (!v && vm->abi != PW_ABI_0_1_0) RET(ST_NOT_FOUND);
-    RET(greturn(vm, cx, v, v ? vl : 0, U(3), U(4), &trap));
+    RET(greturn(vm, cx, v, v ? vl : 0, arg->return_data, arg->return_size, &trap));
 }
 
 HOSTCALL(add_header_map_value) {
     BEGIN_RESTRICTED;
-    MEM(k, U(1), U(2));
-    MEM(v, U(3), U(4));
+    MEM(k, arg->key_data, arg->key_size);
+    MEM(v, arg->value_data, arg->value_size);
     int st;
-    pw_hmap *m = find_map(vm, U(0), 1, &st);
+    pw_hmap *m = find_map(vm, arg->map_id, 1, &st);
     if (!m) RET(st);
-    RET(hmap_add(m, k, U(2), v, U(4)) ? ST_INTERNAL_FAILURE : ST_OK);
+    RET(hmap_add(m, k, arg->key_size, v, arg->value_size) ? ST_INTERNAL_FAILURE : ST_OK);
 }
 
 HOSTCALL(replace_header_map_value) {
     BEGIN_RESTRICTED;
-    MEM(k, U(1), U(2));
-    MEM(v, U(3), U(4));
+    MEM(k, arg->key_data, arg->key_size);
+    MEM(v, arg->value_data, arg->value_size);
     int st;
-    pw_hmap *m = find_map(vm, U(0), 1, &st);
+    pw_hmap *m = find_map(vm, arg->map_id, 1, &st);
     if (!m) RET(st);
-    RET(hmap_replace(m, k, U(2), v, U(4)) ? ST_INTERNAL_FAILURE : ST_OK);
+    RET(hmap_replace(m, k, arg->key_size, v, arg->value_size) ? ST_INTERNAL_FAILURE : ST_OK);
 }
 
 HOSTCALL(remove_header_map_value) {
     BEGIN_RESTRICTED;
-    MEM(k, U(1), U(2));
+    MEM(k, arg->key_data, arg->key_size);
     int st;
-    pw_hmap *m = find_map(vm, U(0), 1, &st);
+    pw_hmap *m = find_map(vm, arg->map_id, 1, &st);
     if (!m) RET(st);
-    hmap_remove(m, k, U(2));
+    hmap_remove(m, k, arg->key_size);
     RET(ST_OK);
 }
 
@@ -340,7 +375,7 @@ static int continue_stream(pw_vm *vm, uint32_t type) {
 
 HOSTCALL(continue_stream) {
     BEGIN_RESTRICTED;
-    RET(continue_stream(vm, U(0)));
+    RET(continue_stream(vm, arg->stream_type));
 }
 
 HOSTCALL(continue_request) {
@@ -355,9 +390,9 @@ HOSTCALL(continue_response) {
 
 HOSTCALL(close_stream) {
     BEGIN_RESTRICTED;
-    if (U(0) > 3) RET(ST_BAD_ARGUMENT);
+    if (arg->stream_type > 3) RET(ST_BAD_ARGUMENT);
     pw_ctx *c = ctx_effective(vm);
-    if (c && c->kind != CTX_ROOT && vm_defer(vm, DF_CLOSE, c->id, U(0)))
+    if (c && c->kind != CTX_ROOT && vm_defer(vm, DF_CLOSE, c->id, arg->stream_type))
         RET(ST_INTERNAL_FAILURE);
     RET(ST_OK);
 }
@@ -369,20 +404,20 @@ HOSTCALL(clear_route_cache) { /* 0.1.0; there is no router to recompute here */
 
 HOSTCALL(send_local_response) {
     BEGIN_RESTRICTED;
-    MEM(details, U(1), U(2));
-    MEM(body, U(3), U(4));
-    MEM(hdrs, U(5), U(6));
+    MEM(details, arg->details_data, arg->details_size);
+    MEM(body, arg->body_data, arg->body_size);
+    MEM(hdrs, arg->headers_data, arg->headers_size);
     pw_ctx *c = ctx_effective(vm);
     if (!c || c->kind != CTX_HTTP) RET(ST_OK); /* Envoy: OK even when no reply is possible */
     pw_http *h = c->h;
     if (h->lr_pending || h->local_reply) RET(ST_OK); /* the first reply stands */
-    if (hmap_parse(&h->lr_headers, hdrs, U(6))) RET(ST_BAD_ARGUMENT);
-    if (buf_set(&h->lr_details, details, U(2)) || buf_set(&h->lr_body, body, U(4)))
+    if (hmap_parse(&h->lr_headers, hdrs, arg->headers_size)) RET(ST_BAD_ARGUMENT);
+    if (buf_set(&h->lr_details, details, arg->details_size) || buf_set(&h->lr_body, body, arg->body_size))
         RET(ST_INTERNAL_FAILURE);
     for (size_t i = 0; i < h->lr_details.len; i++)
         if (h->lr_details.p[i] == ' ') h->lr_details.p[i] = '_';
-    h->lr_status = U(0);
-    h->lr_grpc = a[7].i32;
+    h->lr_status = arg->status_code;
+    h->lr_grpc = arg->grpc_status;
     h->lr_pending = 1;
     if (vm_defer(vm, DF_LOCAL_REPLY, c->id, 0)) {
         h->lr_pending = 0;
@@ -399,202 +434,202 @@ HOSTCALL(get_status) {
     pw_ctx *root = root_of_eff(vm);
     uint32_t code = root ? root->r->status_code : 0;
     const pw_buf *msg = root ? &root->r->status_msg : NULL;
-    if (gput_u32(vm, U(0), code)) RET(ST_INVALID_MEMORY_ACCESS);
-    RET(greturn(vm, cx, msg ? msg->p : NULL, msg ? msg->len : 0, U(1), U(2), &trap));
+    if (gput_u32(vm, arg->return_code, code)) RET(ST_INVALID_MEMORY_ACCESS);
+    RET(greturn(vm, cx, msg ? msg->p : NULL, msg ? msg->len : 0, arg->return_message_data, arg->return_message_size, &trap));
 }
 
 /* ---- outbound calls (semantics in callout.c) ------------------------------------- */
 HOSTCALL(http_call) {
     BEGIN_RESTRICTED;
-    MEM(up, U(0), U(1));
-    MEM(hdrs, U(2), U(3));
-    MEM(body, U(4), U(5));
-    MEM(trl, U(6), U(7));
-    if (!gmem(vm, U(9), 4)) RET(ST_INVALID_MEMORY_ACCESS); /* before the call starts */
-    RET(callout_http(vm, up, U(1), hdrs, U(3), body, U(5), trl, U(7), U(8), U(9)));
+    MEM(up, arg->upstream_data, arg->upstream_size);
+    MEM(hdrs, arg->headers_data, arg->headers_size);
+    MEM(body, arg->body_data, arg->body_size);
+    MEM(trl, arg->trailers_data, arg->trailers_size);
+    if (!gmem(vm, arg->return_token, 4)) RET(ST_INVALID_MEMORY_ACCESS); /* before the call starts */
+    RET(callout_http(vm, up, arg->upstream_size, hdrs, arg->headers_size, body, arg->body_size, trl, arg->trailers_size, arg->timeout_ms, arg->return_token));
 }
 
 HOSTCALL(grpc_call) {
     BEGIN_RESTRICTED;
-    MEM(up, U(0), U(1));
-    MEM(svc, U(2), U(3));
-    MEM(meth, U(4), U(5));
-    MEM(md, U(6), U(7));
-    MEM(msg, U(8), U(9));
-    if (!gmem(vm, U(11), 4)) RET(ST_INVALID_MEMORY_ACCESS);
-    RET(callout_grpc(vm, PW_CALL_GRPC, up, U(1), svc, U(3), meth, U(5), md, U(7), msg, U(9),
-                     U(10), U(11)));
+    MEM(up, arg->upstream_data, arg->upstream_size);
+    MEM(svc, arg->service_data, arg->service_size);
+    MEM(meth, arg->method_data, arg->method_size);
+    MEM(md, arg->metadata_data, arg->metadata_size);
+    MEM(msg, arg->message_data, arg->message_size);
+    if (!gmem(vm, arg->return_token, 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    RET(callout_grpc(vm, PW_CALL_GRPC, up, arg->upstream_size, svc, arg->service_size, meth, arg->method_size, md, arg->metadata_size, msg, arg->message_size,
+                     arg->timeout_ms, arg->return_token));
 }
 
 HOSTCALL(grpc_stream) {
     BEGIN_RESTRICTED;
-    MEM(up, U(0), U(1));
-    MEM(svc, U(2), U(3));
-    MEM(meth, U(4), U(5));
-    MEM(md, U(6), U(7));
-    if (!gmem(vm, U(8), 4)) RET(ST_INVALID_MEMORY_ACCESS);
-    RET(callout_grpc(vm, PW_CALL_GRPC_STREAM, up, U(1), svc, U(3), meth, U(5), md, U(7), NULL, 0,
-                     0, U(8)));
+    MEM(up, arg->upstream_data, arg->upstream_size);
+    MEM(svc, arg->service_data, arg->service_size);
+    MEM(meth, arg->method_data, arg->method_size);
+    MEM(md, arg->metadata_data, arg->metadata_size);
+    if (!gmem(vm, arg->return_token, 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    RET(callout_grpc(vm, PW_CALL_GRPC_STREAM, up, arg->upstream_size, svc, arg->service_size, meth, arg->method_size, md, arg->metadata_size, NULL, 0,
+                     0, arg->return_token));
 }
 
 /* The AssemblyScript SDK's shapes: no initial-metadata pair (10 and 7 parameters). */
 HOSTCALL(as_grpc_call) {
     BEGIN_RESTRICTED;
-    MEM(up, U(0), U(1));
-    MEM(svc, U(2), U(3));
-    MEM(meth, U(4), U(5));
-    MEM(msg, U(6), U(7));
-    if (!gmem(vm, U(9), 4)) RET(ST_INVALID_MEMORY_ACCESS);
-    RET(callout_grpc(vm, PW_CALL_GRPC, up, U(1), svc, U(3), meth, U(5), NULL, 0, msg, U(7), U(8),
-                     U(9)));
+    MEM(up, arg->upstream_data, arg->upstream_size);
+    MEM(svc, arg->service_data, arg->service_size);
+    MEM(meth, arg->method_data, arg->method_size);
+    MEM(msg, arg->message_data, arg->message_size);
+    if (!gmem(vm, arg->return_token, 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    RET(callout_grpc(vm, PW_CALL_GRPC, up, arg->upstream_size, svc, arg->service_size, meth, arg->method_size, NULL, 0, msg, arg->message_size, arg->timeout_ms,
+                     arg->return_token));
 }
 
 HOSTCALL(as_grpc_stream) {
     BEGIN_RESTRICTED;
-    MEM(up, U(0), U(1));
-    MEM(svc, U(2), U(3));
-    MEM(meth, U(4), U(5));
-    if (!gmem(vm, U(6), 4)) RET(ST_INVALID_MEMORY_ACCESS);
-    RET(callout_grpc(vm, PW_CALL_GRPC_STREAM, up, U(1), svc, U(3), meth, U(5), NULL, 0, NULL, 0,
-                     0, U(6)));
+    MEM(up, arg->upstream_data, arg->upstream_size);
+    MEM(svc, arg->service_data, arg->service_size);
+    MEM(meth, arg->method_data, arg->method_size);
+    if (!gmem(vm, arg->return_token, 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    RET(callout_grpc(vm, PW_CALL_GRPC_STREAM, up, arg->upstream_size, svc, arg->service_size, meth, arg->method_size, NULL, 0, NULL, 0,
+                     0, arg->return_token));
 }
 
 HOSTCALL(grpc_send) {
     BEGIN_RESTRICTED;
-    MEM(msg, U(1), U(2));
-    RET(callout_grpc_op(vm, U(0), PW_OP_SEND, msg, U(2), U(3) != 0));
+    MEM(msg, arg->message_data, arg->message_size);
+    RET(callout_grpc_op(vm, arg->token, PW_OP_SEND, msg, arg->message_size, arg->end_stream != 0));
 }
 
 HOSTCALL(grpc_cancel) {
     BEGIN_RESTRICTED;
-    RET(callout_grpc_op(vm, U(0), PW_OP_CANCEL, NULL, 0, 0));
+    RET(callout_grpc_op(vm, arg->token, PW_OP_CANCEL, NULL, 0, 0));
 }
 
 HOSTCALL(grpc_close) {
     BEGIN_RESTRICTED;
-    RET(callout_grpc_op(vm, U(0), PW_OP_CLOSE, NULL, 0, 0));
+    RET(callout_grpc_op(vm, arg->token, PW_OP_CLOSE, NULL, 0, 0));
 }
 
 /* ---- shared data and queues ----------------------------------------------------------- */
 HOSTCALL(get_shared_data) {
     BEGIN_RESTRICTED;
-    MEM(k, U(0), U(1));
+    MEM(k, arg->key_data, arg->key_size);
     uint32_t cas = 0;
-    int st = shared_get(vm->space, k, U(1), &vm->hc, &cas);
+    int st = shared_get(vm->space, k, arg->key_size, &vm->hc, &cas);
     if (st != ST_OK) RET(st);
-    if (!gmem(vm, U(4), 4)) RET(ST_INVALID_MEMORY_ACCESS);
-    st = greturn(vm, cx, vm->hc.p, vm->hc.len, U(2), U(3), &trap);
-    if (st == ST_OK && gput_u32(vm, U(4), cas)) st = ST_INVALID_MEMORY_ACCESS;
+    if (!gmem(vm, arg->return_cas, 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    st = greturn(vm, cx, vm->hc.p, vm->hc.len, arg->return_value_data, arg->return_value_size, &trap);
+    if (st == ST_OK && gput_u32(vm, arg->return_cas, cas)) st = ST_INVALID_MEMORY_ACCESS;
     RET(st);
 }
 
 HOSTCALL(set_shared_data) {
     BEGIN_RESTRICTED;
-    MEM(k, U(0), U(1));
-    MEM(v, U(2), U(3));
-    RET(shared_set(vm->space, k, U(1), v, U(3), U(4)));
+    MEM(k, arg->key_data, arg->key_size);
+    MEM(v, arg->value_data, arg->value_size);
+    RET(shared_set(vm->space, k, arg->key_size, v, arg->value_size, arg->cas));
 }
 
 HOSTCALL(register_shared_queue) {
     BEGIN_RESTRICTED;
-    MEM(name, U(0), U(1));
-    if (!gmem(vm, U(2), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    MEM(name, arg->name_data, arg->name_size);
+    if (!gmem(vm, arg->return_id, 4)) RET(ST_INVALID_MEMORY_ACCESS);
     if (!vm->disp) RET(ST_INTERNAL_FAILURE); /* its thread's dispatcher is gone */
     pw_ctx *root = root_of_eff(vm);
     int created;
-    uint32_t id = queue_register(vm->scope.p, vm->scope.len, name, U(1), vm->disp, vm->vm_key,
+    uint32_t id = queue_register(vm->scope.p, vm->scope.len, name, arg->name_size, vm->disp, vm->vm_key,
                                  root ? root->id : 0, vm->queues_created < PW_QUEUES_PER_VM,
                                  &created);
     vm->queues_created += (uint32_t)created;
     if (!id) RET(ST_INTERNAL_FAILURE);
-    gput_u32(vm, U(2), id);
+    gput_u32(vm, arg->return_id, id);
     RET(ST_OK);
 }
 
 HOSTCALL(resolve_shared_queue) {
     BEGIN_RESTRICTED;
-    MEM(vid, U(0), U(1));
-    MEM(name, U(2), U(3));
-    if (!gmem(vm, U(4), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    MEM(vid, arg->vm_id_data, arg->vm_id_size);
+    MEM(name, arg->name_data, arg->name_size);
+    if (!gmem(vm, arg->return_id, 4)) RET(ST_INVALID_MEMORY_ACCESS);
     uint32_t id = 0;
     int st = ST_OK;
-    if (U(1)) { /* another vm_id, in this VM's namespace */
+    if (arg->vm_id_size) { /* another vm_id, in this VM's namespace */
         pw_buf scope = {0};
-        st = scope_make(&scope, vm->ns.p, vm->ns.len, vid, U(1)) ? ST_INTERNAL_FAILURE
-             : queue_resolve(scope.p, scope.len, name, U(3), &id);
+        st = scope_make(&scope, vm->ns.p, vm->ns.len, vid, arg->vm_id_size) ? ST_INTERNAL_FAILURE
+             : queue_resolve(scope.p, scope.len, name, arg->name_size, &id);
         buf_free(&scope);
     } else {
-        st = queue_resolve(vm->scope.p, vm->scope.len, name, U(3), &id);
+        st = queue_resolve(vm->scope.p, vm->scope.len, name, arg->name_size, &id);
     }
-    if (st == ST_OK) gput_u32(vm, U(4), id);
+    if (st == ST_OK) gput_u32(vm, arg->return_id, id);
     RET(st);
 }
 
 HOSTCALL(enqueue_shared_queue) {
     BEGIN_RESTRICTED;
-    MEM(v, U(1), U(2));
-    RET(queue_enqueue(U(0), v, U(2)));
+    MEM(v, arg->value_data, arg->value_size);
+    RET(queue_enqueue(arg->queue_id, v, arg->value_size));
 }
 
 HOSTCALL(dequeue_shared_queue) {
     BEGIN_RESTRICTED;
-    if (!gmem(vm, U(1), 4) || !gmem(vm, U(2), 4)) RET(ST_INVALID_MEMORY_ACCESS);
-    int st = queue_dequeue(U(0), &vm->hc);
+    if (!gmem(vm, arg->return_value_data, 4) || !gmem(vm, arg->return_value_size, 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    int st = queue_dequeue(arg->queue_id, &vm->hc);
     if (st != ST_OK) RET(st);
-    RET(greturn(vm, cx, vm->hc.p, vm->hc.len, U(1), U(2), &trap));
+    RET(greturn(vm, cx, vm->hc.p, vm->hc.len, arg->return_value_data, arg->return_value_size, &trap));
 }
 
 /* ---- metrics ---------------------------------------------------------------------------- */
 HOSTCALL(define_metric) {
     BEGIN_RESTRICTED;
-    if (U(0) > 2) RET(ST_BAD_ARGUMENT);
-    MEM(name, U(1), U(2));
-    if (!gmem(vm, U(3), 4)) RET(ST_INVALID_MEMORY_ACCESS);
+    if (arg->type > 2) RET(ST_BAD_ARGUMENT);
+    MEM(name, arg->name_data, arg->name_size);
+    if (!gmem(vm, arg->return_id, 4)) RET(ST_INVALID_MEMORY_ACCESS);
     uint32_t id = 0;
-    int st = metric_define(vm, U(0), name, U(2), &id);
-    if (st == ST_OK) gput_u32(vm, U(3), id);
+    int st = metric_define(vm, arg->type, name, arg->name_size, &id);
+    if (st == ST_OK) gput_u32(vm, arg->return_id, id);
     RET(st);
 }
 
 HOSTCALL(increment_metric) {
     BEGIN_RESTRICTED;
-    RET(metric_increment(vm, U(0), a[1].i64));
+    RET(metric_increment(vm, arg->metric_id, arg->offset));
 }
 
 HOSTCALL(record_metric) {
     BEGIN_RESTRICTED;
-    RET(metric_record(vm, U(0), (uint64_t)a[1].i64));
+    RET(metric_record(vm, arg->metric_id, (uint64_t)arg->value));
 }
 
 HOSTCALL(get_metric) {
     BEGIN_RESTRICTED;
-    if (!gmem(vm, U(1), 8)) RET(ST_INVALID_MEMORY_ACCESS);
+    if (!gmem(vm, arg->return_value, 8)) RET(ST_INVALID_MEMORY_ACCESS);
     uint64_t v = 0;
-    int st = metric_get(vm, U(0), &v);
-    if (st == ST_OK) gput_u64(vm, U(1), v);
+    int st = metric_get(vm, arg->metric_id, &v);
+    if (st == ST_OK) gput_u64(vm, arg->return_value, v);
     RET(st);
 }
 
 /* ---- properties ---------------------------------------------------------------------------- */
 HOSTCALL(get_property) {
     BEGIN_RESTRICTED;
-    MEM(path, U(0), U(1));
-    int st = props_get(vm, ctx_effective(vm), path, U(1), &vm->hc);
+    MEM(path, arg->path_data, arg->path_size);
+    int st = props_get(vm, ctx_effective(vm), path, arg->path_size, &vm->hc);
     if (st != ST_OK) RET(st);
-    RET(greturn(vm, cx, vm->hc.p, vm->hc.len, U(2), U(3), &trap));
+    RET(greturn(vm, cx, vm->hc.p, vm->hc.len, arg->return_value_data, arg->return_value_size, &trap));
 }
 
 HOSTCALL(set_property) {
     BEGIN_RESTRICTED;
-    MEM(path, U(0), U(1));
-    MEM(v, U(2), U(3));
-    RET(props_set(vm, ctx_effective(vm), path, U(1), v, U(3)));
+    MEM(path, arg->path_data, arg->path_size);
+    MEM(v, arg->value_data, arg->value_size);
+    RET(props_set(vm, ctx_effective(vm), path, arg->path_size, v, arg->value_size));
 }
 
 /* ---- contexts and foreign functions ------------------------------------------------------ */
 HOSTCALL(set_effective_context) {
     BEGIN_RESTRICTED;
-    pw_ctx *c = ctx_get(vm, U(0));
+    pw_ctx *c = ctx_get(vm, arg->context_id);
     if (!c || !c->created) RET(ST_BAD_ARGUMENT);
     vm->eff = c;
     RET(ST_OK);
@@ -610,33 +645,32 @@ HOSTCALL(done) {
 
 HOSTCALL(call_foreign_function) {
     BEGIN_RESTRICTED;
-    MEM(name, U(0), U(1));
-    MEM(args, U(2), U(3));
+    MEM(name, arg->name_data, arg->name_size);
+    MEM(args, arg->args_data, arg->args_size);
     pw_foreign *f = vm->foreign;
-    while (f && (f->name.len != U(1) || (U(1) && memcmp(f->name.p, name, U(1)))))
+    while (f && (f->name.len != arg->name_size || (arg->name_size && memcmp(f->name.p, name, arg->name_size))))
         f = f->next;
     if (!f || !pw_foreign_cb) RET(ST_NOT_FOUND);
-    if (U(4) && (!gmem(vm, U(4), 4) || !gmem(vm, U(5), 4)))
+    if (arg->return_results_data && (!gmem(vm, arg->return_results_data, 4) || !gmem(vm, arg->return_results_size, 4)))
         RET(ST_INVALID_MEMORY_ACCESS);
     buf_clear(&vm->hc);
     /* The guest is suspended, so `args` stays put while Python runs. */
     uint64_t t0 = epoch_now_ns();
-    int st = pw_foreign_cb(f->handle, args, U(3), &vm->hc);
+    int st = pw_foreign_cb(f->handle, args, arg->args_size, &vm->hc);
     vm_paused(vm, t0); /* Python's time, not the guest's */
-    if (st != ST_OK || !U(4)) RET(st);
-    RET(greturn(vm, cx, vm->hc.p, vm->hc.len, U(4), U(5), &trap));
+    if (st != ST_OK || !arg->return_results_data) RET(st);
+    RET(greturn(vm, cx, vm->hc.p, vm->hc.len, arg->return_results_data, arg->return_results_size, &trap));
 }
 
 /* ---- non-proxy env imports some toolchains bring -------------------------------------- */
-static wasm_trap_t *hc_notify_memory_growth(void *env, wasmtime_caller_t *caller,
-                                            wasmtime_val_raw_t *a, size_t n) {
-    (void)env, (void)caller, (void)a, (void)n;
-    return NULL;
+HOSTCALL(notify_memory_growth) {
+    BEGIN;
+    return 0;
 }
 
 HOSTCALL(pthread_equal) {
     BEGIN;
-    RET(U(0) == U(1));
+    RET(arg->a == arg->b);
 }
 
 /* AssemblyScript's abort(msg, file, line, col) without --use abort=...: a trap that says
@@ -644,61 +678,56 @@ HOSTCALL(pthread_equal) {
 HOSTCALL(as_abort) {
     BEGIN;
     char msg[96];
-    int n = snprintf(msg, sizeof msg, "abort at line %u column %u", U(2), U(3));
-    return WT.trap_new(msg, (size_t)n);
+    int n = snprintf(msg, sizeof msg, "abort at line %u column %u", arg->line, arg->column);
+    trap = WT.trap_new(msg, (size_t)n);
+    RET(0);
 }
 
+/* ---- the callbacks wasmtime calls, derived from the declarations -------------------- */
+/* Unpack the raw arguments into the body's struct, run the body, answer its status; the
+ * trace records the declared parameters and the status. */
+#define HC_CALL_I32(c, np)                                                                \
+    if (f.vm->trace) trace_enter(f.vm, a, np);                                            \
+    int32_t st_ = hcb_##c(&f, arg);                                                       \
+    a[0].i32 = st_;                                                                       \
+    if (f.vm->trace) trace_hostcall(f.vm, #c, st_);
+#define HC_CALL_VOID(c, np) (void)hcb_##c(&f, arg);
+#define HC_WRAP(c, imp, link, params, res)                                                \
+    static wasm_trap_t *hc_##c(void *env_, wasmtime_caller_t *caller, wasmtime_val_raw_t *a, \
+                               size_t nargs_) {                                           \
+        (void)env_, (void)nargs_, (void)a;                                                \
+        hc_frame f;                                                                       \
+        f.cx = WT.caller_context(caller);                                                 \
+        f.vm = WT.context_get_data(f.cx);                                                 \
+        f.trap = NULL;                                                                    \
+        mem_refresh(f.vm, f.cx);                                                          \
+        const struct hc_args_##c *arg = (const struct hc_args_##c *)a;                    \
+        HC_CALL_##res(c, PW_PARAM_COUNT(params)) return f.trap;                          \
+    }
+HOSTCALLS(HC_WRAP, HC_NO_ALIAS)
+
 /* ---- registration ----------------------------------------------------------------------- */
-static const import_def proxy_imports[] = {
-    {"proxy_log", "iii", "i", hc_log},
-    {"proxy_get_log_level", "i", "i", hc_get_log_level},
-    {"proxy_get_current_time_nanoseconds", "i", "i", hc_get_current_time_nanoseconds},
-    {"proxy_set_tick_period_milliseconds", "i", "i", hc_set_tick_period_milliseconds},
-    {"proxy_get_configuration", "ii", "i", hc_get_configuration},
-    {"proxy_get_buffer_bytes", "iiiii", "i", hc_get_buffer_bytes},
-    {"proxy_get_buffer_status", "iii", "i", hc_get_buffer_status},
-    {"proxy_set_buffer_bytes", "iiiii", "i", hc_set_buffer_bytes},
-    {"proxy_get_header_map_size", "ii", "i", hc_get_header_map_size},
-    {"proxy_get_header_map_pairs", "iii", "i", hc_get_header_map_pairs},
-    {"proxy_set_header_map_pairs", "iii", "i", hc_set_header_map_pairs},
-    {"proxy_get_header_map_value", "iiiii", "i", hc_get_header_map_value},
-    {"proxy_add_header_map_value", "iiiii", "i", hc_add_header_map_value},
-    {"proxy_replace_header_map_value", "iiiii", "i", hc_replace_header_map_value},
-    {"proxy_remove_header_map_value", "iii", "i", hc_remove_header_map_value},
-    {"proxy_continue_stream", "i", "i", hc_continue_stream},
-    {"proxy_close_stream", "i", "i", hc_close_stream},
-    {"proxy_continue_request", "", "i", hc_continue_request},
-    {"proxy_continue_response", "", "i", hc_continue_response},
-    {"proxy_clear_route_cache", "", "i", hc_clear_route_cache},
-    {"proxy_send_local_response", "iiiiiiii", "i", hc_send_local_response},
-    {"proxy_get_status", "iii", "i", hc_get_status},
-    {"proxy_http_call", "iiiiiiiiii", "i", hc_http_call},
-    /* The name some 0.1.0-era SDKs and hosts use for the same call. */
-    {"proxy_dispatch_http_call", "iiiiiiiiii", "i", hc_http_call},
-    {"proxy_grpc_call", "iiiiiiiiiiii", "i", hc_grpc_call},
-    {"proxy_grpc_stream", "iiiiiiiii", "i", hc_grpc_stream},
-    {"proxy_grpc_send", "iiii", "i", hc_grpc_send},
-    {"proxy_grpc_cancel", "i", "i", hc_grpc_cancel},
-    {"proxy_grpc_close", "i", "i", hc_grpc_close},
-    {"proxy_get_shared_data", "iiiii", "i", hc_get_shared_data},
-    {"proxy_set_shared_data", "iiiii", "i", hc_set_shared_data},
-    {"proxy_register_shared_queue", "iii", "i", hc_register_shared_queue},
-    {"proxy_resolve_shared_queue", "iiiii", "i", hc_resolve_shared_queue},
-    {"proxy_enqueue_shared_queue", "iii", "i", hc_enqueue_shared_queue},
-    {"proxy_dequeue_shared_queue", "iii", "i", hc_dequeue_shared_queue},
-    {"proxy_define_metric", "iiii", "i", hc_define_metric},
-    {"proxy_increment_metric", "iI", "i", hc_increment_metric},
-    {"proxy_record_metric", "iI", "i", hc_record_metric},
-    {"proxy_get_metric", "ii", "i", hc_get_metric},
-    {"proxy_get_property", "iiii", "i", hc_get_property},
-    {"proxy_set_property", "iiii", "i", hc_set_property},
-    {"proxy_set_effective_context", "i", "i", hc_set_effective_context},
-    {"proxy_done", "", "i", hc_done},
-    {"proxy_call_foreign_function", "iiiiii", "i", hc_call_foreign_function},
-    {"emscripten_notify_memory_growth", "i", "", hc_notify_memory_growth},
-    {"pthread_equal", "ii", "i", hc_pthread_equal},
-    {"abort", "iiii", "", hc_as_abort},
-};
+/* The import table, in HOSTCALLS order; an alias shares its hostcall's type and linkers. */
+typedef struct hc_def {
+    import_def d;
+    int link; /* enum hc_link */
+} hc_def;
+
+#define HC_SIGS(c, imp, link, params, res)                                                \
+    static const char hc_params_##c[] = PW_PARAM_SIG(params);                              \
+    static const char hc_results_##c[] = PW_RESULT_SIG(res);                               \
+    enum { hc_link_##c = link };
+HOSTCALLS(HC_SIGS, HC_NO_ALIAS)
+#define HC_DEF(c, imp, link, params, res) {{imp, hc_params_##c, hc_results_##c, hc_##c}, link},
+#define HC_DEF_ALIAS(imp, c) {{imp, hc_params_##c, hc_results_##c, hc_##c}, hc_link_##c},
+static const hc_def proxy_imports[] = {HOSTCALLS(HC_DEF, HC_DEF_ALIAS)};
+#define N_PROXY_IMPORTS (sizeof proxy_imports / sizeof proxy_imports[0])
+
+/* Whether an entry belongs to the linker for modules with (as_grpc) or without the
+ * AssemblyScript SDK's gRPC shapes. */
+static int hc_linked(const hc_def *h, int as_grpc) {
+    return h->link == HC_ALL || h->link == (as_grpc ? HC_AS : HC_SPEC);
+}
 
 static wasm_functype_t *functype(const char *params, const char *results) {
     wasm_valtype_t *p[16], *r[2];
@@ -736,23 +765,12 @@ int define_imports(wasmtime_linker_t *linker, const char *module, const import_d
     return 0;
 }
 
-/* The AssemblyScript SDK's gRPC import shapes, for modules linked with as_grpc. */
-static const import_def as_grpc_imports[] = {
-    {"proxy_grpc_call", "iiiiiiiiii", "i", hc_as_grpc_call},
-    {"proxy_grpc_stream", "iiiiiii", "i", hc_as_grpc_stream},
-};
-
 int hostcalls_define(wasmtime_linker_t *linker, int as_grpc, char *err, size_t errlen) {
-    size_t n = sizeof proxy_imports / sizeof proxy_imports[0];
-    const size_t n_as = sizeof as_grpc_imports / sizeof as_grpc_imports[0];
-    for (size_t i = 0; i < n; i++) {
-        int replaced = 0;
-        for (size_t j = 0; as_grpc && j < n_as; j++)
-            replaced |= !strcmp(proxy_imports[i].name, as_grpc_imports[j].name);
-        if (!replaced && define_imports(linker, "env", &proxy_imports[i], 1, err, errlen))
+    for (size_t i = 0; i < N_PROXY_IMPORTS; i++)
+        if (hc_linked(&proxy_imports[i], as_grpc) &&
+            define_imports(linker, "env", &proxy_imports[i].d, 1, err, errlen))
             return -1;
-    }
-    return as_grpc ? define_imports(linker, "env", as_grpc_imports, n_as, err, errlen) : 0;
+    return 0;
 }
 
 /* The import table as the linker defines it (as_grpc: the AssemblyScript shapes), for
@@ -761,14 +779,9 @@ int hostcalls_define(wasmtime_linker_t *linker, int as_grpc, char *err, size_t e
 int pw_host_imports(int as_grpc, uint8_t **out, size_t *len) {
     pw_buf b = {0};
     int ok = 1;
-    const size_t n = sizeof proxy_imports / sizeof proxy_imports[0];
-    const size_t n_as = sizeof as_grpc_imports / sizeof as_grpc_imports[0];
-    for (size_t i = 0; i < n + n_as && ok; i++) {
-        const import_def *d = i < n ? &proxy_imports[i] : &as_grpc_imports[i - n];
-        int replaced = 0;
-        for (size_t j = 0; i < n && j < n_as; j++)
-            replaced |= !strcmp(d->name, as_grpc_imports[j].name);
-        if ((i < n && as_grpc && replaced) || (i >= n && !as_grpc)) continue;
+    for (size_t i = 0; i < N_PROXY_IMPORTS && ok; i++) {
+        const import_def *d = &proxy_imports[i].d;
+        if (!hc_linked(&proxy_imports[i], as_grpc)) continue;
         char line[160];
         int k = snprintf(line, sizeof line, "%s %s %s\n", d->name, *d->params ? d->params : "-",
                          *d->results ? d->results : "-");

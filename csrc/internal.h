@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "abi.h"
 #include "mpsc.h"
 #include "pw.h"
 #include "wt.h"
@@ -90,6 +91,7 @@ enum stop_at { STOP_NONE = 0, STOP_HEADERS, STOP_BODY, STOP_TRAILERS };
 
 typedef struct pw_prop {
     pw_buf path, value;
+    int readonly; /* filter state of a property declared read-only: set once */
     struct pw_prop *next;
 } pw_prop;
 
@@ -104,6 +106,7 @@ typedef struct pw_root {
     int fail_open;        /* a failed VM lets this plugin's streams pass (FAIL_OPEN) */
     uint32_t status_code; /* proxy_get_status: the last outbound call's outcome */
     pw_buf status_msg;
+    pw_prop *readonly_props; /* names declared read-only (declare_property), no values */
 } pw_root;
 
 typedef struct pw_hdir {
@@ -156,39 +159,10 @@ typedef struct pw_ctx {
 } pw_ctx;
 
 /* ---- exports the host calls --------------------------------------------------------- */
-enum fn_id {
-    FN_ON_CONTEXT_CREATE,
-    FN_ON_VM_START,
-    FN_ON_CONFIGURE,
-    FN_ON_TICK,
-    FN_ON_QUEUE_READY,
-    FN_ON_FOREIGN_FUNCTION,
-    FN_ON_NEW_CONNECTION,
-    FN_ON_DOWNSTREAM_DATA,
-    FN_ON_UPSTREAM_DATA,
-    FN_ON_DOWNSTREAM_CLOSE,
-    FN_ON_UPSTREAM_CLOSE,
-    FN_ON_REQUEST_HEADERS,
-    FN_ON_REQUEST_BODY,
-    FN_ON_REQUEST_TRAILERS,
-    FN_ON_RESPONSE_HEADERS,
-    FN_ON_RESPONSE_BODY,
-    FN_ON_RESPONSE_TRAILERS,
-    FN_ON_HTTP_CALL_RESPONSE,
-    FN_ON_GRPC_INITIAL,
-    FN_ON_GRPC_RECEIVE,
-    FN_ON_GRPC_TRAILING,
-    FN_ON_GRPC_CLOSE,
-    FN_ON_DONE,
-    FN_ON_LOG,
-    FN_ON_DELETE,
-    FN_ALLOC,
-    FN_INITIALIZE,
-    FN_START,
-    FN_MAIN,
-    FN_MAIN_VOID,
-    FN_COUNT
-};
+/* From abi.h's CALLBACKS list: FN_ON_CONTEXT_CREATE, ..., FN_MAIN_VOID, FN_COUNT. */
+#define FN_ENUM(id, name, alt, params, res) FN_##id,
+enum fn_id { CALLBACKS(FN_ENUM) FN_COUNT };
+#undef FN_ENUM
 
 /* What the running callback is, for Envoy's availability rules of maps and buffers. */
 enum cb_phase {

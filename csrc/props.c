@@ -185,7 +185,35 @@ int props_set(pw_vm *vm, pw_ctx *c, const uint8_t *path, size_t pl, const uint8_
     if (!pl) return ST_BAD_ARGUMENT;
     /* Envoy keeps these in the stream's filter state; a root context has none. */
     if (!c || c->kind == CTX_ROOT) return ST_NOT_FOUND;
-    return prop_set(&c->filter_state, path, pl, v, vl) ? ST_INTERNAL_FAILURE : ST_OK;
+    /* What Envoy does (its context.cc setProperty and the filter-state object behind it):
+     * each property is one object in the stream's filter state, made at the stream's first
+     * set from the description the plugin's root context declared for that name (or a
+     * writable default). An object described read-only accepts its first value and
+     * refuses every later set with BAD_ARGUMENT, keeping the value. A declaration made
+     * from a stream context stays on that stream in Envoy, where this lookup never goes:
+     * only the root's declarations count. */
+    pw_prop *p = (pw_prop *)prop_find(c->filter_state, path, pl);
+    if (p) {
+        if (p->readonly) return ST_BAD_ARGUMENT;
+        return buf_set(&p->value, v, vl) ? ST_INTERNAL_FAILURE : ST_OK;
+    }
+    int readonly = c->root && prop_find(c->root->r->readonly_props, path, pl) != NULL;
+    if (prop_set(&c->filter_state, path, pl, v, vl)) return ST_INTERNAL_FAILURE;
+    c->filter_state->readonly = readonly; /* prop_set puts a new entry first */
+    return ST_OK;
+}
+
+/* Envoy records a declaration on the context the running callback was called for (not
+ * the effective one a plugin may have switched to), and only a root's declarations are
+ * consulted: from any other context this binds nothing. */
+int pw_vm_declare_readonly(pw_vm *vm, const uint8_t *path, size_t path_len) {
+    if (vm->closed) return PW_ERR_CLOSED;
+    if (!pthread_equal(vm->owner, pthread_self())) return PW_ERR_THREAD;
+    if (path_len && path[path_len - 1] == 0) path_len--;
+    pw_ctx *c = vm->cur;
+    if (!c || c->kind != CTX_ROOT) return PW_OK;
+    if (prop_find(c->r->readonly_props, path, path_len)) return PW_OK;
+    return prop_set(&c->r->readonly_props, path, path_len, NULL, 0) ? PW_ERR : PW_OK;
 }
 
 /* ---- the API ------------------------------------------------------------------------- */

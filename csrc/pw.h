@@ -122,8 +122,11 @@ typedef struct pw_callout {
 #define PW_OP_SEND 1   /* a gRPC stream message (end_stream: half-close after it) */
 #define PW_OP_CLOSE 2  /* a gRPC stream's local half-close */
 typedef int (*pw_callout_fn)(void *handle, const pw_callout *call);
-typedef void (*pw_callop_fn)(void *handle, uint32_t token, int op, const uint8_t *data,
-                             size_t len, int end_stream);
+/* Answers an ABI status for PW_OP_SEND: OK, or BAD_ARGUMENT when the stream already holds
+ * the buffer limit's worth of messages not yet written (nothing is sent then); the answer
+ * to other ops is ignored. */
+typedef int (*pw_callop_fn)(void *handle, uint32_t token, int op, const uint8_t *data,
+                            size_t len, int end_stream);
 void pw_set_callout_callbacks(pw_callout_fn start, pw_callop_fn op);
 
 /* Result sink for foreign functions: copies the bytes the Python side produced. */
@@ -156,6 +159,10 @@ int pw_module_serialize(pw_module *m, uint8_t **out, size_t *len);
 /* The Proxy-Wasm imports ("env" module) the host defines, for load errors: lines of
  * "name params results", each a string of i (i32) / I (i64), "-" when empty. */
 int pw_host_imports(int as_grpc, uint8_t **out, size_t *len);
+/* The exports the host calls or checks, with the types a module must give them, for the
+ * loader: lines of "name params results" as above (an export's alternative name gets its
+ * own line). The header callbacks are listed with 3 parameters (0.1.0 builds may have 2). */
+int pw_host_exports(uint8_t **out, size_t *len);
 void pw_bytes_free(uint8_t *p);
 void pw_module_free(pw_module *m);
 
@@ -265,6 +272,12 @@ int pw_context_alive(pw_vm *vm, uint32_t ctx);
 int pw_root_done(pw_vm *vm, uint32_t root);
 int pw_root_foreign_call(pw_vm *vm, uint32_t root, uint32_t function_id,
                          const uint8_t *args, size_t len);
+
+/* Envoy's declare_property with readonly set, from inside the running callback: when that
+ * callback is a root context's, each stream of that root may from then on set the property
+ * once (proxy_set_property answers BAD_ARGUMENT after); from a stream's callback it binds
+ * nothing, as in Envoy. Callable while the VM waits in a foreign function. */
+int pw_vm_declare_readonly(pw_vm *vm, const uint8_t *path, size_t path_len);
 
 /* Properties the host provides for a context (0 = every context of the VM): the path is
  * NUL-separated segments, the value already encoded as Envoy encodes it. These two may be

@@ -198,56 +198,49 @@ void pw_module_free(pw_module *m) {
 }
 
 /* ---- VM creation ------------------------------------------------------------------- */
-static const char *const fn_names[FN_COUNT] = {
-    [FN_ON_CONTEXT_CREATE] = "proxy_on_context_create",
-    [FN_ON_VM_START] = "proxy_on_vm_start",
-    [FN_ON_CONFIGURE] = "proxy_on_configure",
-    [FN_ON_TICK] = "proxy_on_tick",
-    [FN_ON_QUEUE_READY] = "proxy_on_queue_ready",
-    [FN_ON_FOREIGN_FUNCTION] = "proxy_on_foreign_function",
-    [FN_ON_NEW_CONNECTION] = "proxy_on_new_connection",
-    [FN_ON_DOWNSTREAM_DATA] = "proxy_on_downstream_data",
-    [FN_ON_UPSTREAM_DATA] = "proxy_on_upstream_data",
-    [FN_ON_DOWNSTREAM_CLOSE] = "proxy_on_downstream_connection_close",
-    [FN_ON_UPSTREAM_CLOSE] = "proxy_on_upstream_connection_close",
-    [FN_ON_REQUEST_HEADERS] = "proxy_on_request_headers",
-    [FN_ON_REQUEST_BODY] = "proxy_on_request_body",
-    [FN_ON_REQUEST_TRAILERS] = "proxy_on_request_trailers",
-    [FN_ON_RESPONSE_HEADERS] = "proxy_on_response_headers",
-    [FN_ON_RESPONSE_BODY] = "proxy_on_response_body",
-    [FN_ON_RESPONSE_TRAILERS] = "proxy_on_response_trailers",
-    [FN_ON_HTTP_CALL_RESPONSE] = "proxy_on_http_call_response",
-    [FN_ON_GRPC_INITIAL] = "proxy_on_grpc_receive_initial_metadata",
-    [FN_ON_GRPC_RECEIVE] = "proxy_on_grpc_receive",
-    [FN_ON_GRPC_TRAILING] = "proxy_on_grpc_receive_trailing_metadata",
-    [FN_ON_GRPC_CLOSE] = "proxy_on_grpc_close",
-    [FN_ON_DONE] = "proxy_on_done",
-    [FN_ON_LOG] = "proxy_on_log",
-    [FN_ON_DELETE] = "proxy_on_delete",
-    [FN_ALLOC] = "proxy_on_memory_allocate",
-    [FN_INITIALIZE] = "_initialize",
-    [FN_START] = "_start",
-    [FN_MAIN] = "main",
-    [FN_MAIN_VOID] = "__main_void",
-};
+/* From abi.h's CALLBACKS list: each export's name, the name looked up when it is absent,
+ * and its type: i32 parameters and i32 results (header callbacks take the module's header
+ * arity). Checked against wasmtime's own types before any unchecked call: a wrong type is
+ * refused here even if something skipped the Python loader. */
+#define FN_NAME(id, name, alt, params, res) [FN_##id] = name,
+#define FN_ALT(id, name, alt, params, res) [FN_##id] = alt,
+#define FN_ARITY(id, name, alt, params, res) [FN_##id] = {PW_PARAM_COUNT(params), PW_RESULT_COUNT(res)},
+#define FN_ALL_I32(id, name, alt, params, res)                                              \
+    _Static_assert(1 PW_PP_EACH(PW_P_ALLI32, params), name " must take i32 parameters only");
+static const char *const fn_names[FN_COUNT] = {CALLBACKS(FN_NAME)};
+static const char *const fn_alt[FN_COUNT] = {CALLBACKS(FN_ALT)};
+static const uint8_t fn_arity[FN_COUNT][2] = {CALLBACKS(FN_ARITY)};
+CALLBACKS(FN_ALL_I32)
 
-/* What each export must be: i32 parameters and i32 results (header callbacks take the
- * module's header arity). Checked against wasmtime's own types before any unchecked call:
- * a wrong type is refused here even if something skipped the Python loader. */
-static const uint8_t fn_arity[FN_COUNT][2] = {
-    [FN_ON_CONTEXT_CREATE] = {2, 0}, [FN_ON_VM_START] = {2, 1},   [FN_ON_CONFIGURE] = {2, 1},
-    [FN_ON_TICK] = {1, 0},           [FN_ON_QUEUE_READY] = {2, 0}, [FN_ON_FOREIGN_FUNCTION] = {3, 0},
-    [FN_ON_NEW_CONNECTION] = {1, 1}, [FN_ON_DOWNSTREAM_DATA] = {3, 1},
-    [FN_ON_UPSTREAM_DATA] = {3, 1},  [FN_ON_DOWNSTREAM_CLOSE] = {2, 0},
-    [FN_ON_UPSTREAM_CLOSE] = {2, 0}, [FN_ON_REQUEST_HEADERS] = {3, 1},
-    [FN_ON_REQUEST_BODY] = {3, 1},   [FN_ON_REQUEST_TRAILERS] = {2, 1},
-    [FN_ON_RESPONSE_HEADERS] = {3, 1}, [FN_ON_RESPONSE_BODY] = {3, 1},
-    [FN_ON_RESPONSE_TRAILERS] = {2, 1}, [FN_ON_HTTP_CALL_RESPONSE] = {5, 0},
-    [FN_ON_GRPC_INITIAL] = {3, 0},   [FN_ON_GRPC_RECEIVE] = {3, 0}, [FN_ON_GRPC_TRAILING] = {3, 0},
-    [FN_ON_GRPC_CLOSE] = {3, 0},     [FN_ON_DONE] = {1, 1},       [FN_ON_LOG] = {1, 0},
-    [FN_ON_DELETE] = {1, 0},         [FN_ALLOC] = {1, 1},         [FN_INITIALIZE] = {0, 0},
-    [FN_START] = {0, 0},             [FN_MAIN] = {2, 1},          [FN_MAIN_VOID] = {0, 1},
-};
+/* The export table for the loader, derived from the same lists. */
+typedef struct export_line {
+    const char *name, *params, *results;
+} export_line;
+#define FN_LINE(id, name, alt, params, res)                                               \
+    {name, PW_PARAM_SIG(params), PW_RESULT_SIG(res)},                                     \
+        {alt, PW_PARAM_SIG(params), PW_RESULT_SIG(res)},
+#define CHECKED_LINE(name, params, res) {name, PW_PARAM_SIG(params), PW_RESULT_SIG(res)},
+static const export_line export_lines[] = {CALLBACKS(FN_LINE) CHECKED_EXPORTS(CHECKED_LINE)};
+
+int pw_host_exports(uint8_t **out, size_t *len) {
+    pw_buf b = {0};
+    int ok = 1;
+    for (size_t i = 0; i < sizeof export_lines / sizeof export_lines[0] && ok; i++) {
+        const export_line *e = &export_lines[i];
+        if (!e->name) continue; /* no alternative name */
+        char line[160];
+        int k = snprintf(line, sizeof line, "%s %s %s\n", e->name, *e->params ? e->params : "-",
+                         *e->results ? e->results : "-");
+        ok = k > 0 && (size_t)k < sizeof line && !buf_append(&b, (const uint8_t *)line, (size_t)k);
+    }
+    if (!ok || (!b.p && buf_reserve(&b, 1))) {
+        buf_free(&b);
+        return PW_ERR;
+    }
+    *out = b.p;
+    *len = b.len;
+    return PW_OK;
+}
 
 static int all_i32(const wasm_valtype_vec_t *v, size_t n) {
     if (!v || v->size != n) return 0;
@@ -345,11 +338,7 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const pw_limits *limits,
     vm->mem_ready = 1;
     for (int i = 0; i < FN_COUNT; i++) {
         int got = get_func(vm, i, fn_names[i], &vm->fn[i]);
-        /* The AssemblyScript SDK exports the pre-spec name of this callback. */
-        if (i == FN_ON_GRPC_TRAILING && got == 0)
-            got = get_func(vm, i, "proxy_on_grpc_trailing_metadata", &vm->fn[i]);
-        /* The spec's allocator first; malloc only as the fallback (ABI.md §1). */
-        if (i == FN_ALLOC && got == 0) got = get_func(vm, i, "malloc", &vm->fn[i]);
+        if (got == 0 && fn_alt[i]) got = get_func(vm, i, fn_alt[i], &vm->fn[i]);
         if (got < 0) {
             unsigned np = i == FN_ON_REQUEST_HEADERS || i == FN_ON_RESPONSE_HEADERS
                               ? (unsigned)vm->header_arity : fn_arity[i][0];

@@ -119,13 +119,15 @@ def pw_py_callout(handle: Any, call: Any) -> int:
 
 
 @ffi.def_extern()  # type: ignore[untyped-decorator]
-def pw_py_callop(handle: Any, token: int, op: int, data: Any, length: int, end_stream: int) -> None:
-    """A gRPC message, half-close or cancellation for a call in flight."""
+def pw_py_callop(handle: Any, token: int, op: int, data: Any, length: int, end_stream: int) -> int:
+    """A gRPC message, half-close or cancellation for a call in flight: OK, or for a message
+    BAD_ARGUMENT when its stream's send buffer is full."""
     try:
         payload = ffi.buffer(data, length)[:] if length else b""
-        ffi.from_handle(handle).op(token, op, payload, bool(end_stream))
+        return int(ffi.from_handle(handle).op(token, op, payload, bool(end_stream)))
     except Exception:
         _log.exception("an outbound call operation failed")
+        return ST_OK
 
 
 ERRORS = {

@@ -49,7 +49,7 @@ ffibuilder.cdef(
 extern "Python" void pw_py_log(void *handle, int level, const char *msg, size_t len);
 extern "Python" int pw_py_foreign(void *handle, const uint8_t *args, size_t len, void *result);
 extern "Python" int pw_py_callout(void *handle, const pw_callout *call);
-extern "Python" void pw_py_callop(void *handle, uint32_t token, int op, const uint8_t *data,
+extern "Python" int pw_py_callop(void *handle, uint32_t token, int op, const uint8_t *data,
                                   size_t len, int end_stream);
 """
 )

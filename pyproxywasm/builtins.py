@@ -10,7 +10,10 @@ extension):
   schema 4, span 5). OK the first time a context declares a name, BAD_ARGUMENT after that
   or for a message that does not parse. The plugin then sets and reads the property with
   proxy_set_property / proxy_get_property (in a stream; a root context has no filter
-  state). Read-only-ness is recorded (`declared_properties`) but not enforced.
+  state). A property a root context declares read-only takes one value per stream: a
+  later proxy_set_property on it answers BAD_ARGUMENT and keeps the value, as Envoy does.
+  Envoy stores a declaration on the context that made it and looks only at the root's
+  when a stream sets the property, so one made from a stream context changes nothing.
 - set_envoy_filter_state: a SetEnvoyFilterStateArguments protobuf (path 1, value 2, span
   3). NOT_FOUND for a key Envoy has no object factory for (FILTER_STATE_KEYS here, more
   with Host(filter_state_keys=...)), BAD_ARGUMENT for a value its factory refuses (ports
@@ -195,10 +198,17 @@ class Builtins:
                                      LIFE_SPANS[_int(f.get(5))] if _int(f.get(5)) < 3 else "filter_chain")
             except (ValueError, UnicodeDecodeError):
                 raise ForeignFunctionStatus(Status.BAD_ARGUMENT) from None
-            seen = self.declared.setdefault((key, ctx()), {})
+            cid = ctx()
+            seen = self.declared.setdefault((key, cid), {})
             if d.name in seen:
                 raise ForeignFunctionStatus(Status.BAD_ARGUMENT)
             seen[d.name] = d
+            # Envoy keeps the declaration on the called context, and proxy_set_property
+            # consults the root's: a read-only one declared by a root binds its streams.
+            if d.readonly:
+                name = d.name.encode()
+                if lib.pw_vm_declare_readonly(vm.ptr, name, len(name)) != lib.PW_OK:
+                    raise ForeignFunctionStatus(Status.INTERNAL_FAILURE)
 
         def set_envoy_filter_state(args: bytes) -> None:
             try:

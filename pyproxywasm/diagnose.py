@@ -5,16 +5,15 @@ module.py asks here only once loading has failed, so none of this is on the load
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from . import wasmbin
 from ._binding import ffi, lib
 
-_LETTER = {"i32": "i", "i64": "I"}
-
-
-def host_imports(as_grpc: bool = False) -> dict[str, wasmbin.FuncType]:
-    """The Proxy-Wasm functions ("env" module) the host defines, by name."""
+def _read_table(call: Callable[[Any, Any], int]) -> dict[str, wasmbin.FuncType]:
+    """A table of "name params results" lines from the core, by name."""
     out, n = ffi.new("uint8_t **"), ffi.new("size_t *")
-    if lib.pw_host_imports(int(as_grpc), out, n) != lib.PW_OK:
+    if call(out, n) != lib.PW_OK:
         return {}
     try:
         text = ffi.buffer(out[0], n[0])[:].decode()
@@ -27,6 +26,17 @@ def host_imports(as_grpc: bool = False) -> dict[str, wasmbin.FuncType]:
             tuple("i64" if c == "I" else "i32" for c in params.strip("-")),
             tuple("i64" if c == "I" else "i32" for c in results.strip("-")))
     return table
+
+
+def host_imports(as_grpc: bool = False) -> dict[str, wasmbin.FuncType]:
+    """The Proxy-Wasm functions ("env" module) the host defines, by name."""
+    return _read_table(lambda out, n: int(lib.pw_host_imports(int(as_grpc), out, n)))
+
+
+def host_exports() -> dict[str, wasmbin.FuncType]:
+    """The exports the host calls or checks, with the type each must have, by name: the
+    C core's declarations (csrc/abi.h), so the loader and the core never disagree."""
+    return _read_table(lambda out, n: int(lib.pw_host_exports(out, n)))
 
 
 def _count(n: int, what: str) -> str:

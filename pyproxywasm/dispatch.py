@@ -158,8 +158,13 @@ class Worker:
     """A thread that owns its own VMs and runs their events: Envoy's worker."""
 
     def __init__(self, name: str, setup: Callable[[Dispatcher], None],
-                 teardown: Callable[[Dispatcher, float], None]) -> None:
+                 teardown: Callable[[Dispatcher, float], None], manual: bool = False) -> None:
+        """manual: the thread runs jobs only; its dispatcher (ticks, queue notifications,
+        call answers) runs when a job runs it (the testing harness, for deterministic
+        tests on a virtual clock)."""
         self.name = name
+        self.manual = manual
+        self._job_posted = threading.Event()  # manual mode: wakes the thread for a job
         self._setup, self._teardown = setup, teardown
         self._jobs: collections.deque[tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]]] = collections.deque()
         self._jobs_lock = threading.Lock()  # call() vs the end of the thread
@@ -191,8 +196,15 @@ class Worker:
                 raise HostClosedError(f"{self.name} is stopping")
             self._jobs.append((fn, args, fut))
         assert self.dispatcher is not None  # set before start() returns
-        self.dispatcher.wake()
+        self._wake()
         return fut
+
+    def _wake(self) -> None:
+        if self.manual:
+            self._job_posted.set()
+        else:
+            assert self.dispatcher is not None
+            self.dispatcher.wake()
 
     def _run_jobs(self) -> None:
         while self._jobs:
@@ -214,8 +226,12 @@ class Worker:
         self._ready.set()
         d, fd = self.dispatcher, self.dispatcher.fileno()
         while not (self._stopping and not self._jobs):
-            wait_readable(fd, d.next_timeout())
-            d.run()
+            if self.manual:
+                self._job_posted.wait()
+                self._job_posted.clear()
+            else:
+                wait_readable(fd, d.next_timeout())
+                d.run()
             self._run_jobs()
         try:
             d.run()
@@ -246,7 +262,7 @@ class Worker:
         with self._jobs_lock:
             self._stopping = True
         assert self.dispatcher is not None  # the thread is alive
-        self.dispatcher.wake()
+        self._wake()
         if threading.get_ident() == self.thread.ident:
             return
         self.thread.join(timeout)

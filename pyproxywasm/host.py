@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from . import properties as props
 from ._binding import ERRORS, ForeignFunction, LogTarget, error_for, ffi, lib, proxy_level, raise_for
@@ -37,6 +37,8 @@ from .builtins import Builtins
 from .envoy_properties import with_defaults
 from .state import SharedState
 from .tcp import TcpStream
+
+T = TypeVar("T")
 
 
 class Vm:
@@ -348,7 +350,8 @@ class Host:
         buffer_limit: body bytes a stream may hold per direction while its plugin pauses
         (Envoy's default, 1 MiB); past it the stream ends with 413 (request) or 500. It also
         bounds an outbound call's request body (BAD_ARGUMENT past it).
-        manual_dispatch: events are delivered only by dispatch() (the testing harness).
+        manual_dispatch: events are delivered only by dispatch() (the testing harness); with
+        workers, each worker's only when a job runs host.dispatch() there (on_threads).
         clusters: the upstreams plugins may call (proxy_http_call, proxy_grpc_*); a name
         that is none of them is an unknown cluster, as in Envoy. max_calls_in_flight: per
         VM; past it a call answers INTERNAL_FAILURE. io_loop: the pyproxywasm.net.IoLoop
@@ -397,10 +400,12 @@ class Host:
         try:
             if concurrency > 0:
                 # Services first, so they are up before workers take traffic.
-                self._main = Worker("pyproxywasm-main", self._setup_main, self._teardown)
+                self._main = Worker("pyproxywasm-main", self._setup_main, self._teardown,
+                                    manual=manual_dispatch)
                 self._main.start()
                 for i in range(concurrency):
-                    w = Worker(f"pyproxywasm-worker-{i}", self._setup_worker, self._teardown)
+                    w = Worker(f"pyproxywasm-worker-{i}", self._setup_worker, self._teardown,
+                               manual=manual_dispatch)
                     w.start()
                     self.workers.append(w)
             else:
@@ -473,7 +478,7 @@ class Host:
             self._on_vm(vm)
         if self.outbound.clusters or self.outbound.recorder is not None or self._any_host():
             vm.calls = VmCalls(self.outbound, vm.ptr, st.dispatcher,
-                               functools.partial(self._allows_any_host, st))
+                               functools.partial(self._allows_any_host, st), self._buffer_limit)
             lib.pw_vm_set_callouts(vm.ptr, vm.calls.handle, self._max_calls)
         return vm
 
@@ -641,6 +646,20 @@ class Host:
             if name in (p.config.name, p.config.root_id):
                 return p
         raise KeyError(name)
+
+    @property
+    def main_worker(self) -> Worker | None:
+        """The thread that runs the singleton services when concurrency > 0."""
+        return self._main
+
+    def on_threads(self, fn: Callable[[], T]) -> list[T]:
+        """Runs fn on every thread that has this host's VMs, one after the other, and
+        returns its results in that order: the main worker, the workers, then the calling
+        thread (when it has VMs of its own, or there are no workers)."""
+        out = [w.call(fn).result() for w in ([self._main] if self._main else []) + self.workers]
+        if getattr(self._local, "state", None) is not None or not out:
+            out.append(fn())
+        return out
 
     @property
     def vms(self) -> list[Vm]:

@@ -23,42 +23,12 @@ from .errors import ModuleError
 ABI_IDS = {"0.1.0": lib.PW_ABI_0_1_0, "0.2.0": lib.PW_ABI_0_2_0, "0.2.1": lib.PW_ABI_0_2_1}
 
 _I = "i32"
-_EXPORT_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "proxy_on_context_create": ((_I, _I), ()),
-    "proxy_on_vm_start": ((_I, _I), (_I,)),
-    "proxy_validate_configuration": ((_I, _I), (_I,)),
-    "proxy_on_configure": ((_I, _I), (_I,)),
-    "proxy_on_tick": ((_I,), ()),
-    "proxy_on_queue_ready": ((_I, _I), ()),
-    "proxy_on_foreign_function": ((_I, _I, _I), ()),
-    "proxy_on_new_connection": ((_I,), (_I,)),
-    "proxy_on_downstream_data": ((_I, _I, _I), (_I,)),
-    "proxy_on_upstream_data": ((_I, _I, _I), (_I,)),
-    "proxy_on_downstream_connection_close": ((_I, _I), ()),
-    "proxy_on_upstream_connection_close": ((_I, _I), ()),
-    "proxy_on_request_body": ((_I, _I, _I), (_I,)),
-    "proxy_on_request_trailers": ((_I, _I), (_I,)),
-    "proxy_on_request_metadata": ((_I, _I), (_I,)),
-    "proxy_on_response_body": ((_I, _I, _I), (_I,)),
-    "proxy_on_response_trailers": ((_I, _I), (_I,)),
-    "proxy_on_response_metadata": ((_I, _I), (_I,)),
-    "proxy_on_http_call_response": ((_I, _I, _I, _I, _I), ()),
-    "proxy_on_grpc_receive_initial_metadata": ((_I, _I, _I), ()),
-    "proxy_on_grpc_receive": ((_I, _I, _I), ()),
-    "proxy_on_grpc_receive_trailing_metadata": ((_I, _I, _I), ()),
-    "proxy_on_grpc_trailing_metadata": ((_I, _I, _I), ()),  # the AssemblyScript SDK's name
-    "proxy_on_grpc_close": ((_I, _I, _I), ()),
-    "proxy_on_done": ((_I,), (_I,)),
-    "proxy_on_log": ((_I,), ()),
-    "proxy_on_delete": ((_I,), ()),
-    "proxy_on_memory_allocate": ((_I,), (_I,)),
-    "malloc": ((_I,), (_I,)),
-    "_initialize": ((), ()),
-    "_start": ((), ()),
-    "main": ((_I, _I), (_I,)),
-    "__main_void": ((), (_I,)),
-}
 _HEADER_CALLBACKS = ("proxy_on_request_headers", "proxy_on_response_headers")
+# Every export the core calls or checks, with its type, from the core's own declarations
+# (csrc/abi.h). The header callbacks' arity depends on the ABI version: checked below.
+_EXPORT_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    name: (t.params, t.results) for name, t in diagnose.host_exports().items()
+    if name not in _HEADER_CALLBACKS}
 
 
 @dataclass(frozen=True)

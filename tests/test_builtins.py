@@ -54,6 +54,28 @@ def test_declare_property_once_then_bad_argument_and_the_property_is_usable():
         assert (r["x-set-declared-status"], r["x-get-declared"]) == (OK, "v1 (ok)")
 
 
+
+def test_a_read_only_property_takes_one_value_per_stream_as_in_envoy():
+    """Envoy: the root declared my.state read-only, so a stream's first set is OK and every
+    later one BAD_ARGUMENT with the value kept; the next stream starts afresh. Undeclared
+    properties, and ones declared from a stream context, stay writable."""
+    with PluginHarness(BUILTINS) as h:
+        r = request(h, x_set_twice="my.state")
+        assert (r["x-set-first-status"], r["x-set-second-status"], r["x-set-twice-value"]) == (
+            OK, BAD_ARGUMENT, "first (ok)")
+        r = request(h, x_set_twice="my.state")  # a new stream: a new filter state
+        assert (r["x-set-first-status"], r["x-set-second-status"]) == (OK, BAD_ARGUMENT)
+        r = request(h, x_set_declared="v1", x_set_twice="my.state")  # set before: refused
+        assert (r["x-set-declared-status"], r["x-set-first-status"],
+                r["x-set-second-status"], r["x-set-twice-value"]) == (
+            OK, BAD_ARGUMENT, BAD_ARGUMENT, "v1 (ok)")
+        r = request(h, x_set_twice="other.state")
+        assert (r["x-set-first-status"], r["x-set-second-status"], r["x-set-twice-value"]) == (
+            OK, OK, "second (ok)")
+        r = request(h, x_declare="stream.state", x_set_twice="stream.state")
+        assert (r["x-declare-status"], r["x-set-first-status"], r["x-set-second-status"],
+                r["x-set-twice-value"]) == (OK, OK, OK, "second (ok)")
+
 def test_set_envoy_filter_state_known_unknown_invalid_and_from_a_root():
     with PluginHarness(BUILTINS) as h:
         # from on_plugin_start: a root context has no stream, Envoy answers NOT_FOUND

@@ -16,6 +16,7 @@ import pytest
 from conftest import REQUEST
 from pyproxywasm import Host, PluginConfig, VmConfig
 from pyproxywasm._binding import lib
+from pyproxywasm.limits import Limits
 from pyproxywasm.net import Cluster, TlsSettings
 from pyproxywasm.testing import PluginHarness
 from servers import *  # noqa: F401,F403 - the server fixtures
@@ -390,6 +391,34 @@ def test_rust_grpc_stream_half_close_and_cancel_against_grpcio(grpc_server):
         h.dispatch()
         assert not any(l.startswith("stream: message") or l.startswith("stream: closed")
                        for l in h.logs("info"))
+
+
+@pytest.mark.parametrize("limit, size", [(None, 700_000), (100_000, 60_000)])
+def test_rust_grpc_stream_sends_past_the_buffer_limit_answer_bad_argument(limit, size):
+    """An upstream that takes the connection and never answers (a listening socket nobody
+    accepts from): the stream's messages wait unwritten, and past the buffer limit (Envoy's
+    1 MiB by default, Host(buffer_limit=)) proxy_grpc_send answers BAD_ARGUMENT and sends
+    nothing; the stream goes on taking what fits."""
+    tarpit = socket.socket()
+    tarpit.bind(("127.0.0.1", 0))
+    tarpit.listen(8)
+    big = "A" * size
+    caps = {} if limit is None else {"buffer_limit": limit}
+    try:
+        with PluginHarness(RUST_CALLOUTS, configuration="cluster=g mode=stream method=BidiEcho",
+                           clusters=[Cluster("g", ("127.0.0.1:%d" % tarpit.getsockname()[1],))],
+                           limits=Limits(log_bytes=0), **caps) as h:
+            s = h.http()
+            s.send_request_headers(REQUEST + [("x-stream-send", f"{big},{big},end")],
+                                   end_stream=True)
+            sent = [line[len("stream: sent "):].replace(big, "<big>")
+                    for line in h.logs("info") if line.startswith("stream: sent")]
+            assert sent == ["<big> end_stream=false Ok(())",
+                            "<big> end_stream=false Err(BadArgument)",
+                            "end end_stream=true Ok(())"]
+            assert s.request_paused
+    finally:
+        tarpit.close()
 
 
 def test_assemblyscript_grpc_through_the_adapted_imports_against_grpcio(grpc_server):

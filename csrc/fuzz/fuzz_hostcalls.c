@@ -79,10 +79,11 @@ static int on_callout(void *handle, const pw_callout *c) {
     return 0;
 }
 
-static void on_callop(void *handle, uint32_t token, int op, const uint8_t *data, size_t len,
-                      int end_stream) {
+static int on_callop(void *handle, uint32_t token, int op, const uint8_t *data, size_t len,
+                     int end_stream) {
     (void)handle, (void)token, (void)op, (void)end_stream;
     touch(data, len);
+    return 0;
 }
 
 static void stats(void) {

@@ -1,10 +1,10 @@
 """Writes tests/plugins/wat/fuzz_guest.wat: the "interpreter" guest of the hostcall fuzzer.
 
 Why generated: the guest imports every hostcall the host defines, with the host's own
-signatures, read from the import tables in csrc/hostcalls.c (proxy_imports) and csrc/wasi.c
-(wasi_imports). A hostcall
-added there reaches the fuzzer by running this script again (then tests/plugins/build.sh
-or tests/plugins/wat/build.py turns the .wat into .wasm).
+signatures, read from the declarations in csrc/abi.h (HOSTCALLS, CALLBACKS) and the WASI
+table in csrc/wasi.c (wasi_imports). A hostcall or callback declared there reaches the
+fuzzer by running this script again (then tests/plugins/build.sh or
+tests/plugins/wat/build.py turns the .wat into .wasm).
 
 The guest runs a script the fuzz driver (csrc/fuzz/fuzz_hostcalls.c) copies into its memory.
 Every callback interprets ops from the script until an END op; the driver reads its own
@@ -33,20 +33,84 @@ MAX_DEPTH = 3  # interpreter nesting through the allocator
 N_CONTROL = 8
 
 ENTRY = re.compile(r'\{"(\w+)",\s*"([iI]*)",\s*"([iI]*)",\s*\w+\}')
+# abi.h: X(c_name, "import", link, (params), result) and A("import", c_name) entries
+PARAM = re.compile(r'\b(I32|S32|I64|U64)\((\w+)\)')
+LETTER = {"I32": "i", "S32": "i", "I64": "I", "U64": "I"}
+
+
+def _list(name: str) -> list[tuple[str, list[str]]]:
+    """The entries of one of abi.h's lists, as (kind, top-level fields) in order."""
+    text = (ROOT / "csrc" / "abi.h").read_text()
+    start = text.index(f"#define {name}(")
+    end = text.index("\n\n", start)
+    body = re.sub(r"/\*.*?\*/", " ", text[text.index("\n", start):end], flags=re.S)
+    body = body.replace("\\\n", "\n")
+    out = []
+    i = 0
+    while True:
+        m = re.compile(r'\b([XA])\(').search(body, i)
+        if not m:
+            return out
+        depth, j, fields, cur = 1, m.end(), [], ""
+        while depth:
+            c = body[j]
+            if c == "(":
+                depth += 1
+            elif c == ")":
+                depth -= 1
+            if depth == 1 and c == ",":
+                fields.append(cur.strip())
+                cur = ""
+            elif depth:
+                cur += c
+            j += 1
+        fields.append(cur.strip())
+        out.append((m.group(1), [" ".join(f.split()) for f in fields]))
+        i = j
+
+
+def _sig(params: str) -> str:
+    return "".join(LETTER[t] for t, _ in PARAM.findall(params))
 
 
 def imports() -> list[tuple[str, str, str, str]]:
-    """(module, name, params, results) for every hostcall the C core defines."""
+    """(module, name, params, results) for every hostcall the C core defines (for modules
+    with the spec's shapes), then the WASI table."""
     out = []
-    for module, path, table in (("env", "hostcalls.c", "proxy_imports"),
-                                ("wasi_snapshot_preview1", "wasi.c", "wasi_imports")):
-        text = (ROOT / "csrc" / path).read_text()
-        start = text.index(f"import_def {table}[] = {{")
-        body = text[start:text.index("};", start)]
-        for name, params, results in ENTRY.findall(body):
-            out.append((module, name, params, results))
+    sigs = {}
+    for kind, f in _list("HOSTCALLS"):
+        if kind == "X":
+            cname, name, link, params, res = f
+            sigs[cname] = (_sig(params), "i" if res == "I32" else "")
+            if link != "HC_AS":
+                out.append(("env", name.strip('"'), *sigs[cname]))
+        else:
+            name, cname = f
+            out.append(("env", name.strip('"'), *sigs[cname]))
+    text = (ROOT / "csrc" / "wasi.c").read_text()
+    start = text.index("import_def wasi_imports[] = {")
+    body = text[start:text.index("};", start)]
+    for name, params, results in ENTRY.findall(body):
+        out.append(("wasi_snapshot_preview1", name, params, results))
     if len(out) < 40:
-        sys.exit("too few hostcalls found: did the import tables change shape?")
+        sys.exit("too few hostcalls found: did the declarations change shape?")
+    return out
+
+
+# Callbacks whose default answer (when a plugin does not export them) is success / true.
+TRUE_BY_DEFAULT = {"proxy_on_vm_start", "proxy_on_configure", "proxy_on_done"}
+
+
+def callbacks() -> list[tuple[str, int, int | None]]:
+    """(export name, parameter count, default result or None) for every proxy_on_* callback
+    the host calls (abi.h's CALLBACKS), the allocator aside."""
+    out = []
+    for _, (cid, name, alt, params, res) in _list("CALLBACKS"):
+        name = name.strip('"')
+        if not name.startswith("proxy_on_") or cid == "ALLOC":
+            continue
+        default = None if res == "VOID" else (1 if name in TRUE_BY_DEFAULT else 0)
+        out.append((name, len(PARAM.findall(params)), default))
     return out
 
 
@@ -276,34 +340,7 @@ def render() -> str:
     w.append("      (br $next)))")
     w.append("    (global.set $depth (i32.sub (global.get $depth) (i32.const 1)))")
     w.append("    (local.get $status))")
-    # Callbacks: (export name, params, result default or None)
-    cbs = [
-        ("proxy_on_context_create", 2, None),
-        ("proxy_on_vm_start", 2, 1),
-        ("proxy_on_configure", 2, 1),
-        ("proxy_on_tick", 1, None),
-        ("proxy_on_queue_ready", 2, None),
-        ("proxy_on_foreign_function", 3, None),
-        ("proxy_on_new_connection", 1, 0),
-        ("proxy_on_downstream_data", 3, 0),
-        ("proxy_on_upstream_data", 3, 0),
-        ("proxy_on_downstream_connection_close", 2, None),
-        ("proxy_on_upstream_connection_close", 2, None),
-        ("proxy_on_request_headers", 3, 0),
-        ("proxy_on_request_body", 3, 0),
-        ("proxy_on_request_trailers", 2, 0),
-        ("proxy_on_response_headers", 3, 0),
-        ("proxy_on_response_body", 3, 0),
-        ("proxy_on_response_trailers", 2, 0),
-        ("proxy_on_http_call_response", 5, None),
-        ("proxy_on_grpc_receive_initial_metadata", 3, None),
-        ("proxy_on_grpc_receive", 3, None),
-        ("proxy_on_grpc_receive_trailing_metadata", 3, None),
-        ("proxy_on_grpc_close", 3, None),
-        ("proxy_on_done", 1, 1),
-        ("proxy_on_log", 1, None),
-        ("proxy_on_delete", 1, None),
-    ]
+    cbs = callbacks()
     w.append("\n  ;; ---- callbacks: remember the context, then run the script -------------------")
     for name, nparams, default in cbs:
         params = " ".join("i32" for _ in range(nparams))

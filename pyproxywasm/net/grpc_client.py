@@ -150,8 +150,10 @@ class GrpcStream:
     """A streaming call in flight. `send`, `close` and `cancel` are for the loop thread
     (the caller is there when its on_event runs; from elsewhere go through IoLoop.call_soon)."""
 
-    def __init__(self, on_event: Callable[[str, object], None]) -> None:
+    def __init__(self, on_event: Callable[[str, object], None],
+                 on_written: Callable[[int], None] | None = None) -> None:
         self._on_event = on_event
+        self._on_written = on_written  # told the size of each message once it went out
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._call: grpc.aio.StreamStreamCall | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -216,6 +218,8 @@ class GrpcStream:
                     await call.done_writing()
                     return
                 await call.write(msg)
+                if self._on_written is not None:
+                    self._on_written(len(msg))
         except (Exception, asyncio.CancelledError):  # noqa: BLE001
             return  # the call ended (or failed): _read reports how, exactly once
 
@@ -295,13 +299,15 @@ class GrpcClient:
 
     def stream(self, cluster: Cluster, service: str, method: str,
                metadata: Sequence[tuple[bytes, bytes]], timeout: float | None,
-               on_event: Callable[[str, object], None]) -> GrpcStream:
+               on_event: Callable[[str, object], None],
+               on_written: Callable[[int], None] | None = None) -> GrpcStream:
         """Start a bidirectional stream (call on the loop thread). Events reach `on_event` on
         the loop thread: "initial_metadata" (list of (bytes, bytes); also empty, before any
         message, whenever the server answered), "message" (bytes), "trailing_metadata"
         (list, possibly empty), then "close" ((code, message)) exactly once, including for
-        failures (refused: 14, deadline: 4); nothing at all after `cancel()`."""
-        s = GrpcStream(on_event)
+        failures (refused: 14, deadline: 4); nothing at all after `cancel()`. on_written(n),
+        on the loop thread: a message of n bytes was written to the connection."""
+        s = GrpcStream(on_event, on_written)
         try:
             path = method_path(service, method)
             md = to_grpc_metadata(metadata)

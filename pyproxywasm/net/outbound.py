@@ -12,7 +12,9 @@ authority on which calls are alive: it drops answers for calls it cancelled.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 from .. import protobuf
@@ -131,20 +133,28 @@ async def _close_all(clients: list[Any]) -> None:
 class _Call:
     """One call in flight, as Python sees it: its task or stream on the loop."""
 
-    __slots__ = ("task", "stream", "cancelled", "record")
+    __slots__ = ("task", "stream", "cancelled", "record", "queued")
 
     def __init__(self) -> None:
         self.task: asyncio.Future[Any] | None = None
         self.stream: Any = None
         self.cancelled = False
         self.record: Any = None  # the harness's record, for calls to recorded clusters
+        self.queued = 0  # a stream's message bytes the guest sent, not yet written out
 
 
 class VmCalls:
     """The C core's handle for one VM's outbound calls (so, one thread's)."""
 
     def __init__(self, outbound: Outbound, vm_ptr: Any, dispatcher: "Dispatcher",
-                 allow_any_host: Callable[[int], bool]) -> None:
+                 allow_any_host: Callable[[int], bool],
+                 buffer_limit: int = lib.PW_DEFAULT_BUFFER_LIMIT) -> None:
+        """buffer_limit: bytes of messages one gRPC stream may hold that are sent by the
+        guest but not yet written to the connection (a server that does not read, a slow
+        link); past it proxy_grpc_send answers BAD_ARGUMENT and sends nothing, where
+        Envoy's buffers would stop at its buffer limit too."""
+        self._buffer_limit = buffer_limit
+        self._queued_lock = threading.Lock()  # _Call.queued: the VM's thread and the loop's
         self.outbound = outbound
         self.dispatcher = dispatcher
         self.vm_key = lib.pw_vm_key(vm_ptr)
@@ -168,10 +178,12 @@ class VmCalls:
         return self._start_grpc(token, call.root, kind == lib.PW_CALL_GRPC_STREAM, name, service,
                                 method, extra + headers, body, call.timeout_ms)
 
-    def op(self, token: int, op: int, data: bytes, end_stream: bool) -> None:
+    def op(self, token: int, op: int, data: bytes, end_stream: bool) -> int:
+        """A guest's operation on a call in flight: OK, or BAD_ARGUMENT for a message that
+        would take its stream past the buffer limit of unwritten messages."""
         c = self._live.get(token)
         if c is None:
-            return
+            return ST_OK
         if op == lib.PW_OP_CANCEL:
             del self._live[token]
             c.cancelled = True
@@ -182,9 +194,19 @@ class VmCalls:
         elif c.record is not None:
             c.record._guest_op(op, data, end_stream)
         elif op == lib.PW_OP_SEND:
+            with self._queued_lock:
+                if c.queued + len(data) > self._buffer_limit:
+                    return ST_BAD_ARGUMENT
+                c.queued += len(data)
             self.outbound.io.call_soon(_stream_send, c, data, end_stream)
         elif op == lib.PW_OP_CLOSE:
             self.outbound.io.call_soon(_stream_close, c)
+        return ST_OK
+
+    def _written(self, c: _Call, n: int) -> None:
+        """On the loop thread: n bytes of a stream's messages went out."""
+        with self._queued_lock:
+            c.queued -= n
 
     # ---- starting calls ------------------------------------------------------------------------
     def _start_http(self, token: int, root: int, name: str, headers: list[Any], body: bytes,
@@ -276,7 +298,8 @@ class VmCalls:
                 self.grpc_close(token, *payload)
 
         try:
-            c.stream = self.outbound.grpc.stream(cluster, service, method, metadata, timeout, on_event)
+            c.stream = self.outbound.grpc.stream(cluster, service, method, metadata, timeout, on_event,
+                                                 functools.partial(self._written, c))
         except Exception as e:  # noqa: BLE001
             self._live.pop(token, None)
             self.grpc_close(token, GRPC_UNAVAILABLE, str(e))

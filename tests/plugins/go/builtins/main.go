@@ -7,6 +7,7 @@
 // statuses, and logs the plugin_* / node / listener properties it reads. Each request
 // header it knows is one call; the answer goes into a request header the test reads
 // (x-<what>-status: "ok" or the SDK's error text, and the result where there is one).
+// x-set-twice sets a property twice in one stream (a read-only one refuses the second).
 package main
 
 import (
@@ -133,6 +134,18 @@ func (*httpContext) OnHttpRequestHeaders(int, bool) types.Action {
 		put("x-set-declared-status", status(err))
 		got, err := proxywasm.GetProperty([]string{"my.state"})
 		put("x-get-declared", string(got)+" ("+status(err)+")")
+	}
+	// x-declare: a declaration made from this stream context (Envoy keeps it on the
+	// stream, where setting the property never looks).
+	if name, ok := header("x-declare"); ok {
+		put("x-declare-status", status(declare(name)))
+	}
+	// x-set-twice: sets the named property to "first" then "second" in this stream.
+	if name, ok := header("x-set-twice"); ok {
+		put("x-set-first-status", status(proxywasm.SetProperty([]string{name}, []byte("first"))))
+		put("x-set-second-status", status(proxywasm.SetProperty([]string{name}, []byte("second"))))
+		got, err := proxywasm.GetProperty([]string{name})
+		put("x-set-twice-value", string(got)+" ("+status(err)+")")
 	}
 	if expr, ok := header("x-expr"); ok {
 		tok, err := proxywasm.CallForeignFunction("expr_create", []byte(expr))

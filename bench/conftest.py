@@ -52,6 +52,14 @@ def pytest_terminal_summary(terminalreporter):
         tw.line(f"guest CAS increments/s, 2 threads:       {r['cas_sharded'] / 1e6:8.2f} M/s  (target >= 5)")
     if "cas_one_mutex" in r:
         tw.line(f"  same with one global mutex:            {r['cas_one_mutex'] / 1e6:8.2f} M/s")
+    for kind in ("inprocess", "shm", "redis"):
+        if f"backend_cas_{kind}" in r:
+            tw.line(f"backend {kind:9}: guest CAS increments/s (2 threads) {r[f'backend_cas_{kind}'] / 1e6:8.3f} M/s")
+        if f"backend_queue_{kind}" in r:
+            tw.line(f"backend {kind:9}: queue items/s, worker -> singleton {r[f'backend_queue_{kind}'] / 1e6:8.3f} M/s")
+    for procs in (1, 2):
+        if f"shm_one_key_{procs}p" in r:
+            tw.line(f"shm, one key, {procs} process(es) x {2 // procs} worker(s): CAS increments/s {r[f'shm_one_key_{procs}p'] / 1e6:8.3f} M/s")
     if "queue_items_per_s" in r:
         tw.line(f"queue items/s, worker -> singleton:      {r['queue_items_per_s'] / 1e6:8.2f} M/s")
     if "clone_bench_filter" in r:

@@ -41,9 +41,8 @@
 
 #include "internal.h"
 
-#define PW_QUEUE_SLOT(id) ((id) >> 24)
-#define PW_QUEUE_LOCAL(id) ((id) & 0xffffffu)
-#define PW_BACKEND_SLOTS 256
+/* PW_QUEUE_SLOT(id), PW_QUEUE_LOCAL(id), PW_BACKEND_SLOTS: in internal.h (the hostcalls
+ * route queue ids by slot without including this header). */
 
 /* Who gets a queue's on_queue_ready: meaningful only in the process that registered. */
 typedef struct pw_queue_owner {
@@ -63,7 +62,9 @@ typedef struct pw_backend_ops {
     int (*del)(pw_backend *b, const pw_buf *scope, const uint8_t *k, size_t kl, uint32_t cas);
     int (*expire)(pw_backend *b, const pw_buf *scope, const uint8_t *k, size_t kl,
                   uint64_t ttl_ms);
-    /* *id is the backend-local id (below 2^24); backend.c adds the slot. */
+    /* *id is the backend-local id (below 2^24, never 0); backend.c adds the slot. The
+     * on_queue_ready a backend posts (dispatcher_post) carries the guest's id:
+     * (b->slot << 24) | local id. */
     int (*q_register)(pw_backend *b, const pw_buf *scope, const uint8_t *name, size_t nl,
                       const pw_queue_owner *owner, int may_create, int *created, uint32_t *id);
     int (*q_resolve)(pw_backend *b, const pw_buf *scope, const uint8_t *name, size_t nl,
@@ -72,18 +73,30 @@ typedef struct pw_backend_ops {
     int (*q_dequeue)(pw_backend *b, uint32_t id, pw_buf *out);
     int64_t (*q_size)(pw_backend *b, uint32_t id); /* -1: no such queue or unreachable */
     /* A dispatcher is about to be freed: forget it as an owner (no notification may reach
-     * it afterwards). */
+     * it afterwards). Not called today, and may be NULL: backend.c marks an owner's
+     * dispatcher `named` at registration, so it is kept (closed: posts answer -1) for the
+     * process's life and an owner's pointer stays valid. A post that answers -1 means that
+     * owner is gone: keep the item (and its notification) for the next registrant. */
     void (*owner_gone)(pw_backend *b, pw_dispatcher *d);
     void (*destroy)(pw_backend *b);
 } pw_backend_ops;
 
-/* The common head of every backend; a backend's own struct starts with it. */
+/* The common head of every backend; a backend's own struct starts with it. A backend's
+ * constructor fills ops, max_bytes, default_ttl_ms and leaves the rest zero (calloc):
+ * slot and refs belong to backend.c. The constructor's caller owns one reference, given
+ * back with pw_backend_close; attachments and VMs hold their own, and `destroy` runs when
+ * the last one goes, after no operation through the slot is in flight. */
 struct pw_backend {
     const pw_backend_ops *ops;
     uint32_t slot;                   /* 1..PW_BACKEND_SLOTS-1 once attached; backend.c */
+    _Atomic int64_t refs;            /* holders beyond the creator's one (backend.c) */
     _Atomic uint64_t unavailable;    /* operations answered INTERNAL_FAILURE: store unreachable */
     uint64_t max_bytes;              /* per scope, keys + values; 0: no cap */
     uint64_t default_ttl_ms;         /* given to keys on first write; 0: none */
 };
+
+/* backend.c: taking and giving back a reference (the last one destroys the backend). */
+void backend_acquire(pw_backend *b);
+void backend_release(pw_backend *b);
 
 #endif

@@ -515,7 +515,7 @@ HOSTCALL(get_shared_data) {
     BEGIN_RESTRICTED;
     MEM(k, arg->key_data, arg->key_size);
     uint32_t cas = 0;
-    int st = shared_get(vm->space, k, arg->key_size, &vm->hc, &cas);
+    int st = state_get(vm, k, arg->key_size, &vm->hc, &cas);
     if (st != ST_OK) RET(st);
     if (!gmem(vm, arg->return_cas, 4)) RET(ST_INVALID_MEMORY_ACCESS);
     st = greturn(vm, cx, vm->hc.p, vm->hc.len, arg->return_value_data, arg->return_value_size, &trap);
@@ -527,7 +527,7 @@ HOSTCALL(set_shared_data) {
     BEGIN_RESTRICTED;
     MEM(k, arg->key_data, arg->key_size);
     MEM(v, arg->value_data, arg->value_size);
-    RET(shared_set(vm->space, k, arg->key_size, v, arg->value_size, arg->cas));
+    RET(state_set(vm, k, arg->key_size, v, arg->value_size, arg->cas));
 }
 
 HOSTCALL(register_shared_queue) {
@@ -537,11 +537,11 @@ HOSTCALL(register_shared_queue) {
     if (!vm->disp) RET(ST_INTERNAL_FAILURE); /* its thread's dispatcher is gone */
     pw_ctx *root = root_of_eff(vm);
     int created;
-    uint32_t id = queue_register(vm->scope.p, vm->scope.len, name, arg->name_size, vm->disp, vm->vm_key,
-                                 root ? root->id : 0, vm->queues_created < PW_QUEUES_PER_VM,
-                                 &created);
+    uint32_t id;
+    int st = backend_q_register(vm, name, arg->name_size, root ? root->id : 0,
+                                vm->queues_created < PW_QUEUES_PER_VM, &created, &id);
     vm->queues_created += (uint32_t)created;
-    if (!id) RET(ST_INTERNAL_FAILURE);
+    if (st != ST_OK) RET(st);
     gput_u32(vm, arg->return_id, id);
     RET(ST_OK);
 }
@@ -552,15 +552,9 @@ HOSTCALL(resolve_shared_queue) {
     MEM(name, arg->name_data, arg->name_size);
     if (!gmem(vm, arg->return_id, 4)) RET(ST_INVALID_MEMORY_ACCESS);
     uint32_t id = 0;
-    int st = ST_OK;
-    if (arg->vm_id_size) { /* another vm_id, in this VM's namespace */
-        pw_buf scope = {0};
-        st = scope_make(&scope, vm->ns.p, vm->ns.len, vid, arg->vm_id_size) ? ST_INTERNAL_FAILURE
-             : queue_resolve(scope.p, scope.len, name, arg->name_size, &id);
-        buf_free(&scope);
-    } else {
-        st = queue_resolve(vm->scope.p, vm->scope.len, name, arg->name_size, &id);
-    }
+    /* An empty vm_id is this VM's; another one is found in this VM's namespace, in
+     * whichever backend holds it. */
+    int st = backend_q_resolve(vm, vid, arg->vm_id_size, name, arg->name_size, &id);
     if (st == ST_OK) gput_u32(vm, arg->return_id, id);
     RET(st);
 }
@@ -568,13 +562,13 @@ HOSTCALL(resolve_shared_queue) {
 HOSTCALL(enqueue_shared_queue) {
     BEGIN_RESTRICTED;
     MEM(v, arg->value_data, arg->value_size);
-    RET(queue_enqueue(arg->queue_id, v, arg->value_size));
+    RET(state_enqueue(arg->queue_id, v, arg->value_size));
 }
 
 HOSTCALL(dequeue_shared_queue) {
     BEGIN_RESTRICTED;
     if (!gmem(vm, arg->return_value_data, 4) || !gmem(vm, arg->return_value_size, 4)) RET(ST_INVALID_MEMORY_ACCESS);
-    int st = queue_dequeue(arg->queue_id, &vm->hc);
+    int st = state_dequeue(arg->queue_id, &vm->hc);
     if (st != ST_OK) RET(st);
     RET(greturn(vm, cx, vm->hc.p, vm->hc.len, arg->return_value_data, arg->return_value_size, &trap));
 }
@@ -650,13 +644,14 @@ HOSTCALL(call_foreign_function) {
     pw_foreign *f = vm->foreign;
     while (f && (f->name.len != arg->name_size || (arg->name_size && memcmp(f->name.p, name, arg->name_size))))
         f = f->next;
-    if (!f || !pw_foreign_cb) RET(ST_NOT_FOUND);
+    if (!f || (!f->native && !pw_foreign_cb)) RET(ST_NOT_FOUND);
     if (arg->return_results_data && (!gmem(vm, arg->return_results_data, 4) || !gmem(vm, arg->return_results_size, 4)))
         RET(ST_INVALID_MEMORY_ACCESS);
     buf_clear(&vm->hc);
     /* The guest is suspended, so `args` stays put while Python runs. */
     uint64_t t0 = epoch_now_ns();
-    int st = pw_foreign_cb(f->handle, args, arg->args_size, &vm->hc);
+    int st = f->native ? f->native(vm, args, arg->args_size, &vm->hc)
+                       : pw_foreign_cb(f->handle, args, arg->args_size, &vm->hc);
     vm_paused(vm, t0); /* Python's time, not the guest's */
     if (st != ST_OK || !arg->return_results_data) RET(st);
     RET(greturn(vm, cx, vm->hc.p, vm->hc.len, arg->return_results_data, arg->return_results_size, &trap));

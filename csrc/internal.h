@@ -199,6 +199,8 @@ typedef struct pw_deferred {
 typedef struct pw_foreign {
     pw_buf name;
     void *handle;
+    /* A function of the core's own (no Python): answers a status, output in *out. */
+    int (*native)(pw_vm *vm, const uint8_t *args, size_t len, pw_buf *out);
     struct pw_foreign *next;
 } pw_foreign;
 
@@ -340,7 +342,8 @@ struct pw_vm {
     uint32_t max_calls;
 
     pw_dispatcher *disp; /* the owner thread's dispatcher */
-    struct pw_space *space; /* this scope's shared data (shared.c) */
+    struct pw_space *space; /* this scope's shared data (shared.c); NULL with a backend */
+    struct pw_backend *backend; /* the scope's backend (backend.c); NULL: in-process */
     pw_buf ns, scope;       /* the host's namespace; (namespace, vm_id) as one key (namespace.c) */
     struct pw_trace *trace; /* the ABI call trace (trace.c); NULL: off */
     uint64_t vm_key;     /* process-unique: queue owners name their VM by it */
@@ -487,11 +490,25 @@ void trace_callback(pw_vm *vm, int kind, const char *name, uint32_t ctx, int nar
 int scope_make(pw_buf *out, const uint8_t *ns, size_t nsl, const uint8_t *vm_id, size_t vl);
 int vm_namespace_apply(pw_vm *vm, const uint8_t *ns, size_t nsl); /* sets ns, scope, space */
 
+void vm_namespace_release(pw_vm *vm); /* pw_vm_free: gives back the scope's store/backend */
+/* The foreign functions delete_shared_data / expire_shared_data (backend.c), registered
+ * on every VM before the embedding's own (which win on a name clash). */
+int backend_register_foreign(pw_vm *vm);
+
 /* shared.c, queue.c (keyed by scope), metrics.c (by namespace) */
 typedef struct pw_space pw_space; /* one vm_id's shared data */
+/* Finds (or creates) a scope's store, holding a reference: give it back with
+ * shared_space_unref. */
 pw_space *shared_space(const uint8_t *vm_id, size_t vl, int create);
+void shared_space_unref(pw_space *s);
+void shared_space_configure(pw_space *s, uint64_t max_bytes, uint64_t default_ttl_ms);
+void shared_retire(const uint8_t *prefix, size_t pl); /* a namespace's stores go */
 int shared_get(pw_space *s, const uint8_t *k, size_t kl, pw_buf *out, uint32_t *cas);
 int shared_set(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_t n, uint32_t cas);
+int shared_del(pw_space *s, const uint8_t *k, size_t kl, uint32_t cas);
+int shared_expire(pw_space *s, const uint8_t *k, size_t kl, uint64_t ttl_ms);
+uint64_t shared_now_ns(void);             /* CLOCK_MONOTONIC, what TTLs count in */
+uint64_t shared_deadline(uint64_t ttl_ms); /* now + ttl (saturating); 0 for ttl 0 */
 #define PW_QUEUES_PER_VM 1024 /* queues one VM may create (it may join any number) */
 uint32_t queue_register(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl,
                         pw_dispatcher *d, uint64_t vm_key, uint32_t root, int may_create,
@@ -500,6 +517,40 @@ int queue_resolve(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t n
 #define QUEUE_MAX_ITEMS (1 << 20) /* per queue; see queue.c */
 int queue_enqueue(uint32_t id, const uint8_t *d, size_t n);
 int queue_dequeue(uint32_t id, pw_buf *out);
+int queue_size(uint32_t id); /* -1: no such queue */
+void queue_retire(const uint8_t *prefix, size_t pl); /* a namespace's queues go */
+
+/* backend.c: routing between the in-process store (slot 0, called directly) and the
+ * scope's backend (backend.h). Queue ids carry their backend's slot in the top 8 bits. */
+#define PW_QUEUE_SLOT(id) ((id) >> 24)
+#define PW_QUEUE_LOCAL(id) ((id) & 0xffffffu)
+#define PW_BACKEND_SLOTS 256
+struct pw_backend;
+int backend_get(pw_vm *vm, const uint8_t *k, size_t kl, pw_buf *out, uint32_t *cas);
+int backend_set(pw_vm *vm, const uint8_t *k, size_t kl, const uint8_t *v, size_t n, uint32_t cas);
+int backend_del(pw_vm *vm, const uint8_t *k, size_t kl, uint32_t cas);
+int backend_expire(pw_vm *vm, const uint8_t *k, size_t kl, uint64_t ttl_ms);
+int backend_q_register(pw_vm *vm, const uint8_t *name, size_t nl, uint32_t root, int may_create,
+                       int *created, uint32_t *id);
+int backend_q_resolve(pw_vm *vm, const uint8_t *vm_id, size_t vl, const uint8_t *name,
+                      size_t nl, uint32_t *id);
+int backend_q_enqueue(uint32_t id, const uint8_t *d, size_t n);
+int backend_q_dequeue(uint32_t id, pw_buf *out);
+/* The hostcalls' entry points: the in-process store without indirection when the VM's
+ * scope has no backend. */
+static inline int state_get(pw_vm *vm, const uint8_t *k, size_t kl, pw_buf *out, uint32_t *cas) {
+    return vm->backend ? backend_get(vm, k, kl, out, cas) : shared_get(vm->space, k, kl, out, cas);
+}
+static inline int state_set(pw_vm *vm, const uint8_t *k, size_t kl, const uint8_t *v, size_t n,
+                            uint32_t cas) {
+    return vm->backend ? backend_set(vm, k, kl, v, n, cas) : shared_set(vm->space, k, kl, v, n, cas);
+}
+static inline int state_enqueue(uint32_t id, const uint8_t *d, size_t n) {
+    return PW_QUEUE_SLOT(id) ? backend_q_enqueue(id, d, n) : queue_enqueue(id, d, n);
+}
+static inline int state_dequeue(uint32_t id, pw_buf *out) {
+    return PW_QUEUE_SLOT(id) ? backend_q_dequeue(id, out) : queue_dequeue(id, out);
+}
 int metric_define(pw_vm *vm, uint32_t kind, const uint8_t *name, size_t nl, uint32_t *id);
 int metric_increment(pw_vm *vm, uint32_t id, int64_t off);
 int metric_record(pw_vm *vm, uint32_t id, uint64_t v);

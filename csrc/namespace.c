@@ -2,7 +2,8 @@
  * process. A VM's shared data and queues live under a scope, the pair (namespace, vm_id)
  * written as one opaque key (namespace length u32 LE, namespace, vm_id) that shared.c and
  * queue.c compare as bytes; metrics carry their namespace (metrics.c). The default
- * namespace is "": plain hosts share everything process-wide, as Envoy's VMs do. */
+ * namespace is "": plain hosts share everything process-wide, as Envoy's VMs do. Which
+ * store a scope uses (in-process or a backend) is backend.c's. */
 #include <string.h>
 
 #include "internal.h"
@@ -12,18 +13,4 @@ int scope_make(pw_buf *out, const uint8_t *ns, size_t nsl, const uint8_t *vm_id,
     for (int i = 0; i < 4; i++) len[i] = (uint8_t)((uint32_t)nsl >> (8 * i));
     buf_clear(out);
     return buf_append(out, len, 4) || buf_append(out, ns, nsl) || buf_append(out, vm_id, vl);
-}
-
-int vm_namespace_apply(pw_vm *vm, const uint8_t *ns, size_t nsl) {
-    pw_buf scope = {0};
-    pw_space *space = NULL;
-    if (scope_make(&scope, ns, nsl, vm->vm_id.p, vm->vm_id.len) ||
-        !(space = shared_space(scope.p, scope.len, 1)) || buf_set(&vm->ns, ns, nsl)) {
-        buf_free(&scope);
-        return -1;
-    }
-    buf_free(&vm->scope);
-    vm->scope = scope;
-    vm->space = space;
-    return 0;
 }

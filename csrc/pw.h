@@ -329,7 +329,50 @@ int pw_vm_trace_read(pw_vm *vm, uint8_t **out, size_t *len, uint64_t *dropped);
 
 /* Namespaces (pw_vm_new's ns): a host's VMs keep shared data and queues by (namespace,
  * vm_id) and metrics by (namespace, name), so hosts in one process see each other's state
- * only when they share a namespace. The default is "" (process-wide, as in Envoy). */
+ * only when they share a namespace. The default is "" (process-wide, as in Envoy).
+ * Hosts count themselves in (acquire when made, release when closed): when the last host
+ * of a namespace other than "" releases it, its in-process shared data and queues are
+ * freed (a backend's data stays: it belongs to other processes too). */
+int pw_namespace_acquire(const uint8_t *ns, size_t ns_len);
+void pw_namespace_release(const uint8_t *ns, size_t ns_len);
+
+/* Shared-state backends (csrc/backend.h): where a scope's shared data and queues live.
+ * Without one, the in-process store. A backend is attached to one (namespace, vm_id) or
+ * to every vm_id of a namespace (all_vm_ids; an exact attachment wins); VMs made after
+ * that use it (a VM looks its backend up once, when made). Attaching a second, different
+ * backend to the same key fails (PW_ERR), except in-process options over in-process
+ * options (the latest wins). The caller of a constructor owns the handle and gives it back
+ * with pw_backend_close; attachments and VMs keep the backend alive until they go.
+ * pw_backend_inprocess: options for the in-process store (a per-scope byte cap, keys +
+ * values, 0: the process default; a TTL given to new keys, 0: none).
+ * pw_backend_unavailable: operations that answered INTERNAL_FAILURE because the store
+ * could not be reached (a full segment, a Redis outage). */
+typedef struct pw_backend pw_backend;
+pw_backend *pw_backend_inprocess(uint64_t max_bytes, uint64_t default_ttl_ms);
+int pw_backend_attach(pw_backend *b, const uint8_t *ns, size_t ns_len, const uint8_t *vm_id,
+                      size_t vm_id_len, int all_vm_ids);
+/* A host that chose no backend: in-process options for its namespace that apply only where
+ * no backend was attached (they never conflict; a backend attached before or after wins).
+ * Detach it with pw_backend_detach(b, ns, ns_len, NULL, 0, 1). */
+int pw_backend_attach_default(pw_backend *b, const uint8_t *ns, size_t ns_len);
+int pw_backend_detach(pw_backend *b, const uint8_t *ns, size_t ns_len, const uint8_t *vm_id,
+                      size_t vm_id_len, int all_vm_ids);
+void pw_backend_close(pw_backend *b);
+uint64_t pw_backend_unavailable(pw_backend *b);
+const char *pw_backend_kind(pw_backend *b);
+/* The shared-memory backend (csrc/shm.c): opens (creating it if absent, with `size` bytes)
+ * the POSIX shared-memory segment /<name>; name: 1-200 of [A-Za-z0-9_.-]. An existing
+ * segment keeps its size. NULL and the reason in err on failure. max_bytes: keys + values
+ * per scope (0: no cap); default_ttl_ms: given to new keys (0: none). A process must open
+ * it itself (a handle inherited through fork names the parent as queue owner).
+ * pw_shm_unlink removes the name (processes attached keep their mapping).
+ * pw_shm_stats: writes refused because the segment was full, bad links cut, locks
+ * recovered from a dead holder (counted in the segment: every process's). */
+pw_backend *pw_shm_open(const uint8_t *name, size_t name_len, uint64_t size, uint64_t max_bytes,
+                        uint64_t default_ttl_ms, char *err, size_t errlen);
+int pw_shm_unlink(const uint8_t *name, size_t name_len);
+int pw_shm_stats(pw_backend *b, uint64_t out[3]);
+
 /* Shared data (per namespace and vm_id) as the guests see it. */
 int pw_shared_get(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
                   const uint8_t *key, size_t key_len, uint8_t **out, size_t *out_len,
@@ -337,20 +380,31 @@ int pw_shared_get(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t
 int pw_shared_set(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
                   const uint8_t *key, size_t key_len, const uint8_t *value, size_t value_len,
                   uint32_t cas);
+/* Beyond the ABI: delete (cas 0: unconditionally; else only at that cas: CAS_MISMATCH)
+ * and a TTL (the key disappears ttl_ms from now; 0: never); NOT_FOUND for a missing key. */
+int pw_shared_delete(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
+                     const uint8_t *key, size_t key_len, uint32_t cas);
+int pw_shared_expire(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
+                     const uint8_t *key, size_t key_len, uint64_t ttl_ms);
 /* Benchmark baseline only: 1 makes every shard of every store take one process lock. */
 void pw_shared_single_lock(int on);
-/* Shared queues: resolve a queue id and read its depth. */
+/* Shared queues, in whichever backend holds them (ids carry their backend's slot):
+ * resolve a queue id, read its depth (-1: no such queue), enqueue as a producer would
+ * (the owner is notified), dequeue as any VM may (EMPTY when none; free with
+ * pw_bytes_free). */
 int pw_queue_resolve(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
                      const uint8_t *name, size_t name_len, uint32_t *out_id);
 int pw_queue_size(uint32_t id);
 int pw_queue_enqueue(uint32_t id, const uint8_t *data, size_t len);
+int pw_queue_dequeue(uint32_t id, uint8_t **out, size_t *out_len);
 /* How many items may wait in one queue (0: the default, 1 << 20); past it, producers get
  * INTERNAL_FAILURE. */
 void pw_queue_set_max_items(uint32_t n);
 /* Bytes that may wait in one queue (0: no cap); past it, INTERNAL_FAILURE. */
 void pw_queue_set_max_bytes(uint64_t n);
-/* Bytes (keys + values) one vm_id's shared data may hold (0: no cap); past it a set
- * answers INTERNAL_FAILURE and changes nothing. */
+/* Bytes (keys + values) one vm_id's shared data may hold when its scope has no cap of its
+ * own (pw_backend_inprocess); 0: no cap. Past it a set answers INTERNAL_FAILURE and changes
+ * nothing. */
 void pw_shared_set_max_bytes(uint64_t n);
 
 /* Metrics (by namespace and name). kind: 0 counter, 1 gauge, 2 histogram. For a

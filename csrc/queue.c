@@ -11,6 +11,7 @@
  * decides what to do; nothing is lost silently). Names are found through a hash index,
  * and one VM may create at most PW_QUEUES_PER_VM queues (hostcalls.c), so no guest can
  * make registration slow or use up the process's table. */
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,6 +38,8 @@ typedef struct queue {
     pw_buf vm_id, name; /* immutable */
     _Atomic(owner *) owner;
     mpsc items;
+    _Atomic int dead;        /* its namespace is gone (queue_retire): finds nothing */
+    _Atomic int64_t inflight; /* enqueues and dequeues inside their bracket */
     _Atomic int64_t depth;
     _Atomic int64_t bytes;
     pthread_mutex_t consumer;
@@ -166,9 +169,33 @@ int queue_resolve(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t n
     return *id ? ST_OK : ST_NOT_FOUND;
 }
 
-int queue_enqueue(uint32_t id, const uint8_t *d, size_t n) {
+/* Producers and consumers bracket their use of a queue, so queue_retire can wait for
+ * them before freeing its items (the queue struct itself is never freed: a thread may hold
+ * it between by_id and the bracket). NULL: no such queue, or retired. */
+static int enqueue(queue *q, uint32_t id, const uint8_t *d, size_t n);
+
+static queue *enter(uint32_t id) {
     queue *q = by_id(id);
+    if (!q) return NULL;
+    atomic_fetch_add(&q->inflight, 1);
+    if (atomic_load(&q->dead)) {
+        atomic_fetch_sub(&q->inflight, 1);
+        return NULL;
+    }
+    return q;
+}
+
+static void leave(queue *q) { atomic_fetch_sub(&q->inflight, 1); }
+
+int queue_enqueue(uint32_t id, const uint8_t *d, size_t n) {
+    queue *q = enter(id);
     if (!q) return ST_NOT_FOUND;
+    int st = enqueue(q, id, d, n);
+    leave(q);
+    return st;
+}
+
+static int enqueue(queue *q, uint32_t id, const uint8_t *d, size_t n) {
     if (atomic_fetch_add_explicit(&q->depth, 1, memory_order_relaxed) >=
         atomic_load_explicit(&max_items, memory_order_relaxed)) {
         atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
@@ -194,11 +221,12 @@ int queue_enqueue(uint32_t id, const uint8_t *d, size_t n) {
 }
 
 int queue_dequeue(uint32_t id, pw_buf *out) {
-    queue *q = by_id(id);
+    queue *q = enter(id);
     if (!q) return ST_NOT_FOUND;
     pthread_mutex_lock(&q->consumer);
     qitem *it = (qitem *)mpsc_pop(&q->items);
     pthread_mutex_unlock(&q->consumer);
+    leave(q);
     if (!it) return ST_EMPTY;
     atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
     atomic_fetch_sub(&q->bytes, (int64_t)it->len);
@@ -207,21 +235,46 @@ int queue_dequeue(uint32_t id, pw_buf *out) {
     return st;
 }
 
-int pw_queue_resolve(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
-                     const uint8_t *name, size_t name_len, uint32_t *out_id) {
-    pw_buf scope = {0};
-    int st = scope_make(&scope, ns, ns_len, vm_id, vm_id_len)
-                 ? ST_INTERNAL_FAILURE
-                 : queue_resolve(scope.p, scope.len, name, name_len, out_id);
-    buf_free(&scope);
-    return st;
-}
-
-int pw_queue_size(uint32_t id) {
+int queue_size(uint32_t id) {
     queue *q = by_id(id);
-    return q ? (int)atomic_load_explicit(&q->depth, memory_order_relaxed) : -1;
+    return q && !atomic_load(&q->dead) ? (int)atomic_load_explicit(&q->depth, memory_order_relaxed)
+                                       : -1;
 }
 
-int pw_queue_enqueue(uint32_t id, const uint8_t *data, size_t len) {
-    return queue_enqueue(id, data, len);
+/* A namespace is gone: its queues stop being found (by name or id) and their items are
+ * freed once no producer or consumer is inside its bracket. The structs stay as
+ * tombstones (ids are never reused), a few dozen bytes per queue. */
+void queue_retire(const uint8_t *prefix, size_t pl) {
+    pthread_rwlock_wrlock(&names);
+    uint32_t n = atomic_load(&nqueues), dead = 0;
+    for (uint32_t id = 1; id <= n; id++) {
+        queue *q = by_id(id);
+        if (q && !atomic_load(&q->dead) && q->vm_id.len >= pl && !memcmp(q->vm_id.p, prefix, pl)) {
+            atomic_store(&q->dead, 1);
+            dead++;
+        }
+    }
+    if (dead) { /* the name index again, without them */
+        uint32_t *old = index_ids;
+        size_t cap = index_cap;
+        index_ids = NULL;
+        index_cap = index_n = 0;
+        for (size_t j = 0; j < cap; j++) {
+            queue *q = old[j] ? by_id(old[j]) : NULL;
+            if (q && !atomic_load(&q->dead)) index_add(old[j], q);
+        }
+        free(old);
+    }
+    pthread_rwlock_unlock(&names);
+    for (uint32_t id = 1; dead && id <= n; id++) {
+        queue *q = by_id(id);
+        if (!q || !atomic_load(&q->dead) || q->vm_id.len < pl || memcmp(q->vm_id.p, prefix, pl))
+            continue;
+        while (atomic_load(&q->inflight)) sched_yield();
+        pthread_mutex_lock(&q->consumer);
+        for (qitem *it; (it = (qitem *)mpsc_pop(&q->items));) free(it);
+        pthread_mutex_unlock(&q->consumer);
+        atomic_store(&q->depth, 0);
+        atomic_store(&q->bytes, 0);
+    }
 }

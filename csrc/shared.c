@@ -1,23 +1,39 @@
 /* Shared data (ABI.md §9.1): one key/value store per scope, (host namespace, vm_id), shared
- * by every VM of that namespace in the process; CAS values from one process-wide counter that starts at 1 and skips 0.
+ * by every VM of that namespace in the process; CAS values from one process-wide counter
+ * that starts at 1 and skips 0. This is the in-process backend (slot 0 of backend.c): VMs
+ * whose scope has no other backend call it directly.
  *
  * No global lock: each vm_id's store is split into SHARDS by key hash, each with its own
  * lock, so threads working on different keys do not wait for each other. Every operation
  * on a key happens under its shard's lock, which makes get/set linearizable. A VM finds its
  * store once (vm->space); the list of stores is locked only when a store is created or
- * looked up by name. The C API (shared_get / shared_set) stays narrow so the backend can
- * change (shared memory, Redis). */
+ * looked up by name.
+ *
+ * Beyond the ABI (backend.h): delete (with cas), a TTL per key (CLOCK_MONOTONIC; an expired
+ * key reads as absent and is removed when touched, and each write sweeps a few buckets of
+ * its shard so keys nobody reads again do not pile up; shards without TTL keys skip both),
+ * and a byte cap per store (keys + values; the store's own, from the host's InProcess
+ * options, else the process default).
+ *
+ * Lifetime: a store is referenced by the VMs of its scope and, during a call, by the
+ * embedding API; a namespace released by its last host (backend.c) retires its stores,
+ * which are freed with their data when the last reference goes. The default namespace ""
+ * is never retired. */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
 #define SHARDS 64
+#define SWEEP_BUCKETS 4 /* buckets a write looks at for expired keys */
+#define SWEEP_ALL_NS 10000000ull /* a write refused by the cap sweeps every shard, this rarely */
 
 typedef struct entry {
     pw_buf key, value;
     uint32_t cas;
+    uint64_t expires_ns; /* CLOCK_MONOTONIC; 0: never */
     struct entry *next;
 } entry;
 
@@ -25,33 +41,53 @@ typedef struct shard {
     pthread_mutex_t lock;
     entry **buckets;
     size_t nbuckets, n;
+    size_t n_ttl;  /* entries with a TTL (0: no expiry work at all) */
+    size_t sweep;  /* the next bucket the sweep looks at */
 } __attribute__((aligned(64))) shard;
 
 struct pw_space {
-    pw_buf vm_id;
-    _Atomic int64_t bytes; /* keys and values held, against max_bytes */
+    pw_buf vm_id; /* the scope key */
+    _Atomic int64_t bytes; /* keys and values held, against the cap */
+    _Atomic int64_t max_bytes; /* this store's cap; 0: the process default */
+    _Atomic uint64_t default_ttl_ms; /* given to keys at their first write; 0: none */
+    _Atomic int64_t refs;   /* VMs and calls in flight holding it */
+    _Atomic int64_t n_ttl;  /* keys with a TTL, all shards */
+    _Atomic uint64_t swept_ns; /* the last full sweep (at most one per SWEEP_ALL_NS) */
+    _Atomic int retired;    /* its namespace is gone: freed with the last reference */
     shard shards[SHARDS];
     struct pw_space *next;
 };
 
-/* All stores, never freed: guarded by spaces_lock (any thread, creation and lookup). */
+/* All live stores: guarded by spaces_lock (any thread, creation, lookup, retirement). */
 static pthread_mutex_t spaces_lock = PTHREAD_MUTEX_INITIALIZER;
 static pw_space *spaces;
 static _Atomic uint32_t cas_counter;
-/* Bytes (keys + values) one vm_id may hold; set by any thread, read by all. */
-static _Atomic int64_t max_bytes = 64 << 20;
+/* Bytes (keys + values) a store without its own cap may hold; set by any thread. */
+static _Atomic int64_t default_max_bytes = 64 << 20;
 
 void pw_shared_set_max_bytes(uint64_t n) {
-    atomic_store(&max_bytes, n && n < INT64_MAX ? (int64_t)n : INT64_MAX);
+    atomic_store(&default_max_bytes, n && n < INT64_MAX ? (int64_t)n : INT64_MAX);
 }
 
-/* Takes delta bytes from the vm_id's budget (returns them when negative); 0 if refused. */
+void shared_space_configure(pw_space *s, uint64_t max_bytes, uint64_t default_ttl_ms) {
+    if (!s) return;
+    atomic_store(&s->max_bytes, !max_bytes ? 0 : max_bytes < INT64_MAX ? (int64_t)max_bytes
+                                                                        : INT64_MAX);
+    atomic_store(&s->default_ttl_ms, default_ttl_ms);
+}
+
+static int64_t cap_of(pw_space *s) {
+    int64_t m = atomic_load_explicit(&s->max_bytes, memory_order_relaxed);
+    return m ? m : atomic_load_explicit(&default_max_bytes, memory_order_relaxed);
+}
+
+/* Takes delta bytes from the store's budget (returns them when negative); 0 if refused. */
 static int charge(pw_space *s, int64_t delta) {
     if (delta <= 0) {
         atomic_fetch_add(&s->bytes, delta);
         return 1;
     }
-    if (atomic_fetch_add(&s->bytes, delta) + delta > atomic_load(&max_bytes)) {
+    if (atomic_fetch_add(&s->bytes, delta) + delta > cap_of(s)) {
         atomic_fetch_sub(&s->bytes, delta);
         return 0;
     }
@@ -81,29 +117,88 @@ static uint64_t hash(const uint8_t *p, size_t n) {
     return h ^ (h >> 29);
 }
 
+uint64_t shared_now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+uint64_t shared_deadline(uint64_t ttl_ms) {
+    if (!ttl_ms) return 0;
+    uint64_t now = shared_now_ns();
+    return ttl_ms > (UINT64_MAX - now) / 1000000u ? UINT64_MAX : now + ttl_ms * 1000000u;
+}
+
+static void space_free(pw_space *s) {
+    for (int i = 0; i < SHARDS; i++) {
+        shard *sh = &s->shards[i];
+        for (size_t b = 0; sh->buckets && b < sh->nbuckets; b++)
+            for (entry *e = sh->buckets[b], *next; e; e = next) {
+                next = e->next;
+                buf_free(&e->key);
+                buf_free(&e->value);
+                free(e);
+            }
+        free(sh->buckets);
+        pthread_mutex_destroy(&sh->lock);
+    }
+    buf_free(&s->vm_id);
+    free(s);
+}
+
 pw_space *shared_space(const uint8_t *vm_id, size_t vl, int create) {
     pthread_mutex_lock(&spaces_lock);
     pw_space *s = spaces;
     while (s && !(s->vm_id.len == vl && (vl == 0 || !memcmp(s->vm_id.p, vm_id, vl)))) s = s->next;
     if (!s && create && (s = calloc(1, sizeof *s))) {
         int ok = !buf_set(&s->vm_id, vm_id, vl);
-        for (int i = 0; i < SHARDS && ok; i++) {
+        for (int i = 0; i < SHARDS; i++) {
             s->shards[i].nbuckets = 16;
-            ok = (s->shards[i].buckets = calloc(16, sizeof(entry *))) != NULL;
+            if (ok) ok = (s->shards[i].buckets = calloc(16, sizeof(entry *))) != NULL;
             pthread_mutex_init(&s->shards[i].lock, NULL);
         }
         if (ok) {
             s->next = spaces;
             spaces = s;
         } else {
-            for (int i = 0; i < SHARDS; i++) free(s->shards[i].buckets);
-            buf_free(&s->vm_id);
-            free(s);
+            space_free(s);
             s = NULL;
         }
     }
+    if (s) atomic_fetch_add(&s->refs, 1);
     pthread_mutex_unlock(&spaces_lock);
     return s;
+}
+
+void shared_space_unref(pw_space *s) {
+    if (s && atomic_fetch_sub(&s->refs, 1) == 1 && atomic_load(&s->retired)) space_free(s);
+}
+
+/* The namespace whose scope keys start with `prefix` is gone: its stores leave the list
+ * (nobody finds them again) and are freed now, or by whoever drops the last reference. */
+void shared_retire(const uint8_t *prefix, size_t pl) {
+    pthread_mutex_lock(&spaces_lock);
+    pw_space **ps = &spaces, *gone = NULL;
+    while (*ps) {
+        pw_space *s = *ps;
+        if (s->vm_id.len >= pl && !memcmp(s->vm_id.p, prefix, pl)) {
+            *ps = s->next;
+            s->next = gone;
+            gone = s;
+        } else {
+            ps = &s->next;
+        }
+    }
+    pthread_mutex_unlock(&spaces_lock);
+    while (gone) {
+        pw_space *s = gone;
+        gone = s->next;
+        /* One reference stands for the list: retired + that one dropped frees it when the
+         * VMs and calls holding it are done. */
+        atomic_store(&s->retired, 1);
+        atomic_fetch_add(&s->refs, 1);
+        shared_space_unref(s);
+    }
 }
 
 static entry **slot(shard *sh, uint64_t h, const uint8_t *k, size_t kl) {
@@ -126,16 +221,58 @@ static void grow(shard *sh) {
     free(sh->buckets);
     sh->buckets = b;
     sh->nbuckets = nb;
+    sh->sweep = 0;
+}
+
+/* Under the shard's lock: unlinks *pe and returns its bytes to the budget. */
+static void unlink_entry(pw_space *s, shard *sh, entry **pe) {
+    entry *e = *pe;
+    *pe = e->next;
+    sh->n--;
+    if (e->expires_ns) {
+        sh->n_ttl--;
+        atomic_fetch_sub(&s->n_ttl, 1);
+    }
+    charge(s, -(int64_t)(e->key.len + e->value.len));
+    buf_free(&e->key);
+    buf_free(&e->value);
+    free(e);
+}
+
+/* Under the shard's lock: the entry for the key, with an expired one removed first. */
+static entry **live(pw_space *s, shard *sh, uint64_t h, const uint8_t *k, size_t kl,
+                    uint64_t *now) {
+    entry **pe = slot(sh, h, k, kl);
+    if (*pe && (*pe)->expires_ns) {
+        if (!*now) *now = shared_now_ns();
+        if ((*pe)->expires_ns <= *now) unlink_entry(s, sh, pe);
+    }
+    return pe;
+}
+
+/* Under the shard's lock: looks at a few buckets for expired keys. */
+static void sweep(pw_space *s, shard *sh, uint64_t *now) {
+    if (!sh->n_ttl) return;
+    if (!*now) *now = shared_now_ns();
+    for (int i = 0; i < SWEEP_BUCKETS; i++) {
+        size_t b = sh->sweep++ & (sh->nbuckets - 1);
+        for (entry **pe = &sh->buckets[b]; *pe;) {
+            if ((*pe)->expires_ns && (*pe)->expires_ns <= *now)
+                unlink_entry(s, sh, pe);
+            else
+                pe = &(*pe)->next;
+        }
+    }
 }
 
 int shared_get(pw_space *s, const uint8_t *k, size_t kl, pw_buf *out, uint32_t *cas) {
     if (!s) return ST_NOT_FOUND;
-    uint64_t h = hash(k, kl);
+    uint64_t h = hash(k, kl), now = 0;
     shard *sh = &s->shards[h % SHARDS];
     int st = ST_NOT_FOUND;
     pthread_mutex_t *l = lock_of(sh);
     pthread_mutex_lock(l);
-    entry *e = *slot(sh, h, k, kl);
+    entry *e = sh->n_ttl ? *live(s, sh, h, k, kl, &now) : *slot(sh, h, k, kl);
     if (e) {
         st = buf_set(out, e->value.p, e->value.len) ? ST_INTERNAL_FAILURE : ST_OK;
         *cas = e->cas;
@@ -144,10 +281,45 @@ int shared_get(pw_space *s, const uint8_t *k, size_t kl, pw_buf *out, uint32_t *
     return st;
 }
 
+/* A write the cap refused, in a store holding TTL keys: expired keys of every shard give
+ * their bytes back (rate-limited, so a guest hammering a full store does not make every
+ * write a scan). 1 if it swept. */
+static int sweep_all(pw_space *s) {
+    uint64_t now = shared_now_ns(), last = atomic_load(&s->swept_ns);
+    if (!atomic_load(&s->n_ttl) || (last && now - last < SWEEP_ALL_NS) ||
+        !atomic_compare_exchange_strong(&s->swept_ns, &last, now))
+        return 0;
+    for (int i = 0; i < SHARDS; i++) {
+        shard *sh = &s->shards[i];
+        pthread_mutex_t *l = lock_of(sh);
+        pthread_mutex_lock(l);
+        for (size_t b = 0; sh->n_ttl && b < sh->nbuckets; b++)
+            for (entry **pe = &sh->buckets[b]; *pe;) {
+                if ((*pe)->expires_ns && (*pe)->expires_ns <= now)
+                    unlink_entry(s, sh, pe);
+                else
+                    pe = &(*pe)->next;
+            }
+        pthread_mutex_unlock(l);
+    }
+    return 1;
+}
+
+static int set_once(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_t n,
+                    uint32_t cas, int *capped);
+
 int shared_set(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_t n,
                uint32_t cas) {
+    int capped = 0;
+    int st = set_once(s, k, kl, v, n, cas, &capped);
+    if (capped && sweep_all(s)) st = set_once(s, k, kl, v, n, cas, &capped);
+    return st;
+}
+
+static int set_once(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_t n,
+                    uint32_t cas, int *capped) {
     if (!s) return ST_INTERNAL_FAILURE;
-    uint64_t h = hash(k, kl);
+    uint64_t h = hash(k, kl), now = 0;
     shard *sh = &s->shards[h % SHARDS];
     /* Copy outside the lock; only the swap happens under it. */
     pw_buf fresh = {0};
@@ -156,13 +328,15 @@ int shared_set(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_
     int st = ST_OK;
     pthread_mutex_t *l = lock_of(sh);
     pthread_mutex_lock(l);
-    entry **pe = slot(sh, h, k, kl), *e = *pe;
+    sweep(s, sh, &now);
+    entry **pe = sh->n_ttl ? live(s, sh, h, k, kl, &now) : slot(sh, h, k, kl), *e = *pe;
     if (e) {
-        /* cas 0 writes unconditionally; a stale cas is a mismatch (Envoy). */
+        /* cas 0 writes unconditionally; a stale cas is a mismatch (Envoy). The TTL stays. */
         if (cas && cas != e->cas) {
             st = ST_CAS_MISMATCH;
         } else if (!charge(s, (int64_t)n - (int64_t)e->value.len)) {
-            st = ST_INTERNAL_FAILURE; /* past the vm_id's shared-data cap */
+            st = ST_INTERNAL_FAILURE; /* past the store's cap */
+            *capped = 1;
         } else {
             pw_buf old = e->value;
             e->value = fresh;
@@ -171,11 +345,17 @@ int shared_set(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_
         }
     } else if (!charge(s, (int64_t)(kl + n))) {
         st = ST_INTERNAL_FAILURE;
+        *capped = 1;
     } else if ((created = calloc(1, sizeof *created)) && !buf_set(&created->key, k, kl)) {
         /* A missing key never mismatches (Envoy). */
         created->value = fresh;
         fresh = (pw_buf){0};
         created->cas = next_cas();
+        created->expires_ns = shared_deadline(atomic_load(&s->default_ttl_ms));
+        if (created->expires_ns) {
+            sh->n_ttl++;
+            atomic_fetch_add(&s->n_ttl, 1);
+        }
         *pe = created;
         if (++sh->n > sh->nbuckets) grow(sh);
         created = NULL;
@@ -184,40 +364,45 @@ int shared_set(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, size_
         st = ST_INTERNAL_FAILURE;
     }
     pthread_mutex_unlock(l);
-    if (created) free(created);
+    if (created) {
+        buf_free(&created->key);
+        free(created);
+    }
     buf_free(&fresh);
     return st;
 }
 
-/* The embedding's view: a (namespace, vm_id) store, made into its scope (namespace.c). */
-int pw_shared_get(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
-                  const uint8_t *key, size_t key_len, uint8_t **out, size_t *out_len,
-                  uint32_t *cas) {
-    pw_buf b = {0}, scope = {0};
-    if (scope_make(&scope, ns, ns_len, vm_id, vm_id_len)) {
-        buf_free(&scope);
-        return ST_INTERNAL_FAILURE;
-    }
-    int st = shared_get(shared_space(scope.p, scope.len, 0), key, key_len, &b, cas);
-    buf_free(&scope);
-    if (st != ST_OK) {
-        buf_free(&b);
-        return st;
-    }
-    if (!b.p) b.p = malloc(1);
-    *out = b.p;
-    *out_len = b.len;
-    return b.p ? ST_OK : ST_INTERNAL_FAILURE;
+int shared_del(pw_space *s, const uint8_t *k, size_t kl, uint32_t cas) {
+    if (!s) return ST_NOT_FOUND;
+    uint64_t h = hash(k, kl), now = 0;
+    shard *sh = &s->shards[h % SHARDS];
+    pthread_mutex_t *l = lock_of(sh);
+    pthread_mutex_lock(l);
+    entry **pe = live(s, sh, h, k, kl, &now);
+    int st = !*pe ? ST_NOT_FOUND : cas && cas != (*pe)->cas ? ST_CAS_MISMATCH : ST_OK;
+    if (st == ST_OK) unlink_entry(s, sh, pe);
+    pthread_mutex_unlock(l);
+    return st;
 }
 
-int pw_shared_set(const uint8_t *ns, size_t ns_len, const uint8_t *vm_id, size_t vm_id_len,
-                  const uint8_t *key, size_t key_len, const uint8_t *value, size_t value_len,
-                  uint32_t cas) {
-    pw_buf scope = {0};
-    int st = scope_make(&scope, ns, ns_len, vm_id, vm_id_len)
-                 ? ST_INTERNAL_FAILURE
-                 : shared_set(shared_space(scope.p, scope.len, 1), key, key_len, value,
-                              value_len, cas);
-    buf_free(&scope);
-    return st;
+int shared_expire(pw_space *s, const uint8_t *k, size_t kl, uint64_t ttl_ms) {
+    if (!s) return ST_NOT_FOUND;
+    uint64_t h = hash(k, kl), now = 0;
+    shard *sh = &s->shards[h % SHARDS];
+    pthread_mutex_t *l = lock_of(sh);
+    pthread_mutex_lock(l);
+    entry *e = *live(s, sh, h, k, kl, &now);
+    if (e) {
+        if (e->expires_ns) {
+            sh->n_ttl--;
+            atomic_fetch_sub(&s->n_ttl, 1);
+        }
+        e->expires_ns = shared_deadline(ttl_ms);
+        if (e->expires_ns) {
+            sh->n_ttl++;
+            atomic_fetch_add(&s->n_ttl, 1);
+        }
+    }
+    pthread_mutex_unlock(l);
+    return e ? ST_OK : ST_NOT_FOUND;
 }

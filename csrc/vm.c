@@ -298,7 +298,7 @@ pw_vm *pw_vm_new(pw_module *m, pw_dispatcher *d, const pw_limits *limits,
     vm->next_id = 1;
     if (buf_set(&vm->vm_id, vm_id, vm_id_len) || buf_set(&vm->vm_config, vm_config, vm_config_len) ||
         buf_set(&vm->environ, environ, environ_len) ||
-        vm_namespace_apply(vm, ns, ns_len)) {
+        vm_namespace_apply(vm, ns, ns_len) || backend_register_foreign(vm)) {
         snprintf(err, errlen, "out of memory");
         pw_vm_free(vm);
         return NULL;
@@ -412,6 +412,7 @@ void pw_vm_free(pw_vm *vm) {
         pw_vm_close(vm);
     }
     buf_free(&vm->vm_id);
+    vm_namespace_release(vm);
     buf_free(&vm->ns);
     buf_free(&vm->scope);
     trace_free(vm);

@@ -15,6 +15,7 @@ _ROOT = _HERE.parent
 _CSRC = "csrc"
 
 _SOURCES = [
+    "backend.c",
     "buf.c",
     "callout.c",
     "context.c",
@@ -28,6 +29,7 @@ _SOURCES = [
     "props.c",
     "queue.c",
     "shared.c",
+    "shm.c",
     "signals.c",
     "tcp.c",
     "trace.c",
@@ -58,7 +60,7 @@ ffibuilder.set_source(
     '#include "pw.h"\n',
     sources=[f"{_CSRC}/{name}" for name in _SOURCES],
     include_dirs=[_CSRC],
-    libraries=["dl", "pthread"],
+    libraries=["dl", "pthread", "rt"],
     # Only the module's init function is exported: the C core's pw_* API is called by the
     # cffi glue inside this one shared object, never from outside.
     extra_compile_args=[

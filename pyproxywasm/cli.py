@@ -123,15 +123,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     from . import serve
+    from .serve import shared_state, supervisor
 
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="[%(asctime)s][%(threadName)s][%(levelname)s][%(name)s] %(message)s")
+    fmt = "[%(asctime)s][%(threadName)s][%(levelname)s][%(name)s] %(message)s"
+    if args.processes > 1:
+        fmt = "[%(asctime)s][%(process)d][%(threadName)s][%(levelname)s][%(name)s] %(message)s"
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format=fmt)
     path = args.config or serve.DEFAULT_CONFIG
     bootstrap = serve.load(path)
-    server = serve.Server(bootstrap, concurrency=args.concurrency)
+    state = shared_state.parse(args.shared_state, args.processes)
+    runner: serve.Server | supervisor.Supervisor
+    if args.processes > 1:
+        runner = supervisor.Supervisor(str(path), bootstrap, args.processes, concurrency=args.concurrency,
+                                       shared_state=state, singletons=args.singletons,
+                                       log_level=args.log_level)
+    else:
+        runner = serve.Server(bootstrap, concurrency=args.concurrency,
+                              shared_state=state.backend() if state is not None else None)
 
-    def announce(s: "serve.Server") -> None:
-        print(f"pyproxywasm serve: {path} ({args.concurrency} worker{'s' if args.concurrency > 1 else ''})")
+    def announce(s: "serve.Server | supervisor.Supervisor") -> None:
+        workers = f"{args.concurrency} worker{'s' if args.concurrency > 1 else ''}"
+        if args.processes > 1:
+            workers = f"{args.processes} processes × {workers}"
+        print(f"pyproxywasm serve: {path} ({workers})")
+        if state is not None:
+            print(f"  shared state: {state.describe()}")
         for lst in bootstrap.listeners:
             name = lst.name or "listener"
             port = s.ports.get(name, lst.port)
@@ -145,8 +161,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"try: curl -i http://{host}:{s.ports.get(first.name or 'listener', first.port)}/")
         print("Ctrl-C to stop", flush=True)
 
-    server.run(announce)
+    try:
+        runner.run(announce)
+    finally:
+        if args.processes == 1 and state is not None and state.kind == "shm":
+            shared_state.remove_segment(state.segment)  # (the supervisor removes its own)
     return 0
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,8 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="run a proxy from an Envoy bootstrap (YAML/JSON)")
     srv.add_argument("config", nargs="?", help="Envoy bootstrap file (default: the bundled example: "
                      "header_rewrite on 127.0.0.1:10000)")
-    srv.add_argument("--concurrency", type=int, default=1, metavar="N",
-                     help="worker threads, each with its own event loop, listeners and VMs (default 1)")
+    srv.add_argument("--concurrency", type=_at_least_one, default=1, metavar="N",
+                     help="worker threads (per process), each with its own event loop, listeners and VMs "
+                     "(default 1)")
+    srv.add_argument("--processes", type=_at_least_one, default=1, metavar="N",
+                     help="worker processes under a supervisor, each with --concurrency threads, on the same "
+                     "ports (SO_REUSEPORT); admin sums their metrics (default 1: one process, no supervisor)")
+    srv.add_argument("--shared-state", metavar="WHERE",
+                     help="where shared data and queues live: memory (each process its own), shm (one "
+                     "shared-memory segment; the default with --processes > 1) or redis://host:port/db")
+    srv.add_argument("--singletons", choices=["per-process", "once"], default="per-process",
+                     help="with --processes > 1: bootstrap_extensions services in every process, as every "
+                     "Envoy process runs its own (default), or once, in worker process 0")
     srv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                      help="log level of the proxy and its plugins (default info, as Envoy)")
     srv.set_defaults(func=cmd_serve)

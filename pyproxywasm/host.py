@@ -35,6 +35,7 @@ from .net.cluster import Cluster
 from .net.outbound import Outbound, Recorder, VmCalls
 from .builtins import Builtins
 from .envoy_properties import with_defaults
+from .backends import Backend, attach_all
 from .state import SharedState
 from .tcp import TcpStream
 
@@ -343,6 +344,7 @@ class Host:
         namespace: str = "",
         filter_state_keys: Iterable[str] = (),
         on_vm: Callable[["Vm"], None] | None = None,
+        shared_state: Backend | Mapping[str, Backend] | None = None,
     ) -> None:
         """concurrency: worker threads to start (0: streams run on the callers' threads).
         clock_ns: a virtual clock for every VM (0: real time). cache_dir: where compiled
@@ -364,7 +366,12 @@ class Host:
         properties: what plugins read with proxy_get_property, over Envoy's defaults
         (pyproxywasm.envoy_properties). filter_state_keys: keys set_envoy_filter_state
         accepts beyond Envoy's own (pyproxywasm.builtins). on_vm: called with each new
-        VM, on its thread, before any plugin starts in it (to turn its trace on, say)."""
+        VM, on its thread, before any plugin starts in it (to turn its trace on, say).
+        shared_state: where the namespace's shared data and queues live
+        (pyproxywasm.backends: InProcess, the default; SharedMemory for several processes
+        of one machine; Redis for several machines), or a mapping vm_id → backend with
+        "*" for the other vm_ids. A backend's max_bytes defaults to
+        limits.shared_data_bytes."""
         self._on_vm = on_vm
         self.namespace = namespace
         self.state = SharedState(namespace)
@@ -374,7 +381,9 @@ class Host:
             raise ConfigError(f"buffer_limit must be an int >= 0, not {buffer_limit!r}")
         self._limits = limits or Limits()
         lib.pw_queue_set_max_bytes(self._limits.queue_bytes)
-        lib.pw_shared_set_max_bytes(self._limits.shared_data_bytes)
+        # Before any VM: a VM looks its scope's backend up once, when it is made.
+        self.backends = attach_all(namespace, shared_state, self._limits.shared_data_bytes)
+        lib.pw_namespace_acquire(namespace.encode(), len(namespace.encode()))
         self._log = logging.getLogger("pyproxywasm.host")
         # FAIL_RELOAD and failure counters per plugin name: vm_failures, vm_reloads.
         self.failure_stats: dict[str, dict[str, int]] = {}
@@ -704,6 +713,10 @@ class Host:
         self.release_thread(max(0.0, end - time.monotonic()))
         # Outbound clients: what is left of the timeout (their calls are cancelled).
         self.outbound.close(min(max(end - time.monotonic(), 0.0), 5.0))
+        # VMs left behind (threads stuck outside Wasm) keep their own references.
+        self.backends.close()
+        ns = self.namespace.encode()
+        lib.pw_namespace_release(ns, len(ns))
 
     def _interrupt_thread(self, ident: int | None) -> None:
         """Interrupts every VM of one thread (from any thread)."""

@@ -29,7 +29,8 @@ class Limits:
     queue_bytes: bytes waiting in one shared queue (INTERNAL_FAILURE past it; process-wide,
         the last host created sets it). Default 64 MiB.
     shared_data_bytes: keys and values in one vm_id's shared data (INTERNAL_FAILURE past
-        it; process-wide as above). Default 64 MiB.
+        it), per scope (namespace, vm_id): the default of every backend's max_bytes
+        (pyproxywasm.backends). Default 64 MiB.
     startup_ms: the deadline of a VM's start-up (a start function, _initialize, main):
         past it the VM fails to start. Default 5,000 ms (the Go runtime starts in ~1 ms).
     """

@@ -11,10 +11,11 @@ Envoy's default bucket bounds (the C core counts every sample in fixed buckets).
 """
 from __future__ import annotations
 
+import os
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from ._binding import ffi, lib
 from .errors import ProxyWasmError
@@ -64,28 +65,70 @@ class Tagged:
     tags: tuple[tuple[str, str], ...] = field(default=())
 
 
-def snapshot(namespace: str = "") -> list[Metric]:
-    """Every metric of a host namespace ("" is the default host's), in definition order."""
+def dump(namespace: str = "") -> bytes:
+    """A namespace's metrics as the C core's records (`pw_metrics_dump`, csrc/pw.h): the
+    bytes one process hands another (serve's supervisor sums its workers' with parse()
+    and merge())."""
     raw_ns = namespace.encode()
     out, n = ffi.new("uint8_t **"), ffi.new("size_t *")
     if lib.pw_metrics_dump(raw_ns, len(raw_ns), out, n) != lib.PW_OK:
         raise ProxyWasmError("cannot read the metrics (out of memory)")
     try:
-        data = ffi.buffer(out[0], n[0])[:]
+        return bytes(ffi.buffer(out[0], n[0])[:])
     finally:
         lib.pw_bytes_free(out[0])
+
+
+def parse(data: bytes) -> list[Metric]:
+    """dump()'s records as Metrics, in definition order. Malformed bytes (a truncated
+    message) raise ValueError."""
     metrics, off = [], 0
-    while off < len(data):
-        kind, name_len, value, total = _RECORD.unpack_from(data, off)
-        off += _RECORD.size
-        name = data[off:off + name_len].decode("utf-8", "replace")
-        off += name_len
-        buckets: tuple[int, ...] = ()
-        if KINDS[kind] == "histogram":
-            buckets = _BUCKETS.unpack_from(data, off)
-            off += _BUCKETS.size
-        metrics.append(Metric(name, KINDS[kind], value, total, buckets))
+    try:
+        while off < len(data):
+            kind, name_len, value, total = _RECORD.unpack_from(data, off)
+            off += _RECORD.size
+            if kind >= len(KINDS) or off + name_len > len(data):
+                raise ValueError("malformed metrics record")
+            name = data[off:off + name_len].decode("utf-8", "replace")
+            off += name_len
+            buckets: tuple[int, ...] = ()
+            if KINDS[kind] == "histogram":
+                buckets = _BUCKETS.unpack_from(data, off)
+                off += _BUCKETS.size
+            metrics.append(Metric(name, KINDS[kind], value, total, buckets))
+    except struct.error as e:
+        raise ValueError(f"malformed metrics records: {e}") from None
     return list(reversed(metrics))
+
+
+def snapshot(namespace: str = "") -> list[Metric]:
+    """Every metric of a host namespace ("" is the default host's), in definition order."""
+    return parse(dump(namespace))
+
+
+def merge(snapshots: Iterable[Sequence[Metric]]) -> list[Metric]:
+    """Several processes' snapshots as one: metrics of the same kind and name add up
+    (counters, gauges, histogram counts, sums and buckets), in the order they are first
+    seen. Gauges add too: a gauge of in-flight requests summed over processes is the
+    service's; a gauge that is per-process by nature (a setting every process reports)
+    comes out multiplied, which the admin's docs say."""
+    out: dict[tuple[str, str], Metric] = {}
+    for snap in snapshots:
+        for m in snap:
+            key = (m.kind, m.name)
+            prev = out.get(key)
+            if prev is None:
+                out[key] = m
+            else:
+                buckets = tuple(a + b for a, b in zip(prev.buckets, m.buckets)) if m.buckets else prev.buckets
+                out[key] = Metric(m.name, m.kind, prev.value + m.value, prev.sum + m.sum, buckets)
+    return list(out.values())
+
+
+def process_labels() -> dict[str, str]:
+    """{"pid": this process's id}: the label that keeps several worker processes'
+    metrics apart when each exports its own (prometheus_text(labels=...))."""
+    return {"pid": str(os.getpid())}
 
 
 def extract_tags(name: str, stats_tags: Iterable[StatsTag] = ()) -> Tagged:
@@ -118,12 +161,22 @@ def _g(x: float) -> str:
     return format(x, ".32g")
 
 
-def prometheus_text(namespace: str = "", stats_tags: Iterable[StatsTag] = ()) -> str:
-    """The namespace's metrics in Prometheus' text format, as Envoy writes Wasm metrics."""
+def prometheus_text(namespace: str = "", stats_tags: Iterable[StatsTag] = (),
+                    labels: Mapping[str, str] | None = None,
+                    metrics: Sequence[Metric] | None = None) -> str:
+    """The namespace's metrics in Prometheus' text format, as Envoy writes Wasm metrics.
+
+    labels: added to every line after the extracted tags, e.g. process_labels() under
+    several worker processes (uvicorn --workers, gunicorn), whose metrics are each
+    process's own: Prometheus then sums them (`sum without (pid) (...)`).
+    metrics: these instead of the namespace's (a merge() of several processes')."""
     tags = tuple(stats_tags)
+    extra = tuple((labels or {}).items())
     families: dict[str, dict[str, list[tuple[str, Tagged, Metric]]]] = {k: {} for k in KINDS}
-    for m in snapshot(namespace):
+    for m in (snapshot(namespace) if metrics is None else metrics):
         t = extract_tags(m.name, tags)
+        if extra:
+            t = Tagged(t.name, t.tags + extra)
         name = _sanitize(t.name)
         if not name or name[0].isdigit():
             continue  # not a valid Prometheus name: Envoy leaves it out
@@ -133,17 +186,17 @@ def prometheus_text(namespace: str = "", stats_tags: Iterable[StatsTag] = ()) ->
         for name in sorted(families[kind]):
             out.append(f"# TYPE {name} {kind}\n")
             for _, t, m in sorted(families[kind][name], key=lambda e: e[0]):
-                labels = _labels(t.tags)
+                sel = _labels(t.tags)
                 if kind != "histogram":
-                    out.append(f"{name}{{{labels}}} {m.value}\n")
+                    out.append(f"{name}{{{sel}}} {m.value}\n")
                     continue
-                prefix = labels + "," if labels else ""
+                prefix = sel + "," if sel else ""
                 cumulative = 0
                 for bound, count in zip(BUCKET_BOUNDS, m.buckets):
                     cumulative += count
                     out.append(f'{name}_bucket{{{prefix}le="{_g(bound)}"}} {cumulative}\n')
                 out.append(f'{name}_bucket{{{prefix}le="+Inf"}} {m.value}\n')
-                out.append(f"{name}_sum{{{labels}}} {_g(float(m.sum))}\n")
-                out.append(f"{name}_count{{{labels}}} {m.value}\n")
+                out.append(f"{name}_sum{{{sel}}} {_g(float(m.sum))}\n")
+                out.append(f"{name}_count{{{sel}}} {m.value}\n")
             out.append("\n")
     return "".join(out)

@@ -49,7 +49,9 @@ def _b(s: str | bytes) -> bytes:
 
 
 class SharedState:
-    """Shared data, queues and metrics of one namespace."""
+    """Shared data, queues and metrics of one namespace. Shared data and queues are read
+    and written through the namespace's backend (Host(shared_state=...)), whichever
+    process or machine holds them."""
 
     def __init__(self, namespace: str = "") -> None:
         self.namespace = namespace
@@ -74,6 +76,24 @@ class SharedState:
         return Status(lib.pw_shared_set(self._ns, len(self._ns), vid, len(vid), k, len(k),
                                         value, len(value), cas))
 
+    def delete(self, key: str | bytes, vm_id: str = "", cas: int = 0) -> Status:
+        """Deletes a key (beyond the ABI): OK, NOT_FOUND, or CAS_MISMATCH when cas is not
+        0 and not the key's current cas. Its bytes return to the scope's cap."""
+        k, vid = _b(key), vm_id.encode()
+        return Status(lib.pw_shared_delete(self._ns, len(self._ns), vid, len(vid), k, len(k),
+                                           cas))
+
+    def expire(self, key: str | bytes, ttl_seconds: float, vm_id: str = "") -> Status:
+        """Gives a key a time to live from now (beyond the ABI; 0: forever again): OK, or
+        NOT_FOUND. Later writes keep it."""
+        if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, (int, float)) \
+                or ttl_seconds < 0:
+            raise ValueError(f"ttl_seconds must be >= 0, not {ttl_seconds!r}")
+        k, vid = _b(key), vm_id.encode()
+        ms = max(1, round(ttl_seconds * 1000)) if ttl_seconds else 0
+        return Status(lib.pw_shared_expire(self._ns, len(self._ns), vid, len(vid), k, len(k),
+                                           ms))
+
     # ---- queues ----------------------------------------------------------------------
     def queue_id(self, name: str, vm_id: str = "") -> int | None:
         """The id of a queue a plugin of vm_id registered, or None."""
@@ -92,6 +112,22 @@ class SharedState:
         if qid is None:
             raise KeyError(f"no queue {name!r} registered for vm_id {vm_id!r}")
         return Status(lib.pw_queue_enqueue(qid, data, len(data)))
+
+    def dequeue(self, name: str, vm_id: str = "") -> bytes | None:
+        """Takes the oldest item of a queue as any VM may, or None when it is empty."""
+        qid = self.queue_id(name, vm_id)
+        if qid is None:
+            raise KeyError(f"no queue {name!r} registered for vm_id {vm_id!r}")
+        out, n = ffi.new("uint8_t **"), ffi.new("size_t *")
+        st = lib.pw_queue_dequeue(qid, out, n)
+        if st == Status.EMPTY:
+            return None
+        if st != Status.OK:
+            raise KeyError(f"queue {name!r} of vm_id {vm_id!r}: {Status(st).name}")
+        try:
+            return bytes(ffi.buffer(out[0], n[0])[:])
+        finally:
+            lib.pw_bytes_free(out[0])
 
     # ---- metrics ---------------------------------------------------------------------
     def metric(self, name: str) -> int | Histogram | None:

@@ -48,6 +48,7 @@ from .metrics import Metric, StatsTag
 from .net.cluster import Cluster
 from .net.recorded import CallRecorder, RecordedCall, RecordedGrpcCall, RecordedHttpCall
 from .abi import Status
+from .backends import Backend
 from .errors import ProxyWasmError
 from .state import Histogram, SharedValue
 from .tcp import TcpStream
@@ -136,6 +137,7 @@ class PluginHarness:
         plugins: Sequence[Mapping[str, Any]] | None = None,
         filter_state_keys: Iterable[str] = (),
         trace: bool | int = False,
+        shared_state: Backend | Mapping[str, Backend] | None = None,
         workers: int = 0,
     ) -> None:
         """clusters: what the plugin's outbound calls reach. None (the default): every
@@ -144,6 +146,8 @@ class PluginHarness:
         a list of names (recorded) and `Cluster` objects (real upstreams, real time);
         any other name is an unknown cluster, as in Envoy.
         namespace: where shared data, queues and metrics live (None: the harness's own).
+        shared_state: the backend of that namespace's shared data and queues
+        (pyproxywasm.backends; Host's argument of the same name).
         singleton: the plugin is a Wasm service (Envoy's singleton). runtime: Envoy's
         runtime name (all run on wasmtime; it is part of the VM's identity).
         plugins: several plugins in the one VM, each a mapping of name, root_id,
@@ -190,7 +194,7 @@ class PluginHarness:
                          call_recorder=self.recorder, namespace=self.namespace,
                          filter_state_keys=filter_state_keys,
                          on_vm=self._on_vm if self._trace else None, limits=limits,
-                         **caps)
+                         shared_state=shared_state, **caps)
         self.state = self.host.state
         self.plugins: list[Plugin] = []
         try:
@@ -395,6 +399,17 @@ class PluginHarness:
                         vm_id: str | None = None) -> Status:
         """Writes shared data as a plugin would: Status.OK, or CAS_MISMATCH."""
         return self.state.set_shared_data(key, value, cas, self._vid(vm_id))
+
+    def delete_shared_data(self, key: str | bytes, cas: int = 0,
+                           vm_id: str | None = None) -> Status:
+        """Deletes a key (beyond the ABI): OK, NOT_FOUND or CAS_MISMATCH."""
+        return self.state.delete(key, self._vid(vm_id), cas)
+
+    def expire_shared_data(self, key: str | bytes, ttl_seconds: float,
+                           vm_id: str | None = None) -> Status:
+        """Gives a key a time to live from now, in real seconds (0: forever): OK or
+        NOT_FOUND. TTLs count on the machine's monotonic clock, not the harness's."""
+        return self.state.expire(key, ttl_seconds, self._vid(vm_id))
 
     def queue_id(self, name: str, vm_id: str | None = None) -> int | None:
         return self.state.queue_id(name, self._vid(vm_id))

@@ -594,11 +594,14 @@ def test_queue_registration_is_indexed_and_bounded_per_vm():
         assert registered == 1024  # one VM creates at most 1,024 queues
         assert took < 2.0  # a hash lookup per registration, not a scan of every queue
         s.finish()
-    # Other VMs (and the flooder's own names) are unaffected.
-    with PluginHarness(wat("queue_pc"), configuration="C", vm_id="after-flood",
-                       namespace=flood_ns) as h:
-        assert h.queue_id("items", vm_id="after-flood") is not None
-        assert h.queue_id("q\x00\x00\x00", vm_id="flood") is not None
+        # Other VMs (and the flooder's own names) are unaffected. (Inside: a namespace's
+        # queues go with its last host.)
+        with PluginHarness(wat("queue_pc"), configuration="C", vm_id="after-flood",
+                           namespace=flood_ns) as h2:
+            assert h2.queue_id("items", vm_id="after-flood") is not None
+            assert h2.queue_id("q\x00\x00\x00", vm_id="flood") is not None
+    with PluginHarness(wat("queue_pc"), configuration="C", namespace=flood_ns) as h3:
+        assert h3.queue_id("q\x00\x00\x00", vm_id="flood") is None  # freed with its host
 
 
 def test_export_types_are_checked_in_c_too():

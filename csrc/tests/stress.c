@@ -9,12 +9,16 @@
  * 2. Queues: THREADS producer threads enqueue ITEMS items each (queue_pc.wasm, "p") to a
  *    consumer VM on its own thread ("c"): every item arrives once, each producer's in order,
  *    and on_queue_ready runs on the consumer's thread.
+ * 3. Both again with the namespace's shared state in a shared-memory segment (shm.c):
+ *    the same totals, order and threads through the backend's locks, allocator and
+ *    notification thread.
  * Exit status 0 when everything holds. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../pw.h"
 
@@ -232,6 +236,22 @@ int main(int argc, char **argv) {
     }
     test_cas();
     test_queues();
+    /* 3. The same through the shared-memory backend. */
+    char seg[64];
+    int sl = snprintf(seg, sizeof seg, "pwstress-%d", (int)getpid());
+    pw_backend *b = pw_shm_open((const uint8_t *)seg, (size_t)sl, 16 << 20, 0, 0, err, sizeof err);
+    CHECK(b != NULL, "shm open: %s", err);
+    if (b) {
+        CHECK(pw_backend_attach(b, (const uint8_t *)"", 0, NULL, 0, 1) == PW_OK, "attach");
+        atomic_store(&consumed_count, 0);
+        atomic_store(&consumer_up, 0);
+        memset(last_seq, 0, sizeof last_seq);
+        test_cas();
+        test_queues();
+        pw_backend_detach(b, (const uint8_t *)"", 0, NULL, 0, 1);
+        pw_backend_close(b);
+        pw_shm_unlink((const uint8_t *)seg, (size_t)sl);
+    }
     pw_module_free(cas_mod);
     pw_module_free(queue_mod);
     pw_engine_free(engine);

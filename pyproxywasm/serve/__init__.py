@@ -7,6 +7,8 @@
 - tcp_proxy.py: network filters then tcp_proxy on a TCP listener.
 - admin.py: /ready, /stats, /stats/prometheus.
 - server.py: the main thread and `concurrency` workers, each with its loop and VMs.
+- supervisor.py, worker.py, control.py, shared_state.py: `--processes N`: a supervisor,
+  N worker processes each running a Server, the admin summing their metrics.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import pathlib
 from .config import Bootstrap, load, loads
 from .node import BootstrapError
 from .server import Server
+from .supervisor import Supervisor
 
 DEFAULT_CONFIG = pathlib.Path(__file__).parent / "default.yaml"
 
-__all__ = ["Bootstrap", "BootstrapError", "DEFAULT_CONFIG", "Server", "load", "loads"]
+__all__ = ["Bootstrap", "BootstrapError", "DEFAULT_CONFIG", "Server", "Supervisor", "load", "loads"]

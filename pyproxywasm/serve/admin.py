@@ -7,7 +7,8 @@ only one) is the tag's value. Tags come out in config order.
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Sequence
 
 from .. import metrics
 from .config import StatsTag
@@ -40,10 +41,11 @@ def _esc(v: str) -> str:
     return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def prometheus(tags: Sequence[StatsTag]) -> str:
-    """The metrics in Prometheus text format, tags as labels; one TYPE line per family."""
+def prometheus(tags: Sequence[StatsTag], snapshot: Sequence[metrics.Metric] | None = None) -> str:
+    """The metrics (this process's, or `snapshot`) in Prometheus text format, tags as
+    labels; one TYPE line per family."""
     families: dict[str, tuple[str, list[str]]] = {}
-    for m in metrics.snapshot():
+    for m in metrics.snapshot() if snapshot is None else snapshot:
         base, labels = extract_tags(m.name, tags)
         name = _prom(base)
         lab = ",".join(f'{_prom(k)}="{_esc(v)}"' for k, v in labels)
@@ -61,9 +63,9 @@ def prometheus(tags: Sequence[StatsTag]) -> str:
     return "\n".join(text) + "\n"
 
 
-def stats_text() -> str:
+def stats_text(snapshot: Sequence[metrics.Metric] | None = None) -> str:
     lines = []
-    for m in metrics.snapshot():
+    for m in metrics.snapshot() if snapshot is None else snapshot:
         if m.kind == "histogram":
             lines.append(f"{m.name}: count={m.value} sum={m.sum}")
         else:
@@ -71,12 +73,33 @@ def stats_text() -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-class AdminApp:
-    """Envoy's admin endpoints that a proxy of plugins has something to say on."""
+@dataclass
+class Gathered:
+    """Metrics gathered from several processes: their sum, and notes on those left out
+    (each becomes a `#` comment line of /stats/prometheus and /stats)."""
 
-    def __init__(self, tags: Sequence[StatsTag], ready: Callable[[], bool]) -> None:
+    metrics: list[metrics.Metric]
+    notes: list[str]
+
+
+class AdminApp:
+    """Envoy's admin endpoints that a proxy of plugins has something to say on.
+
+    gather: where the metrics come from when they are not this process's (serve
+    --processes N: the supervisor's sum over its workers)."""
+
+    def __init__(self, tags: Sequence[StatsTag], ready: Callable[[], bool],
+                 gather: Callable[[], Awaitable[Gathered]] | None = None) -> None:
         self.tags = tags
         self.ready = ready
+        self.gather = gather
+
+    async def _text(self, prom: bool) -> bytes:
+        if self.gather is None:
+            return (prometheus(self.tags) if prom else stats_text()).encode()
+        g = await self.gather()
+        notes = "".join(f"# {n}\n" for n in g.notes)
+        return (notes + (prometheus(self.tags, g.metrics) if prom else stats_text(g.metrics))).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,10 +109,10 @@ class AdminApp:
             ok = self.ready()
             await reply(send, 200 if ok else 503, b"LIVE\n" if ok else b"PRE_INITIALIZING\n")
         elif path == "/stats/prometheus":
-            await reply(send, 200, prometheus(self.tags).encode(),
+            await reply(send, 200, await self._text(True),
                         [(b"content-type", b"text/plain; version=0.0.4")])
         elif path == "/stats":
-            await reply(send, 200, stats_text().encode())
+            await reply(send, 200, await self._text(False))
         elif path == "/":  # the index, as Envoy's admin home page
             await reply(send, 200, b"pyproxywasm admin\n  /ready\n  /stats\n  /stats/prometheus\n")
         else:

@@ -22,10 +22,11 @@ import socket
 import threading
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import uvicorn
 
+from ..backends import Backend
 from ..host import Host, Plugin
 from ..net.http_client import HttpClient
 from ..net.loop import IoLoop
@@ -142,17 +143,23 @@ class Server:
     both around SIGINT/SIGTERM."""
 
     def __init__(self, bootstrap: Bootstrap, concurrency: int = 1, cache_dir: str | None = "default",
-                 client: str = "auto") -> None:
+                 client: str = "auto", *, shared_state: Backend | Mapping[str, Backend] | None = None,
+                 reuse_port: bool = False) -> None:
         """client: how the proxy reaches clusters. "net": pyproxywasm.net.HttpClient
         (HTTP/1.1 and HTTP/2, TLS) for all; "httptools": serve's own HTTP/1.1 client
         (upstream.py) for all; "auto": the httptools client for plain HTTP/1.1 clusters
         (it costs about a third of the CPU per request, bench/README.md), net for TLS
-        and HTTP/2 ones."""
+        and HTTP/2 ones. shared_state: the Host's shared-state backend(s)
+        (pyproxywasm.backends; None: in this process). reuse_port: every listener socket
+        joins a SO_REUSEPORT group even with one worker (serve --processes N: the worker
+        processes' sockets share the ports)."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if client not in ("auto", "net", "httptools"):
             raise ValueError(f"unknown client {client!r}")
         self.client = client
+        self.shared_state = shared_state
+        self.reuse_port = reuse_port
         self.bootstrap = bootstrap
         self.concurrency = concurrency
         self.cache_dir = cache_dir
@@ -172,7 +179,7 @@ class Server:
         # port 0 resolves once so every worker listens on the same port.
         try:
             for i, lst in enumerate(b.listeners):
-                socks = [_socket(lst.host, lst.port, self.concurrency > 1)]
+                socks = [_socket(lst.host, lst.port, self.concurrency > 1 or self.reuse_port)]
                 port = socks[0].getsockname()[1]
                 socks += [_socket(lst.host, port, True) for _ in range(self.concurrency - 1)]
                 self._sockets.append(socks)
@@ -208,7 +215,7 @@ class Server:
         b = self.bootstrap
         # The clusters are also what plugins may call (proxy_http_call, proxy_grpc_*).
         host = self.host = Host(b.plugins, cache_dir=self.cache_dir, clusters=b.clusters.values(),
-                                foreign_functions=BUILTIN_FOREIGN_FUNCTIONS)
+                                foreign_functions=BUILTIN_FOREIGN_FUNCTIONS, shared_state=self.shared_state)
         try:
             for lst in b.listeners:
                 self._filters.append([(next(p for p in host.plugins if p.config == f.plugin), f.fail_open)

@@ -308,6 +308,10 @@ int pw_http_read(pw_vm *vm, uint32_t ctx, int what, const uint8_t **out, size_t 
 
 /* TCP streams (network filters). peer is the ABI PeerType. */
 int pw_tcp_new(pw_vm *vm, uint32_t root, uint32_t *out_id);
+/* pw_tcp_new in two steps: the context (host properties can be set on it), then the
+ * connection's opening (proxy_on_context_create, on_new_connection), which then sees them. */
+int pw_tcp_alloc(pw_vm *vm, uint32_t root, uint32_t *out_id);
+int pw_tcp_open(pw_vm *vm, uint32_t ctx);
 int pw_tcp_data(pw_vm *vm, uint32_t ctx, int dir, const uint8_t *data, size_t len, int eos);
 int pw_tcp_close(pw_vm *vm, uint32_t ctx, int dir, int peer);
 int pw_tcp_flags(pw_vm *vm, uint32_t ctx);

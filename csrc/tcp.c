@@ -69,20 +69,32 @@ void tcp_resume(pw_vm *vm, pw_ctx *c) {
 }
 
 int pw_tcp_new(pw_vm *vm, uint32_t root, uint32_t *out_id) {
+    int rc = pw_tcp_alloc(vm, root, out_id);
+    return rc == PW_OK ? pw_tcp_open(vm, *out_id) : rc;
+}
+
+int pw_tcp_alloc(pw_vm *vm, uint32_t root, uint32_t *out_id) {
     VM_ENTER(vm);
-    dispatcher_autorun(vm->disp);
     pw_ctx *r = ctx_get(vm, root);
     if (!r || r->kind != CTX_ROOT || r->r->pending_done) return PW_ERR_NO_CONTEXT;
     pw_ctx *c = ctx_new(vm, CTX_TCP, r);
     if (!c) return PW_ERR;
     *out_id = c->id;
+    return PW_OK;
+}
+
+int pw_tcp_open(pw_vm *vm, uint32_t id) {
+    VM_ENTER(vm);
+    dispatcher_autorun(vm->disp);
+    pw_ctx *c = tcp_of(vm, id);
+    if (!c) return PW_ERR_NO_CONTEXT;
+    if (c->t->opened) return PW_ERR_STATE;
     /* On a failed VM too: the connection gets the plugin's failure policy. */
     if (ctx_ensure_created(vm, c)) {
         tcp_fail(c);
         c->t->opened = 1;
         return c->t->bypass ? PW_OK : PW_ERR_TRAP;
     }
-    uint32_t id = c->id;
     if (net_call(vm, c, FN_ON_NEW_CONNECTION, PH_OTHER, 1, &id) == 0)
         c->t->d[PW_DIR_DOWNSTREAM].stop = 1;
     c->t->opened = 1;
@@ -97,7 +109,7 @@ int pw_tcp_data(pw_vm *vm, uint32_t id, int dir, const uint8_t *data, size_t len
     if (dir < 0 || dir > 1) return -PW_ERR;
     pw_tcp *t = c->t;
     pw_tdir *T = &t->d[dir];
-    if (T->end_in || T->closed) return -PW_ERR_STATE;
+    if (!t->opened || T->end_in || T->closed) return -PW_ERR_STATE;
     if (eos) T->end_in = 1;
     if (t->bypass) {
         if (buf_append(&T->held, data, len)) return -PW_ERR;
@@ -134,6 +146,7 @@ int pw_tcp_close(pw_vm *vm, uint32_t id, int dir, int peer) {
     if (!c) return -PW_ERR_NO_CONTEXT;
     if (dir < 0 || dir > 1) return -PW_ERR;
     pw_tcp *t = c->t;
+    if (!t->opened) return -PW_ERR_STATE;
     if (t->d[dir].closed) return flags_of(t);
     t->d[dir].closed = 1;
     uint32_t a[2] = {id, (uint32_t)peer};

@@ -162,6 +162,19 @@ def _serialize(value: Any) -> bytes:
     raise ForeignFunctionStatus(Status.SERIALIZATION_FAILURE)
 
 
+#: Contexts whose built-in records (declared properties, filter state, route cache clears)
+#: a host keeps per table; past it the oldest go. Nothing tells this table when a stream
+#: ends, and a proxy serves streams without end: kept unbounded, every request that calls
+#: clear_route_cache (say) would leave an entry until its VM is freed.
+MAX_CONTEXT_RECORDS = 16384
+
+
+def _room(table: dict[Any, Any], key: Any) -> None:
+    """Makes room for `key` in a per-context table (oldest context first out)."""
+    if key not in table and len(table) >= MAX_CONTEXT_RECORDS:
+        del table[next(iter(table))]
+
+
 class Builtins:
     """Envoy's foreign functions for one host; what they did, per VM and context."""
 
@@ -199,6 +212,7 @@ class Builtins:
             except (ValueError, UnicodeDecodeError):
                 raise ForeignFunctionStatus(Status.BAD_ARGUMENT) from None
             cid = ctx()
+            _room(self.declared, (key, cid))
             seen = self.declared.setdefault((key, cid), {})
             if d.name in seen:
                 raise ForeignFunctionStatus(Status.BAD_ARGUMENT)
@@ -226,10 +240,12 @@ class Builtins:
             p = b"filter_state\0" + path.encode()
             if not cid or lib.pw_set_host_property(vm.ptr, cid, p, len(p), value, len(value)) != 0:
                 raise ForeignFunctionStatus(Status.NOT_FOUND)  # a root context: no stream
+            _room(self.filter_state, (key, cid))
             self.filter_state.setdefault((key, cid), {})[path] = value
 
         def clear_route_cache(args: bytes) -> None:
             k = (key, ctx())
+            _room(self.route_cache_clears, k)
             self.route_cache_clears[k] = self.route_cache_clears.get(k, 0) + 1
 
         fns: dict[str, Callable[[bytes], bytes | None]] = {

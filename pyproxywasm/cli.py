@@ -125,10 +125,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from . import serve
     from .serve import shared_state, supervisor
 
-    fmt = "[%(asctime)s][%(threadName)s][%(levelname)s][%(name)s] %(message)s"
+    from .logs import EnvoyFormatter
+
+    # Plugin lines carry Envoy's "wasm log <plugin> <root_id> <vm_id>: " before the message.
+    fmt = "[%(asctime)s][%(threadName)s][%(levelname)s][%(name)s] %(envoy_prefix)s%(message)s"
     if args.processes > 1:
-        fmt = "[%(asctime)s][%(process)d][%(threadName)s][%(levelname)s][%(name)s] %(message)s"
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format=fmt)
+        fmt = "[%(asctime)s][%(process)d][%(threadName)s][%(levelname)s][%(name)s] %(envoy_prefix)s%(message)s"
+    handler = logging.StreamHandler()
+    handler.setFormatter(EnvoyFormatter(fmt))
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler])
     path = args.config or serve.DEFAULT_CONFIG
     bootstrap = serve.load(path)
     state = shared_state.parse(args.shared_state, args.processes)

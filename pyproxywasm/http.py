@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping, MutableMapping, Optional, Sequen
 
 from . import properties as props
 from ._binding import ffi, lib, raise_for
+from .errors import HostClosedError, StreamClosedError
 from .abi import StreamFlags
 from .pairs import HeaderItems, Headers, decode_pairs, encode_headers
 from .policy import FailureOutcome
@@ -163,7 +164,7 @@ class HttpStream(_Base):
     @property
     def stream_flags(self) -> StreamFlags:
         """The stream's state as named flags (the same bits as `flags`)."""
-        return StreamFlags(self.flags)
+        return StreamFlags(self._current())
 
     def _raise(self, f: int) -> None:
         raise_for(f, self._vmobj)
@@ -260,6 +261,17 @@ class HttpStream(_Base):
             self.flags = f
         return self.flags
 
+    def _current(self) -> int:
+        """The stream's flags as they are now: a tick, a queue notification or a call's
+        answer may have resumed (or answered) the stream since the last call on it. The
+        last known flags once the stream or its host is gone (or before its first event)."""
+        if not self._id:
+            return int(self.flags)
+        try:
+            return self.refresh()
+        except (HostClosedError, StreamClosedError):
+            return int(self.flags)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Blocks this (the stream's) thread, running its dispatcher — ticks, queue
         notifications, outbound call answers — until the plugin no longer holds the stream
@@ -336,48 +348,48 @@ class HttpStream(_Base):
     # ---- flags ---------------------------------------------------------------------------
     @property
     def request_paused(self) -> bool:
-        return bool(self.flags & lib.PW_S_REQ_STOPPED)
+        return bool(self._current() & lib.PW_S_REQ_STOPPED)
 
     @property
     def response_paused(self) -> bool:
-        return bool(self.flags & lib.PW_S_RESP_STOPPED)
+        return bool(self._current() & lib.PW_S_RESP_STOPPED)
 
     @property
     def request_headers_forwarded(self) -> bool:
-        return bool(self.flags & lib.PW_S_REQ_HEADERS_OUT)
+        return bool(self._current() & lib.PW_S_REQ_HEADERS_OUT)
 
     @property
     def response_headers_forwarded(self) -> bool:
-        return bool(self.flags & lib.PW_S_RESP_HEADERS_OUT)
+        return bool(self._current() & lib.PW_S_RESP_HEADERS_OUT)
 
     @property
     def request_complete(self) -> bool:
         """End of stream went upstream (after the body and any trailers)."""
-        return bool(self.flags & lib.PW_S_REQ_ENDED)
+        return bool(self._current() & lib.PW_S_REQ_ENDED)
 
     @property
     def response_complete(self) -> bool:
-        return bool(self.flags & lib.PW_S_RESP_ENDED)
+        return bool(self._current() & lib.PW_S_RESP_ENDED)
 
     @property
     def reset(self) -> bool:
         """The plugin closed the stream (proxy_close_stream), or a late local reply."""
-        return bool(self.flags & lib.PW_S_RESET)
+        return bool(self._current() & lib.PW_S_RESET)
 
     @property
     def failed(self) -> bool:
         """The VM failed while serving this stream, or before it (its failure policy
         answered: a 503 wasm_fail_stream, or FAIL_OPEN's pass-through)."""
-        return bool(self.flags & (lib.PW_S_FAILED | lib.PW_S_BYPASSED))
+        return bool(self._current() & (lib.PW_S_FAILED | lib.PW_S_BYPASSED))
 
     @property
     def failure_outcome(self) -> FailureOutcome | None:
         """What the plugin's failure policy did for this stream: FAILED_CLOSED (503),
         FAILED_OPEN (passed without the filter), RELOADED (served by a VM that FAIL_RELOAD
         made after a failure), or None (no failure involved)."""
-        if self.flags & lib.PW_S_BYPASSED:
+        if self._current() & lib.PW_S_BYPASSED:
             return FailureOutcome.FAILED_OPEN
-        if self.flags & lib.PW_S_FAILED:
+        if self._current() & lib.PW_S_FAILED:
             return FailureOutcome.FAILED_CLOSED
         if self._vmobj.generation:
             return FailureOutcome.RELOADED

@@ -4,7 +4,8 @@ Each plugin logs to `pyproxywasm.plugin.<name or root_id or vm_id>` (start-up co
 any root context, to `pyproxywasm.vm.<vm_id>`). Records carry Envoy's prefix as `extra`
 fields (proxywasm_plugin, proxywasm_root_id, proxywasm_vm_id) and the context that logged
 (proxywasm_context_id: an HTTP or TCP stream's id, or the root's); EnvoyFormatter writes
-them as Envoy does: "wasm log <plugin> <root_id> <vm_id>: <message>".
+them as Envoy does: "wasm log <plugin> <root_id> <vm_id>: <message>", where an empty part is
+left out with its space ("wasm log: <message>" for a plugin with none of the three).
 """
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ from ._binding import PY_LEVELS
 LEVEL_NAMES = ("trace", "debug", "info", "warning", "error", "critical")
 _PY_TO_NAME = dict(zip(PY_LEVELS, LEVEL_NAMES))
 _ALIASES = {"warn": "warning", "fatal": "critical"}
+
+
+def envoy_log_prefix(plugin: str = "", root_id: str = "", vm_id: str = "") -> str:
+    """Envoy's prefix of a plugin's log line: "wasm log", each non-empty part of plugin
+    name, root id and vm id after a space, then ": " (Envoy's PluginBase::log_prefix)."""
+    return "wasm log" + "".join(" " + p for p in (plugin, root_id, vm_id) if p) + ": "
 
 
 def level_name(level: str) -> str:
@@ -41,7 +48,7 @@ class LogRecord:
 
     @property
     def envoy_prefix(self) -> str:
-        return f"wasm log {self.plugin} {self.root_id} {self.vm_id}: "
+        return envoy_log_prefix(self.plugin, self.root_id, self.vm_id)
 
 
 class LogCapture(logging.Handler):
@@ -63,16 +70,17 @@ class LogCapture(logging.Handler):
 
 
 class EnvoyFormatter(logging.Formatter):
-    """Formats plugin records with Envoy's prefix: "wasm log <plugin> <root_id> <vm_id>: "."""
+    """Formats plugin records with Envoy's prefix ("wasm log <plugin> <root_id> <vm_id>: ",
+    empty parts left out) in `%(envoy_prefix)s`; other records get an empty one."""
 
     def __init__(self, fmt: str = "[%(levelname)s] %(envoy_prefix)s%(message)s") -> None:
         super().__init__(fmt)
 
     def format(self, record: logging.LogRecord) -> str:
         if hasattr(record, "proxywasm_vm_id"):
-            record.envoy_prefix = (f"wasm log {getattr(record, 'proxywasm_plugin', '')} "
-                                   f"{getattr(record, 'proxywasm_root_id', '')} "
-                                   f"{record.proxywasm_vm_id}: ")
+            record.envoy_prefix = envoy_log_prefix(getattr(record, "proxywasm_plugin", ""),
+                                                   getattr(record, "proxywasm_root_id", ""),
+                                                   record.proxywasm_vm_id)
         else:
             record.envoy_prefix = ""
         return super().format(record)

@@ -8,6 +8,7 @@ from . import properties as props
 from .abi import StreamFlags
 from .policy import FailureOutcome
 from ._binding import ffi, lib, raise_for
+from .errors import HostClosedError, StreamClosedError
 from .http import Action
 
 if TYPE_CHECKING:
@@ -33,14 +34,19 @@ class TcpStream:
         self.plugin = plugin
         vm = plugin.vm
         self._vm, self._vmobj = vm.ptr, vm
-        rc = lib.pw_tcp_new(self._vm, plugin.context_id, vm.u32)
+        rc = lib.pw_tcp_alloc(self._vm, plugin.context_id, vm.u32)
+        if rc != lib.PW_OK:
+            raise_for(rc, vm)
         self.context_id = vm.u32[0]
+        # The connection's properties (source.address...) before on_new_connection, which
+        # reads them (as in Envoy, where the connection is there before the filter).
+        if properties:
+            for path, value in props.flatten(properties):
+                lib.pw_set_host_property(self._vm, self.context_id, path, len(path), value, len(value))
+        rc = lib.pw_tcp_open(self._vm, self.context_id)
         if rc not in (lib.PW_OK, lib.PW_ERR_TRAP):
             raise_for(rc, vm)
         self.flags = lib.pw_tcp_flags(self._vm, self.context_id) if rc == lib.PW_OK else lib.PW_S_FAILED | lib.PW_S_RESET
-        if properties and rc == lib.PW_OK:
-            for path, value in props.flatten(properties):
-                lib.pw_set_host_property(self._vm, self.context_id, path, len(path), value, len(value))
 
     def _done(self, f: int, direction: int) -> Action:
         if f < 0:
@@ -94,6 +100,15 @@ class TcpStream:
             self.flags = f
         return int(self.flags)
 
+    def _current(self) -> int:
+        """The stream's flags as they are now: a tick, a queue notification or a call's
+        answer may have resumed (or answered) the stream since the last call on it. The
+        last known flags once the stream or its host is gone."""
+        try:
+            return self.refresh()
+        except (HostClosedError, StreamClosedError):
+            return int(self.flags)
+
     def _read(self, what: int) -> bytes:
         vm = self._vmobj
         rc = lib.pw_tcp_read(self._vm, self.context_id, what, vm.out, vm.out_len)
@@ -112,36 +127,36 @@ class TcpStream:
 
     @property
     def downstream_paused(self) -> bool:
-        return bool(self.flags & lib.PW_S_REQ_STOPPED)
+        return bool(self._current() & lib.PW_S_REQ_STOPPED)
 
     @property
     def close_requested(self) -> bool:
         """The plugin asked to close the connection (proxy_close_stream), or it failed."""
-        return bool(self.flags & lib.PW_S_RESET)
+        return bool(self._current() & lib.PW_S_RESET)
 
     @property
     def failed(self) -> bool:
         """The VM failed while serving this connection, or before it (the plugin's failure
         policy answered: the connection closed, or FAIL_OPEN let it pass)."""
-        return bool(self.flags & (lib.PW_S_FAILED | lib.PW_S_BYPASSED))
+        return bool(self._current() & (lib.PW_S_FAILED | lib.PW_S_BYPASSED))
 
     @property
     def failure_outcome(self) -> "FailureOutcome | None":
         """FAILED_CLOSED (closed), FAILED_OPEN (passes without the filter), or None."""
-        if self.flags & lib.PW_S_BYPASSED:
+        if self._current() & lib.PW_S_BYPASSED:
             return FailureOutcome.FAILED_OPEN
-        if self.flags & lib.PW_S_FAILED:
+        if self._current() & lib.PW_S_FAILED:
             return FailureOutcome.FAILED_CLOSED
         return None
 
     @property
     def done(self) -> bool:
-        return bool(self.flags & lib.PW_S_DONE)
+        return bool(self._current() & lib.PW_S_DONE)
 
     @property
     def stream_flags(self) -> StreamFlags:
         """The connection's state as named flags (the same bits as `flags`)."""
-        return StreamFlags(self.flags)
+        return StreamFlags(self._current())
 
     def __enter__(self) -> "TcpStream":
         return self

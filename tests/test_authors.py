@@ -93,7 +93,7 @@ def test_loggers_are_named_by_plugin_and_records_carry_envoys_prefix(caplog):
         mine = [r for r in caplog.records if r.name == "pyproxywasm.plugin.rootx"]
         assert mine and mine[0].proxywasm_root_id == "rootx"
         assert EnvoyFormatter("%(envoy_prefix)s%(message)s").format(mine[0]) == (
-            "wasm log  rootx vmx: " + mine[0].getMessage())
+            "wasm log rootx vmx: " + mine[0].getMessage())
     with PluginHarness(GO_HTTP, configuration="headers", vm_id="only-vm") as h:
         assert h.log_records()[0].logger == "pyproxywasm.plugin.only-vm"
 

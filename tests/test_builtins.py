@@ -99,6 +99,18 @@ def test_clear_route_cache_is_ok_and_counted_per_stream():
         assert (h.route_cache_clears(s), h.route_cache_clears(other)) == (1, 0)
 
 
+def test_per_stream_records_are_bounded(monkeypatch):
+    """A host serving streams without end keeps only the latest contexts' records (they
+    used to stay until the VM was freed: one entry per request that cleared the route
+    cache, say)."""
+    from pyproxywasm import builtins
+    monkeypatch.setattr(builtins, "MAX_CONTEXT_RECORDS", 8)
+    with PluginHarness(BUILTINS) as h:
+        streams = [send(h, x_clear_route="1") for _ in range(20)]
+        assert len(h.host.builtins.route_cache_clears) == 8
+        assert [h.route_cache_clears(s) for s in streams] == [0] * 12 + [1] * 8
+
+
 def test_default_properties_and_overrides():
     with PluginHarness(BUILTINS, name="bname", root_id="broot", vm_id="bvm") as h:
         logs = h.logs("info")

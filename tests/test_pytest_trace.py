@@ -24,7 +24,7 @@ def test_a_failing_test_shows_the_trace_and_logs(pytester):
     assert "proxywasm trace (harness 0)" in out
     assert "-> proxy_on_request_headers(" in out and "proxy_get_header_map_value(" in out
     assert "proxywasm logs (harness 0)" in out
-    assert "[info] wasm log  r : request path=/x" in out
+    assert "[info] wasm log r: request path=/x" in out
     assert out.count("proxywasm trace (harness") == 1  # the passing test shows nothing
 
 

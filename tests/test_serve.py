@@ -220,6 +220,48 @@ def test_routing_by_domain_path_regex_and_headers(serve, upstreams):
     assert who("/nothing", "other") == 404
 
 
+def test_routing_by_domain_behind_a_wasm_filter(serve, upstreams):
+    """The request's Host picks the virtual host (and is the plugin's :authority) when a
+    filter runs too: it used to be replaced by the listener's own address."""
+    u = upstreams("a")
+    vhosts = [{"name": "api", "domains": ["api.example.com"], "routes": [
+                  {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]},
+              {"name": "any", "domains": ["*"], "routes": [
+                  {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "any"}}}]}]
+    s = serve(bootstrap([http_listener(vhosts, [wasm(GO_HTTP, "headers props")])], [cluster("a", u.port)]))
+    status, _, body = get(s.ports["main"], "/x", headers={"Host": "api.example.com"})
+    assert status == 200 and json.loads(body)["server"] == "a"
+    seen = u.requests[-1]["headers"]
+    assert seen["host"] == "api.example.com" and seen["x-host"] == "api.example.com"  # request.host
+    assert get(s.ports["main"], "/x", headers={"Host": "other.example.com"})[2] == b"any"
+
+
+def test_connection_manager_request_and_response_headers(serve, upstreams):
+    """As Envoy's http_connection_manager: x-forwarded-proto is the connection's scheme (a
+    client's is overwritten), x-request-id is generated unless the client sent one, both
+    before the filters; server (server_name, per server_header_transformation) and date
+    after them."""
+    u = upstreams("a")
+    vhosts = [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]
+    lst = http_listener(vhosts, [wasm(GO_HTTP, "headers props")])
+    second = http_listener(vhosts, [], name="second")
+    hcm = second["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm.update(server_name="edge", server_header_transformation="APPEND_IF_ABSENT", generate_request_id=False)
+    s = serve(bootstrap([lst, second], [cluster("a", u.port)]))
+    status, headers, _ = get(s.ports["main"], "/", headers={"x-forwarded-proto": "https", "x-forwarded-for": "10.9.8.7"})
+    seen = u.requests[-1]["headers"]
+    # neither was taken as the truth (uvicorn's proxy_headers would have: scheme, client)
+    assert seen["x-forwarded-proto"] == "http" and seen["x-source"].startswith("127.0.0.1:")
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}", seen["x-request-id"])
+    assert headers["server"] == "envoy" and headers["date"].endswith(" GMT")  # the upstream's server replaced
+    assert headers["x-wasm-resp"] == ""  # the filter ran on the response before them
+    get(s.ports["main"], "/", headers={"x-request-id": "mine"})
+    assert u.requests[-1]["headers"]["x-request-id"] == "mine"
+    _, headers, _ = get(s.ports["second"], "/")
+    assert "x-request-id" not in u.requests[-1]["headers"]
+    assert headers["server"].startswith("BaseHTTP")  # APPEND_IF_ABSENT keeps the upstream's
+
+
 def test_rewrites_and_forwarded_headers(serve, upstreams):
     u = upstreams()
     vhosts = [{"name": "v", "domains": ["*"], "routes": [
@@ -470,13 +512,14 @@ def test_admin_ready_stats_and_prometheus_with_tags(serve, upstreams):
     total = int(re.search(r"^requests_total: (\d+)$", stats, re.M).group(1))
     assert total >= 3
     prom = get(s.admin_port, "/stats/prometheus")[2].decode()
-    assert f"requests_total {total}" in prom and "# TYPE requests_total counter" in prom
+    assert f"requests_total{{}} {total}" in prom and "# TYPE requests_total counter" in prom
     assert re.search(r'^body_count\{kind="size"\} \d+$', prom, re.M), prom  # name cut, tag as label
-    assert "# TYPE body summary" in prom
+    # Envoy's histogram: cumulative buckets with its default bounds, then sum and count
+    assert "# TYPE body histogram" in prom and 'body_bucket{kind="size",le="+Inf"}' in prom
     deadline = time.monotonic() + 5  # every stream was finished (on_done ran: inflight back to 0)
-    while "inflight 0" not in get(s.admin_port, "/stats/prometheus")[2].decode() and time.monotonic() < deadline:
+    while "inflight{} 0" not in get(s.admin_port, "/stats/prometheus")[2].decode() and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert "inflight 0" in get(s.admin_port, "/stats/prometheus")[2].decode()
+    assert "inflight{} 0" in get(s.admin_port, "/stats/prometheus")[2].decode()
     assert get(s.admin_port, "/nope")[0] == 404
 
 
@@ -570,6 +613,38 @@ def test_tcp_filter_closes_the_connection_and_connect_failure_closes_it(serve):
     finally:
         echo.shutdown()
         echo.server_close()
+
+
+def test_stopping_with_an_open_tcp_connection_ends_its_streams_cleanly(caplog):
+    """A worker stopping while a proxied connection is open: its pumps end before its
+    streams do (a pump used to run on into a finished stream: StreamClosedError in a task
+    nobody awaited, and the cancelled connection task logged by asyncio as an error)."""
+    echo = _TcpEcho()
+    lst = {"name": "tcp", "address": LOCAL, "filter_chains": [{"filters": [
+        {"name": "envoy.filters.network.wasm", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
+            "config": {"vm_config": {"code": {"local": {"filename": str(GO_TCP)}}}}}},
+        {"name": "envoy.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "tcp", "cluster": "echo"}}]}]}
+    caplog.set_level(logging.INFO)
+    s = Server(loads(json.dumps(bootstrap([lst], [cluster("echo", echo.server_address[1])]))))
+    s.start()
+    try:
+        c = socket.create_connection(("127.0.0.1", s.ports["tcp"]), timeout=5)
+        c.sendall(b"hello")
+        assert c.recv(100) == b"up:world"
+        # an upstream answer in flight while the worker stops
+        c.sendall(b"again")
+    finally:
+        s.stop()
+        echo.shutdown()
+        echo.server_close()
+    assert c.recv(100) in (b"", b"up:world")
+    c.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+    assert "tcp done" in caplog.text
 
 
 def test_strict_dns_cluster_by_name(serve, upstreams):

@@ -267,9 +267,9 @@ def test_two_processes_share_the_port_count_every_request_once_and_sum_metrics(s
     # the counter metric summed over the processes, exactly
     status, prom = admin(s.admin, "/stats/prometheus")
     assert status == 200
-    assert re.search(rf"^requests_total {n}$", prom, re.M), prom
+    assert re.search(rf"^requests_total\{{\}} {n}$", prom, re.M), prom  # Envoy's exposition: {} when untagged
     assert re.search(rf'^body_count\{{kind="size"\}} {n}$', prom, re.M), prom  # stats tags still extracted
-    assert "pyproxywasm_processes_reporting 2" in prom and "left out" not in prom
+    assert "pyproxywasm_processes_reporting{} 2" in prom and "left out" not in prom
     status, stats = admin(s.admin, "/stats")
     assert re.search(rf"^requests_total: {n}$", stats, re.M) and re.search(r"^inflight: 0$", stats, re.M)
     # each worker alone has less: the sum is the supervisor's, not one worker's answer
@@ -316,7 +316,7 @@ def test_killed_worker_restarts_stuck_worker_left_out_and_sigterm_leaves_nothing
         os.kill(stuck, signal.SIGCONT)
     assert status == 200 and took < 5
     assert f"# pyproxywasm: worker process" in prom and f"(pid {stuck}) left out: no answer within 1 s" in prom
-    assert "pyproxywasm_processes_reporting 1" in prom and "pyproxywasm_processes 2" in prom
+    assert "pyproxywasm_processes_reporting{} 1" in prom and "pyproxywasm_processes{} 2" in prom
     # SIGTERM: the workers drain and exit, then the supervisor, with status 0
     workers = s.workers()
     assert s.stop() == 0
@@ -469,7 +469,7 @@ def test_singleton_services_run_in_every_process_or_once(serve, upstream, mode, 
     s = serve(doc, "--processes", "2", "--singletons", mode)
     workers = wait_for(lambda: len(s.workers()) == 2 and s.workers())
     assert get(s.port)[0] == 200
-    pids = {int(m) for m in re.findall(r"^\[[^]]+\]\[(\d+)\]\[pyproxywasm-main\]\[INFO\]\[[^]]+\] configure svc: service-marker$",
+    pids = {int(m) for m in re.findall(r"^\[[^]]+\]\[(\d+)\]\[pyproxywasm-main\]\[INFO\]\[[^]]+\] wasm log svc svc: configure svc: service-marker$",
                                        s.stderr(), re.M)}
     assert len(pids) == processes_running_it and pids <= workers, s.stderr()
     assert s.stop() == 0

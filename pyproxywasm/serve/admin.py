@@ -1,14 +1,14 @@
-"""The admin listener: /ready, /stats and /stats/prometheus over the plugins' metrics.
+"""The admin listener: /ready, /listeners, /stats and /stats/prometheus over the plugins'
+metrics.
 
-stats_tags work as Envoy's tag extraction: a tag's regex is searched in the metric name;
-its first group is cut out of the name and its second group (or the first, when there is
-only one) is the tag's value. Tags come out in config order.
+stats_tags work as Envoy's tag extraction (pyproxywasm.metrics.extract_tags): a tag's regex
+is searched in the metric name; its first group is cut out of the name and its second group
+(or the first, when there is only one) is the tag's value. Tags come out in config order.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Iterable, Sequence
 
 from .. import metrics
 from .config import StatsTag
@@ -16,51 +16,12 @@ from .filters import Receive, Scope, Send
 from .proxy import reply
 
 
-def extract_tags(name: str, tags: Sequence[StatsTag]) -> tuple[str, list[tuple[str, str]]]:
-    out: list[tuple[str, str]] = []
-    for t in tags:
-        if t.regex is None:
-            out.append((t.name, t.fixed_value or ""))
-            continue
-        m = t.regex.search(name)
-        if m is None:
-            continue
-        value = m.group(2) if m.re.groups >= 2 else (m.group(1) if m.re.groups else m.group(0))
-        cut = m.span(1) if m.re.groups else m.span(0)
-        name = name[:cut[0]] + name[cut[1]:]
-        out.append((t.name, value or ""))
-    return name, out
-
-
-def _prom(name: str) -> str:
-    name = re.sub(r"[^a-zA-Z0-9_:]", "_", name)
-    return name if re.match(r"[a-zA-Z_:]", name) else "_" + name
-
-
-def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
 def prometheus(tags: Sequence[StatsTag], snapshot: Sequence[metrics.Metric] | None = None) -> str:
-    """The metrics (this process's, or `snapshot`) in Prometheus text format, tags as
-    labels; one TYPE line per family."""
-    families: dict[str, tuple[str, list[str]]] = {}
-    for m in metrics.snapshot() if snapshot is None else snapshot:
-        base, labels = extract_tags(m.name, tags)
-        name = _prom(base)
-        lab = ",".join(f'{_prom(k)}="{_esc(v)}"' for k, v in labels)
-        sel = "{" + lab + "}" if lab else ""
-        if m.kind == "histogram":
-            kind, lines = "summary", [f"{name}_count{sel} {m.value}", f"{name}_sum{sel} {m.sum}"]
-        else:
-            kind, lines = m.kind, [f"{name}{sel} {m.value}"]
-        fam = families.setdefault(name, (kind, []))
-        fam[1].extend(lines)
-    text = []
-    for name, (kind, lines) in families.items():
-        text.append(f"# TYPE {name} {kind}")
-        text.extend(lines)
-    return "\n".join(text) + "\n"
+    """The metrics (this process's, or `snapshot`) in Prometheus text format as Envoy's
+    /stats/prometheus writes Wasm metrics (tags as labels, histograms with Envoy's
+    buckets): the harness's writer."""
+    return metrics.prometheus_text("", [metrics.StatsTag(t.name, t.regex.pattern if t.regex else "", t.fixed_value)
+                                        for t in tags], metrics=snapshot)
 
 
 def stats_text(snapshot: Sequence[metrics.Metric] | None = None) -> str:
@@ -86,13 +47,16 @@ class AdminApp:
     """Envoy's admin endpoints that a proxy of plugins has something to say on.
 
     gather: where the metrics come from when they are not this process's (serve
-    --processes N: the supervisor's sum over its workers)."""
+    --processes N: the supervisor's sum over its workers). listeners(): (name, address,
+    port) of each listener, for /listeners."""
 
     def __init__(self, tags: Sequence[StatsTag], ready: Callable[[], bool],
-                 gather: Callable[[], Awaitable[Gathered]] | None = None) -> None:
+                 gather: Callable[[], Awaitable[Gathered]] | None = None,
+                 listeners: Callable[[], Iterable[tuple[str, str, int]]] = lambda: ()) -> None:
         self.tags = tags
         self.ready = ready
         self.gather = gather
+        self.listeners = listeners
 
     async def _text(self, prom: bool) -> bytes:
         if self.gather is None:
@@ -108,12 +72,16 @@ class AdminApp:
         if path == "/ready":
             ok = self.ready()
             await reply(send, 200 if ok else 503, b"LIVE\n" if ok else b"PRE_INITIALIZING\n")
+        elif path == "/listeners":
+            # Envoy's text form, one "name::address:port" a line (probes poll it for a 200).
+            lines = "".join(f"{n}::{h}:{p}\n" for n, h, p in self.listeners())
+            await reply(send, 200, lines.encode())
         elif path == "/stats/prometheus":
             await reply(send, 200, await self._text(True),
                         [(b"content-type", b"text/plain; version=0.0.4")])
         elif path == "/stats":
             await reply(send, 200, await self._text(False))
         elif path == "/":  # the index, as Envoy's admin home page
-            await reply(send, 200, b"pyproxywasm admin\n  /ready\n  /stats\n  /stats/prometheus\n")
+            await reply(send, 200, b"pyproxywasm admin\n  /ready\n  /listeners\n  /stats\n  /stats/prometheus\n")
         else:
-            await reply(send, 404, b"unknown admin path; try /ready, /stats, /stats/prometheus\n")
+            await reply(send, 404, b"unknown admin path; try /ready, /listeners, /stats, /stats/prometheus\n")

@@ -136,6 +136,9 @@ class HttpListener:
     virtual_hosts: tuple[VirtualHost, ...]
     filters: tuple[WasmFilter, ...]
     stat_prefix: str = ""
+    server_name: str = "envoy"  # the `server` response header (Envoy's default)
+    server_header_transformation: str = "OVERWRITE"  # or APPEND_IF_ABSENT, PASS_THROUGH
+    generate_request_id: bool = True  # x-request-id for requests without one
 
 
 @dataclass(frozen=True)
@@ -301,9 +304,9 @@ class _Reader:
             elif fname in ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager") or self._is(f, HCM):
                 if not last or wasm:
                     raise BootstrapError(f.path, "http_connection_manager must be the only network filter")
-                vhs, hf, prefix = self.hcm(self.typed(f, (HCM,)))
+                vhs, hf, prefix, server = self.hcm(self.typed(f, (HCM,)))
                 f.done()
-                return HttpListener(name, host, port, vhs, hf, prefix)
+                return HttpListener(name, host, port, vhs, hf, prefix, *server)
             elif fname in ("envoy.filters.network.tcp_proxy", "envoy.tcp_proxy") or self._is(f, TCP_PROXY):
                 if not last:
                     raise BootstrapError(f.path, "tcp_proxy must be the last network filter")
@@ -324,10 +327,14 @@ class _Reader:
         tc = f.data.get("typed_config")
         return isinstance(tc, dict) and tc.get("@type") == TYPE_PREFIX + type_name
 
-    def hcm(self, n: Node) -> tuple[tuple[VirtualHost, ...], tuple[WasmFilter, ...], str]:
+    def hcm(self, n: Node) -> tuple[tuple[VirtualHost, ...], tuple[WasmFilter, ...], str, tuple[str, str, bool]]:
         prefix = n.get("stat_prefix", "", str)
         n.enum("codec_type", ("AUTO", "HTTP1"), "AUTO")  # HTTP/1.1 downstream (uvicorn)
-        n.ignore("access_log", "use_remote_address", "generate_request_id", "server_name")
+        n.ignore("access_log", "use_remote_address")
+        server = (n.get("server_name", "envoy", str) or "envoy",
+                  n.enum("server_header_transformation", ("OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH"),
+                         "OVERWRITE"),
+                  n.get("generate_request_id", True, bool))
         rc = n.node("route_config", required=True)
         rc.ignore("name", "validate_clusters")
         vhs = tuple(self.virtual_host(v) for v in rc.nodes("virtual_hosts"))
@@ -350,7 +357,7 @@ class _Reader:
         if not hfs or hfs[-1].data.get("name") not in ("envoy.filters.http.router", "envoy.router") \
                 and not self._is(hfs[-1], ROUTER):
             raise BootstrapError(n.at("http_filters"), "must end with envoy.filters.http.router")
-        return vhs, tuple(filters), prefix
+        return vhs, tuple(filters), prefix, server
 
     def virtual_host(self, n: Node) -> VirtualHost:
         name = n.get("name", "", str)

@@ -75,13 +75,19 @@ class Node:
         """A mapping field known to be there (after has())."""
         return Node(self.need(key), self.at(key))
 
+    def _list(self, key: str) -> list[Any]:
+        """A repeated field's values. As Envoy's YAML loader, a single value where a list
+        is expected is a list of one (the Rust SDK's examples write `listeners:` so)."""
+        value = self.get(key, [])
+        return value if isinstance(value, list) else [value]
+
     def nodes(self, key: str) -> Iterator["Node"]:
         """The mappings of a list field, each with its index in its path."""
-        for i, item in enumerate(self.get(key, [], list)):
+        for i, item in enumerate(self._list(key)):
             yield Node(item, f"{self.at(key)}[{i}]")
 
     def items(self, key: str, kind: type | tuple[type, ...] = str) -> list[Any]:
-        values: list[Any] = self.get(key, [], list)
+        values: list[Any] = self._list(key)
         for i, v in enumerate(values):
             if not isinstance(v, kind) or isinstance(v, bool):
                 raise BootstrapError(f"{self.at(key)}[{i}]", f"expected {_names(kind)}, got {_kind(v)}")

@@ -129,7 +129,8 @@ class ProxyApp:
         ext = scope.get("extensions", {}).get("pyproxywasm")
         if ext is not None:
             has_body = not ext["end_stream"]
-        out.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
+        if not any(k == b"x-forwarded-proto" for k, _ in scope["headers"]):  # the connection manager's, else
+            out.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
         if action.timeout is not None:
             out.append((b"x-envoy-expected-rq-timeout-ms", str(int(action.timeout * 1000)).encode()))
         body: bytes | AsyncIterator[bytes] = _body(receive) if has_body else b""

@@ -33,6 +33,7 @@ from ..net.loop import IoLoop
 from .admin import AdminApp
 from .config import Bootstrap, HttpListener, TcpListener
 from .filters import LoopDispatch, wrap
+from .hcm import connection_manager
 from .proxy import ProxyApp
 from .tcp_proxy import TcpProxy
 from .upstream import ByCluster, Http1Client, Upstream
@@ -75,9 +76,11 @@ def _socket(host: str, port: int, reuse_port: bool) -> socket.socket:
 
 
 def _uvicorn(app: Any) -> _Uvicorn:
+    # proxy_headers off: uvicorn would otherwise take the scheme and client address from a
+    # client's X-Forwarded-Proto / X-Forwarded-For (Envoy trusts no hops by default).
     cfg = uvicorn.Config(app, http="httptools", lifespan="off", access_log=False,
                          log_level="warning", server_header=False, date_header=False,
-                         timeout_graceful_shutdown=2)
+                         proxy_headers=False, timeout_graceful_shutdown=2)
     return _Uvicorn(cfg)
 
 
@@ -223,7 +226,7 @@ class Server:
             d = LoopDispatch(host.dispatcher, asyncio.get_running_loop())
             admin = None
             if self._admin_sock is not None:
-                admin = _uvicorn(AdminApp(b.stats_tags, lambda: self._ready))
+                admin = _uvicorn(AdminApp(b.stats_tags, lambda: self._ready, listeners=self._listener_addresses))
                 admin_task = asyncio.ensure_future(admin.serve(sockets=[self._admin_sock]))
                 while not admin.started and not admin_task.done():
                     await asyncio.sleep(0.005)
@@ -253,15 +256,17 @@ class Server:
                 if isinstance(lst, HttpListener):
                     proxy = ProxyApp(lst, self.bootstrap.clusters, upstream, self.bootstrap.cluster_metadata)
                     # fail_open is the plugin's failure_policy, which the core applies per stream.
-                    app = wrap(proxy, [p for p, _ in filters],
-                               proxy.route_properties if proxy.has_metadata else None)
+                    app = connection_manager(wrap(proxy, [p for p, _ in filters],
+                                                  proxy.route_properties if proxy.has_metadata else None),
+                                             lst.server_name, lst.server_header_transformation,
+                                             lst.generate_request_id)
                     srv = _uvicorn(app)
                     servers.append(srv)
                     tasks.append(asyncio.ensure_future(srv.serve(sockets=[sock])))
                 else:
                     assert isinstance(lst, TcpListener)
-                    handler = TcpProxy(filters, self.bootstrap.clusters[lst.cluster],
-                                       self.bootstrap.cluster_metadata.get(lst.cluster, {}), lambda: d)
+                    handler = TcpProxy(filters, lst.cluster, self.bootstrap.clusters,
+                                       self.bootstrap.cluster_metadata, lambda: d)
                     tcp_handlers.append(handler)
                     tcp_servers.append(await asyncio.start_server(handler, sock=sock))
             while not all(s.started for s in servers):
@@ -286,6 +291,11 @@ class Server:
             await upstream.close()
             d.close()
             host.release_thread()
+
+    def _listener_addresses(self) -> list[tuple[str, str, int]]:
+        """(name, address, port) of each listener, port 0 resolved: the admin's /listeners."""
+        return [(lst.name or f"listener_{i}", lst.host, self.ports.get(lst.name or f"listener_{i}", lst.port))
+                for i, lst in enumerate(self.bootstrap.listeners)]
 
     def _upstream(self) -> Upstream:
         """This worker's client to the clusters, on its own loop."""

@@ -382,7 +382,10 @@ class Supervisor:
                 what = s.error.strip() or (self._exit_text(s.proc.returncode) if s.proc else "did not start")
                 raise StartError(f"worker {s.index} could not start: {what}")
             if self._admin_sock is not None:
-                admin = _uvicorn(AdminApp(self.bootstrap.stats_tags, self.is_ready, self.gather))
+                admin = _uvicorn(AdminApp(self.bootstrap.stats_tags, self.is_ready, self.gather,
+                                          listeners=lambda: [(lst.name or f"listener_{i}", lst.host,
+                                                              self.ports.get(lst.name or f"listener_{i}", lst.port))
+                                                             for i, lst in enumerate(self.bootstrap.listeners)]))
                 admin_task = asyncio.ensure_future(admin.serve(sockets=[self._admin_sock]))
                 while not admin.started and not admin_task.done():
                     await asyncio.sleep(0.005)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .. import properties as props
 from .._binding import lib
@@ -28,17 +28,45 @@ _DOWN_STOPPED = lib.PW_S_REQ_STOPPED
 _UP_STOPPED = lib.PW_S_RESP_STOPPED
 
 
-class TcpProxy:
-    """The connection handler of one TCP listener (one per worker thread)."""
+FILTER_STATE_CLUSTER = "envoy.tcp_proxy.cluster"
 
-    def __init__(self, filters: Sequence[tuple[Plugin, bool]], cluster: Cluster,
-                 metadata: dict[str, Any], dispatch: Callable[[], LoopDispatch]) -> None:
+
+class TcpProxy:
+    """The connection handler of one TCP listener (one per worker thread).
+
+    The upstream cluster is the listener's, unless a filter set Envoy's filter state
+    `envoy.tcp_proxy.cluster` (with the set_envoy_filter_state built-in) when the
+    connection opened: then that cluster, as Envoy's tcp_proxy does (a name that is no
+    cluster closes the connection)."""
+
+    def __init__(self, filters: Sequence[tuple[Plugin, bool]], cluster: str,
+                 clusters: Mapping[str, Cluster], metadata: Mapping[str, dict[str, Any]],
+                 dispatch: Callable[[], LoopDispatch]) -> None:
         self.filters = list(filters)
-        self.cluster = cluster
+        self.cluster = clusters[cluster]
+        self.clusters = clusters
         self.metadata = metadata
         self._dispatch = dispatch
-        self._rr = itertools.cycle(cluster.addresses)
+        self._rr: dict[str, Iterator[tuple[str, int]]] = {}
         self.connections: set[asyncio.Task[Any]] = set()
+
+    def _next_address(self, cluster: Cluster) -> tuple[str, int]:
+        rr = self._rr.get(cluster.name)
+        if rr is None:
+            rr = self._rr[cluster.name] = itertools.cycle(cluster.addresses)
+        return next(rr)
+
+    def _chosen_cluster(self, streams: Sequence[TcpStream]) -> str:
+        """The cluster a filter named in the connection's filter state, else the listener's."""
+        name = self.cluster.name
+        if not self.filters:
+            return name
+        states = self.filters[0][0].host.builtins.filter_state  # one Host runs every filter
+        for s in streams:
+            state = states.get((int(lib.pw_vm_key(s._vm)), s.context_id))
+            if state and FILTER_STATE_CLUSTER in state:
+                name = state[FILTER_STATE_CLUSTER].decode("utf-8", "replace")
+        return name
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -46,6 +74,8 @@ class TcpProxy:
         self.connections.add(task)
         try:
             await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            pass  # the worker is stopping: the connection ends here, its streams have ended
         except Exception:  # noqa: BLE001 - one connection must not take the listener down
             log.exception("tcp_proxy connection failed")
         finally:
@@ -59,8 +89,9 @@ class TcpProxy:
         p = {"source.address": f"{peer[0]}:{peer[1]}", "source.port": peer[1],
              "destination.address": f"{local[0]}:{local[1]}", "destination.port": local[1],
              "cluster_name": self.cluster.name}
-        if self.metadata:
-            p.update(tree_properties(("cluster_metadata", "filter_metadata"), self.metadata))
+        meta = self.metadata.get(self.cluster.name)
+        if meta:
+            p.update(tree_properties(("cluster_metadata", "filter_metadata"), meta))
         streams: list[TcpStream] = []
         for plugin, fail_open in self.filters:
             s = plugin.tcp_stream(p)
@@ -70,12 +101,17 @@ class TcpProxy:
         try:
             if any(s.close_requested for s in streams):
                 return
-            host, port = next(self._rr)
+            name = self._chosen_cluster(streams)
+            cluster = self.clusters.get(name)
+            if cluster is None:
+                log.info("tcp_proxy: no cluster %r (from the filter state %s)", name, FILTER_STATE_CLUSTER)
+                return
+            host, port = self._next_address(cluster)
             try:
                 up_reader, up_writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, port), self.cluster.connect_timeout)
+                    asyncio.open_connection(host, port), cluster.connect_timeout)
             except (OSError, asyncio.TimeoutError) as e:
-                log.info("tcp_proxy: cannot connect to %s:%s (%s): %s", host, port, self.cluster.name, e or "timeout")
+                log.info("tcp_proxy: cannot connect to %s:%s (%s): %s", host, port, cluster.name, e or "timeout")
                 return
             upeer = up_writer.get_extra_info("peername") or (host, port)
             for s in streams:
@@ -123,12 +159,17 @@ class TcpProxy:
             tasks = [asyncio.ensure_future(pump(reader, up_writer, False)),
                      asyncio.ensure_future(pump(up_reader, writer, True))]
             stop = asyncio.ensure_future(closed.wait())
-            await asyncio.wait(tasks + [stop], return_when=asyncio.FIRST_COMPLETED)
-            while not stop.done() and not all(t.done() for t in tasks):
+            try:
                 await asyncio.wait(tasks + [stop], return_when=asyncio.FIRST_COMPLETED)
-            for t in tasks + [stop]:
-                t.cancel()
-            up_writer.close()
+                while not stop.done() and not all(t.done() for t in tasks):
+                    await asyncio.wait(tasks + [stop], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # Also when this connection is cancelled (the worker stops): no pump may
+                # touch the streams once they are finished below.
+                for t in tasks + [stop]:
+                    t.cancel()
+                await asyncio.gather(*tasks, stop, return_exceptions=True)
+                up_writer.close()
             up_first = first_eof[:1] == ["up"]
             for s in streams:
                 s.close_upstream(PeerType.REMOTE if up_first else PeerType.LOCAL)

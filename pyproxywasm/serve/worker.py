@@ -26,6 +26,7 @@ import traceback
 from typing import Any, Sequence
 
 from .. import metrics
+from ..logs import EnvoyFormatter
 from ..errors import ProxyWasmError
 from . import control
 from .config import Bootstrap, load
@@ -93,8 +94,10 @@ def main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    logging.basicConfig(level=getattr(logging, spec["log_level"].upper()),
-                        format="[%(asctime)s][%(process)d][%(threadName)s][%(levelname)s][%(name)s] %(message)s")
+    handler = logging.StreamHandler()  # plugin lines with Envoy's "wasm log ...: " prefix
+    handler.setFormatter(EnvoyFormatter(
+        "[%(asctime)s][%(process)d][%(threadName)s][%(levelname)s][%(name)s] %(envoy_prefix)s%(message)s"))
+    logging.basicConfig(level=getattr(logging, spec["log_level"].upper()), handlers=[handler])
     ctl = _Control(socket.socket(fileno=spec["fd"]), stop)
     state = SharedStateSpec(**spec["shared_state"]) if spec["shared_state"] else None
     try:

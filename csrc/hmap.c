@@ -107,6 +107,7 @@ static int push(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size_
     d[kl + 1 + vl] = 0;
     m->bytes.len = ko + kl + vl + 2;
     m->e[m->n++] = (hm_entry){(uint32_t)ko, (uint32_t)kl, (uint32_t)(ko + kl + 1), (uint32_t)vl};
+    m->changed = 1;
     return 0;
 }
 
@@ -130,6 +131,7 @@ int hmap_add(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size_t v
 static void remove_at(pw_hmap *m, size_t i) {
     m->garbage += m->e[i].kl + m->e[i].vl + 2;
     m->loose = 1;
+    m->changed = 1;
     memmove(&m->e[i], &m->e[i + 1], (m->n - i - 1) * sizeof m->e[0]);
     m->n--;
 }
@@ -149,6 +151,7 @@ int hmap_replace(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size
     hm_entry *e = &m->e[first];
     if (vl > e->vl && !fits(m, vl - e->vl, 0)) return -1;
     e = &m->e[first]; /* compaction may have moved the bytes, never the entries */
+    m->changed = 1;
     if (vl <= e->vl) {
         if (vl) memmove(m->bytes.p + e->vo, v, vl);
         m->bytes.p[e->vo + vl] = 0;
@@ -175,6 +178,7 @@ void hmap_clear(pw_hmap *m) {
     m->garbage = 0;
     m->loose = 0;
     m->nul_free = 0;
+    m->changed = 1;
 }
 
 int hmap_fields_ok(const pw_hmap *m) {
@@ -247,6 +251,7 @@ int hmap_parse(pw_hmap *m, const uint8_t *p, size_t n) {
         o += kl + vl + 2;
     }
     m->n = count;
+    m->changed = 1;
     return 0;
 }
 
@@ -278,6 +283,7 @@ int hmap_parse_flat(pw_hmap *m, const uint8_t *p, size_t n, uint32_t count) {
     }
     m->n = count;
     m->nul_free = 1; /* the separators were counted: no field holds a NUL */
+    m->changed = 1;
     return 0;
 }
 

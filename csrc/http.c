@@ -98,6 +98,8 @@ static int flags_of(const pw_http *h) {
     if (h->d[1].headers_out) f |= PW_S_RESP_HEADERS_OUT;
     if (h->d[0].trailers_out) f |= PW_S_REQ_TRAILERS_OUT;
     if (h->d[1].trailers_out) f |= PW_S_RESP_TRAILERS_OUT;
+    if (h->d[0].headers_in && h->d[0].headers.changed) f |= PW_S_REQ_HEADERS_CHANGED;
+    if (h->d[1].headers_in && h->d[1].headers.changed) f |= PW_S_RESP_HEADERS_CHANGED;
     return f;
 }
 
@@ -385,6 +387,7 @@ static int parse_in(pw_hmap *m, const uint8_t *p, size_t len, int nflat) {
         hmap_clear(m);
         return -PW_ERR_BAD_HEADERS;
     }
+    m->changed = 0; /* as given: only the filter (or a local reply) marks it from here */
     return 0;
 }
 

@@ -55,6 +55,8 @@ typedef struct pw_hmap {
     size_t garbage;
     int loose; /* 0: entries in order without gaps, serialized with one copy (hmap.c) */
     int nul_free; /* parsed from the flat form: no field can hold a NUL */
+    int changed;  /* set by every change (parse, add, replace, remove, clear); the embedding
+                   * clears it after handing a map in, so it says "the filter touched it" */
 } pw_hmap;
 
 #define PAIRS_MAX_COUNT 8192u

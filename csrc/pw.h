@@ -64,6 +64,11 @@ typedef struct pw_dispatcher pw_dispatcher;
 #define PW_S_REQ_TRAILERS_OUT 1024
 #define PW_S_RESP_TRAILERS_OUT 2048
 #define PW_S_BYPASSED 4096  /* FAIL_OPEN: the VM failed; the stream passes without the filter */
+/* The request / response headers differ from what the embedding gave (the filter changed
+ * them, or a local reply replaced them): when clear, what was given is what goes on, and
+ * need not be read back. */
+#define PW_S_REQ_HEADERS_CHANGED 8192
+#define PW_S_RESP_HEADERS_CHANGED 16384
 
 /* What pw_http_read / pw_tcp_read can return. */
 #define PW_R_REQ_HEADERS 0

@@ -8,31 +8,23 @@
  * not take — a Mapping, bytearray or memoryview items, something that is not a pair, a str
  * with lone surrogates — goes to the subclass's general (cffi) methods;
  * a field holding a NUL makes the core refuse the flat form (its separator count), and the
- * caller retries with the pairs format, which says exactly what was meant. */
-#define PY_SSIZE_T_CLEAN
-#define Py_LIMITED_API 0x030A0000 /* the stable ABI of 3.10: one abi3 wheel, like _core */
-#include <Python.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-typedef int (*start_fn)(void *vm, uint32_t root, const uint8_t *h, size_t len, int nflat, int eos,
-                        uint32_t *out_id);
-typedef int (*headers_fn)(void *vm, uint32_t id, int dir, const uint8_t *h, size_t len, int nflat,
-                          int eos);
-typedef int (*data_fn)(void *vm, uint32_t id, int dir, const uint8_t *d, size_t len, int eos);
-typedef int (*finish_fn)(void *vm, uint32_t id);
+ * caller retries with the pairs format, which says exactly what was meant.
+ *
+ * The adapters' whole exchange (an ASGI scope or WSGI environ in, the app's request out,
+ * the app's response in, the client's out) is _fast_exchange.c, on the same StreamBase. */
+#include "_fast.h"
 
 /* Set once by init() at import (under the GIL), read-only afterwards. */
-static start_fn core_start;
-static headers_fn core_headers;
-static data_fn core_data;
-static finish_fn core_finish;
-
-#define STACK_BYTES 2048
+start_fn core_start;
+headers_fn core_headers;
+data_fn core_data;
+finish_fn core_finish;
+new_fn core_new;
+read_fn core_read;
+prop_fn core_set_prop;
 
 /* One field's bytes, borrowed from the object (valid while the caller holds it). */
-static int field(PyObject *o, const char **p, Py_ssize_t *n) {
+int field(PyObject *o, const char **p, Py_ssize_t *n) {
     if (PyUnicode_CheckExact(o)) {
         *p = PyUnicode_AsUTF8AndSize(o, n); /* ASCII: the object's own data, no copy */
         if (!*p) {
@@ -98,15 +90,16 @@ static int encode(PyObject *items, char *stack, char **out, size_t *len, int *co
     return 1;
 }
 
-/* init(start, headers, data, finish): the core's function addresses, as ints. */
+/* init(start, headers, data, finish, new, read, set_property): the core's function
+ * addresses, as ints. */
 static PyObject *init(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "init(start, headers, data, finish)");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "init(start, headers, data, finish, new, read, set_property)");
         return NULL;
     }
-    void *p[4];
-    for (int i = 0; i < 4; i++) {
+    void *p[7];
+    for (int i = 0; i < 7; i++) {
         p[i] = PyLong_AsVoidPtr(args[i]);
         if (!p[i]) {
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "null function");
@@ -117,6 +110,9 @@ static PyObject *init(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     core_headers = (headers_fn)p[1];
     core_data = (data_fn)p[2];
     core_finish = (finish_fn)p[3];
+    core_new = (new_fn)p[4];
+    core_read = (read_fn)p[5];
+    core_set_prop = (prop_fn)p[6];
     Py_RETURN_NONE;
 }
 
@@ -127,18 +123,11 @@ static PyObject *init(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
  * _abandoned). */
 #include <structmember.h>
 
-typedef struct {
-    PyObject_HEAD
-    unsigned long long vma; /* the pw_vm's address (_vma) */
-    unsigned int id;        /* the stream's context id, 0 until the first event (_id) */
-    unsigned int root;      /* its root context id (_root) */
-    int flags;              /* the core's PW_S_* flags after the last event */
-    PyObject *plugin, *vm, *vmobj;
-} Stream;
 
 /* Set once by set_constants() at import, read-only afterwards. */
 static PyObject *action_continue, *action_pause, *action_dropped;
-static int stopped_mask[2], done_flag, local_flag, malformed, closed_code;
+static int stopped_mask[2], done_flag, local_flag, closed_code;
+int malformed;
 
 static PyObject *set_constants(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -374,6 +363,7 @@ static PyMethodDef s_methods[] = {
     {"send_request_body", (PyCFunction)(void (*)(void))s_req_body, FASTKW, NULL},
     {"send_response_body", (PyCFunction)(void (*)(void))s_resp_body, FASTKW, NULL},
     {"finish", s_finish, METH_NOARGS, NULL},
+    EXCHANGE_METHODS
     {NULL, NULL, 0, NULL},
 };
 
@@ -395,6 +385,7 @@ static PyType_Spec s_spec = {"pyproxywasm._fast.StreamBase", sizeof(Stream), 0,
 static PyMethodDef methods[] = {
     {"init", (PyCFunction)(void (*)(void))init, METH_FASTCALL, NULL},
     {"set_constants", (PyCFunction)(void (*)(void))set_constants, METH_FASTCALL, NULL},
+    {"set_helpers", (PyCFunction)(void (*)(void))set_helpers, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -406,7 +397,7 @@ PyMODINIT_FUNC PyInit__fast(void) {
     if (!(str_vm = PyUnicode_InternFromString("vm")) || !(str_ptr = PyUnicode_InternFromString("ptr")) ||
         !(str_addr = PyUnicode_InternFromString("addr")) ||
         !(str_context_id = PyUnicode_InternFromString("context_id")) ||
-        !(str_properties = PyUnicode_InternFromString("properties")))
+        !(str_properties = PyUnicode_InternFromString("properties")) || exchange_init())
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;

@@ -42,3 +42,6 @@ class StreamFlags(IntFlag):
     RESP_HEADERS_OUT = lib.PW_S_RESP_HEADERS_OUT
     REQ_TRAILERS_OUT = lib.PW_S_REQ_TRAILERS_OUT
     RESP_TRAILERS_OUT = lib.PW_S_RESP_TRAILERS_OUT
+    BYPASSED = lib.PW_S_BYPASSED  # FAIL_OPEN: the VM failed, the stream passes without the filter
+    REQ_HEADERS_CHANGED = lib.PW_S_REQ_HEADERS_CHANGED  # the request headers differ from those given
+    RESP_HEADERS_CHANGED = lib.PW_S_RESP_HEADERS_CHANGED

@@ -12,7 +12,7 @@ import os
 import threading
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, MutableMapping, Optional, Sequence
 
 from . import properties as props
 from ._binding import ffi, lib, raise_for
@@ -63,7 +63,8 @@ def _load_fast() -> ModuleType | None:
     except ImportError:
         return None
     _fast.init(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
-                 for name in ("pw_http_start", "pw_http_headers", "pw_http_data", "pw_http_finish")))
+                 for name in ("pw_http_start", "pw_http_headers", "pw_http_data", "pw_http_finish",
+                              "pw_http_new", "pw_http_read", "pw_set_host_property")))
     return _fast
 
 
@@ -73,6 +74,7 @@ _CLOSED = -lib.PW_ERR_CLOSED
 if _fast is not None:
     _fast.set_constants(_CONTINUE, _PAUSE, Action.DROPPED, _REQ_STOPPED, _RESP_STOPPED, _DONE,
                         _LOCAL, _MALFORMED, _CLOSED)
+_Props = Optional[Sequence[tuple[bytes, bytes]]]  # encoded (path, value) properties
 if TYPE_CHECKING:  # one static base for the type checker; at run time, the C one if built
     _Base = object
 else:
@@ -112,6 +114,22 @@ class HttpStream(_Base):
             self._id = 0  # the context is made with the first event (or when asked for)
             if properties:
                 self._set_properties(properties)
+
+    if TYPE_CHECKING:
+        # The adapters' one-filter exchange: C methods of _fast.StreamBase, present only
+        # when the extension is (adapters/_common.FAST); see pyproxywasm/_fast_exchange.c.
+        def asgi_start(self, scope: MutableMapping[str, Any], props: _Props,
+                       extra: _Props) -> tuple[int, bool, bool] | None: ...
+        def asgi_app_scope(self, scope: MutableMapping[str, Any],
+                           pending: bytes) -> tuple[dict[str, Any], bytes]: ...
+        def asgi_respond(self, status: int, headers: Any, body: bytes, end: bool, head: bool,
+                         resp_in: int) -> tuple[Any, ...] | None: ...
+        def wsgi_start(self, environ: MutableMapping[str, Any],
+                       props: _Props) -> tuple[int, bool, bool] | None: ...
+        def wsgi_app_environ(self, environ: MutableMapping[str, Any]
+                             ) -> tuple[dict[str, Any], bytes] | None: ...
+        def wsgi_respond(self, status: str, headers: Any, body: bytes, end: bool, head: bool,
+                         resp_in: int) -> tuple[Any, ...] | None: ...
 
     def _set_properties(self, properties: Mapping[Any, Any]) -> None:
         """Per-stream host properties (set before the first event)."""

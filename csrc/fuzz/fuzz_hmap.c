@@ -7,6 +7,9 @@
  *      survive a serialize/parse round trip; rejected input leaves the map unchanged.
  *   2+ add / replace / remove / get sequences checked after every step against a plain
  *      reference model (an array of entries), including the compaction of removed bytes.
+ * In every mode, the map's `changed` mark (the PW_S_*_HEADERS_CHANGED flags) is set by
+ * exactly what changed the map: a parse that succeeded, an add, a replace, a remove that
+ * found the key, a clear; never by a failed parse, a get, a serialization or a compaction.
  * Any difference aborts, so libFuzzer reports it like a sanitizer finding. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,7 +110,9 @@ static void fuzz_parse(const uint8_t *d, size_t n) {
     prefill(&m);
     size_t bl;
     uint8_t *before = serialize(&m, &bl);
+    m.changed = 0;
     if (hmap_parse(&m, d, n) == 0) {
+        REQUIRE(m.changed);
         size_t ol;
         uint8_t *out = serialize(&m, &ol);
         if (n == 0 || (n == 1 && d[0] == 0)) {
@@ -142,6 +147,7 @@ static void fuzz_parse(const uint8_t *d, size_t n) {
         size_t al;
         uint8_t *after = serialize(&m, &al);
         REQUIRE(al == bl && !memcmp(after, before, bl)); /* untouched on failure */
+        REQUIRE(!m.changed);
         free(after);
     }
     free(before);
@@ -157,8 +163,10 @@ static void fuzz_flat(const uint8_t *d, size_t n) {
     prefill(&m);
     size_t bl;
     uint8_t *before = serialize(&m, &bl);
+    m.changed = 0;
     if (hmap_parse_flat(&m, d, n, count) == 0) {
         REQUIRE(m.n == count);
+        REQUIRE(m.changed);
         /* the stored bytes are exactly the input's, keys lowercased */
         size_t off = 0;
         for (size_t i = 0; i < m.n; i++) {
@@ -179,6 +187,7 @@ static void fuzz_flat(const uint8_t *d, size_t n) {
         size_t al;
         uint8_t *after = serialize(&m, &al);
         REQUIRE(al == bl && !memcmp(after, before, bl));
+        REQUIRE(!m.changed);
         free(after);
     }
     free(before);
@@ -208,6 +217,8 @@ static void fuzz_ops(const uint8_t *d, size_t n) {
             memset(val, fill, vl);
             if (vl && i < n) val[0] = d[i++];
         }
+        h.changed = 0;
+        int changes = 1; /* does this op change the map? */
         switch (op) {
         case 0: /* add */
             REQUIRE(!hmap_add(&h, k, kl, v, vl));
@@ -234,8 +245,12 @@ static void fuzz_ops(const uint8_t *d, size_t n) {
         }
         case 2: /* remove every entry of the key */
             hmap_remove(&h, k, kl);
+            changes = 0;
             for (size_t j = m.n; j-- > 0;)
-                if (key_is(&m.e[j], k, kl)) model_erase(&m, j);
+                if (key_is(&m.e[j], k, kl)) {
+                    model_erase(&m, j);
+                    changes = 1;
+                }
             break;
         case 3: { /* get: the first entry's value, or nothing */
             size_t got_l = 0;
@@ -245,6 +260,7 @@ static void fuzz_ops(const uint8_t *d, size_t n) {
                 if (key_is(&m.e[j], k, kl)) want = &m.e[j];
             REQUIRE(!got == !want);
             if (want) REQUIRE(got_l == want->vl && (!got_l || !memcmp(got, want->v, got_l)));
+            changes = 0;
             break;
         }
         case 4: { /* round trip through the wire format into a fresh map */
@@ -257,6 +273,7 @@ static void fuzz_ops(const uint8_t *d, size_t n) {
             if (!rc) same_as_model(&again, &m);
             hmap_free(&again);
             free(out);
+            changes = 0;
             break;
         }
         case 5: /* clear */
@@ -265,6 +282,7 @@ static void fuzz_ops(const uint8_t *d, size_t n) {
             m = (model){0};
             break;
         }
+        REQUIRE(h.changed == changes);
         same_as_model(&h, &m);
     }
     hmap_free(&h);

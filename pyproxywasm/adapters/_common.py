@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import itertools
 import threading
-from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Mapping, MutableMapping, Optional, Sequence, Tuple, Union
+from urllib.parse import unquote, unquote_to_bytes
 
+from .. import http as http_mod
 from .. import properties as props
 from .. import wasmbin
 from .._binding import lib
 from ..config import PluginConfig
 from ..host import Host, Plugin
+
+# The exchange in C (pyproxywasm/_fast_exchange.c, StreamBase.asgi_* / wsgi_*): a chain of
+# one filter takes it when the extension is built; PYPROXYWASM_FAST=0, a build without it
+# and every chain of several filters take the general path in Python.
+FAST = http_mod._fast is not None
 
 
 class HostHolder:
@@ -38,9 +45,17 @@ class HostHolder:
         self.host = host
         self.owned = host is None
         self._lock = threading.Lock()
-        self._plugins: list[Plugin] | None = None if host is None else \
-            list(host.plugins if filters is None else filters)
         self._reads: list[bool] | None = None
+        # The one plugin and whether it reads properties, when there is exactly one (the
+        # adapters' C exchange); None until the plugins are known (or after close()).
+        self.one: tuple[Plugin, bool] | None = None
+        self._plugins: list[Plugin] | None = None
+        if host is not None:
+            self._set_plugins(list(host.plugins if filters is None else filters))
+
+    def _set_plugins(self, plugins: list[Plugin]) -> None:
+        self._plugins = plugins
+        self.one = (plugins[0], self.reads_properties[0]) if len(plugins) == 1 else None
 
     def get(self) -> Host:
         h = self.host
@@ -48,7 +63,7 @@ class HostHolder:
             with self._lock:
                 if self.host is None:
                     self.host = Host(self._configs, **self._options)
-                    self._plugins = list(self.host.plugins)
+                    self._set_plugins(list(self.host.plugins))
                 h = self.host
         return h
 
@@ -71,7 +86,7 @@ class HostHolder:
 
     def close(self) -> None:
         if self.owned and self.host is not None:
-            h, self.host, self._plugins = self.host, None, None
+            h, self.host, self._plugins, self.one = self.host, None, None, None
             h.close()
 
 
@@ -87,15 +102,18 @@ def request_headers(method: bytes, path: bytes, authority: bytes | None, scheme:
                     headers: Sequence[tuple[bytes, bytes]], http2: bool
                     ) -> tuple[bytes, int, bool, bool]:
     """Envoy's request headers in the C core's flat form, from an ASGI/WSGI request:
-    (data, pairs, end_stream, is_grpc). HTTP/1's Host becomes :authority (Envoy does the
-    same); `authority` (the server's address) stands in only when there is no Host; end_stream when HTTP/1 framing says there is no body (no content-length, or 0,
-    and no transfer-encoding); HTTP/2 always announces a body (ended later, maybe empty)."""
+    (data, pairs, end_stream, is_grpc). HTTP/1's Host becomes :authority, as Envoy does;
+    `authority` (the server's address) only when there is no Host header. end_stream when
+    HTTP/1 framing says there is no body (no content-length, or 0, and no
+    transfer-encoding); HTTP/2 always announces a body (ended later, maybe empty)."""
     flat = [b":method", method, b":path", path, b":authority", authority or b"", b":scheme", scheme]
     has_body = http2
     grpc = False
+    host = False
     for k, v in headers:
         if k == b"host":
-            flat[5] = v
+            if not host:
+                flat[5], host = v, True
             continue
         if k == b"content-length":
             if v.strip() != b"0":
@@ -187,3 +205,25 @@ def fix_content_length(headers: list[tuple[bytes, bytes]], body_len: int | None,
     if body_len is not None:
         out.append((b"content-length", str(body_len).encode()))
     return out
+
+
+def asgi_path(scope: MutableMapping[str, Any], path: bytes) -> None:
+    """A :path the filter rewrote, into the app's ASGI scope."""
+    raw, _, qs = path.partition(b"?")
+    scope["raw_path"] = raw
+    scope["path"] = unquote(raw.decode("latin-1"))
+    scope["query_string"] = qs
+
+
+def wsgi_path(env: MutableMapping[str, Any], path: bytes) -> None:
+    """A :path the filter rewrote, into the app's WSGI environ (under its SCRIPT_NAME)."""
+    raw, _, qs = path.partition(b"?")
+    p = unquote_to_bytes(raw).decode("latin-1")
+    script = env.get("SCRIPT_NAME", "")
+    env["PATH_INFO"] = p[len(script):] if script and p.startswith(script) else p
+    env["QUERY_STRING"] = qs.decode("latin-1")
+    env["REQUEST_URI"] = path.decode("latin-1")
+
+
+if http_mod._fast is not None:
+    http_mod._fast.set_helpers(asgi_path, wsgi_path)

@@ -28,14 +28,15 @@ import asyncio
 import logging
 import threading
 from typing import Any, Awaitable, Callable, Mapping, MutableMapping, Sequence
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from .. import properties as props_mod
 from .._binding import lib
 from ..config import PluginConfig
+from ..errors import ProxyWasmError
 from ..host import Host, Plugin
 from ..http import HttpStream
-from ._common import HostHolder, StreamProperties, request_headers
+from ._common import FAST, HostHolder, StreamProperties, asgi_path, request_headers
 from .chain import FilterChain, decode_raw, headers_of, take_body, trailers_of, _raw, _R_REQ_HDR
 
 Scope = MutableMapping[str, Any]
@@ -50,6 +51,9 @@ _REQ_HDR_OUT, _REQ_ENDED = lib.PW_S_REQ_HEADERS_OUT, lib.PW_S_REQ_ENDED
 _RESP_HDR_OUT, _RESP_ENDED, _RESP_TR_OUT = (lib.PW_S_RESP_HEADERS_OUT, lib.PW_S_RESP_ENDED,
                                             lib.PW_S_RESP_TRAILERS_OUT)
 _RESET, _LOCAL, _FAILED = lib.PW_S_RESET, lib.PW_S_LOCAL_REPLY, lib.PW_S_FAILED
+_OVER = _RESET | _LOCAL | _FAILED
+_REQ_CHANGED = lib.PW_S_REQ_HEADERS_CHANGED
+_NOT_OUT = (0, None, None, None, False)  # asgi_respond's answer when nothing is ready to send
 _DRAIN_SECONDS, _DRAIN_BYTES = 2.0, 16 << 20
 _POLL = 0.25  # a held stream is also re-checked this often (a resume made from another
 # stream's callback is not an event of the dispatcher's)
@@ -172,37 +176,67 @@ class ProxyWasmMiddleware:
     # ---- http ---------------------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         ls = self._loops.get(threading.get_ident()) or self._loop_state()
-        plugins = self._holder.plugins
-        qs = scope.get("query_string") or b""
-        raw = scope.get("raw_path") or quote(scope["path"]).encode()
-        path = raw + b"?" + qs if qs else raw
         server = scope.get("server")
-        authority = None
-        if server and server[1] is not None:
-            authority = f"{server[0]}:{server[1]}".encode()
         version = scope.get("http_version", "1.1")
-        data, nflat, eos, grpc = request_headers(
-            scope["method"].encode(), path, authority, scope.get("scheme", "http").encode(),
-            scope["headers"], version not in ("1.0", "1.1"))
         props = ls.props.for_stream(ls.host.vms if ls.props._server is None else (),
                                     scope.get("client"), server, "HTTP/" + version)
         rp = self._route_properties
         extra = list(props_mod.flatten(rp(scope))) if rp is not None else ()
+        one = self._holder.one
+        if FAST and one is not None:
+            # The common case, one filter: the request headers and properties go in with
+            # one C call (StreamBase.asgi_start), None when the scope is not what it takes.
+            try:
+                s: HttpStream | None = one[0].http_stream()
+            except ProxyWasmError:
+                s = None  # the general path below fails the stream closed
+            if s is not None:
+                r = s.asgi_start(scope, props if one[1] else None, extra if one[1] else None)
+                if r is not None:
+                    chain = FilterChain.of_one(s, r[2])
+                    chain.started(r[0], r[1])
+                    ex = _Exchange(self.app, ls, chain, scope, receive, send, r[1], b"", True)
+                    try:
+                        await ex.run()
+                    except _ClientGone:
+                        pass
+                    finally:
+                        if ex.recv_task is not None:
+                            ex.recv_task.cancel()
+                        chain.finish()
+                    return
+        plugins = self._holder.plugins
+        qs = scope.get("query_string") or b""
+        raw = scope.get("raw_path") or quote(scope["path"]).encode()
+        path = raw + b"?" + qs if qs else raw
+        authority = None
+        if server and server[1] is not None:
+            authority = f"{server[0]}:{server[1]}".encode()
+        data, nflat, eos, grpc = request_headers(
+            scope["method"].encode(), path, authority, scope.get("scheme", "http").encode(),
+            scope["headers"], version not in ("1.0", "1.1"))
         chain = FilterChain(plugins, props, grpc, self._holder.reads_properties, extra)
         if chain.empty:
             await self.app(scope, receive, send)
             return
-        ex = _Exchange(self.app, ls, chain, scope, receive, send, eos, path,
-                       data if nflat >= 0 else None)
+        ex = _Exchange(self.app, ls, chain, scope, receive, send, eos, path)
         try:
             chain.push_request_headers(data, nflat, eos)
+        except BaseException:
+            chain.finish()
+            raise
+        await self._exchange(ex)
+
+    @staticmethod
+    async def _exchange(ex: "_Exchange") -> None:
+        try:
             await ex.run()
         except _ClientGone:
             pass
         finally:
             if ex.recv_task is not None:
                 ex.recv_task.cancel()
-            chain.finish()
+            ex.chain.finish()
 
 
 class _Exchange:
@@ -211,13 +245,13 @@ class _Exchange:
     __slots__ = ("app", "ls", "chain", "scope", "receive", "send", "event", "recv_task",
                  "down_ended", "gone", "req_end_given", "resp_started", "resp_done",
                  "start_msg", "trailers_declared", "head", "path", "resp_in", "resp_out",
-                 "pending", "hdr_pushed", "end_pushed", "sent")
+                 "pending", "hdr_pushed", "end_pushed", "fast")
 
     def __init__(self, app: ASGIApp, ls: _LoopState, chain: FilterChain, scope: Scope,
                  receive: Receive, send: Send, eos: bool, path: bytes,
-                 sent: bytes | None = None) -> None:
+                 fast: bool = False) -> None:
         self.app, self.ls, self.chain, self.scope = app, ls, chain, scope
-        self.sent = sent  # the request headers given to the chain, in the flat form
+        self.fast = fast  # one filter, started by asgi_start: the exchange in C
         self.receive, self.send = receive, send
         self.event: asyncio.Event | None = None
         self.recv_task: asyncio.Future[Message] | None = None
@@ -301,18 +335,25 @@ class _Exchange:
     async def run(self) -> None:
         chain = self.chain
         last = chain.request_out()
-        # The request headers through every filter (or an answer from one of them).
-        # (No last filter means one could not serve the stream: the chain has answered.)
-        while last is not None and not chain.answered and not (last.flags & _REQ_HDR_OUT):
-            if self.gone:
-                raise _ClientGone
-            await self._wait()
-        if last is not None and not chain.answered:
+        if self.fast and last is not None and last.flags & (_OVER | _REQ_HDR_OUT) == _REQ_HDR_OUT:
+            ready = True  # the common case: the one filter let the request headers through
+        else:
+            # The request headers through every filter (or an answer from one of them).
+            # (No last filter means one could not serve the stream: the chain has answered.)
+            while last is not None and not chain.answered and not (last.flags & _REQ_HDR_OUT):
+                if self.gone:
+                    raise _ClientGone
+                await self._wait()
+            ready = last is not None and not chain.answered
+        if ready:
+            assert last is not None
             try:
                 await self.app(self._app_scope(last), self._app_receive, self._app_send)
             except Exception:
                 if self.resp_started or not chain.answered:
                     raise
+            if self.resp_done and self.fast and not last.flags & _OVER:
+                return  # all sent, nothing answered: nothing left to do
         # Whatever the filters still hold goes out when they let it.
         await self._flush()
         while not self.resp_done:
@@ -349,24 +390,23 @@ class _Exchange:
                 return
 
     def _app_scope(self, last: HttpStream) -> Scope:
-        hdrs = decode_raw(_raw(last, _R_REQ_HDR))
+        if self.fast:
+            # In C: the client's own scope when the filter left the headers alone.
+            scope: Scope
+            scope, self.pending = last.asgi_app_scope(self.scope, self.pending)
+            return scope
         scope = dict(self.scope)
         ended = bool(last.flags & _REQ_ENDED)
-        sent = self.sent
-        if sent is not None:
-            # The common case: no filter changed the request headers and there is no body.
-            # The app then gets the client's own header list (Host first, as the general
-            # path puts it), with no per-header work in Python.
-            orig = scope["headers"]
-            parts = sent.split(b"\0")
-            if (hdrs == list(zip(parts[0::2], parts[1::2])) and type(orig) is list and orig
-                    and len(orig) == len(hdrs) - 3 and orig[0] == (b"host", parts[5])):
-                body = self.pending = take_body(last, False) if ended else b""
-                if not body:
-                    ext = scope.get("extensions")
-                    scope["extensions"] = {**ext, "pyproxywasm": {"end_stream": ended}} if ext \
-                        else {"pyproxywasm": {"end_stream": ended}}
-                    return scope
+        if not any(f.flags & _REQ_CHANGED for f in self.chain.streams):
+            # No filter changed the request headers (the core's flags): the app gets the
+            # client's own header list, with no per-header work in Python.
+            body = self.pending = take_body(last, False) if ended else b""
+            if not body:
+                ext = scope.get("extensions")
+                scope["extensions"] = {**ext, "pyproxywasm": {"end_stream": ended}} if ext \
+                    else {"pyproxywasm": {"end_stream": ended}}
+                return scope
+        hdrs = decode_raw(_raw(last, _R_REQ_HDR))
         regular: list[tuple[bytes, bytes]] = []
         method = path = authority = scheme = None
         for k, v in hdrs:
@@ -386,10 +426,7 @@ class _Exchange:
         if method is not None and method.decode() != scope["method"]:
             scope["method"] = method.decode()
         if path is not None and path != self.path:
-            raw, _, qs = path.partition(b"?")
-            scope["raw_path"] = raw
-            scope["path"] = unquote(raw.decode("latin-1"))
-            scope["query_string"] = qs
+            asgi_path(scope, path)
         if scheme is not None and scheme.decode() != scope.get("scheme"):
             scope["scheme"] = scheme.decode()
         body = b""
@@ -438,7 +475,7 @@ class _Exchange:
             self.start_msg = msg
             self.trailers_declared = bool(msg.get("trailers"))
             return
-        if chain.answered:
+        if (chain.dead >= 0 or chain.streams[0].flags & _OVER) if self.fast else chain.answered:
             return  # a plugin answered: the app's response goes nowhere
         if t == "http.response.body":
             body = msg.get("body", b"")
@@ -447,6 +484,20 @@ class _Exchange:
             if self.start_msg is None:
                 raise RuntimeError("http.response.body before http.response.start")
             if not self.hdr_pushed:
+                r = self._fast_respond(body, end) if self.fast and not self.trailers_declared else None
+                if r is not None:
+                    if r[2] is None:  # not let through as it came: the general path goes on
+                        await self._flush()
+                        return
+                    self.resp_started = True
+                    out = r[3]
+                    await self.send({"type": "http.response.start", "status": r[1], "headers": r[2],
+                                     "trailers": False})
+                    self.resp_out += len(out)
+                    await self.send({"type": "http.response.body", "body": out, "more_body": not r[4]})
+                    if r[4]:
+                        self.resp_done = True
+                    return
                 self._push_start(end and not body)
                 if end and not body:
                     await self._flush()
@@ -465,6 +516,29 @@ class _Exchange:
             await self._flush()
         else:
             raise RuntimeError(f"unexpected ASGI message {t!r}")
+
+    def _fast_respond(self, body: bytes, end: bool) -> tuple[Any, ...] | None:
+        """The app's response start and first body through the one filter, and what it lets
+        out, ready for the client: one C call (StreamBase.asgi_respond). None when the
+        message is not what it takes (the general path then does all); headers None when
+        the filter did not let it all through (paused, answered, ...: _flush goes on)."""
+        msg = self.start_msg
+        assert msg is not None
+        chain = self.chain
+        resp_in = self.resp_in + len(body)
+        r: Any
+        try:
+            r = chain.streams[0].asgi_respond(msg["status"], msg.get("headers", ()), body, end,
+                                              self.head, resp_in)
+        except ProxyWasmError as e:
+            chain._die(0, e)
+            r = _NOT_OUT
+        if r is not None:
+            self.hdr_pushed = True
+            self.end_pushed = end
+            self.resp_in = resp_in
+            chain.response_fed(end)
+        return r  # type: ignore[no-any-return]
 
     def _push_start(self, end: bool) -> None:
         msg = self.start_msg

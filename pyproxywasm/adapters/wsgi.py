@@ -21,18 +21,21 @@ import select
 import threading
 from types import TracebackType
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Type
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import quote
 
 from .._binding import lib
 from ..config import PluginConfig
+from ..errors import ProxyWasmError
 from ..host import Host
 from ..http import HttpStream
-from ._common import HostHolder, StreamProperties, fix_content_length, request_headers
+from ._common import (FAST, HostHolder, StreamProperties, fix_content_length, request_headers,
+                      wsgi_path)
 from .asgi import StreamReset
 from .chain import FilterChain, _R_REQ_HDR, _raw, decode_raw, headers_of, take_body
 
 _REQ_HDR_OUT, _REQ_ENDED = lib.PW_S_REQ_HEADERS_OUT, lib.PW_S_REQ_ENDED
 _RESP_HDR_OUT, _RESP_ENDED, _FAILED = lib.PW_S_RESP_HEADERS_OUT, lib.PW_S_RESP_ENDED, lib.PW_S_FAILED
+_REQ_CHANGED = lib.PW_S_REQ_HEADERS_CHANGED
 _POLL = 0.25
 Environ = dict[str, Any]
 ExcInfo = Tuple[Type[BaseException], BaseException, Optional[TracebackType]]
@@ -73,15 +76,37 @@ class ProxyWasmWSGIMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         host = self._holder.get()
+        client = (environ["REMOTE_ADDR"], int(environ.get("REMOTE_PORT") or 0)) if environ.get("REMOTE_ADDR") else None
+        server = (environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0))
+        protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
+        sp = getattr(self._local, "props", None)
+        if sp is None:
+            sp = self._local.props = StreamProperties()
+        props = sp.for_stream(host.vms if sp._server is None else (), client, server, protocol)
+        one = self._holder.one
+        if FAST and one is not None:
+            # The common case, one filter: the request headers and properties go in with
+            # one C call (StreamBase.wsgi_start), None when the environ is not what it takes.
+            try:
+                s: HttpStream | None = one[0].http_stream()
+            except ProxyWasmError:
+                s = None  # the general path below fails the stream closed
+            if s is not None:
+                r = s.wsgi_start(environ, props if one[1] else None)
+                if r is not None:
+                    f, eos, grpc = r
+                    chain = FilterChain.of_one(s, grpc)
+                    chain.started(f, eos)
+                    ex = _Exchange(self.app, host, chain, environ, start_response, eos, b"")
+                    ex.fast = True
+                    try:
+                        return ex.run()
+                    except BaseException:
+                        chain.finish()
+                        raise
         plugins = self._holder.plugins
         method = environ["REQUEST_METHOD"]
-        uri = environ.get("REQUEST_URI") or environ.get("RAW_URI")
-        if not uri:
-            raw = quote((environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1"),
-                        safe="/;=,:@!$&'()*+~")
-            qs = environ.get("QUERY_STRING", "")
-            uri = raw + "?" + qs if qs else raw
-        path = uri.encode("latin-1")
+        path = _request_uri(environ)
         headers: list[tuple[bytes, bytes]] = []
         for k, v in environ.items():
             if k[0] == "H" and k.startswith("HTTP_"):
@@ -91,21 +116,12 @@ class ProxyWasmWSGIMiddleware:
         authority = None if "HTTP_HOST" in environ else \
             f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}".encode("latin-1")
         scheme = environ.get("wsgi.url_scheme", "http")
-        protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
         data, nflat, eos, grpc = request_headers(method.encode("latin-1"), path, authority,
                                                  scheme.encode(), headers, protocol.startswith("HTTP/2"))
-        client = (environ["REMOTE_ADDR"], int(environ.get("REMOTE_PORT") or 0)) if environ.get("REMOTE_ADDR") else None
-        server = (environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0))
-        sp = getattr(self._local, "props", None)
-        if sp is None:
-            sp = self._local.props = StreamProperties()
-        props = sp.for_stream(host.vms if sp._server is None else (), client, server, protocol)
         chain = FilterChain(plugins, props, grpc, self._holder.reads_properties)
         if chain.empty:
             return self.app(environ, start_response)
         ex = _Exchange(self.app, host, chain, environ, start_response, eos, path)
-        if nflat >= 0 and authority is None:
-            ex.sent = data
         try:
             chain.push_request_headers(data, nflat, eos)
             return ex.run()
@@ -114,13 +130,25 @@ class ProxyWasmWSGIMiddleware:
             raise
 
 
+def _request_uri(environ: Environ) -> bytes:
+    """The request's target as the client sent it (REQUEST_URI / RAW_URI when the server
+    gives it, else rebuilt from SCRIPT_NAME, PATH_INFO and QUERY_STRING)."""
+    uri = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+    if not uri:
+        raw = quote((environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1"),
+                    safe="/;=,:@!$&'()*+~")
+        qs = environ.get("QUERY_STRING", "")
+        uri = raw + "?" + qs if qs else raw
+    return uri.encode("latin-1")
+
+
 class _Exchange:
     """One request through the chain and the app on one server thread."""
 
     def __init__(self, app: WSGIApp, host: Host, chain: FilterChain, environ: Environ,
                  start_response: StartResponse, eos: bool, path: bytes) -> None:
         self.app, self.chain, self.environ = app, chain, environ
-        self.dispatcher = host.dispatcher
+        self.host = host  # its dispatcher is run while a plugin holds the stream
         self.start_response = start_response
         self.input = environ.get("wsgi.input")
         try:
@@ -138,12 +166,13 @@ class _Exchange:
         self.app_headers: list[tuple[str, str]] | None = None
         self.hdr_pushed = self.end_pushed = False
         self.server_write: Write | None = None
-        self.sent: bytes | None = None  # the request headers given to the chain (flat form)
+        self.fast = False  # one filter, started by wsgi_start: the exchange in C
+        self.ready: bytes | None = None  # the first body the C exchange made ready to send
 
     # ---- waiting and reading ------------------------------------------------------------
     def wait(self) -> None:
         """Runs this thread's dispatcher until something may have changed, then re-checks."""
-        d = self.dispatcher
+        d = self.host.dispatcher
         t = d.next_timeout()
         p = select.poll()  # not select(): a busy server's fds pass 1024
         p.register(d.fileno(), select.POLLIN)
@@ -177,21 +206,36 @@ class _Exchange:
         if last is None or chain.answered:
             return self._respond(iter(()))
         app_iter = self.app(self._app_environ(last), self._start_response)
+        if self.fast and app_iter.__class__ is list and len(app_iter) == 1 and app_iter[0] \
+                and not self.hdr_pushed and self._fast_start(app_iter[0], True):
+            # The common case, a whole body in one chunk, through in one C call.
+            ready = self.ready
+            if ready is not None and self.resp_done:
+                self.ready = None
+                return _Sent(ready, self)
+            return self._respond(app_iter, True)
         return self._respond(app_iter)
 
     def _app_environ(self, last: HttpStream) -> Environ:
+        if self.fast:
+            # In C: the server's environ when the filter left the headers alone, and the
+            # body's keys (CONTENT_LENGTH or wsgi.input_terminated).
+            r = last.wsgi_app_environ(self.environ)
+            if r is not None:
+                env: Environ
+                env, self.pending = r
+                env["wsgi.input"] = _ChainInput(self)
+                return env
+            self.path = _request_uri(self.environ)
+        if "HTTP_HOST" in self.environ and not any(f.flags & _REQ_CHANGED for f in self.chain.streams):
+            # No filter changed the request headers (the core's flags): the server's
+            # environ holds them already, with no per-header work in Python.
+            env = dict(self.environ)
+            for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                if name in env and not env[name]:
+                    del env[name]  # empty ones are not headers (the general path drops them)
+            return self._app_body(env, last)
         hdrs = decode_raw(_raw(last, _R_REQ_HDR))
-        sent = self.sent
-        if sent is not None:
-            parts = sent.split(b"\0")
-            if hdrs == list(zip(parts[0::2], parts[1::2])):
-                # No filter changed the request headers (the common case): the server's
-                # environ holds them already, with no per-header work in Python.
-                env = dict(self.environ)
-                for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                    if name in env and not env[name]:
-                        del env[name]  # empty ones are not headers (the general path drops them)
-                return self._app_body(env, last)
         env = {k: v for k, v in self.environ.items()
                if not k.startswith("HTTP_") and k not in ("CONTENT_TYPE", "CONTENT_LENGTH")}
         for k, v in hdrs:
@@ -203,12 +247,7 @@ class _Exchange:
                 elif k == b":scheme":
                     env["wsgi.url_scheme"] = v.decode("latin-1")
                 elif k == b":path" and v != self.path:
-                    raw, _, qs = v.partition(b"?")
-                    p = unquote_to_bytes(raw).decode("latin-1")
-                    script = env.get("SCRIPT_NAME", "")
-                    env["PATH_INFO"] = p[len(script):] if script and p.startswith(script) else p
-                    env["QUERY_STRING"] = qs.decode("latin-1")
-                    env["REQUEST_URI"] = v.decode("latin-1")
+                    wsgi_path(env, v)
                 continue
             name = k.decode("latin-1").upper().replace("-", "_")
             value = v.decode("latin-1")
@@ -269,10 +308,44 @@ class _Exchange:
         hdrs.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.app_headers)
         self.chain.push_response_headers(hdrs, end)
 
+    def _fast_start(self, data: bytes, end: bool) -> bool:
+        """The app's response start and first body through the filter and, when it lets
+        them through, the server's start_response: one C call (StreamBase.wsgi_respond);
+        the body is then `ready` for _outputs. False when the response is not what it
+        takes (the general path then does all)."""
+        if self.status is None or self.app_headers is None:
+            return False
+        chain = self.chain
+        resp_in = self.resp_in + len(data)
+        r: Any
+        try:
+            r = chain.streams[0].wsgi_respond(self.status, self.app_headers, data, end, self.head,
+                                              resp_in)
+        except ProxyWasmError as e:
+            r = e
+        if r is None:
+            return False
+        self.hdr_pushed = True
+        self.end_pushed = end
+        self.resp_in = resp_in
+        chain.response_fed(end)
+        if r.__class__ is not tuple:
+            chain._die(0, r)
+        elif r[2] is not None:
+            _, status, headers, out, ended = r
+            self.resp_started = True
+            self.resp_done = ended
+            self.ready = out
+            self.server_write = self.start_response(
+                status if status.__class__ is str else _reason(status), headers)
+        return True
+
     def _push(self, data: bytes, end: bool) -> None:
         if self.chain.answered or self.end_pushed:
             return
         if not self.hdr_pushed:
+            if self.fast and self._fast_start(data, end):
+                return
             self._push_start(end and not data)
             if end and not data:
                 return
@@ -288,9 +361,13 @@ class _Exchange:
             if out and self.server_write is not None:  # set by _outputs as it starts
                 self.server_write(out)
 
-    def _respond(self, app_iter: Iterable[bytes]) -> Iterator[bytes]:
+    def _respond(self, app_iter: Iterable[bytes], pushed: bool = False) -> Iterator[bytes]:
+        """The response as the server iterates it; `pushed`: the app's whole body already
+        went into the chain (_fast_start)."""
         try:
-            if isinstance(app_iter, (list, tuple)):
+            if pushed:
+                pass
+            elif isinstance(app_iter, (list, tuple)):
                 # The whole body is known: the last chunk carries the end (one call fewer).
                 chunks = [c for c in app_iter if c]
                 for i, chunk in enumerate(chunks):
@@ -319,6 +396,11 @@ class _Exchange:
 
     def _outputs(self) -> Iterator[bytes]:
         """What the first filter let through, for the server (starting the response)."""
+        ready = self.ready
+        if ready is not None:  # the response the C exchange started
+            self.ready = None
+            yield ready
+            return
         if self.resp_done:
             return
         chain = self.chain
@@ -369,6 +451,20 @@ class _Exchange:
         self.resp_started = True
         self.resp_done = ended
         self.server_write = self.start_response(app_status or _reason(status), out)
+
+
+class _Sent(list):  # type: ignore[type-arg]
+    """A response the C exchange sent whole: its one body chunk, for the server to iterate
+    (a list, so servers that size a one-item list see one); close() ends the stream."""
+
+    __slots__ = ("_ex",)
+
+    def __init__(self, body: bytes, ex: _Exchange) -> None:
+        super().__init__((body,))
+        self._ex = ex
+
+    def close(self) -> None:
+        self._ex.chain.finish()
 
 
 class _ChainInput:

@@ -18,6 +18,7 @@
 #include "internal.h"
 
 #define EPOCH_TICK_NS 1000000u /* 1 ms */
+#define PRE_TICK_CREDIT 4u      /* ticks of a call's time before its first tick counted as guest time */
 
 /* The ticker's state, guarded by tick_lock: which engine it ticks, how many VMs need it
  * (it sleeps on tick_cond when none do), and whether it must end. Touched by the threads
@@ -113,7 +114,14 @@ static wasmtime_error_t *epoch_callback(wasmtime_context_t *cx, void *data, uint
     if (!vm->call_cpu0_ns) {
         uint64_t wall = now - vm->call_start_ns;
         vm->call_cpu0_ns = thread_cpu_ns();
-        vm->call_pre_ns = wall > vm->paused_ns ? wall - vm->paused_ns : 0;
+        /* Before this first tick only the wall clock is known, and a thread descheduled
+         * right after entering the guest (a loaded machine) would have that wait counted
+         * as guest time and its call trapped while it had barely run. A running guest
+         * meets the first tick within about one tick, so at most PRE_TICK_CREDIT ticks of
+         * it are counted; the CPU clock measures everything after. The cost: a guest whose
+         * ticker thread was itself starved is stopped up to that much later. */
+        uint64_t pre = wall > vm->paused_ns ? wall - vm->paused_ns : 0;
+        vm->call_pre_ns = pre < PRE_TICK_CREDIT * EPOCH_TICK_NS ? pre : PRE_TICK_CREDIT * EPOCH_TICK_NS;
         vm->call_paused0_ns = vm->paused_ns;
     }
     uint64_t limit = vm->call_deadline_ms * 1000000u;

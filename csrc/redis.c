@@ -639,6 +639,15 @@ static tconn *begin(rbackend *b, uint64_t *deadline) {
 
 static int neg_status(long long v) { return v < 0 ? (int)-v : ST_OK; }
 
+/* Runs a script whose answer is an integer status (0 OK, -status otherwise). */
+static int script_status(rbackend *b, tconn *t, int which, int nkeys, uint64_t deadline) {
+    redisReply *r = script(b, t, which, nkeys, deadline);
+    if (!r) return ST_INTERNAL_FAILURE;
+    int st = r->type == REDIS_REPLY_INTEGER ? neg_status(r->integer) : ST_INTERNAL_FAILURE;
+    freeReplyObject(r);
+    return st;
+}
+
 /* ---- shared data -------------------------------------------------------------------- */
 static void data_keys(tconn *t, rbackend *b, const pw_buf *scope, const uint8_t *k, size_t kl) {
     arg_skey(t, b, "d", scope, k, kl, 1);
@@ -691,11 +700,7 @@ static int r_set(pw_backend *pb, const pw_buf *scope, const uint8_t *k, size_t k
     arg_u64(t, b->head.max_bytes);
     arg_u64(t, b->head.default_ttl_ms);
     data_prefix(t, b, scope);
-    redisReply *r = script(b, t, S_SET, 5, dl);
-    if (!r) return ST_INTERNAL_FAILURE;
-    int st = r->type == REDIS_REPLY_INTEGER ? neg_status(r->integer) : ST_INTERNAL_FAILURE;
-    freeReplyObject(r);
-    return st;
+    return script_status(b, t, S_SET, 5, dl);
 }
 
 static int r_del(pw_backend *pb, const pw_buf *scope, const uint8_t *k, size_t kl, uint32_t cas) {
@@ -707,11 +712,7 @@ static int r_del(pw_backend *pb, const pw_buf *scope, const uint8_t *k, size_t k
     arg(t, k, kl);
     arg_u64(t, cas);
     data_prefix(t, b, scope);
-    redisReply *r = script(b, t, S_DEL, 4, dl);
-    if (!r) return ST_INTERNAL_FAILURE;
-    int st = r->type == REDIS_REPLY_INTEGER ? neg_status(r->integer) : ST_INTERNAL_FAILURE;
-    freeReplyObject(r);
-    return st;
+    return script_status(b, t, S_DEL, 4, dl);
 }
 
 static int r_expire(pw_backend *pb, const pw_buf *scope, const uint8_t *k, size_t kl,
@@ -724,11 +725,7 @@ static int r_expire(pw_backend *pb, const pw_buf *scope, const uint8_t *k, size_
     arg(t, k, kl);
     arg_u64(t, ttl_ms);
     data_prefix(t, b, scope);
-    redisReply *r = script(b, t, S_EXPIRE, 4, dl);
-    if (!r) return ST_INTERNAL_FAILURE;
-    int st = r->type == REDIS_REPLY_INTEGER ? neg_status(r->integer) : ST_INTERNAL_FAILURE;
-    freeReplyObject(r);
-    return st;
+    return script_status(b, t, S_EXPIRE, 4, dl);
 }
 
 /* ---- queues ------------------------------------------------------------------------- */
@@ -839,11 +836,7 @@ static int r_q_enqueue(pw_backend *pb, uint32_t id, const uint8_t *d, size_t n) 
     arg_u64(t, QUEUE_BYTES_MAX);
     arg_pkey(t, b, "n:", "");
     arg_u64(t, id);
-    redisReply *r = script(b, t, S_ENQ, 3, dl);
-    if (!r) return ST_INTERNAL_FAILURE;
-    int st = r->type == REDIS_REPLY_INTEGER ? neg_status(r->integer) : ST_INTERNAL_FAILURE;
-    freeReplyObject(r);
-    return st;
+    return script_status(b, t, S_ENQ, 3, dl);
 }
 
 static int r_q_dequeue(pw_backend *pb, uint32_t id, pw_buf *out) {

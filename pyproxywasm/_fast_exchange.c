@@ -369,21 +369,20 @@ static int asgi_request(PyObject *scope, wbuf *b, int *count, int *eos, int *grp
     return 0;
 }
 
-/* asgi_start(scope, props, extra): see the top of this file. */
-PyObject *s_asgi_start(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    Stream *s = (Stream *)self;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "asgi_start(scope, props, extra)");
-        return NULL;
-    }
-    if (s->id || !PyDict_CheckExact(args[0])) Py_RETURN_NONE;
+/* The request side of asgi_start / wsgi_start: the headers `request` reads from `src`
+ * (a scope or an environ) and the stream's properties, delivered in one core call; None
+ * when the input asks for the general path (r > 0), NULL with an exception on error. */
+typedef int (*request_reader)(PyObject *src, wbuf *b, int *count, int *eos, int *grpc);
+
+static PyObject *start_from(Stream *s, request_reader request, PyObject *src,
+                            PyObject *const *props, int nprops) {
     wbuf h, pb;
     size_t plens[2 * MAX_PROPS];
     int count = 0, eos = 0, grpc = 0, np = 0;
     wb_init(&h);
     wb_init(&pb);
-    int r = asgi_request(args[0], &h, &count, &eos, &grpc);
-    if (!r) r = gather_props(&pb, args + 1, 2, plens, &np);
+    int r = request(src, &h, &count, &eos, &grpc);
+    if (!r) r = gather_props(&pb, props, nprops, plens, &np);
     PyObject *out = NULL;
     if (r > 0) {
         out = Py_None;
@@ -394,6 +393,17 @@ PyObject *s_asgi_start(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     wb_free(&h);
     wb_free(&pb);
     return out;
+}
+
+/* asgi_start(scope, props, extra): see the top of this file. */
+PyObject *s_asgi_start(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    Stream *s = (Stream *)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "asgi_start(scope, props, extra)");
+        return NULL;
+    }
+    if (s->id || !PyDict_CheckExact(args[0])) Py_RETURN_NONE;
+    return start_from(s, asgi_request, args[0], args + 1, 2);
 }
 
 /* ---- the core's serialized maps ------------------------------------------------------- */
@@ -1130,23 +1140,7 @@ PyObject *s_wsgi_start(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         return NULL;
     }
     if (s->id || !PyDict_CheckExact(args[0])) Py_RETURN_NONE;
-    wbuf h, pb;
-    size_t plens[2 * MAX_PROPS];
-    int count = 0, eos = 0, grpc = 0, np = 0;
-    wb_init(&h);
-    wb_init(&pb);
-    int r = wsgi_request(args[0], &h, &count, &eos, &grpc);
-    if (!r) r = gather_props(&pb, args + 1, 1, plens, &np);
-    PyObject *out = NULL;
-    if (r > 0) {
-        out = Py_None;
-        Py_INCREF(out);
-    } else if (r == 0) {
-        out = start_result(start_stream(s, &h, count, eos, &pb, plens, np), eos, grpc);
-    }
-    wb_free(&h);
-    wb_free(&pb);
-    return out;
+    return start_from(s, wsgi_request, args[0], args + 1, 1);
 }
 
 /* environ[key] = value, or joined to what is there with "," (repeated headers). */

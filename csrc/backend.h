@@ -44,7 +44,11 @@
 /* PW_QUEUE_SLOT(id), PW_QUEUE_LOCAL(id), PW_BACKEND_SLOTS: in internal.h (the hostcalls
  * route queue ids by slot without including this header). */
 
-/* Who gets a queue's on_queue_ready: meaningful only in the process that registered. */
+/* Who gets a queue's on_queue_ready: meaningful only in the process that registered. The
+ * dispatcher pointer stays valid for the process's life: backend.c marks an owner's
+ * dispatcher `named` at registration, so it is never freed, only closed (a post to it then
+ * answers -1). A post that answers -1 means the owner is gone: keep the item, and its
+ * notification, for the next registrant. */
 typedef struct pw_queue_owner {
     pw_dispatcher *d;
     uint64_t vm_key;
@@ -72,12 +76,6 @@ typedef struct pw_backend_ops {
     int (*q_enqueue)(pw_backend *b, uint32_t id, const uint8_t *d, size_t n);
     int (*q_dequeue)(pw_backend *b, uint32_t id, pw_buf *out);
     int64_t (*q_size)(pw_backend *b, uint32_t id); /* -1: no such queue or unreachable */
-    /* A dispatcher is about to be freed: forget it as an owner (no notification may reach
-     * it afterwards). Not called today, and may be NULL: backend.c marks an owner's
-     * dispatcher `named` at registration, so it is kept (closed: posts answer -1) for the
-     * process's life and an owner's pointer stays valid. A post that answers -1 means that
-     * owner is gone: keep the item (and its notification) for the next registrant. */
-    void (*owner_gone)(pw_backend *b, pw_dispatcher *d);
     void (*destroy)(pw_backend *b);
 } pw_backend_ops;
 

@@ -268,7 +268,7 @@ typedef struct rbackend {
     tconn *conns; /* every thread's connection (tconn_lock) */
     _Atomic uint64_t down_until; /* monotonic ns; 0: not in backoff */
     _Atomic uint64_t backoff_ns;
-    /* owners: written by registering threads and owner_gone, read by the subscriber */
+    /* owners: written by registering threads, read by the subscriber */
     pthread_mutex_t owners_lock;
     owner_ent *owners[OWNER_BUCKETS];
     uint64_t reg_seq;
@@ -877,22 +877,6 @@ static int64_t r_q_size(pw_backend *pb, uint32_t id) {
     return n;
 }
 
-static void r_owner_gone(pw_backend *pb, pw_dispatcher *d) {
-    rbackend *b = (rbackend *)pb;
-    pthread_mutex_lock(&b->owners_lock);
-    for (int i = 0; i < OWNER_BUCKETS; i++)
-        for (owner_ent **e = &b->owners[i]; *e;) {
-            if ((*e)->o.d == d) {
-                owner_ent *dead = *e;
-                *e = dead->next;
-                free(dead);
-            } else {
-                e = &(*e)->next;
-            }
-        }
-    pthread_mutex_unlock(&b->owners_lock);
-}
-
 /* ---- the subscriber ----------------------------------------------------------------- */
 /* Under owners_lock. */
 static void notify_locked(rbackend *b, uint32_t id, uint64_t count) {
@@ -1140,7 +1124,6 @@ static const pw_backend_ops redis_ops = {
     .q_enqueue = r_q_enqueue,
     .q_dequeue = r_q_dequeue,
     .q_size = r_q_size,
-    .owner_gone = r_owner_gone,
     .destroy = r_destroy,
 };
 

@@ -936,7 +936,6 @@ static const pw_backend_ops shm_ops = {
     .q_enqueue = shm_q_enqueue,
     .q_dequeue = shm_q_dequeue,
     .q_size = shm_q_size,
-    .owner_gone = NULL,
     .destroy = shm_destroy,
 };
 

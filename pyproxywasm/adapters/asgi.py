@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from threading import get_ident
 from typing import Any, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from urllib.parse import quote
 
@@ -37,7 +38,8 @@ from ..errors import ProxyWasmError
 from ..host import Host, Plugin
 from ..http import HttpStream
 from ._common import FAST, HostHolder, StreamProperties, asgi_path, request_headers
-from .chain import FilterChain, decode_raw, headers_of, take_body, trailers_of, _raw, _R_REQ_HDR
+from .chain import (FilterChain, decode_raw, headers_of, take_body, trailers_of, _raw, _END, _HDR,
+                    _R_REQ_HDR)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -68,6 +70,9 @@ class _ClientGone(Exception):
     pass
 
 
+_UNSET = object()
+
+
 class _LoopState:
     """One event loop's share: its thread's dispatcher attached to it. An exchange a plugin
     holds asks the dispatcher to tell it (Dispatcher.watch) when an event it delivers (a
@@ -79,7 +84,14 @@ class _LoopState:
         self.loop = loop
         self.host = host
         self.props = StreamProperties(vm_wide)
+        # The last request's (client, server, http_version) objects and their encoded
+        # properties: a connection's requests reuse them without a lookup.
+        self.last: tuple[Any, Any, Any, list[tuple[bytes, bytes]]] = (_UNSET, _UNSET, _UNSET, [])
         self.dispatcher = host.dispatcher
+        # What the app's send returns when there is nothing to wait for (a done future:
+        # awaiting one is a few C calls, no coroutine).
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.done.set_result(None)
         # Not attached here when the embedding serves the dispatcher from this loop itself
         # (one fd has one reader): its runs tell the watchers all the same.
         self.detach: Callable[[], None] = self.dispatcher.attach(loop) if attach else _nothing
@@ -92,6 +104,9 @@ class _LoopState:
 
 def _nothing() -> None:
     pass
+
+
+_new_exchange = object.__new__
 
 
 RouteProperties = Callable[[Scope], Mapping[Any, Any]]  # property path -> value
@@ -132,12 +147,75 @@ class ProxyWasmMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t = scope["type"]
-        if t == "http":
-            await self._http(scope, receive, send)
-        elif t == "lifespan":
-            await self._lifespan(scope, receive, send)
-        else:  # websocket and anything else: untouched
-            await self.app(scope, receive, send)
+        if t != "http":
+            if t == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:  # websocket and anything else: untouched
+                await self.app(scope, receive, send)
+            return
+        ls = self._loops.get(get_ident()) or self._loop_state()
+        one = self._holder.one
+        if one is None or not FAST:
+            await self._http(scope, receive, send, ls)
+            return
+        # The common case, one filter, in this one coroutine (each coroutine or call less
+        # is a few hundred instructions per request): the request headers and properties
+        # go in with one C call (StreamBase.asgi_start), None when the scope is not what
+        # it takes; the properties only for a plugin that can read them (and once per
+        # loop for the VM-wide ones).
+        reads = one[1]
+        sp = ls.props
+        props = extra = None
+        if reads or sp._server is None:
+            client, server = scope.get("client"), scope.get("server")
+            version = scope.get("http_version", "1.1")
+            last = ls.last
+            if client is last[0] and server is last[1] and version is last[2]:
+                props = last[3]  # the connection's: the server gives each request its tuples
+            else:
+                props = sp.for_stream(ls.host.vms if sp._server is None else (), client, server,
+                                      "HTTP/" + version)
+                ls.last = (client, server, version, props)
+            rp = self._route_properties
+            if reads and rp is not None:
+                extra = list(props_mod.flatten(rp(scope)))
+        try:
+            s: HttpStream | None = one[0].http_stream()
+        except ProxyWasmError:
+            s = None  # the general path fails the stream closed
+        r = s.asgi_start(scope, props if reads else None, extra) if s is not None else None
+        if r is None:
+            await self._http(scope, receive, send, ls)
+            return
+        assert s is not None
+        f, eos, grpc = r
+        chain = FilterChain.of_one(s, grpc, f, eos)
+        # _Exchange(self.app, ls, chain, scope, receive, send, eos, b"", True), without
+        # the class call's own cost (type call, then __init__: over 2,000 instructions).
+        ex = _new_exchange(_Exchange)
+        ex.app, ex.ls, ex.chain, ex.scope, ex.receive, ex.send = self.app, ls, chain, scope, receive, send
+        ex.down_ended = eos
+        ex.fast = True
+        try:
+            if f >= 0 and f & (_OVER | _REQ_HDR_OUT) == _REQ_HDR_OUT:
+                # The filter let the request headers through: the app now, with the
+                # client's own scope when the filter left them alone (in C).
+                app_scope, ex.pending = s.asgi_app_scope(scope, b"")
+                try:
+                    await self.app(app_scope, ex._app_receive, ex._app_send)
+                except Exception:
+                    if ex.resp_started or not chain.answered:
+                        raise
+                if not ex.resp_done or s.flags & _OVER:
+                    await ex.after_app()
+            else:
+                await ex.run()  # held, answered or failed: the general exchange
+        except _ClientGone:
+            pass
+        finally:
+            if ex.recv_task is not None:
+                ex.recv_task.cancel()
+            chain.finish()
 
     # ---- lifespan -----------------------------------------------------------------------
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -164,7 +242,7 @@ class ProxyWasmMiddleware:
         self._holder.close()
 
     def _loop_state(self) -> _LoopState:
-        tid = threading.get_ident()
+        tid = get_ident()
         ls = self._loops.get(tid)
         if ls is None:
             host = self._holder.get()
@@ -174,37 +252,14 @@ class ProxyWasmMiddleware:
         return ls
 
     # ---- http ---------------------------------------------------------------------------
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ls = self._loops.get(threading.get_ident()) or self._loop_state()
+    async def _http(self, scope: Scope, receive: Receive, send: Send, ls: _LoopState) -> None:
+        """The general path: any chain, or a scope the C exchange does not take."""
         server = scope.get("server")
         version = scope.get("http_version", "1.1")
         props = ls.props.for_stream(ls.host.vms if ls.props._server is None else (),
                                     scope.get("client"), server, "HTTP/" + version)
         rp = self._route_properties
         extra = list(props_mod.flatten(rp(scope))) if rp is not None else ()
-        one = self._holder.one
-        if FAST and one is not None:
-            # The common case, one filter: the request headers and properties go in with
-            # one C call (StreamBase.asgi_start), None when the scope is not what it takes.
-            try:
-                s: HttpStream | None = one[0].http_stream()
-            except ProxyWasmError:
-                s = None  # the general path below fails the stream closed
-            if s is not None:
-                r = s.asgi_start(scope, props if one[1] else None, extra if one[1] else None)
-                if r is not None:
-                    chain = FilterChain.of_one(s, r[2])
-                    chain.started(r[0], r[1])
-                    ex = _Exchange(self.app, ls, chain, scope, receive, send, r[1], b"", True)
-                    try:
-                        await ex.run()
-                    except _ClientGone:
-                        pass
-                    finally:
-                        if ex.recv_task is not None:
-                            ex.recv_task.cancel()
-                        chain.finish()
-                    return
         plugins = self._holder.plugins
         qs = scope.get("query_string") or b""
         raw = scope.get("raw_path") or quote(scope["path"]).encode()
@@ -240,33 +295,47 @@ class ProxyWasmMiddleware:
 
 
 class _Exchange:
-    """One request through the chain and the app, and its response back."""
+    """One request through the chain and the app, and its response back. (The common
+    path makes one with _new_exchange and sets its fields itself: keep the two in step.)"""
 
-    __slots__ = ("app", "ls", "chain", "scope", "receive", "send", "event", "recv_task",
-                 "down_ended", "gone", "req_end_given", "resp_started", "resp_done",
-                 "start_msg", "trailers_declared", "head", "path", "resp_in", "resp_out",
-                 "pending", "hdr_pushed", "end_pushed", "fast")
+    # What an exchange starts with, as class attributes: __init__ sets only what differs
+    # per request (the common path changes few of these at all).
+    event: asyncio.Event | None = None
+    recv_task: asyncio.Future[Message] | None = None
+    gone = False             # the client disconnected
+    req_end_given = False    # the app got the request's last message
+    resp_started = resp_done = False
+    start_msg: Message | None = None
+    trailers_declared = False
+    path = b""
+    resp_in = resp_out = 0
+    pending = b""            # request body taken for the app's scope, not yet read
+    hdr_pushed = False       # the app's response headers went into the chain
+    end_pushed = False       # ... and its end
+    fast = False             # one filter, started by asgi_start: the exchange in C
 
     def __init__(self, app: ASGIApp, ls: _LoopState, chain: FilterChain, scope: Scope,
                  receive: Receive, send: Send, eos: bool, path: bytes,
                  fast: bool = False) -> None:
         self.app, self.ls, self.chain, self.scope = app, ls, chain, scope
-        self.fast = fast  # one filter, started by asgi_start: the exchange in C
         self.receive, self.send = receive, send
-        self.event: asyncio.Event | None = None
-        self.recv_task: asyncio.Future[Message] | None = None
         self.down_ended = eos      # the client's request is all read
-        self.gone = False           # the client disconnected
-        self.req_end_given = False  # the app got the request's last message
-        self.resp_started = self.resp_done = False
-        self.start_msg: Message | None = None
-        self.trailers_declared = False
-        self.head = scope["method"] == "HEAD"
-        self.path = path
-        self.resp_in = self.resp_out = 0
-        self.pending = b""          # request body taken for the app's scope, not yet read
-        self.hdr_pushed = False     # the app's response headers went into the chain
-        self.end_pushed = False     # ... and its end
+        if path:
+            self.path = path
+        if fast:
+            self.fast = True
+
+    app: ASGIApp
+    ls: _LoopState
+    chain: FilterChain
+    scope: Scope
+    receive: Receive
+    send: Send
+    down_ended: bool
+
+    @property
+    def head(self) -> bool:
+        return bool(self.scope["method"] == "HEAD")
 
     # ---- waiting ------------------------------------------------------------------------
     def wake(self) -> None:
@@ -335,18 +404,13 @@ class _Exchange:
     async def run(self) -> None:
         chain = self.chain
         last = chain.request_out()
-        if self.fast and last is not None and last.flags & (_OVER | _REQ_HDR_OUT) == _REQ_HDR_OUT:
-            ready = True  # the common case: the one filter let the request headers through
-        else:
-            # The request headers through every filter (or an answer from one of them).
-            # (No last filter means one could not serve the stream: the chain has answered.)
-            while last is not None and not chain.answered and not (last.flags & _REQ_HDR_OUT):
-                if self.gone:
-                    raise _ClientGone
-                await self._wait()
-            ready = last is not None and not chain.answered
-        if ready:
-            assert last is not None
+        # The request headers through every filter (or an answer from one of them).
+        # (No last filter means one could not serve the stream: the chain has answered.)
+        while last is not None and not chain.answered and not (last.flags & _REQ_HDR_OUT):
+            if self.gone:
+                raise _ClientGone
+            await self._wait()
+        if last is not None and not chain.answered:
             try:
                 await self.app(self._app_scope(last), self._app_receive, self._app_send)
             except Exception:
@@ -354,7 +418,11 @@ class _Exchange:
                     raise
             if self.resp_done and self.fast and not last.flags & _OVER:
                 return  # all sent, nothing answered: nothing left to do
-        # Whatever the filters still hold goes out when they let it.
+        await self.after_app()
+
+    async def after_app(self) -> None:
+        """Whatever the filters still hold goes out when they let it."""
+        chain = self.chain
         await self._flush()
         while not self.resp_done:
             if self.gone:
@@ -466,15 +534,62 @@ class _Exchange:
             else:
                 await self._wait()
 
-    async def _app_send(self, msg: Message) -> None:
+    def _app_send(self, msg: Message) -> Awaitable[None]:
+        """The app's send. A plain function, not a coroutine, so the common path makes no
+        coroutine of its own: the response's start is only recorded (an already done
+        future to await), and the first body goes through the one filter with one C call
+        (StreamBase.asgi_respond) which hands back what the filter lets out, ready for
+        the client; the two messages to the server are then the one coroutine. Anything
+        else takes the general path (_app_send_general)."""
         t = msg["type"]
-        chain = self.chain
         if t == "http.response.start":
             if self.start_msg is not None:
                 raise RuntimeError("http.response.start sent twice")
             self.start_msg = msg
             self.trailers_declared = bool(msg.get("trailers"))
-            return
+            return self.ls.done
+        msg0 = self.start_msg
+        chain = self.chain
+        if not (self.fast and t == "http.response.body" and not self.hdr_pushed and msg0 is not None
+                and not self.trailers_declared and chain.dead < 0
+                and not chain.streams[0].flags & _OVER):
+            return self._app_send_general(msg)
+        body = msg.get("body", b"")
+        end = not msg.get("more_body", False)
+        resp_in = self.resp_in + len(body)
+        r: Any
+        try:
+            # None when the message is not what it takes (the general path then does
+            # all); headers None when the filter did not let it all through (paused,
+            # answered, ...: _flush goes on).
+            r = chain.streams[0].asgi_respond(msg0["status"], msg0.get("headers", ()), body, end,
+                                              self.scope["method"] == "HEAD", resp_in)
+        except ProxyWasmError as e:
+            chain._die(0, e)
+            r = _NOT_OUT
+        if r is None:
+            return self._app_send_general(msg)
+        self.hdr_pushed = True
+        self.end_pushed = end
+        self.resp_in = resp_in
+        chain._fed_resp[0] = _HDR | _END if end else _HDR  # chain.response_fed(end)
+        if r[2] is None:
+            return self._flush()
+        self.resp_started = True
+        return self._send_out(r[1], r[2], r[3], r[4])
+
+    async def _send_out(self, status: int, headers: Any, body: bytes, ended: bool) -> None:
+        """The response the filter let through as it came, to the server."""
+        await self.send({"type": "http.response.start", "status": status, "headers": headers,
+                         "trailers": False})
+        self.resp_out += len(body)
+        await self.send({"type": "http.response.body", "body": body, "more_body": not ended})
+        if ended:
+            self.resp_done = True
+
+    async def _app_send_general(self, msg: Message) -> None:
+        t = msg["type"]
+        chain = self.chain
         if (chain.dead >= 0 or chain.streams[0].flags & _OVER) if self.fast else chain.answered:
             return  # a plugin answered: the app's response goes nowhere
         if t == "http.response.body":
@@ -484,20 +599,6 @@ class _Exchange:
             if self.start_msg is None:
                 raise RuntimeError("http.response.body before http.response.start")
             if not self.hdr_pushed:
-                r = self._fast_respond(body, end) if self.fast and not self.trailers_declared else None
-                if r is not None:
-                    if r[2] is None:  # not let through as it came: the general path goes on
-                        await self._flush()
-                        return
-                    self.resp_started = True
-                    out = r[3]
-                    await self.send({"type": "http.response.start", "status": r[1], "headers": r[2],
-                                     "trailers": False})
-                    self.resp_out += len(out)
-                    await self.send({"type": "http.response.body", "body": out, "more_body": not r[4]})
-                    if r[4]:
-                        self.resp_done = True
-                    return
                 self._push_start(end and not body)
                 if end and not body:
                     await self._flush()
@@ -516,29 +617,6 @@ class _Exchange:
             await self._flush()
         else:
             raise RuntimeError(f"unexpected ASGI message {t!r}")
-
-    def _fast_respond(self, body: bytes, end: bool) -> tuple[Any, ...] | None:
-        """The app's response start and first body through the one filter, and what it lets
-        out, ready for the client: one C call (StreamBase.asgi_respond). None when the
-        message is not what it takes (the general path then does all); headers None when
-        the filter did not let it all through (paused, answered, ...: _flush goes on)."""
-        msg = self.start_msg
-        assert msg is not None
-        chain = self.chain
-        resp_in = self.resp_in + len(body)
-        r: Any
-        try:
-            r = chain.streams[0].asgi_respond(msg["status"], msg.get("headers", ()), body, end,
-                                              self.head, resp_in)
-        except ProxyWasmError as e:
-            chain._die(0, e)
-            r = _NOT_OUT
-        if r is not None:
-            self.hdr_pushed = True
-            self.end_pushed = end
-            self.resp_in = resp_in
-            chain.response_fed(end)
-        return r  # type: ignore[no-any-return]
 
     def _push_start(self, end: bool) -> None:
         msg = self.start_msg

@@ -129,9 +129,11 @@ class FilterChain:
             self._die(failed_at, failure)
 
     @classmethod
-    def of_one(cls, stream: HttpStream, is_grpc: bool) -> "FilterChain":
-        """The common chain of one filter, whose stream the adapter starts itself with the
-        exchange in C (StreamBase.asgi_start / wsgi_start), then reports with started()."""
+    def of_one(cls, stream: HttpStream, is_grpc: bool, f: int, end_stream: bool) -> "FilterChain":
+        """The common chain of one filter, whose stream the adapter started itself with the
+        exchange in C (StreamBase.asgi_start / wsgi_start): f is the core's flags after its
+        request headers, or its error (the stream then fails closed, as
+        push_request_headers does)."""
         c = cls.__new__(cls)
         c.streams = [stream]
         c.n = 1
@@ -139,19 +141,14 @@ class FilterChain:
         c.dead = -1
         c.synthetic = None
         c._closed = False
-        c._fed_req = [0]
+        c._fed_req = [_HDR | _END if end_stream else _HDR]
         c._fed_resp = [0]
-        return c
-
-    def started(self, f: int, end_stream: bool) -> None:
-        """Filter 0 was started with its request headers: the core's flags, or its error
-        (the stream fails closed, as push_request_headers does)."""
-        self._fed_req[0] = _HDR | _END if end_stream else _HDR
         if f < 0:
             try:
-                raise_for(f, self.streams[0]._vmobj)
+                raise_for(f, stream._vmobj)
             except ProxyWasmError as e:
-                self._die(0, e)
+                c._die(0, e)
+        return c
 
     def response_fed(self, end_stream: bool) -> None:
         """The app's response headers (and first body) went into filter 0 from the

@@ -95,8 +95,7 @@ class ProxyWasmWSGIMiddleware:
                 r = s.wsgi_start(environ, props if one[1] else None)
                 if r is not None:
                     f, eos, grpc = r
-                    chain = FilterChain.of_one(s, grpc)
-                    chain.started(f, eos)
+                    chain = FilterChain.of_one(s, grpc, f, eos)
                     ex = _Exchange(self.app, host, chain, environ, start_response, eos, b"")
                     ex.fast = True
                     try:

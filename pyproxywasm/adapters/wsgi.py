@@ -31,10 +31,11 @@ from ..http import HttpStream
 from ._common import (FAST, HostHolder, StreamProperties, fix_content_length, request_headers,
                       wsgi_path)
 from .asgi import StreamReset
-from .chain import FilterChain, _R_REQ_HDR, _raw, decode_raw, headers_of, take_body
+from .chain import FilterChain, _END, _HDR, _R_REQ_HDR, _raw, decode_raw, headers_of, take_body
 
 _REQ_HDR_OUT, _REQ_ENDED = lib.PW_S_REQ_HEADERS_OUT, lib.PW_S_REQ_ENDED
 _RESP_HDR_OUT, _RESP_ENDED, _FAILED = lib.PW_S_RESP_HEADERS_OUT, lib.PW_S_RESP_ENDED, lib.PW_S_FAILED
+_OVER = lib.PW_S_LOCAL_REPLY | lib.PW_S_RESET | _FAILED
 _REQ_CHANGED = lib.PW_S_REQ_HEADERS_CHANGED
 _POLL = 0.25
 Environ = dict[str, Any]
@@ -74,35 +75,81 @@ class ProxyWasmWSGIMiddleware:
         when that thread ends)."""
         self._holder.close()
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        host = self._holder.get()
-        client = (environ["REMOTE_ADDR"], int(environ.get("REMOTE_PORT") or 0)) if environ.get("REMOTE_ADDR") else None
-        server = (environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0))
-        protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
-        sp = getattr(self._local, "props", None)
+    def _props(self, host: Host, environ: Environ) -> list[tuple[bytes, bytes]]:
+        """The stream's encoded properties (StreamProperties, one per server thread); a
+        thread's next request from the same connection reuses the last ones."""
+        local = self._local
+        sp: StreamProperties | None = getattr(local, "props", None)
         if sp is None:
-            sp = self._local.props = StreamProperties()
-        props = sp.for_stream(host.vms if sp._server is None else (), client, server, protocol)
-        one = self._holder.one
-        if FAST and one is not None:
-            # The common case, one filter: the request headers and properties go in with
-            # one C call (StreamBase.wsgi_start), None when the environ is not what it takes.
-            try:
-                s: HttpStream | None = one[0].http_stream()
-            except ProxyWasmError:
-                s = None  # the general path below fails the stream closed
-            if s is not None:
-                r = s.wsgi_start(environ, props if one[1] else None)
-                if r is not None:
-                    f, eos, grpc = r
-                    chain = FilterChain.of_one(s, grpc, f, eos)
-                    ex = _Exchange(self.app, host, chain, environ, start_response, eos, b"")
-                    ex.fast = True
-                    try:
-                        return ex.run()
-                    except BaseException:
-                        chain.finish()
-                        raise
+            sp = local.props = StreamProperties()
+            local.last = None
+        key = (environ.get("REMOTE_ADDR"), environ.get("REMOTE_PORT"), environ.get("SERVER_NAME", ""),
+               environ.get("SERVER_PORT"), environ.get("SERVER_PROTOCOL", "HTTP/1.1"))
+        last = local.last
+        if last is not None and last[0] == key:
+            props: list[tuple[bytes, bytes]] = last[1]
+            return props
+        client = (key[0], int(key[1] or 0)) if key[0] else None
+        server = (key[2], int(key[3] or 0))
+        props = sp.for_stream(host.vms if sp._server is None else (), client, server, key[4])
+        local.last = (key, props)
+        return props
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        holder = self._holder
+        host = holder.host or holder.get()
+        one = holder.one
+        if not FAST or one is None:
+            return self._general(host, environ, start_response)
+        # The common case, one filter, here with as few Python calls as it takes: the
+        # request headers and properties go in with one C call (StreamBase.wsgi_start),
+        # None when the environ is not what it takes; the properties only for a plugin
+        # that can read them (and once per thread for the VM-wide ones).
+        reads = one[1]
+        props = self._props(host, environ) if reads or getattr(self._local, "props", None) is None \
+            else None
+        try:
+            s: HttpStream | None = one[0].http_stream()
+        except ProxyWasmError:
+            s = None  # the general path fails the stream closed
+        r = s.wsgi_start(environ, props if reads else None) if s is not None else None
+        if r is None:
+            return self._general(host, environ, start_response)
+        assert s is not None
+        f, eos, grpc = r
+        chain = FilterChain.of_one(s, grpc, f, eos)
+        # _Exchange(self.app, host, chain, environ, start_response, eos, b"") without the
+        # class call's own cost; the client's body source only when there is a body.
+        ex = _new(_Exchange)
+        ex.app, ex.chain, ex.environ, ex.host, ex.start_response = (
+            self.app, chain, environ, host, start_response)
+        ex.down_ended = eos
+        ex.fast = True
+        try:
+            if not eos:
+                ex._body_source()
+            if f < 0 or f & (_OVER | _REQ_HDR_OUT) != _REQ_HDR_OUT:
+                return ex.run()  # held, answered or failed: the general exchange
+            app_iter = self.app(ex._app_environ(s), ex._start_response)
+            if app_iter.__class__ is list and len(app_iter) == 1 and app_iter[0] \
+                    and not ex.hdr_pushed and ex._fast_start(app_iter[0], True):
+                # A whole body in one chunk, through in one C call.
+                ready = ex.ready
+                if ready is not None and ex.resp_done:
+                    ex.ready = None
+                    sent = _Sent((ready,))
+                    sent._ex = ex
+                    return sent
+                return ex._respond(app_iter, True)
+            return ex._respond(app_iter)
+        except BaseException:
+            chain.finish()
+            raise
+
+    def _general(self, host: Host, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        """The general path: any chain, or an environ the C exchange does not take."""
+        props = self._props(host, environ)
+        protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
         plugins = self._holder.plugins
         method = environ["REQUEST_METHOD"]
         path = _request_uri(environ)
@@ -121,6 +168,7 @@ class ProxyWasmWSGIMiddleware:
         if chain.empty:
             return self.app(environ, start_response)
         ex = _Exchange(self.app, host, chain, environ, start_response, eos, path)
+        ex._body_source()
         try:
             chain.push_request_headers(data, nflat, eos)
             return ex.run()
@@ -144,29 +192,50 @@ def _request_uri(environ: Environ) -> bytes:
 class _Exchange:
     """One request through the chain and the app on one server thread."""
 
+    # What an exchange starts with, as class attributes: the common path sets only what
+    # differs per request (and makes the exchange with _new: keep the two in step).
+    input: Any = None
+    remaining = 0
+    unbounded = False
+    path = b""
+    pending = b""
+    resp_started = resp_done = False
+    resp_in = 0
+    status: str | None = None
+    app_headers: list[tuple[str, str]] | None = None
+    hdr_pushed = end_pushed = False
+    server_write: Write | None = None
+    fast = False  # one filter, started by wsgi_start: the exchange in C
+    ready: bytes | None = None  # the first body the C exchange made ready to send
+    app: WSGIApp
+    chain: FilterChain
+    environ: Environ
+    host: Host
+    start_response: StartResponse
+    down_ended: bool
+
     def __init__(self, app: WSGIApp, host: Host, chain: FilterChain, environ: Environ,
                  start_response: StartResponse, eos: bool, path: bytes) -> None:
         self.app, self.chain, self.environ = app, chain, environ
         self.host = host  # its dispatcher is run while a plugin holds the stream
         self.start_response = start_response
+        self.down_ended = eos
+        self.path = path
+
+    def _body_source(self) -> None:
+        """Where the client's body comes from (read_client): the server's input, and how
+        much of it there is."""
+        environ = self.environ
         self.input = environ.get("wsgi.input")
         try:
             self.remaining = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             self.remaining = 0
         self.unbounded = environ.get("wsgi.input_terminated", False) and not self.remaining
-        self.down_ended = eos
-        self.path = path
-        self.head = environ["REQUEST_METHOD"] == "HEAD"
-        self.pending = b""
-        self.resp_started = self.resp_done = False
-        self.resp_in = 0
-        self.status: str | None = None
-        self.app_headers: list[tuple[str, str]] | None = None
-        self.hdr_pushed = self.end_pushed = False
-        self.server_write: Write | None = None
-        self.fast = False  # one filter, started by wsgi_start: the exchange in C
-        self.ready: bytes | None = None  # the first body the C exchange made ready to send
+
+    @property
+    def head(self) -> bool:
+        return bool(self.environ["REQUEST_METHOD"] == "HEAD")
 
     # ---- waiting and reading ------------------------------------------------------------
     def wait(self) -> None:
@@ -211,7 +280,9 @@ class _Exchange:
             ready = self.ready
             if ready is not None and self.resp_done:
                 self.ready = None
-                return _Sent(ready, self)
+                sent = _Sent((ready,))
+                sent._ex = self
+                return sent
             return self._respond(app_iter, True)
         return self._respond(app_iter)
 
@@ -223,7 +294,7 @@ class _Exchange:
             if r is not None:
                 env: Environ
                 env, self.pending = r
-                env["wsgi.input"] = _ChainInput(self)
+                env["wsgi.input"] = _chain_input(self)
                 return env
             self.path = _request_uri(self.environ)
         if "HTTP_HOST" in self.environ and not any(f.flags & _REQ_CHANGED for f in self.chain.streams):
@@ -268,7 +339,7 @@ class _Exchange:
             # wsgi.input_terminated, which Werkzeug and Django honour).
             env.pop("CONTENT_LENGTH", None)
             env["wsgi.input_terminated"] = True
-        env["wsgi.input"] = _ChainInput(self)
+        env["wsgi.input"] = _chain_input(self)
         return env
 
     def next_request_chunk(self) -> bytes:
@@ -318,7 +389,8 @@ class _Exchange:
         resp_in = self.resp_in + len(data)
         r: Any
         try:
-            r = chain.streams[0].wsgi_respond(self.status, self.app_headers, data, end, self.head,
+            r = chain.streams[0].wsgi_respond(self.status, self.app_headers, data, end,
+                                              self.environ["REQUEST_METHOD"] == "HEAD",
                                               resp_in)
         except ProxyWasmError as e:
             r = e
@@ -327,7 +399,7 @@ class _Exchange:
         self.hdr_pushed = True
         self.end_pushed = end
         self.resp_in = resp_in
-        chain.response_fed(end)
+        chain._fed_resp[0] = _HDR | _END if end else _HDR  # chain.response_fed(end)
         if r.__class__ is not tuple:
             chain._die(0, r)
         elif r[2] is not None:
@@ -454,25 +526,24 @@ class _Exchange:
 
 class _Sent(list):  # type: ignore[type-arg]
     """A response the C exchange sent whole: its one body chunk, for the server to iterate
-    (a list, so servers that size a one-item list see one); close() ends the stream."""
+    (a list, so servers that size a one-item list see one); close() ends the stream.
+    Made as _Sent((body,)) with _ex set after (no __init__ of its own: a Python __init__
+    calling list's costs more than the rest of making it)."""
 
     __slots__ = ("_ex",)
-
-    def __init__(self, body: bytes, ex: _Exchange) -> None:
-        super().__init__((body,))
-        self._ex = ex
+    _ex: _Exchange
 
     def close(self) -> None:
         self._ex.chain.finish()
 
 
 class _ChainInput:
-    """wsgi.input for the app: the body as the plugins let it through."""
+    """wsgi.input for the app: the body as the plugins let it through. (Made with
+    chain_input: no __init__ call per request.)"""
 
-    def __init__(self, ex: _Exchange) -> None:
-        self._ex = ex
-        self._buf = b""
-        self._eof = False
+    _buf = b""
+    _eof = False
+    _ex: _Exchange
 
     def _fill(self) -> bool:
         if self._eof:
@@ -523,5 +594,13 @@ class _ChainInput:
     def close(self) -> None:
         pass
 
+
+def _chain_input(ex: _Exchange) -> _ChainInput:
+    ci = _new(_ChainInput)
+    ci._ex = ex
+    return ci
+
+
+_new = object.__new__
 
 __all__ = ["ProxyWasmWSGIMiddleware"]

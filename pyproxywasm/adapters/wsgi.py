@@ -130,18 +130,7 @@ class ProxyWasmWSGIMiddleware:
                 ex._body_source()
             if f < 0 or f & (_OVER | _REQ_HDR_OUT) != _REQ_HDR_OUT:
                 return ex.run()  # held, answered or failed: the general exchange
-            app_iter = self.app(ex._app_environ(s), ex._start_response)
-            if app_iter.__class__ is list and len(app_iter) == 1 and app_iter[0] \
-                    and not ex.hdr_pushed and ex._fast_start(app_iter[0], True):
-                # A whole body in one chunk, through in one C call.
-                ready = ex.ready
-                if ready is not None and ex.resp_done:
-                    ex.ready = None
-                    sent = _Sent((ready,))
-                    sent._ex = ex
-                    return sent
-                return ex._respond(app_iter, True)
-            return ex._respond(app_iter)
+            return ex.answer(self.app(ex._app_environ(s), ex._start_response))
         except BaseException:
             chain.finish()
             raise
@@ -273,7 +262,10 @@ class _Exchange:
                 self.wait()
         if last is None or chain.answered:
             return self._respond(iter(()))
-        app_iter = self.app(self._app_environ(last), self._start_response)
+        return self.answer(self.app(self._app_environ(last), self._start_response))
+
+    def answer(self, app_iter: Iterable[bytes]) -> Iterable[bytes]:
+        """What the server gets for the app's response."""
         if self.fast and app_iter.__class__ is list and len(app_iter) == 1 and app_iter[0] \
                 and not self.hdr_pushed and self._fast_start(app_iter[0], True):
             # The common case, a whole body in one chunk, through in one C call.

@@ -255,6 +255,25 @@ int hmap_parse(pw_hmap *m, const uint8_t *p, size_t n) {
     return 0;
 }
 
+/* The flat form's separators, found a word at a time: header names and values are short,
+ * so one pass over the bytes beats a memchr call per field (two per header). */
+static inline uint64_t zero_bytes(uint64_t w) { /* high bit of each byte of w that is 0 */
+    const uint64_t low7 = 0x7f7f7f7f7f7f7f7full;
+    return ~(((w & low7) + low7) | w | low7); /* exact: no carry crosses a byte */
+}
+
+static inline uint64_t word_at(const uint8_t *p, size_t i, size_t n) {
+    uint64_t w = ~0ull; /* past the end: bytes that are not NUL */
+    memcpy(&w, p + i, n - i < 8 ? n - i : 8);
+    return w;
+}
+
+static size_t count_nuls(const uint8_t *p, size_t n) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i += 8) k += (size_t)__builtin_popcountll(zero_bytes(word_at(p, i, n)));
+    return k;
+}
+
 int hmap_parse_flat(pw_hmap *m, const uint8_t *p, size_t n, uint32_t count) {
     if (count > PAIRS_MAX_COUNT || n > PAIRS_MAX_BYTES) return -1;
     if (count == 0) {
@@ -263,23 +282,38 @@ int hmap_parse_flat(pw_hmap *m, const uint8_t *p, size_t n, uint32_t count) {
         return 0;
     }
     /* Exactly 2 * count - 1 separators, checked before touching the map. */
-    size_t seps = 0;
-    for (const uint8_t *q = p, *end = p + n; (q = memchr(q, 0, (size_t)(end - q))); q++) seps++;
-    if (seps != 2 * (size_t)count - 1) return -1;
-    /* Stored as given plus the last value's NUL: one copy, then the entries. */
+    if (count_nuls(p, n) != 2 * (size_t)count - 1) return -1;
+    /* Stored as given plus the last value's NUL: one copy, then the entries, each field
+     * ending at the next NUL (the byte order decides which NUL a bit stands for). */
     hmap_clear(m);
     if (grow_entries(m, count) || buf_reserve(&m->bytes, n + 1 + LOWER_SLACK)) return -1;
     memcpy(m->bytes.p, p, n);
     m->bytes.p[n] = 0;
     m->bytes.len = n + 1;
-    const uint8_t *base = m->bytes.p, *q = base, *end = base + n + 1;
-    for (uint32_t i = 0; i < count; i++) {
-        const uint8_t *ke = memchr(q, 0, (size_t)(end - q));
-        const uint8_t *v = ke + 1, *ve = memchr(v, 0, (size_t)(end - v));
-        uint32_t ko = (uint32_t)(q - base), kl = (uint32_t)(ke - q);
-        m->e[i] = (hm_entry){ko, kl, ko + kl + 1, (uint32_t)(ve - v)};
-        lower_in_place(m->bytes.p + ko, kl);
-        q = ve + 1;
+    uint8_t *b = m->bytes.p;
+    uint32_t f = 0, from = 0;
+    for (size_t i = 0; i < n + 1; i += 8) {
+        uint64_t z = zero_bytes(word_at(b, i, n + 1));
+        while (z) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            uint32_t at = (uint32_t)(i + ((unsigned)__builtin_ctzll(z) >> 3));
+            z &= z - 1;
+#else
+            uint32_t at = (uint32_t)(i + ((unsigned)__builtin_clzll(z) >> 3));
+            z &= ~(0x8000000000000000ull >> (8 * (at - i)));
+#endif
+            hm_entry *e = &m->e[f >> 1];
+            if (f & 1) {
+                e->vo = from;
+                e->vl = at - from;
+            } else {
+                e->ko = from;
+                e->kl = at - from;
+                lower_in_place(b + from, e->kl);
+            }
+            f++;
+            from = at + 1;
+        }
     }
     m->n = count;
     m->nul_free = 1; /* the separators were counted: no field holds a NUL */

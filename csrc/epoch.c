@@ -18,7 +18,6 @@
 #include "internal.h"
 
 #define EPOCH_TICK_NS 1000000u /* 1 ms */
-#define PRE_TICK_CREDIT 4u      /* ticks of a call's time before its first tick counted as guest time */
 
 /* The ticker's state, guarded by tick_lock: which engine it ticks, how many VMs need it
  * (it sleeps on tick_cond when none do), and whether it must end. Touched by the threads
@@ -104,28 +103,28 @@ static wasmtime_error_t *epoch_callback(wasmtime_context_t *cx, void *data, uint
     if (atomic_load_explicit(&vm->interrupt, memory_order_acquire))
         return WT.error_new("interrupted: the host is shutting down");
     if (!vm->call_deadline_ms) return NULL;
-    /* A CPU deadline. The wall clock (cheap, read per call) says when to look; this
-     * thread's CPU time, counted from the call's first tick (a syscall, made only by calls
-     * that last that long), says whether the guest really ran that long or was only
-     * descheduled, or waiting for the GIL in a Python callback. Python's own CPU time in
-     * callbacks (log handlers, foreign functions, outbound calls) is not the guest's, up
-     * to one more deadline's worth: a guest that logs without end is still stopped. */
+    /* A CPU deadline. The wall clock (cheap) says when to look; this thread's CPU time,
+     * counted from the call's first tick (a syscall, made only by calls that last that
+     * long), says whether the guest really ran that long or was only descheduled, or
+     * waiting for the GIL in a Python callback. Python's own CPU time in callbacks (log
+     * handlers, foreign functions, outbound calls) is not the guest's, up to one more
+     * deadline's worth: a guest that logs without end is still stopped. */
     uint64_t now = epoch_now_ns();
     if (!vm->call_cpu0_ns) {
-        uint64_t wall = now - vm->call_start_ns;
+        /* The first tick comes at most one tick after the call began (later only if the
+         * ticker itself was descheduled), so one tick less the time spent in Python is
+         * credited as guest time before it. So no clock is read when a call begins
+         * (about 20 ns each, eight calls per request), and a thread descheduled right
+         * after entering the guest is never charged for that wait: a call is stopped no
+         * earlier than one tick before its deadline, and late only by as much as the
+         * ticker was. */
+        vm->call_tick0_ns = now;
         vm->call_cpu0_ns = thread_cpu_ns();
-        /* Before this first tick only the wall clock is known, and a thread descheduled
-         * right after entering the guest (a loaded machine) would have that wait counted
-         * as guest time and its call trapped while it had barely run. A running guest
-         * meets the first tick within about one tick, so at most PRE_TICK_CREDIT ticks of
-         * it are counted; the CPU clock measures everything after. The cost: a guest whose
-         * ticker thread was itself starved is stopped up to that much later. */
-        uint64_t pre = wall > vm->paused_ns ? wall - vm->paused_ns : 0;
-        vm->call_pre_ns = pre < PRE_TICK_CREDIT * EPOCH_TICK_NS ? pre : PRE_TICK_CREDIT * EPOCH_TICK_NS;
+        vm->call_pre_ns = vm->paused_ns < EPOCH_TICK_NS ? EPOCH_TICK_NS - vm->paused_ns : 0;
         vm->call_paused0_ns = vm->paused_ns;
     }
     uint64_t limit = vm->call_deadline_ms * 1000000u;
-    if (now - vm->call_start_ns <= limit) return NULL;
+    if (now - vm->call_tick0_ns + vm->call_pre_ns <= limit) return NULL;
     uint64_t cpu = thread_cpu_ns() - vm->call_cpu0_ns;
     uint64_t py = vm->paused_ns - vm->call_paused0_ns;
     if (py > cpu) py = cpu;

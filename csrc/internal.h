@@ -322,9 +322,9 @@ struct pw_vm {
     /* Deadlines (epoch.c): set by the owner thread at each top-level call, read by the
      * epoch callback on the same thread; interrupt is set from any thread. */
     uintptr_t stack_lo;        /* the owner thread's lowest stack address */
-    uint64_t call_start_ns;    /* monotonic start of the running top-level call */
-    uint64_t call_cpu0_ns;     /* thread CPU time at its first tick (0: none yet) */
-    uint64_t call_pre_ns;      /* guest time before that tick (wall less Python's) */
+    uint64_t call_tick0_ns;    /* monotonic time of the running call's first tick */
+    uint64_t call_cpu0_ns;     /* thread CPU time at that tick (0: none yet) */
+    uint64_t call_pre_ns;      /* guest time credited before it (one tick less Python's) */
     uint64_t call_paused0_ns;  /* paused_ns at that tick */
     uint64_t call_deadline_ms; /* its deadline; 0: none */
     uint64_t paused_ns;        /* time spent in Python callbacks during this call */
@@ -565,10 +565,7 @@ static inline int epoch_call_begin(pw_vm *vm, uint32_t deadline_ms, char *why, s
         return epoch_stack_fail(vm, why, whylen);
     vm->paused_ns = 0;
     vm->call_deadline_ms = deadline_ms;
-    if (deadline_ms) {
-        vm->call_start_ns = epoch_now_ns();
-        vm->call_cpu0_ns = 0;
-    }
+    vm->call_cpu0_ns = 0; /* no clock read here: the first tick reads them (epoch.c) */
     WT.context_set_epoch_deadline(vm->cx, 1);
     return 0;
 }

@@ -54,7 +54,6 @@ typedef struct pw_hmap {
     pw_buf bytes;
     size_t garbage;
     int loose; /* 0: entries in order without gaps, serialized with one copy (hmap.c) */
-    int nul_free; /* parsed from the flat form: no field can hold a NUL */
     int changed;  /* set by every change (parse, add, replace, remove, clear); the embedding
                    * clears it after handing a map in, so it says "the filter touched it" */
 } pw_hmap;
@@ -65,7 +64,10 @@ typedef struct pw_hmap {
 /* Parses the pairs format into a fresh map (keys lowercased). -1 on malformed input;
  * the map is left unchanged then. */
 int hmap_parse(pw_hmap *m, const uint8_t *p, size_t n);
-/* The flat form Python sends: count name/value pairs as "k\0v\0k\0v" (no final NUL). */
+/* The flat form Python sends: count name/value pairs as "k\0v\0k\0v" (no final NUL),
+ * parsed and checked in one pass (keys lowercased). 0; -1 when the separators do not make
+ * count pairs (or out of memory); -2 when a name is empty or a field holds CR or LF. On
+ * failure the map is empty. */
 int hmap_parse_flat(pw_hmap *m, const uint8_t *p, size_t n, uint32_t count);
 size_t hmap_serialized_size(const pw_hmap *m);
 void hmap_serialize_to(const pw_hmap *m, uint8_t *out);

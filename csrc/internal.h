@@ -394,6 +394,10 @@ uint64_t epoch_now_ns(void);
 static inline void vm_paused(pw_vm *vm, uint64_t t0) { vm->paused_ns += epoch_now_ns() - t0; }
 uintptr_t epoch_stack_low(void);
 int epoch_stack_fail(pw_vm *vm, char *why, size_t whylen);
+/* Set by every guest call (and by each tick of a running one), cleared by the ticker at
+ * each tick: the ticker sleeps once no call has set it for a while (epoch.c). */
+extern _Atomic int epoch_busy;
+void epoch_wake(void); /* sets epoch_busy; wakes the ticker if it sleeps */
 
 /* signals.c: signal-based traps kept in front of later handlers */
 int sig_enabled(void);
@@ -569,6 +573,7 @@ static inline int epoch_call_begin(pw_vm *vm, uint32_t deadline_ms, char *why, s
     vm->call_deadline_ms = deadline_ms;
     vm->call_cpu0_ns = 0; /* no clock read here: the first tick reads them (epoch.c) */
     WT.context_set_epoch_deadline(vm->cx, 1);
+    if (!atomic_load(&epoch_busy)) epoch_wake(); /* once per tick at most: the ticker clears it */
     return 0;
 }
 

@@ -288,12 +288,14 @@ static int s_clear(PyObject *self) {
 }
 
 /* Instances are HttpStream's (a Python subclass): its subtype_dealloc has run the
- * finalizer and drops the type's reference; this frees what the base holds. */
+ * finalizer; this frees what the base holds, and drops the instance's reference to its
+ * type, which subtype_dealloc leaves to a base that is itself a heap type. */
 static void s_dealloc(PyObject *self) {
+    PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     s_clear(self);
-    freefunc f = (freefunc)PyType_GetSlot(Py_TYPE(self), Py_tp_free);
-    f(self);
+    ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
+    Py_DECREF(tp);
 }
 
 /* HttpStream(plugin, properties=None): the plugin's VM and root context read once; the

@@ -30,8 +30,6 @@ from .errors import ConfigError, HostClosedError, PluginStartError, ProxyWasmErr
 from .limits import Limits
 from .policy import FailurePolicy, ReloadState
 from .http import HttpStream, _fast
-
-_Opener = _fast.Opener if _fast is not None else None
 from .module import CompiledModule, compile_module
 from .net.cluster import Cluster
 from .net.outbound import Outbound, Recorder, VmCalls
@@ -40,6 +38,9 @@ from .envoy_properties import with_defaults
 from .backends import Backend, attach_all
 from .state import SharedState
 from .tcp import TcpStream
+
+# Plugin.http_stream's shortcut in C: Opener(HttpStream, root, ...)() makes a stream.
+_Opener: Callable[..., Callable[[], HttpStream | None]] | None = _fast.Opener if _fast is not None else None
 
 T = TypeVar("T")
 
@@ -465,7 +466,7 @@ class Host:
 
     def _state(self, dispatcher: Dispatcher | None = None) -> _ThreadState:
         """The calling thread's VMs and roots, created (and every plugin started) on first use."""
-        st = getattr(self._local, "state", None)
+        st = self._local.state
         if st is None:
             if self._closed:
                 raise HostClosedError("the host is closed")
@@ -628,7 +629,7 @@ class Host:
             self._states = [(t, s) for t, s in self._states if s is not st]
 
     def _teardown(self, dispatcher: Dispatcher, timeout: float) -> None:
-        st = getattr(self._local, "state", None)
+        st = self._local.state
         if st is not None:
             self._teardown_state(st, timeout)
             self._local.state = None
@@ -653,7 +654,7 @@ class Host:
             for w in ([self._main] if self._main else []) + self.workers:
                 w.call(self._start_here, plugin).result()
                 started.append(w)
-            st = getattr(self._local, "state", None)
+            st = self._local.state
             if st is not None:
                 self._start(plugin, st)
                 started.append(None)
@@ -672,10 +673,10 @@ class Host:
         return plugin
 
     def _stop_here(self, plugin: Plugin) -> None:
-        st = getattr(self._local, "state", None)
+        st = self._local.state
         root = st.roots.pop(plugin.index, None) if st is not None else None
         if st is not None:
-            st.openers.pop(plugin.index, None)
+            st.openers.pop(plugin.index, None)  # (the root's Opener goes with it)
         if root is not None and not root.vm.failed:
             root.close()
 
@@ -686,7 +687,7 @@ class Host:
         """Makes fn callable by plugins on VMs created from now on (and this thread's)."""
         ff = ForeignFunction(name, fn)
         self._foreign.append(ff)
-        st = getattr(self._local, "state", None)
+        st = self._local.state
         for vm in st.vms.values() if st else ():
             vm.register_foreign(ff)
 
@@ -706,7 +707,7 @@ class Host:
         returns its results in that order: the main worker, the workers, then the calling
         thread (when it has VMs of its own, or there are no workers)."""
         out = [w.call(fn).result() for w in ([self._main] if self._main else []) + self.workers]
-        if getattr(self._local, "state", None) is not None or not out:
+        if self._local.state is not None or not out:
             out.append(fn())
         return out
 
@@ -732,7 +733,7 @@ class Host:
 
     def release_thread(self, timeout: float = 5.0) -> None:
         """Shuts down the calling thread's VMs now (otherwise they go when it ends)."""
-        st = getattr(self._local, "state", None)
+        st = self._local.state
         if st is not None:
             self._teardown_state(st, timeout)
             self._local.state = None

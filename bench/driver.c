@@ -153,6 +153,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "vm: %s\n", err);
         return 1;
     }
+    /* The Python host's default per-call deadline (PluginConfig.deadline_ms), so that both
+     * sides of the comparison arm the same deadline on every guest call. */
+    pw_vm_set_deadline(vm, 100);
     const char *config = argc > 5 ? argv[5] : "";
     uint32_t root = 0;
     int rc = pw_root_new(vm, (const uint8_t *)"bench", 5, (const uint8_t *)"", 0,

@@ -9,7 +9,15 @@
  * deadline (less the time spent in Python callbacks), and otherwise waits one more tick:
  * a call is stopped at most one tick (plus scheduling delay) after its deadline. A runaway guest is therefore
  * stopped within one tick of its deadline, and a guest with no deadline can still be
- * stopped by pw_vm_interrupt (Host.close with a timeout). */
+ * stopped by pw_vm_interrupt (Host.close with a timeout).
+ *
+ * Ticks are needed only while guest code runs, so the ticker sleeps once no guest call
+ * has begun for IDLE_TICKS ticks (an idle server does not wake a thousand times a second),
+ * and the next call wakes it. Every call, and every tick of a running one, sets
+ * epoch_busy; the ticker clears it at each tick. The handshake is Dekker's, on seq_cst
+ * atomics: the ticker announces ticker_idle and then reads epoch_busy; a call sets
+ * epoch_busy and then reads ticker_idle; one of the two sees the other, so a call never
+ * runs while the ticker sleeps. */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -18,7 +26,7 @@
 #include "internal.h"
 
 #define EPOCH_TICK_NS 1000000u /* 1 ms */
-#define PRE_TICK_CREDIT 4u      /* ticks of a call's time before its first tick counted as guest time */
+#define IDLE_TICKS 100u         /* ticks without a guest call before the ticker sleeps */
 
 /* The ticker's state, guarded by tick_lock: which engine it ticks, how many VMs need it
  * (it sleeps on tick_cond when none do), and whether it must end. Touched by the threads
@@ -29,6 +37,25 @@ static wasm_engine_t *tick_engine;
 static size_t tick_users;
 static int tick_stop, tick_running;
 static pthread_t tick_thread;
+
+/* The idle handshake (see the top of the file). epoch_busy: set by any thread making a
+ * guest call, cleared by the ticker. ticker_idle: set by the ticker before it sleeps,
+ * cleared by whoever wakes it (under tick_lock) or by the ticker itself. */
+_Atomic int epoch_busy;
+static _Atomic int ticker_idle;
+
+void epoch_wake(void) {
+    atomic_store(&epoch_busy, 1);
+    if (!atomic_load(&ticker_idle)) return;
+    pthread_mutex_lock(&tick_lock);
+    if (atomic_load(&ticker_idle)) {
+        atomic_store(&ticker_idle, 0);
+        pthread_cond_broadcast(&tick_cond);
+    }
+    pthread_mutex_unlock(&tick_lock);
+    pw_signals_verify(); /* the sleeping ticker did not look: a handler installed meanwhile
+                          * goes behind ours before this call enters the guest */
+}
 
 uint64_t epoch_now_ns(void) {
     struct timespec ts;
@@ -44,10 +71,19 @@ static uint64_t thread_cpu_ns(void) {
 
 static void *ticker(void *arg) {
     (void)arg;
+    unsigned quiet = 0; /* ticks in a row without a guest call */
     pthread_mutex_lock(&tick_lock);
     for (;;) {
         while (!tick_users && !tick_stop) pthread_cond_wait(&tick_cond, &tick_lock);
         if (tick_stop) break;
+        if (quiet >= IDLE_TICKS) { /* sleep until a call begins (epoch_wake) */
+            atomic_store(&ticker_idle, 1);
+            if (!atomic_load(&epoch_busy))
+                while (atomic_load(&ticker_idle) && !tick_stop) pthread_cond_wait(&tick_cond, &tick_lock);
+            atomic_store(&ticker_idle, 0);
+            quiet = 0;
+            continue;
+        }
         pthread_mutex_unlock(&tick_lock);
         struct timespec ts = {0, EPOCH_TICK_NS};
         while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
@@ -57,6 +93,7 @@ static void *ticker(void *arg) {
         pw_signals_verify(); /* a handler installed since the last tick goes behind ours */
         pthread_mutex_lock(&tick_lock);
         if (tick_engine) WT.engine_increment_epoch(tick_engine); /* any thread may */
+        quiet = atomic_exchange(&epoch_busy, 0) ? 0 : quiet + 1;
     }
     pthread_mutex_unlock(&tick_lock);
     return NULL;
@@ -101,31 +138,32 @@ static wasmtime_error_t *epoch_callback(wasmtime_context_t *cx, void *data, uint
     pw_vm *vm = data;
     *kind = WASMTIME_UPDATE_DEADLINE_CONTINUE;
     *delta = 1;
+    epoch_wake(); /* a call still running keeps the ticker awake */
     if (atomic_load_explicit(&vm->interrupt, memory_order_acquire))
         return WT.error_new("interrupted: the host is shutting down");
     if (!vm->call_deadline_ms) return NULL;
-    /* A CPU deadline. The wall clock (cheap, read per call) says when to look; this
-     * thread's CPU time, counted from the call's first tick (a syscall, made only by calls
-     * that last that long), says whether the guest really ran that long or was only
-     * descheduled, or waiting for the GIL in a Python callback. Python's own CPU time in
-     * callbacks (log handlers, foreign functions, outbound calls) is not the guest's, up
-     * to one more deadline's worth: a guest that logs without end is still stopped. */
+    /* A CPU deadline. The wall clock (cheap) says when to look; this thread's CPU time,
+     * counted from the call's first tick (a syscall, made only by calls that last that
+     * long), says whether the guest really ran that long or was only descheduled, or
+     * waiting for the GIL in a Python callback. Python's own CPU time in callbacks (log
+     * handlers, foreign functions, outbound calls) is not the guest's, up to one more
+     * deadline's worth: a guest that logs without end is still stopped. */
     uint64_t now = epoch_now_ns();
     if (!vm->call_cpu0_ns) {
-        uint64_t wall = now - vm->call_start_ns;
+        /* The first tick comes at most one tick after the call began (later only if the
+         * ticker itself was descheduled), so one tick less the time spent in Python is
+         * credited as guest time before it. So no clock is read when a call begins
+         * (about 20 ns each, eight calls per request), and a thread descheduled right
+         * after entering the guest is never charged for that wait: a call is stopped no
+         * earlier than one tick before its deadline, and late only by as much as the
+         * ticker was. */
+        vm->call_tick0_ns = now;
         vm->call_cpu0_ns = thread_cpu_ns();
-        /* Before this first tick only the wall clock is known, and a thread descheduled
-         * right after entering the guest (a loaded machine) would have that wait counted
-         * as guest time and its call trapped while it had barely run. A running guest
-         * meets the first tick within about one tick, so at most PRE_TICK_CREDIT ticks of
-         * it are counted; the CPU clock measures everything after. The cost: a guest whose
-         * ticker thread was itself starved is stopped up to that much later. */
-        uint64_t pre = wall > vm->paused_ns ? wall - vm->paused_ns : 0;
-        vm->call_pre_ns = pre < PRE_TICK_CREDIT * EPOCH_TICK_NS ? pre : PRE_TICK_CREDIT * EPOCH_TICK_NS;
+        vm->call_pre_ns = vm->paused_ns < EPOCH_TICK_NS ? EPOCH_TICK_NS - vm->paused_ns : 0;
         vm->call_paused0_ns = vm->paused_ns;
     }
     uint64_t limit = vm->call_deadline_ms * 1000000u;
-    if (now - vm->call_start_ns <= limit) return NULL;
+    if (now - vm->call_tick0_ns + vm->call_pre_ns <= limit) return NULL;
     uint64_t cpu = thread_cpu_ns() - vm->call_cpu0_ns;
     uint64_t py = vm->paused_ns - vm->call_paused0_ns;
     if (py > cpu) py = cpu;

@@ -381,11 +381,15 @@ static int begin(pw_vm *vm, pw_ctx *c) {
 /* Headers from the embedding: what no HTTP field can hold (an empty name; NUL, CR or LF)
  * is refused here, in one pass, instead of reaching the guest (hmap_fields_ok). */
 static int parse_in(pw_hmap *m, const uint8_t *p, size_t len, int nflat) {
-    int r = nflat < 0 ? hmap_parse(m, p, len) : hmap_parse_flat(m, p, len, (uint32_t)nflat);
-    if (r) return -PW_ERR;
-    if (!hmap_fields_ok(m)) {
-        hmap_clear(m);
-        return -PW_ERR_BAD_HEADERS;
+    if (nflat >= 0) { /* checked as it is parsed */
+        int r = hmap_parse_flat(m, p, len, (uint32_t)nflat);
+        if (r) return r == -2 ? -PW_ERR_BAD_HEADERS : -PW_ERR;
+    } else {
+        if (hmap_parse(m, p, len)) return -PW_ERR;
+        if (!hmap_fields_ok(m)) {
+            hmap_clear(m);
+            return -PW_ERR_BAD_HEADERS;
+        }
     }
     m->changed = 0; /* as given: only the filter (or a local reply) marks it from here */
     return 0;

@@ -54,7 +54,6 @@ typedef struct pw_hmap {
     pw_buf bytes;
     size_t garbage;
     int loose; /* 0: entries in order without gaps, serialized with one copy (hmap.c) */
-    int nul_free; /* parsed from the flat form: no field can hold a NUL */
     int changed;  /* set by every change (parse, add, replace, remove, clear); the embedding
                    * clears it after handing a map in, so it says "the filter touched it" */
 } pw_hmap;
@@ -65,7 +64,10 @@ typedef struct pw_hmap {
 /* Parses the pairs format into a fresh map (keys lowercased). -1 on malformed input;
  * the map is left unchanged then. */
 int hmap_parse(pw_hmap *m, const uint8_t *p, size_t n);
-/* The flat form Python sends: count name/value pairs as "k\0v\0k\0v" (no final NUL). */
+/* The flat form Python sends: count name/value pairs as "k\0v\0k\0v" (no final NUL),
+ * parsed and checked in one pass (keys lowercased). 0; -1 when the separators do not make
+ * count pairs (or out of memory); -2 when a name is empty or a field holds CR or LF. On
+ * failure the map is empty. */
 int hmap_parse_flat(pw_hmap *m, const uint8_t *p, size_t n, uint32_t count);
 size_t hmap_serialized_size(const pw_hmap *m);
 void hmap_serialize_to(const pw_hmap *m, uint8_t *out);
@@ -322,9 +324,9 @@ struct pw_vm {
     /* Deadlines (epoch.c): set by the owner thread at each top-level call, read by the
      * epoch callback on the same thread; interrupt is set from any thread. */
     uintptr_t stack_lo;        /* the owner thread's lowest stack address */
-    uint64_t call_start_ns;    /* monotonic start of the running top-level call */
-    uint64_t call_cpu0_ns;     /* thread CPU time at its first tick (0: none yet) */
-    uint64_t call_pre_ns;      /* guest time before that tick (wall less Python's) */
+    uint64_t call_tick0_ns;    /* monotonic time of the running call's first tick */
+    uint64_t call_cpu0_ns;     /* thread CPU time at that tick (0: none yet) */
+    uint64_t call_pre_ns;      /* guest time credited before it (one tick less Python's) */
     uint64_t call_paused0_ns;  /* paused_ns at that tick */
     uint64_t call_deadline_ms; /* its deadline; 0: none */
     uint64_t paused_ns;        /* time spent in Python callbacks during this call */
@@ -392,6 +394,10 @@ uint64_t epoch_now_ns(void);
 static inline void vm_paused(pw_vm *vm, uint64_t t0) { vm->paused_ns += epoch_now_ns() - t0; }
 uintptr_t epoch_stack_low(void);
 int epoch_stack_fail(pw_vm *vm, char *why, size_t whylen);
+/* Set by every guest call (and by each tick of a running one), cleared by the ticker at
+ * each tick: the ticker sleeps once no call has set it for a while (epoch.c). */
+extern _Atomic int epoch_busy;
+void epoch_wake(void); /* sets epoch_busy; wakes the ticker if it sleeps */
 
 /* signals.c: signal-based traps kept in front of later handlers */
 int sig_enabled(void);
@@ -565,11 +571,9 @@ static inline int epoch_call_begin(pw_vm *vm, uint32_t deadline_ms, char *why, s
         return epoch_stack_fail(vm, why, whylen);
     vm->paused_ns = 0;
     vm->call_deadline_ms = deadline_ms;
-    if (deadline_ms) {
-        vm->call_start_ns = epoch_now_ns();
-        vm->call_cpu0_ns = 0;
-    }
+    vm->call_cpu0_ns = 0; /* no clock read here: the first tick reads them (epoch.c) */
     WT.context_set_epoch_deadline(vm->cx, 1);
+    if (!atomic_load(&epoch_busy)) epoch_wake(); /* once per tick at most: the ticker clears it */
     return 0;
 }
 

@@ -22,6 +22,7 @@ finish_fn core_finish;
 new_fn core_new;
 read_fn core_read;
 prop_fn core_set_prop;
+static closed_fn core_vm_closed;
 
 /* One field's bytes, borrowed from the object (valid while the caller holds it). */
 int field(PyObject *o, const char **p, Py_ssize_t *n) {
@@ -90,16 +91,17 @@ static int encode(PyObject *items, char *stack, char **out, size_t *len, int *co
     return 1;
 }
 
-/* init(start, headers, data, finish, new, read, set_property): the core's function
- * addresses, as ints. */
+/* init(start, headers, data, finish, new, read, set_property, vm_closed): the core's
+ * function addresses, as ints. */
 static PyObject *init(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "init(start, headers, data, finish, new, read, set_property)");
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "init(start, headers, data, finish, new, read, set_property, vm_closed)");
         return NULL;
     }
-    void *p[7];
-    for (int i = 0; i < 7; i++) {
+    void *p[8];
+    for (int i = 0; i < 8; i++) {
         p[i] = PyLong_AsVoidPtr(args[i]);
         if (!p[i]) {
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "null function");
@@ -113,6 +115,7 @@ static PyObject *init(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     core_new = (new_fn)p[4];
     core_read = (read_fn)p[5];
     core_set_prop = (prop_fn)p[6];
+    core_vm_closed = (closed_fn)p[7];
     Py_RETURN_NONE;
 }
 
@@ -285,12 +288,14 @@ static int s_clear(PyObject *self) {
 }
 
 /* Instances are HttpStream's (a Python subclass): its subtype_dealloc has run the
- * finalizer and drops the type's reference; this frees what the base holds. */
+ * finalizer; this frees what the base holds, and drops the instance's reference to its
+ * type, which subtype_dealloc leaves to a base that is itself a heap type. */
 static void s_dealloc(PyObject *self) {
+    PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     s_clear(self);
-    freefunc f = (freefunc)PyType_GetSlot(Py_TYPE(self), Py_tp_free);
-    f(self);
+    ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
+    Py_DECREF(tp);
 }
 
 /* HttpStream(plugin, properties=None): the plugin's VM and root context read once; the
@@ -379,8 +384,122 @@ static PyType_Slot s_slots[] = {
     {0, NULL},
 };
 
+/* StreamBase itself, set at import; the module keeps it alive. */
+static PyTypeObject *stream_type;
+
 static PyType_Spec s_spec = {"pyproxywasm._fast.StreamBase", sizeof(Stream), 0,
                              Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, s_slots};
+
+
+/* ---- Opener: a root context's streams, made without Python ----------------------------
+ * One per RootContext (made on first use): calling it makes an HttpStream on that root
+ * the way HttpStream(root) would, without the type call, argument parsing and four
+ * attribute reads; Plugin.http_stream calls it for the calling thread's root. It answers
+ * None when there is something to do first that the Python path does (streams another
+ * thread dropped are still to end, logging was reconfigured so the level the core holds
+ * is stale) or when the VM is closed (the Python path says why). */
+typedef struct {
+    PyObject_HEAD
+    PyTypeObject *cls;           /* HttpStream */
+    PyObject *root, *vmobj, *vm; /* what each stream holds (Stream.plugin, vmobj, vm) */
+    PyObject *dropped;           /* vm.dropped: ids other threads dropped, ended here */
+    PyObject *cache;             /* root.logger._cache: emptied when logging is reconfigured */
+    unsigned long long vma;
+    unsigned int rootid;
+} Opener;
+
+static PyObject *o_new(PyTypeObject *tp, PyObject *args, PyObject *kw) {
+    PyObject *cls, *root, *vmobj, *vm, *dropped, *cache;
+    unsigned long long vma;
+    unsigned int rootid;
+    if (kw && PyDict_Size(kw)) {
+        PyErr_SetString(PyExc_TypeError, "Opener takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O!OOOKIOO!:Opener", &PyType_Type, &cls, &root, &vmobj, &vm, &vma,
+                          &rootid, &dropped, &PyDict_Type, &cache))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)cls, stream_type)) {
+        PyErr_SetString(PyExc_TypeError, "Opener: cls must subclass StreamBase");
+        return NULL;
+    }
+    Opener *o = (Opener *)((allocfunc)PyType_GetSlot(tp, Py_tp_alloc))(tp, 0);
+    if (!o) return NULL;
+    PyObject *refs[] = {cls, root, vmobj, vm, dropped, cache};
+    for (int i = 0; i < 6; i++) Py_INCREF(refs[i]);
+    o->cls = (PyTypeObject *)cls;
+    o->root = root;
+    o->vmobj = vmobj;
+    o->vm = vm;
+    o->dropped = dropped;
+    o->cache = cache;
+    o->vma = vma;
+    o->rootid = rootid;
+    return (PyObject *)o;
+}
+
+static PyObject *o_call(PyObject *self, PyObject *args, PyObject *kw) {
+    Opener *o = (Opener *)self;
+    (void)args;
+    (void)kw;
+    Py_ssize_t pending = PyObject_Size(o->dropped);
+    if (pending < 0) return NULL;
+    if (pending || !PyDict_Size(o->cache) || core_vm_closed((void *)(uintptr_t)o->vma)) Py_RETURN_NONE;
+    Stream *s = (Stream *)((allocfunc)PyType_GetSlot(o->cls, Py_tp_alloc))(o->cls, 0);
+    if (!s) return NULL; /* allocated zeroed: no id, no flags yet */
+    s->vma = o->vma;
+    s->root = o->rootid;
+    Py_INCREF(o->root);
+    Py_INCREF(o->vmobj);
+    Py_INCREF(o->vm);
+    s->plugin = o->root;
+    s->vmobj = o->vmobj;
+    s->vm = o->vm;
+    return (PyObject *)s;
+}
+
+static int o_traverse(PyObject *self, visitproc visit, void *arg) {
+    Opener *o = (Opener *)self;
+    Py_VISIT(o->cls);
+    Py_VISIT(o->root);
+    Py_VISIT(o->vmobj);
+    Py_VISIT(o->vm);
+    Py_VISIT(o->dropped);
+    Py_VISIT(o->cache);
+    Py_VISIT(Py_TYPE(self)); /* a heap type: its instances hold it */
+    return 0;
+}
+
+static int o_clear(PyObject *self) {
+    Opener *o = (Opener *)self;
+    Py_CLEAR(o->cls);
+    Py_CLEAR(o->root);
+    Py_CLEAR(o->vmobj);
+    Py_CLEAR(o->vm);
+    Py_CLEAR(o->dropped);
+    Py_CLEAR(o->cache);
+    return 0;
+}
+
+static void o_dealloc(PyObject *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    o_clear(self);
+    ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot o_slots[] = {
+    {Py_tp_new, (void *)o_new},
+    {Py_tp_call, (void *)o_call},
+    {Py_tp_dealloc, (void *)o_dealloc},
+    {Py_tp_traverse, (void *)o_traverse},
+    {Py_tp_clear, (void *)o_clear},
+    {0, NULL},
+};
+
+static PyType_Spec o_spec = {"pyproxywasm._fast.Opener", sizeof(Opener), 0,
+                             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, o_slots};
 
 static PyMethodDef methods[] = {
     {"init", (PyCFunction)(void (*)(void))init, METH_FASTCALL, NULL},
@@ -404,6 +523,13 @@ PyMODINIT_FUNC PyInit__fast(void) {
     PyObject *t = PyType_FromSpec(&s_spec);
     if (!t || PyModule_AddObject(m, "StreamBase", t) < 0) {
         Py_XDECREF(t);
+        Py_DECREF(m);
+        return NULL;
+    }
+    stream_type = (PyTypeObject *)t; /* the module holds it */
+    PyObject *o = PyType_FromSpec(&o_spec);
+    if (!o || PyModule_AddObject(m, "Opener", o) < 0) {
+        Py_XDECREF(o);
         Py_DECREF(m);
         return NULL;
     }

@@ -22,6 +22,7 @@ typedef int (*new_fn)(void *vm, uint32_t root, uint32_t *out_id);
 typedef int (*read_fn)(void *vm, uint32_t id, int what, const uint8_t **out, size_t *len);
 typedef int (*prop_fn)(void *vm, uint32_t ctx, const uint8_t *path, size_t path_len,
                        const uint8_t *value, size_t value_len);
+typedef int (*closed_fn)(void *vm);
 
 /* Set once by init() at import (under the GIL), read-only afterwards (_fast.c). */
 extern start_fn core_start;

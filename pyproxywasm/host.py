@@ -29,7 +29,7 @@ from .dispatch import Dispatcher, Worker
 from .errors import ConfigError, HostClosedError, PluginStartError, ProxyWasmError
 from .limits import Limits
 from .policy import FailurePolicy, ReloadState
-from .http import HttpStream
+from .http import HttpStream, _fast
 from .module import CompiledModule, compile_module
 from .net.cluster import Cluster
 from .net.outbound import Outbound, Recorder, VmCalls
@@ -38,6 +38,9 @@ from .envoy_properties import with_defaults
 from .backends import Backend, attach_all
 from .state import SharedState
 from .tcp import TcpStream
+
+# Plugin.http_stream's shortcut in C: Opener(HttpStream, root, ...)() makes a stream.
+_Opener: Callable[..., Callable[[], HttpStream | None]] | None = _fast.Opener if _fast is not None else None
 
 T = TypeVar("T")
 
@@ -196,6 +199,15 @@ class RootContext:
             self.sync_log_level()
         return HttpStream(self, properties)
 
+    def opener(self) -> Callable[[], HttpStream | None] | None:
+        """A C callable making this root's streams (pyproxywasm._fast.Opener), or None
+        without the extension. It answers None when the general path has work to do."""
+        if _Opener is None:
+            return None
+        vm = self.vm
+        return _Opener(HttpStream, self, vm, vm.ptr, vm.addr, self.context_id, vm.dropped,
+                       self.logger._cache)  # type: ignore[attr-defined]  # the level cache
+
     def tcp_stream(self, properties: Mapping[Any, Any] | None = None) -> TcpStream:
         self.sync_log_level()
         return TcpStream(self, properties)
@@ -231,7 +243,16 @@ class _ThreadState:
         self.owns_dispatcher = owns_dispatcher
         self.vms: dict[tuple[object, ...], Vm] = {}
         self.roots: dict[int, RootContext] = {}
+        # Plugin.http_stream's shortcut: plugin index -> the root's Opener. Filled by the
+        # general path, emptied wherever roots are replaced, removed or torn down.
+        self.openers: dict[int, Callable[[], HttpStream | None]] = {}
         self.reload: dict[tuple[object, ...], ReloadState] = {}  # FAIL_RELOAD bookkeeping per VM key
+
+
+class _Local(threading.local):
+    """The host's per-thread state (None until the thread's VMs start)."""
+
+    state: _ThreadState | None = None
 
 
 class _Releaser:
@@ -283,15 +304,31 @@ class Plugin:
         return self.instance().tick_period_ms
 
     def http_stream(self, properties: Mapping[Any, Any] | None = None) -> HttpStream:
-        # The hot path of a host: find this thread's root context with two lookups.
-        st = getattr(self.host._local, "state", None)
+        # The hot path of a host: this thread's Opener for the plugin makes the stream in
+        # C; anything it does not take (properties, a FAIL_RELOAD plugin, dropped streams
+        # to end, logging reconfigured, no opener yet) takes the general path.
+        st = self.host._local.state
+        if st is not None and properties is None:
+            opener = st.openers.get(self.index)
+            if opener is not None:
+                stream = opener()
+                if stream is not None:
+                    return stream
+        return self._http_stream(st, properties)
+
+    def _http_stream(self, st: _ThreadState | None, properties: Mapping[Any, Any] | None) -> HttpStream:
         root: RootContext | None = st.roots.get(self.index) if st is not None else None
         if root is None:
             root = self.instance()
+            st = self.host._local.state
         if self._reload:
             if lib.pw_vm_failed(root.vm.ptr):
                 root = self.host._reload_vm(self, root)
             root.vm.streams += 1
+        elif st is not None and root is st.roots.get(self.index) and self.index not in st.openers:
+            opener = root.opener()
+            if opener is not None:
+                st.openers[self.index] = opener
         if root.vm.dropped:
             root.vm.finish_dropped()
         if not root.logger._cache:  # type: ignore[attr-defined]  # the level cache
@@ -396,7 +433,7 @@ class Host:
         self._host_properties = list(props.flatten(with_defaults(properties)))
         self.builtins = Builtins(filter_state_keys)
         self._foreign = [ForeignFunction(n, f) for n, f in (foreign_functions or {}).items()]
-        self._local = threading.local()
+        self._local = _Local()
         self._states: list[tuple[int, _ThreadState]] = []
         self._lock = threading.Lock()  # guards _states and plugins across threads
         self._closed = False
@@ -429,7 +466,7 @@ class Host:
 
     def _state(self, dispatcher: Dispatcher | None = None) -> _ThreadState:
         """The calling thread's VMs and roots, created (and every plugin started) on first use."""
-        st = getattr(self._local, "state", None)
+        st = self._local.state
         if st is None:
             if self._closed:
                 raise HostClosedError("the host is closed")
@@ -534,6 +571,7 @@ class Host:
             self._log.warning("plugin %r: FAIL_RELOAD could not start the plugins: %s", name, e)
             return root
         st.roots.update(roots)
+        st.openers.clear()
         st.vms[key] = new
         stats["vm_reloads"] += 1
         self._log.warning("plugin %r: reloaded its VM (reload %d)", name, state.reloads)
@@ -584,13 +622,14 @@ class Host:
             r.vm.close()
         st.vms.clear()
         st.roots.clear()
+        st.openers.clear()
         if st.owns_dispatcher:
             st.dispatcher.close()
         with self._lock:
             self._states = [(t, s) for t, s in self._states if s is not st]
 
     def _teardown(self, dispatcher: Dispatcher, timeout: float) -> None:
-        st = getattr(self._local, "state", None)
+        st = self._local.state
         if st is not None:
             self._teardown_state(st, timeout)
             self._local.state = None
@@ -615,7 +654,7 @@ class Host:
             for w in ([self._main] if self._main else []) + self.workers:
                 w.call(self._start_here, plugin).result()
                 started.append(w)
-            st = getattr(self._local, "state", None)
+            st = self._local.state
             if st is not None:
                 self._start(plugin, st)
                 started.append(None)
@@ -634,8 +673,10 @@ class Host:
         return plugin
 
     def _stop_here(self, plugin: Plugin) -> None:
-        st = getattr(self._local, "state", None)
+        st = self._local.state
         root = st.roots.pop(plugin.index, None) if st is not None else None
+        if st is not None:
+            st.openers.pop(plugin.index, None)  # (the root's Opener goes with it)
         if root is not None and not root.vm.failed:
             root.close()
 
@@ -646,7 +687,7 @@ class Host:
         """Makes fn callable by plugins on VMs created from now on (and this thread's)."""
         ff = ForeignFunction(name, fn)
         self._foreign.append(ff)
-        st = getattr(self._local, "state", None)
+        st = self._local.state
         for vm in st.vms.values() if st else ():
             vm.register_foreign(ff)
 
@@ -666,7 +707,7 @@ class Host:
         returns its results in that order: the main worker, the workers, then the calling
         thread (when it has VMs of its own, or there are no workers)."""
         out = [w.call(fn).result() for w in ([self._main] if self._main else []) + self.workers]
-        if getattr(self._local, "state", None) is not None or not out:
+        if self._local.state is not None or not out:
             out.append(fn())
         return out
 
@@ -692,7 +733,7 @@ class Host:
 
     def release_thread(self, timeout: float = 5.0) -> None:
         """Shuts down the calling thread's VMs now (otherwise they go when it ends)."""
-        st = getattr(self._local, "state", None)
+        st = self._local.state
         if st is not None:
             self._teardown_state(st, timeout)
             self._local.state = None

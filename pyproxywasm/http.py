@@ -64,7 +64,8 @@ def _load_fast() -> ModuleType | None:
         return None
     _fast.init(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
                  for name in ("pw_http_start", "pw_http_headers", "pw_http_data", "pw_http_finish",
-                              "pw_http_new", "pw_http_read", "pw_set_host_property")))
+                              "pw_http_new", "pw_http_read", "pw_set_host_property",
+                              "pw_vm_closed")))
     return _fast
 
 

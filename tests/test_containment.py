@@ -278,6 +278,40 @@ def test_runaway_guest_is_stopped_at_its_deadline_and_the_worker_serves_on():
         assert host.workers[0].call(next_request).result(10) == (Action.CONTINUE, FailureOutcome.RELOADED)
 
 
+def _voluntary_switches() -> int:
+    """This process's voluntary context switches, all threads (Linux)."""
+    n = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/status") as f:
+                n += sum(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+        except FileNotFoundError:  # a thread that ended meanwhile
+            pass
+    return n
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads' switches in /proc")
+def test_the_deadline_ticker_sleeps_while_no_guest_runs_and_wakes_for_the_next_call():
+    with PluginHarness(wat("hostile"), deadline_ms=30) as h:
+        s = h.http()
+        s.send_request_headers(REQUEST, end_stream=True)
+        s.finish()
+        a = _voluntary_switches()
+        time.sleep(0.05)
+        ticking = _voluntary_switches() - a  # the ticker wakes every 1 ms after a call
+        time.sleep(0.2)  # 100 ticks without a guest call: it sleeps
+        a = _voluntary_switches()
+        time.sleep(0.5)
+        idle = _voluntary_switches() - a
+        assert ticking >= 20 and idle <= 10, (ticking, idle)
+        # The next call wakes it: a runaway guest is stopped at its deadline as ever.
+        s = h.http()
+        t0 = time.monotonic()
+        assert s.send_request_headers(hostile("x-loop")) is Action.PAUSE
+        assert s.failed and "deadline" in h.plugin.vm.error
+        assert time.monotonic() - t0 < 0.030 + 0.5
+
+
 def test_a_loop_in_the_guest_allocator_is_stopped_too():
     with PluginHarness(wat("hostile"), deadline_ms=30) as h:
         s = h.http()

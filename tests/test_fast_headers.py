@@ -121,3 +121,34 @@ def test_what_no_field_can_hold_is_refused_on_both_paths(plugin, general_path, b
             s.send_request_headers(bad)
         s.finish()
         general_path()
+
+
+def test_streams_hold_no_reference_once_gone(plugin):
+    """Streams made through Plugin.http_stream (the C opener), HttpStream(root) and with
+    properties, finished or dropped: none leaves a reference behind on its type or root
+    (a heap-type base's dealloc owes the type its reference back)."""
+    import gc
+    import sys
+
+    from pyproxywasm.http import HttpStream
+
+    root = plugin.instance()
+
+    def churn():
+        for _ in range(200):
+            s = plugin.http_stream()
+            s.send_request_headers([(":path", "/")], end_stream=True)
+            s.finish()
+            plugin.http_stream()  # dropped before any event
+            s = plugin.http_stream()
+            s.send_request_headers([(":path", "/")])  # dropped mid-stream: ended by its finalizer
+            del s
+            HttpStream(root).finish()
+            HttpStream(root, {"x": "y"}).finish()
+
+    churn()
+    gc.collect()
+    before = sys.getrefcount(HttpStream), sys.getrefcount(root)
+    churn()
+    gc.collect()
+    assert (sys.getrefcount(HttpStream), sys.getrefcount(root)) == before

@@ -12,6 +12,10 @@ library issuing CALLGRIND_TOGGLE_COLLECT, built here with cc): (total(N) - total
 (N - 10) is what one request costs, with the toggling's own cost cancelled.
 
     python -m bench.middleware_cg one KIND FILTER N   # the child (KIND asgi|wsgi)
+
+FILTER "floor" (ASGI only) is no middleware at all but the do-nothing wrapper of the same
+shape (`_Floor`): the cost any Python ASGI layer that wraps `send` and rebuilds the two
+response messages has, which the middleware cannot go below while it is in Python.
 """
 from __future__ import annotations
 
@@ -37,6 +41,35 @@ def _toggle() -> ctypes.CDLL | None:
     return ctypes.CDLL(path) if path else None
 
 
+class _Floor:
+    """The shape of the middleware's common ASGI path with nothing else: a coroutine around
+    the app, the scope copied, `send` wrapped (the start recorded and answered with a done
+    future, the body sent as two rebuilt messages from one coroutine)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.done = None
+
+    async def __call__(self, scope, receive, send):
+        if self.done is None:
+            self.done = asyncio.get_running_loop().create_future()
+            self.done.set_result(None)
+        start = []
+
+        def wrapped(msg):
+            if msg["type"] == "http.response.start":
+                start.append(msg)
+                return self.done
+            return out(msg)
+
+        async def out(msg):
+            await send({"type": "http.response.start", "status": start[0]["status"],
+                        "headers": list(start[0]["headers"]), "trailers": False})
+            await send({"type": "http.response.body", "body": msg["body"], "more_body": False})
+
+        await self.app(dict(scope), receive, wrapped)
+
+
 def one(kind: str, filter_name: str, n: int) -> None:
     from .middleware_apps import hello, hello_wsgi
     from .middleware_inproc import ENVIRON, SCOPE, _plugins
@@ -45,7 +78,8 @@ def one(kind: str, filter_name: str, n: int) -> None:
     if kind == "asgi":
         from pyproxywasm.adapters import ProxyWasmMiddleware
 
-        app = hello if filter_name == "none" else ProxyWasmMiddleware(hello, plugins=_plugins(filter_name))
+        app = hello if filter_name == "none" else _Floor(hello) if filter_name == "floor" else \
+            ProxyWasmMiddleware(hello, plugins=_plugins(filter_name))
 
         async def receive():
             return {"type": "http.request", "body": b"", "more_body": False}

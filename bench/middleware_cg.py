@@ -43,26 +43,19 @@ def _toggle() -> ctypes.CDLL | None:
 
 class _Floor:
     """The shape of the middleware's common ASGI path with nothing else: a coroutine around
-    the app, the scope copied, `send` wrapped (the start recorded and answered with a done
-    future, the body sent as two rebuilt messages from one coroutine)."""
+    the app, the scope copied, `send` wrapped by a coroutine function (the start recorded,
+    the body sent as two rebuilt messages)."""
 
     def __init__(self, app):
         self.app = app
-        self.done = None
 
     async def __call__(self, scope, receive, send):
-        if self.done is None:
-            self.done = asyncio.get_running_loop().create_future()
-            self.done.set_result(None)
         start = []
 
-        def wrapped(msg):
+        async def wrapped(msg):
             if msg["type"] == "http.response.start":
                 start.append(msg)
-                return self.done
-            return out(msg)
-
-        async def out(msg):
+                return
             await send({"type": "http.response.start", "status": start[0]["status"],
                         "headers": list(start[0]["headers"]), "trailers": False})
             await send({"type": "http.response.body", "body": msg["body"], "more_body": False})

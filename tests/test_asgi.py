@@ -574,3 +574,29 @@ def test_pause_resumed_by_an_http_call_answer(server):
             assert r.status_code == 403 and r.text == "who are you"
             assert r.headers["x-auth-status"] == "403"
     assert calls.n == 1
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_wrapped_send_is_a_coroutine_function_for_task_based_apps(server):
+    """The app's send stays a coroutine function returning coroutines (the one-filter
+    common path included): apps and libraries that hand send(msg) to create_task, or
+    check iscoroutinefunction (anyio's start_soon, asgiref's async_to_sync), work."""
+    import inspect
+
+    seen: list[bool] = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        seen.append(inspect.iscoroutinefunction(send))
+        await asyncio.create_task(send({"type": "http.response.start", "status": 200,
+                                        "headers": [(b"content-type", b"text/plain")]}))
+        await asyncio.create_task(send({"type": "http.response.body", "body": b"from tasks"}))
+
+    mw = ProxyWasmMiddleware(app, plugins=[go("headers")])
+    with asgi_server(server, mw) as url, httpx.Client(base_url=url) as c:
+        for _ in range(3):
+            r = c.get("/t")
+            assert r.status_code == 200 and r.text == "from tasks"
+            assert r.headers["x-wasm-resp"] == "f"  # through the filter's response callback
+    assert seen == [True, True, True]

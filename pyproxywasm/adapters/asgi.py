@@ -88,10 +88,6 @@ class _LoopState:
         # properties: a connection's requests reuse them without a lookup.
         self.last: tuple[Any, Any, Any, list[tuple[bytes, bytes]]] = (_UNSET, _UNSET, _UNSET, [])
         self.dispatcher = host.dispatcher
-        # What the app's send returns when there is nothing to wait for (a done future:
-        # awaiting one is a few C calls, no coroutine).
-        self.done: asyncio.Future[None] = loop.create_future()
-        self.done.set_result(None)
         # Not attached here when the embedding serves the dispatcher from this loop itself
         # (one fd has one reader): its runs tell the watchers all the same.
         self.detach: Callable[[], None] = self.dispatcher.attach(loop) if attach else _nothing
@@ -534,62 +530,53 @@ class _Exchange:
             else:
                 await self._wait()
 
-    def _app_send(self, msg: Message) -> Awaitable[None]:
-        """The app's send. A plain function, not a coroutine, so the common path makes no
-        coroutine of its own: the response's start is only recorded (an already done
-        future to await), and the first body goes through the one filter with one C call
-        (StreamBase.asgi_respond) which hands back what the filter lets out, ready for
-        the client; the two messages to the server are then the one coroutine. Anything
-        else takes the general path (_app_send_general)."""
+    async def _app_send(self, msg: Message) -> None:
+        """The app's send (a coroutine function, as servers' own are: libraries check for
+        that). The common case, the first body after the start, goes through the one
+        filter with one C call (StreamBase.asgi_respond), which hands back what the filter
+        lets out ready for the client."""
         t = msg["type"]
         if t == "http.response.start":
             if self.start_msg is not None:
                 raise RuntimeError("http.response.start sent twice")
             self.start_msg = msg
             self.trailers_declared = bool(msg.get("trailers"))
-            return self.ls.done
+            return
         msg0 = self.start_msg
         chain = self.chain
-        if not (self.fast and t == "http.response.body" and not self.hdr_pushed and msg0 is not None
-                and not self.trailers_declared and chain.dead < 0
-                and not chain.streams[0].flags & _OVER):
-            return self._app_send_general(msg)
-        body = msg.get("body", b"")
-        end = not msg.get("more_body", False)
-        resp_in = self.resp_in + len(body)
-        r: Any
-        try:
-            # None when the message is not what it takes (the general path then does
-            # all); headers None when the filter did not let it all through (paused,
-            # answered, ...: _flush goes on).
-            r = chain.streams[0].asgi_respond(msg0["status"], msg0.get("headers", ()), body, end,
-                                              self.scope["method"] == "HEAD", resp_in)
-        except ProxyWasmError as e:
-            chain._die(0, e)
-            r = _NOT_OUT
-        if r is None:
-            return self._app_send_general(msg)
-        self.hdr_pushed = True
-        self.end_pushed = end
-        self.resp_in = resp_in
-        chain._fed_resp[0] = _HDR | _END if end else _HDR  # chain.response_fed(end)
-        if r[2] is None:
-            return self._flush()
-        self.resp_started = True
-        return self._send_out(r[1], r[2], r[3], r[4])
-
-    async def _send_out(self, status: int, headers: Any, body: bytes, ended: bool) -> None:
-        """The response the filter let through as it came, to the server."""
-        await self.send({"type": "http.response.start", "status": status, "headers": headers,
-                         "trailers": False})
-        self.resp_out += len(body)
-        await self.send({"type": "http.response.body", "body": body, "more_body": not ended})
-        if ended:
-            self.resp_done = True
-
-    async def _app_send_general(self, msg: Message) -> None:
-        t = msg["type"]
-        chain = self.chain
+        if self.fast and t == "http.response.body" and not self.hdr_pushed and msg0 is not None \
+                and not self.trailers_declared and chain.dead < 0 \
+                and not chain.streams[0].flags & _OVER:
+            body = msg.get("body", b"")
+            end = not msg.get("more_body", False)
+            resp_in = self.resp_in + len(body)
+            r: Any
+            try:
+                # None when the message is not what it takes (the general path below then
+                # does all); headers None when the filter did not let it all through
+                # (paused, answered, ...: _flush goes on).
+                r = chain.streams[0].asgi_respond(msg0["status"], msg0.get("headers", ()), body,
+                                                  end, self.scope["method"] == "HEAD", resp_in)
+            except ProxyWasmError as e:
+                chain._die(0, e)
+                r = _NOT_OUT
+            if r is not None:
+                self.hdr_pushed = True
+                self.end_pushed = end
+                self.resp_in = resp_in
+                chain._fed_resp[0] = _HDR | _END if end else _HDR  # chain.response_fed(end)
+                if r[2] is None:
+                    await self._flush()
+                    return
+                self.resp_started = True
+                out = r[3]
+                await self.send({"type": "http.response.start", "status": r[1], "headers": r[2],
+                                 "trailers": False})
+                self.resp_out += len(out)
+                await self.send({"type": "http.response.body", "body": out, "more_body": not r[4]})
+                if r[4]:
+                    self.resp_done = True
+                return
         if (chain.dead >= 0 or chain.streams[0].flags & _OVER) if self.fast else chain.answered:
             return  # a plugin answered: the app's response goes nowhere
         if t == "http.response.body":

@@ -501,6 +501,112 @@ static PyType_Slot o_slots[] = {
 static PyType_Spec o_spec = {"pyproxywasm._fast.Opener", sizeof(Opener), 0,
                              Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, o_slots};
 
+
+/* ---- PluginBase: Plugin.http_stream without a Python frame -------------------------------
+ * pyproxywasm.host.Plugin subclasses this type. http_stream() looks up the calling thread's
+ * Opener for the plugin (host._local.state.openers[index]) and calls it; anything else
+ * (properties, no state or opener yet, an Opener answering None) is the subclass's
+ * _http_stream(state, properties), the general path. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *local; /* the host's per-thread state holder (_local) */
+    PyObject *index; /* the plugin's index (an int), the key of its Opener */
+} PluginBase;
+
+static PyObject *str_state, *str_openers, *str_http_stream_general;
+
+static PyObject *p_http_stream(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames) {
+    PluginBase *p = (PluginBase *)self;
+    Py_ssize_t nkw = kwnames ? PyTuple_Size(kwnames) : 0;
+    PyObject *props = nargs ? args[0] : Py_None;
+    if (nargs > 1 || nargs + nkw > 1 ||
+        (nkw && PyUnicode_CompareWithASCIIString(PyTuple_GetItem(kwnames, 0), "properties"))) {
+        PyErr_SetString(PyExc_TypeError, "http_stream(properties=None)");
+        return NULL;
+    }
+    if (nkw) props = args[nargs];
+    if (!p->local || !p->index) {
+        PyErr_SetString(PyExc_RuntimeError, "Plugin not initialized");
+        return NULL;
+    }
+    PyObject *st = PyObject_GetAttr(p->local, str_state);
+    if (!st) return NULL;
+    if (props == Py_None && st != Py_None) {
+        PyObject *openers = PyObject_GetAttr(st, str_openers);
+        if (!openers) {
+            Py_DECREF(st);
+            return NULL;
+        }
+        PyObject *op = PyDict_GetItemWithError(openers, p->index); /* borrowed */
+        Py_XINCREF(op);
+        Py_DECREF(openers);
+        if (op) {
+            PyObject *r = PyObject_CallObject(op, NULL);
+            Py_DECREF(op);
+            if (r != Py_None) { /* a stream, or an error */
+                Py_DECREF(st);
+                return r;
+            }
+            Py_DECREF(r);
+        } else if (PyErr_Occurred()) {
+            Py_DECREF(st);
+            return NULL;
+        }
+    }
+    PyObject *r = PyObject_CallMethodObjArgs(self, str_http_stream_general, st, props, NULL);
+    Py_DECREF(st);
+    return r;
+}
+
+static int p_traverse(PyObject *self, visitproc visit, void *arg) {
+    PluginBase *p = (PluginBase *)self;
+    Py_VISIT(p->local);
+    Py_VISIT(p->index);
+    return 0;
+}
+
+static int p_clear(PyObject *self) {
+    PluginBase *p = (PluginBase *)self;
+    Py_CLEAR(p->local);
+    Py_CLEAR(p->index);
+    return 0;
+}
+
+/* Instances are Plugin's (a Python subclass), as for StreamBase's s_dealloc. */
+static void p_dealloc(PyObject *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    p_clear(self);
+    ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
+    Py_DECREF(tp);
+}
+
+static PyMemberDef p_members[] = {
+    {"_local", T_OBJECT, offsetof(PluginBase, local), 0, NULL},
+    {"index", T_OBJECT, offsetof(PluginBase, index), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef p_methods[] = {
+    {"http_stream", (PyCFunction)(void (*)(void))p_http_stream, FASTKW,
+     "http_stream(properties=None): a new HTTP stream through this plugin on the calling thread."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot p_slots[] = {
+    {Py_tp_new, (void *)PyType_GenericNew},
+    {Py_tp_dealloc, (void *)p_dealloc},
+    {Py_tp_traverse, (void *)p_traverse},
+    {Py_tp_clear, (void *)p_clear},
+    {Py_tp_members, p_members},
+    {Py_tp_methods, p_methods},
+    {0, NULL},
+};
+
+static PyType_Spec p_spec = {"pyproxywasm._fast.PluginBase", sizeof(PluginBase), 0,
+                             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, p_slots};
+
 static PyMethodDef methods[] = {
     {"init", (PyCFunction)(void (*)(void))init, METH_FASTCALL, NULL},
     {"set_constants", (PyCFunction)(void (*)(void))set_constants, METH_FASTCALL, NULL},
@@ -516,7 +622,10 @@ PyMODINIT_FUNC PyInit__fast(void) {
     if (!(str_vm = PyUnicode_InternFromString("vm")) || !(str_ptr = PyUnicode_InternFromString("ptr")) ||
         !(str_addr = PyUnicode_InternFromString("addr")) ||
         !(str_context_id = PyUnicode_InternFromString("context_id")) ||
-        !(str_properties = PyUnicode_InternFromString("properties")) || exchange_init())
+        !(str_properties = PyUnicode_InternFromString("properties")) ||
+        !(str_state = PyUnicode_InternFromString("state")) ||
+        !(str_openers = PyUnicode_InternFromString("openers")) ||
+        !(str_http_stream_general = PyUnicode_InternFromString("_http_stream")) || exchange_init())
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
@@ -530,6 +639,12 @@ PyMODINIT_FUNC PyInit__fast(void) {
     PyObject *o = PyType_FromSpec(&o_spec);
     if (!o || PyModule_AddObject(m, "Opener", o) < 0) {
         Py_XDECREF(o);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *pb = PyType_FromSpec(&p_spec);
+    if (!pb || PyModule_AddObject(m, "PluginBase", pb) < 0) {
+        Py_XDECREF(pb);
         Py_DECREF(m);
         return NULL;
     }

@@ -33,3 +33,9 @@ class Opener:
     def __init__(self, cls: type, root: Any, vmobj: Any, vm: Any, vma: int, root_id: int,
                  dropped: Any, level_cache: dict[Any, Any]) -> None: ...
     def __call__(self) -> Any: ...
+
+class PluginBase:
+    """Plugin's C base: http_stream through the calling thread's Opener."""
+
+    index: int
+    def http_stream(self, properties: Any = None) -> Any: ...

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
 
 from . import properties as props
 from ._binding import ERRORS, ForeignFunction, LogTarget, error_for, ffi, lib, proxy_level, raise_for
@@ -273,14 +273,25 @@ class _Releaser:
             logging.getLogger("pyproxywasm").exception("releasing a thread's VMs failed")
 
 
-class Plugin:
+if TYPE_CHECKING:  # one static base for the type checker; at run time, the C one if built
+    _PluginBase = object
+else:
+    _PluginBase = _fast.PluginBase if _fast is not None else object
+
+
+class Plugin(_PluginBase):
     """A configured plugin, host-wide. Its root context on the calling thread is
-    `instance()`; the members below act on that instance."""
+    `instance()`; the members below act on that instance.
+
+    http_stream() is a C method of pyproxywasm._fast.PluginBase when the extension is
+    built: the calling thread's Opener makes the stream with no Python frame; whatever it
+    does not take goes to _http_stream, the general path."""
 
     def __init__(self, host: "Host", config: PluginConfig, index: int) -> None:
         self.host = host
         self.config = config
         self.index = index
+        self._local = host._local  # (PluginBase's http_stream reads the state from it)
         self._reload = config.failure_policy is FailurePolicy.FAIL_RELOAD
 
     def instance(self) -> RootContext:
@@ -303,18 +314,20 @@ class Plugin:
     def tick_period_ms(self) -> int:
         return self.instance().tick_period_ms
 
-    def http_stream(self, properties: Mapping[Any, Any] | None = None) -> HttpStream:
-        # The hot path of a host: this thread's Opener for the plugin makes the stream in
-        # C; anything it does not take (properties, a FAIL_RELOAD plugin, dropped streams
-        # to end, logging reconfigured, no opener yet) takes the general path.
-        st = self.host._local.state
-        if st is not None and properties is None:
-            opener = st.openers.get(self.index)
-            if opener is not None:
-                stream = opener()
-                if stream is not None:
-                    return stream
-        return self._http_stream(st, properties)
+    if _fast is None or TYPE_CHECKING:
+        def http_stream(self, properties: Mapping[Any, Any] | None = None) -> HttpStream:
+            """A new HTTP stream through this plugin on the calling thread."""
+            # The hot path of a host: this thread's Opener for the plugin makes the stream;
+            # anything it does not take (properties, a FAIL_RELOAD plugin, dropped streams
+            # to end, logging reconfigured, no opener yet) takes the general path.
+            st = self._local.state
+            if st is not None and properties is None:
+                opener = st.openers.get(self.index)
+                if opener is not None:
+                    stream = opener()
+                    if stream is not None:
+                        return stream
+            return self._http_stream(st, properties)
 
     def _http_stream(self, st: _ThreadState | None, properties: Mapping[Any, Any] | None) -> HttpStream:
         root: RootContext | None = st.roots.get(self.index) if st is not None else None

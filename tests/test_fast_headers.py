@@ -152,3 +152,17 @@ def test_streams_hold_no_reference_once_gone(plugin):
     churn()
     gc.collect()
     assert (sys.getrefcount(HttpStream), sys.getrefcount(root)) == before
+
+
+def test_plugin_http_stream_takes_properties_and_refuses_anything_else(plugin):
+    s = plugin.http_stream(properties={"request": {"id": "abc"}})
+    s.send_request_headers([(":path", "/p")], end_stream=True)
+    assert plugin.instance().property("request.id", s.context_id) == b"abc"
+    s.finish()
+    plugin.http_stream(None).finish()
+    with pytest.raises(TypeError):
+        plugin.http_stream(None, None)
+    with pytest.raises(TypeError):
+        plugin.http_stream(None, properties=None)
+    with pytest.raises(TypeError):
+        plugin.http_stream(props={})

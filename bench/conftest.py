@@ -88,11 +88,14 @@ def pytest_terminal_summary(terminalreporter):
 
 def _lifecycle_summary(tw, r) -> None:
     """bench/test_lifecycle_bench.py: the issue-11 lifecycle, Python API against the core
-    driven from C (bench/driver.c), same run."""
+    driven from C in the same process (bench/core_loop.c, alternating batches) and in a
+    process of its own (bench/driver.c), same run."""
     for key, what in (("wat", "minimal WAT filter"), ("go", "Go SDK header_rewrite")):
-        c = r.get(f"c_{key}")
+        c, d = r.get(f"c_{key}"), r.get(f"d_{key}")
         if c:
-            tw.line(f"{what}, core driven from C:   {c * 1e6:8.2f} us")
+            tw.line(f"{what}, core driven from C, this process: {c * 1e6:8.2f} us")
+        if d:
+            tw.line(f"{what}, core driven from C, bench/driver.c: {d * 1e6:8.2f} us")
         for form in ("tuple", "bytes"):
             py = r.get(f"py_{key}_{form}")
             if py:

@@ -1,19 +1,24 @@
 """Per-request cost of one HTTP lifecycle (6 request headers, body, 4 response headers,
-body, teardown): through the Python API, and the C core driven from C by bench/driver.c
-(built here like `make -C csrc bench-driver`), all in one run. The figures and their
-ratios print at the end of the run (bench/conftest.py); bench/README.md has them, with
-callgrind instruction counts."""
+body, teardown) through the Python API, against the C core driven from C: in this process
+(bench/core_loop.c, called with ctypes on the same thread and VM, in alternation with the
+Python loop) and in a process without Python (bench/driver.c, built here like `make -C
+csrc bench-driver`). The figures and their ratios print at the end of the run
+(bench/conftest.py); bench/README.md has them, with callgrind instruction counts."""
 from __future__ import annotations
 
+import ctypes
 import os
 import pathlib
+import statistics
 import subprocess
 import tempfile
+import time
 
 import pytest
 
 from lifecycle import GO_REWRITE, REQUEST, REQUEST_BYTES, RESPONSE, RESPONSE_BYTES, WAT_FILTER, lifecycle
 from pyproxywasm import Host, PluginConfig, VmConfig
+from pyproxywasm._binding import ffi, lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PLUGINS = {"wat": (WAT_FILTER, 2), "go": (GO_REWRITE, 1)}  # (.wasm, ABI id for the driver)
@@ -40,6 +45,35 @@ def driver():
 
 
 @pytest.fixture(scope="module")
+def core_loop():
+    """bench/core_loop.c as a shared library: run(plugin, n) makes n lifecycles on the
+    calling thread's VM of `plugin` from C, with the flat headers the Python API sends."""
+    out = tempfile.mkdtemp(prefix="pw-bench-")
+    so = os.path.join(out, "core_loop.so")
+    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", so, str(ROOT / "bench" / "core_loop.c")],
+                   check=True, capture_output=True)
+    fn = ctypes.CDLL(so).run_lifecycles  # (a CDLL call releases the GIL)
+    fn.restype = ctypes.c_long
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_uint32, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int,
+                                           ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_long]
+    core = [int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+            for name in ("pw_http_start", "pw_http_headers", "pw_http_data", "pw_http_finish")]
+
+    def flat(headers: list[tuple[str, str]]) -> bytes:
+        return b"\0".join(f"{k}\0{v}".encode() for k, v in headers)
+
+    req, resp = flat(REQUEST), flat(RESPONSE)
+
+    def run(plugin, n: int) -> None:
+        root = plugin.instance()
+        errors = fn(*core, root.vm.addr, root.context_id, req, len(req), len(REQUEST), resp, len(resp),
+                    len(RESPONSE), n)
+        assert errors == 0
+
+    return run
+
+
+@pytest.fixture(scope="module")
 def plugins():
     host = Host([PluginConfig(VmConfig(WAT_FILTER), root_id="bench", name="wat"),
                  PluginConfig(VmConfig(GO_REWRITE), name="go")])
@@ -55,28 +89,40 @@ FORMS = {"tuple": (REQUEST, RESPONSE), "bytes": (REQUEST_BYTES, RESPONSE_BYTES)}
 
 
 BATCH = {"wat": 2000, "go": 300}  # lifecycles per timed batch, as the driver's batches
+ROUNDS = 15
 
 
 @pytest.mark.parametrize("key,form", [("wat", "tuple"), ("wat", "bytes"), ("go", "tuple"), ("go", "bytes")])
-def test_lifecycle_python_vs_core(benchmark, record, driver, plugins, key, form):
-    """The Python API's lifecycle against the core driven from C, measured the same way:
-    batches of lifecycles timed as a whole (the median batch, per lifecycle), the driver
-    right before and right after (the lower of the two: the machine is shared). Timing
-    each lifecycle alone would add the timer's own cost to the Python side only."""
+def test_lifecycle_python_vs_core(record, driver, core_loop, plugins, key, form):
+    """The Python API's lifecycle against the core driven from C, timed the same way:
+    batches of lifecycles timed as a whole (the median batch, per lifecycle; timing each
+    lifecycle alone would add the timer's cost to the Python side only). The in-process
+    core and the Python loop alternate batch by batch on the same thread and VM, so a
+    slow spell of this shared machine hits both; the driver in its own process runs right
+    before and right after (the lower of the two)."""
     n = BATCH[key]
-    before = driver(key, n)
-    req, resp = FORMS[form]
     plugin = plugins[key]
-    benchmark.pedantic(lifecycle, (plugin, req, resp), iterations=n, rounds=15, warmup_rounds=1)
+    req, resp = FORMS[form]
+    before = driver(key, n)
+    core, py = [], []
+    for _ in range(ROUNDS):
+        t = time.perf_counter()
+        core_loop(plugin, n)
+        core.append((time.perf_counter() - t) / n)
+        t = time.perf_counter()
+        for _ in range(n):
+            lifecycle(plugin, req, resp)
+        py.append((time.perf_counter() - t) / n)
     after = driver(key, n)
-    record(f"py_{key}_{form}", benchmark.stats.stats.median)
-    record(f"c_{key}", min(before, after, *(x for x in [_prev(key)] if x)))
+    record(f"py_{key}_{form}", statistics.median(py))
+    record(f"c_{key}", min([statistics.median(core), *(x for x in [_prev(key)] if x)]))
+    record(f"d_{key}", min(before, after, *(x for x in [_prev(key, "d")] if x)))
     s = plugin.http_stream()
     s.send_request_headers(req)
     assert s.request_headers.get("x-wasm-filter" if key == "wat" else "x-pyproxywasm") is not None
     s.finish()
 
 
-def _prev(key: str) -> float | None:
+def _prev(key: str, kind: str = "c") -> float | None:
     from conftest import RESULTS
-    return RESULTS.get(f"c_{key}")
+    return RESULTS.get(f"{kind}_{key}")

@@ -518,24 +518,18 @@ int pw_queue_dequeue(uint32_t id, uint8_t **out, size_t *out_len) {
 }
 
 /* ---- the foreign functions (beyond the ABI, every backend) ------------------------------------ */
-static uint64_t le(const uint8_t *p, int n) {
-    uint64_t v = 0;
-    for (int i = 0; i < n; i++) v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
 /* delete_shared_data: u32 cas (little-endian), then the key. OK, NOT_FOUND, CAS_MISMATCH. */
 static int ff_delete(pw_vm *vm, const uint8_t *a, size_t n, pw_buf *out) {
     (void)out;
     if (n < 4) return ST_BAD_ARGUMENT;
-    return backend_del(vm, a + 4, n - 4, (uint32_t)le(a, 4));
+    return backend_del(vm, a + 4, n - 4, (uint32_t)rd_le(a, 4));
 }
 
 /* expire_shared_data: u64 ttl in ms (little-endian; 0: never), then the key. OK, NOT_FOUND. */
 static int ff_expire(pw_vm *vm, const uint8_t *a, size_t n, pw_buf *out) {
     (void)out;
     if (n < 8) return ST_BAD_ARGUMENT;
-    return backend_expire(vm, a + 8, n - 8, le(a, 8));
+    return backend_expire(vm, a + 8, n - 8, rd_le(a, 8));
 }
 
 int backend_register_foreign(pw_vm *vm) {

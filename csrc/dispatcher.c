@@ -135,8 +135,8 @@ void dispatcher_changed(pw_dispatcher *d, uint64_t vm_key, uint32_t ctx) {
     /* Changed by a call the embedding made (it knows), or nobody reads the list. */
     if (!d || !d->running || !d->track_changes) return;
     uint8_t rec[12];
-    for (int i = 0; i < 8; i++) rec[i] = (uint8_t)(vm_key >> (8 * i));
-    for (int i = 0; i < 4; i++) rec[8 + i] = (uint8_t)(ctx >> (8 * i));
+    wr_le(rec, vm_key, 8);
+    wr_le(rec + 8, ctx, 4);
     buf_append(&d->changed, rec, sizeof rec); /* out of memory: the embedding re-checks later */
 }
 

@@ -26,14 +26,14 @@ uint8_t *gmem(pw_vm *vm, uint32_t ptr, uint32_t len) {
 int gput_u32(pw_vm *vm, uint32_t ptr, uint32_t v) {
     uint8_t *p = gmem(vm, ptr, 4);
     if (!p) return -1;
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+    wr_le(p, v, 4);
     return 0;
 }
 
 int gput_u64(pw_vm *vm, uint32_t ptr, uint64_t v) {
     uint8_t *p = gmem(vm, ptr, 8);
     if (!p) return -1;
-    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+    wr_le(p, v, 8);
     return 0;
 }
 

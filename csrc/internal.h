@@ -43,6 +43,19 @@ void buf_move_append(pw_buf *dst, pw_buf *src); /* dst += src; src emptied */
 void buf_free(pw_buf *b);
 static inline void buf_clear(pw_buf *b) { b->len = 0; }
 
+/* n (1..8) bytes at p as a little-endian number: the ABI's byte order, whatever the host's
+ * (the pairs format's lengths, the foreign functions' arguments). */
+static inline uint64_t rd_le(const uint8_t *p, int n) {
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* The low n (1..8) bytes of v at p, little-endian. */
+static inline void wr_le(uint8_t *p, uint64_t v, int n) {
+    for (int i = 0; i < n; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
 /* ---- header maps and the pairs wire format (hmap.c) ----------------------------- */
 typedef struct hm_entry {
     uint32_t ko, kl, vo, vl; /* offsets into bytes */

@@ -141,9 +141,9 @@ int pw_metrics_dump(const uint8_t *ns, size_t ns_len, uint8_t **out, size_t *len
         int64_t v = atomic_load(&m->value);
         uint64_t sum = atomic_load(&m->sum);
         rec[0] = (uint8_t)m->kind;
-        for (int i = 0; i < 4; i++) rec[1 + i] = (uint8_t)(nl >> (8 * i));
-        for (int i = 0; i < 8; i++) rec[5 + i] = (uint8_t)((uint64_t)v >> (8 * i));
-        for (int i = 0; i < 8; i++) rec[13 + i] = (uint8_t)(sum >> (8 * i));
+        wr_le(rec + 1, nl, 4);
+        wr_le(rec + 5, (uint64_t)v, 8);
+        wr_le(rec + 13, sum, 8);
         ok = !buf_append(&b, rec, sizeof rec) && !buf_append(&b, m->name.p, m->name.len);
         for (int i = 0; ok && m->buckets && i < PW_HIST_BUCKETS; i++) {
             uint64_t c = atomic_load(&m->buckets[i]);

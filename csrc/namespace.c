@@ -10,7 +10,7 @@
 
 int scope_make(pw_buf *out, const uint8_t *ns, size_t nsl, const uint8_t *vm_id, size_t vl) {
     uint8_t len[4];
-    for (int i = 0; i < 4; i++) len[i] = (uint8_t)((uint32_t)nsl >> (8 * i));
+    wr_le(len, (uint32_t)nsl, 4);
     buf_clear(out);
     return buf_append(out, len, 4) || buf_append(out, ns, nsl) || buf_append(out, vm_id, vl);
 }

@@ -19,7 +19,7 @@ static int put_str(pw_buf *out, const uint8_t *p, size_t n) {
 
 static int put_i64(pw_buf *out, int64_t v) {
     uint8_t b[8];
-    for (int i = 0; i < 8; i++) b[i] = (uint8_t)((uint64_t)v >> (8 * i));
+    wr_le(b, (uint64_t)v, 8);
     return put_str(out, b, 8);
 }
 

@@ -76,10 +76,7 @@ WASI(fd_write) {
     uint32_t total = 0;
     for (uint32_t i = 0; i < n && total < cap; i++) {
         const uint8_t *iov = gmem(vm, iovs + 8 * i, 8);
-        uint32_t p = (uint32_t)iov[0] | (uint32_t)iov[1] << 8 | (uint32_t)iov[2] << 16 |
-                     (uint32_t)iov[3] << 24;
-        uint32_t l = (uint32_t)iov[4] | (uint32_t)iov[5] << 8 | (uint32_t)iov[6] << 16 |
-                     (uint32_t)iov[7] << 24;
+        uint32_t p = (uint32_t)rd_le(iov, 4), l = (uint32_t)rd_le(iov + 4, 4);
         const uint8_t *d = gmem(vm, p, l);
         if (!d) RET(E_FAULT);
         if (l > cap - total) l = (uint32_t)(cap - total);

@@ -3,7 +3,8 @@
 #   csrc/sanitize.sh asan pytest -q      AddressSanitizer + UndefinedBehaviorSanitizer
 #   csrc/sanitize.sh tsan pytest -q      ThreadSanitizer
 # The package must be installed (pip install .); the sanitized _core is built into a
-# scratch copy of pyproxywasm/ that is put first on PYTHONPATH.
+# scratch copy of pyproxywasm/ that is put first on PYTHONPATH, with the per-event
+# extension (pyproxywasm/_fast*.c) built with the same sanitizer.
 set -euo pipefail
 kind="$1"; shift
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -24,11 +25,9 @@ case "$kind" in
 esac
 # Guests run many times slower under a sanitizer: a roomier default callback deadline.
 export PYPROXYWASM_DEADLINE_MS="${PYPROXYWASM_DEADLINE_MS:-2000}"
-# Tests that depend on the optional C fast path being built know it may be absent here.
-export PYPROXYWASM_SANITIZED="$kind"
 scratch="$(mktemp -d)"
 cp -r "$here/pyproxywasm" "$scratch/"
-rm -f "$scratch"/pyproxywasm/_core*.so
+rm -f "$scratch"/pyproxywasm/_core*.so "$scratch"/pyproxywasm/_fast*.so
 (cd "$here" && CFLAGS="$flags -g -O1" LDFLAGS="$flags" python - "$scratch" <<'PY'
 import sys, pathlib
 scratch = pathlib.Path(sys.argv[1])
@@ -45,6 +44,10 @@ pathlib.Path(so).rename(target)
 print("sanitized core:", target)
 PY
 )
+inc="$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+gcc -std=c11 -shared -fPIC $flags -g -O1 -Wall -Wextra -Werror -I"$inc" \
+    -o "$scratch/pyproxywasm/_fast.abi3.so" "$here/pyproxywasm/_fast.c" "$here/pyproxywasm/_fast_exchange.c"
+echo "sanitized fast path: $scratch/pyproxywasm/_fast.abi3.so"
 export PYTHONPATH="$scratch${PYTHONPATH:+:$PYTHONPATH}"
 export LD_PRELOAD="$runtime"
 cd "$here"

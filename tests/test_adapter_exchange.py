@@ -296,7 +296,5 @@ def test_wsgi_host_header_is_the_authority(monkeypatch):
 
 
 @pytest.mark.skipif(os.environ.get("PYPROXYWASM_FAST") == "0", reason="turned off on purpose")
-@pytest.mark.skipif(bool(os.environ.get("PYPROXYWASM_SANITIZED")),
-                    reason="the sanitizer run builds only the core (the fast path is optional)")
 def test_the_exchange_in_c_is_built():
     assert _common.FAST

@@ -78,8 +78,6 @@ def general_path(monkeypatch):
 
 
 @pytest.mark.skipif(os.environ.get("PYPROXYWASM_FAST") == "0", reason="turned off on purpose")
-@pytest.mark.skipif(bool(os.environ.get("PYPROXYWASM_SANITIZED")),
-                    reason="the sanitizer run builds only the core (the fast path is optional)")
 def test_the_fast_path_is_built():
     assert http_mod._fast is not None
 

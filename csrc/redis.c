@@ -452,6 +452,26 @@ static void hdr_plain(tconn *t) {
 /* ---- connections -------------------------------------------------------------------- */
 static int is_error(const redisReply *r) { return r && r->type == REDIS_REPLY_ERROR; }
 
+/* One command built in t, on a connection being set up (AUTH, SELECT, SUBSCRIBE): 1 if the
+ * server answered without an error (and with an array, when `array`). */
+static int setup_command(redisContext *c, tconn *t, uint64_t deadline, int array) {
+    hdr_plain(t);
+    redisReply *r = NULL;
+    int ok = exchange(c, t, &r, deadline) == IO_OK && !is_error(r) &&
+             (!array || (r && r->type == REDIS_REPLY_ARRAY));
+    if (r) freeReplyObject(r);
+    return ok;
+}
+
+/* The end of a setup: t's buffers freed; c itself, or NULL (and c closed) if it failed. */
+static redisContext *setup_end(redisContext *c, tconn *t, int ok) {
+    buf_free(&t->args);
+    buf_free(&t->hdr);
+    if (ok) return c;
+    redisFree(c);
+    return NULL;
+}
+
 static void backoff(rbackend *b) {
     uint64_t bo = atomic_load(&b->backoff_ns);
     uint64_t next = bo * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : bo * 2;
@@ -493,18 +513,9 @@ static redisContext *dial(rbackend *b, uint64_t deadline) {
         } else {
             continue;
         }
-        hdr_plain(&tmp);
-        redisReply *r = NULL;
-        ok = exchange(c, &tmp, &r, deadline) == IO_OK && !is_error(r);
-        if (r) freeReplyObject(r);
+        ok = setup_command(c, &tmp, deadline, 0);
     }
-    buf_free(&tmp.args);
-    buf_free(&tmp.hdr);
-    if (!ok) {
-        redisFree(c);
-        return NULL;
-    }
-    return c;
+    return setup_end(c, &tmp, ok);
 }
 
 static void tconn_exit(void *p) {
@@ -985,17 +996,7 @@ static redisContext *subscribe(rbackend *b) {
     cmd_begin(&tmp);
     arg_str(&tmp, "SUBSCRIBE");
     arg_pkey(&tmp, b, "n:", b->inst);
-    hdr_plain(&tmp);
-    redisReply *r = NULL;
-    int ok = exchange(c, &tmp, &r, dl) == IO_OK && r && r->type == REDIS_REPLY_ARRAY;
-    if (r) freeReplyObject(r);
-    buf_free(&tmp.args);
-    buf_free(&tmp.hdr);
-    if (!ok) {
-        redisFree(c);
-        return NULL;
-    }
-    return c;
+    return setup_end(c, &tmp, setup_command(c, &tmp, dl, 1));
 }
 
 static void *subscriber(void *arg_) {

@@ -505,21 +505,36 @@ static void recount(shm_backend *m) {
 }
 
 /* ---- shared data ------------------------------------------------------------------------------ */
+/* A key's place: its shard, locked by lock_key, and what find() saw there. */
+typedef struct {
+    shm_shard *sh;
+    _Atomic uint64_t *link; /* the link to the key's entry; NULL: no such key */
+    uint64_t off;           /* the entry's offset */
+    shm_entry e;            /* its header, validated */
+    const uint8_t *p;       /* its scope, key and value */
+} shm_at;
+
+/* Locks the key's shard and looks the key up in it; -1 if the lock could not be had. */
+static int lock_key(shm_backend *m, const pw_buf *scope, const uint8_t *k, size_t kl, shm_at *a) {
+    uint64_t h = key_hash(scope, k, kl);
+    uint32_t s = (uint32_t)(h % SHM_SHARDS);
+    a->sh = shard_at(m, s);
+    if (lock(m, &a->sh->lock, LK_SHARD, (void *)(uintptr_t)s)) return -1;
+    a->link = find(m, s, h, scope, k, kl, &a->off, &a->e, &a->p);
+    return 0;
+}
+
 static int shm_get(pw_backend *b, const pw_buf *scope, const uint8_t *k, size_t kl, pw_buf *out,
                    uint32_t *cas) {
     shm_backend *m = (shm_backend *)b;
-    uint64_t h = key_hash(scope, k, kl), off;
-    uint32_t s = (uint32_t)(h % SHM_SHARDS);
-    shm_shard *sh = shard_at(m, s);
-    if (lock(m, &sh->lock, LK_SHARD, (void *)(uintptr_t)s)) return ST_INTERNAL_FAILURE;
-    shm_entry e;
-    const uint8_t *p;
+    shm_at a;
+    if (lock_key(m, scope, k, kl, &a)) return ST_INTERNAL_FAILURE;
     int st = ST_NOT_FOUND;
-    if (find(m, s, h, scope, k, kl, &off, &e, &p)) {
-        st = buf_set(out, p + e.scope_len + e.key_len, e.value_len) ? ST_INTERNAL_FAILURE : ST_OK;
-        *cas = e.cas;
+    if (a.link) {
+        st = buf_set(out, a.p + a.e.scope_len + a.e.key_len, a.e.value_len) ? ST_INTERNAL_FAILURE : ST_OK;
+        *cas = a.e.cas;
     }
-    unlock(m, &sh->lock);
+    unlock(m, &a.sh->lock);
     return st;
 }
 
@@ -605,34 +620,24 @@ static int set_once(shm_backend *m, const pw_buf *scope, const uint8_t *k, size_
 
 static int shm_del(pw_backend *b, const pw_buf *scope, const uint8_t *k, size_t kl, uint32_t cas) {
     shm_backend *m = (shm_backend *)b;
-    uint64_t h = key_hash(scope, k, kl), off;
-    uint32_t s = (uint32_t)(h % SHM_SHARDS);
-    shm_shard *sh = shard_at(m, s);
-    if (lock(m, &sh->lock, LK_SHARD, (void *)(uintptr_t)s)) return ST_INTERNAL_FAILURE;
-    shm_entry e;
-    const uint8_t *p;
-    _Atomic uint64_t *link = find(m, s, h, scope, k, kl, &off, &e, &p);
-    int st = !link ? ST_NOT_FOUND : cas && cas != e.cas ? ST_CAS_MISMATCH : ST_OK;
-    if (st == ST_OK) unlink_entry(m, link, off, &e);
-    unlock(m, &sh->lock);
+    shm_at a;
+    if (lock_key(m, scope, k, kl, &a)) return ST_INTERNAL_FAILURE;
+    int st = !a.link ? ST_NOT_FOUND : cas && cas != a.e.cas ? ST_CAS_MISMATCH : ST_OK;
+    if (st == ST_OK) unlink_entry(m, a.link, a.off, &a.e);
+    unlock(m, &a.sh->lock);
     return st;
 }
 
 static int shm_expire(pw_backend *b, const pw_buf *scope, const uint8_t *k, size_t kl,
                       uint64_t ttl_ms) {
     shm_backend *m = (shm_backend *)b;
-    uint64_t h = key_hash(scope, k, kl), off;
-    uint32_t s = (uint32_t)(h % SHM_SHARDS);
-    shm_shard *sh = shard_at(m, s);
-    if (lock(m, &sh->lock, LK_SHARD, (void *)(uintptr_t)s)) return ST_INTERNAL_FAILURE;
-    shm_entry e;
-    const uint8_t *p;
-    _Atomic uint64_t *link = find(m, s, h, scope, k, kl, &off, &e, &p);
-    if (link) /* one aligned 8-byte field of an entry nobody else changes while we hold the lock */
-        atomic_store((_Atomic uint64_t *)(m->base + off + offsetof(shm_entry, expires_ns)),
+    shm_at a;
+    if (lock_key(m, scope, k, kl, &a)) return ST_INTERNAL_FAILURE;
+    if (a.link) /* one aligned 8-byte field of an entry nobody else changes while we hold the lock */
+        atomic_store((_Atomic uint64_t *)(m->base + a.off + offsetof(shm_entry, expires_ns)),
                      shared_deadline(ttl_ms));
-    unlock(m, &sh->lock);
-    return link ? ST_OK : ST_NOT_FOUND;
+    unlock(m, &a.sh->lock);
+    return a.link ? ST_OK : ST_NOT_FOUND;
 }
 
 /* ---- queues --------------------------------------------------------------------------------- */

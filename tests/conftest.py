@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pathlib
+import time
 
 import pytest
 
@@ -15,6 +16,15 @@ WAT = PLUGINS / "wat"
 REQUEST = [(":method", "GET"), (":path", "/hello?x=1"), (":authority", "example.com"),
            (":scheme", "http"), ("user-agent", "pytest")]
 RESPONSE = [(":status", "200"), ("content-type", "text/plain")]
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    """Polls predicate() until true; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.005)
 
 
 def wat(name: str) -> bytes:

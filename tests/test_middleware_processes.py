@@ -66,6 +66,20 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _stop(p: subprocess.Popen, sig: int, segment: str) -> None:
+    """Stops the server as its own signal asks (killed after 30 s) and removes its segment."""
+    p.send_signal(sig)
+    try:
+        p.wait(30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+    try:
+        os.unlink(f"/dev/shm/{segment}")
+    except FileNotFoundError:
+        pass
+
+
 def get(port: int, path: str = "/") -> bytes:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -123,16 +137,7 @@ def test_uvicorn_workers_share_one_counter_and_export_metrics_per_pid(tmp_path):
             assert re.search(rf"^requests_total\{{\}} {n}$", get(port, "/metrics/all").decode(), re.M)
         assert sorted(os.listdir(tmp_path / "metrics")) == sorted(f"{pid}.pwmetrics" for pid in pids)
     finally:
-        p.send_signal(signal.SIGINT)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        try:
-            os.unlink(f"/dev/shm/{segment}")
-        except FileNotFoundError:
-            pass
+        _stop(p, signal.SIGINT, segment)
 
 
 WSGI_APP = '''
@@ -195,13 +200,4 @@ def test_gunicorn_preload_workers_share_one_counter(tmp_path):
             text = get(port, "/metrics/all").decode()
             assert re.search(rf"^requests_total\{{\}} {len(answers)}$", text, re.M), text
     finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        try:
-            os.unlink(f"/dev/shm/{segment}")
-        except FileNotFoundError:
-            pass
+        _stop(p, signal.SIGTERM, segment)

@@ -18,7 +18,7 @@ from pyproxywasm.abi import Status
 from pyproxywasm.backends import Redis
 from pyproxywasm.errors import ConfigError
 
-from conftest import GO_HTTP, REQUEST, WAT
+from conftest import GO_HTTP, REQUEST, WAT, wait_for
 from redis_server import (NO_SUPPORT, RedisServer, free_port, needs_redis_build,  # noqa: F401
                           redis_server)
 
@@ -238,14 +238,6 @@ def test_notifications_lost_while_resubscribing_are_made_up(redis_server):
         wait_for(lambda: len(received) == 3)
         assert backend_stats(host)["subscribed"] >= 2
         assert host.state.queue_size("items", vm_id="resub") == 0
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.005)
 
 
 # ---- outages -----------------------------------------------------------------------------

@@ -14,17 +14,9 @@ from pyproxywasm import Host, PluginConfig, VmConfig
 from pyproxywasm._binding import lib
 from pyproxywasm.testing import PluginHarness
 
-from conftest import GO_HTTP, REQUEST, WAT
+from conftest import GO_HTTP, REQUEST, WAT, wait_for
 
 CAS = VmConfig(WAT / "cas_loop.wasm", vm_id="cas-stress")
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.005)
 
 
 def one_request(plugin, headers):

@@ -11,6 +11,8 @@ from typing import Callable
 
 import pytest
 
+from cas_jobs import time_cas_workers
+
 from pyproxywasm import Host, PluginConfig, VmConfig
 from pyproxywasm._binding import lib
 from pyproxywasm.backends import Backend, InProcess, Redis, SharedMemory
@@ -67,12 +69,6 @@ def _stop_redis():
 SCALE = {"redis": 40}
 
 
-def _cas_job(plugin, key: str, n: int) -> None:
-    s = plugin.http_stream()
-    s.send_request_headers([(":path", "/"), ("x-n", str(n)), ("x-key", key)], True)
-    s.finish()
-
-
 @pytest.mark.parametrize("kind", sorted(BACKENDS))
 def test_backend_cas(benchmark, record, kind):
     """Two workers, each `cas_loop.wasm` doing n get + set-with-cas increments of its key."""
@@ -82,18 +78,7 @@ def test_backend_cas(benchmark, record, kind):
     cfg = PluginConfig(VmConfig(WAT / "cas_loop.wasm", vm_id="cas-bench"), deadline_ms=None)
     try:
         with Host([cfg], concurrency=2, namespace=f"bench-{kind}", shared_state=backend) as host:
-            plugin = host.plugins[0]
-            for i, w in enumerate(host.workers):
-                w.call(_cas_job, plugin, f"k{i}", 10).result()
-
-            def both() -> float:
-                start = time.perf_counter()
-                for f in [w.call(_cas_job, plugin, f"k{i}", n) for i, w in enumerate(host.workers)]:
-                    f.result(600)
-                return time.perf_counter() - start
-
-            t = min(both() for _ in range(3))
-            benchmark.pedantic(both, rounds=1)
+            t = time_cas_workers(benchmark, host, n)
     finally:
         cleanup(backend)
     record(f"backend_cas_{kind}", 2 * n / t)

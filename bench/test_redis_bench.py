@@ -11,6 +11,8 @@ from typing import Iterator
 
 import pytest
 
+from cas_jobs import time_cas_workers
+
 from pyproxywasm import Host, PluginConfig, VmConfig
 from pyproxywasm._binding import ffi, lib
 from pyproxywasm.backends import InProcess, Redis
@@ -36,12 +38,6 @@ def _backend(kind: str, url: str, prefix: str):  # type: ignore[no-untyped-def]
     return InProcess() if kind == "inprocess" else Redis(url, prefix=prefix, timeout=1.0)
 
 
-def _cas_job(plugin, key: str, n: int) -> None:  # type: ignore[no-untyped-def]
-    s = plugin.http_stream()
-    s.send_request_headers([(":path", "/"), ("x-n", str(n)), ("x-key", key)], True)
-    s.finish()
-
-
 @pytest.mark.parametrize("kind", ["inprocess", "redis"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_redis_cas_throughput(benchmark, record, redis_url, kind, threads):
@@ -51,18 +47,7 @@ def test_redis_cas_throughput(benchmark, record, redis_url, kind, threads):
     cfg = PluginConfig(VmConfig(WAT / "cas_loop.wasm", vm_id="cas-bench"), deadline_ms=None)
     with Host([cfg], concurrency=threads, namespace=f"rb-{kind}-{threads}",
               shared_state=_backend(kind, redis_url, f"bench{threads}")) as host:
-        plugin = host.plugins[0]
-        for i, w in enumerate(host.workers):
-            w.call(_cas_job, plugin, f"k{i}", 10).result()
-
-        def run() -> float:
-            start = time.perf_counter()
-            for f in [w.call(_cas_job, plugin, f"k{i}", n) for i, w in enumerate(host.workers)]:
-                f.result(600)
-            return time.perf_counter() - start
-
-        t = min(run() for _ in range(3))
-        benchmark.pedantic(run, rounds=1)
+        t = time_cas_workers(benchmark, host, n)
     record(f"redis_cas_{kind}_{threads}", threads * n / t)
 
 

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from cas_jobs import time_cas_workers
+
 from pyproxywasm import Host, PluginConfig, VmConfig
 from pyproxywasm._binding import lib
 from pyproxywasm.dispatch import Dispatcher
@@ -50,12 +52,6 @@ def test_thread_scaling(benchmark, record):
     record("scale_2", two)
 
 
-def _cas_job(plugin, key: str, n: int) -> None:
-    s = plugin.http_stream()
-    s.send_request_headers([(":path", "/"), ("x-n", str(n)), ("x-key", key)], True)
-    s.finish()
-
-
 @pytest.mark.parametrize("single_lock", [False, True], ids=["sharded", "one-mutex"])
 def test_cas_throughput(benchmark, record, single_lock):
     """Guest CAS increments (get + set with cas, retried) on two threads, each on its own
@@ -65,18 +61,7 @@ def test_cas_throughput(benchmark, record, single_lock):
     lib.pw_shared_single_lock(single_lock)
     try:
         with Host([cfg], concurrency=2) as host:
-            plugin = host.plugins[0]
-            for i, w in enumerate(host.workers):
-                w.call(_cas_job, plugin, f"k{i}", 10).result()
-
-            def both():
-                start = time.perf_counter()
-                for f in [w.call(_cas_job, plugin, f"k{i}", n) for i, w in enumerate(host.workers)]:
-                    f.result(300)
-                return time.perf_counter() - start
-
-            t = min(both() for _ in range(3))
-            benchmark.pedantic(both, rounds=1)
+            t = time_cas_workers(benchmark, host, n, timeout=300)
     finally:
         lib.pw_shared_single_lock(0)
     record("cas_one_mutex" if single_lock else "cas_sharded", 2 * n / t)

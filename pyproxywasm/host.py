@@ -431,9 +431,6 @@ class Host:
             raise ConfigError(f"buffer_limit must be an int >= 0, not {buffer_limit!r}")
         self._limits = limits or Limits()
         lib.pw_queue_set_max_bytes(self._limits.queue_bytes)
-        # Before any VM: a VM looks its scope's backend up once, when it is made.
-        self.backends = attach_all(namespace, shared_state, self._limits.shared_data_bytes)
-        lib.pw_namespace_acquire(namespace.encode(), len(namespace.encode()))
         self._log = logging.getLogger("pyproxywasm.host")
         # FAIL_RELOAD and failure counters per plugin name: vm_failures, vm_reloads.
         self.failure_stats: dict[str, dict[str, int]] = {}
@@ -456,6 +453,10 @@ class Host:
         self._main_thread = threading.get_ident()
         for p in plugins:
             self._add(p)
+        # Last before the VMs, so that a bad argument above attaches nothing (close() lets
+        # go of what is attached here); a VM looks its scope's backend up once, when made.
+        self.backends = attach_all(namespace, shared_state, self._limits.shared_data_bytes)
+        lib.pw_namespace_acquire(namespace.encode(), len(namespace.encode()))
         try:
             if concurrency > 0:
                 # Services first, so they are up before workers take traffic.

@@ -329,3 +329,19 @@ def test_namespace_state_is_freed_with_its_last_host() -> None:
         assert h.shared_data("k", vm_id="").value == b"v"  # type: ignore[union-attr]
     with PluginHarness(wat("shared_ff"), namespace="freed-ns") as h3:
         assert h3.shared_data("k", vm_id="") is None
+
+
+def test_a_host_that_fails_to_construct_attaches_nothing() -> None:
+    """A bad argument after shared_state leaves the namespace free for the next Host."""
+    from pyproxywasm import Host
+
+    ns = f"failed-ctor-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(Exception):
+        Host([], namespace=ns, shared_state=InProcess(), properties={"x": object()})
+    shm = _shm()
+    try:
+        with Host([], namespace=ns, shared_state=shm) as host:  # not refused as a second choice
+            assert host.state.set_shared_data("k", b"v") is Status.OK
+            assert host.state.shared_data("k").value == b"v"  # type: ignore[union-attr]
+    finally:
+        _cleanup(shm)

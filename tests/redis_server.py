@@ -22,6 +22,8 @@ import pytest
 
 from pyproxywasm._binding import lib
 
+from _servers import free_port
+
 REDIS_SERVER = shutil.which("redis-server")
 #: Why the Redis tests cannot run here, or None. CI sets PYPROXYWASM_REQUIRE_REDIS=1: then
 #: a missing server or a build without hiredis fails them instead of skipping them.
@@ -37,12 +39,6 @@ NO_SUPPORT = not lib.pw_redis_available()
 needs_redis_build = pytest.mark.skipif(
     NO_SUPPORT and not REQUIRED,
     reason="this build has no Redis support (Debian: apt-get install libhiredis-dev, then reinstall)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:
@@ -65,6 +61,7 @@ class RedisServer:
             except OSError:
                 pass
             if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()  # (a server that came up too late is not left running)
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.01)
 

@@ -9,7 +9,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import time
 import pytest
 
 from conftest import GO_HTTP
+from redis_server import needs_redis, redis_server  # noqa: F401  (a fixture)
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 WASM = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
@@ -487,35 +487,22 @@ def test_one_process_on_shared_memory_removes_its_segment(serve, upstream):
     assert not os.path.exists(segment(s.pid))
 
 
-def _redis_backend_built() -> bool:
-    from pyproxywasm._binding import lib
-    available = getattr(lib, "pw_redis_available", None)
-    return bool(available is not None and available())
-
-
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
-@pytest.mark.skipif(not _redis_backend_built(), reason="this build has no Redis backend")
-def test_two_processes_on_redis_count_every_request_once(serve, upstream, tmp_path):
-    from _servers import free_port
-
-    rport = free_port()
-    redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--loglevel", "warning"], cwd=tmp_path,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import socket
-        assert wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", rport)) == 0, 10)
-        s = serve(config(upstream.port), "--processes", "2", "--shared-state", f"redis://127.0.0.1:{rport}/0")
-        assert f"shared state: redis redis://127.0.0.1:{rport}/0" in s.lines[1]
-        upstream.workers = wait_for(lambda: len(s.workers()) == 2 and s.workers())
-        for _ in range(40):
-            assert get(s.port)[0] == 200
-        assert {pid for _, pid in upstream.seen} == upstream.workers
-        assert sorted(int(c) for c, _ in upstream.seen) == list(range(1, 41))
-        assert s.stop() == 0
-    finally:
-        redis.terminate()
-        redis.wait(10)
+@needs_redis
+def test_two_processes_on_redis_count_every_request_once(serve, upstream, redis_server):
+    """With a password in the URL: it reaches the workers (they authenticate), and is
+    neither printed nor put on the workers' command lines (readable by every local user;
+    the supervisor's is the caller's own)."""
+    redis_server.command("CONFIG", "SET", "requirepass", "s3cret-pw")
+    url = f"redis://:s3cret-pw@127.0.0.1:{redis_server.port}/0"
+    s = serve(config(upstream.port), "--processes", "2", "--shared-state", url)
+    assert f"shared state: redis redis://:***@127.0.0.1:{redis_server.port}/0" in s.lines[1]
+    upstream.workers = wait_for(lambda: len(s.workers()) == 2 and s.workers())
+    assert not any("s3cret-pw" in cmdline(pid) for pid in upstream.workers)
+    for _ in range(40):
+        assert get(s.port)[0] == 200
+    assert {pid for _, pid in upstream.seen} == upstream.workers
+    assert sorted(int(c) for c, _ in upstream.seen) == list(range(1, 41))
+    assert s.stop() == 0
 
 
 def test_sigterm_drains_a_request_in_flight(serve, upstream):

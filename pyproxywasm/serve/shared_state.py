@@ -35,6 +35,12 @@ class SharedStateSpec:
             return "per process (memory)"
         if self.kind == "shm":
             return f"shared memory {self.segment}"
+        u = urllib.parse.urlsplit(self.url)  # printed: without the password
+        if u.password is not None:
+            host = u.hostname or ""
+            host = f"[{host}]" if ":" in host else host
+            netloc = f"{u.username or ''}:***@{host}" + (f":{u.port}" if u.port else "")
+            return f"redis {urllib.parse.urlunsplit(u._replace(netloc=netloc))}"
         return f"redis {self.url}"
 
     def backend(self) -> Backend | None:

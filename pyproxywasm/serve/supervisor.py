@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from .. import metrics
 from ..errors import ProxyWasmError
@@ -46,6 +46,7 @@ from . import control
 from .admin import AdminApp, Gathered
 from .config import Bootstrap, load
 from .server import _socket, _uvicorn
+from .worker import SPEC_ENV
 from .shared_state import SharedStateSpec, remove_segment
 
 log = logging.getLogger("pyproxywasm.serve.supervisor")
@@ -53,6 +54,7 @@ log = logging.getLogger("pyproxywasm.serve.supervisor")
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
 HEALTHY_AFTER = 10.0  # a worker up this long resets its slot's backoff
+RESTART_READY_TIMEOUT = 60.0  # SIGHUP: a new worker not accepting by then ends the round
 
 
 class StartError(ProxyWasmError):
@@ -145,22 +147,42 @@ class Supervisor:
             self._admin_sock = None
 
     # ---- workers -------------------------------------------------------------------------
-    def _spawn(self, slot: _Slot, ports: list[int]) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    def _spawn(self, slot: _Slot, ports: list[int]) -> bool:
+        """Starts slot's worker; False (and a retry scheduled with the slot's backoff) when
+        the system refuses a process or a socket now."""
+        try:
+            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as e:
+            return self._spawn_failed(slot, e)
         spec = {"supervisor": os.getpid(), "fd": child.fileno(), "config": self.config_path,
                 "ports": ports, "concurrency": self.concurrency, "client": self.client,
                 "services": self.singletons == "per-process" or slot.index == 0,
                 "shared_state": dataclasses.asdict(self.shared_state) if self.shared_state else None,
                 "log_level": self.log_level, "index": slot.index}
-        try:
-            slot.proc = subprocess.Popen([sys.executable, "-m", "pyproxywasm.serve.worker", json.dumps(spec)],
+        try:  # the spec in the environment: the command line is readable by every local user
+            slot.proc = subprocess.Popen([sys.executable, "-m", "pyproxywasm.serve.worker"],
+                                         env={**os.environ, SPEC_ENV: json.dumps(spec)},
                                          pass_fds=[child.fileno()])
+        except OSError as e:
+            parent.close()
+            return self._spawn_failed(slot, e)
         finally:
             child.close()
         slot.ready, slot.error, slot.restart_at = False, "", None
         slot.became_ready = asyncio.Event()
         slot.reader_task = asyncio.ensure_future(self._read(slot, parent))
         log.info("worker %d started (pid %d)", slot.index, slot.proc.pid)
+        return True
+
+    def _spawn_failed(self, slot: _Slot, e: OSError) -> bool:
+        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** slot.failures)
+        slot.failures += 1
+        slot.proc, slot.ready, slot.error = None, False, str(e)
+        slot.restart_at = time.monotonic() + delay
+        slot.became_ready = asyncio.Event()
+        slot.became_ready.set()  # whoever waits learns it will not come
+        log.warning("worker %d could not be started (%s); retrying in %.1f s", slot.index, e, delay)
+        return False
 
     async def _read(self, slot: _Slot, sock: socket.socket) -> None:
         reader, writer = await asyncio.open_unix_connection(sock=sock)
@@ -268,14 +290,25 @@ class Supervisor:
             self._replacing[index] = old
             self._slots[index] = fresh
             try:
-                self._spawn(fresh, ports)
-                await fresh.became_ready.wait()
+                if self._spawn(fresh, ports):
+                    # Ready, failed, too slow, or serve asked to stop: whichever comes first.
+                    ready = asyncio.ensure_future(fresh.became_ready.wait())
+                    stop = asyncio.ensure_future(self._stop.wait())
+                    await asyncio.wait([ready, stop], timeout=RESTART_READY_TIMEOUT,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    ready.cancel()
+                    stop.cancel()
                 if not fresh.ready:
+                    slow = fresh.proc is not None and fresh.proc.poll() is None
                     await self._terminate([fresh])
                     self._slots[index] = old
+                    if self._stop.is_set():
+                        return
                     err = fresh.error.strip().splitlines()
+                    why = (err[-1] if err else f"not ready within {RESTART_READY_TIMEOUT:.0f} s" if slow
+                           else "no reason given")
                     log.error("SIGHUP: a new worker %d could not start (%s); the running workers stay",
-                              index, err[-1] if err else "no reason given")
+                              index, why)
                     return
                 if old.writer is not None:
                     old.writer.close()

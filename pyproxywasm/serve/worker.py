@@ -1,6 +1,10 @@
 """One worker process of `serve --processes N` (started by supervisor.py, never by hand).
 
-    python -m pyproxywasm.serve.worker '<json spec>'
+    PYPROXYWASM_WORKER_SPEC='<json spec>' python -m pyproxywasm.serve.worker
+
+(The spec comes in the environment, not the command line: it may hold a Redis URL with its
+password, and a process's environment is readable by its owner only, its command line by
+every local user.)
 
 It runs today's single-process Server (its `--concurrency` threads, its VMs, its
 singleton services unless the supervisor said otherwise) on the ports the supervisor
@@ -87,8 +91,11 @@ class _Control:
             self.stop.set()
 
 
-def main(argv: Sequence[str]) -> int:
-    spec: dict[str, Any] = json.loads(argv[1])
+SPEC_ENV = "PYPROXYWASM_WORKER_SPEC"
+
+
+def main() -> int:
+    spec: dict[str, Any] = json.loads(os.environ.pop(SPEC_ENV))
     die_with_parent(spec["supervisor"])
     # Ctrl-C in a terminal reaches the whole process group: the supervisor decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -124,4 +131,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main())

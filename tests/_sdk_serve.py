@@ -20,11 +20,7 @@ from typing import Callable
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _servers import free_port
 
 
 def eventually(check: Callable[[], bool], timeout: float, interval: float, what: Callable[[], str]) -> None:
@@ -179,7 +175,8 @@ class Serve:
             except OSError:
                 pass
             time.sleep(0.1)
-        pytest.fail(f"serve did not answer /listeners within {timeout}s:\n{self.stderr()}")
+        err = self.stop()  # (a serve that never answered is not left running)
+        pytest.fail(f"serve did not answer /listeners within {timeout}s:\n{err}")
 
     def port(self, n: int) -> int:
         """The port the example's port `n` became."""
@@ -210,8 +207,8 @@ def serving(tmp_path_factory, examples: pathlib.Path, **options):
         started.append(s)
         return s
     yield start
-    for s in started:
-        err = s.stop()
+    ended = [(s, s.stop()) for s in started]  # every one stopped before any is judged
+    for s, err in ended:
         assert s.proc.returncode == 0, err
         assert "Traceback" not in err, err
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pathlib
+import subprocess
 import time
 
 import pytest
@@ -25,6 +26,18 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out")
         time.sleep(0.005)
+
+
+def kill_all(procs) -> None:  # type: ignore[no-untyped-def]
+    """Kills and reaps every process of procs still running (closing its pipes): a test's
+    child processes never outlive it, whatever failed first."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        try:
+            p.communicate(timeout=10)
+        except (ValueError, OSError, subprocess.TimeoutExpired):  # pipes already read/closed
+            p.wait()
 
 
 def wat(name: str) -> bytes:

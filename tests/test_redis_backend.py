@@ -18,7 +18,7 @@ from pyproxywasm.abi import Status
 from pyproxywasm.backends import Redis
 from pyproxywasm.errors import ConfigError
 
-from conftest import GO_HTTP, REQUEST, WAT, wait_for
+from conftest import GO_HTTP, REQUEST, WAT, kill_all, wait_for
 from redis_server import (NO_SUPPORT, RedisServer, free_port, needs_redis_build,  # noqa: F401
                           redis_server)
 
@@ -132,10 +132,13 @@ def _cas_processes(server: RedisServer, wasm, mode: str, n: int, prefix: str) ->
                               text=True, cwd=tempfile.gettempdir())
              for _ in range(PROCESSES)]
     out = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=300)
-        assert p.returncode == 0, stderr
-        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=300)
+            assert p.returncode == 0, stderr
+            out.append(json.loads(stdout.strip().splitlines()[-1]))
+    finally:
+        kill_all(procs)
     return out
 
 
@@ -198,10 +201,13 @@ def test_a_producer_per_process_and_one_consumer(redis_server):
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   cwd=tempfile.gettempdir())
                  for i in range(PROCESSES)]
-        for p in procs:
-            out, err = p.communicate(timeout=300)
-            assert p.returncode == 0, err
-            assert int(out.strip().splitlines()[-1]) == 0  # nothing failed
+        try:
+            for p in procs:
+                out, err = p.communicate(timeout=300)
+                assert p.returncode == 0, err
+                assert int(out.strip().splitlines()[-1]) == 0  # nothing failed
+        finally:
+            kill_all(procs)
         deadline = time.monotonic() + 30
         while len(received) < PROCESSES * items and time.monotonic() < deadline:
             time.sleep(0.01)

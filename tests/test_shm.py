@@ -5,13 +5,13 @@ process corrupted. The single-process semantics are in test_backends.py."""
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import pathlib
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from typing import Iterator
@@ -24,7 +24,7 @@ from pyproxywasm.abi import Status
 from pyproxywasm.backends import SharedMemory
 from pyproxywasm.errors import ConfigError
 
-from conftest import WAT
+from conftest import WAT, kill_all
 
 pytestmark = pytest.mark.skipif(not hasattr(lib, "pw_shm_open"), reason="no shm backend")
 
@@ -42,21 +42,37 @@ def seg() -> Iterator[str]:
         pass
 
 
+_SPAWNED: list[subprocess.Popen[str]] = []  # this test's workers (killed when it ends)
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test() -> Iterator[None]:
+    yield
+    kill_all(_SPAWNED)
+    _SPAWNED.clear()
+
+
 def spawn(mode: str, seg: str, ns: str, *args: object, size: int = SIZE) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(WORKER), mode, seg, str(size), ns, str(WAT),
-                             *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=tempfile.gettempdir())
+    p = subprocess.Popen([sys.executable, str(WORKER), mode, seg, str(size), ns, str(WAT),
+                          *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=tempfile.gettempdir())
+    _SPAWNED.append(p)
+    return p
 
 
 def expect_line(p: subprocess.Popen[str], want: str, timeout: float = 60) -> None:
     assert p.stdout is not None
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        line = p.stdout.readline()
-        if line.strip() == want:
-            return
-        if not line and p.poll() is not None:
-            break
+    silent = threading.Timer(timeout, p.kill)  # a silent worker: readline then sees the end
+    silent.start()
+    try:
+        while True:
+            line = p.stdout.readline()
+            if line.strip() == want:
+                return
+            if not line:
+                break
+    finally:
+        silent.cancel()
     raise AssertionError(f"no {want!r} from worker: rc={p.poll()} "
                          f"stderr={p.stderr.read() if p.stderr else ''}")
 
@@ -203,8 +219,8 @@ def test_full_segment_answers_a_status_then_recovers(seg: str) -> None:
         assert handle.segment_stats()["full"] >= 1  # type: ignore[index]  # in the segment
         for j in range(1, i):  # what was stored is intact
             assert h.state.shared_data(f"k{j}", vm_id="mp").value == b"x" * 30000  # type: ignore[union-attr]
-        assert h.state.delete(f"k1", vm_id="mp") == Status.OK
-        assert h.state.delete(f"k2", vm_id="mp") == Status.OK
+        assert h.state.delete("k1", vm_id="mp") == Status.OK
+        assert h.state.delete("k2", vm_id="mp") == Status.OK
         assert h.state.set_shared_data("again", b"y" * 30000, vm_id="mp") == Status.OK
         assert h.state.set_shared_data("again2", b"y" * 30000, vm_id="mp") == Status.OK
 

@@ -50,10 +50,9 @@ struct pw_space {
     _Atomic int64_t bytes; /* keys and values held, against the cap */
     _Atomic int64_t max_bytes; /* this store's cap; 0: the process default */
     _Atomic uint64_t default_ttl_ms; /* given to keys at their first write; 0: none */
-    _Atomic int64_t refs;   /* VMs and calls in flight holding it */
+    _Atomic int64_t refs;   /* the list's (until retired), VMs' and calls' in flight */
     _Atomic int64_t n_ttl;  /* keys with a TTL, all shards */
     _Atomic uint64_t swept_ns; /* the last full sweep (at most one per SWEEP_ALL_NS) */
-    _Atomic int retired;    /* its namespace is gone: freed with the last reference */
     shard shards[SHARDS];
     struct pw_space *next;
 };
@@ -158,6 +157,7 @@ pw_space *shared_space(const uint8_t *vm_id, size_t vl, int create) {
             pthread_mutex_init(&s->shards[i].lock, NULL);
         }
         if (ok) {
+            atomic_store(&s->refs, 1); /* the list's own, dropped when it is retired */
             s->next = spaces;
             spaces = s;
         } else {
@@ -171,7 +171,7 @@ pw_space *shared_space(const uint8_t *vm_id, size_t vl, int create) {
 }
 
 void shared_space_unref(pw_space *s) {
-    if (s && atomic_fetch_sub(&s->refs, 1) == 1 && atomic_load(&s->retired)) space_free(s);
+    if (s && atomic_fetch_sub(&s->refs, 1) == 1) space_free(s); /* the list let go first */
 }
 
 /* The namespace whose scope keys start with `prefix` is gone: its stores leave the list
@@ -193,11 +193,7 @@ void shared_retire(const uint8_t *prefix, size_t pl) {
     while (gone) {
         pw_space *s = gone;
         gone = s->next;
-        /* One reference stands for the list: retired + that one dropped frees it when the
-         * VMs and calls holding it are done. */
-        atomic_store(&s->retired, 1);
-        atomic_fetch_add(&s->refs, 1);
-        shared_space_unref(s);
+        shared_space_unref(s); /* the list's reference: the last holder frees it */
     }
 }
 

@@ -500,6 +500,8 @@ static void recount(shm_backend *m) {
                     off = e.next;
                 }
             }
+    } else {
+        atomic_store(&m->need_recount, 1); /* a shard's lock was not had: the next unlock tries */
     }
     while (held) pthread_mutex_unlock(&shard_at(m, --held)->lock);
 }

@@ -654,11 +654,16 @@ HOSTCALL(call_foreign_function) {
     if (arg->return_results_data && (!gmem(vm, arg->return_results_data, 4) || !gmem(vm, arg->return_results_size, 4)))
         RET(ST_INVALID_MEMORY_ACCESS);
     buf_clear(&vm->hc);
-    /* The guest is suspended, so `args` stays put while Python runs. */
-    uint64_t t0 = epoch_now_ns();
-    int st = f->native ? f->native(vm, args, arg->args_size, &vm->hc)
-                       : pw_foreign_cb(f->handle, args, arg->args_size, &vm->hc);
-    vm_paused(vm, t0); /* Python's time, not the guest's */
+    /* The guest is suspended, so `args` stays put while Python runs. A native function's
+     * work is the guest's (one waiting on a backend credits that wait itself). */
+    int st;
+    if (f->native) {
+        st = f->native(vm, args, arg->args_size, &vm->hc);
+    } else {
+        uint64_t t0 = epoch_now_ns();
+        st = pw_foreign_cb(f->handle, args, arg->args_size, &vm->hc);
+        vm_paused(vm, t0); /* Python's time, not the guest's */
+    }
     if (st != ST_OK || !arg->return_results_data) RET(st);
     RET(greturn(vm, cx, vm->hc.p, vm->hc.len, arg->return_results_data, arg->return_results_size, &trap));
 }

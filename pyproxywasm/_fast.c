@@ -276,6 +276,7 @@ static int s_traverse(PyObject *self, visitproc visit, void *arg) {
     Py_VISIT(s->plugin);
     Py_VISIT(s->vm);
     Py_VISIT(s->vmobj);
+    Py_VISIT(Py_TYPE(self)); /* a heap-type base visits the type for subtype_traverse */
     return 0;
 }
 
@@ -563,6 +564,7 @@ static int p_traverse(PyObject *self, visitproc visit, void *arg) {
     PluginBase *p = (PluginBase *)self;
     Py_VISIT(p->local);
     Py_VISIT(p->index);
+    Py_VISIT(Py_TYPE(self)); /* as s_traverse */
     return 0;
 }
 

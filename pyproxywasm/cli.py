@@ -153,8 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"pyproxywasm serve: {path} ({workers})")
         if state is not None:
             print(f"  shared state: {state.describe()}")
-        for lst in bootstrap.listeners:
-            name = lst.name or "listener"
+        for name, lst in zip(bootstrap.listener_keys(), bootstrap.listeners):
             port = s.ports.get(name, lst.port)
             kind = "tcp" if isinstance(lst, serve.config.TcpListener) else "http"
             print(f"  {name}: {kind}://{lst.host}:{port}")

@@ -180,6 +180,17 @@ class Bootstrap:
                     out.append(f.plugin)
         return out
 
+    def listener_keys(self) -> list[str]:
+        """Each listener's name, or listener_<i> for one without: the key its resolved port
+        is kept under (Server.ports, Supervisor.ports)."""
+        return [lst.name or f"listener_{i}" for i, lst in enumerate(self.listeners)]
+
+    def listener_addresses(self, ports: dict[str, int]) -> list[tuple[str, str, int]]:
+        """(name, address, port) of each listener, with port 0 as resolved in `ports`: the
+        admin's /listeners."""
+        return [(key, lst.host, ports.get(key, lst.port))
+                for key, lst in zip(self.listener_keys(), self.listeners)]
+
 
 # ---- reading --------------------------------------------------------------------------------
 def load(path: str | os.PathLike[str]) -> Bootstrap:

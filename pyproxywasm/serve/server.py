@@ -181,12 +181,12 @@ class Server:
         # Sockets first, in the caller's thread: a bind error is the caller's error, and
         # port 0 resolves once so every worker listens on the same port.
         try:
-            for i, lst in enumerate(b.listeners):
+            for key, lst in zip(b.listener_keys(), b.listeners):
                 socks = [_socket(lst.host, lst.port, self.concurrency > 1 or self.reuse_port)]
                 port = socks[0].getsockname()[1]
                 socks += [_socket(lst.host, port, True) for _ in range(self.concurrency - 1)]
                 self._sockets.append(socks)
-                self.ports[lst.name or f"listener_{i}"] = port
+                self.ports[key] = port
             self._admin_sock = _socket(*b.admin, False) if b.admin else None
             if self._admin_sock is not None:
                 self.admin_port = self._admin_sock.getsockname()[1]
@@ -294,8 +294,7 @@ class Server:
 
     def _listener_addresses(self) -> list[tuple[str, str, int]]:
         """(name, address, port) of each listener, port 0 resolved: the admin's /listeners."""
-        return [(lst.name or f"listener_{i}", lst.host, self.ports.get(lst.name or f"listener_{i}", lst.port))
-                for i, lst in enumerate(self.bootstrap.listeners)]
+        return self.bootstrap.listener_addresses(self.ports)
 
     def _upstream(self) -> Upstream:
         """This worker's client to the clusters, on its own loop."""

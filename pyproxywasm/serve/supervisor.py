@@ -120,7 +120,7 @@ class Supervisor:
     def _reserve(self) -> list[int]:
         ports = []
         try:
-            for i, lst in enumerate(self.bootstrap.listeners):
+            for key, lst in zip(self.bootstrap.listener_keys(), self.bootstrap.listeners):
                 family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
                 s = socket.socket(family, socket.SOCK_STREAM)
                 self._reserved.append(s)
@@ -129,7 +129,7 @@ class Supervisor:
                 s.bind((lst.host, lst.port))  # bound, never listening: no connection comes here
                 port = s.getsockname()[1]
                 ports.append(port)
-                self.ports[lst.name or f"listener_{i}"] = port
+                self.ports[key] = port
             if self.bootstrap.admin is not None:
                 self._admin_sock = _socket(*self.bootstrap.admin, False)
                 self.admin_port = self._admin_sock.getsockname()[1]
@@ -416,9 +416,7 @@ class Supervisor:
                 raise StartError(f"worker {s.index} could not start: {what}")
             if self._admin_sock is not None:
                 admin = _uvicorn(AdminApp(self.bootstrap.stats_tags, self.is_ready, self.gather,
-                                          listeners=lambda: [(lst.name or f"listener_{i}", lst.host,
-                                                              self.ports.get(lst.name or f"listener_{i}", lst.port))
-                                                             for i, lst in enumerate(self.bootstrap.listeners)]))
+                                          listeners=lambda: self.bootstrap.listener_addresses(self.ports)))
                 admin_task = asyncio.ensure_future(admin.serve(sockets=[self._admin_sock]))
                 while not admin.started and not admin_task.done():
                     await asyncio.sleep(0.005)

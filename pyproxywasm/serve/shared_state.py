@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 from dataclasses import dataclass
+from .._binding import lib
 from ..backends import Backend, Redis, SharedMemory
 from ..errors import ConfigError
 
@@ -91,7 +92,5 @@ def parse(text: str | None, processes: int, supervisor_pid: int | None = None) -
 def remove_segment(name: str) -> None:
     """Removes a shared-memory segment by name (gone already is fine): the processes that
     still map it keep their mapping until they exit."""
-    try:
-        os.unlink(os.path.join("/dev/shm", name))
-    except FileNotFoundError:
-        pass
+    raw = name.encode()
+    lib.pw_shm_unlink(raw, len(raw))

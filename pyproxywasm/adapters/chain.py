@@ -150,11 +150,6 @@ class FilterChain:
                 c._die(0, e)
         return c
 
-    def response_fed(self, end_stream: bool) -> None:
-        """The app's response headers (and first body) went into filter 0 from the
-        adapter's exchange in C."""
-        self._fed_resp[0] = _HDR | _END if end_stream else _HDR
-
     # ---- failure --------------------------------------------------------------------------
     def _die(self, i: int, err: BaseException) -> None:
         log.debug("filter %d cannot serve the stream (fail closed): %s", i, err)

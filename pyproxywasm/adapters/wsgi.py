@@ -391,7 +391,7 @@ class _Exchange:
         self.hdr_pushed = True
         self.end_pushed = end
         self.resp_in = resp_in
-        chain._fed_resp[0] = _HDR | _END if end else _HDR  # chain.response_fed(end)
+        chain._fed_resp[0] = _HDR | _END if end else _HDR  # fed to filter 0 by the C exchange
         if r.__class__ is not tuple:
             chain._die(0, r)
         elif r[2] is not None:

@@ -769,15 +769,22 @@ static int shm_q_register(pw_backend *b, const pw_buf *scope, const uint8_t *nam
     int st = qid ? ST_OK : ST_INTERNAL_FAILURE;
     if (qid) {
         pthread_mutex_lock(&m->owners_lock);
+        /* One entry per queue: the owner is the last registrant, so an earlier one of this
+         * process is dead and its entry is taken over (the table stays as small as the
+         * queue table, whatever the reloads). A registration's number only has to differ
+         * from that queue's previous one here, so the counter wraps. */
         uint32_t reg = 0;
-        for (size_t i = 0; i < m->n_owners && !reg; i++) {
+        size_t at = m->n_owners;
+        for (size_t i = 0; i < m->n_owners; i++) {
             local_owner *lo = &m->owners[i];
-            if (lo->qid == qid && lo->o.d == owner->d && lo->o.vm_key == owner->vm_key &&
-                lo->o.root == owner->root)
+            if (lo->qid != qid) continue;
+            at = i;
+            if (lo->o.d == owner->d && lo->o.vm_key == owner->vm_key && lo->o.root == owner->root)
                 reg = lo->reg;
+            break;
         }
-        if (!reg && m->next_reg < 0xffffff) {
-            if (m->n_owners == m->cap_owners) {
+        if (!reg) {
+            if (at == m->n_owners && m->n_owners == m->cap_owners) {
                 size_t nc = m->cap_owners ? m->cap_owners * 2 : 16;
                 local_owner *no = realloc(m->owners, nc * sizeof *no);
                 if (no) {
@@ -785,9 +792,11 @@ static int shm_q_register(pw_backend *b, const pw_buf *scope, const uint8_t *nam
                     m->cap_owners = nc;
                 }
             }
-            if (m->n_owners < m->cap_owners) {
-                reg = ++m->next_reg;
-                m->owners[m->n_owners++] = (local_owner){reg, qid, *owner};
+            if (at < m->cap_owners) {
+                m->next_reg = m->next_reg % 0xffffffu + 1; /* 1 .. 2^24 - 1 */
+                reg = m->next_reg;
+                m->owners[at] = (local_owner){reg, qid, *owner};
+                if (at == m->n_owners) m->n_owners++;
             }
         }
         pthread_mutex_unlock(&m->owners_lock);

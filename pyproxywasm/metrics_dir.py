@@ -8,8 +8,9 @@ seconds from a daemon thread, and `collect()` writes the caller's own snapshot f
 reads every other live process's file and adds them up (metrics.merge: counters, gauges,
 histogram buckets). Other processes' figures are therefore up to `interval` old; a
 process that ended drops out with its counts (its file is removed by the process itself
-at exit, or by the next collect that finds its pid gone), so a sum can go down, as a
-counter does when a process restarts.
+at exit, or by the next collect that finds its pid gone, or taken by a process started
+after the file's last write), so a sum can go down, as a counter does when a process
+restarts.
 
 The alternative without a directory is each process exporting its own with a pid label
 (metrics.prometheus_text(labels=metrics.process_labels())), left to Prometheus to sum.
@@ -37,6 +38,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _started_at(pid: int) -> float | None:
+    """When process pid started (seconds since the epoch; Linux /proc), else None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _owner_gone(pid: int, written: float) -> bool:
+    """The process that wrote a file last at `written` is gone: pid is dead, or now names a
+    process started after that write (a live writer rewrites its file every interval)."""
+    if not _alive(pid):
+        return True
+    started = _started_at(pid)
+    return started is not None and written < started - 1.0  # (start times are in ticks)
+
+
 class MetricsDirectory:
     """One service's processes' metrics, shared through `path` (created if missing; give
     every worker the same path, private to the service's user)."""
@@ -58,8 +80,12 @@ class MetricsDirectory:
         """Writes this process's snapshot (atomically: a reader sees the old or the new)."""
         data = metrics.dump(self.namespace)
         tmp = self.path / f".{os.getpid()}.{threading.get_ident()}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, self.own_file)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, self.own_file)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def start(self) -> "MetricsDirectory":
         """Publishes every `interval` seconds from a daemon thread until stop() or exit.
@@ -103,16 +129,20 @@ class MetricsDirectory:
         """Every live process's metrics summed (this one's as of now)."""
         self.publish()
         snaps: list[list[metrics.Metric]] = []
-        for f in self.path.glob(f"*{SUFFIX}"):
-            try:
-                pid = int(f.name[:-len(SUFFIX)])
-            except ValueError:
+        for f in self.path.iterdir():
+            name = f.name
+            tmp = name.startswith(".") and name.endswith(".tmp")  # ".<pid>.<thread>.tmp"
+            if not tmp and not name.endswith(SUFFIX):
                 continue
-            if pid != os.getpid() and not _alive(pid):
-                try:
-                    f.unlink()
-                except FileNotFoundError:
-                    pass
+            try:
+                pid = int(name.split(".")[1] if tmp else name[:-len(SUFFIX)])
+                written = f.stat().st_mtime
+            except (ValueError, IndexError, OSError):
+                continue
+            if pid != os.getpid() and _owner_gone(pid, written):
+                f.unlink(missing_ok=True)  # a dead process's file, or its unfinished write
+                continue
+            if tmp:
                 continue
             try:
                 snaps.append(metrics.parse(f.read_bytes()))

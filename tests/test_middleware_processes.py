@@ -201,3 +201,21 @@ def test_gunicorn_preload_workers_share_one_counter(tmp_path):
             assert re.search(rf"^requests_total\{{\}} {len(answers)}$", text, re.M), text
     finally:
         _stop(p, signal.SIGTERM, segment)
+
+
+def test_metrics_directory_drops_dead_and_reused_pids_files(tmp_path):
+    """A dead process's file and its unfinished write are removed, and so is the file of a
+    pid now held by a process started after its last write (a reused pid): none counts."""
+    from pyproxywasm.metrics_dir import MetricsDirectory
+
+    d = MetricsDirectory(tmp_path)
+    d.publish()
+    snapshot = d.own_file.read_bytes()
+    dead = next(p for p in range(4_000_000, 4_100_000) if not os.path.exists(f"/proc/{p}"))
+    (tmp_path / f"{dead}.pwmetrics").write_bytes(snapshot)
+    (tmp_path / f".{dead}.1234.tmp").write_bytes(b"half a snapshot")
+    reused = tmp_path / f"{os.getppid()}.pwmetrics"  # alive, started long after 1970
+    reused.write_bytes(snapshot)
+    os.utime(reused, (1000, 1000))
+    d.collect()
+    assert os.listdir(tmp_path) == [f"{os.getpid()}.pwmetrics"]

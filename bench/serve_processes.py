@@ -90,7 +90,11 @@ def run(cfg: str, args: list[str], duration: int, connections: int) -> dict:
                 "cpu_us": cpu / total * 1e6 if total else 0.0, "non2xx": int(errors.group(1)) if errors else 0}
     finally:
         p.send_signal(signal.SIGTERM)
-        p.wait(30)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def _counted(admin: int) -> int:

@@ -98,7 +98,7 @@ def test_uvicorn_workers_share_one_counter_and_export_metrics_per_pid(tmp_path):
     env = dict(os.environ, PW_PLUGIN=str(GO_HTTP), PW_SEGMENT=segment, PW_METRICS_DIR=str(tmp_path / "metrics"))
     p = subprocess.Popen([sys.executable, "-m", "uvicorn", "pwapp:app", "--workers", "2", "--host", "127.0.0.1",
                           "--port", str(port), "--log-level", "warning", "--app-dir", str(tmp_path)],
-                         cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+                         cwd=tmp_path, env=env, stderr=(tmp_path / "server.err").open("w"), text=True)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -106,7 +106,7 @@ def test_uvicorn_workers_share_one_counter_and_export_metrics_per_pid(tmp_path):
                 get(port)
                 break
             except OSError:
-                assert p.poll() is None, p.stderr.read()
+                assert p.poll() is None, (tmp_path / "server.err").read_text()
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
         # one request each on a new connection: uvicorn's workers take turns accepting them
@@ -181,7 +181,7 @@ def test_gunicorn_preload_workers_share_one_counter(tmp_path):
     env = dict(os.environ, PW_PLUGIN=str(GO_HTTP), PW_SEGMENT=segment, PW_METRICS_DIR=str(tmp_path / "metrics"))
     p = subprocess.Popen([sys.executable, "-m", "gunicorn", "pwwsgi:app", "-w", "2", "--preload",
                           "-b", f"127.0.0.1:{port}", "--log-level", "warning", "--chdir", str(tmp_path)],
-                         cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+                         cwd=tmp_path, env=env, stderr=(tmp_path / "server.err").open("w"), text=True)
     try:
         deadline = time.monotonic() + 120
         answers = []
@@ -189,7 +189,7 @@ def test_gunicorn_preload_workers_share_one_counter(tmp_path):
             try:
                 answers.append(json.loads(get(port)))
             except OSError:
-                assert p.poll() is None, p.stderr.read()
+                assert p.poll() is None, (tmp_path / "server.err").read_text()
                 time.sleep(0.1)
             assert time.monotonic() < deadline, answers
         assert len({a["pid"] for a in answers}) == 2 and p.pid not in {a["pid"] for a in answers}

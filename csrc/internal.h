@@ -5,6 +5,7 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "abi.h"
 #include "mpsc.h"
@@ -44,16 +45,26 @@ void buf_free(pw_buf *b);
 static inline void buf_clear(pw_buf *b) { b->len = 0; }
 
 /* n (1..8) bytes at p as a little-endian number: the ABI's byte order, whatever the host's
- * (the pairs format's lengths, the foreign functions' arguments). */
+ * (the pairs format's lengths, the foreign functions' arguments). On a little-endian host
+ * it is a memcpy, which the compiler makes one load once n is a constant: a byte loop is
+ * not unrolled at -O2, and cost about 190 instructions per header map parsed. */
 static inline uint64_t rd_le(const uint8_t *p, int n) {
     uint64_t v = 0;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(&v, p, (size_t)n);
+#else
     for (int i = 0; i < n; i++) v |= (uint64_t)p[i] << (8 * i);
+#endif
     return v;
 }
 
-/* The low n (1..8) bytes of v at p, little-endian. */
+/* The low n (1..8) bytes of v at p, little-endian (one store, as rd_le). */
 static inline void wr_le(uint8_t *p, uint64_t v, int n) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(p, &v, (size_t)n);
+#else
     for (int i = 0; i < n; i++) p[i] = (uint8_t)(v >> (8 * i));
+#endif
 }
 
 /* ---- header maps and the pairs wire format (hmap.c) ----------------------------- */

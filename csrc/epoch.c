@@ -139,6 +139,7 @@ static wasmtime_error_t *epoch_callback(wasmtime_context_t *cx, void *data, uint
     *kind = WASMTIME_UPDATE_DEADLINE_CONTINUE;
     *delta = 1;
     epoch_wake(); /* a call still running keeps the ticker awake */
+    lock_yield(); /* a call this long runs without the embedding's lock (pw_set_lock_yield) */
     if (atomic_load_explicit(&vm->interrupt, memory_order_acquire))
         return WT.error_new("interrupted: the host is shutting down");
     if (!vm->call_deadline_ms) return NULL;

@@ -4,6 +4,7 @@
 #define PW_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -380,6 +381,14 @@ struct pw_vm {
 /* Python callbacks, set once at import before any VM exists; read-only afterwards. */
 extern pw_log_fn pw_log_cb;
 extern pw_foreign_fn pw_foreign_cb;
+extern _Atomic(pw_yield_fn) pw_yield_cb;
+
+/* Before this thread blocks, or after a tick of guest code: the embedding's lock goes
+ * (pw_set_lock_yield). */
+static inline void lock_yield(void) {
+    pw_yield_fn y = atomic_load_explicit(&pw_yield_cb, memory_order_relaxed);
+    if (y) y();
+}
 
 /* vm.c */
 int vm_call(pw_vm *vm, int fn, pw_ctx *ctx, int phase, int nargs, const uint32_t *args,

@@ -90,6 +90,17 @@ typedef void (*pw_log_fn)(void *handle, int level, const char *msg, size_t len);
 typedef int (*pw_foreign_fn)(void *handle, const uint8_t *args, size_t len, void *result);
 void pw_set_callbacks(pw_log_fn log, pw_foreign_fn foreign);
 
+/* Guest calls made with an interpreter lock held. An embedding may call the core holding
+ * its own lock (pyproxywasm's C event path holds the GIL across a call: releasing and
+ * retaking it costs more than a short guest call). So that the lock is not held for long,
+ * the core calls `yield` on the calling thread once a guest call has run for a tick, and
+ * before a hostcall blocks (a Redis round trip, a contended shared-memory lock); the
+ * embedding gives up its lock there if its caller holds it, and takes it back when the
+ * core returns. `yield` may be called anywhere inside any core call, any number of times.
+ * NULL (the default): never called. Set once, before guest code runs. */
+typedef void (*pw_yield_fn)(void);
+void pw_set_lock_yield(pw_yield_fn yield);
+
 /* Outbound calls (proxy_http_call, proxy_grpc_*). The core checks a guest's call (Envoy's
  * argument rules), gives it a token and hands it to the embedding through the callout
  * callback, on the VM's thread, with the guest suspended: it answers OK (the call is in

@@ -373,6 +373,7 @@ static void cmd_begin(tconn *t) {
 enum { IO_OK = 0, IO_TIMEOUT, IO_DROPPED, IO_PROTOCOL, IO_OOM };
 
 static int wait_fd(int fd, short ev, uint64_t deadline) {
+    lock_yield(); /* this thread blocks: not with the embedding's lock (pw_set_lock_yield) */
     uint64_t now = now_ns();
     if (now >= deadline) return IO_TIMEOUT;
     uint64_t left = deadline - now;
@@ -492,6 +493,7 @@ static redisContext *dial(rbackend *b, uint64_t deadline) {
     uint64_t left = deadline - now;
     struct timeval tv = {(time_t)(left / 1000000000ull), (long)(left % 1000000000ull / 1000)};
     if (!tv.tv_sec && !tv.tv_usec) tv.tv_usec = 1;
+    lock_yield(); /* connecting blocks */
     redisContext *c = redisConnectWithTimeout(b->ip, b->port, tv);
     if (!c) return NULL;
     if (c->err) {

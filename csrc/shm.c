@@ -334,6 +334,7 @@ static int lock(shm_backend *m, pthread_mutex_t *mu, int kind, void *what) {
     }
     int rc = pthread_mutex_trylock(mu);
     if (rc == EBUSY) {
+        lock_yield(); /* this thread may block: not with the embedding's lock */
         struct timespec t;
         clock_gettime(CLOCK_REALTIME, &t);
         t.tv_sec += LOCK_TIMEOUT_S;

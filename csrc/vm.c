@@ -19,6 +19,12 @@ void pw_set_callbacks(pw_log_fn log, pw_foreign_fn foreign) {
     pw_foreign_cb = foreign;
 }
 
+/* Set once at import by pw_set_lock_yield, before guest code runs; read by any thread
+ * (relaxed: the import happens before the threads that run guests are told of a VM). */
+_Atomic(pw_yield_fn) pw_yield_cb;
+
+void pw_set_lock_yield(pw_yield_fn yield) { atomic_store_explicit(&pw_yield_cb, yield, memory_order_relaxed); }
+
 /* VM keys: process-unique, so a queue owner names its VM without holding a pointer. */
 static _Atomic uint64_t next_vm_key = 1;
 

@@ -1,7 +1,8 @@
 /* The per-event hot path of HttpStream, as a small CPython extension: StreamBase, whose C
  * methods take the caller's header list as it is (str or bytes pairs), write the flat form
  * "k\0v\0k\0v" straight from the objects' own buffers into one C buffer (no per-item Python
- * objects), release the GIL and call the C core: one call per event, no Python frame.
+ * objects) and call the C core (CORE_CALL, _fast.h: with the GIL released, or kept while
+ * one thread runs VMs): one call per event, no Python frame.
  *
  * The core itself is reached through function pointers that pyproxywasm.http hands over
  * once (from the cffi module, so this file links against nothing). Anything this path does
@@ -23,6 +24,36 @@ new_fn core_new;
 read_fn core_read;
 prop_fn core_set_prop;
 static closed_fn core_vm_closed;
+
+/* The GIL across a core call (_fast.h). hold_gil: set by set_hold_gil under the GIL. */
+int hold_gil;
+__attribute__((tls_model("initial-exec"))) _Thread_local int gil_held;
+__attribute__((tls_model("initial-exec"))) _Thread_local PyThreadState *gil_saved;
+
+/* The core's yield (pw_set_lock_yield), on the thread in the core: the GIL goes if this
+ * thread's CORE_CALL holds it; CORE_CALL takes it back. */
+static void yield_gil(void) {
+    if (gil_held) {
+        gil_held = 0;
+        gil_saved = PyEval_SaveThread();
+    }
+}
+
+/* set_hold_gil(flag): whether core calls keep the GIL (at most one thread runs VMs);
+ * holds_gil(): the current choice. */
+static PyObject *set_hold_gil(PyObject *self, PyObject *flag) {
+    (void)self;
+    int t = PyObject_IsTrue(flag);
+    if (t < 0) return NULL;
+    hold_gil = t;
+    Py_RETURN_NONE;
+}
+
+static PyObject *holds_gil(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyBool_FromLong(hold_gil);
+}
 
 /* One field's bytes, borrowed from the object (valid while the caller holds it). */
 int field(PyObject *o, const char **p, Py_ssize_t *n) {
@@ -91,17 +122,17 @@ static int encode(PyObject *items, char *stack, char **out, size_t *len, int *co
     return 1;
 }
 
-/* init(start, headers, data, finish, new, read, set_property, vm_closed): the core's
- * function addresses, as ints. */
+/* init(start, headers, data, finish, new, read, set_property, vm_closed, set_lock_yield):
+ * the core's function addresses, as ints; the last one is given yield_gil at once. */
 static PyObject *init(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError,
-                        "init(start, headers, data, finish, new, read, set_property, vm_closed)");
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "init(start, headers, data, finish, new, read, set_property, "
+                                         "vm_closed, set_lock_yield)");
         return NULL;
     }
-    void *p[8];
-    for (int i = 0; i < 8; i++) {
+    void *p[9];
+    for (int i = 0; i < 9; i++) {
         p[i] = PyLong_AsVoidPtr(args[i]);
         if (!p[i]) {
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "null function");
@@ -116,6 +147,7 @@ static PyObject *init(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     core_read = (read_fn)p[5];
     core_set_prop = (prop_fn)p[6];
     core_vm_closed = (closed_fn)p[7];
+    ((set_yield_fn)p[8])(yield_gil);
     Py_RETURN_NONE;
 }
 
@@ -199,12 +231,10 @@ static PyObject *headers_event(Stream *s, int dir, PyObject *const *args, Py_ssi
         int f, dropped = dir == 1 && (s->flags & local_flag);
         uint32_t id = s->id;
         void *vm = (void *)(uintptr_t)s->vma;
-        Py_BEGIN_ALLOW_THREADS
         if (id)
-            f = core_headers(vm, id, dir, (const uint8_t *)buf, len, count, eos);
+            CORE_CALL(f = core_headers(vm, id, dir, (const uint8_t *)buf, len, count, eos));
         else
-            f = core_start(vm, s->root, (const uint8_t *)buf, len, count, eos, &id);
-        Py_END_ALLOW_THREADS
+            CORE_CALL(f = core_start(vm, s->root, (const uint8_t *)buf, len, count, eos, &id));
         if (buf != stack) free(buf);
         s->id = id;
         if (f != malformed) return done(s, f, dir, dropped);
@@ -225,9 +255,7 @@ static PyObject *data_event(Stream *s, int dir, PyObject *const *args, Py_ssize_
     size_t n = (size_t)bn;
     void *vm = (void *)(uintptr_t)s->vma;
     int f, dropped = dir == 1 && (s->flags & local_flag);
-    Py_BEGIN_ALLOW_THREADS
-    f = core_data(vm, s->id, dir, p, n, eos);
-    Py_END_ALLOW_THREADS
+    CORE_CALL(f = core_data(vm, s->id, dir, p, n, eos));
     return done(s, f, dir, dropped);
 }
 
@@ -251,9 +279,7 @@ static PyObject *s_finish(PyObject *self, PyObject *unused) {
     if (!s->id) return PyObject_CallMethod(self, "_general_finish", NULL);
     void *vm = (void *)(uintptr_t)s->vma;
     int f;
-    Py_BEGIN_ALLOW_THREADS
-    f = core_finish(vm, s->id);
-    Py_END_ALLOW_THREADS
+    CORE_CALL(f = core_finish(vm, s->id));
     if (f < 0 && f != closed_code) return PyObject_CallMethod(self, "_raise", "i", f);
     s->flags |= done_flag;
     Py_RETURN_NONE;
@@ -613,6 +639,8 @@ static PyMethodDef methods[] = {
     {"init", (PyCFunction)(void (*)(void))init, METH_FASTCALL, NULL},
     {"set_constants", (PyCFunction)(void (*)(void))set_constants, METH_FASTCALL, NULL},
     {"set_helpers", (PyCFunction)(void (*)(void))set_helpers, METH_FASTCALL, NULL},
+    {"set_hold_gil", set_hold_gil, METH_O, NULL},
+    {"holds_gil", holds_gil, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

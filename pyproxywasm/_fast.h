@@ -23,6 +23,7 @@ typedef int (*read_fn)(void *vm, uint32_t id, int what, const uint8_t **out, siz
 typedef int (*prop_fn)(void *vm, uint32_t ctx, const uint8_t *path, size_t path_len,
                        const uint8_t *value, size_t value_len);
 typedef int (*closed_fn)(void *vm);
+typedef void (*set_yield_fn)(void (*yield)(void));
 
 /* Set once by init() at import (under the GIL), read-only afterwards (_fast.c). */
 extern start_fn core_start;
@@ -35,6 +36,36 @@ extern prop_fn core_set_prop;
 extern int malformed; /* -PW_ERR: the flat form refused */
 
 #define STACK_BYTES 2048
+
+/* ---- the GIL across a core call (_fast.c) -----------------------------------------------
+ * Releasing and retaking the GIL costs about 400 instructions, more than a minimal
+ * filter's guest call, five times per request. So while at most one thread runs VMs (an
+ * asyncio server, a serve worker; set_hold_gil, from pyproxywasm.host), a call into the
+ * core keeps it; the core hands it back through yield_gil (pw_set_lock_yield) once a guest
+ * call has run for a tick (1 ms) or before a hostcall blocks, and CORE_CALL takes it back
+ * when the core returns. With VMs on more threads, every call releases it, so their guest
+ * code runs in parallel. Nested calls (a Python callback of the core calling the core
+ * again) save and restore the thread's state. */
+extern int hold_gil; /* read and written under the GIL */
+extern __attribute__((tls_model("initial-exec"))) _Thread_local int gil_held;
+extern __attribute__((tls_model("initial-exec"))) _Thread_local PyThreadState *gil_saved;
+
+#define CORE_CALL(...)                                                                     \
+    do {                                                                                   \
+        if (hold_gil) {                                                                    \
+            int held0_ = gil_held;                                                         \
+            PyThreadState *saved0_ = gil_saved;                                            \
+            gil_held = 1;                                                                  \
+            gil_saved = NULL;                                                              \
+            __VA_ARGS__;                                                                   \
+            if (gil_saved) PyEval_RestoreThread(gil_saved);                                \
+            gil_held = held0_;                                                             \
+            gil_saved = saved0_;                                                           \
+        } else {                                                                           \
+            Py_BEGIN_ALLOW_THREADS __VA_ARGS__;                                            \
+            Py_END_ALLOW_THREADS                                                           \
+        }                                                                                  \
+    } while (0)
 
 typedef struct {
     PyObject_HEAD

@@ -24,7 +24,8 @@
  * Borrowed pointers: the core's answers from pw_http_read stay valid until the next call
  * on the VM that serializes a map (a body read does not), and every call here runs on the
  * VM's own thread with the GIL held between them; field bytes borrowed from Python objects
- * are copied into one buffer before the GIL is released. */
+ * are copied into one buffer before the core is called (the core may release the GIL,
+ * see CORE_CALL in _fast.h). */
 #include "_fast.h"
 
 #include "../csrc/pw.h"
@@ -228,8 +229,8 @@ static int gather_props(wbuf *b, PyObject *const *seqs, int nseq, size_t *lens, 
     return 0;
 }
 
-/* Creates the stream, sets its properties and delivers its request headers, with the GIL
- * released once: the core's flags, or a negative error. */
+/* Creates the stream, sets its properties and delivers its request headers, in one
+ * CORE_CALL: the core's flags, or a negative error. */
 static int start_stream(Stream *s, const wbuf *h, int count, int eos, const wbuf *pb,
                         const size_t *plens, int np) {
     void *vm = (void *)(uintptr_t)s->vma;
@@ -237,25 +238,25 @@ static int start_stream(Stream *s, const wbuf *h, int count, int eos, const wbuf
     const uint8_t *hp = (const uint8_t *)h->p;
     size_t hl = h->len ? h->len - 1 : 0; /* no NUL after the last value */
     int f;
-    Py_BEGIN_ALLOW_THREADS
-    if (np) {
-        int rc = core_new(vm, root, &id);
-        if (rc) {
-            f = -rc;
-        } else {
-            /* As the general path: a property the core refuses is not an error here. */
-            const uint8_t *p = (const uint8_t *)pb->p;
-            for (int i = 0; i < np; i++) {
-                size_t kl = plens[2 * i], vl = plens[2 * i + 1];
-                core_set_prop(vm, id, p, kl, p + kl, vl);
-                p += kl + vl;
+    CORE_CALL({
+        if (np) {
+            int rc = core_new(vm, root, &id);
+            if (rc) {
+                f = -rc;
+            } else {
+                /* As the general path: a property the core refuses is not an error here. */
+                const uint8_t *p = (const uint8_t *)pb->p;
+                for (int i = 0; i < np; i++) {
+                    size_t kl = plens[2 * i], vl = plens[2 * i + 1];
+                    core_set_prop(vm, id, p, kl, p + kl, vl);
+                    p += kl + vl;
+                }
+                f = core_headers(vm, id, PW_DIR_REQUEST, hp, hl, count, eos);
             }
-            f = core_headers(vm, id, PW_DIR_REQUEST, hp, hl, count, eos);
+        } else {
+            f = core_start(vm, root, hp, hl, count, eos, &id);
         }
-    } else {
-        f = core_start(vm, root, hp, hl, count, eos, &id);
-    }
-    Py_END_ALLOW_THREADS
+    });
     s->id = id;
     if (f >= 0) s->flags = f;
     return f;
@@ -779,7 +780,7 @@ typedef struct {
     long long resp_in; /* body bytes the app has sent so far, this one included */
 } response_in;
 
-/* The response's headers and first body into the filter, with the GIL released once:
+/* The response's headers and first body into the filter, in one CORE_CALL:
  * flags, or a negative error. */
 static int push_response(Stream *s, const response_in *in, int *ret) {
     wbuf h;
@@ -800,10 +801,11 @@ static int push_response(Stream *s, const response_in *in, int *ret) {
     int eos = in->end && !bl, end = in->end, f;
     const uint8_t *hp = (const uint8_t *)h.p;
     size_t hl = h.len - 1;
-    Py_BEGIN_ALLOW_THREADS
-    f = core_headers(vm, id, PW_DIR_RESPONSE, hp, hl, count, eos);
-    if (f >= 0 && !eos && (bl || end)) f = core_data(vm, id, PW_DIR_RESPONSE, (const uint8_t *)bp, (size_t)bl, end);
-    Py_END_ALLOW_THREADS
+    CORE_CALL({
+        f = core_headers(vm, id, PW_DIR_RESPONSE, hp, hl, count, eos);
+        if (f >= 0 && !eos && (bl || end))
+            f = core_data(vm, id, PW_DIR_RESPONSE, (const uint8_t *)bp, (size_t)bl, end);
+    });
     wb_free(&h);
     *ret = 0;
     return f;

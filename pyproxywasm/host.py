@@ -29,7 +29,7 @@ from .dispatch import Dispatcher, Worker
 from .errors import ConfigError, HostClosedError, PluginStartError, ProxyWasmError
 from .limits import Limits
 from .policy import FailurePolicy, ReloadState
-from .http import HttpStream, _fast
+from .http import HttpStream, _fast, vm_thread
 from .module import CompiledModule, compile_module
 from .net.cluster import Cluster
 from .net.outbound import Outbound, Recorder, VmCalls
@@ -494,6 +494,7 @@ class Host:
                 self._local.releaser = _Releaser(self, st)
             with self._lock:
                 self._states.append((threading.get_ident(), st))
+            vm_thread(threading.get_ident(), 1)
             try:
                 for plugin in list(self.plugins):
                     self._start(plugin, st)
@@ -640,7 +641,10 @@ class Host:
         if st.owns_dispatcher:
             st.dispatcher.close()
         with self._lock:
+            gone = [t for t, s in self._states if s is st]
             self._states = [(t, s) for t, s in self._states if s is not st]
+        for t in gone:
+            vm_thread(t, -1)
 
     def _teardown(self, dispatcher: Dispatcher, timeout: float) -> None:
         st = self._local.state

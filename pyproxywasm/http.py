@@ -65,11 +65,30 @@ def _load_fast() -> ModuleType | None:
     _fast.init(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
                  for name in ("pw_http_start", "pw_http_headers", "pw_http_data", "pw_http_finish",
                               "pw_http_new", "pw_http_read", "pw_set_host_property",
-                              "pw_vm_closed")))
+                              "pw_vm_closed", "pw_set_lock_yield")))
     return _fast
 
 
 _fast = _load_fast()
+
+# Threads running VMs (thread ident -> live per-thread states on it), kept by
+# pyproxywasm.host. While there is at most one, the C event path keeps the GIL across its
+# core calls (see CORE_CALL in _fast.h): nobody else could run guest code meanwhile, and
+# the core hands the GIL back once a guest call runs for a tick or a hostcall blocks.
+_vm_threads: dict[int, int] = {}
+_vm_threads_lock = threading.Lock()
+
+
+def vm_thread(ident: int, delta: int) -> None:
+    """Counts a thread's per-thread state in (+1) or out (-1)."""
+    with _vm_threads_lock:
+        n = _vm_threads.get(ident, 0) + delta
+        if n > 0:
+            _vm_threads[ident] = n
+        else:
+            _vm_threads.pop(ident, None)
+        if _fast is not None:
+            _fast.set_hold_gil(len(_vm_threads) <= 1)
 _MALFORMED = -lib.PW_ERR  # the flat form refused (a NUL in a field): retried as pairs
 _CLOSED = -lib.PW_ERR_CLOSED
 if _fast is not None:

@@ -96,10 +96,16 @@ def _lifecycle_summary(tw, r) -> None:
             tw.line(f"{what}, core driven from C, this process: {c * 1e6:8.2f} us")
         if d:
             tw.line(f"{what}, core driven from C, bench/driver.c: {d * 1e6:8.2f} us")
+        x = r.get(f"x_{key}")
+        if x:
+            tw.line(f"{what}, core driven from C, explicit bounds checks (the issue's configuration): "
+                    f"{x * 1e6:8.2f} us")
         for form in ("tuple", "bytes"):
             py = r.get(f"py_{key}_{form}")
             if py:
                 ratio = f"  = {py / c:.2f}x the core" if c else ""
+                if x:
+                    ratio += f", {py / x:.2f}x the core with explicit checks"
                 tw.line(f"{what}, Python API, {form} headers: {py * 1e6:8.2f} us{ratio}")
 
 

@@ -536,9 +536,24 @@ static PyType_Spec o_spec = {"pyproxywasm._fast.Opener", sizeof(Opener), 0,
  * _http_stream(state, properties), the general path. */
 typedef struct {
     PyObject_HEAD
-    PyObject *local; /* the host's per-thread state holder (_local) */
-    PyObject *index; /* the plugin's index (an int), the key of its Opener */
+    PyObject *local;   /* the host's per-thread state holder (_local) */
+    PyObject *index;   /* the plugin's index (an int), the key of its Opener */
+    PyObject *opener;  /* a cache of _local.state.openers[index], for thread `tid`, valid */
+    unsigned long tid; /* while openers_gen is still `gen`: it saves the thread-local  */
+    unsigned long gen; /* lookup (about 650 instructions) on every new stream */
 } PluginBase;
+
+/* Bumped by openers_changed() (pyproxywasm.host, under the GIL) whenever a thread's
+ * Openers are dropped: every PluginBase's cached one is then looked up again. */
+static unsigned long openers_gen = 1;
+static PyTypeObject *opener_type; /* set at import; the module keeps it alive */
+
+static PyObject *openers_changed(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    openers_gen++;
+    Py_RETURN_NONE;
+}
 
 static PyObject *str_state, *str_openers, *str_http_stream_general;
 
@@ -557,30 +572,49 @@ static PyObject *p_http_stream(PyObject *self, PyObject *const *args, Py_ssize_t
         PyErr_SetString(PyExc_RuntimeError, "Plugin not initialized");
         return NULL;
     }
-    PyObject *st = PyObject_GetAttr(p->local, str_state);
-    if (!st) return NULL;
-    if (props == Py_None && st != Py_None) {
-        PyObject *openers = PyObject_GetAttr(st, str_openers);
-        if (!openers) {
-            Py_DECREF(st);
-            return NULL;
-        }
-        PyObject *op = PyDict_GetItemWithError(openers, p->index); /* borrowed */
-        Py_XINCREF(op);
-        Py_DECREF(openers);
-        if (op) {
-            PyObject *r = PyObject_CallObject(op, NULL);
-            Py_DECREF(op);
-            if (r != Py_None) { /* a stream, or an error */
-                Py_DECREF(st);
-                return r;
+    unsigned long tid = PyThread_get_thread_ident();
+    PyObject *st = NULL, *op = NULL;
+    if (props == Py_None) {
+        if (p->opener && p->tid == tid && p->gen == openers_gen) {
+            op = p->opener;
+            Py_INCREF(op);
+        } else {
+            st = PyObject_GetAttr(p->local, str_state);
+            if (!st) return NULL;
+            if (st != Py_None) {
+                PyObject *openers = PyObject_GetAttr(st, str_openers);
+                if (!openers) {
+                    Py_DECREF(st);
+                    return NULL;
+                }
+                op = PyDict_GetItemWithError(openers, p->index); /* borrowed */
+                Py_XINCREF(op);
+                Py_DECREF(openers);
+                if (!op && PyErr_Occurred()) {
+                    Py_DECREF(st);
+                    return NULL;
+                }
+                if (op && Py_TYPE(op) == opener_type) { /* cached for this thread */
+                    PyObject *old = p->opener;
+                    Py_INCREF(op);
+                    p->opener = op;
+                    Py_XDECREF(old);
+                    p->tid = tid;
+                    p->gen = openers_gen;
+                }
             }
-            Py_DECREF(r);
-        } else if (PyErr_Occurred()) {
-            Py_DECREF(st);
-            return NULL;
         }
     }
+    if (op) {
+        PyObject *r = Py_TYPE(op) == opener_type ? o_call(op, NULL, NULL) : PyObject_CallObject(op, NULL);
+        Py_DECREF(op);
+        if (r != Py_None) { /* a stream, or an error */
+            Py_XDECREF(st);
+            return r;
+        }
+        Py_DECREF(r);
+    }
+    if (!st && !(st = PyObject_GetAttr(p->local, str_state))) return NULL;
     PyObject *r = PyObject_CallMethodObjArgs(self, str_http_stream_general, st, props, NULL);
     Py_DECREF(st);
     return r;
@@ -590,6 +624,7 @@ static int p_traverse(PyObject *self, visitproc visit, void *arg) {
     PluginBase *p = (PluginBase *)self;
     Py_VISIT(p->local);
     Py_VISIT(p->index);
+    Py_VISIT(p->opener);
     Py_VISIT(Py_TYPE(self)); /* as s_traverse */
     return 0;
 }
@@ -598,6 +633,7 @@ static int p_clear(PyObject *self) {
     PluginBase *p = (PluginBase *)self;
     Py_CLEAR(p->local);
     Py_CLEAR(p->index);
+    Py_CLEAR(p->opener);
     return 0;
 }
 
@@ -641,6 +677,7 @@ static PyMethodDef methods[] = {
     {"set_helpers", (PyCFunction)(void (*)(void))set_helpers, METH_FASTCALL, NULL},
     {"set_hold_gil", set_hold_gil, METH_O, NULL},
     {"holds_gil", holds_gil, METH_NOARGS, NULL},
+    {"openers_changed", openers_changed, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -672,6 +709,7 @@ PyMODINIT_FUNC PyInit__fast(void) {
         Py_DECREF(m);
         return NULL;
     }
+    opener_type = (PyTypeObject *)o; /* the module holds it */
     PyObject *pb = PyType_FromSpec(&p_spec);
     if (!pb || PyModule_AddObject(m, "PluginBase", pb) < 0) {
         Py_XDECREF(pb);

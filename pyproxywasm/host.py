@@ -248,6 +248,16 @@ class _ThreadState:
         self.openers: dict[int, Callable[[], HttpStream | None]] = {}
         self.reload: dict[tuple[object, ...], ReloadState] = {}  # FAIL_RELOAD bookkeeping per VM key
 
+    def drop_openers(self, index: int | None = None) -> None:
+        """Forgets this thread's Openers (every plugin's, or one); the ones Plugin.http_stream
+        keeps in C go with them."""
+        if index is None:
+            self.openers.clear()
+        else:
+            self.openers.pop(index, None)
+        if _fast is not None:
+            _fast.openers_changed()
+
 
 class _Local(threading.local):
     """The host's per-thread state (None until the thread's VMs start)."""
@@ -586,7 +596,7 @@ class Host:
             self._log.warning("plugin %r: FAIL_RELOAD could not start the plugins: %s", name, e)
             return root
         st.roots.update(roots)
-        st.openers.clear()
+        st.drop_openers()
         st.vms[key] = new
         stats["vm_reloads"] += 1
         self._log.warning("plugin %r: reloaded its VM (reload %d)", name, state.reloads)
@@ -637,7 +647,7 @@ class Host:
             r.vm.close()
         st.vms.clear()
         st.roots.clear()
-        st.openers.clear()
+        st.drop_openers()
         if st.owns_dispatcher:
             st.dispatcher.close()
         with self._lock:
@@ -694,7 +704,7 @@ class Host:
         st = self._local.state
         root = st.roots.pop(plugin.index, None) if st is not None else None
         if st is not None:
-            st.openers.pop(plugin.index, None)  # (the root's Opener goes with it)
+            st.drop_openers(plugin.index)  # (the root's Opener goes with it)
         if root is not None and not root.vm.failed:
             root.close()
 

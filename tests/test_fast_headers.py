@@ -164,3 +164,43 @@ def test_plugin_http_stream_takes_properties_and_refuses_anything_else(plugin):
         plugin.http_stream(None, properties=None)
     with pytest.raises(TypeError):
         plugin.http_stream(props={})
+
+
+def test_the_stream_maker_plugin_http_stream_keeps_is_per_thread_and_goes_with_its_state():
+    """Plugin.http_stream keeps the last thread's Opener in C: a stream is always made on
+    the calling thread's own root, also for a thread that starts after another ended (its
+    state torn down, its ident maybe reused) and after the host dropped the Openers."""
+    import threading
+
+    host = Host([PluginConfig(VmConfig(WAT / "bench_filter.wasm"), root_id="bench")])
+    plugin = host.plugins[0]
+
+    def stream_root():
+        s = plugin.http_stream()
+        s.send_request_headers([(":path", "/")], end_stream=True)
+        assert s.request_headers.get("x-wasm-filter") == "1"
+        s.finish()
+        return s.plugin, host._local.state.roots[plugin.index]
+
+    def in_thread():
+        out = []
+        t = threading.Thread(target=lambda: out.append(stream_root()))
+        t.start()
+        t.join(10)
+        return out[0]
+
+    try:
+        used, own = stream_root()
+        main_root = own
+        assert used is own
+        roots = [main_root]
+        for _ in range(3):  # threads one after another: each its own root, never a dead one
+            used, own = in_thread()
+            assert used is own and all(used is not r for r in roots)
+            roots.append(used)
+            used, own = stream_root()  # and back on this thread: its root again
+            assert used is own is main_root
+        host._local.state.drop_openers()  # the host dropped them: made again, same root
+        assert stream_root()[0] is main_root
+    finally:
+        host.close()

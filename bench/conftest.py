@@ -103,9 +103,11 @@ def _lifecycle_summary(tw, r) -> None:
         for form in ("tuple", "bytes"):
             py = r.get(f"py_{key}_{form}")
             if py:
-                ratio = f"  = {py / c:.2f}x the core" if c else ""
-                if x:
-                    ratio += f", {py / x:.2f}x the core with explicit checks"
+                pair = r.get(f"r_{key}_{form}")
+                ratio = f"  = {pair:.2f}x the core (batch pairs)" if pair else ""
+                rx = r.get(f"rx_{key}_{form}")
+                if rx:
+                    ratio += f", {rx:.2f}x the core with explicit checks (run pairs)"
                 tw.line(f"{what}, Python API, {form} headers: {py * 1e6:8.2f} us{ratio}")
 
 

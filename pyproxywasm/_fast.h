@@ -52,19 +52,20 @@ extern __attribute__((tls_model("initial-exec"))) _Thread_local PyThreadState *g
 
 #define CORE_CALL(...)                                                                     \
     do {                                                                                   \
+        int held0_ = gil_held; /* a call nested in a Python callback of an outer one */    \
+        PyThreadState *saved0_ = gil_saved;                                                \
+        gil_saved = NULL;                                                                  \
         if (hold_gil) {                                                                    \
-            int held0_ = gil_held;                                                         \
-            PyThreadState *saved0_ = gil_saved;                                            \
             gil_held = 1;                                                                  \
-            gil_saved = NULL;                                                              \
             __VA_ARGS__;                                                                   \
             if (gil_saved) PyEval_RestoreThread(gil_saved);                                \
-            gil_held = held0_;                                                             \
-            gil_saved = saved0_;                                                           \
         } else {                                                                           \
+            gil_held = 0; /* not the outer call's to give up from in here */               \
             Py_BEGIN_ALLOW_THREADS __VA_ARGS__;                                            \
             Py_END_ALLOW_THREADS                                                           \
         }                                                                                  \
+        gil_held = held0_;                                                                 \
+        gil_saved = saved0_;                                                               \
     } while (0)
 
 typedef struct {

@@ -141,3 +141,46 @@ def test_calls_nested_in_a_log_handler_before_and_after_the_gil_is_given_up(capl
         finally:
             spin.logger.removeHandler(handler)
     assert nested == [("spin_log after", "1"), ("spin_log before", "1")] * 5
+
+
+_FLIP = """
+import logging, sys
+from pyproxywasm import Action, Host, PluginConfig, VmConfig
+from pyproxywasm import http as H
+
+spin = sys.argv[1]
+host = Host([PluginConfig(VmConfig(spin), configuration="0", name="outer"),
+             PluginConfig(VmConfig(spin, vm_id="inner"), configuration="20", name="inner")])
+outer, inner = host.plugins
+H._fast.set_hold_gil(True)
+seen = []
+
+class Flip(logging.Handler):
+    def emit(self, record):
+        H._fast.set_hold_gil(False)  # as when another thread starts VMs meanwhile
+        s = inner.http_stream()      # spins 20 ms: the core offers the GIL back many times
+        seen.append(s.send_request_headers([(":path", "/")]))
+        s.finish()
+
+outer.logger.addHandler(Flip())
+outer.logger.setLevel(logging.INFO)
+s = outer.http_stream()
+assert s.send_request_headers([(":path", "/")]) is Action.CONTINUE
+s.finish()
+assert seen == [Action.CONTINUE], seen
+host.close()
+print("ok")
+"""
+
+
+def test_a_call_nested_after_the_choice_flipped_gives_up_no_gil_it_does_not_hold():
+    """An outer call keeps the GIL; a log handler inside it sees the choice flip (another
+    thread started VMs) and makes a call that releases the GIL itself: the core's yields
+    during that inner call must not give the GIL up a second time (a fatal error). In a
+    subprocess: a regression would kill the interpreter."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", _FLIP, str(SPIN)], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", (p.returncode, p.stdout, p.stderr[-2000:])

@@ -180,7 +180,9 @@ def test_a_call_nested_after_the_choice_flipped_gives_up_no_gil_it_does_not_hold
     subprocess: a regression would kill the interpreter."""
     import subprocess
     import sys
+    import tempfile
 
+    # From outside the checkout: the installed package, not the source tree.
     p = subprocess.run([sys.executable, "-c", _FLIP, str(SPIN)], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=60, cwd=tempfile.gettempdir())
     assert p.returncode == 0 and p.stdout.strip() == "ok", (p.returncode, p.stdout, p.stderr[-2000:])

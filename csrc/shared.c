@@ -13,7 +13,10 @@
  * key reads as absent and is removed when touched, and each write sweeps a few buckets of
  * its shard so keys nobody reads again do not pile up; shards without TTL keys skip both),
  * and a byte cap per store (keys + values; the store's own, from the host's InProcess
- * options, else the process default).
+ * options, else the process default). The byte cap does not see what each key costs
+ * beyond its bytes (its entry and two allocations, about 100 bytes): a guest writing
+ * endless one-byte keys would hold some 100 times the cap. So a store also holds at most
+ * MAX_ENTRIES keys, as a shared queue holds at most so many items.
  *
  * Lifetime: a store is referenced by the VMs of its scope and, during a call, by the
  * embedding API; a namespace released by its last host (backend.c) retires its stores,
@@ -29,6 +32,7 @@
 #define SHARDS 64
 #define SWEEP_BUCKETS 4 /* buckets a write looks at for expired keys */
 #define SWEEP_ALL_NS 10000000ull /* a write refused by the cap sweeps every shard, this rarely */
+#define MAX_ENTRIES (1 << 20)     /* keys per store (see the top of the file) */
 
 typedef struct entry {
     pw_buf key, value;
@@ -48,6 +52,7 @@ typedef struct shard {
 struct pw_space {
     pw_buf vm_id; /* the scope key */
     _Atomic int64_t bytes; /* keys and values held, against the cap */
+    _Atomic int64_t entries; /* keys held, against MAX_ENTRIES */
     _Atomic int64_t max_bytes; /* this store's cap; 0: the process default */
     _Atomic uint64_t default_ttl_ms; /* given to keys at their first write; 0: none */
     _Atomic int64_t refs;   /* the list's (until retired), VMs' and calls' in flight */
@@ -230,6 +235,7 @@ static void unlink_entry(pw_space *s, shard *sh, entry **pe) {
         atomic_fetch_sub(&s->n_ttl, 1);
     }
     charge(s, -(int64_t)(e->key.len + e->value.len));
+    atomic_fetch_sub(&s->entries, 1);
     buf_free(&e->key);
     buf_free(&e->value);
     free(e);
@@ -339,7 +345,12 @@ static int set_once(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, 
             fresh = old;
             e->cas = next_cas();
         }
+    } else if (atomic_fetch_add(&s->entries, 1) >= MAX_ENTRIES) {
+        atomic_fetch_sub(&s->entries, 1);
+        st = ST_INTERNAL_FAILURE; /* past the store's key count */
+        *capped = 1;
     } else if (!charge(s, (int64_t)(kl + n))) {
+        atomic_fetch_sub(&s->entries, 1);
         st = ST_INTERNAL_FAILURE;
         *capped = 1;
     } else if ((created = calloc(1, sizeof *created)) && !buf_set(&created->key, k, kl)) {
@@ -357,6 +368,7 @@ static int set_once(pw_space *s, const uint8_t *k, size_t kl, const uint8_t *v, 
         created = NULL;
     } else {
         charge(s, -(int64_t)(kl + n));
+        atomic_fetch_sub(&s->entries, 1);
         st = ST_INTERNAL_FAILURE;
     }
     pthread_mutex_unlock(l);

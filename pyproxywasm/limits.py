@@ -5,7 +5,10 @@ Each cap below has a documented default; past it the guest gets an ABI status (o
 failed memory.grow), or the call traps and the plugin's failure policy decides what its
 streams see — the process never grows without bound. Fixed caps that are not settings:
 a header map holds at most 8,192 entries and 16 MiB (adding past that answers
-INTERNAL_FAILURE); one shared queue holds at most 1,048,576 items.
+INTERNAL_FAILURE); one shared queue holds at most 1,048,576 items; one vm_id's shared data
+in the in-process backend holds at most 1,048,576 keys (a new key past that answers
+INTERNAL_FAILURE: shared_data_bytes counts keys and values, not each key's own cost; the
+shared-memory backend is bounded by its segment, Redis by the server).
 """
 from __future__ import annotations
 

@@ -443,6 +443,25 @@ def test_shared_data_and_queue_bytes_are_capped():
             lib.pw_shared_set_max_bytes(64 << 20)
 
 
+def test_in_process_shared_data_holds_at_most_a_million_keys():
+    """The byte cap counts keys and values only: one-byte keys would hold about 100 times
+    the cap in entries. So a store also holds at most 2^20 keys; past that a new key is
+    refused (overwriting one is not), and a deleted key makes room."""
+    from pyproxywasm.abi import Status
+
+    with Host([], namespace="many-keys") as host:
+        st = host.state
+        for i in range(1 << 20):
+            assert st.set_shared_data(i.to_bytes(3, "little"), b"", vm_id="v") is Status.OK
+        assert st.set_shared_data(b"one more", b"", vm_id="v") is Status.INTERNAL_FAILURE
+        assert st.shared_data(b"one more", vm_id="v") is None
+        assert st.set_shared_data((7).to_bytes(3, "little"), b"new value", vm_id="v") is Status.OK
+        assert st.delete((8).to_bytes(3, "little"), vm_id="v") is Status.OK
+        assert st.set_shared_data(b"one more", b"", vm_id="v") is Status.OK
+        assert st.set_shared_data(b"and another", b"", vm_id="v") is Status.INTERNAL_FAILURE
+        assert st.shared_data((7).to_bytes(3, "little"), vm_id="v").value == b"new value"
+
+
 def test_hosts_whose_plugins_own_queues_do_not_leak_descriptors():
     cfg = PluginConfig(VmConfig(wat("start_queue"), vm_id="fdleak"))
     for _ in range(5):  # warm up

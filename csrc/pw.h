@@ -421,6 +421,9 @@ void pw_queue_set_max_bytes(uint64_t n);
  * own (pw_backend_inprocess); 0: no cap. Past it a set answers INTERNAL_FAILURE and changes
  * nothing. */
 void pw_shared_set_max_bytes(uint64_t n);
+/* SipHash-1-3 of p[0..n) under the key (k0, k1): the shared-data tables' key hash
+ * (siphash.c), here for its test. */
+uint64_t pw_hash_keyed(uint64_t k0, uint64_t k1, const uint8_t *p, size_t n);
 
 /* Metrics (by namespace and name). kind: 0 counter, 1 gauge, 2 histogram. For a
  * histogram, value is the sample count and sum is the sum of samples; each histogram also

@@ -25,7 +25,9 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -115,11 +117,23 @@ static uint32_t next_cas(void) {
     return v;
 }
 
-static uint64_t hash(const uint8_t *p, size_t n) {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
-    return h ^ (h >> 29);
+/* The key hash's secret (siphash.c): random per process, drawn once before the first
+ * store exists (hash_key_init, under spaces_lock), read-only afterwards by any thread. */
+static uint64_t hash_key[2];
+
+static void hash_key_init(void) {
+    static int done;
+    if (done) return;
+    if (getrandom(hash_key, sizeof hash_key, 0) != (ssize_t)sizeof hash_key) {
+        struct timespec t;
+        clock_gettime(CLOCK_REALTIME, &t); /* no entropy source: still not a constant */
+        hash_key[0] = (uint64_t)t.tv_nsec * 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
+        hash_key[1] = (uint64_t)t.tv_sec ^ (uint64_t)(uintptr_t)&t;
+    }
+    done = 1;
 }
+
+static uint64_t hash(const uint8_t *p, size_t n) { return pw_hash_keyed(hash_key[0], hash_key[1], p, n); }
 
 uint64_t shared_now_ns(void) {
     struct timespec t;
@@ -152,6 +166,7 @@ static void space_free(pw_space *s) {
 
 pw_space *shared_space(const uint8_t *vm_id, size_t vl, int create) {
     pthread_mutex_lock(&spaces_lock);
+    hash_key_init();
     pw_space *s = spaces;
     while (s && !(s->vm_id.len == vl && (vl == 0 || !memcmp(s->vm_id.p, vm_id, vl)))) s = s->next;
     if (!s && create && (s = calloc(1, sizeof *s))) {

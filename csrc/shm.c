@@ -72,7 +72,7 @@
 #include "backend.h"
 
 #define SHM_MAGIC 0x314d485357595050ull /* "PPYWSHM1" */
-#define SHM_VERSION 1u
+#define SHM_VERSION 2u /* 2: keys hashed with SipHash-1-3 keyed by the nonce */
 #define SHM_SHARDS 64
 #define SHM_QNAME 256 /* scope + queue name, bytes */
 #define SHM_CLASSES 34 /* blocks of 64 B .. 512 GiB */
@@ -203,16 +203,17 @@ static uint64_t fnv(uint64_t h, const uint8_t *p, size_t n) {
     return h;
 }
 
-static uint64_t key_hash(const pw_buf *scope, const uint8_t *k, size_t kl) {
-    uint64_t h = fnv(1469598103934665603ull, scope->p, scope->len);
-    h = (h ^ 0xff) * 1099511628211ull;
-    h = fnv(h, k, kl);
-    return h ^ (h >> 29);
-}
-
 static uint64_t scope_hash(const pw_buf *scope) {
     uint64_t h = fnv(1469598103934665603ull ^ 0x5c, scope->p, scope->len);
     return (h ^ (h >> 31)) | 1;
+}
+
+/* A key's hash: keyed (siphash.c) by the segment's random nonce, which every process
+ * mapping it shares and no guest sees, and by the key's scope (the host's choice, so FNV
+ * is enough there): a guest cannot choose keys that pile up in one bucket. */
+static uint64_t key_hash(shm_backend *m, const pw_buf *scope, const uint8_t *k, size_t kl) {
+    uint64_t n = m->h->nonce;
+    return pw_hash_keyed(n ^ scope_hash(scope), n * 0x9e3779b97f4a7c15ull + 1, k, kl);
 }
 
 /* ---- blocks ------------------------------------------------------------------------------------- */
@@ -519,7 +520,7 @@ typedef struct {
 
 /* Locks the key's shard and looks the key up in it; -1 if the lock could not be had. */
 static int lock_key(shm_backend *m, const pw_buf *scope, const uint8_t *k, size_t kl, shm_at *a) {
-    uint64_t h = key_hash(scope, k, kl);
+    uint64_t h = key_hash(m, scope, k, kl);
     uint32_t s = (uint32_t)(h % SHM_SHARDS);
     a->sh = shard_at(m, s);
     if (lock(m, &a->sh->lock, LK_SHARD, (void *)(uintptr_t)s)) return -1;
@@ -576,7 +577,7 @@ static int shm_set(pw_backend *b, const pw_buf *scope, const uint8_t *k, size_t 
 static int set_once(shm_backend *m, const pw_buf *scope, const uint8_t *k, size_t kl,
                     const uint8_t *v, size_t n, uint32_t cas, int *capped) {
     if (scope->len > UINT32_MAX || kl > UINT32_MAX || n > UINT32_MAX) return ST_INTERNAL_FAILURE;
-    uint64_t h = key_hash(scope, k, kl), sch = scope_hash(scope), off = 0;
+    uint64_t h = key_hash(m, scope, k, kl), sch = scope_hash(scope), off = 0;
     uint32_t s = (uint32_t)(h % SHM_SHARDS);
     shm_shard *sh = shard_at(m, s);
     if (lock(m, &sh->lock, LK_SHARD, (void *)(uintptr_t)s)) return ST_INTERNAL_FAILURE;

@@ -35,6 +35,7 @@ _SOURCES = [
     "shared.c",
     "shm.c",
     "signals.c",
+    "siphash.c",
     "tcp.c",
     "trace.c",
     "vm.c",

@@ -462,6 +462,33 @@ def test_in_process_shared_data_holds_at_most_a_million_keys():
         assert st.shared_data((7).to_bytes(3, "little"), vm_id="v").value == b"new value"
 
 
+_SIPHASH_CHECK = """
+import sys
+from pyproxywasm._binding import lib
+assert sys.hash_info.algorithm == "siphash13", sys.hash_info.algorithm
+for n in range(1, 65):
+    d = bytes((i * 7 + n) & 0xff for i in range(n))
+    assert lib.pw_hash_keyed(0, 0, d, n) == hash(d) & (2**64 - 1), n
+print("ok")
+"""
+
+
+def test_shared_data_keys_are_hashed_with_keyed_siphash():
+    """The tables hash a guest's keys with SipHash-1-3 under a key the guest cannot see (an
+    unkeyed hash let it choose keys that all land in one bucket): the function is CPython's
+    own string hash, checked against it with a zero key (PYTHONHASHSEED=0), and another key
+    gives other hashes."""
+    if sys.hash_info.algorithm != "siphash13":
+        pytest.skip(f"this Python hashes with {sys.hash_info.algorithm}")
+    p = subprocess.run([sys.executable, "-c", _SIPHASH_CHECK], capture_output=True, text=True,
+                       timeout=60, cwd=tempfile.gettempdir(), env={**os.environ, "PYTHONHASHSEED": "0"})
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
+    keys = [f"key-{i}".encode() for i in range(64)]
+    plain = [lib.pw_hash_keyed(0, 0, k, len(k)) for k in keys]
+    keyed = [lib.pw_hash_keyed(0x0123456789ABCDEF, 0xFEDCBA9876543210, k, len(k)) for k in keys]
+    assert len(set(plain)) == len(set(keyed)) == 64 and not set(plain) & set(keyed)
+
+
 def test_hosts_whose_plugins_own_queues_do_not_leak_descriptors():
     cfg = PluginConfig(VmConfig(wat("start_queue"), vm_id="fdleak"))
     for _ in range(5):  # warm up

@@ -415,7 +415,8 @@ int pw_queue_dequeue(uint32_t id, uint8_t **out, size_t *out_len);
 /* How many items may wait in one queue (0: the default, 1 << 20); past it, producers get
  * INTERNAL_FAILURE. */
 void pw_queue_set_max_items(uint32_t n);
-/* Bytes that may wait in one queue (0: no cap); past it, INTERNAL_FAILURE. */
+/* Bytes that may wait in all of one scope's in-process queues together (0: no cap); past
+ * it, INTERNAL_FAILURE. */
 void pw_queue_set_max_bytes(uint64_t n);
 /* Bytes (keys + values) one vm_id's shared data may hold when its scope has no cap of its
  * own (pw_backend_inprocess); 0: no cap. Past it a set answers INTERNAL_FAILURE and changes

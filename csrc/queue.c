@@ -7,8 +7,10 @@
  * lookup by name are rare and share a reader/writer lock.
  *
  * Bound: at most max_items (default QUEUE_MAX_ITEMS, pw_queue_set_max_items) wait in one
- * queue; an enqueue past that answers INTERNAL_FAILURE and stores nothing (the producer
- * decides what to do; nothing is lost silently). Names are found through a hash index,
+ * queue, and at most max_bytes (pw_queue_set_max_bytes) in all of one scope's queues
+ * together (a guest may create PW_QUEUES_PER_VM queues: a cap per queue would let it hold
+ * that many times the cap); an enqueue past either answers INTERNAL_FAILURE and stores
+ * nothing (the producer decides what to do; nothing is lost silently). Names are found through a hash index,
  * and one VM may create at most PW_QUEUES_PER_VM queues (hostcalls.c), so no guest can
  * make registration slow or use up the process's table. */
 #include <sched.h>
@@ -34,14 +36,25 @@ typedef struct owner {
     uint32_t root;
 } owner;
 
+/* Bytes waiting in all of one scope's queues. One per scope that ever had a queue, found
+ * (or made) at registration under `names`, never freed (as the queues themselves). */
+typedef struct budget {
+    pw_buf scope;
+    _Atomic int64_t bytes;
+    struct budget *next;
+} budget;
+
+static budget *budgets; /* the list: guarded by `names` */
+
 typedef struct queue {
     pw_buf vm_id, name; /* immutable */
+    budget *budget;     /* its scope's (immutable) */
     _Atomic(owner *) owner;
     mpsc items;
     _Atomic int dead;        /* its namespace is gone (queue_retire): finds nothing */
     _Atomic int64_t inflight; /* enqueues and dequeues inside their bracket */
     _Atomic int64_t depth;
-    _Atomic int64_t bytes;
+    _Atomic int64_t bytes;  /* its part of budget->bytes */
     pthread_mutex_t consumer;
 } queue;
 
@@ -55,7 +68,7 @@ static _Atomic(seg *) segs[QUEUE_SEGS];
 static _Atomic uint32_t nqueues;
 static pthread_rwlock_t names = PTHREAD_RWLOCK_INITIALIZER;
 static _Atomic int64_t max_items = QUEUE_MAX_ITEMS;
-static _Atomic int64_t max_bytes = 64 << 20; /* per queue; pw_queue_set_max_bytes */
+static _Atomic int64_t max_bytes = 64 << 20; /* per scope; pw_queue_set_max_bytes */
 
 void pw_queue_set_max_bytes(uint64_t n) {
     atomic_store(&max_bytes, n && n < INT64_MAX ? (int64_t)n : INT64_MAX);
@@ -123,6 +136,20 @@ static int index_add(uint32_t id, const queue *q) {
     return 0;
 }
 
+/* Under `names` (written): the scope's budget, made on first use; NULL out of memory. */
+static budget *budget_of(const uint8_t *scope, size_t n) {
+    for (budget *b = budgets; b; b = b->next)
+        if (b->scope.len == n && (!n || !memcmp(b->scope.p, scope, n))) return b;
+    budget *b = calloc(1, sizeof *b);
+    if (!b || buf_set(&b->scope, scope, n)) {
+        free(b);
+        return NULL;
+    }
+    b->next = budgets;
+    budgets = b;
+    return b;
+}
+
 uint32_t queue_register(const uint8_t *vm_id, size_t vl, const uint8_t *name, size_t nl,
                         pw_dispatcher *d, uint64_t vm_key, uint32_t root, int may_create,
                         int *created) {
@@ -137,8 +164,10 @@ uint32_t queue_register(const uint8_t *vm_id, size_t vl, const uint8_t *name, si
         seg *s = i < QUEUE_SEG * QUEUE_SEGS ? atomic_load(&segs[i / QUEUE_SEG]) : NULL;
         if (i < QUEUE_SEG * QUEUE_SEGS && !s && (s = calloc(1, sizeof *s)))
             atomic_store_explicit(&segs[i / QUEUE_SEG], s, memory_order_release);
-        queue *q = s ? calloc(1, sizeof *q) : NULL;
+        budget *b = s ? budget_of(vm_id, vl) : NULL;
+        queue *q = b ? calloc(1, sizeof *q) : NULL;
         if (q && !buf_set(&q->vm_id, vm_id, vl) && !buf_set(&q->name, name, nl)) {
+            q->budget = b;
             mpsc_init(&q->items);
             pthread_mutex_init(&q->consumer, NULL);
             atomic_store_explicit(&s->q[i % QUEUE_SEG], q, memory_order_release);
@@ -201,17 +230,18 @@ static int enqueue(queue *q, uint32_t id, const uint8_t *d, size_t n) {
         atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
         return ST_INTERNAL_FAILURE;
     }
-    if (atomic_fetch_add(&q->bytes, (int64_t)n) + (int64_t)n > atomic_load(&max_bytes)) {
-        atomic_fetch_sub(&q->bytes, (int64_t)n);
+    if (atomic_fetch_add(&q->budget->bytes, (int64_t)n) + (int64_t)n > atomic_load(&max_bytes)) {
+        atomic_fetch_sub(&q->budget->bytes, (int64_t)n);
         atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
         return ST_INTERNAL_FAILURE;
     }
     qitem *it = malloc(sizeof *it + n);
     if (!it) {
-        atomic_fetch_sub(&q->bytes, (int64_t)n);
+        atomic_fetch_sub(&q->budget->bytes, (int64_t)n);
         atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
         return ST_INTERNAL_FAILURE;
     }
+    atomic_fetch_add(&q->bytes, (int64_t)n);
     it->len = n;
     if (n) memcpy(it->data, d, n);
     mpsc_push(&q->items, &it->node);
@@ -230,6 +260,7 @@ int queue_dequeue(uint32_t id, pw_buf *out) {
     if (!it) return ST_EMPTY;
     atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed);
     atomic_fetch_sub(&q->bytes, (int64_t)it->len);
+    atomic_fetch_sub(&q->budget->bytes, (int64_t)it->len);
     int st = buf_set(out, it->data, it->len) ? ST_INTERNAL_FAILURE : ST_OK;
     free(it);
     return st;
@@ -275,6 +306,6 @@ void queue_retire(const uint8_t *prefix, size_t pl) {
         for (qitem *it; (it = (qitem *)mpsc_pop(&q->items));) free(it);
         pthread_mutex_unlock(&q->consumer);
         atomic_store(&q->depth, 0);
-        atomic_store(&q->bytes, 0);
+        atomic_fetch_sub(&q->budget->bytes, atomic_exchange(&q->bytes, 0)); /* the scope may come back */
     }
 }

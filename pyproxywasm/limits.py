@@ -29,7 +29,8 @@ class Limits:
         (INTERNAL_FAILURE past it). Default 64 MiB.
     log_bytes: the longest log message or WASI output line kept; longer ones are cut, and
         one WASI fd_write takes at most this many bytes (a short write). Default 64 KiB.
-    queue_bytes: bytes waiting in one shared queue (INTERNAL_FAILURE past it; process-wide,
+    queue_bytes: bytes waiting in one vm_id's shared queues, all of them together (a guest
+        may create 1,024 queues; INTERNAL_FAILURE past it; in-process backend; process-wide,
         the last host created sets it). Default 64 MiB.
     shared_data_bytes: keys and values in one vm_id's shared data (INTERNAL_FAILURE past
         it), per scope (namespace, vm_id): the default of every backend's max_bytes

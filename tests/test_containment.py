@@ -684,6 +684,32 @@ def test_queue_registration_is_indexed_and_bounded_per_vm():
         assert h3.queue_id("q\x00\x00\x00", vm_id="flood") is None  # freed with its host
 
 
+def test_queue_bytes_are_capped_per_vm_id_across_all_its_queues():
+    """A guest may create 1,024 queues: the byte cap is the whole vm_id's, not each
+    queue's, or it could hold 1,024 times the cap. Another vm_id has a budget of its own,
+    and a dequeue gives bytes back."""
+    try:
+        with PluginHarness(wat("queue_flood"), vm_id="qb", deadline_ms=None,
+                           limits=Limits(queue_bytes=4096)) as h:
+            s = h.http()
+            s.send_request_headers(REQUEST, end_stream=True)
+            s.finish()
+            q0, q1 = h.queue_id("q\x00\x00\x00", vm_id="qb"), h.queue_id("q\x01\x00\x00", vm_id="qb")
+            assert q0 and q1 and q0 != q1
+            assert lib.pw_queue_enqueue(q0, b"y" * 3000, 3000) == 0
+            assert lib.pw_queue_enqueue(q1, b"y" * 3000, 3000) == INTERNAL_FAILURE  # 6000 > 4096
+            assert lib.pw_queue_size(q1) == 0  # nothing stored
+            assert lib.pw_queue_enqueue(q1, b"y" * 1000, 1000) == 0
+            with PluginHarness(wat("queue_pc"), configuration="C", vm_id="qb-other",
+                               namespace=h.namespace, limits=Limits(queue_bytes=4096)) as h2:
+                other = h2.queue_id("items", vm_id="qb-other")
+                assert lib.pw_queue_enqueue(other, b"z" * 3000, 3000) == 0  # its own budget
+            assert h.state.dequeue("q\x00\x00\x00", vm_id="qb") == b"y" * 3000
+            assert lib.pw_queue_enqueue(q1, b"y" * 3000, 3000) == 0  # the bytes came back
+    finally:
+        lib.pw_queue_set_max_bytes(64 << 20)
+
+
 def test_export_types_are_checked_in_c_too():
     # Skip the Python loader: the C core itself refuses an export of the wrong type.
     from pyproxywasm._binding import core

@@ -10,9 +10,9 @@
  * queue, and at most max_bytes (pw_queue_set_max_bytes) in all of one scope's queues
  * together (a guest may create PW_QUEUES_PER_VM queues: a cap per queue would let it hold
  * that many times the cap); an enqueue past either answers INTERNAL_FAILURE and stores
- * nothing (the producer decides what to do; nothing is lost silently). Names are found through a hash index,
- * and one VM may create at most PW_QUEUES_PER_VM queues (hostcalls.c), so no guest can
- * make registration slow or use up the process's table. */
+ * nothing (the producer decides what to do; nothing is lost silently). Names are found
+ * through a hash index, and one VM may create at most PW_QUEUES_PER_VM queues
+ * (hostcalls.c), so no guest can make registration slow or use up the process's table. */
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>

@@ -92,7 +92,7 @@ static uint32_t next_token(pw_vm *vm, int kind) {
 /* The embedding forgets a call: no more events will be delivered for it. */
 static void cancel(pw_vm *vm, uint32_t token) {
     if (callop_cb && vm->callout_handle) {
-        uint64_t t0 = epoch_now_ns();
+        uint64_t t0 = callback_begin();
         callop_cb(vm->callout_handle, token, PW_OP_CANCEL, NULL, 0, 0);
         vm_paused(vm, t0);
     }
@@ -160,7 +160,7 @@ static int launch(pw_vm *vm, pw_callout *call, uint32_t token_ptr) {
     call->root = root->id;
     uint32_t seq = vm->calls.seq;
     call->token = next_token(vm, call->kind);
-    uint64_t t0 = epoch_now_ns();
+    uint64_t t0 = callback_begin();
     int st = callout_cb(vm->callout_handle, call);
     vm_paused(vm, t0); /* Python's time, not the guest's */
     if (st != ST_OK) {
@@ -230,7 +230,7 @@ int callout_grpc_op(pw_vm *vm, uint32_t token, int op, const uint8_t *msg, size_
     case PW_OP_SEND:
         if (c->half_closed) return ST_BAD_ARGUMENT; /* nothing may follow end_stream */
         if (len > vm->buffer_limit) return ST_BAD_ARGUMENT;
-        uint64_t t0 = epoch_now_ns();
+        uint64_t t0 = callback_begin();
         int st = callop_cb(vm->callout_handle, token, PW_OP_SEND, msg, len, end);
         vm_paused(vm, t0);
         if (st != ST_OK) return st; /* the stream's send buffer is full: nothing was sent */
@@ -240,7 +240,7 @@ int callout_grpc_op(pw_vm *vm, uint32_t token, int op, const uint8_t *msg, size_
         if (kind == PW_CALL_GRPC_STREAM) { /* local half-close; kept until the remote closes */
             if (!c->half_closed) {
                 c->half_closed = 1;
-                uint64_t t0 = epoch_now_ns();
+                uint64_t t0 = callback_begin();
                 callop_cb(vm->callout_handle, token, PW_OP_CLOSE, NULL, 0, 1);
                 vm_paused(vm, t0);
             }

@@ -660,7 +660,7 @@ HOSTCALL(call_foreign_function) {
     if (f->native) {
         st = f->native(vm, args, arg->args_size, &vm->hc);
     } else {
-        uint64_t t0 = epoch_now_ns();
+        uint64_t t0 = callback_begin();
         st = pw_foreign_cb(f->handle, args, arg->args_size, &vm->hc);
         vm_paused(vm, t0); /* Python's time, not the guest's */
     }

@@ -423,6 +423,15 @@ void epoch_engine_stop(wasm_engine_t *e);
 void epoch_vm_attach(pw_vm *vm);
 void epoch_vm_detach(pw_vm *vm);
 uint64_t epoch_now_ns(void);
+
+/* Before a callback into the embedding (a log line, a foreign function, an outbound call):
+ * the embedding's lock goes first, so that whatever the callback calls in turn (the core
+ * again, through a binding that releases the lock itself) never finds it marked as held
+ * by this call (pw_set_lock_yield); returns the time, for vm_paused. */
+static inline uint64_t callback_begin(void) {
+    lock_yield();
+    return epoch_now_ns();
+}
 /* After a call into Python that began at t0 (epoch_now_ns): its time is not the guest's. */
 static inline void vm_paused(pw_vm *vm, uint64_t t0) { vm->paused_ns += epoch_now_ns() - t0; }
 uintptr_t epoch_stack_low(void);

@@ -93,10 +93,11 @@ void pw_set_callbacks(pw_log_fn log, pw_foreign_fn foreign);
 /* Guest calls made with an interpreter lock held. An embedding may call the core holding
  * its own lock (pyproxywasm's C event path holds the GIL across a call: releasing and
  * retaking it costs more than a short guest call). So that the lock is not held for long,
- * the core calls `yield` on the calling thread once a guest call has run for a tick, and
- * before a hostcall blocks (a Redis round trip, a contended shared-memory lock); the
- * embedding gives up its lock there if its caller holds it, and takes it back when the
- * core returns. `yield` may be called anywhere inside any core call, any number of times.
+ * the core calls `yield` on the calling thread once a guest call has run for a tick,
+ * before a hostcall blocks (a Redis round trip, a contended shared-memory lock), and before
+ * every callback into the embedding (log, foreign function, outbound call: whatever the
+ * callback calls in turn must not find the lock marked as held); the embedding gives up its
+ * lock there if its caller holds it, and takes it back when the core returns. `yield` may be called anywhere inside any core call, any number of times.
  * NULL (the default): never called. Set once, before guest code runs. */
 typedef void (*pw_yield_fn)(void);
 void pw_set_lock_yield(pw_yield_fn yield);

@@ -665,7 +665,9 @@ void vm_log(pw_vm *vm, pw_ctx *ctx, int level, const char *msg, size_t len) {
     void *handle = r ? r->log_handle : vm->log_handle;
     if (r && level < r->log_level) return;
     if (vm->limits.log_bytes && len > vm->limits.log_bytes) len = vm->limits.log_bytes;
-    /* Time in Python does not count against the guest's deadline. */
+    /* The embedding's lock goes first (as callback_begin); time in Python does not count
+     * against the guest's deadline. */
+    lock_yield();
     uint64_t t0 = vm->depth ? epoch_now_ns() : 0;
     pw_log_cb(handle, level, msg, len);
     if (t0) vm_paused(vm, t0);

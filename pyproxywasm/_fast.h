@@ -42,10 +42,11 @@ extern int malformed; /* -PW_ERR: the flat form refused */
  * filter's guest call, five times per request. So while at most one thread runs VMs (an
  * asyncio server, a serve worker; set_hold_gil, from pyproxywasm.host), a call into the
  * core keeps it; the core hands it back through yield_gil (pw_set_lock_yield) once a guest
- * call has run for a tick (1 ms) or before a hostcall blocks, and CORE_CALL takes it back
- * when the core returns. With VMs on more threads, every call releases it, so their guest
- * code runs in parallel. Nested calls (a Python callback of the core calling the core
- * again) save and restore the thread's state. */
+ * call has run for a tick (1 ms), before a hostcall blocks and before any Python callback
+ * (so that a callback calling the core again, through cffi or CORE_CALL, never finds
+ * gil_held set while it does not hold the GIL), and CORE_CALL takes it back when the core
+ * returns. With VMs on more threads, every call releases it, so their guest code runs in
+ * parallel. Nested calls save and restore the thread's state. */
 extern int hold_gil; /* read and written under the GIL */
 extern __attribute__((tls_model("initial-exec"))) _Thread_local int gil_held;
 extern __attribute__((tls_model("initial-exec"))) _Thread_local PyThreadState *gil_saved;

@@ -148,7 +148,7 @@ import logging, sys
 from pyproxywasm import Action, Host, PluginConfig, VmConfig
 from pyproxywasm import http as H
 
-spin = sys.argv[1]
+spin, how = sys.argv[1:]
 host = Host([PluginConfig(VmConfig(spin), configuration="0", name="outer"),
              PluginConfig(VmConfig(spin, vm_id="inner"), configuration="20", name="inner")])
 outer, inner = host.plugins
@@ -157,9 +157,12 @@ seen = []
 
 class Flip(logging.Handler):
     def emit(self, record):
-        H._fast.set_hold_gil(False)  # as when another thread starts VMs meanwhile
         s = inner.http_stream()      # spins 20 ms: the core offers the GIL back many times
-        seen.append(s.send_request_headers([(":path", "/")]))
+        if how == "flip":
+            H._fast.set_hold_gil(False)  # as when another thread starts VMs meanwhile
+            seen.append(s.send_request_headers([(":path", "/")]))
+        else:  # through cffi, which releases the GIL itself
+            seen.append(s._general_headers(0, [(":path", "/")], False))
         s.finish()
 
 outer.logger.addHandler(Flip())
@@ -173,16 +176,17 @@ print("ok")
 """
 
 
-def test_a_call_nested_after_the_choice_flipped_gives_up_no_gil_it_does_not_hold():
-    """An outer call keeps the GIL; a log handler inside it sees the choice flip (another
-    thread started VMs) and makes a call that releases the GIL itself: the core's yields
-    during that inner call must not give the GIL up a second time (a fatal error). In a
-    subprocess: a regression would kill the interpreter."""
+@pytest.mark.parametrize("how", ["flip", "cffi"])
+def test_a_call_nested_in_a_callback_gives_up_no_gil_it_does_not_hold(how):
+    """An outer call keeps the GIL; a log handler inside it makes a call that releases the
+    GIL itself: after the choice flipped (another thread started VMs), or through cffi.
+    The core's yields during that inner call must not give the GIL up a second time (a
+    fatal error). In a subprocess: a regression kills the interpreter."""
     import subprocess
     import sys
     import tempfile
 
     # From outside the checkout: the installed package, not the source tree.
-    p = subprocess.run([sys.executable, "-c", _FLIP, str(SPIN)], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-c", _FLIP, str(SPIN), how], capture_output=True, text=True,
                        timeout=60, cwd=tempfile.gettempdir())
     assert p.returncode == 0 and p.stdout.strip() == "ok", (p.returncode, p.stdout, p.stderr[-2000:])

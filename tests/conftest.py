@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pathlib
 import subprocess
+import threading
 import time
 
 import pytest
@@ -53,3 +54,39 @@ def request_headers():
 @pytest.fixture
 def response_headers():
     return list(RESPONSE)
+
+
+class BusyThread(threading.Thread):
+    """A Python thread that notes the time every few thousand bytecodes: whether it ran
+    during some window shows whether the GIL was free then."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.stamps: list[float] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            sum(range(2000))
+            self.stamps.append(time.monotonic())
+
+    def __enter__(self) -> "BusyThread":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.join(10)
+
+
+@pytest.fixture
+def hold_gil():
+    """The C event path keeps the GIL across core calls during the test, whatever states
+    other tests left; the choice the VM threads call for comes back after."""
+    from pyproxywasm import http as http_mod
+
+    if http_mod._fast is None:
+        pytest.skip("the C event path is not built")
+    http_mod._fast.set_hold_gil(True)
+    yield
+    http_mod.vm_thread(threading.get_ident(), 0)  # recomputes the choice

@@ -13,7 +13,7 @@ import pytest
 from pyproxywasm import Action, Host, PluginConfig, VmConfig
 from pyproxywasm import http as http_mod
 
-from conftest import REQUEST, WAT
+from conftest import REQUEST, WAT, BusyThread
 
 pytestmark = pytest.mark.skipif(http_mod._fast is None, reason="the C event path is not built")
 fast = http_mod._fast
@@ -22,40 +22,9 @@ BENCH = WAT / "bench_filter.wasm"
 RESPONSE = [(":status", "200"), ("content-type", "text/plain")]
 
 
-class _Ticker(threading.Thread):
-    """A Python thread that notes the time every few thousand bytecodes."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.stamps: list[float] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            sum(range(2000))
-            self.stamps.append(time.monotonic())
-
-    def __enter__(self) -> "_Ticker":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.join(10)
-
-
 def _policy() -> bool:
     """The choice the count of VM threads calls for."""
     return len(http_mod._vm_threads) <= 1
-
-
-@pytest.fixture
-def hold_gil():
-    """The GIL kept across core calls for the test, whatever states other tests left."""
-    fast.set_hold_gil(True)
-    yield
-    with http_mod._vm_threads_lock:
-        fast.set_hold_gil(_policy())
 
 
 def test_the_gil_is_kept_with_one_vm_thread_and_released_with_two():
@@ -93,7 +62,7 @@ def test_a_long_guest_call_gives_the_gil_to_other_threads(caplog, hold_gil):
     caplog.set_level(logging.INFO, logger="pyproxywasm")
     with Host([PluginConfig(VmConfig(SPIN), configuration="300", name="spin", deadline_ms=5000)]) as host:
         s = host.plugins[0].http_stream()
-        with _Ticker() as other:
+        with BusyThread() as other:
             time.sleep(0.01)
             t0 = time.monotonic()
             assert s.send_request_headers(REQUEST) is Action.CONTINUE  # spins 300 ms
@@ -131,7 +100,7 @@ def test_calls_nested_in_a_log_handler_before_and_after_the_gil_is_given_up(capl
         handler = Drive()
         spin.logger.addHandler(handler)
         try:
-            with _Ticker():  # another thread wanting the GIL all along
+            with BusyThread():  # another thread wanting the GIL all along
                 for _ in range(5):
                     s = spin.http_stream()
                     assert s.send_request_headers(REQUEST) is Action.CONTINUE

@@ -18,7 +18,7 @@ from pyproxywasm.abi import Status
 from pyproxywasm.backends import Redis
 from pyproxywasm.errors import ConfigError
 
-from conftest import GO_HTTP, REQUEST, WAT, kill_all, wait_for
+from conftest import GO_HTTP, REQUEST, WAT, BusyThread, kill_all, wait_for
 from redis_server import (NO_SUPPORT, RedisServer, free_port, needs_redis_build,  # noqa: F401
                           redis_server)
 
@@ -266,42 +266,25 @@ def _count(host: Host) -> tuple[str | None, float]:
     return out, time.monotonic() - t0
 
 
-def test_a_guest_waiting_on_redis_does_not_hold_the_gil(redis_server):
+def test_a_guest_waiting_on_redis_does_not_hold_the_gil(redis_server, hold_gil):
     """A request whose guest waits for Redis (the server stopped, a 0.5 s timeout) on a
     thread whose event path keeps the GIL across core calls: the core gives the GIL up
     before it blocks, so another Python thread runs meanwhile (tests/test_gil.py has the
     rest of that mechanism)."""
-    from pyproxywasm import http as http_mod
-    if http_mod._fast is None:
-        pytest.skip("the C event path is not built")
-    stamps: list[float] = []
-    stop = threading.Event()
-
-    def other() -> None:
-        while not stop.is_set():
-            sum(range(2000))
-            stamps.append(time.monotonic())
-
     with _go_counter_host(redis_server, 0.5, "gilwait") as host:
         for _ in range(50):
             if _count(host)[0] is not None:
                 break
-        http_mod._fast.set_hold_gil(True)
-        t = threading.Thread(target=other, daemon=True)
-        try:
-            t.start()
+        with BusyThread() as other:
             time.sleep(0.01)
             redis_server.pause()
-            t0 = time.monotonic()
-            out, took = _count(host)
-        finally:
-            redis_server.resume()
-            stop.set()
-            t.join(10)
-            with http_mod._vm_threads_lock:
-                http_mod._fast.set_hold_gil(len(http_mod._vm_threads) <= 1)
+            try:
+                t0 = time.monotonic()
+                out, took = _count(host)
+            finally:
+                redis_server.resume()
     assert out is None and took >= 0.4, (out, took)
-    during = [x for x in stamps if t0 + 0.1 < x < t0 + 0.4]
+    during = [x for x in other.stamps if t0 + 0.1 < x < t0 + 0.4]
     assert len(during) > 20, len(during)
 
 

@@ -13,6 +13,11 @@ import asyncio
 import socket
 import struct
 
+# The worker's spec (JSON) comes in this environment variable, not the command line: it may
+# hold a Redis URL with its password, and a process's environment is readable by its
+# owner only, its command line by every local user.
+SPEC_ENV = "PYPROXYWASM_WORKER_SPEC"
+
 HEADER = struct.Struct("<cII")
 READY, ERROR, METRICS = b"R", b"E", b"M"
 MAX_PAYLOAD = 64 << 20  # a metrics snapshot is far below; more is a broken peer

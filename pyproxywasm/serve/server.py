@@ -22,7 +22,7 @@ import socket
 import threading
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import uvicorn
 
@@ -57,6 +57,8 @@ class _Uvicorn(uvicorn.Server):
         import contextlib
         return contextlib.nullcontext()
 
+
+FIRST_REQUEST_GRACE = 0.1  # s between a worker's last accept and its closing of idle connections
 
 # The foreign functions Envoy registers for every Wasm plugin (zlib's format both ways).
 BUILTIN_FOREIGN_FUNCTIONS: dict[str, Callable[[bytes], bytes | None]] = {
@@ -147,22 +149,26 @@ class Server:
 
     def __init__(self, bootstrap: Bootstrap, concurrency: int = 1, cache_dir: str | None = "default",
                  client: str = "auto", *, shared_state: Backend | Mapping[str, Backend] | None = None,
-                 reuse_port: bool = False) -> None:
+                 sockets: Sequence[Sequence[socket.socket]] | None = None) -> None:
         """client: how the proxy reaches clusters. "net": pyproxywasm.net.HttpClient
         (HTTP/1.1 and HTTP/2, TLS) for all; "httptools": serve's own HTTP/1.1 client
         (upstream.py) for all; "auto": the httptools client for plain HTTP/1.1 clusters
         (it costs about a third of the CPU per request, bench/README.md), net for TLS
         and HTTP/2 ones. shared_state: the Host's shared-state backend(s)
-        (pyproxywasm.backends; None: in this process). reuse_port: every listener socket
-        joins a SO_REUSEPORT group even with one worker (serve --processes N: the worker
-        processes' sockets share the ports)."""
+        (pyproxywasm.backends; None: in this process). sockets: listening sockets made
+        by the caller, per listener one per worker thread (serve --processes N: the
+        supervisor's, which outlive this process so that none closes with connections
+        queued on it); the Server closes its own copies at stop()."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if client not in ("auto", "net", "httptools"):
             raise ValueError(f"unknown client {client!r}")
         self.client = client
         self.shared_state = shared_state
-        self.reuse_port = reuse_port
+        if sockets is not None and (len(sockets) != len(bootstrap.listeners)
+                                    or any(len(row) != concurrency for row in sockets)):
+            raise ValueError(f"sockets: expected {concurrency} per listener for {len(bootstrap.listeners)} listeners")
+        self._given = [list(row) for row in sockets] if sockets is not None else None
         self.bootstrap = bootstrap
         self.concurrency = concurrency
         self.cache_dir = cache_dir
@@ -181,12 +187,15 @@ class Server:
         # Sockets first, in the caller's thread: a bind error is the caller's error, and
         # port 0 resolves once so every worker listens on the same port.
         try:
-            for key, lst in zip(b.listener_keys(), b.listeners):
-                socks = [_socket(lst.host, lst.port, self.concurrency > 1 or self.reuse_port)]
-                port = socks[0].getsockname()[1]
-                socks += [_socket(lst.host, port, True) for _ in range(self.concurrency - 1)]
+            for i, (key, lst) in enumerate(zip(b.listener_keys(), b.listeners)):
+                if self._given is not None:
+                    socks = self._given[i]
+                else:
+                    socks = [_socket(lst.host, lst.port, self.concurrency > 1)]
+                    socks += [_socket(lst.host, socks[0].getsockname()[1], True)
+                              for _ in range(self.concurrency - 1)]
                 self._sockets.append(socks)
-                self.ports[key] = port
+                self.ports[key] = socks[0].getsockname()[1]
             self._admin_sock = _socket(*b.admin, False) if b.admin else None
             if self._admin_sock is not None:
                 self.admin_port = self._admin_sock.getsockname()[1]
@@ -277,10 +286,19 @@ class Server:
             t.ready.set()
             await t.stopped()
         finally:
+            # Stop accepting, then give the connections accepted just before a few loop
+            # turns to hand in their first request before uvicorn's shutdown closes every
+            # connection with no request under way: closing one whose request bytes are
+            # still unread would reset it (a client's new connection is not idle).
             for srv in servers:
-                srv.should_exit = True
+                for listening in getattr(srv, "servers", ()):
+                    listening.close()
             for s in tcp_servers:
                 s.close()
+            if servers:
+                await asyncio.sleep(FIRST_REQUEST_GRACE)
+            for srv in servers:
+                srv.should_exit = True
             conns = [c for h in tcp_handlers for c in h.connections]
             for c in conns:
                 c.cancel()

@@ -5,12 +5,17 @@ upstream pools. The supervisor:
 
 - resolves every listener's port once (port 0 included) and keeps it reserved with a
   socket bound in the port's SO_REUSEPORT group but never listening (so it takes no
-  connections); each worker binds its own listening sockets into that group, and the
-  kernel spreads connections over every worker thread of every process by a hash of the
-  connection's addresses. (A socket bound once here and inherited would put every
-  process on one accept queue, where the process woken first takes the connection: with
-  keep-alive clients the spread then follows wake-up order, not the number of workers —
-  see docs/ARCHITECTURE.md.)
+  connections); then makes, for each worker slot, one listening socket per listener and
+  worker thread in that group, and hands them to the slot's worker process. The kernel
+  spreads connections over every socket of the group by a hash of the connection's
+  addresses. (One socket for every process would put them all on one accept queue,
+  where the process woken first takes the connection: with keep-alive clients the
+  spread then follows wake-up order, not the number of workers — see
+  docs/ARCHITECTURE.md.) The slot's sockets outlive its worker: the kernel resets the
+  connections queued on a listening socket when it closes, so on SIGHUP the new worker
+  takes over the old one's sockets and nothing closes. After a crash they are closed at
+  once, so that the other slots take the whole load until the restart (what was queued
+  on them is lost with the worker, as what it had accepted), and made anew for it.
 - starts the workers from its main thread (PR_SET_PDEATHSIG is tied to that thread) with
   one control socket each (control.py), and counts them up when they say READY;
 - restarts a worker that dies, after a backoff (0.5 s doubling to 30 s while restarts
@@ -46,7 +51,6 @@ from . import control
 from .admin import AdminApp, Gathered
 from .config import Bootstrap, load
 from .server import _socket, _uvicorn
-from .worker import SPEC_ENV
 from .shared_state import SharedStateSpec, remove_segment
 
 log = logging.getLogger("pyproxywasm.serve.supervisor")
@@ -109,6 +113,9 @@ class Supervisor:
         self.ports: dict[str, int] = {}
         self.admin_port: int | None = None
         self._reserved: list[socket.socket] = []
+        # slot index -> per listener, one listening socket per worker thread (the event
+        # loop's thread only; the workers have their own copies)
+        self._listening: dict[int, list[list[socket.socket]]] = {}
         self._admin_sock: socket.socket | None = None
         self._slots = [_Slot(i) for i in range(processes)]
         self._seq = itertools.count(1)
@@ -138,7 +145,32 @@ class Supervisor:
             raise
         return ports
 
+    def _slot_sockets(self, index: int, ports: list[int]) -> list[list[socket.socket]]:
+        """The slot's listening sockets, made at its first start (OSError: none is left)."""
+        rows = self._listening.get(index)
+        if rows is None:
+            rows = []
+            try:
+                for lst, port in zip(self.bootstrap.listeners, ports):
+                    rows.append([])
+                    for _ in range(self.concurrency):
+                        rows[-1].append(_socket(lst.host, port, True))
+            except OSError:
+                for s in itertools.chain.from_iterable(rows):
+                    s.close()
+                raise
+            self._listening[index] = rows
+        return rows
+
+    def _drop_slot_sockets(self, index: int) -> None:
+        """Closes the slot's listening sockets: the kernel resets what is queued on
+        them, and spreads new connections over the other slots'."""
+        for s in itertools.chain.from_iterable(self._listening.pop(index, [])):
+            s.close()
+
     def _close_sockets(self) -> None:
+        for index in list(self._listening):
+            self._drop_slot_sockets(index)
         for s in self._reserved:
             s.close()
         self._reserved.clear()
@@ -151,18 +183,20 @@ class Supervisor:
         """Starts slot's worker; False (and a retry scheduled with the slot's backoff) when
         the system refuses a process or a socket now."""
         try:
+            listening = self._slot_sockets(slot.index, ports)
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         except OSError as e:
             return self._spawn_failed(slot, e)
+        fds = [[s.fileno() for s in row] for row in listening]
         spec = {"supervisor": os.getpid(), "fd": child.fileno(), "config": self.config_path,
-                "ports": ports, "concurrency": self.concurrency, "client": self.client,
+                "ports": ports, "sockets": fds, "concurrency": self.concurrency, "client": self.client,
                 "services": self.singletons == "per-process" or slot.index == 0,
                 "shared_state": dataclasses.asdict(self.shared_state) if self.shared_state else None,
                 "log_level": self.log_level, "index": slot.index}
         try:  # the spec in the environment: the command line is readable by every local user
             slot.proc = subprocess.Popen([sys.executable, "-m", "pyproxywasm.serve.worker"],
-                                         env={**os.environ, SPEC_ENV: json.dumps(spec)},
-                                         pass_fds=[child.fileno()])
+                                         env={**os.environ, control.SPEC_ENV: json.dumps(spec)},
+                                         pass_fds=[child.fileno(), *itertools.chain.from_iterable(fds)])
         except OSError as e:
             parent.close()
             return self._spawn_failed(slot, e)
@@ -177,6 +211,8 @@ class Supervisor:
     def _spawn_failed(self, slot: _Slot, e: OSError) -> bool:
         delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** slot.failures)
         slot.failures += 1
+        if slot.index not in self._replacing:  # (a SIGHUP round's old worker still serves them)
+            self._drop_slot_sockets(slot.index)
         slot.proc, slot.ready, slot.error = None, False, str(e)
         slot.restart_at = time.monotonic() + delay
         slot.became_ready = asyncio.Event()
@@ -207,6 +243,11 @@ class Supervisor:
         finally:
             writer.close()
             if slot.reader_task is asyncio.current_task():  # (not a restarted worker's)
+                if self._slots[slot.index] is slot and slot.index not in self._replacing:
+                    # The worker is gone (the kernel closes its control socket as it
+                    # exits): its sockets leave the group now, before more connections
+                    # queue on them, and the other slots take its share.
+                    self._drop_slot_sockets(slot.index)
                 slot.ready = False
                 slot.became_ready.set()  # whoever waits for it learns it will not come
                 for fut in slot.pending.values():
@@ -233,6 +274,7 @@ class Supervisor:
         delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** slot.failures)
         slot.failures += 1
         slot.ready, slot.ready_at = False, 0.0
+        self._drop_slot_sockets(slot.index)  # (if its control socket's end has not already)
         why = f": {slot.error.strip().splitlines()[-1]}" if slot.error.strip() else ""
         log.warning("worker %d (pid %d) %s%s; restarting in %.1f s", slot.index, slot.proc.pid,
                     self._exit_text(rc), why, delay)

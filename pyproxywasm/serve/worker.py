@@ -8,8 +8,9 @@ every local user.)
 
 It runs today's single-process Server (its `--concurrency` threads, its VMs, its
 singleton services unless the supervisor said otherwise) on the ports the supervisor
-resolved, every listener socket in the port's SO_REUSEPORT group, with no admin
-listener (the supervisor has the one admin port). It tells the supervisor when it
+resolved, on the listening sockets the supervisor made for its slot (in the port's
+SO_REUSEPORT group; they outlive this process, so none closes with connections queued
+on it), with no admin listener (the supervisor has the one admin port). It tells the supervisor when it
 accepts, answers its metrics requests, and stops — draining like Server.stop() — on
 SIGTERM or when the supervisor goes away: the control socket reaches end of file, and
 PR_SET_PDEATHSIG sends SIGTERM if the supervisor dies, so no worker is left orphaned
@@ -91,11 +92,8 @@ class _Control:
             self.stop.set()
 
 
-SPEC_ENV = "PYPROXYWASM_WORKER_SPEC"
-
-
 def main() -> int:
-    spec: dict[str, Any] = json.loads(os.environ.pop(SPEC_ENV))
+    spec: dict[str, Any] = json.loads(os.environ.pop(control.SPEC_ENV))
     die_with_parent(spec["supervisor"])
     # Ctrl-C in a terminal reaches the whole process group: the supervisor decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -109,8 +107,9 @@ def main() -> int:
     state = SharedStateSpec(**spec["shared_state"]) if spec["shared_state"] else None
     try:
         bootstrap = for_worker(load(spec["config"]), spec["ports"], spec["services"])
+        sockets = [[socket.socket(fileno=fd) for fd in row] for row in spec["sockets"]]
         server = Server(bootstrap, concurrency=spec["concurrency"], client=spec["client"],
-                        shared_state=state.backend() if state else None, reuse_port=True)
+                        shared_state=state.backend() if state else None, sockets=sockets)
         server.start()
     except (ProxyWasmError, OSError, ValueError, ImportError) as e:
         ctl.send(control.ERROR, 0, str(e).encode())

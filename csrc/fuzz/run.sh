@@ -21,8 +21,9 @@ export LSAN_OPTIONS="suppressions=$here/lsan.supp"
 asan_base="handle_segv=0:allow_user_segv_handler=1:handle_sigbus=0:handle_sigfpe=0"
 
 case "$mode" in
-  short) declare -A secs=([fuzz_hmap]=15 [fuzz_props]=15 [fuzz_hostcalls]=40) ;;
-  long) t="${FUZZ_TIME:-1800}"; declare -A secs=([fuzz_hmap]=$t [fuzz_props]=$t [fuzz_hostcalls]=$t) ;;
+  short) declare -A secs=([fuzz_hmap]=15 [fuzz_hmap_swar]=10 [fuzz_props]=15 [fuzz_hostcalls]=40) ;;
+  long) t="${FUZZ_TIME:-1800}"
+        declare -A secs=([fuzz_hmap]=$t [fuzz_hmap_swar]=$t [fuzz_props]=$t [fuzz_hostcalls]=$t) ;;
   *) echo "usage: $0 short|long" >&2; exit 2 ;;
 esac
 
@@ -30,11 +31,12 @@ mkdir -p "$out/artifacts"
 summary="$out/$mode.txt"
 : > "$summary"
 status=0
-for t in ${FUZZ_TARGETS:-fuzz_hmap fuzz_props fuzz_hostcalls}; do
+for t in ${FUZZ_TARGETS:-fuzz_hmap fuzz_hmap_swar fuzz_props fuzz_hostcalls}; do
   name="${t#fuzz_}"
+  name="${name%_swar}"  # (the portable parser's build shares the map target's corpus)
   seeds="$here/corpus/$name"
   opts=(-timeout=10 -rss_limit_mb=2048 -print_final_stats=1
-        "-artifact_prefix=$out/artifacts/$name-")
+        "-artifact_prefix=$out/artifacts/${t#fuzz_}-")
   case "$t" in
     fuzz_props) opts+=("-dict=$here/props.dict") ;;
     # Shared data, queues and metrics are process-wide and outlive an input by design, so

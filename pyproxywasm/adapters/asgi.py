@@ -38,7 +38,7 @@ from ..errors import ProxyWasmError
 from ..host import Host, Plugin
 from ..http import HttpStream
 from ._common import FAST, HostHolder, StreamProperties, asgi_path, request_headers
-from .chain import (FilterChain, decode_raw, headers_of, take_body, trailers_of, _raw, _END, _HDR,
+from .chain import (FilterChain, LazyChain, decode_raw, headers_of, take_body, trailers_of, _raw, _END, _HDR,
                     _R_REQ_HDR)
 
 Scope = MutableMapping[str, Any]
@@ -185,11 +185,13 @@ class ProxyWasmMiddleware:
             return
         assert s is not None
         f, eos, grpc = r
-        chain = FilterChain.of_one(s, grpc, f, eos)
         # _Exchange(self.app, ls, chain, scope, receive, send, eos, b"", True), without
-        # the class call's own cost (type call, then __init__: over 2,000 instructions).
+        # the class call's own cost (type call, then __init__: over 2,000 instructions),
+        # and without its FilterChain (about 4,000 more) until something asks for it: a
+        # request that goes straight through never does.
         ex = _new_exchange(_Exchange)
-        ex.app, ex.ls, ex.chain, ex.scope, ex.receive, ex.send = self.app, ls, chain, scope, receive, send
+        ex.app, ex.ls, ex.one, ex.scope, ex.receive, ex.send = self.app, ls, s, scope, receive, send
+        ex.made_with = (grpc, f, eos)
         ex.down_ended = eos
         ex.fast = True
         try:
@@ -200,7 +202,7 @@ class ProxyWasmMiddleware:
                 try:
                     await self.app(app_scope, ex._app_receive, ex._app_send)
                 except Exception:
-                    if ex.resp_started or not chain.answered:
+                    if ex.resp_started or not ex.chain.answered:
                         raise
                 if not ex.resp_done or s.flags & _OVER:
                     await ex.after_app()
@@ -211,7 +213,7 @@ class ProxyWasmMiddleware:
         finally:
             if ex.recv_task is not None:
                 ex.recv_task.cancel()
-            chain.finish()
+            ex.finish()
 
     # ---- lifespan -----------------------------------------------------------------------
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -287,10 +289,10 @@ class ProxyWasmMiddleware:
         finally:
             if ex.recv_task is not None:
                 ex.recv_task.cancel()
-            ex.chain.finish()
+            ex.finish()
 
 
-class _Exchange:
+class _Exchange(LazyChain):
     """One request through the chain and the app, and its response back. (The common
     path makes one with _new_exchange and sets its fields itself: keep the two in step.)"""
 
@@ -308,12 +310,13 @@ class _Exchange:
     pending = b""            # request body taken for the app's scope, not yet read
     hdr_pushed = False       # the app's response headers went into the chain
     end_pushed = False       # ... and its end
-    fast = False             # one filter, started by asgi_start: the exchange in C
+    fast = False             # one filter, started by asgi_start: the exchange in C (and
+    # then `one` and `made_with` instead of a chain: LazyChain makes it if asked)
 
     def __init__(self, app: ASGIApp, ls: _LoopState, chain: FilterChain, scope: Scope,
                  receive: Receive, send: Send, eos: bool, path: bytes,
                  fast: bool = False) -> None:
-        self.app, self.ls, self.chain, self.scope = app, ls, chain, scope
+        self.app, self.ls, self._chain, self.scope = app, ls, chain, scope
         self.receive, self.send = receive, send
         self.down_ended = eos      # the client's request is all read
         if path:
@@ -323,7 +326,6 @@ class _Exchange:
 
     app: ASGIApp
     ls: _LoopState
-    chain: FilterChain
     scope: Scope
     receive: Receive
     send: Send
@@ -543,10 +545,10 @@ class _Exchange:
             self.trailers_declared = bool(msg.get("trailers"))
             return
         msg0 = self.start_msg
-        chain = self.chain
+        made = self._chain
         if self.fast and t == "http.response.body" and not self.hdr_pushed and msg0 is not None \
-                and not self.trailers_declared and chain.dead < 0 \
-                and not chain.streams[0].flags & _OVER:
+                and not self.trailers_declared and (made is None or made.dead < 0) \
+                and not self.one.flags & _OVER:
             body = msg.get("body", b"")
             end = not msg.get("more_body", False)
             resp_in = self.resp_in + len(body)
@@ -555,16 +557,17 @@ class _Exchange:
                 # None when the message is not what it takes (the general path below then
                 # does all); headers None when the filter did not let it all through
                 # (paused, answered, ...: _flush goes on).
-                r = chain.streams[0].asgi_respond(msg0["status"], msg0.get("headers", ()), body,
-                                                  end, self.scope["method"] == "HEAD", resp_in)
+                r = self.one.asgi_respond(msg0["status"], msg0.get("headers", ()), body,
+                                          end, self.scope["method"] == "HEAD", resp_in)
             except ProxyWasmError as e:
-                chain._die(0, e)
+                self.chain._die(0, e)
                 r = _NOT_OUT
             if r is not None:
                 self.hdr_pushed = True
                 self.end_pushed = end
                 self.resp_in = resp_in
-                chain._fed_resp[0] = _HDR | _END if end else _HDR  # fed to filter 0 by the C exchange
+                if made is not None:  # (else the chain learns it when made)
+                    made._fed_resp[0] = _HDR | _END if end else _HDR  # fed to filter 0 by the C exchange
                 if r[2] is None:
                     await self._flush()
                     return
@@ -577,6 +580,7 @@ class _Exchange:
                 if r[4]:
                     self.resp_done = True
                 return
+        chain = self.chain
         if (chain.dead >= 0 or chain.streams[0].flags & _OVER) if self.fast else chain.answered:
             return  # a plugin answered: the app's response goes nowhere
         if t == "http.response.body":

@@ -31,7 +31,7 @@ from ..http import HttpStream
 from ._common import (FAST, HostHolder, StreamProperties, fix_content_length, request_headers,
                       wsgi_path)
 from .asgi import StreamReset
-from .chain import FilterChain, _END, _HDR, _R_REQ_HDR, _raw, decode_raw, headers_of, take_body
+from .chain import FilterChain, LazyChain, _END, _HDR, _R_REQ_HDR, _raw, decode_raw, headers_of, take_body
 
 _REQ_HDR_OUT, _REQ_ENDED = lib.PW_S_REQ_HEADERS_OUT, lib.PW_S_REQ_ENDED
 _RESP_HDR_OUT, _RESP_ENDED, _FAILED = lib.PW_S_RESP_HEADERS_OUT, lib.PW_S_RESP_ENDED, lib.PW_S_FAILED
@@ -117,12 +117,13 @@ class ProxyWasmWSGIMiddleware:
             return self._general(host, environ, start_response)
         assert s is not None
         f, eos, grpc = r
-        chain = FilterChain.of_one(s, grpc, f, eos)
         # _Exchange(self.app, host, chain, environ, start_response, eos, b"") without the
-        # class call's own cost; the client's body source only when there is a body.
+        # class call's own cost, and without its chain until asked (LazyChain); the
+        # client's body source only when there is a body.
         ex = _new(_Exchange)
-        ex.app, ex.chain, ex.environ, ex.host, ex.start_response = (
-            self.app, chain, environ, host, start_response)
+        ex.app, ex.one, ex.environ, ex.host, ex.start_response = (
+            self.app, s, environ, host, start_response)
+        ex.made_with = (grpc, f, eos)
         ex.down_ended = eos
         ex.fast = True
         try:
@@ -132,7 +133,7 @@ class ProxyWasmWSGIMiddleware:
                 return ex.run()  # held, answered or failed: the general exchange
             return ex.answer(self.app(ex._app_environ(s), ex._start_response))
         except BaseException:
-            chain.finish()
+            ex.finish()
             raise
 
     def _general(self, host: Host, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -178,7 +179,7 @@ def _request_uri(environ: Environ) -> bytes:
     return uri.encode("latin-1")
 
 
-class _Exchange:
+class _Exchange(LazyChain):
     """One request through the chain and the app on one server thread."""
 
     # What an exchange starts with, as class attributes: the common path sets only what
@@ -194,10 +195,10 @@ class _Exchange:
     app_headers: list[tuple[str, str]] | None = None
     hdr_pushed = end_pushed = False
     server_write: Write | None = None
-    fast = False  # one filter, started by wsgi_start: the exchange in C
+    fast = False  # one filter, started by wsgi_start: the exchange in C (and then `one`
+    # and `made_with` instead of a chain: LazyChain makes it if asked)
     ready: bytes | None = None  # the first body the C exchange made ready to send
     app: WSGIApp
-    chain: FilterChain
     environ: Environ
     host: Host
     start_response: StartResponse
@@ -205,7 +206,7 @@ class _Exchange:
 
     def __init__(self, app: WSGIApp, host: Host, chain: FilterChain, environ: Environ,
                  start_response: StartResponse, eos: bool, path: bytes) -> None:
-        self.app, self.chain, self.environ = app, chain, environ
+        self.app, self._chain, self.environ = app, chain, environ
         self.host = host  # its dispatcher is run while a plugin holds the stream
         self.start_response = start_response
         self.down_ended = eos
@@ -377,13 +378,11 @@ class _Exchange:
         takes (the general path then does all)."""
         if self.status is None or self.app_headers is None:
             return False
-        chain = self.chain
         resp_in = self.resp_in + len(data)
         r: Any
         try:
-            r = chain.streams[0].wsgi_respond(self.status, self.app_headers, data, end,
-                                              self.environ["REQUEST_METHOD"] == "HEAD",
-                                              resp_in)
+            r = self.one.wsgi_respond(self.status, self.app_headers, data, end,
+                                      self.environ["REQUEST_METHOD"] == "HEAD", resp_in)
         except ProxyWasmError as e:
             r = e
         if r is None:
@@ -391,9 +390,11 @@ class _Exchange:
         self.hdr_pushed = True
         self.end_pushed = end
         self.resp_in = resp_in
-        chain._fed_resp[0] = _HDR | _END if end else _HDR  # fed to filter 0 by the C exchange
+        made = self._chain
+        if made is not None:  # (else the chain learns it when made)
+            made._fed_resp[0] = _HDR | _END if end else _HDR  # fed to filter 0 by the C exchange
         if r.__class__ is not tuple:
-            chain._die(0, r)
+            self.chain._die(0, r)
         elif r[2] is not None:
             _, status, headers, out, ended = r
             self.resp_started = True
@@ -455,7 +456,7 @@ class _Exchange:
                 if close is not None:
                     close()
             finally:
-                self.chain.finish()
+                self.finish()
 
     def _outputs(self) -> Iterator[bytes]:
         """What the first filter let through, for the server (starting the response)."""
@@ -526,7 +527,7 @@ class _Sent(list):  # type: ignore[type-arg]
     _ex: _Exchange
 
     def close(self) -> None:
-        self._ex.chain.finish()
+        self._ex.finish()
 
 
 class _ChainInput:

@@ -5,6 +5,7 @@ The filter is chosen by PYPROXYWASM_BENCH_FILTER: "none", "minimal"
 pyproxywasm/examples/header_rewrite.wasm, default configuration).
 
     uvicorn --factory bench.middleware_apps:asgi        # ASGI (uvicorn)
+    uvicorn --factory bench.middleware_apps:fastapi     # the same response from a FastAPI app
     python -m bench.middleware_apps wsgi PORT           # WSGI (waitress, one thread)
 """
 from __future__ import annotations
@@ -50,6 +51,26 @@ def asgi():
     from pyproxywasm.adapters import ProxyWasmMiddleware
 
     return ProxyWasmMiddleware(hello, plugins=plugins)
+
+
+def fastapi():
+    """The same response from a FastAPI route, the kind of app a service owner puts the
+    middleware in front of (its own routing, request and response objects per request)."""
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
+
+    app = FastAPI()
+
+    @app.get("/")
+    async def root() -> PlainTextResponse:
+        return PlainTextResponse(BODY)
+
+    plugins = _plugins()
+    if not plugins:
+        return app
+    from pyproxywasm.adapters import ProxyWasmMiddleware
+
+    return ProxyWasmMiddleware(app, plugins=plugins)
 
 
 def hello_wsgi(environ, start_response):

@@ -24,7 +24,8 @@ PUBLISHED_DROP = {"Istio (Envoy + Wasm stats filter)": 10.9}
 TARGET_US = 15.0
 TARGET_DROP = {"minimal": 5.0, "go": 10.0}
 LABEL = {"minimal": "minimal filter (WAT)", "go": "Go SDK filter (header_rewrite)"}
-SERVER = {"asgi": "ASGI (uvicorn)", "wsgi": "WSGI (waitress, 1 thread)"}
+SERVER = {"asgi": "ASGI (uvicorn)", "fastapi": "ASGI (uvicorn), FastAPI app",
+          "wsgi": "WSGI (waitress, 1 thread)"}
 
 
 def table(data: dict) -> str:
@@ -105,7 +106,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
     b.set_yticks(list(ys), names)
     b.axvline(5, color="tab:red", linestyle="--", label="target 5% (minimal)")
     b.axvline(10, color="tab:orange", linestyle="--", label="target 10% (Go)")
-    b.set_xlabel("req/s lost to the filter (%), against the smallest possible app")
+    b.set_xlabel("req/s lost to the filter (%), against the same server's plain app")
     b.invert_yaxis()
     b.legend(loc="lower right", fontsize=7, ncol=2, framealpha=0.95)
     fig.suptitle("pyproxywasm middleware vs a plain app (wrk, one run), beside published Envoy-mesh figures")

@@ -1,6 +1,7 @@
 """wrk against a plain app and the same app behind the middleware, in one run.
 
-For each server (uvicorn for ASGI, waitress for WSGI) and each filter ("none", "minimal",
+For each server (uvicorn for ASGI, with the smallest possible app and with the same
+response from a FastAPI app; waitress for WSGI) and each filter ("none", "minimal",
 "go"), a server process is started on a free 127.0.0.1 port, pinned to one core when the
 machine has two or more (wrk gets another), and measured twice:
 - throughput: wrk -c32 for the duration; req/s, and the server process's CPU time per
@@ -49,8 +50,8 @@ def _pin(core: int) -> list[str]:
 def start_server(kind: str, filter_name: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = dict(os.environ, PYPROXYWASM_BENCH_FILTER=filter_name, PYTHONPATH=str(ROOT))
-    if kind == "asgi":
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "bench.middleware_apps:asgi",
+    if kind in ("asgi", "fastapi"):
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", f"bench.middleware_apps:{kind}",
                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
                "--no-access-log", "--lifespan", "on"]
         try:
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--servers", default="asgi,wsgi")
+    ap.add_argument("--servers", default="asgi,fastapi,wsgi")
     ap.add_argument("--out", type=pathlib.Path, default=OUT)
     a = ap.parse_args(argv)
     if not shutil.which("wrk"):

@@ -125,6 +125,7 @@ static void remove_at(pw_hmap *m, size_t i) {
     m->garbage += m->e[i].kl + m->e[i].vl + 2;
     m->loose = 1;
     m->changed = 1;
+    m->given = HMAP_CHANGED;
     memmove(&m->e[i], &m->e[i + 1], (m->n - i - 1) * sizeof m->e[0]);
     m->n--;
 }
@@ -145,6 +146,7 @@ int hmap_replace(pw_hmap *m, const uint8_t *k, size_t kl, const uint8_t *v, size
     if (vl > e->vl && !fits(m, vl - e->vl, 0)) return -1;
     e = &m->e[first]; /* compaction may have moved the bytes, never the entries */
     m->changed = 1;
+    m->given = HMAP_CHANGED;
     if (vl <= e->vl) {
         if (vl) memmove(m->bytes.p + e->vo, v, vl);
         m->bytes.p[e->vo + vl] = 0;
@@ -171,6 +173,7 @@ void hmap_clear(pw_hmap *m) {
     m->garbage = 0;
     m->loose = 0;
     m->changed = 1;
+    m->given = HMAP_CHANGED; /* (a parse is a clear first: only the embedding sets it again) */
 }
 
 int hmap_fields_ok(const pw_hmap *m) {
@@ -387,19 +390,12 @@ size_t hmap_serialized_size(const pw_hmap *m) {
     return n;
 }
 
-void hmap_serialize_to(const pw_hmap *m, uint8_t *out) {
-    wr32(out, (uint32_t)m->n);
-    uint8_t *lens = out + 4, *d = out + 4 + 8 * m->n;
-    if (!m->loose && m->garbage == 0) { /* stored exactly as the format lays them out */
-        for (size_t i = 0; i < m->n; i++) {
-            wr32(lens + 8 * i, m->e[i].kl);
-            wr32(lens + 8 * i + 4, m->e[i].vl);
-        }
-        if (m->bytes.len) memcpy(d, m->bytes.p, m->bytes.len);
-        return;
-    }
-    for (size_t i = 0; i < m->n; i++) {
-        const hm_entry *e = &m->e[i];
+/* Entries [from, from + count) in the pairs format at out, entry by entry. */
+static void serialize_entries(const pw_hmap *m, size_t from, size_t count, uint8_t *out) {
+    wr32(out, (uint32_t)count);
+    uint8_t *lens = out + 4, *d = out + 4 + 8 * count;
+    for (size_t i = 0; i < count; i++) {
+        const hm_entry *e = &m->e[from + i];
         wr32(lens + 8 * i, e->kl);
         wr32(lens + 8 * i + 4, e->vl);
         if (e->kl) memcpy(d, m->bytes.p + e->ko, e->kl);
@@ -409,6 +405,29 @@ void hmap_serialize_to(const pw_hmap *m, uint8_t *out) {
         d += e->vl;
         *d++ = 0;
     }
+}
+
+void hmap_serialize_to(const pw_hmap *m, uint8_t *out) {
+    if (!m->loose && m->garbage == 0) { /* stored exactly as the format lays them out */
+        uint8_t *lens = out + 4, *d = out + 4 + 8 * m->n;
+        wr32(out, (uint32_t)m->n);
+        for (size_t i = 0; i < m->n; i++) {
+            wr32(lens + 8 * i, m->e[i].kl);
+            wr32(lens + 8 * i + 4, m->e[i].vl);
+        }
+        if (m->bytes.len) memcpy(d, m->bytes.p, m->bytes.len);
+        return;
+    }
+    serialize_entries(m, 0, m->n, out);
+}
+
+int hmap_serialize_from(const pw_hmap *m, size_t from, pw_buf *out) {
+    size_t count = from < m->n ? m->n - from : 0, n = 4;
+    for (size_t i = 0; i < count; i++) n += 10 + (size_t)m->e[from + i].kl + m->e[from + i].vl;
+    if (buf_reserve(out, n)) return -1;
+    serialize_entries(m, from, count, out->p);
+    out->len = n;
+    return 0;
 }
 
 int hmap_serialize(const pw_hmap *m, pw_buf *out) {

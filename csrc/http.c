@@ -392,6 +392,7 @@ static int parse_in(pw_hmap *m, const uint8_t *p, size_t len, int nflat) {
         }
     }
     m->changed = 0; /* as given: only the filter (or a local reply) marks it from here */
+    m->given = m->n;
     return 0;
 }
 
@@ -547,6 +548,16 @@ int pw_http_read(pw_vm *vm, uint32_t id, int what, const uint8_t **out, size_t *
     case PW_R_RESP_HELD: b = &h->d[1].held; break;
     case PW_R_LOCAL_BODY: b = &h->lr_body; break;
     case PW_R_LOCAL_DETAILS: b = &h->lr_details; break;
+    case PW_R_REQ_HEADERS_ADDED: {
+        const pw_hmap *r = &h->d[0].headers;
+        *out = NULL;
+        *len = 0;
+        if (r->given == HMAP_CHANGED) return PW_OK; /* more than additions */
+        if (hmap_serialize_from(r, r->given, &vm->scratch)) return -PW_ERR;
+        *out = vm->scratch.p;
+        *len = vm->scratch.len;
+        return PW_OK;
+    }
     default: return -PW_ERR;
     }
     if (m) {

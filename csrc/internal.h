@@ -81,7 +81,12 @@ typedef struct pw_hmap {
     int loose; /* 0: entries in order without gaps, serialized with one copy (hmap.c) */
     int changed;  /* set by every change (parse, add, replace, remove, clear); the embedding
                    * clears it after handing a map in, so it says "the filter touched it" */
+    size_t given; /* the entries the embedding handed in, still first and unchanged while
+                   * the filter only added entries (hmap_add, or replace of an absent key);
+                   * HMAP_CHANGED once anything else changed the map */
 } pw_hmap;
+
+#define HMAP_CHANGED SIZE_MAX
 
 #define PAIRS_MAX_COUNT 8192u
 #define PAIRS_MAX_BYTES (16u << 20)
@@ -94,6 +99,8 @@ int hmap_parse(pw_hmap *m, const uint8_t *p, size_t n);
  * count pairs (or out of memory); -2 when a name is empty or a field holds CR or LF. On
  * failure the map is empty. */
 int hmap_parse_flat(pw_hmap *m, const uint8_t *p, size_t n, uint32_t count);
+/* Entries [from, n) in the pairs format into out (0; -1 out of memory). */
+int hmap_serialize_from(const pw_hmap *m, size_t from, pw_buf *out);
 size_t hmap_serialized_size(const pw_hmap *m);
 void hmap_serialize_to(const pw_hmap *m, uint8_t *out);
 int hmap_serialize(const pw_hmap *m, pw_buf *out);

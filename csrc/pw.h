@@ -84,6 +84,9 @@ typedef struct pw_dispatcher pw_dispatcher;
 #define PW_R_LOCAL_DETAILS 10
 #define PW_R_DOWN_DATA 11    /* TCP downstream data forwarded upstream, not yet taken */
 #define PW_R_UP_DATA 12      /* TCP upstream data forwarded downstream, not yet taken */
+#define PW_R_REQ_HEADERS_ADDED 13 /* the request headers' entries after the ones the embedding
+                                   * gave (pairs), when the filter only added entries; NULL
+                                   * (and PW_OK) when it changed more than that */
 
 /* Cold callbacks into Python (each takes the GIL itself). */
 typedef void (*pw_log_fn)(void *handle, int level, const char *msg, size_t len);

@@ -632,6 +632,51 @@ static int has_length(PyObject *headers) {
     return 0;
 }
 
+/* When the filter only added request headers (none of them a pseudo-header, host or
+ * content-length), the app's headers are the client's own list with the added pairs after
+ * it, with no read of the others: 1 done (d's headers and extensions set), 0 when that is
+ * not the case (the general rebuild then does all), -1 on error. */
+static int added_headers(Stream *s, PyObject *scope, PyObject *d, int ended) {
+    const uint8_t *p = NULL;
+    size_t len = 0;
+    if (core_read((void *)(uintptr_t)s->vma, s->id, PW_R_REQ_HEADERS_ADDED, &p, &len) < 0 || !p) return 0;
+    PyObject *orig = PyDict_GetItemWithError(scope, k_headers);
+    if (!orig || !PyList_CheckExact(orig)) {
+        PyErr_Clear();
+        return 0;
+    }
+    pairs_it it, check;
+    const char *k, *v;
+    size_t kl, vl;
+    pairs_open(&it, p, len);
+    check = it;
+    while (pairs_next(&check, &k, &kl, &v, &vl))
+        if ((kl && k[0] == ':') || eq(k, kl, "host", 4) || eq(k, kl, "content-length", 14)) return 0;
+    /* The rebuild would give the Host header first, from :authority: the client's list is
+     * the same only when its one host entry is first. (And an ended request's true
+     * content-length is the rebuild's to say.) */
+    Py_ssize_t n = PyList_Size(orig);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *hk, *hv;
+        const char *kp;
+        Py_ssize_t hkl;
+        if (!pair_of(PyList_GetItem(orig, i), &hk, &hv) || field(hk, &kp, &hkl)) return 0;
+        if (eq(kp, (size_t)hkl, "host", 4) ? i != 0 : i == 0 || (ended && eq_nocase(kp, (size_t)hkl, "content-length", 14)))
+            return 0;
+    }
+    if (!n) return 0;
+    PyObject *list = PyList_GetSlice(orig, 0, PyList_Size(orig));
+    if (!list) return -1;
+    while (pairs_next(&it, &k, &kl, &v, &vl))
+        if (list_add(list, bytes_pair(k, kl, v, vl))) {
+            Py_DECREF(list);
+            return -1;
+        }
+    int rc = PyDict_SetItem(d, k_headers, list);
+    Py_DECREF(list);
+    return rc || set_extensions(d, scope, ended) ? -1 : 1;
+}
+
 /* asgi_app_scope(scope, pending) -> (app_scope, body): the scope the app is called with,
  * and the request body already known for it (pending, or all of it when the request
  * ended with the headers). Headers the filter left alone are the client's own list. */
@@ -653,6 +698,11 @@ PyObject *s_asgi_app_scope(PyObject *self, PyObject *const *args, Py_ssize_t nar
     if (!(f & PW_S_REQ_HEADERS_CHANGED) && !PyBytes_Size(body)) {
         if (set_extensions(d, scope, ended)) goto fail;
         goto done;
+    }
+    if (!PyBytes_Size(body)) {
+        int r = added_headers(s, scope, d, ended);
+        if (r < 0) goto fail;
+        if (r) goto done;
     }
     {
         pairs_it it;

@@ -214,6 +214,10 @@ static void fuzz_ops(const uint8_t *d, size_t n) {
     model m = {0};
     static uint8_t val[1 << 13];
     size_t i = 0;
+    /* `given`: what the embedding handed in stays first and unchanged while only adds
+     * follow (a zeroed map was handed nothing); the round trip below hands it in anew. */
+    size_t given = 0;
+    int given_ok = 1;
     while (i + 3 <= n) {
         uint8_t op = d[i++] % 6;
         size_t kl = d[i++] % 8;
@@ -247,6 +251,7 @@ static void fuzz_ops(const uint8_t *d, size_t n) {
             if (first == m.n) {
                 model_insert(&m, m.n, k, kl, v, vl);
             } else {
+                given_ok = 0;
                 for (size_t j = m.n; j-- > first + 1;)
                     if (key_is(&m.e[j], k, kl)) model_erase(&m, j);
                 free(m.e[first].v);
@@ -262,6 +267,7 @@ static void fuzz_ops(const uint8_t *d, size_t n) {
                 if (key_is(&m.e[j], k, kl)) {
                     model_erase(&m, j);
                     changes = 1;
+                    given_ok = 0;
                 }
             break;
         case 3: { /* get: the first entry's value, or nothing */
@@ -286,16 +292,35 @@ static void fuzz_ops(const uint8_t *d, size_t n) {
             hmap_free(&again);
             free(out);
             changes = 0;
+            h.given = h.n; /* as http.c's parse_in marks a map the embedding hands in */
+            given = m.n;
+            given_ok = 1;
             break;
         }
         case 5: /* clear */
             hmap_clear(&h);
             model_free(&m);
             m = (model){0};
+            given_ok = 0;
             break;
         }
         REQUIRE(h.changed == changes);
         same_as_model(&h, &m);
+        REQUIRE(h.given == (given_ok ? given : HMAP_CHANGED));
+        if (given_ok) { /* what was added since: the model's entries from `given` on */
+            pw_buf added = {0};
+            REQUIRE(!hmap_serialize_from(&h, given, &added));
+            pw_hmap again = {0};
+            model tail = {0};
+            for (size_t j = given; j < m.n; j++)
+                model_insert(&tail, tail.n, m.e[j].k, m.e[j].kl, m.e[j].v, m.e[j].vl);
+            int rc = hmap_parse(&again, added.p, added.len);
+            REQUIRE(rc == 0 || m.n - given > PAIRS_MAX_COUNT || added.len > PAIRS_MAX_BYTES);
+            if (!rc) same_as_model(&again, &tail);
+            hmap_free(&again);
+            model_free(&tail);
+            buf_free(&added);
+        }
     }
     hmap_free(&h);
     model_free(&m);

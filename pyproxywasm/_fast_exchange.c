@@ -35,7 +35,7 @@ static PyObject *k_method, *k_raw_path, *k_query_string, *k_server, *k_scheme, *
     *k_headers, *k_extensions, *k_pyproxywasm, *k_end_stream;
 static PyObject *k_request_method, *k_request_uri, *k_raw_uri, *k_http_host, *k_server_name,
     *k_server_port, *k_url_scheme, *k_server_protocol, *k_content_type, *k_content_length,
-    *k_script_name, *k_path_info, *k_query_string_env;
+    *k_http_content_type, *k_http_content_length, *k_script_name, *k_path_info, *k_query_string_env;
 static PyObject *b_host, *b_content_length, *s_http_prefix, *s_comma;
 /* Python helpers for the rare edits (set_helpers): a filter that rewrote :path. */
 static PyObject *asgi_path_fn, *wsgi_path_fn;
@@ -64,6 +64,8 @@ int exchange_init(void) {
     INTERN(k_server_protocol, "SERVER_PROTOCOL");
     INTERN(k_content_type, "CONTENT_TYPE");
     INTERN(k_content_length, "CONTENT_LENGTH");
+    INTERN(k_http_content_type, "HTTP_CONTENT_TYPE");
+    INTERN(k_http_content_length, "HTTP_CONTENT_LENGTH");
     INTERN(k_script_name, "SCRIPT_NAME");
     INTERN(k_path_info, "PATH_INFO");
     INTERN(k_query_string_env, "QUERY_STRING");
@@ -1307,6 +1309,69 @@ static int set_latin1_if(PyObject *d, PyObject *key, const char *v, size_t vl) {
  * not ASCII: the general path). The body is what the app will read first: all of it when
  * the request ended with the headers, and then CONTENT_LENGTH says its true length; else
  * wsgi.input_terminated (PEP 3333: read to EOF). wsgi.input is the caller's. */
+/* A copy of the server's environ, which holds the request headers as they came (empty
+ * CONTENT_* are not headers: they go). */
+static PyObject *server_headers(PyObject *environ) {
+    PyObject *env = PyDict_Copy(environ);
+    if (!env) return NULL;
+    PyObject *keys[2] = {k_content_type, k_content_length};
+    for (int i = 0; i < 2; i++) {
+        PyObject *v = PyDict_GetItemWithError(env, keys[i]);
+        if (v && PyUnicode_Check(v) && !PyUnicode_GetLength(v) && PyDict_DelItem(env, keys[i])) {
+            Py_DECREF(env);
+            return NULL;
+        }
+    }
+    return env;
+}
+
+/* When the filter only added request headers (ASCII names, none a pseudo-header, host or
+ * content-*), the app's environ is the server's with the added ones set, or joined with
+ * "," to a value the client sent, as the rebuild would make them: 1 done (*out made), 0
+ * when that is not the case, -1 on error. */
+static int wsgi_added(Stream *s, PyObject *environ, PyObject **out) {
+    const uint8_t *p = NULL;
+    size_t len = 0;
+    if (core_read((void *)(uintptr_t)s->vma, s->id, PW_R_REQ_HEADERS_ADDED, &p, &len) < 0 || !p) return 0;
+    pairs_it it, check;
+    const char *k, *v;
+    size_t kl, vl;
+    pairs_open(&it, p, len);
+    check = it;
+    while (pairs_next(&check, &k, &kl, &v, &vl))
+        if (!kl || kl > 256 || !is_ascii(k, kl) || k[0] == ':' || eq(k, kl, "host", 4) ||
+            eq(k, kl, "content-type", 12) || eq(k, kl, "content-length", 14))
+            return 0;
+    /* HTTP_CONTENT_* (not CGI's, some servers send them) the rebuild moves to CONTENT_*. */
+    PyObject *odd[2] = {k_http_content_type, k_http_content_length};
+    for (int i = 0; i < 2; i++)
+        if (PyDict_GetItemWithError(environ, odd[i]) || PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+    PyObject *env = server_headers(environ);
+    if (!env) return -1;
+    while (pairs_next(&it, &k, &kl, &v, &vl)) {
+        char key[5 + 256];
+        memcpy(key, "HTTP_", 5);
+        for (size_t i = 0; i < kl; i++) {
+            char ch = k[i];
+            key[5 + i] = ch == '-' ? '_' : (ch >= 'a' && ch <= 'z') ? (char)(ch - 32) : ch;
+        }
+        PyObject *ko = PyUnicode_DecodeLatin1(key, (Py_ssize_t)(5 + kl), NULL);
+        PyObject *vo = ko ? PyUnicode_DecodeLatin1(v, (Py_ssize_t)vl, NULL) : NULL;
+        int rc = vo ? env_join(env, ko, vo) : -1;
+        Py_XDECREF(ko);
+        Py_XDECREF(vo);
+        if (rc) {
+            Py_DECREF(env);
+            return -1;
+        }
+    }
+    *out = env;
+    return 1;
+}
+
 PyObject *s_wsgi_app_environ(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Stream *s = (Stream *)self;
     if (nargs != 1 || !PyDict_Check(args[0])) {
@@ -1317,17 +1382,13 @@ PyObject *s_wsgi_app_environ(PyObject *self, PyObject *const *args, Py_ssize_t n
     int has_host = PyDict_GetItemWithError(environ, k_http_host) != NULL;
     if (PyErr_Occurred()) return NULL;
     if (!(s->flags & PW_S_REQ_HEADERS_CHANGED) && has_host) {
-        /* The server's environ holds them already; empty CONTENT_* are not headers. */
-        if (!(env = PyDict_Copy(environ))) return NULL;
-        PyObject *keys[2] = {k_content_type, k_content_length};
-        for (int i = 0; i < 2; i++) {
-            PyObject *v = PyDict_GetItemWithError(env, keys[i]);
-            if (v && PyUnicode_Check(v) && !PyUnicode_GetLength(v) && PyDict_DelItem(env, keys[i])) {
-                Py_DECREF(env);
-                return NULL;
-            }
-        }
+        if (!(env = server_headers(environ))) return NULL;
         goto body;
+    }
+    if (has_host) {
+        int r = wsgi_added(s, environ, &env);
+        if (r < 0) return NULL;
+        if (r) goto body;
     }
     pairs_it it, scan;
     const char *k, *v;

@@ -222,6 +222,7 @@ ENVIRONS = {
     "post": {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "5", "CONTENT_TYPE": "text/plain"},
     "headers the filter edits": {"HTTP_X_A": "1", "HTTP_X_B": "2", "HTTP_ACCEPT": "text/html"},
     "a header the filter adds again (joined)": {"HTTP_X_WASM_FILTER": "0"},
+    "HTTP_CONTENT_TYPE (not CGI's)": {"HTTP_CONTENT_TYPE": "text/x"},
     "non-ASCII value (general path)": {"HTTP_X_N": "\u00e9"},
 }
 

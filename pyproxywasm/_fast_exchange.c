@@ -634,26 +634,39 @@ static int has_length(PyObject *headers) {
     return 0;
 }
 
-/* When the filter only added request headers (none of them a pseudo-header, host or
- * content-length), the app's headers are the client's own list with the added pairs after
- * it, with no read of the others: 1 done (d's headers and extensions set), 0 when that is
- * not the case (the general rebuild then does all), -1 on error. */
-static int added_headers(Stream *s, PyObject *scope, PyObject *d, int ended) {
+/* The request headers the filter added after the ones the embedding gave (the core's
+ * PW_R_REQ_HEADERS_ADDED), when adding is all it did and they are plain: ASCII names of
+ * 1 to 256 bytes, none a pseudo-header, host or content-* (which the adapters' rebuilds
+ * treat specially). 1 and *it over them; 0 otherwise. */
+static int plain_additions(Stream *s, pairs_it *it) {
     const uint8_t *p = NULL;
     size_t len = 0;
     if (core_read((void *)(uintptr_t)s->vma, s->id, PW_R_REQ_HEADERS_ADDED, &p, &len) < 0 || !p) return 0;
+    pairs_open(it, p, len);
+    pairs_it check = *it;
+    const char *k, *v;
+    size_t kl, vl;
+    while (pairs_next(&check, &k, &kl, &v, &vl))
+        if (!kl || kl > 256 || !is_ascii(k, kl) || k[0] == ':' || eq(k, kl, "host", 4) ||
+            eq(k, kl, "content-type", 12) || eq(k, kl, "content-length", 14))
+            return 0;
+    return 1;
+}
+
+/* When the filter only added plain request headers, the app's headers are the client's
+ * own list with the added pairs after it, with no read of the others: 1 done (d's headers
+ * and extensions set), 0 when that is not the case (the general rebuild then does all),
+ * -1 on error. */
+static int added_headers(Stream *s, PyObject *scope, PyObject *d, int ended) {
+    pairs_it it;
+    const char *k, *v;
+    size_t kl, vl;
+    if (!plain_additions(s, &it)) return 0;
     PyObject *orig = PyDict_GetItemWithError(scope, k_headers);
     if (!orig || !PyList_CheckExact(orig)) {
         PyErr_Clear();
         return 0;
     }
-    pairs_it it, check;
-    const char *k, *v;
-    size_t kl, vl;
-    pairs_open(&it, p, len);
-    check = it;
-    while (pairs_next(&check, &k, &kl, &v, &vl))
-        if ((kl && k[0] == ':') || eq(k, kl, "host", 4) || eq(k, kl, "content-length", 14)) return 0;
     /* The rebuild would give the Host header first, from :authority: the client's list is
      * the same only when its one host entry is first. (And an ended request's true
      * content-length is the rebuild's to say.) */
@@ -1325,23 +1338,14 @@ static PyObject *server_headers(PyObject *environ) {
     return env;
 }
 
-/* When the filter only added request headers (ASCII names, none a pseudo-header, host or
- * content-*), the app's environ is the server's with the added ones set, or joined with
- * "," to a value the client sent, as the rebuild would make them: 1 done (*out made), 0
- * when that is not the case, -1 on error. */
+/* When the filter only added plain request headers, the app's environ is the server's
+ * with the added ones set, or joined with "," to a value the client sent, as the rebuild
+ * would make them: 1 done (*out made), 0 when that is not the case, -1 on error. */
 static int wsgi_added(Stream *s, PyObject *environ, PyObject **out) {
-    const uint8_t *p = NULL;
-    size_t len = 0;
-    if (core_read((void *)(uintptr_t)s->vma, s->id, PW_R_REQ_HEADERS_ADDED, &p, &len) < 0 || !p) return 0;
-    pairs_it it, check;
+    pairs_it it;
     const char *k, *v;
     size_t kl, vl;
-    pairs_open(&it, p, len);
-    check = it;
-    while (pairs_next(&check, &k, &kl, &v, &vl))
-        if (!kl || kl > 256 || !is_ascii(k, kl) || k[0] == ':' || eq(k, kl, "host", 4) ||
-            eq(k, kl, "content-type", 12) || eq(k, kl, "content-length", 14))
-            return 0;
+    if (!plain_additions(s, &it)) return 0;
     /* HTTP_CONTENT_* (not CGI's, some servers send them) the rebuild moves to CONTENT_*. */
     PyObject *odd[2] = {k_http_content_type, k_http_content_length};
     for (int i = 0; i < 2; i++)

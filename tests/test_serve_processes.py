@@ -327,6 +327,25 @@ def test_killed_worker_restarts_stuck_worker_left_out_and_sigterm_leaves_nothing
     assert status == 200 and took < 5
     assert f"# pyproxywasm: worker process" in prom and f"(pid {stuck}) left out: no answer within 1 s" in prom
     assert "pyproxywasm_processes_reporting{} 1" in prom and "pyproxywasm_processes{} 2" in prom
+    # a storm of scrapes while a worker is stuck: they share the polls of the workers
+    # (each waits out the stuck one's timeout), not one poll per scrape
+    def polls() -> int:
+        return int(re.search(r"^pyproxywasm_admin_polls\{\} (\d+)$", admin(s.admin, "/stats/prometheus")[1],
+                             re.M).group(1))
+    before = polls()
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        answers: list[int] = []
+        scrapers = [threading.Thread(target=lambda: answers.append(admin(s.admin, "/stats/prometheus")[0]))
+                    for _ in range(20)]
+        for t in scrapers:
+            t.start()
+        for t in scrapers:
+            t.join(30)
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+    assert answers == [200] * 20
+    assert polls() - before <= 6, polls() - before  # 20 without sharing (+1: polls() itself)
     # SIGTERM: the workers drain and exit, then the supervisor, with status 0
     workers = s.workers()
     assert s.stop() == 0

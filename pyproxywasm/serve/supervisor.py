@@ -26,7 +26,9 @@ upstream pools. The supervisor:
 - runs the one admin listener: /stats and /stats/prometheus sum every worker's
   metrics (asked over the control sockets, each with a timeout: a dead or stuck worker
   is left out and a comment line says so, with the gauges `pyproxywasm.processes` and
-  `pyproxywasm.processes_reporting`); /ready is 200 when every worker is up;
+  `pyproxywasm.processes_reporting`; scrapes that come while the workers are being asked
+  share that answer, and the counter `pyproxywasm.admin_polls` counts the asks); /ready
+  is 200 when every worker is up;
 - owns the shared-memory segment of the default shared state and removes it on exit.
 """
 from __future__ import annotations
@@ -122,6 +124,8 @@ class Supervisor:
         self._stop: asyncio.Event | None = None
         self._reload = False
         self._replacing: dict[int, _Slot] = {}  # SIGHUP: the worker a new one is replacing
+        self._gathering: asyncio.Future[Gathered] | None = None  # the admin's poll in flight
+        self._polls = 0  # polls of the workers the admin has made (a counter of /stats)
 
     # ---- sockets -------------------------------------------------------------------------
     def _reserve(self) -> list[int]:
@@ -384,6 +388,16 @@ class Supervisor:
         return all(up(s) or up(self._replacing.get(s.index)) for s in self._slots)
 
     async def gather(self) -> Gathered:
+        """Every worker's metrics summed (poll_workers). Scrapes that come while a poll is
+        under way share its answer, so a storm of scrapes asks each worker once at a time,
+        not once per scrape (a stuck worker would otherwise hold one pending request per
+        scrape until each timed out); a scrape that goes away does not cancel it."""
+        if self._gathering is None or self._gathering.done():
+            self._polls += 1
+            self._gathering = asyncio.ensure_future(self.poll_workers())
+        return await asyncio.shield(self._gathering)
+
+    async def poll_workers(self) -> Gathered:
         """Every worker's metrics summed; a worker that does not answer within
         metrics_timeout is left out, and a note says so."""
         async def ask(slot: _Slot) -> bytes:
@@ -421,6 +435,7 @@ class Supervisor:
         merged = metrics.merge(snaps)
         merged.append(metrics.Metric("pyproxywasm.processes", "gauge", self.processes))
         merged.append(metrics.Metric("pyproxywasm.processes_reporting", "gauge", len(snaps)))
+        merged.append(metrics.Metric("pyproxywasm.admin_polls", "counter", self._polls))
         return Gathered(merged, notes)
 
     # ---- lifecycle -----------------------------------------------------------------------

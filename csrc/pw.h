@@ -100,7 +100,8 @@ void pw_set_callbacks(pw_log_fn log, pw_foreign_fn foreign);
  * before a hostcall blocks (a Redis round trip, a contended shared-memory lock), and before
  * every callback into the embedding (log, foreign function, outbound call: whatever the
  * callback calls in turn must not find the lock marked as held); the embedding gives up its
- * lock there if its caller holds it, and takes it back when the core returns. `yield` may be called anywhere inside any core call, any number of times.
+ * lock there if its caller holds it, and takes it back when the core returns. `yield` may
+ * be called anywhere inside any core call, any number of times.
  * NULL (the default): never called. Set once, before guest code runs. */
 typedef void (*pw_yield_fn)(void);
 void pw_set_lock_yield(pw_yield_fn yield);

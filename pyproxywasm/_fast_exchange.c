@@ -671,16 +671,17 @@ static int added_headers(Stream *s, PyObject *scope, PyObject *d, int ended) {
      * the same only when its one host entry is first. (And an ended request's true
      * content-length is the rebuild's to say.) */
     Py_ssize_t n = PyList_Size(orig);
+    if (!n) return 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *hk, *hv;
         const char *kp;
         Py_ssize_t hkl;
         if (!pair_of(PyList_GetItem(orig, i), &hk, &hv) || field(hk, &kp, &hkl)) return 0;
-        if (eq(kp, (size_t)hkl, "host", 4) ? i != 0 : i == 0 || (ended && eq_nocase(kp, (size_t)hkl, "content-length", 14)))
-            return 0;
+        int host = eq(kp, (size_t)hkl, "host", 4);
+        if (host != (i == 0)) return 0; /* the host entry first, and only there */
+        if (ended && eq_nocase(kp, (size_t)hkl, "content-length", 14)) return 0;
     }
-    if (!n) return 0;
-    PyObject *list = PyList_GetSlice(orig, 0, PyList_Size(orig));
+    PyObject *list = PyList_GetSlice(orig, 0, n);
     if (!list) return -1;
     while (pairs_next(&it, &k, &kl, &v, &vl))
         if (list_add(list, bytes_pair(k, kl, v, vl))) {
@@ -1318,10 +1319,15 @@ static int set_latin1_if(PyObject *d, PyObject *key, const char *v, size_t vl) {
     return set_latin1(d, key, v, vl);
 }
 
-/* wsgi_app_environ(environ) -> (the app's environ, body), or None (a header name that is
- * not ASCII: the general path). The body is what the app will read first: all of it when
- * the request ended with the headers, and then CONTENT_LENGTH says its true length; else
- * wsgi.input_terminated (PEP 3333: read to EOF). wsgi.input is the caller's. */
+/* A header name as its CGI key after a 5-byte prefix: key[5..5+kl) is the name with '-'
+ * as '_' and ASCII letters upper case (key holds 5 + 256 bytes; kl <= 256). */
+static void cgi_name(char *key, const char *k, size_t kl) {
+    for (size_t i = 0; i < kl; i++) {
+        char ch = k[i];
+        key[5 + i] = ch == '-' ? '_' : (ch >= 'a' && ch <= 'z') ? (char)(ch - 32) : ch;
+    }
+}
+
 /* A copy of the server's environ, which holds the request headers as they came (empty
  * CONTENT_* are not headers: they go). */
 static PyObject *server_headers(PyObject *environ) {
@@ -1358,10 +1364,7 @@ static int wsgi_added(Stream *s, PyObject *environ, PyObject **out) {
     while (pairs_next(&it, &k, &kl, &v, &vl)) {
         char key[5 + 256];
         memcpy(key, "HTTP_", 5);
-        for (size_t i = 0; i < kl; i++) {
-            char ch = k[i];
-            key[5 + i] = ch == '-' ? '_' : (ch >= 'a' && ch <= 'z') ? (char)(ch - 32) : ch;
-        }
+        cgi_name(key, k, kl);
         PyObject *ko = PyUnicode_DecodeLatin1(key, (Py_ssize_t)(5 + kl), NULL);
         PyObject *vo = ko ? PyUnicode_DecodeLatin1(v, (Py_ssize_t)vl, NULL) : NULL;
         int rc = vo ? env_join(env, ko, vo) : -1;
@@ -1376,6 +1379,10 @@ static int wsgi_added(Stream *s, PyObject *environ, PyObject **out) {
     return 1;
 }
 
+/* wsgi_app_environ(environ) -> (the app's environ, body), or None (a header name that is
+ * not ASCII: the general path). The body is what the app will read first: all of it when
+ * the request ended with the headers, and then CONTENT_LENGTH says its true length; else
+ * wsgi.input_terminated (PEP 3333: read to EOF). wsgi.input is the caller's. */
 PyObject *s_wsgi_app_environ(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Stream *s = (Stream *)self;
     if (nargs != 1 || !PyDict_Check(args[0])) {
@@ -1423,11 +1430,8 @@ PyObject *s_wsgi_app_environ(PyObject *self, PyObject *const *args, Py_ssize_t n
                 Py_XDECREF(po);
             }
         } else {
-            char key[8 + 256];
-            for (size_t i = 0; i < kl; i++) {
-                char ch = k[i];
-                key[5 + i] = ch == '-' ? '_' : (ch >= 'a' && ch <= 'z') ? (char)(ch - 32) : ch;
-            }
+            char key[5 + 256];
+            cgi_name(key, k, kl);
             if (eq(key + 5, kl, "CONTENT_TYPE", 12) || eq(key + 5, kl, "CONTENT_LENGTH", 14)) {
                 rc = cgi_put(&c, env, key + 5, kl, 0, v, vl);
             } else {

@@ -121,6 +121,33 @@ def test_what_no_field_can_hold_is_refused_on_both_paths(plugin, general_path, b
         general_path()
 
 
+@pytest.mark.skipif(http_mod._fast is None, reason="the C per-event path is not in use")
+def test_pairs_sent_again_give_the_same_headers_and_what_is_kept_for_them_is_bounded(plugin):
+    """The extension keeps the fields of tuple pairs it has seen (the same objects sent
+    again skip their encoding): what the plugin sees does not change, a pair it refuses is
+    refused each time, at most 64 small pairs are kept alive and never a large one."""
+    import sys
+
+    small = [(f"x-s{i}", f"v{i}") for i in range(1000)]
+    before = [sys.getrefcount(small[i]) for i in range(1000)]
+    for _ in range(2):  # the second round sends the same objects (those still kept hit)
+        for i in range(0, 1000, 50):
+            req = _roundtrip(plugin, [(":path", "/")] + small[i:i + 50])[0]
+            assert [h for h in req if h[0].startswith("x-s")] == small[i:i + 50]
+    kept = [sys.getrefcount(small[i]) - before[i] for i in range(1000)]
+    assert set(kept) <= {0, 1} and 0 < sum(kept) <= 64
+    big = ("x-big", "v" * 300)
+    refs = sys.getrefcount(big)
+    assert ("x-big", "v" * 300) in _roundtrip(plugin, [(":path", "/"), big])[0]
+    assert sys.getrefcount(big) == refs
+    nul = ("x-nul", "a\0b")
+    for _ in range(3):
+        s = plugin.http_stream()
+        with pytest.raises(InvalidHeaderError):
+            s.send_request_headers([(":path", "/"), nul])
+        s.finish()
+
+
 def test_streams_hold_no_reference_once_gone(plugin):
     """Streams made through Plugin.http_stream (the C opener), HttpStream(root) and with
     properties, finished or dropped: none leaves a reference behind on its type or root

@@ -90,31 +90,34 @@ static inline PyObject *item(PyObject *seq, int is_list, Py_ssize_t i) {
  * PyUnicode_AsUTF8AndSize returned for its lifetime); so for a tuple seen before (the
  * same object, which this cache keeps alive so that its address cannot be reused) the
  * two fields are read from here, without the four item reads, the type checks and the
- * UTF-8 lookups: about 150 instructions a pair down to about 15. A miss costs a store
- * and a reference (and, when it evicts, a decref: of a tuple of str or bytes, which runs
- * no Python code). Direct-mapped on the tuple's address; only small pairs are kept, so
- * it holds at most PAIR_SLOTS * PAIR_MAX bytes alive. Read and written only by encode(),
- * which runs with the GIL held. */
-#define PAIR_SLOTS 64
+ * UTF-8 lookups: about 150 instructions a pair down to about 15. A miss costs about 40
+ * (a reference and a few stores, and when it evicts, a decref: of a tuple of str or
+ * bytes, which runs no Python code). Two ways per set, sets chosen by a multiplicative hash of the tuple's
+ * address, so that a request's ten or twenty pairs seldom evict one another (direct-mapped,
+ * two of ten pairs share a slot about half the time); only small pairs are kept, so it
+ * holds at most 2 * PAIR_SETS pairs of at most PAIR_MAX bytes alive. Read and written only
+ * by encode(), which runs with the GIL held. */
+#define PAIR_SETS 64 /* a power of two: the hash's top 6 bits pick the set */
 #define PAIR_MAX 256 /* name + value bytes: a larger pair is encoded each time */
 typedef struct {
     PyObject *pair; /* a strong reference, or NULL */
     const char *k, *v;
     Py_ssize_t kl, vl;
 } pair_slot;
-static pair_slot pair_cache[PAIR_SLOTS];
+static pair_slot pair_cache[PAIR_SETS][2];
 
-static inline pair_slot *pair_slot_of(PyObject *pair) {
-    uintptr_t a = (uintptr_t)pair >> 4; /* objects are 16-byte aligned */
-    return &pair_cache[(a ^ (a >> 6)) & (PAIR_SLOTS - 1)];
+static inline pair_slot *pair_set_of(PyObject *pair) {
+    return pair_cache[((uint64_t)(uintptr_t)pair * 0x9E3779B97F4A7C15u) >> 58];
 }
 
-/* Keeps a tuple pair's fields; the evicted one is decref'd after the slot is rewritten. */
-static inline void pair_keep(pair_slot *c, PyObject *pair, const char *k, Py_ssize_t kl, const char *v,
-                      Py_ssize_t vl) {
-    PyObject *old = c->pair;
+/* Keeps a tuple pair's fields in its set's first way; the second way's pair goes (the
+ * first's moves there), decref'd once the set is rewritten. */
+static inline void pair_keep(pair_slot *set, PyObject *pair, const char *k, Py_ssize_t kl,
+                             const char *v, Py_ssize_t vl) {
+    PyObject *old = set[1].pair;
     Py_INCREF(pair);
-    *c = (pair_slot){pair, k, v, kl, vl};
+    set[1] = set[0];
+    set[0] = (pair_slot){pair, k, v, kl, vl};
     Py_XDECREF(old);
 }
 
@@ -134,7 +137,7 @@ static int encode(PyObject *items, char *stack, char **out, size_t *len, int *co
         PyObject *pair = item(items, is_list, i);
         const char **p = &ptr[2 * i];
         Py_ssize_t *l = &lens[2 * i];
-        pair_slot *c = pair_slot_of(pair);
+        pair_slot *set = pair_set_of(pair), *c = set[0].pair == pair ? &set[0] : &set[1];
         if (c->pair == pair) {
             p[0] = c->k, p[1] = c->v, l[0] = c->kl, l[1] = c->vl;
         } else {
@@ -143,7 +146,7 @@ static int encode(PyObject *items, char *stack, char **out, size_t *len, int *co
             if ((pl ? PyList_Size(pair) : PyTuple_Size(pair)) != 2) return 0;
             if (field(item(pair, pl, 0), &p[0], &l[0]) || field(item(pair, pl, 1), &p[1], &l[1]))
                 return 0;
-            if (!pl && l[0] + l[1] <= PAIR_MAX) pair_keep(c, pair, p[0], l[0], p[1], l[1]);
+            if (!pl && l[0] + l[1] <= PAIR_MAX) pair_keep(set, pair, p[0], l[0], p[1], l[1]);
         }
         total += (size_t)l[0] + (size_t)l[1] + 2;
     }
